@@ -1,0 +1,3 @@
+from .cli import node_entry
+
+node_entry()

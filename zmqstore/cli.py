@@ -1,0 +1,208 @@
+"""Command-line entry points: `datastore-node` (run a node) and `datastore-cli` (use a cluster from a shell)."""
+import json
+import logging
+import sys
+
+from docopt import docopt
+
+from . import __version__, config as configmod, errors
+
+NODE_USAGE = """Run one zmqstore node.
+
+Usage:
+  datastore-node [options]
+  datastore-node -h | --help
+  datastore-node --version
+
+Options:
+  --config FILE               INI or JSON file with [node], [cluster] and [peers]; flags override it.
+  --node-id N                 This node's id, a positive integer unique in the cluster (required).
+  --host HOST                 Address to bind and to send from [file or 127.0.0.1].
+  --port PORT                 ROUTER port for requests [file or 9000].
+  --pub-port PORT             PUB port for the change stream [file or PORT + 1000].
+  --role ROLE                 primary|secondary; only bootstraps an empty leader-mode cluster.
+  --mode MODE                 leader|dynamo [file or leader].
+  --data-dir DIR              Data directory [file or ./data/node<N>].
+  --peers JSON                Peers as '[{"node_id":2,"host":"127.0.0.1","port":9001}, ...]'.
+  --election-interval SEC     Seconds without a primary before an election [file or 0.5].
+  --replication-timeout SEC   Seconds a write waits for its quorum [file or 2.0].
+  --log-level LEVEL           DEBUG, INFO, WARNING or ERROR [file or INFO].
+  -h --help                   Show this help.
+  --version                   Show the version.
+"""
+
+CLI_USAGE = """Use a zmqstore cluster from a shell.
+
+Usage:
+  datastore-cli [options] get KEY [--stale]
+  datastore-cli [options] put KEY VALUE [--json-value]
+  datastore-cli [options] delete KEY
+  datastore-cli [options] scan [--prefix P] [--start S] [--end E] [--limit N]
+  datastore-cli [options] status
+  datastore-cli [options] ping
+  datastore-cli -h | --help
+  datastore-cli --version
+
+Options:
+  -e --endpoints LIST   Comma-separated host:port list [default: 127.0.0.1:9000].
+  --json                Print results as JSON.
+  --json-value          Parse VALUE as JSON instead of storing it as a string.
+  --stale               Read from the node talked to, without redirects.
+  --prefix P            Scan keys starting with P.
+  --start S             Scan from key S (inclusive).
+  --end E               Scan up to key E (exclusive).
+  --limit N             Return at most N items.
+  --timeout SEC         Seconds to wait for each reply [default: 3.0].
+  -h --help             Show this help.
+  --version             Show the version.
+
+Exit status: 0 on success, 1 when a key is absent (get, delete), 2 on errors.
+"""
+
+_FLAG_TO_SETTING = {
+    "--node-id": "node_id", "--host": "host", "--port": "port", "--pub-port": "pub_port", "--role": "role",
+    "--mode": "mode", "--data-dir": "data_dir", "--election-interval": "election_interval",
+    "--replication-timeout": "replication_timeout", "--log-level": "log_level",
+}
+
+
+class _NodeContext(logging.Filter):
+    """Adds node id, role and term to every log record (STYLE.md: one line per event, with those three)."""
+
+    def __init__(self, node_id):
+        super().__init__()
+        self.node_id = node_id
+        self.node = None
+
+    def filter(self, record):
+        record.node_id = self.node_id
+        engine = getattr(self.node, "engine", None)
+        record.role = engine.role if engine else "-"
+        record.term = engine.storage.term if engine else "-"
+        return True
+
+
+def node_main(argv=None):
+    args = docopt(NODE_USAGE, argv=argv, version=__version__)
+    try:
+        cfg = load_node_config(args)
+    except errors.ConfigError as exc:
+        print(f"datastore-node: {exc}", file=sys.stderr)
+        return 2
+    context = _NodeContext(cfg.node_id)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(context)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s node=%(node_id)s role=%(role)s term=%(term)s %(name)s: %(message)s"))
+    logging.basicConfig(level=cfg.log_level, handlers=[handler])
+    from .node import Node
+    try:
+        node = Node(cfg)
+    except (errors.ConfigError, errors.DataDirError, errors.StorageError) as exc:
+        print(f"datastore-node: {exc}", file=sys.stderr)
+        return 2
+    context.node = node
+    node.run()
+    return 0
+
+
+def load_node_config(args):
+    file_settings = configmod.load_file(args["--config"]) if args["--config"] else None
+    flags = {setting: args[flag] for flag, setting in _FLAG_TO_SETTING.items()}
+    if args["--peers"] is not None:
+        flags["peers"] = configmod.parse_peers_json(args["--peers"])
+    return configmod.resolve(file_settings, flags)
+
+
+# ---------------------------------------------------------------- datastore-cli
+
+def cli_main(argv=None):
+    args = docopt(CLI_USAGE, argv=argv, version=__version__)
+    from .client import Client, Retry
+    try:
+        timeout = float(args["--timeout"])
+        with Client(args["--endpoints"], timeout=timeout, retry=Retry(max_tries=2)) as db:
+            return _run_command(db, args)
+    except (errors.ZmqstoreError, ValueError) as exc:
+        code = getattr(exc, "code", "error")
+        print(f"datastore-cli: {code}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _show(args, value):
+    if args["--json"]:
+        print(json.dumps(value, default=_json_default, sort_keys=True))
+    elif isinstance(value, str):
+        print(value)
+    else:
+        print(json.dumps(value, default=_json_default))
+
+
+def _json_default(obj):
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    return repr(obj)
+
+
+def _run_command(db, args):
+    missing = object()
+    if args["get"]:
+        value = db.get(args["KEY"], default=missing, stale=args["--stale"])
+        if value is missing:
+            print("(absent)" if not args["--json"] else "null", file=sys.stdout)
+            return 1
+        _show(args, value)
+    elif args["put"]:
+        value = args["VALUE"]
+        if args["--json-value"]:
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"VALUE is not JSON: {exc}") from None
+        db.put(args["KEY"], value)
+        _show(args, "OK")
+    elif args["delete"]:
+        existed = db.delete(args["KEY"])
+        _show(args, existed if args["--json"] else ("deleted" if existed else "(absent)"))
+        return 0 if existed else 1
+    elif args["scan"]:
+        limit = int(args["--limit"]) if args["--limit"] else None
+        rows = db.scan(prefix=args["--prefix"], start=args["--start"], end=args["--end"], limit=limit)
+        if args["--json"]:
+            print(json.dumps([[k, v] for k, v in rows], default=_json_default))
+        else:
+            for key, value in rows:
+                print(f"{_json_default(key) if isinstance(key, bytes) else key}\t"
+                      f"{json.dumps(value, default=_json_default)}")
+    elif args["status"]:
+        _print_status(args, db.status())
+    elif args["ping"]:
+        _show(args, {"node_id": db.ping(), "endpoint": db.endpoint} if args["--json"] else f"PONG from node "
+              f"{db.ping()} at {db.endpoint}")
+    return 0
+
+
+def _print_status(args, status):
+    if args["--json"]:
+        _show(args, status)
+        return
+    columns = ("node_id", "address", "mode", "role", "term", "last_seq", "commit_seq", "lag")
+    rows = [dict(status, lag=0)]
+    for peer in status.get("peers", []):
+        rows.append(dict(peer, mode=status["mode"], lag=status["last_seq"] - peer.get("last_seq", 0)))
+    table = [[str(row.get(c, "-")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    extra = {k: status[k] for k in ("applied_seq", "first_seq", "keys_estimate", "fsync", "uptime", "version")
+             if k in status}
+    print("  ".join(f"{k}={v}" for k, v in extra.items()))
+
+
+def node_entry():
+    sys.exit(node_main())
+
+
+def cli_entry():
+    sys.exit(cli_main())

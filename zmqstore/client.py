@@ -1,0 +1,233 @@
+"""The Python client: endpoint list, retries with the same request id, pipelining, one exception hierarchy."""
+import itertools
+import os
+import random
+import time
+
+import zmq
+
+from . import errors, protocol
+from .protocol import pack_value, unpack_value
+
+DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
+RETRYABLE = (errors.NotPrimary, errors.Unavailable)
+
+
+class Retry:
+    """Retry policy: up to `max_tries` attempts, exponential backoff with jitter, an overall deadline."""
+
+    def __init__(self, max_tries=5, delay=0.05, backoff=2.0, max_delay=1.0, max_jitter=0.5, deadline=15.0):
+        self.max_tries = max_tries
+        self.delay = delay
+        self.backoff = backoff
+        self.max_delay = max_delay
+        self.max_jitter = max_jitter
+        self.deadline = deadline
+
+    def sleeps(self):
+        """Yields the pause before each retry; stops when tries or the deadline run out."""
+        end = time.monotonic() + self.deadline
+        delay = self.delay
+        for _ in range(self.max_tries - 1):
+            pause = min(delay, self.max_delay) * (1 + random.uniform(0, self.max_jitter))
+            if time.monotonic() + pause >= end:
+                return
+            yield pause
+            delay *= self.backoff
+
+
+def _parse_endpoints(endpoints):
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e.strip()]
+    result = []
+    for e in endpoints:
+        e = e.strip()
+        if e.startswith("tcp://"):
+            e = e[len("tcp://"):]
+        host, sep, port = e.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"endpoint {e!r} must be host:port")
+        result.append(f"{host}:{int(port)}")
+    if not result:
+        raise ValueError("at least one endpoint is needed")
+    return result
+
+
+def encode_key(key) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError(f"keys are str or bytes, not {type(key).__name__}")
+
+
+class Client:
+    """A connection to a zmqstore cluster. Not thread-safe: use one per thread (like a socket).
+
+    `endpoints`: "host:port", a comma-separated string or a list. `decode_keys`: scan yields str
+    keys (bytes for keys that are not UTF-8); False yields bytes always.
+    """
+
+    def __init__(self, endpoints, timeout=DEFAULT_TIMEOUT, retry=None, decode_keys=True,
+                 max_request_size=16 << 20):
+        self.endpoints = _parse_endpoints(endpoints)
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        self.decode_keys = decode_keys
+        self.max_request_size = max_request_size
+        self.client_id = os.urandom(16)
+        self._ids = itertools.count(1)
+        self._ctx = zmq.Context()
+        self._sock = None
+        self._endpoint_index = 0
+        self._connect()
+
+    # ------------------------------------------------------------ connection
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._endpoint_index]
+
+    def _connect(self, endpoint=None):
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        if endpoint is not None:
+            if endpoint not in self.endpoints:
+                self.endpoints.append(endpoint)
+            self._endpoint_index = self.endpoints.index(endpoint)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout * 1000)))
+        sock.connect("tcp://" + self.endpoint)
+        self._sock = sock
+
+    def _next_endpoint(self, hint=None):
+        """Reconnect: to the primary a node named, else to the next endpoint in the list."""
+        if hint:
+            self._connect(hint)
+        else:
+            self._endpoint_index = (self._endpoint_index + 1) % len(self.endpoints)
+            self._connect()
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------ request/reply with retries
+
+    def _encode(self, command, request_id, args):
+        body = protocol.encode_request(command, self.client_id, request_id, *args)
+        if len(body) > self.max_request_size:
+            raise errors.RequestTooLarge(f"{command} request of {len(body)} bytes exceeds max_request_size "
+                                         f"{self.max_request_size}")
+        return body
+
+    def _call(self, command, *args):
+        """Send one request and return the OK reply's fields. Timeouts and redirects are retried with
+        the same request id, so a write is applied at most once."""
+        request_id = next(self._ids)
+        body = self._encode(command, request_id, args)
+        sleeps = self.retry.sleeps()
+        while True:
+            hint = None
+            try:
+                return self._attempt(body, request_id)
+            except errors.NotPrimary as exc:
+                failure, hint = exc, exc.details.get("primary_address")
+            except (errors.Unavailable, errors.ConnectionTimeout) as exc:
+                failure = exc
+            pause = next(sleeps, None)
+            if pause is None:
+                raise failure
+            time.sleep(pause)
+            self._next_endpoint(hint)
+
+    def _attempt(self, body, request_id):
+        sock = self._sock
+        sock.send(body)
+        while True:
+            try:
+                raw = sock.recv()
+            except zmq.Again:
+                raise errors.ConnectionTimeout(f"no reply from {self.endpoint} within {self.timeout} s") from None
+            reply = protocol.decode_reply(raw)
+            if reply.request_id != request_id:
+                continue  # a late reply to an earlier attempt
+            if reply.ok:
+                return reply.result
+            code, message, details = reply.result
+            raise errors.error_from_code(code, message, details)
+
+    # ------------------------------------------------------------ operations
+
+    def ping(self) -> int:
+        """The id of the node this client talks to."""
+        return self._call("PING")[0]
+
+    def get(self, key, default=None, stale=False):
+        raw = self._call("GET", encode_key(key), bool(stale))[0]
+        return default if raw is None else unpack_value(raw)
+
+    def put(self, key, value) -> None:
+        self._call("PUT", encode_key(key), pack_value(value))
+
+    def delete(self, key) -> bool:
+        return self._call("DEL", encode_key(key))[0]
+
+    def cas(self, key, expected, new) -> bool:
+        """Set key to `new` if its value is `expected` (None: only if absent). Values compare by
+        their msgpack encoding."""
+        exp = None if expected is None else pack_value(expected)
+        return self._call("CAS", encode_key(key), exp, pack_value(new))[0]
+
+    def put_many(self, items) -> None:
+        """Write all items atomically: a dict or an iterable of (key, value)."""
+        pairs = items.items() if hasattr(items, "items") else items
+        self._call("PUT_MANY", [[encode_key(k), pack_value(v)] for k, v in pairs])
+
+    def scan(self, prefix=None, start=None, end=None, limit=None):
+        """Iterate (key, value) in key order over [start, end) and/or a prefix, at most `limit` items.
+        Pages are fetched as the iterator advances; the scan is not a snapshot across pages."""
+        prefix = encode_key(prefix) if prefix is not None else None
+        cursor = encode_key(start) if start is not None else None
+        end = encode_key(end) if end is not None else None
+        remaining = limit
+        while remaining is None or remaining > 0:
+            items, cursor = self._call("SCAN", cursor, end, prefix, remaining)
+            for key, value in items:
+                yield self._decode_key(key), unpack_value(value)
+            if remaining is not None:
+                remaining -= len(items)
+            if cursor is None:
+                return
+
+    def _decode_key(self, key):
+        if not self.decode_keys:
+            return key
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            return key
+
+    def status(self) -> dict:
+        return self._call("STATUS")[0]
+
+    def pipeline(self, max_in_flight=64):
+        from .pipeline import Pipeline
+        return Pipeline(self, max_in_flight)

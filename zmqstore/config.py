@@ -1,0 +1,294 @@
+"""Settings from flags, INI or JSON files, with documented defaults and checked invariants.
+
+Precedence: built-in defaults < config file < command-line flags. docs/CONFIG.md lists every
+setting; the defaults below are the documented ones.
+"""
+import configparser
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from .errors import ConfigError
+
+MODES = ("leader", "dynamo")
+ROLES = ("primary", "secondary")
+
+# [node] settings: who this node is. None means "derived" (see resolve()).
+NODE_DEFAULTS = {
+    "node_id": None,          # required: a positive integer, unique in the cluster
+    "host": "127.0.0.1",      # address the ROUTER and PUB sockets bind to, and the source address of outgoing links
+    "port": 9000,             # ROUTER port (client requests, role queries, heartbeats)
+    "pub_port": None,         # PUB port for the change stream; default port + 1000
+    "role": None,             # primary|secondary: only bootstraps an empty leader-mode cluster
+    "mode": "leader",         # leader|dynamo
+    "data_dir": None,         # default ./data/node<node_id>; relative paths are relative to the working dir
+    "log_level": "INFO",
+}
+
+# [cluster] settings: must agree on every node.
+CLUSTER_DEFAULTS = {
+    "election_interval": 0.5,     # seconds without a primary before an election; heartbeats every 1/5 of it
+    "replication_timeout": 2.0,   # seconds a write may wait for its quorum before `replication_timeout`
+    "write_quorum": "majority",   # nodes (primary included) holding an entry before it commits; int or majority
+    "read_quorum": 1,             # dynamo mode: replicas consulted per read
+    "fsync": True,                # sync each group-commit batch to disk before acknowledging it
+    "log_retention": 100_000,     # log entries kept for replication and retried-request lookups
+    "max_key_size": 1024,         # bytes
+    "max_value_size": 1 << 20,    # bytes of the msgpack-encoded value
+    "max_batch_items": 10_000,    # items in one put_many
+    "max_request_size": 16 << 20,  # bytes of one message frame; larger frames drop the connection (ZMQ_MAXMSGSIZE)
+}
+
+_INT_KEYS = {"node_id", "port", "pub_port", "read_quorum", "log_retention", "max_key_size", "max_value_size",
+             "max_batch_items", "max_request_size"}
+_FLOAT_KEYS = {"election_interval", "replication_timeout"}
+_BOOL_KEYS = {"fsync"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    node_id: int
+    host: str
+    port: int
+    pub_port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    node_id: int
+    host: str
+    port: int
+    pub_port: int
+    role: Optional[str]
+    mode: str
+    data_dir: str
+    log_level: str
+    election_interval: float
+    replication_timeout: float
+    write_quorum: int
+    read_quorum: int
+    fsync: bool
+    log_retention: int
+    max_key_size: int
+    max_value_size: int
+    max_batch_items: int
+    max_request_size: int
+    peers: tuple = ()
+
+    @property
+    def cluster_size(self) -> int:
+        return 1 + len(self.peers)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.election_interval / 5
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+# ---------------------------------------------------------------- reading sources
+
+def load_file(path) -> dict:
+    """A config file as {"node": {...}, "cluster": {...}, "peers": [Peer-like dicts]}; INI or JSON by content."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be an object with node, cluster and peers")
+        unknown = set(raw) - {"node", "cluster", "peers"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; use node, cluster and peers")
+        return {"node": raw.get("node", {}), "cluster": raw.get("cluster", {}), "peers": raw.get("peers", [])}
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: invalid INI: {exc}".replace("\n", " ")) from None
+    unknown = set(parser.sections()) - {"node", "cluster", "peers"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; use [node], [cluster] and [peers]")
+    peers = []
+    if parser.has_section("peers"):
+        for name, value in parser.items("peers"):
+            peers.append(_parse_peer_line(path, name, value))
+    return {
+        "node": dict(parser.items("node")) if parser.has_section("node") else {},
+        "cluster": dict(parser.items("cluster")) if parser.has_section("cluster") else {},
+        "peers": peers,
+    }
+
+
+def _parse_peer_line(path, name, value):
+    """INI peer line: `<node_id> = host:port` or `<node_id> = host:port:pub_port`."""
+    parts = value.strip().split(":")
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"{path}: [peers] {name} = {value!r}: expected host:port or host:port:pub_port")
+    peer = {"node_id": name, "host": parts[0], "port": parts[1]}
+    if len(parts) == 3:
+        peer["pub_port"] = parts[2]
+    return peer
+
+
+def parse_peers_json(text) -> list:
+    try:
+        peers = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--peers is not valid JSON: {exc}") from None
+    if not isinstance(peers, list):
+        raise ConfigError('--peers must be a JSON list like [{"node_id":2,"host":"127.0.0.1","port":9001}]')
+    return peers
+
+
+# ---------------------------------------------------------------- resolving and checking
+
+def resolve(file_settings=None, flags=None) -> Config:
+    """Merge defaults, a loaded file and flags (dict of setting -> value, None = not given); check all."""
+    file_settings = file_settings or {"node": {}, "cluster": {}, "peers": []}
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    merged = {}
+    for section, defaults in (("node", NODE_DEFAULTS), ("cluster", CLUSTER_DEFAULTS)):
+        given = file_settings.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"section {section} must be a mapping of setting = value")
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise ConfigError(f"unknown {section} setting(s) {sorted(unknown)}; known: {', '.join(defaults)}")
+        for key, default in defaults.items():
+            merged[key] = _convert(key, flags.get(key, given.get(key, default)))
+    peers_raw = flags.get("peers", file_settings.get("peers") or [])
+    merged["peers"] = tuple(_convert_peer(p) for p in peers_raw)
+    return _check(merged)
+
+
+def _convert(key, value):
+    if value is None:
+        return None
+    try:
+        if key in _INT_KEYS:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if key in _FLOAT_KEYS:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if key in _BOOL_KEYS:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "yes", "on", "1"):
+                return True
+            if text in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if key == "write_quorum":
+            return "majority" if str(value).strip().lower() == "majority" else int(value)
+    except (TypeError, ValueError):
+        kind = "an integer" if key in _INT_KEYS else "a number" if key in _FLOAT_KEYS else \
+            "true or false" if key in _BOOL_KEYS else "an integer or 'majority'"
+        raise ConfigError(f"{key} = {value!r} is not {kind}") from None
+    return str(value).strip() if isinstance(value, str) else value
+
+
+def _convert_peer(raw) -> Peer:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"peer {raw!r} must be an object with node_id, host and port")
+    unknown = set(raw) - {"node_id", "host", "port", "pub_port"}
+    if unknown or not {"node_id", "host", "port"} <= set(raw):
+        raise ConfigError(f"peer {raw!r} needs node_id, host and port (optional pub_port) and nothing else")
+    node_id = _convert("node_id", raw["node_id"])
+    port = _convert("port", raw["port"])
+    pub_port = _convert("pub_port", raw.get("pub_port"))
+    host = str(raw["host"]).strip()
+    if not host:
+        raise ConfigError(f"peer {node_id}: empty host")
+    _check_port(f"peer {node_id} port", port)
+    pub_port = port + 1000 if pub_port is None else pub_port
+    _check_port(f"peer {node_id} pub_port", pub_port)
+    return Peer(node_id, host, port, pub_port)
+
+
+def _check_port(name, port):
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} = {port} is not a TCP port (1-65535)")
+
+
+def _check(s) -> Config:
+    if s["node_id"] is None:
+        raise ConfigError("node_id is required: pass --node-id N or set node_id in [node]")
+    if s["node_id"] < 1:
+        raise ConfigError(f"node_id = {s['node_id']} must be a positive integer")
+    if s["mode"] not in MODES:
+        raise ConfigError(f"mode = {s['mode']!r}; use one of {', '.join(MODES)}")
+    if s["role"] is not None and s["role"] not in ROLES:
+        raise ConfigError(f"role = {s['role']!r}; use one of {', '.join(ROLES)}")
+    if s["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log_level = {s['log_level']!r}; use DEBUG, INFO, WARNING or ERROR")
+    s["log_level"] = s["log_level"].upper()
+    if not s["host"]:
+        raise ConfigError("host is empty")
+    _check_port("port", s["port"])
+    if s["pub_port"] is None:
+        s["pub_port"] = s["port"] + 1000
+    _check_port("pub_port", s["pub_port"])
+    if s["pub_port"] == s["port"]:
+        raise ConfigError(f"pub_port equals port ({s['port']}); give --pub-port another port")
+    if s["data_dir"] is None:
+        s["data_dir"] = os.path.join("data", f"node{s['node_id']}")
+    _check_peers(s)
+    n = 1 + len(s["peers"])
+    if not 0.05 <= s["election_interval"] <= 60:
+        raise ConfigError(f"election_interval = {s['election_interval']} s; use 0.05 to 60 seconds")
+    if not 0 < s["replication_timeout"] <= 600:
+        raise ConfigError(f"replication_timeout = {s['replication_timeout']} s; use more than 0 and at most 600")
+    if s["replication_timeout"] < s["election_interval"] / 5:
+        raise ConfigError(f"replication_timeout ({s['replication_timeout']} s) is shorter than one heartbeat "
+                          f"(election_interval / 5 = {s['election_interval'] / 5} s); raise it")
+    if s["write_quorum"] == "majority":
+        s["write_quorum"] = n // 2 + 1
+    if not 1 <= s["write_quorum"] <= n:
+        raise ConfigError(f"write_quorum = {s['write_quorum']} must be 1..{n} (cluster of {n}) or 'majority'")
+    if not 1 <= s["read_quorum"] <= n:
+        raise ConfigError(f"read_quorum = {s['read_quorum']} must be 1..{n} (cluster of {n})")
+    if s["log_retention"] < 1:
+        raise ConfigError(f"log_retention = {s['log_retention']} must be at least 1")
+    if not 1 <= s["max_key_size"] <= 65536:
+        raise ConfigError(f"max_key_size = {s['max_key_size']} must be 1..65536 bytes")
+    if not 1 <= s["max_value_size"] <= 64 << 20:
+        raise ConfigError(f"max_value_size = {s['max_value_size']} must be 1..{64 << 20} bytes")
+    if not 1 <= s["max_batch_items"] <= 1_000_000:
+        raise ConfigError(f"max_batch_items = {s['max_batch_items']} must be 1..1000000")
+    floor = s["max_key_size"] + s["max_value_size"] + 4096
+    if s["max_request_size"] < floor:
+        raise ConfigError(f"max_request_size = {s['max_request_size']} must be at least max_key_size + "
+                          f"max_value_size + 4096 = {floor}")
+    return Config(**s)
+
+
+def _check_peers(s):
+    seen_ids = {s["node_id"]}
+    own = {(s["host"], s["port"]), (s["host"], s["pub_port"])}
+    seen_addrs = set(own)
+    for peer in s["peers"]:
+        if peer.node_id in seen_ids:
+            what = "this node's own id" if peer.node_id == s["node_id"] else "listed twice"
+            raise ConfigError(f"peer node_id {peer.node_id} is {what}; node ids must be unique")
+        seen_ids.add(peer.node_id)
+        for port in (peer.port, peer.pub_port):
+            if (peer.host, port) in seen_addrs:
+                raise ConfigError(f"peer {peer.node_id} uses {peer.host}:{port}, which another node already uses")
+            seen_addrs.add((peer.host, port))

@@ -1,0 +1,134 @@
+"""One exception hierarchy for zmqstore, mirrored by the wire error codes in docs/PROTOCOL.md."""
+
+
+class ZmqstoreError(Exception):
+    """Base of every error zmqstore raises. `code` is the wire error code, when there is one."""
+
+    code = "internal"
+
+    def __init__(self, message="", details=None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class ConfigError(ZmqstoreError):
+    """A setting is missing, malformed or inconsistent; the message says what to change."""
+
+    code = "config"
+
+
+class DataDirError(ZmqstoreError):
+    """The data dir is missing, foreign (another node id or mode), or in use."""
+
+    code = "data_dir"
+
+
+class StorageError(ZmqstoreError):
+    """RocksDB refused an operation."""
+
+    code = "storage"
+
+
+# --- errors a node sends back to a client (the request changed nothing) ---
+
+class RequestError(ZmqstoreError):
+    """The request was refused; it changed nothing."""
+
+    code = "bad_request"
+
+
+class MalformedMessage(RequestError):
+    """The frames are not a zmqstore message (bad msgpack, wrong frame count, not an array)."""
+
+    code = "malformed"
+
+
+class UnsupportedVersion(RequestError):
+    code = "unsupported_version"
+
+
+class UnknownCommand(RequestError):
+    code = "unknown_command"
+
+
+class BadArgument(RequestError):
+    """Wrong number of fields or a field of the wrong type."""
+
+    code = "bad_argument"
+
+
+class InvalidKey(RequestError):
+    """The key is empty."""
+
+    code = "invalid_key"
+
+
+class KeyTooLarge(RequestError):
+    code = "key_too_large"
+
+
+class ValueTooLarge(RequestError):
+    code = "value_too_large"
+
+
+class RequestTooLarge(RequestError):
+    """Too many items in one request (put_many) or a request over max_request_size."""
+
+    code = "request_too_large"
+
+
+class UnsupportedOperation(RequestError):
+    """The operation exists but this node's mode does not offer it (cas in dynamo mode)."""
+
+    code = "unsupported_operation"
+
+
+class NotPrimary(ZmqstoreError):
+    """This node does not accept writes; details carry primary_id and primary_address when known."""
+
+    code = "not_primary"
+
+
+class Unavailable(ZmqstoreError):
+    """The node cannot serve the request now (no quorum, shutting down); retrying later may work."""
+
+    code = "unavailable"
+
+
+class ReplicationTimeout(ZmqstoreError):
+    """The write was not confirmed in time; its outcome is unknown (ask by request id)."""
+
+    code = "replication_timeout"
+
+
+class InternalError(ZmqstoreError):
+    code = "internal"
+
+
+# --- client side only ---
+
+class ConnectionTimeout(ZmqstoreError):
+    """No node answered within the client's deadline; the outcome of a write is unknown."""
+
+    code = "timeout"
+
+
+ERRORS_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        ConfigError, DataDirError, StorageError, RequestError, MalformedMessage, UnsupportedVersion,
+        UnknownCommand, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
+        UnsupportedOperation, NotPrimary, Unavailable, ReplicationTimeout, InternalError, ConnectionTimeout,
+    )
+}
+
+
+def error_from_code(code, message="", details=None):
+    """The exception for a wire error code; unknown codes map to the base class, keeping the code."""
+    cls = ERRORS_BY_CODE.get(code)
+    if cls is None:
+        err = ZmqstoreError(message, details)
+        err.code = code
+        return err
+    return cls(message, details)

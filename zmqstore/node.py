@@ -1,0 +1,149 @@
+"""The node process: one zmq.Poller loop owning every socket, the storage and all state; clean shutdown."""
+import logging
+import signal
+import socket
+import threading
+
+import zmq
+
+from . import __version__, errors, protocol, transport
+from .engine import Engine
+from .storage import Storage
+
+MAX_DRAIN = 4096   # requests taken per loop iteration (one group commit) before replies go out
+
+log = logging.getLogger("zmqstore.node")
+
+
+class Node:
+    """A running datastore-node. `run()` serves until `stop()` or SIGTERM/SIGINT."""
+
+    def __init__(self, config):
+        if config.peers:
+            # Replication (issue 3) is not in this build; serving alone with peers configured would
+            # create independent primaries that silently diverge.
+            raise errors.ConfigError("peers are configured, but this build serves standalone nodes only; "
+                                     "remove --peers / [peers] to run a single node")
+        self.config = config
+        self._stopping = False
+        self._ctx = zmq.Context()
+        self.router = self.pub = self.storage = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        try:
+            self.router = transport.bind_router(self._ctx, config.host, config.port, config.max_request_size)
+            self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port)
+            self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
+            self.engine = Engine(self.storage, config, __version__)
+        except BaseException:
+            self._close()
+            raise
+        if config.role is not None and self.storage.last_seq > 0:
+            log.info("data dir has state (last_seq %d): --role %s is ignored", self.storage.last_seq, config.role)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self):
+        """Ask the loop to finish its iteration and exit; safe from signal handlers and other threads."""
+        self._stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def run(self):
+        restore = self._install_signal_handlers()
+        cfg = self.config
+        log.info("serving %s mode on tcp://%s:%d (change stream tcp://%s:%d), data dir %s, last_seq %d, fsync %s",
+                 cfg.mode, cfg.host, cfg.port, cfg.host, cfg.pub_port, self.storage.path,
+                 self.storage.last_seq, "on" if cfg.fsync else "off")
+        try:
+            self._loop()
+        finally:
+            restore()
+            self._close()
+            log.info("stopped cleanly")
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+        def on_signal(signum, _frame):
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            self._stopping = True
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+
+        def restore():
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return restore
+
+    def _close(self):
+        for sock in (self.router, self.pub):
+            if sock is not None:
+                sock.close(linger=0)
+        if self.storage is not None:
+            self.storage.close()
+        self._ctx.term()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------ the loop
+
+    def _loop(self):
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        router = self.router
+        while not self._stopping:
+            events = dict(poller.poll())
+            if self._wake_r.fileno() in events:
+                self._drain_wakeups()
+            if router in events:
+                self._serve_requests(router)
+
+    def _drain_wakeups(self):
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _serve_requests(self, router):
+        """One group commit: take what is ready, stage it, commit once, then send every reply."""
+        engine = self.engine
+        limits = engine.limits
+        outbox = []
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                envelope, body = protocol.split_frames(frames)
+            except errors.RequestError as exc:
+                outbox.append(frames[:1] + [protocol.encode_exception(0, exc)])
+                continue
+            request = None
+            try:
+                request = protocol.decode_request(body, limits)
+                reply = engine.handle(request)
+            except errors.RequestError as exc:
+                reply = protocol.encode_exception(getattr(exc, "request_id", 0), exc)
+            except errors.StorageError:
+                raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
+            except Exception as exc:  # a bug must not take the node down with it
+                log.exception("internal error serving %s", request.command if request else "a request")
+                reply = protocol.encode_error(request.request_id if request else 0, "internal",
+                                              f"internal error: {type(exc).__name__}")
+            outbox.append(envelope + [reply])
+        # Nothing is acknowledged before it is durable: commit (and fsync) first, then reply.
+        engine.flush()
+        for frames in outbox:
+            router.send_multipart(frames)

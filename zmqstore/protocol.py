@@ -1,0 +1,254 @@
+"""The zmqstore wire format: every message defined once, msgpack encoding with size limits.
+
+docs/PROTOCOL.md is the specification; this module is its only implementation. No other module
+imports msgpack. Values travel and are stored as msgpack-encoded bytes (`pack_value`), so a node
+never re-encodes a value it stores.
+"""
+from typing import NamedTuple
+
+import msgpack
+
+from . import errors
+
+PROTOCOL_VERSION = 1
+
+# Field types of request messages. Each is checked by _check_field.
+KEY = "key"                # bin, 1..max_key_size bytes
+OPT_KEY = "opt_key"        # bin (may be empty) or nil
+VALUE = "value"            # bin holding exactly one msgpack object, <= max_value_size bytes
+OPT_VALUE = "opt_value"    # VALUE or nil
+BOOL = "bool"
+OPT_UINT = "opt_uint"      # non-negative int or nil
+ITEMS = "items"            # array of [KEY, VALUE], 1..max_batch_items entries
+
+# Client requests: command -> ((field name, field type), ...). See docs/PROTOCOL.md section "Commands".
+REQUESTS = {
+    "PING": (),
+    "GET": (("key", KEY), ("stale", BOOL)),
+    "PUT": (("key", KEY), ("value", VALUE)),
+    "DEL": (("key", KEY),),
+    "CAS": (("key", KEY), ("expected", OPT_VALUE), ("new", VALUE)),
+    "PUT_MANY": (("items", ITEMS),),
+    "SCAN": (("start", OPT_KEY), ("end", OPT_KEY), ("prefix", OPT_KEY), ("limit", OPT_UINT)),
+    "STATUS": (),
+}
+WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY"})
+
+# Reply status words.
+OK = "OK"
+ERR = "ERR"
+
+# Operations inside a log entry.
+OP_PUT = 0
+OP_DEL = 1
+
+HEADER_FIELDS = 4  # version, command, client_id, request_id
+CLIENT_ID_MAX = 64
+UINT64_MAX = (1 << 64) - 1
+
+
+class Limits(NamedTuple):
+    """Size limits a node enforces on requests (settings max_key_size, max_value_size, max_batch_items)."""
+
+    max_key_size: int = 1024
+    max_value_size: int = 1 << 20
+    max_batch_items: int = 10_000
+    max_request_size: int = 16 << 20
+
+
+class Request(NamedTuple):
+    command: str
+    client_id: bytes
+    request_id: int
+    args: tuple
+
+
+class Reply(NamedTuple):
+    request_id: int
+    ok: bool
+    result: tuple        # the OK fields, or (code, message, details) for ERR
+
+
+class LogEntry(NamedTuple):
+    term: int
+    client_id: bytes
+    request_id: int
+    ops: tuple           # ((OP_PUT, key, value) | (OP_DEL, key), ...)
+
+
+# ---------------------------------------------------------------- values
+
+def pack_value(obj) -> bytes:
+    """A user value as stored and sent: one msgpack object."""
+    try:
+        return msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise errors.BadArgument(f"value cannot be encoded as msgpack: {exc}") from None
+
+
+def unpack_value(data: bytes, limits: Limits = Limits()):
+    return msgpack.unpackb(
+        data, raw=False, strict_map_key=False,
+        max_bin_len=limits.max_value_size, max_str_len=limits.max_value_size,
+        max_array_len=limits.max_value_size, max_map_len=limits.max_value_size,
+        max_ext_len=limits.max_value_size,
+    )
+
+
+# ---------------------------------------------------------------- frames
+
+def split_frames(frames):
+    """ROUTER input -> (envelope, body). The envelope is echoed back unchanged with the reply.
+
+    A DEALER client sends one body frame ([identity, body]); a REQ client adds an empty delimiter
+    ([identity, b"", body]). Anything else is malformed.
+    """
+    if len(frames) == 2:
+        return frames[:1], frames[1]
+    if len(frames) == 3 and not frames[1]:
+        return frames[:2], frames[2]
+    raise errors.MalformedMessage(f"expected 1 body frame after the identity, got {len(frames) - 1} frames")
+
+
+# ---------------------------------------------------------------- requests
+
+def encode_request(command: str, client_id: bytes, request_id: int, *args) -> bytes:
+    return msgpack.packb([PROTOCOL_VERSION, command, client_id, request_id, *args], use_bin_type=True)
+
+
+def _unpack_body(body: bytes, limits: Limits):
+    try:
+        return msgpack.unpackb(
+            body, raw=False, strict_map_key=False, use_list=True,
+            max_bin_len=limits.max_request_size, max_str_len=limits.max_request_size,
+            max_array_len=limits.max_batch_items + HEADER_FIELDS + 8, max_map_len=64, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise errors.MalformedMessage(f"body is not valid msgpack: {type(exc).__name__}") from None
+
+
+def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
+    """Parse and fully validate one request body. Raises a RequestError subclass on any bad input;
+    the exception carries `request_id` (0 when it could not be read) so the reply can name it."""
+    msg = _unpack_body(body, limits)
+    if not isinstance(msg, list) or len(msg) < HEADER_FIELDS:
+        raise errors.MalformedMessage("body must be an array [version, command, client_id, request_id, ...]")
+    version, command, client_id, request_id = msg[:HEADER_FIELDS]
+    rid = request_id if _is_uint(request_id) else 0
+    try:
+        if version != PROTOCOL_VERSION or type(version) is not int:
+            raise errors.UnsupportedVersion(f"protocol version {version!r} not supported; this node speaks {PROTOCOL_VERSION}")
+        if not isinstance(command, str):
+            raise errors.MalformedMessage("command must be a string")
+        if not isinstance(client_id, bytes) or not 0 < len(client_id) <= CLIENT_ID_MAX:
+            raise errors.BadArgument(f"client_id must be 1..{CLIENT_ID_MAX} bytes")
+        if not _is_uint(request_id):
+            raise errors.BadArgument("request_id must be an unsigned 64-bit integer")
+        spec = REQUESTS.get(command)
+        if spec is None:
+            raise errors.UnknownCommand(f"unknown command {command[:40]!r}")
+        args = msg[HEADER_FIELDS:]
+        if len(args) != len(spec):
+            raise errors.BadArgument(f"{command} takes {len(spec)} fields after the header, got {len(args)}")
+        for (name, ftype), value in zip(spec, args):
+            _check_field(command, name, ftype, value, limits)
+    except errors.RequestError as exc:
+        exc.request_id = rid
+        raise
+    if command == "PUT_MANY":
+        args[0] = tuple(tuple(item) for item in args[0])
+    return Request(command, client_id, request_id, tuple(args))
+
+
+def _is_uint(x) -> bool:
+    return type(x) is int and 0 <= x <= UINT64_MAX
+
+
+def _check_key(command, name, value, limits):
+    if not isinstance(value, bytes):
+        raise errors.BadArgument(f"{command}.{name} must be bin, got {type(value).__name__}")
+    if not value:
+        raise errors.InvalidKey(f"{command}.{name}: empty key")
+    if len(value) > limits.max_key_size:
+        raise errors.KeyTooLarge(f"{command}.{name}: key of {len(value)} bytes exceeds max_key_size {limits.max_key_size}")
+
+
+def _check_value(command, name, value, limits):
+    if not isinstance(value, bytes):
+        raise errors.BadArgument(f"{command}.{name} must be bin holding a msgpack value, got {type(value).__name__}")
+    if len(value) > limits.max_value_size:
+        raise errors.ValueTooLarge(
+            f"{command}.{name}: value of {len(value)} bytes exceeds max_value_size {limits.max_value_size}")
+    try:
+        unpack_value(value, limits)
+    except Exception:
+        raise errors.BadArgument(f"{command}.{name} is not exactly one msgpack object") from None
+
+
+def _check_field(command, name, ftype, value, limits):
+    if ftype == KEY:
+        _check_key(command, name, value, limits)
+    elif ftype == VALUE:
+        _check_value(command, name, value, limits)
+    elif ftype == OPT_VALUE:
+        if value is not None:
+            _check_value(command, name, value, limits)
+    elif ftype == OPT_KEY:
+        if value is not None and not isinstance(value, bytes):
+            raise errors.BadArgument(f"{command}.{name} must be bin or nil")
+        if value is not None and len(value) > limits.max_key_size:
+            raise errors.KeyTooLarge(f"{command}.{name} exceeds max_key_size {limits.max_key_size}")
+    elif ftype == BOOL:
+        if not isinstance(value, bool):
+            raise errors.BadArgument(f"{command}.{name} must be a boolean")
+    elif ftype == OPT_UINT:
+        if value is not None and not _is_uint(value):
+            raise errors.BadArgument(f"{command}.{name} must be a non-negative integer or nil")
+    elif ftype == ITEMS:
+        if not isinstance(value, list) or not value:
+            raise errors.BadArgument(f"{command}.{name} must be a non-empty array of [key, value]")
+        if len(value) > limits.max_batch_items:
+            raise errors.RequestTooLarge(f"{command}: {len(value)} items exceed max_batch_items {limits.max_batch_items}")
+        for item in value:
+            if not isinstance(item, list) or len(item) != 2:
+                raise errors.BadArgument(f"{command}.{name}: each item must be [key, value]")
+            _check_key(command, name, item[0], limits)
+            _check_value(command, name, item[1], limits)
+    else:  # pragma: no cover - a typo in REQUESTS
+        raise AssertionError(ftype)
+
+
+# ---------------------------------------------------------------- replies
+
+def encode_ok(request_id: int, *result) -> bytes:
+    return msgpack.packb([PROTOCOL_VERSION, OK, request_id, *result], use_bin_type=True)
+
+
+def encode_error(request_id: int, code: str, message: str, details=None) -> bytes:
+    return msgpack.packb([PROTOCOL_VERSION, ERR, request_id, code, message, details or {}], use_bin_type=True)
+
+
+def encode_exception(request_id: int, exc: errors.ZmqstoreError) -> bytes:
+    return encode_error(request_id, exc.code, exc.message or str(exc), exc.details)
+
+
+def decode_reply(body: bytes, limits: Limits = Limits()) -> Reply:
+    msg = _unpack_body(body, limits)
+    if not isinstance(msg, list) or len(msg) < 3 or msg[0] != PROTOCOL_VERSION or msg[1] not in (OK, ERR):
+        raise errors.MalformedMessage("reply must be an array [version, OK|ERR, request_id, ...]")
+    if msg[1] == ERR:
+        if len(msg) != 6:
+            raise errors.MalformedMessage("ERR reply must have code, message and details")
+        return Reply(msg[2], False, tuple(msg[3:]))
+    return Reply(msg[2], True, tuple(msg[3:]))
+
+
+# ---------------------------------------------------------------- log entries (stored and, later, streamed)
+
+def encode_entry(entry: LogEntry) -> bytes:
+    return msgpack.packb(tuple(entry), use_bin_type=True)
+
+
+def decode_entry(data: bytes) -> LogEntry:
+    term, client_id, request_id, ops = msgpack.unpackb(data, raw=False, use_list=False)
+    return LogEntry(term, client_id, request_id, ops)
