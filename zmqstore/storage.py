@@ -115,9 +115,15 @@ class Storage:
         return cls(data_dir, db, fsync)
 
     def close(self):
+        """Release RocksDB (and its LOCK). Every column-family view holds the DB open, so all are closed
+        and dropped, not just the main handle."""
         if not self._closed:
             self._closed = True
+            for cf in (self._data, self._log, self._meta):
+                cf.close()
             self._db.close()
+            self._data = self._log = self._meta = self._db = None
+            self._handles = {}
 
     # ------------------------------------------------------------ reads
 
@@ -167,6 +173,7 @@ class Storage:
             self._db.write(batch.wb, self._write_opts)
         except Exception as exc:
             raise StorageError(f"RocksDB write failed: {exc}") from None
+        batch.wb = batch._cf = None  # consumed; a live handle would keep RocksDB open after close()
         meta = batch.meta
         if meta:
             self.last_seq = meta.get(META_LAST_SEQ, self.last_seq)

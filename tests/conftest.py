@@ -1,0 +1,39 @@
+import pytest
+
+from zmqstore.testing.process import NodeProcess
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def nodes(request, tmp_path):
+    """Factory for real node processes; every one is stopped at teardown, and their logs are printed
+    when the test failed."""
+    started = []
+
+    def start(node_id=1, args=(), wait=True, **kwargs):
+        data_dir = kwargs.pop("data_dir", tmp_path / f"node{node_id}")
+        node = NodeProcess(node_id, data_dir, tmp_path / f"node{node_id}.log", args=args, **kwargs)
+        started.append(node)
+        node.start(wait=wait)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for node in started:
+            print(f"----- log of node {node.node_id} ({node.log_path}) -----")
+            print(node.log()[-20000:])
+
+
+@pytest.fixture
+def node(nodes):
+    """One standalone node with fsync on."""
+    return nodes()

@@ -1,0 +1,105 @@
+"""Settings from INI, JSON and flags; every invariant refuses a bad value with a message."""
+import json
+import pathlib
+
+import pytest
+
+from zmqstore.config import load_file, parse_peers_json, resolve
+from zmqstore.errors import ConfigError
+
+CONF = pathlib.Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_single_ini():
+    cfg = resolve(load_file(CONF / "single.ini"))
+    assert (cfg.node_id, cfg.port, cfg.pub_port, cfg.mode, cfg.fsync) == (1, 9000, 10000, "leader", True)
+    assert cfg.peers == () and cfg.write_quorum == 1 and cfg.data_dir == "data/single"
+
+
+@pytest.mark.parametrize("node_id", [1, 2, 3])
+def test_leader_ini_and_json_agree(node_id):
+    ini = resolve(load_file(CONF / "leader" / f"node{node_id}.ini"))
+    js = resolve(load_file(CONF / "leader" / f"node{node_id}.json"))
+    assert ini == js
+    assert ini.cluster_size == 3 and ini.write_quorum == 2 and ini.election_interval == 0.5
+    assert {p.node_id for p in ini.peers} == {1, 2, 3} - {node_id}
+
+
+@pytest.mark.parametrize("node_id", [1, 2])
+def test_dynamo_ini_and_json_agree(node_id):
+    ini = resolve(load_file(CONF / "dynamo" / f"node{node_id}.ini"))
+    assert ini == resolve(load_file(CONF / "dynamo" / f"node{node_id}.json"))
+    assert ini.mode == "dynamo" and len(ini.peers) == 1
+
+
+def test_flags_override_file():
+    cfg = resolve(load_file(CONF / "single.ini"), {"port": "9100", "election_interval": "1.5", "host": None})
+    assert cfg.port == 9100 and cfg.pub_port == 10100 and cfg.election_interval == 1.5 and cfg.host == "127.0.0.1"
+
+
+def test_peers_json_flag():
+    peers = parse_peers_json('[{"node_id":2,"host":"127.0.0.1","port":9001}]')
+    cfg = resolve(None, {"node_id": 1, "peers": peers})
+    assert cfg.peers[0].address == "127.0.0.1:9001" and cfg.peers[0].pub_port == 10001
+    assert cfg.heartbeat_interval == pytest.approx(0.1)
+
+
+BAD = [
+    ({}, "node_id is required"),
+    ({"node_id": 0}, "positive"),
+    ({"node_id": "x"}, "not an integer"),
+    ({"node_id": 1, "mode": "raft"}, "mode"),
+    ({"node_id": 1, "role": "boss"}, "role"),
+    ({"node_id": 1, "port": 70000}, "TCP port"),
+    ({"node_id": 1, "port": 9000, "pub_port": 9000}, "pub_port equals port"),
+    ({"node_id": 1, "election_interval": 0}, "election_interval"),
+    ({"node_id": 1, "election_interval": "fast"}, "not a number"),
+    ({"node_id": 1, "replication_timeout": 0.01}, "replication_timeout"),
+    ({"node_id": 1, "write_quorum": 2}, "write_quorum"),
+    ({"node_id": 1, "fsync": "maybe"}, "true or false"),
+    ({"node_id": 1, "max_value_size": 1 << 30}, "max_value_size"),
+    ({"node_id": 1, "max_request_size": 10}, "max_request_size"),
+    ({"node_id": 1, "log_level": "LOUD"}, "log_level"),
+    ({"node_id": 1, "peers": [{"node_id": 1, "host": "h", "port": 1}]}, "own id"),
+    ({"node_id": 1, "peers": [{"node_id": 2, "host": "h", "port": 1}, {"node_id": 2, "host": "h", "port": 2}]},
+     "listed twice"),
+    ({"node_id": 1, "peers": [{"node_id": 2, "host": "127.0.0.1", "port": 9000}]}, "already uses"),
+    ({"node_id": 1, "peers": [{"node_id": 2, "host": "h"}]}, "needs node_id, host and port"),
+    ({"node_id": 1, "peers": ["h:1"]}, "must be an object"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD)
+def test_bad_settings_are_refused(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(None, flags)
+
+
+def test_unknown_keys_and_sections(tmp_path):
+    f = tmp_path / "a.ini"
+    f.write_text("[node]\nnode_id = 1\ncolour = blue\n")
+    with pytest.raises(ConfigError, match="unknown node setting"):
+        resolve(load_file(f))
+    f.write_text("[nodes]\nnode_id = 1\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_file(f)
+    j = tmp_path / "a.json"
+    j.write_text(json.dumps({"node": {"node_id": 1}, "cluster": {"fsnyc": True}}))
+    with pytest.raises(ConfigError, match="unknown cluster setting"):
+        resolve(load_file(j))
+    j.write_text("{broken")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_file(j)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_file(tmp_path / "missing.ini")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_peers_json("[{")
+
+
+def test_ini_peer_lines(tmp_path):
+    f = tmp_path / "p.ini"
+    f.write_text("[node]\nnode_id = 1\n[peers]\n2 = 10.0.0.2:9001:9501\n")
+    assert resolve(load_file(f)).peers[0].pub_port == 9501
+    f.write_text("[node]\nnode_id = 1\n[peers]\n2 = nonsense\n")
+    with pytest.raises(ConfigError, match="host:port"):
+        load_file(f)

@@ -1,0 +1,139 @@
+"""Protocol round trips, rejection of malformed input, and the spec covering every message."""
+import pathlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from zmqstore import errors, protocol
+from zmqstore.protocol import Limits
+
+CID = b"c" * 16
+V = protocol.pack_value
+
+VALID = {
+    "PING": (),
+    "GET": (b"k", False),
+    "PUT": (b"k", V({"a": [1, 2.5, "x", b"y", None, True]})),
+    "DEL": (b"k",),
+    "CAS": (b"k", None, V(1)),
+    "PUT_MANY": ([[b"a", V(1)], [b"b", V("two")]],),
+    "SCAN": (None, b"z", b"a", 10),
+    "STATUS": (),
+}
+
+
+def test_every_request_has_a_valid_example():
+    assert set(VALID) == set(protocol.REQUESTS)
+
+
+@pytest.mark.parametrize("command", sorted(protocol.REQUESTS))
+def test_request_round_trip(command):
+    body = protocol.encode_request(command, CID, 42, *VALID[command])
+    req = protocol.decode_request(body)
+    assert req.command == command and req.client_id == CID and req.request_id == 42
+    expected = VALID[command]
+    if command == "PUT_MANY":
+        expected = (tuple(tuple(i) for i in expected[0]),)
+    assert req.args == tuple(expected)
+
+
+def test_reply_round_trip():
+    ok = protocol.decode_reply(protocol.encode_ok(7, True, 12))
+    assert ok == protocol.Reply(7, True, (True, 12))
+    err = protocol.decode_reply(protocol.encode_error(8, "key_too_large", "too big", {"limit": 1}))
+    assert err == protocol.Reply(8, False, ("key_too_large", "too big", {"limit": 1}))
+
+
+def test_log_entry_round_trip():
+    entry = protocol.LogEntry(3, CID, 9, ((protocol.OP_PUT, b"k", V(1)), (protocol.OP_DEL, b"j")))
+    assert protocol.decode_entry(protocol.encode_entry(entry)) == entry
+
+
+def test_values_round_trip():
+    for value in (None, 0, -1, 2**63, 1.5, "é", b"\x00", [1, [2]], {"k": {"n": None}}, {1: 2}):
+        assert protocol.unpack_value(protocol.pack_value(value)) == value
+    with pytest.raises(errors.BadArgument):
+        protocol.pack_value(object())
+
+
+def raw(*fields):
+    return msgpack.packb(list(fields), use_bin_type=True)
+
+
+BAD = [
+    (b"\xc1", errors.MalformedMessage),                          # never-used msgpack byte
+    (b"", errors.MalformedMessage),
+    (raw(1, "PING", CID), errors.MalformedMessage),              # header too short
+    (msgpack.packb({"op": "GET"}), errors.MalformedMessage),     # not an array
+    (raw(2, "PING", CID, 1), errors.UnsupportedVersion),
+    (raw(True, "PING", CID, 1), errors.UnsupportedVersion),
+    (raw(1, "FLY", CID, 1), errors.UnknownCommand),
+    (raw(1, 7, CID, 1), errors.MalformedMessage),
+    (raw(1, "PING", "not-bytes", 1), errors.BadArgument),
+    (raw(1, "PING", CID, -1), errors.BadArgument),
+    (raw(1, "PING", CID, "1"), errors.BadArgument),
+    (raw(1, "GET", CID, 1, b"k"), errors.BadArgument),           # missing stale flag
+    (raw(1, "GET", CID, 1, "k", False), errors.BadArgument),     # key must be bin
+    (raw(1, "GET", CID, 1, b"", False), errors.InvalidKey),
+    (raw(1, "GET", CID, 1, b"k" * 1025, False), errors.KeyTooLarge),
+    (raw(1, "PUT", CID, 1, b"k", 5), errors.BadArgument),        # value must be bin holding msgpack
+    (raw(1, "PUT", CID, 1, b"k", b"\xc1"), errors.BadArgument),  # ... that decodes
+    (raw(1, "PUT", CID, 1, b"k", b"\x01\x02"), errors.BadArgument),  # ... to exactly one object
+    (raw(1, "PUT", CID, 1, b"k", V("x" * (1 << 20))), errors.ValueTooLarge),
+    (raw(1, "PUT", CID, 1, b"k", V(1), b"extra"), errors.BadArgument),
+    (raw(1, "CAS", CID, 1, b"k", 3, V(1)), errors.BadArgument),
+    (raw(1, "PUT_MANY", CID, 1, []), errors.BadArgument),
+    (raw(1, "PUT_MANY", CID, 1, [[b"k"]]), errors.BadArgument),
+    (raw(1, "PUT_MANY", CID, 1, [[b"", V(1)]]), errors.InvalidKey),
+    (raw(1, "SCAN", CID, 1, None, None, None, -5), errors.BadArgument),
+    (raw(1, "SCAN", CID, 1, 1, None, None, None), errors.BadArgument),
+    (raw(1, "GET", CID, 1, b"k", 1), errors.BadArgument),        # stale must be a bool
+]
+
+
+@pytest.mark.parametrize("body,exc", BAD)
+def test_bad_requests_are_classified(body, exc):
+    with pytest.raises(exc) as info:
+        protocol.decode_request(body)
+    assert info.value.code in pathlib.Path(DOC).read_text()
+
+
+def test_put_many_item_cap():
+    limits = Limits(max_batch_items=2)
+    with pytest.raises(errors.RequestTooLarge):
+        protocol.decode_request(raw(1, "PUT_MANY", CID, 1, [[b"a", V(1)]] * 3), limits)
+
+
+def test_error_carries_request_id():
+    with pytest.raises(errors.RequestError) as info:
+        protocol.decode_request(raw(1, "GET", CID, 99, b"", False))
+    assert info.value.request_id == 99
+
+
+def test_split_frames():
+    assert protocol.split_frames([b"id", b"body"]) == ([b"id"], b"body")
+    assert protocol.split_frames([b"id", b"", b"body"]) == ([b"id", b""], b"body")
+    for frames in ([b"id"], [b"id", b"a", b"b"], [b"id", b"", b"a", b"b"]):
+        with pytest.raises(errors.MalformedMessage):
+            protocol.split_frames(frames)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bodies_never_escape_as_other_exceptions(body):
+    try:
+        protocol.decode_request(body)
+    except errors.RequestError:
+        pass
+
+
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+
+
+def test_every_message_and_error_code_is_in_the_spec():
+    text = DOC.read_text()
+    for command in protocol.REQUESTS:
+        assert f"### {command}" in text, f"{command} has no section in docs/PROTOCOL.md"
+    for code in errors.ERRORS_BY_CODE:
+        assert f"`{code}`" in text, f"error code {code} is not listed in docs/PROTOCOL.md"

@@ -1,0 +1,108 @@
+"""Storage on tmp_path: atomic batches, reopen, scans, log trimming, and data dir checks."""
+import json
+
+import pytest
+
+from zmqstore.errors import DataDirError
+from zmqstore.storage import META_FIRST_SEQ, META_LAST_SEQ, Storage
+
+
+def write(st, seq, key, value):
+    b = st.batch()
+    b.append(seq, b"entry%d" % seq)
+    b.put(key, value)
+    b.set_meta(META_LAST_SEQ, seq)
+    st.commit(b)
+
+
+def test_batch_is_applied_and_survives_reopen(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    write(st, 1, b"a", b"1")
+    write(st, 2, b"b", b"2")
+    b = st.batch()
+    b.delete(b"a")
+    assert b.overlay == {b"a": None}
+    st.commit(b)
+    st.close()
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    assert st.get(b"a") is None and st.get(b"b") == b"2"
+    assert st.last_seq == 2
+    assert list(st.log_entries(1)) == [(1, b"entry1"), (2, b"entry2")]
+    st.close()
+    st.close()  # closing twice is safe
+
+
+def test_scan_bounds_prefix_and_paging(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    b = st.batch()
+    for k in (b"a1", b"a2", b"a3", b"b1", b"c"):
+        b.put(k, b"v" + k)
+    st.commit(b)
+    assert [k for k, _ in st.scan(None, None, b"a", 100, 1 << 20)[0]] == [b"a1", b"a2", b"a3"]
+    assert st.scan(b"a2", b"b1", None, 100, 1 << 20) == ([(b"a2", b"va2"), (b"a3", b"va3")], None)
+    items, nxt = st.scan(None, None, None, 2, 1 << 20)
+    assert [k for k, _ in items] == [b"a1", b"a2"] and nxt == b"a3"
+    items, nxt = st.scan(None, None, None, 100, 1)  # byte budget fills after one item
+    assert len(items) == 1 and nxt == b"a2"
+    assert st.scan(b"zz", None, None, 10, 100) == ([], None)
+    st.close()
+
+
+def test_trim_log(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    for seq in range(1, 11):
+        write(st, seq, b"k", b"%d" % seq)
+    b = st.batch()
+    b.trim_log(st.first_seq, 8)
+    st.commit(b)
+    assert st.first_seq == 8
+    assert [s for s, _ in st.log_entries(1)] == [8, 9, 10]
+    st.close()
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    assert st.first_seq == 8 and [s for s, _ in st.log_entries(0, 9)] == [8, 9]
+    st.close()
+
+
+def test_refuses_other_node_and_mode(tmp_path):
+    Storage.open(tmp_path / "d", 1, "leader").close()
+    with pytest.raises(DataDirError, match="belongs to node 1"):
+        Storage.open(tmp_path / "d", 2, "leader")
+    with pytest.raises(DataDirError, match="leader mode"):
+        Storage.open(tmp_path / "d", 1, "dynamo")
+
+
+def test_refuses_foreign_missing_parent_and_damage(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "something").write_text("x")
+    with pytest.raises(DataDirError, match="not written by zmqstore"):
+        Storage.open(foreign, 1, "leader")
+    with pytest.raises(DataDirError, match="parent"):
+        Storage.open(tmp_path / "no" / "such" / "dir", 1, "leader")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataDirError, match="not a directory"):
+        Storage.open(tmp_path / "file", 1, "leader")
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    (lost / "zmqstore.json").write_text(json.dumps({"format": 1, "node_id": 1, "mode": "leader"}))
+    with pytest.raises(DataDirError, match="data was lost"):
+        Storage.open(lost, 1, "leader")
+    (lost / "zmqstore.json").write_text("{nonsense")
+    with pytest.raises(DataDirError, match="damaged"):
+        Storage.open(lost, 1, "leader")
+
+
+def test_refuses_dir_in_use(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    try:
+        with pytest.raises(DataDirError, match="in use"):
+            Storage.open(tmp_path / "d", 1, "leader")
+    finally:
+        st.close()
+
+
+def test_meta_first_seq_defaults_to_one(tmp_path):
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    assert (st.first_seq, st.last_seq, st.applied_seq, st.term) == (1, 0, 0, 0)
+    assert META_FIRST_SEQ == b"first_seq"
+    st.close()

@@ -1,0 +1,115 @@
+"""Start, stop, kill and inspect real datastore-node processes on loopback (used by tests and bench)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from ..client import Client, Retry
+from ..errors import ZmqstoreError
+
+
+def wait_until(predicate, timeout, interval=0.02, message="condition"):
+    """Poll `predicate` until it returns a truthy value; raise TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{message} not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port free on `host` right now (the kernel picks it, so parallel runs do not collide)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class NodeProcess:
+    """One datastore-node process. `args` are extra command-line flags; output goes to `log_path`."""
+
+    def __init__(self, node_id, data_dir, log_path, host="127.0.0.1", port=None, pub_port=None, args=()):
+        self.node_id = node_id
+        self.host = host
+        self.port = port or free_port(host)
+        self.pub_port = pub_port or free_port(host)
+        self.data_dir = str(data_dir)
+        self.log_path = str(log_path)
+        self.args = list(args)
+        self.proc = None
+
+    @property
+    def endpoint(self):
+        return f"{self.host}:{self.port}"
+
+    def command(self):
+        return [sys.executable, "-m", "zmqstore", "--node-id", str(self.node_id), "--host", self.host,
+                "--port", str(self.port), "--pub-port", str(self.pub_port), "--data-dir", self.data_dir,
+                *self.args]
+
+    def start(self, wait=True, timeout=15.0):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=15.0):
+        def answers():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.node_id} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with self.client(timeout=0.2, retry=Retry(max_tries=1)) as c:
+                    return c.ping() == self.node_id
+            except ZmqstoreError:
+                return False
+        wait_until(answers, timeout, interval=0.05, message=f"node {self.node_id} answering")
+
+    def client(self, **kwargs):
+        return Client(self.endpoint, **kwargs)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def kill(self):
+        """kill -9 and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, wait, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log(self):
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+def run_node_command(args, timeout=20.0):
+    """Run datastore-node with `args` to completion (for start-up errors). Returns (code, output)."""
+    proc = subprocess.run([sys.executable, "-m", "zmqstore", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout + proc.stderr
