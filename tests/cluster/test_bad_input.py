@@ -1,0 +1,149 @@
+"""Bad input against a real node: each gets an error reply with a documented code, the node keeps
+serving and the store is unchanged."""
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+from zmqstore import errors, protocol
+
+CID = b"fuzzer-client-id"
+V = protocol.pack_value
+
+
+class RawClient:
+    """A bare DEALER that sends arbitrary frames and reads one reply (bounded wait)."""
+
+    def __init__(self, endpoint):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect("tcp://" + endpoint)
+
+    def ask(self, frames, timeout=5.0):
+        self.sock.send_multipart(frames)
+        if not self.sock.poll(int(timeout * 1000)):
+            raise AssertionError(f"no reply within {timeout} s to {frames!r:.200}")
+        return self.sock.recv_multipart()
+
+    def close(self):
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def raw(node):
+    c = RawClient(node.endpoint)
+    yield c
+    c.close()
+
+
+def snapshot(node):
+    with node.client() as db:
+        return list(db.scan()), db.status()["commit_seq"]
+
+
+def req(command, *fields, rid=5, version=1, cid=CID):
+    return msgpack.packb([version, command, cid, rid, *fields], use_bin_type=True)
+
+
+CASES = [
+    ([b"\xc1\xc1"], "malformed", 0),
+    ([b""], "malformed", 0),
+    ([b"a", b"b"], "malformed", 0),
+    ([b"", b"x", b"y"], "malformed", 0),
+    ([msgpack.packb({"op": "PUT"})], "malformed", 0),
+    ([req("PING", version=9)], "unsupported_version", 5),
+    ([req("EXPLODE")], "unknown_command", 5),
+    ([req("PUT", b"k")], "bad_argument", 5),
+    ([req("PUT", "k", V(1))], "bad_argument", 5),
+    ([req("PUT", b"k", 12)], "bad_argument", 5),
+    ([req("PUT", b"k", b"\xc1")], "bad_argument", 5),
+    ([req("PUT", b"", V(1))], "invalid_key", 5),
+    ([req("PUT", b"k" * 1025, V(1))], "key_too_large", 5),
+    ([req("PUT", b"k", V(b"x" * (1 << 20)))], "value_too_large", 5),
+    ([req("PUT_MANY", [[b"a", V(1)], [b"", V(2)]])], "invalid_key", 5),
+    ([req("CAS", b"k", 1, V(2))], "bad_argument", 5),
+    ([req("SCAN", None, None, None, "ten")], "bad_argument", 5),
+    ([req("PUT", b"k", V(1), cid=b"")], "bad_argument", 5),
+    ([req("PUT", b"k", V(1), rid=-3)], "bad_argument", 0),
+]
+
+
+def test_each_bad_request_gets_its_error_and_changes_nothing(node, raw):
+    with node.client() as db:
+        db.put("k", "original")
+    before = snapshot(node)
+    for frames, code, rid in CASES:
+        reply = protocol.decode_reply(raw.ask(frames)[-1])
+        assert not reply.ok and reply.result[0] == code, (frames, reply)
+        assert reply.request_id == rid
+    assert snapshot(node) == before
+
+
+def test_req_style_envelope_is_echoed(node, raw):
+    frames = raw.ask([b"", req("PING")])
+    assert frames[0] == b"" and protocol.decode_reply(frames[1]) == protocol.Reply(5, True, (1,))
+
+
+def test_oversized_frame_drops_only_that_connection(nodes, tmp_path):
+    conf = tmp_path / "small.ini"
+    conf.write_text("[cluster]\nmax_key_size = 100\nmax_value_size = 1000\nmax_request_size = 8192\n")
+    n = nodes(args=["--config", str(conf)])
+    big = RawClient(n.endpoint)
+    try:
+        reply = protocol.decode_reply(big.ask([req("PUT", b"k", V(b"x" * 2000))])[-1])
+        assert reply.result[0] == "value_too_large"
+        big.sock.send(req("PUT", b"k", V(b"x" * 20000)))   # over ZMQ_MAXMSGSIZE: no reply, link dropped
+        assert not big.sock.poll(500)
+    finally:
+        big.close()
+    with n.client() as db:
+        assert db.ping() == 1 and db.get("k") is None
+        with pytest.raises(errors.KeyTooLarge):
+            db.put("k" * 101, 1)
+
+
+frames_strategy = st.lists(st.binary(max_size=64), min_size=1, max_size=4)
+msgpack_objects = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=10) | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+structured_strategy = st.builds(
+    lambda cmd, rid, fields: [msgpack.packb([1, cmd, CID, rid, *fields], use_bin_type=True)],
+    st.sampled_from(sorted(protocol.REQUESTS) + ["NOPE", ""]),
+    st.integers(0, 2**64 - 1),
+    st.lists(msgpack_objects, max_size=5),
+)
+
+
+def is_valid(frames):
+    try:
+        _, body = protocol.split_frames([b"id", *frames])
+        protocol.decode_request(body)
+        return True
+    except errors.RequestError:
+        return False
+
+
+def test_fuzzed_frames_get_errors_and_change_nothing(node, raw):
+    with node.client() as db:
+        db.put_many({f"k{i}": {"i": i} for i in range(50)})
+    before = snapshot(node)
+    seen = []
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+    @given(st.one_of(frames_strategy, structured_strategy))
+    def fuzz(frames):
+        assume(not is_valid(frames))
+        reply = protocol.decode_reply(raw.ask(frames)[-1])
+        assert not reply.ok
+        assert reply.result[0] in errors.ERRORS_BY_CODE
+        seen.append(reply.result[0])
+
+    fuzz()
+    assert node.alive()
+    assert snapshot(node) == before
+    assert len(set(seen)) >= 4, f"fuzzing reached too few error paths: {sorted(set(seen))}"
