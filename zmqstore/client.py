@@ -6,7 +6,7 @@ import time
 
 import zmq
 
-from . import errors, protocol
+from . import errors, protocol, transport
 from .protocol import pack_value, unpack_value
 
 DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
@@ -160,10 +160,10 @@ class Client:
 
     def _attempt(self, body, request_id):
         sock = self._sock
-        sock.send(body)
+        transport.send(sock, body)
         while True:
             try:
-                raw = sock.recv()
+                raw = transport.recv(sock)
             except zmq.Again:
                 raise errors.ConnectionTimeout(f"no reply from {self.endpoint} within {self.timeout} s") from None
             reply = protocol.decode_reply(raw)

@@ -120,9 +120,10 @@ class Node:
         engine = self.engine
         limits = engine.limits
         outbox = []
+        recv_frames, noblock = transport.recv_frames, transport.NOBLOCK
         for _ in range(MAX_DRAIN):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(router, noblock)
             except zmq.Again:
                 break
             try:
@@ -145,5 +146,6 @@ class Node:
             outbox.append(envelope + [reply])
         # Nothing is acknowledged before it is durable: commit (and fsync) first, then reply.
         engine.flush()
+        send_frames = transport.send_frames
         for frames in outbox:
-            router.send_multipart(frames)
+            send_frames(router, frames)

@@ -3,7 +3,7 @@ import time
 
 import zmq
 
-from . import errors, protocol
+from . import errors, protocol, transport
 from .client import RETRYABLE, encode_key
 from .protocol import pack_value, unpack_value
 
@@ -99,6 +99,7 @@ class Pipeline:
     def _round(self, client, pending, bodies, index_of, ops, results):
         """Send `pending` with a sliding window; returns (indices to retry, redirect hint)."""
         sock = client._sock
+        send, recv = transport.send, transport.recv
         window = self.max_in_flight
         in_flight = set()
         retry, hint = [], None
@@ -106,11 +107,11 @@ class Pipeline:
         while next_pos < len(pending) or in_flight:
             while next_pos < len(pending) and len(in_flight) < window:
                 i = pending[next_pos]
-                sock.send(bodies[i])
+                send(sock, bodies[i])
                 in_flight.add(i)
                 next_pos += 1
             try:
-                raw = sock.recv()
+                raw = recv(sock)
             except zmq.Again:
                 # Nothing arrived within the timeout: everything in flight and unsent is retried.
                 retry.extend(sorted(in_flight))

@@ -12,7 +12,7 @@ from . import errors
 
 PROTOCOL_VERSION = 1
 
-# Field types of request messages. Each is checked by _check_field.
+# Field types of request messages; each has a checker in _CHECKERS.
 KEY = "key"                # bin, 1..max_key_size bytes
 OPT_KEY = "opt_key"        # bin (may be empty) or nil
 VALUE = "value"            # bin holding exactly one msgpack object, <= max_value_size bytes
@@ -43,6 +43,11 @@ OP_PUT = 0
 OP_DEL = 1
 
 HEADER_FIELDS = 4  # version, command, client_id, request_id
+
+# One shared Packer: packb() builds a new Packer per call, which costs more than the packing itself
+# for small messages. Sharing is safe under the GIL: pack() runs in C without calling back into
+# Python (no `default` hook) and resets its buffer on error.
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 CLIENT_ID_MAX = 64
 UINT64_MAX = (1 << 64) - 1
 
@@ -81,7 +86,7 @@ class LogEntry(NamedTuple):
 def pack_value(obj) -> bytes:
     """A user value as stored and sent: one msgpack object."""
     try:
-        return msgpack.packb(obj, use_bin_type=True)
+        return _pack(obj)
     except (TypeError, ValueError, OverflowError) as exc:
         raise errors.BadArgument(f"value cannot be encoded as msgpack: {exc}") from None
 
@@ -113,7 +118,7 @@ def split_frames(frames):
 # ---------------------------------------------------------------- requests
 
 def encode_request(command: str, client_id: bytes, request_id: int, *args) -> bytes:
-    return msgpack.packb([PROTOCOL_VERSION, command, client_id, request_id, *args], use_bin_type=True)
+    return _pack([PROTOCOL_VERSION, command, client_id, request_id, *args])
 
 
 def _unpack_body(body: bytes, limits: Limits):
@@ -144,14 +149,14 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
             raise errors.BadArgument(f"client_id must be 1..{CLIENT_ID_MAX} bytes")
         if not _is_uint(request_id):
             raise errors.BadArgument("request_id must be an unsigned 64-bit integer")
-        spec = REQUESTS.get(command)
-        if spec is None:
+        validators = _VALIDATORS.get(command)
+        if validators is None:
             raise errors.UnknownCommand(f"unknown command {command[:40]!r}")
         args = msg[HEADER_FIELDS:]
-        if len(args) != len(spec):
-            raise errors.BadArgument(f"{command} takes {len(spec)} fields after the header, got {len(args)}")
-        for (name, ftype), value in zip(spec, args):
-            _check_field(command, name, ftype, value, limits)
+        if len(args) != len(validators):
+            raise errors.BadArgument(f"{command} takes {len(validators)} fields after the header, got {len(args)}")
+        for (check, name), value in zip(validators, args):
+            check(command, name, value, limits)
     except errors.RequestError as exc:
         exc.request_id = rid
         raise
@@ -185,47 +190,58 @@ def _check_value(command, name, value, limits):
         raise errors.BadArgument(f"{command}.{name} is not exactly one msgpack object") from None
 
 
-def _check_field(command, name, ftype, value, limits):
-    if ftype == KEY:
-        _check_key(command, name, value, limits)
-    elif ftype == VALUE:
+def _check_opt_value(command, name, value, limits):
+    if value is not None:
         _check_value(command, name, value, limits)
-    elif ftype == OPT_VALUE:
-        if value is not None:
-            _check_value(command, name, value, limits)
-    elif ftype == OPT_KEY:
-        if value is not None and not isinstance(value, bytes):
-            raise errors.BadArgument(f"{command}.{name} must be bin or nil")
-        if value is not None and len(value) > limits.max_key_size:
-            raise errors.KeyTooLarge(f"{command}.{name} exceeds max_key_size {limits.max_key_size}")
-    elif ftype == BOOL:
-        if not isinstance(value, bool):
-            raise errors.BadArgument(f"{command}.{name} must be a boolean")
-    elif ftype == OPT_UINT:
-        if value is not None and not _is_uint(value):
-            raise errors.BadArgument(f"{command}.{name} must be a non-negative integer or nil")
-    elif ftype == ITEMS:
-        if not isinstance(value, list) or not value:
-            raise errors.BadArgument(f"{command}.{name} must be a non-empty array of [key, value]")
-        if len(value) > limits.max_batch_items:
-            raise errors.RequestTooLarge(f"{command}: {len(value)} items exceed max_batch_items {limits.max_batch_items}")
-        for item in value:
-            if not isinstance(item, list) or len(item) != 2:
-                raise errors.BadArgument(f"{command}.{name}: each item must be [key, value]")
-            _check_key(command, name, item[0], limits)
-            _check_value(command, name, item[1], limits)
-    else:  # pragma: no cover - a typo in REQUESTS
-        raise AssertionError(ftype)
+
+
+def _check_opt_key(command, name, value, limits):
+    if value is None:
+        return
+    if not isinstance(value, bytes):
+        raise errors.BadArgument(f"{command}.{name} must be bin or nil")
+    if len(value) > limits.max_key_size:
+        raise errors.KeyTooLarge(f"{command}.{name} exceeds max_key_size {limits.max_key_size}")
+
+
+def _check_bool(command, name, value, limits):
+    if not isinstance(value, bool):
+        raise errors.BadArgument(f"{command}.{name} must be a boolean")
+
+
+def _check_opt_uint(command, name, value, limits):
+    if value is not None and not _is_uint(value):
+        raise errors.BadArgument(f"{command}.{name} must be a non-negative integer or nil")
+
+
+def _check_items(command, name, value, limits):
+    if not isinstance(value, list) or not value:
+        raise errors.BadArgument(f"{command}.{name} must be a non-empty array of [key, value]")
+    if len(value) > limits.max_batch_items:
+        raise errors.RequestTooLarge(f"{command}: {len(value)} items exceed max_batch_items {limits.max_batch_items}")
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise errors.BadArgument(f"{command}.{name}: each item must be [key, value]")
+        _check_key(command, name, item[0], limits)
+        _check_value(command, name, item[1], limits)
+
+
+_CHECKERS = {
+    KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
+    BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
+}
+# command -> ((checker, field name), ...), derived once from REQUESTS
+_VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}
 
 
 # ---------------------------------------------------------------- replies
 
 def encode_ok(request_id: int, *result) -> bytes:
-    return msgpack.packb([PROTOCOL_VERSION, OK, request_id, *result], use_bin_type=True)
+    return _pack([PROTOCOL_VERSION, OK, request_id, *result])
 
 
 def encode_error(request_id: int, code: str, message: str, details=None) -> bytes:
-    return msgpack.packb([PROTOCOL_VERSION, ERR, request_id, code, message, details or {}], use_bin_type=True)
+    return _pack([PROTOCOL_VERSION, ERR, request_id, code, message, details or {}])
 
 
 def encode_exception(request_id: int, exc: errors.ZmqstoreError) -> bytes:
@@ -246,7 +262,7 @@ def decode_reply(body: bytes, limits: Limits = Limits()) -> Reply:
 # ---------------------------------------------------------------- log entries (stored and, later, streamed)
 
 def encode_entry(entry: LogEntry) -> bytes:
-    return msgpack.packb(tuple(entry), use_bin_type=True)
+    return _pack(entry)
 
 
 def decode_entry(data: bytes) -> LogEntry:

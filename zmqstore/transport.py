@@ -57,3 +57,36 @@ def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_siz
     target = f"{host}:{port}"
     sock.connect(f"tcp://{source_host}:0;{target}" if source_host else f"tcp://{target}")
     return sock
+
+
+# Hot-path send/recv. pyzmq's sugar layer (send_multipart, recv_multipart, enum flags) costs more
+# than the messages themselves at our sizes: measured 2.8 us for send_multipart + 2 recv against
+# 0.6 us for the Cython backend methods with int flags. These call the backend directly.
+_backend_send = zmq.backend.Socket.send
+_backend_recv = zmq.backend.Socket.recv
+_backend_get = zmq.backend.Socket.get
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_frames(sock, frames):
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _backend_send(sock, frame, _SNDMORE if i < last else 0)
+
+
+def recv_frames(sock, flags=0):
+    """All frames of the next message; raises zmq.Again with NOBLOCK when none is waiting."""
+    frames = [_backend_recv(sock, flags)]
+    while _backend_get(sock, _RCVMORE):
+        frames.append(_backend_recv(sock, 0))
+    return frames
+
+
+def send(sock, frame):
+    _backend_send(sock, frame, 0)
+
+
+def recv(sock):
+    return _backend_recv(sock, 0)
