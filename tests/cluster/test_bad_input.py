@@ -112,10 +112,18 @@ msgpack_objects = st.recursive(
     max_leaves=8,
 )
 structured_strategy = st.builds(
-    lambda cmd, rid, fields: [msgpack.packb([1, cmd, CID, rid, *fields], use_bin_type=True)],
+    lambda version, cmd, rid, fields: [msgpack.packb([version, cmd, CID, rid, *fields], use_bin_type=True)],
+    st.sampled_from([1, 1, 1, 2, 0, "1"]),
     st.sampled_from(sorted(protocol.REQUESTS) + ["NOPE", ""]),
     st.integers(0, 2**64 - 1),
     st.lists(msgpack_objects, max_size=5),
+)
+# Well-shaped writes with hostile keys and values: empty, oversized, not msgpack.
+keyed_strategy = st.builds(
+    lambda cmd, key, value: [msgpack.packb([1, cmd, CID, 1, key, value], use_bin_type=True)],
+    st.sampled_from(["PUT", "CAS"]),
+    st.one_of(st.just(b""), st.binary(min_size=1025, max_size=1100), st.binary(max_size=8)),
+    st.binary(max_size=8),
 )
 
 
@@ -134,8 +142,9 @@ def test_fuzzed_frames_get_errors_and_change_nothing(node, raw):
     before = snapshot(node)
     seen = []
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
-    @given(st.one_of(frames_strategy, structured_strategy))
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              database=None)
+    @given(st.one_of(frames_strategy, structured_strategy, keyed_strategy))
     def fuzz(frames):
         assume(not is_valid(frames))
         reply = protocol.decode_reply(raw.ask(frames)[-1])
