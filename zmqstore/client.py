@@ -24,9 +24,10 @@ class Retry:
         self.max_jitter = max_jitter
         self.deadline = deadline
 
-    def sleeps(self):
-        """Yields the pause before each retry; stops when tries or the deadline run out."""
-        end = time.monotonic() + self.deadline
+    def sleeps(self, started=None):
+        """Yields the pause before each retry; stops when tries or the deadline (counted from
+        `started`, default now) run out."""
+        end = (time.monotonic() if started is None else started) + self.deadline
         delay = self.delay
         for _ in range(self.max_tries - 1):
             pause = min(delay, self.max_delay) * (1 + random.uniform(0, self.max_jitter))
@@ -143,7 +144,8 @@ class Client:
         the same request id, so a write is applied at most once."""
         request_id = next(self._ids)
         body = self._encode(command, request_id, args)
-        sleeps = self.retry.sleeps()
+        started = time.monotonic()
+        sleeps = None
         while True:
             hint = None
             try:
@@ -152,6 +154,8 @@ class Client:
                 failure, hint = exc, exc.details.get("primary_address")
             except (errors.Unavailable, errors.ConnectionTimeout) as exc:
                 failure = exc
+            if sleeps is None:
+                sleeps = self.retry.sleeps(started)
             pause = next(sleeps, None)
             if pause is None:
                 raise failure

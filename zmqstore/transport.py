@@ -67,6 +67,8 @@ _backend_recv = zmq.backend.Socket.recv
 _backend_get = zmq.backend.Socket.get
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 NOBLOCK = int(zmq.NOBLOCK)
 
 
@@ -82,6 +84,11 @@ def recv_frames(sock, flags=0):
     while _backend_get(sock, _RCVMORE):
         frames.append(_backend_recv(sock, 0))
     return frames
+
+
+def has_input(sock):
+    """True when a message is waiting (ZMQ_EVENTS; also processes pending socket commands)."""
+    return bool(_backend_get(sock, _EVENTS) & _POLLIN)
 
 
 def send(sock, frame):
