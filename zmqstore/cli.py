@@ -1,9 +1,10 @@
 """Command-line entry points: `datastore-node` (run a node) and `datastore-cli` (use a cluster from a shell)."""
 import json
 import logging
+import re
 import sys
 
-from docopt import docopt
+from docopt import DocoptExit, docopt
 
 from . import __version__, config as configmod, errors
 
@@ -82,8 +83,22 @@ class _NodeContext(logging.Filter):
         return True
 
 
+def _parse_args(usage, argv, prog):
+    """docopt, but a bad command line gets one line (what is wrong) instead of the usage text."""
+    try:
+        return docopt(usage, argv=argv, version=__version__)
+    except DocoptExit as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip() and not ln.startswith(("Usage", " "))]
+        reason = lines[0] if lines else "the arguments do not match any usage"
+        if "unmatched" in reason:
+            names = re.findall(r"'([^']*)'", reason)
+            reason = "unknown or repeated argument " + " ".join(names)
+        print(f"{prog}: {reason}; see {prog} --help", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def node_main(argv=None):
-    args = docopt(NODE_USAGE, argv=argv, version=__version__)
+    args = _parse_args(NODE_USAGE, argv, "datastore-node")
     try:
         cfg = load_node_config(args)
     except errors.ConfigError as exc:
@@ -117,7 +132,7 @@ def load_node_config(args):
 # ---------------------------------------------------------------- datastore-cli
 
 def cli_main(argv=None):
-    args = docopt(CLI_USAGE, argv=argv, version=__version__)
+    args = _parse_args(CLI_USAGE, argv, "datastore-cli")
     from .client import Client, Retry
     try:
         timeout = float(args["--timeout"])
@@ -177,8 +192,9 @@ def _run_command(db, args):
     elif args["status"]:
         _print_status(args, db.status())
     elif args["ping"]:
-        _show(args, {"node_id": db.ping(), "endpoint": db.endpoint} if args["--json"] else f"PONG from node "
-              f"{db.ping()} at {db.endpoint}")
+        node_id = db.ping()
+        _show(args, {"node_id": node_id, "endpoint": db.endpoint} if args["--json"] else
+              f"PONG from node {node_id} at {db.endpoint}")
     return 0
 
 
