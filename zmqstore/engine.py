@@ -60,6 +60,11 @@ class Engine:
         """One decoded request -> its reply body. The reply may leave only after the next flush()."""
         return self._handlers[request.command](request)
 
+    @property
+    def staging(self) -> bool:
+        """True while writes wait for flush(): a reply given now may depend on them."""
+        return self._batch is not None
+
     def flush(self):
         """Commit everything staged since the last flush in one write batch (fsync per setting)."""
         batch = self._batch

@@ -117,11 +117,12 @@ class Node:
             pass
 
     def _serve_requests(self, router):
-        """One group commit: take what is ready, stage it, commit once, then send every reply."""
+        """One group commit: take what is ready and stage it, commit once, then release the replies
+        that waited for it. A reply that depends on durable state only leaves at once."""
         engine = self.engine
-        limits = engine.limits
         outbox = []
-        recv_frames, noblock = transport.recv_frames, transport.NOBLOCK
+        recv_frames, noblock = transport.recv_routed, transport.NOBLOCK
+        send_frames = transport.send_frames
         for taken in range(MAX_DRAIN):
             # After one request, ask ZMQ_EVENTS whether another is waiting: for the common lone
             # request that is cheaper than the failing recv (zmq.Again) that ends a longer drain.
@@ -131,26 +132,32 @@ class Node:
                 frames = recv_frames(router, noblock)
             except zmq.Again:
                 break
-            try:
-                envelope, body = protocol.split_frames(frames)
-            except errors.RequestError as exc:
-                outbox.append(frames[:1] + [protocol.encode_exception(0, exc)])
-                continue
-            request = None
-            try:
-                request = protocol.decode_request(body, limits)
-                reply = engine.handle(request)
-            except errors.RequestError as exc:
-                reply = protocol.encode_exception(getattr(exc, "request_id", 0), exc)
-            except errors.StorageError:
-                raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
-            except Exception as exc:  # a bug must not take the node down with it
-                log.exception("internal error serving %s", request.command if request else "a request")
-                reply = protocol.encode_error(request.request_id if request else 0, "internal",
-                                              f"internal error: {type(exc).__name__}")
-            outbox.append(envelope + [reply])
+            envelope, reply = self._answer(frames)
+            if engine.staging:
+                outbox.append(envelope + [reply])  # it may have seen a staged write: wait for the commit
+            else:
+                send_frames(router, envelope + [reply])
         # Nothing is acknowledged before it is durable: commit (and fsync) first, then reply.
         engine.flush()
-        send_frames = transport.send_frames
         for frames in outbox:
             send_frames(router, frames)
+
+    def _answer(self, frames):
+        """One request's frames -> (envelope, reply body). Bad input gets an error reply; so does a
+        bug (logged), so that no client can take the node down."""
+        try:
+            envelope, body = protocol.split_frames(frames)
+        except errors.RequestError as exc:
+            return frames[:1], protocol.encode_exception(0, exc)
+        request = None
+        try:
+            request = protocol.decode_request(body, self.engine.limits)
+            return envelope, self.engine.handle(request)
+        except errors.RequestError as exc:
+            return envelope, protocol.encode_exception(getattr(exc, "request_id", 0), exc)
+        except errors.StorageError:
+            raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
+        except Exception as exc:
+            log.exception("internal error serving %s", request.command if request else "a request")
+            return envelope, protocol.encode_error(request.request_id if request else 0, "internal",
+                                                   f"internal error: {type(exc).__name__}")

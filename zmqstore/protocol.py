@@ -136,18 +136,18 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
     """Parse and fully validate one request body. Raises a RequestError subclass on any bad input;
     the exception carries `request_id` (0 when it could not be read) so the reply can name it."""
     msg = _unpack_body(body, limits)
-    if not isinstance(msg, list) or len(msg) < HEADER_FIELDS:
+    if type(msg) is not list or len(msg) < HEADER_FIELDS:
         raise errors.MalformedMessage("body must be an array [version, command, client_id, request_id, ...]")
-    version, command, client_id, request_id = msg[:HEADER_FIELDS]
-    rid = request_id if _is_uint(request_id) else 0
+    version, command, client_id, request_id = msg[0], msg[1], msg[2], msg[3]
+    rid_ok = type(request_id) is int and 0 <= request_id <= UINT64_MAX
     try:
-        if version != PROTOCOL_VERSION or type(version) is not int:
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise errors.UnsupportedVersion(f"protocol version {version!r} not supported; this node speaks {PROTOCOL_VERSION}")
-        if not isinstance(command, str):
+        if type(command) is not str:
             raise errors.MalformedMessage("command must be a string")
-        if not isinstance(client_id, bytes) or not 0 < len(client_id) <= CLIENT_ID_MAX:
+        if type(client_id) is not bytes or not 0 < len(client_id) <= CLIENT_ID_MAX:
             raise errors.BadArgument(f"client_id must be 1..{CLIENT_ID_MAX} bytes")
-        if not _is_uint(request_id):
+        if not rid_ok:
             raise errors.BadArgument("request_id must be an unsigned 64-bit integer")
         validators = _VALIDATORS.get(command)
         if validators is None:
@@ -158,7 +158,7 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
         for (check, name), value in zip(validators, args):
             check(command, name, value, limits)
     except errors.RequestError as exc:
-        exc.request_id = rid
+        exc.request_id = request_id if rid_ok else 0
         raise
     if command == "PUT_MANY":
         args[0] = tuple(tuple(item) for item in args[0])
@@ -250,13 +250,14 @@ def encode_exception(request_id: int, exc: errors.ZmqstoreError) -> bytes:
 
 def decode_reply(body: bytes, limits: Limits = Limits()) -> Reply:
     msg = _unpack_body(body, limits)
-    if not isinstance(msg, list) or len(msg) < 3 or msg[0] != PROTOCOL_VERSION or msg[1] not in (OK, ERR):
-        raise errors.MalformedMessage("reply must be an array [version, OK|ERR, request_id, ...]")
-    if msg[1] == ERR:
-        if len(msg) != 6:
-            raise errors.MalformedMessage("ERR reply must have code, message and details")
-        return Reply(msg[2], False, tuple(msg[3:]))
-    return Reply(msg[2], True, tuple(msg[3:]))
+    if type(msg) is list and len(msg) >= 3 and msg[0] == PROTOCOL_VERSION:
+        status = msg[1]
+        if status == OK:
+            return Reply(msg[2], True, tuple(msg[3:]))
+        if status == ERR and len(msg) == 6:
+            return Reply(msg[2], False, tuple(msg[3:]))
+    raise errors.MalformedMessage("reply must be [version, OK, request_id, ...] or "
+                                  "[version, ERR, request_id, code, message, details]")
 
 
 # ---------------------------------------------------------------- log entries (stored and, later, streamed)

@@ -86,6 +86,15 @@ def recv_frames(sock, flags=0):
     return frames
 
 
+def recv_routed(sock, flags=0):
+    """recv_frames for a ROUTER: the identity frame is always followed by at least one more, so one
+    RCVMORE check is saved on the usual two-frame message (each check costs about 0.7 us)."""
+    frames = [_backend_recv(sock, flags), _backend_recv(sock, 0)]
+    while _backend_get(sock, _RCVMORE):
+        frames.append(_backend_recv(sock, 0))
+    return frames
+
+
 def has_input(sock):
     """True when a message is waiting (ZMQ_EVENTS; also processes pending socket commands)."""
     return bool(_backend_get(sock, _EVENTS) & _POLLIN)
