@@ -194,9 +194,10 @@ def main():
 
     echo = EchoServer()
     with tempfile.TemporaryDirectory() as d:
-        node = NodeProcess(1, os.path.join(d, "data"), os.path.join(d, "node.log"), args=["--log-level", "WARNING"])
-        node.start()
+        node = NodeProcess(1, os.path.join(d, "data"), os.path.join(d, "node.log"), args=["--log-level", "WARNING"],
+                           new_session=False)
         try:
+            node.start()
             ep = node.endpoint
             with Client(ep) as db:
                 db.put_many({f"seq{i}": VALUE for i in range(1000)})

@@ -117,7 +117,10 @@ def node_main(argv=None):
         print(f"datastore-node: {exc}", file=sys.stderr)
         return 2
     context.node = node
-    node.run()
+    try:
+        node.run()
+    except errors.StorageError:
+        return 1  # logged by the node
     return 0
 
 

@@ -99,6 +99,9 @@ class Client:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout * 1000)))
+        # A send to a node that is down queues up to SNDHWM messages, then blocks: bound that wait too.
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
+        sock.setsockopt(zmq.SNDHWM, transport.ROUTER_HWM)
         sock.connect("tcp://" + self.endpoint)
         self._sock = sock
 
@@ -132,8 +135,11 @@ class Client:
 
     # ------------------------------------------------------------ request/reply with retries
 
-    def _encode(self, command, request_id, args):
-        body = protocol.encode_request(command, self.client_id, request_id, *args)
+    def _encode(self, command, request_id, args, open_from=None):
+        """One request body. `open_from`: the lowest request id still awaited (default: this one);
+        the node may forget the outcomes of this client's earlier writes."""
+        body = protocol.encode_request(command, self.client_id, request_id,
+                                       request_id if open_from is None else open_from, *args)
         if len(body) > self.max_request_size:
             raise errors.RequestTooLarge(f"{command} request of {len(body)} bytes exceeds max_request_size "
                                          f"{self.max_request_size}")
@@ -164,7 +170,10 @@ class Client:
 
     def _attempt(self, body, request_id):
         sock = self._sock
-        transport.send(sock, body)
+        try:
+            transport.send(sock, body)
+        except zmq.Again:
+            raise errors.ConnectionTimeout(f"could not send to {self.endpoint} within {self.timeout} s") from None
         while True:
             try:
                 raw = transport.recv(sock)
@@ -233,5 +242,7 @@ class Client:
         return self._call("STATUS")[0]
 
     def pipeline(self, max_in_flight=64):
+        if not 1 <= max_in_flight <= transport.MAX_IN_FLIGHT:
+            raise ValueError(f"max_in_flight must be 1..{transport.MAX_IN_FLIGHT}")
         from .pipeline import Pipeline
         return Pipeline(self, max_in_flight)

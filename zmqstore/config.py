@@ -33,7 +33,8 @@ CLUSTER_DEFAULTS = {
     "write_quorum": "majority",   # nodes (primary included) holding an entry before it commits; int or majority
     "read_quorum": 1,             # dynamo mode: replicas consulted per read
     "fsync": True,                # sync each group-commit batch to disk before acknowledging it
-    "log_retention": 100_000,     # log entries kept for replication and retried-request lookups
+    "log_retention": 100_000,     # log entries kept for replication (and outcomes recovered at restart)
+    "session_timeout": 60.0,      # seconds a silent client's write outcomes are kept for its retries
     "max_key_size": 1024,         # bytes
     "max_value_size": 1 << 20,    # bytes of the msgpack-encoded value
     "max_batch_items": 10_000,    # items in one put_many
@@ -42,7 +43,7 @@ CLUSTER_DEFAULTS = {
 
 _INT_KEYS = {"node_id", "port", "pub_port", "read_quorum", "log_retention", "max_key_size", "max_value_size",
              "max_batch_items", "max_request_size"}
-_FLOAT_KEYS = {"election_interval", "replication_timeout"}
+_FLOAT_KEYS = {"election_interval", "replication_timeout", "session_timeout"}
 _BOOL_KEYS = {"fsync"}
 
 
@@ -74,6 +75,7 @@ class Config:
     read_quorum: int
     fsync: bool
     log_retention: int
+    session_timeout: float
     max_key_size: int
     max_value_size: int
     max_batch_items: int
@@ -196,12 +198,16 @@ def _convert(key, value):
                 return False
             raise ValueError
         if key == "write_quorum":
+            if isinstance(value, bool):
+                raise ValueError
             return "majority" if str(value).strip().lower() == "majority" else int(value)
     except (TypeError, ValueError):
         kind = "an integer" if key in _INT_KEYS else "a number" if key in _FLOAT_KEYS else \
             "true or false" if key in _BOOL_KEYS else "an integer or 'majority'"
         raise ConfigError(f"{key} = {value!r} is not {kind}") from None
-    return str(value).strip() if isinstance(value, str) else value
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} = {value!r} is not a string")
+    return value.strip()
 
 
 def _convert_peer(raw) -> Peer:
@@ -213,9 +219,9 @@ def _convert_peer(raw) -> Peer:
     node_id = _convert("node_id", raw["node_id"])
     port = _convert("port", raw["port"])
     pub_port = _convert("pub_port", raw.get("pub_port"))
-    host = str(raw["host"]).strip()
+    host = raw["host"].strip() if isinstance(raw["host"], str) else ""
     if not host:
-        raise ConfigError(f"peer {node_id}: empty host")
+        raise ConfigError(f"peer {node_id}: host must be a non-empty string")
     _check_port(f"peer {node_id} port", port)
     pub_port = port + 1000 if pub_port is None else pub_port
     _check_port(f"peer {node_id} pub_port", pub_port)
@@ -264,6 +270,8 @@ def _check(s) -> Config:
         raise ConfigError(f"write_quorum = {s['write_quorum']} must be 1..{n} (cluster of {n}) or 'majority'")
     if not 1 <= s["read_quorum"] <= n:
         raise ConfigError(f"read_quorum = {s['read_quorum']} must be 1..{n} (cluster of {n})")
+    if not 1 <= s["session_timeout"] <= 86400:
+        raise ConfigError(f"session_timeout = {s['session_timeout']} s; use 1 to 86400 seconds")
     if s["log_retention"] < 1:
         raise ConfigError(f"log_retention = {s['log_retention']} must be at least 1")
     if not 1 <= s["max_key_size"] <= 65536:

@@ -3,15 +3,15 @@
 The node loop feeds requests in arrival order and calls `flush()` once per loop iteration: every
 write staged since the last flush goes to RocksDB in one batch (one fsync), and only then may the
 replies leave. Writes are judged against storage plus the staged batch, so outcomes follow arrival
-order. A write's outcome is remembered by (client_id, request_id) for as long as its log entry is
-retained, so a client that retries after a lost reply gets the first outcome, not a second apply.
+order. A write's outcome is remembered per client (sessions.py), so a client that retries after a
+lost reply gets the first outcome, not a second apply.
 """
-import collections
 import logging
 import time
 
 from . import errors, protocol
 from .protocol import OP_DEL, OP_PUT, LogEntry
+from .sessions import Sessions
 from .storage import META_APPLIED_SEQ, META_LAST_SEQ, META_TERM
 
 SCAN_PAGE_ITEMS = 1000          # a SCAN reply holds at most this many items ...
@@ -33,9 +33,8 @@ class Engine:
         self.role = "primary"
         self._batch = None
         self._next_seq = storage.last_seq + 1
-        # (client_id, request_id) -> seq, in seq order, for entries still in the retained log.
-        self._outcomes = collections.OrderedDict()
-        self._rebuild_outcomes()
+        self.sessions = Sessions(config.session_timeout)
+        self._rebuild_sessions()
         if storage.term == 0:
             # A fresh standalone node bootstraps term 1 (DESIGN.md 4.2: an empty dir starts as primary of term 1).
             batch = storage.batch()
@@ -46,13 +45,22 @@ class Engine:
             "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status,
         }
 
-    def _rebuild_outcomes(self):
+    def _rebuild_sessions(self):
+        """Outcomes of writes still in the retained log; pruned as their clients come back."""
+        now = time.monotonic()
         for seq, raw in self.storage.log_entries(self.storage.first_seq):
             entry = protocol.decode_entry(raw)
             if entry.client_id:
-                self._outcomes[(entry.client_id, entry.request_id)] = seq
-        if self._outcomes:
-            log.info("recovered %d request outcomes from the retained log", len(self._outcomes))
+                self.sessions.record(entry.client_id, entry.request_id, seq, now)
+        if self.sessions.clients:
+            log.info("recovered %d write outcomes of %d clients from the retained log",
+                     len(self.sessions), self.sessions.clients)
+
+    def housekeeping(self, now):
+        """Periodic work: forget clients that went silent."""
+        expired = self.sessions.expire(now)
+        if expired:
+            log.debug("forgot %d idle client sessions", expired)
 
     # ------------------------------------------------------------ entry points for the loop
 
@@ -66,30 +74,29 @@ class Engine:
         return self._batch is not None
 
     def flush(self):
-        """Commit everything staged since the last flush in one write batch (fsync per setting)."""
+        """Commit everything staged since the last flush in one write batch (fsync per setting).
+        Any failure raises StorageError: the node must stop, since replies may wait on this batch."""
         batch = self._batch
         if batch is None:
             return
+        try:
+            last_seq = self._next_seq - 1
+            batch.set_meta(META_LAST_SEQ, last_seq)
+            batch.set_meta(META_APPLIED_SEQ, last_seq)
+            self._maybe_trim(batch, last_seq)
+            self.storage.commit(batch)
+        except errors.StorageError:
+            raise
+        except Exception as exc:
+            raise errors.StorageError(f"commit failed: {type(exc).__name__}: {exc}") from exc
         self._batch = None
-        last_seq = self._next_seq - 1
-        batch.set_meta(META_LAST_SEQ, last_seq)
-        batch.set_meta(META_APPLIED_SEQ, last_seq)
-        self._maybe_trim(batch, last_seq)
-        self.storage.commit(batch)
 
     def _maybe_trim(self, batch, last_seq):
         retention = self.config.log_retention
         first_seq = self.storage.first_seq
         if last_seq - first_seq + 1 <= retention * (1 + TRIM_SLACK):
             return
-        new_first = last_seq - retention + 1
-        batch.trim_log(first_seq, new_first)
-        outcomes = self._outcomes
-        while outcomes:
-            key, seq = next(iter(outcomes.items()))
-            if seq >= new_first:
-                break
-            outcomes.popitem(last=False)
+        batch.trim_log(first_seq, last_seq - retention + 1)
 
     # ------------------------------------------------------------ helpers
 
@@ -117,11 +124,11 @@ class Engine:
                 batch.put(op[1], op[2])
             else:
                 batch.delete(op[1])
-        self._outcomes[(request.client_id, request.request_id)] = seq
+        self.sessions.record(request.client_id, request.request_id, seq, time.monotonic())
         return seq
 
     def _already_applied(self, request):
-        seq = self._outcomes.get((request.client_id, request.request_id))
+        seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
         return None if seq is None else protocol.encode_ok(request.request_id, True, seq)
 
     # ------------------------------------------------------------ commands (reply layouts: docs/PROTOCOL.md)

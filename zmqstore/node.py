@@ -3,6 +3,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 
 import zmq
 
@@ -11,6 +12,8 @@ from .engine import Engine
 from .storage import Storage
 
 MAX_DRAIN = 4096   # requests taken per loop iteration (one group commit) before replies go out
+HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session expiry)
+SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
 
 log = logging.getLogger("zmqstore.node")
 
@@ -60,10 +63,13 @@ class Node:
                  self.storage.last_seq, "on" if cfg.fsync else "off")
         try:
             self._loop()
+        except errors.StorageError as exc:
+            log.critical("stopping: %s; the writes of the failed batch were not acknowledged", exc)
+            raise
         finally:
             restore()
             self._close()
-            log.info("stopped cleanly")
+        log.info("stopped cleanly")
 
     def _install_signal_handlers(self):
         if threading.current_thread() is not threading.main_thread():
@@ -85,9 +91,11 @@ class Node:
         return restore
 
     def _close(self):
-        for sock in (self.router, self.pub):
-            if sock is not None:
-                sock.close(linger=0)
+        if self.router is not None:
+            # A short linger lets the last replies (already durable) leave; term() waits at most this.
+            self.router.close(linger=SHUTDOWN_LINGER_MS)
+        if self.pub is not None:
+            self.pub.close(linger=0)
         if self.storage is not None:
             self.storage.close()
         self._ctx.term()
@@ -102,8 +110,14 @@ class Node:
         # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         poll_items = [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
         zmq_poll = zmq.backend.zmq_poll
+        next_chores = time.monotonic() + HOUSEKEEPING_INTERVAL
         while not self._stopping:
-            for item, _ in zmq_poll(poll_items, -1):
+            now = time.monotonic()
+            if now >= next_chores:
+                self.engine.housekeeping(now)
+                next_chores = now + HOUSEKEEPING_INTERVAL
+            # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
+            for item, _ in zmq_poll(poll_items, max(0, int((next_chores - now) * 1000)) + 1):
                 if item is router:
                     self._serve_requests(router)
                 else:
@@ -154,7 +168,8 @@ class Node:
             request = protocol.decode_request(body, self.engine.limits)
             return envelope, self.engine.handle(request)
         except errors.RequestError as exc:
-            return envelope, protocol.encode_exception(getattr(exc, "request_id", 0), exc)
+            rid = request.request_id if request else getattr(exc, "request_id", 0)
+            return envelope, protocol.encode_exception(rid, exc)
         except errors.StorageError:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
         except Exception as exc:

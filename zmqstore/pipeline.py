@@ -72,7 +72,8 @@ class Pipeline:
         client = self._client
         ops, self._ops = self._ops, []
         rids = [next(client._ids) for _ in ops]
-        bodies = [client._encode(cmd, rid, args) for (cmd, args, _), rid in zip(ops, rids)]
+        open_from = rids[0] if rids else 0   # every earlier request of this client has finished
+        bodies = [client._encode(cmd, rid, args, open_from) for (cmd, args, _), rid in zip(ops, rids)]
         index_of = {rid: i for i, rid in enumerate(rids)}
         results = [None] * len(ops)
         pending = list(range(len(ops)))
@@ -105,15 +106,15 @@ class Pipeline:
         retry, hint = [], None
         next_pos = 0
         while next_pos < len(pending) or in_flight:
-            while next_pos < len(pending) and len(in_flight) < window:
-                i = pending[next_pos]
-                send(sock, bodies[i])
-                in_flight.add(i)
-                next_pos += 1
             try:
+                while next_pos < len(pending) and len(in_flight) < window:
+                    i = pending[next_pos]
+                    send(sock, bodies[i])
+                    in_flight.add(i)
+                    next_pos += 1
                 raw = recv(sock)
             except zmq.Again:
-                # Nothing arrived within the timeout: everything in flight and unsent is retried.
+                # Nothing could be sent or arrived within the timeout: retry what is in flight or unsent.
                 retry.extend(sorted(in_flight))
                 retry.extend(pending[next_pos:])
                 return retry, hint

@@ -42,7 +42,7 @@ ERR = "ERR"
 OP_PUT = 0
 OP_DEL = 1
 
-HEADER_FIELDS = 4  # version, command, client_id, request_id
+HEADER_FIELDS = 5  # version, command, client_id, request_id, open_from
 
 # One shared Packer: packb() builds a new Packer per call, which costs more than the packing itself
 # for small messages. Sharing is safe under the GIL: pack() runs in C without calling back into
@@ -65,6 +65,7 @@ class Request(NamedTuple):
     command: str
     client_id: bytes
     request_id: int
+    open_from: int       # the lowest request id this client still waits for (docs/PROTOCOL.md)
     args: tuple
 
 
@@ -91,13 +92,20 @@ def pack_value(obj) -> bytes:
         raise errors.BadArgument(f"value cannot be encoded as msgpack: {exc}") from None
 
 
-def unpack_value(data: bytes, limits: Limits = Limits()):
-    return msgpack.unpackb(
-        data, raw=False, strict_map_key=False,
-        max_bin_len=limits.max_value_size, max_str_len=limits.max_value_size,
-        max_array_len=limits.max_value_size, max_map_len=limits.max_value_size,
-        max_ext_len=limits.max_value_size,
-    )
+def unpack_value(data: bytes, limits: Limits = None):
+    """A stored or received value -> the Python object. Without `limits` (the client, reading what a
+    node sends) msgpack's own bounds apply: nothing may claim more than the input's length."""
+    try:
+        if limits is None:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=False,
+            max_bin_len=limits.max_value_size, max_str_len=limits.max_value_size,
+            max_array_len=limits.max_value_size, max_map_len=limits.max_value_size,
+            max_ext_len=limits.max_value_size,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise errors.MalformedMessage(f"value is not one msgpack object: {type(exc).__name__}") from None
 
 
 # ---------------------------------------------------------------- frames
@@ -117,8 +125,8 @@ def split_frames(frames):
 
 # ---------------------------------------------------------------- requests
 
-def encode_request(command: str, client_id: bytes, request_id: int, *args) -> bytes:
-    return _pack([PROTOCOL_VERSION, command, client_id, request_id, *args])
+def encode_request(command: str, client_id: bytes, request_id: int, open_from: int, *args) -> bytes:
+    return _pack([PROTOCOL_VERSION, command, client_id, request_id, open_from, *args])
 
 
 def _unpack_body(body: bytes, limits: Limits):
@@ -137,8 +145,9 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
     the exception carries `request_id` (0 when it could not be read) so the reply can name it."""
     msg = _unpack_body(body, limits)
     if type(msg) is not list or len(msg) < HEADER_FIELDS:
-        raise errors.MalformedMessage("body must be an array [version, command, client_id, request_id, ...]")
-    version, command, client_id, request_id = msg[0], msg[1], msg[2], msg[3]
+        raise errors.MalformedMessage(
+            "body must be an array [version, command, client_id, request_id, open_from, ...]")
+    version, command, client_id, request_id, open_from = msg[0], msg[1], msg[2], msg[3], msg[4]
     rid_ok = type(request_id) is int and 0 <= request_id <= UINT64_MAX
     try:
         if type(version) is not int or version != PROTOCOL_VERSION:
@@ -149,6 +158,8 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
             raise errors.BadArgument(f"client_id must be 1..{CLIENT_ID_MAX} bytes")
         if not rid_ok:
             raise errors.BadArgument("request_id must be an unsigned 64-bit integer")
+        if type(open_from) is not int or not 0 <= open_from <= request_id:
+            raise errors.BadArgument("open_from must be an integer from 0 to request_id")
         validators = _VALIDATORS.get(command)
         if validators is None:
             raise errors.UnknownCommand(f"unknown command {command[:40]!r}")
@@ -162,7 +173,7 @@ def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
         raise
     if command == "PUT_MANY":
         args[0] = tuple(tuple(item) for item in args[0])
-    return Request(command, client_id, request_id, tuple(args))
+    return Request(command, client_id, request_id, open_from, tuple(args))
 
 
 def _is_uint(x) -> bool:
@@ -248,8 +259,13 @@ def encode_exception(request_id: int, exc: errors.ZmqstoreError) -> bytes:
     return encode_error(request_id, exc.code, exc.message or str(exc), exc.details)
 
 
-def decode_reply(body: bytes, limits: Limits = Limits()) -> Reply:
-    msg = _unpack_body(body, limits)
+def decode_reply(body: bytes) -> Reply:
+    """A node's reply (client side). Values of any configured size are accepted: msgpack bounds what
+    a frame may claim by the frame's own length."""
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise errors.MalformedMessage(f"reply is not valid msgpack: {type(exc).__name__}") from None
     if type(msg) is list and len(msg) >= 3 and msg[0] == PROTOCOL_VERSION:
         status = msg[1]
         if status == OK:

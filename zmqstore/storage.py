@@ -114,7 +114,11 @@ class Storage:
                                    f"stop that node or choose another --data-dir") from None
             raise DataDirError(f"cannot open RocksDB in {db_path}: {text}") from None
         if fresh:
-            _write_marker(marker_path, node_id, mode)
+            try:
+                _write_marker(marker_path, node_id, mode)
+            except OSError as exc:
+                db.close()
+                raise DataDirError(f"cannot write {marker_path}: {exc.strerror}") from None
         return cls(data_dir, db, fsync)
 
     def close(self):

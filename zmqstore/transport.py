@@ -5,7 +5,10 @@ import zmq
 
 from .errors import ConfigError
 
-ROUTER_HWM = 100_000   # queued messages per peer before ROUTER drops; pipelined clients keep many in flight
+# Messages queued per peer before ZeroMQ drops (ROUTER) or blocks (DEALER): above the deepest
+# pipeline a client may open (MAX_IN_FLIGHT), and low enough that one client cannot queue unbounded memory.
+ROUTER_HWM = 10_000
+MAX_IN_FLIGHT = 5_000
 
 
 def endpoint(host, port) -> str:

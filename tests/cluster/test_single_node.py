@@ -118,7 +118,7 @@ def test_retry_after_lost_reply_is_applied_once(node):
         db.put("n", 1)
         body_rid = next(db._ids)
         from zmqstore import protocol
-        body = protocol.encode_request("CAS", db.client_id, body_rid, b"n", protocol.pack_value(1),
+        body = protocol.encode_request("CAS", db.client_id, body_rid, body_rid, b"n", protocol.pack_value(1),
                                        protocol.pack_value(2))
         first = db._attempt(body, body_rid)
         again = db._attempt(body, body_rid)
@@ -153,3 +153,33 @@ def test_datastore_cli(node):
     code, out = cli("--json", "status")
     assert code == 0 and '"node_id": 1' in out
     assert cli("put", "--json-value", "bad", "{nope")[0] == 2
+
+
+def test_cas_refused_in_dynamo_mode_with_its_request_id(nodes):
+    n = nodes(args=["--mode", "dynamo"])
+    with n.client(timeout=2.0) as db:
+        with pytest.raises(errors.UnsupportedOperation):
+            db.cas("k", None, 1)
+        db.put("k", 1)
+        assert db.get("k") == 1
+
+
+def test_retry_across_a_pause_is_applied_once(node):
+    """SIGSTOP the node, let the client time out and resend the same request id on a new connection,
+    then SIGCONT: whichever copies reach the node, the CAS applies once and reports success."""
+    import threading
+    from zmqstore import Retry
+    with node.client() as db:
+        db.put("n", 1)
+        before = db.status()["commit_seq"]
+    with node.client(timeout=0.3, retry=Retry(max_tries=30, delay=0.05, max_delay=0.2, deadline=20)) as db:
+        node.signal(signal.SIGSTOP)
+        resume = threading.Timer(1.0, node.signal, args=(signal.SIGCONT,))
+        resume.start()
+        try:
+            assert db.cas("n", 1, 2) is True
+        finally:
+            resume.join()
+            node.signal(signal.SIGCONT)
+        assert db.get("n") == 2
+        assert db.status()["commit_seq"] == before + 1

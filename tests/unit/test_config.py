@@ -66,6 +66,12 @@ BAD = [
     ({"node_id": 1, "peers": [{"node_id": 2, "host": "127.0.0.1", "port": 9000}]}, "already uses"),
     ({"node_id": 1, "peers": [{"node_id": 2, "host": "h"}]}, "needs node_id, host and port"),
     ({"node_id": 1, "peers": ["h:1"]}, "must be an object"),
+    ({"node_id": 1, "log_level": 5}, "not a string"),
+    ({"node_id": 1, "data_dir": 5}, "not a string"),
+    ({"node_id": 1, "host": ["a"]}, "not a string"),
+    ({"node_id": 1, "write_quorum": True}, "write_quorum"),
+    ({"node_id": 1, "session_timeout": 0}, "session_timeout"),
+    ({"node_id": 1, "peers": [{"node_id": 2, "host": 7, "port": 1}]}, "non-empty string"),
 ]
 
 

@@ -29,9 +29,9 @@ def test_every_request_has_a_valid_example():
 
 @pytest.mark.parametrize("command", sorted(protocol.REQUESTS))
 def test_request_round_trip(command):
-    body = protocol.encode_request(command, CID, 42, *VALID[command])
+    body = protocol.encode_request(command, CID, 42, 40, *VALID[command])
     req = protocol.decode_request(body)
-    assert req.command == command and req.client_id == CID and req.request_id == 42
+    assert req.command == command and req.client_id == CID and req.request_id == 42 and req.open_from == 40
     expected = VALID[command]
     if command == "PUT_MANY":
         expected = (tuple(tuple(i) for i in expected[0]),)
@@ -64,31 +64,33 @@ def raw(*fields):
 BAD = [
     (b"\xc1", errors.MalformedMessage),                          # never-used msgpack byte
     (b"", errors.MalformedMessage),
-    (raw(1, "PING", CID), errors.MalformedMessage),              # header too short
+    (raw(1, "PING", CID, 1), errors.MalformedMessage),           # header too short
     (msgpack.packb({"op": "GET"}), errors.MalformedMessage),     # not an array
-    (raw(2, "PING", CID, 1), errors.UnsupportedVersion),
-    (raw(True, "PING", CID, 1), errors.UnsupportedVersion),
-    (raw(1, "FLY", CID, 1), errors.UnknownCommand),
-    (raw(1, 7, CID, 1), errors.MalformedMessage),
-    (raw(1, "PING", "not-bytes", 1), errors.BadArgument),
-    (raw(1, "PING", CID, -1), errors.BadArgument),
-    (raw(1, "PING", CID, "1"), errors.BadArgument),
-    (raw(1, "GET", CID, 1, b"k"), errors.BadArgument),           # missing stale flag
-    (raw(1, "GET", CID, 1, "k", False), errors.BadArgument),     # key must be bin
-    (raw(1, "GET", CID, 1, b"", False), errors.InvalidKey),
-    (raw(1, "GET", CID, 1, b"k" * 1025, False), errors.KeyTooLarge),
-    (raw(1, "PUT", CID, 1, b"k", 5), errors.BadArgument),        # value must be bin holding msgpack
-    (raw(1, "PUT", CID, 1, b"k", b"\xc1"), errors.BadArgument),  # ... that decodes
-    (raw(1, "PUT", CID, 1, b"k", b"\x01\x02"), errors.BadArgument),  # ... to exactly one object
-    (raw(1, "PUT", CID, 1, b"k", V("x" * (1 << 20))), errors.ValueTooLarge),
-    (raw(1, "PUT", CID, 1, b"k", V(1), b"extra"), errors.BadArgument),
-    (raw(1, "CAS", CID, 1, b"k", 3, V(1)), errors.BadArgument),
-    (raw(1, "PUT_MANY", CID, 1, []), errors.BadArgument),
-    (raw(1, "PUT_MANY", CID, 1, [[b"k"]]), errors.BadArgument),
-    (raw(1, "PUT_MANY", CID, 1, [[b"", V(1)]]), errors.InvalidKey),
-    (raw(1, "SCAN", CID, 1, None, None, None, -5), errors.BadArgument),
-    (raw(1, "SCAN", CID, 1, 1, None, None, None), errors.BadArgument),
-    (raw(1, "GET", CID, 1, b"k", 1), errors.BadArgument),        # stale must be a bool
+    (raw(2, "PING", CID, 1, 1), errors.UnsupportedVersion),
+    (raw(True, "PING", CID, 1, 1), errors.UnsupportedVersion),
+    (raw(1, "FLY", CID, 1, 1), errors.UnknownCommand),
+    (raw(1, 7, CID, 1, 1), errors.MalformedMessage),
+    (raw(1, "PING", "not-bytes", 1, 1), errors.BadArgument),
+    (raw(1, "PING", CID, -1, 0), errors.BadArgument),
+    (raw(1, "PING", CID, "1", 0), errors.BadArgument),
+    (raw(1, "GET", CID, 1, 1, b"k"), errors.BadArgument),           # missing stale flag
+    (raw(1, "GET", CID, 1, 1, "k", False), errors.BadArgument),     # key must be bin
+    (raw(1, "GET", CID, 1, 1, b"", False), errors.InvalidKey),
+    (raw(1, "GET", CID, 1, 1, b"k" * 1025, False), errors.KeyTooLarge),
+    (raw(1, "PUT", CID, 1, 1, b"k", 5), errors.BadArgument),        # value must be bin holding msgpack
+    (raw(1, "PUT", CID, 1, 1, b"k", b"\xc1"), errors.BadArgument),  # ... that decodes
+    (raw(1, "PUT", CID, 1, 1, b"k", b"\x01\x02"), errors.BadArgument),  # ... to exactly one object
+    (raw(1, "PUT", CID, 1, 1, b"k", V("x" * (1 << 20))), errors.ValueTooLarge),
+    (raw(1, "PUT", CID, 1, 1, b"k", V(1), b"extra"), errors.BadArgument),
+    (raw(1, "CAS", CID, 1, 1, b"k", 3, V(1)), errors.BadArgument),
+    (raw(1, "PUT_MANY", CID, 1, 1, []), errors.BadArgument),
+    (raw(1, "PUT_MANY", CID, 1, 1, [[b"k"]]), errors.BadArgument),
+    (raw(1, "PUT_MANY", CID, 1, 1, [[b"", V(1)]]), errors.InvalidKey),
+    (raw(1, "SCAN", CID, 1, 1, None, None, None, -5), errors.BadArgument),
+    (raw(1, "SCAN", CID, 1, 1, 1, None, None, None), errors.BadArgument),
+    (raw(1, "GET", CID, 1, 1, b"k", 1), errors.BadArgument),        # stale must be a bool
+    (raw(1, "PING", CID, 1, 2), errors.BadArgument),               # open_from above request_id
+    (raw(1, "PING", CID, 1, "0"), errors.BadArgument),
 ]
 
 
@@ -102,12 +104,12 @@ def test_bad_requests_are_classified(body, exc):
 def test_put_many_item_cap():
     limits = Limits(max_batch_items=2)
     with pytest.raises(errors.RequestTooLarge):
-        protocol.decode_request(raw(1, "PUT_MANY", CID, 1, [[b"a", V(1)]] * 3), limits)
+        protocol.decode_request(raw(1, "PUT_MANY", CID, 1, 1, [[b"a", V(1)]] * 3), limits)
 
 
 def test_error_carries_request_id():
     with pytest.raises(errors.RequestError) as info:
-        protocol.decode_request(raw(1, "GET", CID, 99, b"", False))
+        protocol.decode_request(raw(1, "GET", CID, 99, 99, b"", False))
     assert info.value.request_id == 99
 
 

@@ -32,7 +32,10 @@ def free_port(host="127.0.0.1"):
 class NodeProcess:
     """One datastore-node process. `args` are extra command-line flags; output goes to `log_path`."""
 
-    def __init__(self, node_id, data_dir, log_path, host="127.0.0.1", port=None, pub_port=None, args=()):
+    def __init__(self, node_id, data_dir, log_path, host="127.0.0.1", port=None, pub_port=None, args=(),
+                 new_session=True):
+        """new_session=False keeps the node in the caller's process group, so that killing the group
+        (a benchmark run cut short) takes the node with it."""
         self.node_id = node_id
         self.host = host
         self.port = port or free_port(host)
@@ -40,6 +43,7 @@ class NodeProcess:
         self.data_dir = str(data_dir)
         self.log_path = str(log_path)
         self.args = list(args)
+        self.new_session = new_session
         self.proc = None
 
     @property
@@ -54,7 +58,7 @@ class NodeProcess:
     def start(self, wait=True, timeout=15.0):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=self.new_session)
         if wait:
             self.wait_ready(timeout)
         return self

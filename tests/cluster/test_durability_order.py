@@ -1,0 +1,58 @@
+"""A reply never leaves before the writes it acknowledges or may have seen are committed.
+
+The node runs in this process (in a thread) so that commits and sends can be recorded in order;
+everything else is real: sockets, RocksDB in tmp_path, the Python client.
+"""
+import threading
+
+from zmqstore import Client, config, protocol, transport
+from zmqstore.node import Node
+from zmqstore.testing.process import free_port
+
+
+def test_replies_follow_their_commit(tmp_path, monkeypatch):
+    cfg = config.resolve(None, {"node_id": 1, "port": free_port(), "pub_port": free_port(),
+                                "data_dir": str(tmp_path / "d")})
+    node = Node(cfg)
+    events = []
+    real_commit, real_send = node.storage.commit, transport.send_frames
+
+    def commit(batch):
+        real_commit(batch)
+        events.append(("commit", node.storage.last_seq))
+
+    def send_frames(sock, frames):
+        events.append(("send", protocol.decode_reply(frames[-1])))
+        real_send(sock, frames)
+
+    node.storage.commit = commit
+    monkeypatch.setattr(transport, "send_frames", send_frames)
+    runner = threading.Thread(target=node.run)
+    runner.start()
+    try:
+        with Client(f"127.0.0.1:{cfg.port}") as db:
+            p = db.pipeline(max_in_flight=64)
+            for i in range(300):
+                p.put(f"k{i % 7}", i)
+                p.get(f"k{i % 7}")
+            results = p.execute()
+            assert results[-1] == 299
+    finally:
+        node.stop()
+        runner.join(10)
+    assert not runner.is_alive()
+    durable = 0
+    writes_checked = reads_checked = 0
+    for kind, what in events:
+        if kind == "commit":
+            durable = what
+        elif what.ok and len(what.result) == 2:      # a write: [applied, seq]
+            assert what.result[1] <= durable, f"reply for seq {what.result[1]} sent when only {durable} was durable"
+            writes_checked += 1
+        elif what.ok and len(what.result) == 1 and isinstance(what.result[0], bytes):
+            # put i is the (i+1)-th write on this fresh node, so a read of value i saw seq i+1
+            seen_seq = protocol.unpack_value(what.result[0]) + 1
+            assert seen_seq <= durable, f"read of seq {seen_seq} answered when only {durable} was durable"
+            reads_checked += 1
+    assert writes_checked == 300 and reads_checked == 300
+    assert durable == 300

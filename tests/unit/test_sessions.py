@@ -1,0 +1,25 @@
+"""Client sessions: outcomes kept while the client waits, dropped once it says so, expired when silent."""
+from zmqstore.sessions import Sessions
+
+
+def test_outcomes_until_open_from_moves_past_them():
+    s = Sessions(timeout=60)
+    assert s.lookup(b"c", 1, 1, now=0) is None
+    s.record(b"c", 1, 100, now=0)
+    s.record(b"c", 2, 101, now=0)
+    assert s.lookup(b"c", 1, 1, now=1) == 100          # a retry of 1 gets its seq
+    assert s.lookup(b"c", 2, 2, now=1) == 101          # open_from = 2: outcome 1 may go
+    assert s.lookup(b"c", 1, 1, now=1) is None
+    assert len(s) == 1
+
+
+def test_clients_are_separate_and_expire():
+    s = Sessions(timeout=10)
+    s.record(b"a", 1, 5, now=0)
+    s.lookup(b"b", 1, 1, now=8)
+    s.record(b"b", 1, 6, now=8)
+    assert s.lookup(b"a", 1, 1, now=5) == 5            # seen at 5
+    assert s.expire(now=14) == 0
+    assert s.expire(now=16) == 1                         # a silent since 5
+    assert s.lookup(b"a", 1, 1, now=16) is None and s.lookup(b"b", 1, 1, now=16) == 6
+    assert s.clients == 2

@@ -1,0 +1,58 @@
+"""Client sessions: the outcome of each client's applied writes, kept until the client stops waiting.
+
+A client retries a write with the same request id after a timeout or reconnect; the node must then
+answer with the first outcome instead of applying the write again. Every request carries `open_from`,
+the lowest request id its client still waits for, so outcomes below it are dropped: memory stays
+bounded by what clients have in flight, however many writes pass through the log meanwhile. A
+client silent for `session_timeout` is forgotten altogether (its retries must end well before).
+"""
+import collections
+
+
+class _Session:
+    __slots__ = ("outcomes", "last_seen")
+
+    def __init__(self, now):
+        self.outcomes = collections.OrderedDict()   # request_id -> seq, in arrival order
+        self.last_seen = now
+
+
+class Sessions:
+    def __init__(self, timeout):
+        self.timeout = timeout
+        self._clients = {}
+
+    def __len__(self):
+        return sum(len(s.outcomes) for s in self._clients.values())
+
+    @property
+    def clients(self):
+        return len(self._clients)
+
+    def lookup(self, client_id, request_id, open_from, now):
+        """The seq of an applied write with this id, or None. Also drops outcomes below open_from."""
+        session = self._clients.get(client_id)
+        if session is None:
+            session = self._clients[client_id] = _Session(now)
+        session.last_seen = now
+        outcomes = session.outcomes
+        while outcomes:
+            first = next(iter(outcomes))
+            if first >= open_from:
+                break
+            outcomes.popitem(last=False)
+        return outcomes.get(request_id)
+
+    def record(self, client_id, request_id, seq, now):
+        session = self._clients.get(client_id)
+        if session is None:
+            session = self._clients[client_id] = _Session(now)
+        session.outcomes[request_id] = seq
+
+    def expire(self, now):
+        """Forget clients silent for longer than the timeout; returns how many."""
+        cutoff = now - self.timeout
+        stale = [cid for cid, s in self._clients.items() if s.last_seen < cutoff]
+        for cid in stale:
+            del self._clients[cid]
+        return len(stale)
