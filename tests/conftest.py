@@ -37,3 +37,26 @@ def nodes(request, tmp_path):
 def node(nodes):
     """One standalone node with fsync on."""
     return nodes()
+
+
+@pytest.fixture
+def cluster(request, tmp_path):
+    """Factory for a leader-mode cluster of real processes on 127.0.0.2...; all stopped at teardown,
+    logs printed when the test failed."""
+    from zmqstore.testing.process import Cluster
+    made = []
+
+    def make(size=3, args=(), env=None, start=True):
+        c = Cluster(tmp_path, size=size, args=args, env=env)
+        made.append(c)
+        if start:
+            c.start_all()
+        return c
+
+    yield make
+    for c in made:
+        c.stop_all()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for c in made:
+            print(c.logs())

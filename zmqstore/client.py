@@ -214,15 +214,16 @@ class Client:
         pairs = items.items() if hasattr(items, "items") else items
         self._call("PUT_MANY", [[encode_key(k), pack_value(v)] for k, v in pairs])
 
-    def scan(self, prefix=None, start=None, end=None, limit=None):
+    def scan(self, prefix=None, start=None, end=None, limit=None, stale=False):
         """Iterate (key, value) in key order over [start, end) and/or a prefix, at most `limit` items.
-        Pages are fetched as the iterator advances; the scan is not a snapshot across pages."""
+        Pages are fetched as the iterator advances; the scan is not a snapshot across pages.
+        `stale`: read the node talked to, without redirect (a committed prefix)."""
         prefix = encode_key(prefix) if prefix is not None else None
         cursor = encode_key(start) if start is not None else None
         end = encode_key(end) if end is not None else None
         remaining = limit
         while remaining is None or remaining > 0:
-            items, cursor = self._call("SCAN", cursor, end, prefix, remaining)
+            items, cursor = self._call("SCAN", cursor, end, prefix, remaining, bool(stale))
             for key, value in items:
                 yield self._decode_key(key), unpack_value(value)
             if remaining is not None:

@@ -1,10 +1,21 @@
-"""Serves client commands against local storage with group commit; no sockets.
+"""Serves client commands against local storage: staging, group commit, applying committed entries.
+No sockets.
 
-The node loop feeds requests in arrival order and calls `flush()` once per loop iteration: every
-write staged since the last flush goes to RocksDB in one batch (one fsync), and only then may the
-replies leave. Writes are judged against storage plus the staged batch, so outcomes follow arrival
-order. A write's outcome is remembered per client (sessions.py), so a client that retries after a
-lost reply gets the first outcome, not a second apply.
+The node loop feeds requests in arrival order (`handle`), then calls `flush()` once per loop
+iteration: the log entries staged since the last flush go to RocksDB in one batch (one fsync).
+`handle` returns each reply with the commit seq it waits for: a write waits for its own entry, a
+read of a key with an uncommitted write waits for that write; everything else may leave at once.
+
+- Standalone (no peers): an entry is committed as soon as it is durable, so data is written in the
+  same batch as the log and commit_seq = last_seq after every flush.
+- Replicated primary: flush writes the log only; entries are applied to data once the primary
+  (leader.py) reports them committed (`apply_committed`). Requests are judged against committed
+  data plus the uncommitted writes (`_pending`), so outcomes follow log order.
+- Secondary: writes and non-stale reads are refused with `not_primary`; entries arrive through
+  `append_entries` and are applied up to the commit seq the primary announced.
+
+A write's outcome is remembered per client (sessions.py), so a client that retries after a lost
+reply gets the first outcome, not a second apply.
 """
 import logging
 import time
@@ -12,7 +23,8 @@ import time
 from . import errors, protocol
 from .protocol import OP_DEL, OP_PUT, LogEntry
 from .sessions import Sessions
-from .storage import META_APPLIED_SEQ, META_LAST_SEQ, META_TERM
+from .storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_RESTORING,
+                      META_TERM)
 
 SCAN_PAGE_ITEMS = 1000          # a SCAN reply holds at most this many items ...
 SCAN_PAGE_BYTES = 1 << 20       # ... or about this many bytes; the client asks for the next page
@@ -30,28 +42,36 @@ class Engine:
         self.started = time.monotonic()
         self.limits = protocol.Limits(config.max_key_size, config.max_value_size,
                                       config.max_batch_items, config.max_request_size)
+        self.replicated = bool(config.peers)
         self.role = "primary"
+        self.leader_address = None
+        self.peer_status = None       # set by the node: a callable giving the peers' rows for STATUS
         self._batch = None
+        self._staged = []             # entries (bytes) staged since the last flush, for the change stream
+        self._pending = {}            # key -> (value or None, seq): the latest write not yet applied
+        self._unapplied = {}          # seq -> ops of log entries above applied_seq
         self._next_seq = storage.last_seq + 1
         self.sessions = Sessions(config.session_timeout)
-        self._rebuild_sessions()
-        if storage.term == 0:
-            # A fresh standalone node bootstraps term 1 (DESIGN.md 4.2: an empty dir starts as primary of term 1).
-            batch = storage.batch()
-            batch.set_meta(META_TERM, 1)
-            storage.commit(batch)
+        self._recover()
         self._handlers = {
             "PING": self._ping, "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
             "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status,
         }
 
-    def _rebuild_sessions(self):
-        """Outcomes of writes still in the retained log; pruned as their clients come back."""
+    def _recover(self):
+        """Rebuild in-memory state from the log: client outcomes, and the entries not yet applied."""
+        st = self.storage
         now = time.monotonic()
-        for seq, raw in self.storage.log_entries(self.storage.first_seq):
+        for seq, raw in st.log_entries(st.first_seq):
             entry = protocol.decode_entry(raw)
             if entry.client_id:
                 self.sessions.record(entry.client_id, entry.request_id, seq, now)
+            if seq > st.applied_seq:
+                self._stage_pending(seq, entry.ops)
+        if not self.replicated and st.last_seq > st.applied_seq:
+            # A standalone node commits what is durable: apply what a crash left unapplied.
+            self.apply_committed(st.last_seq)
+        self.commit_seq = st.applied_seq
         if self.sessions.clients:
             log.info("recovered %d write outcomes of %d clients from the retained log",
                      len(self.sessions), self.sessions.clients)
@@ -62,41 +82,174 @@ class Engine:
         if expired:
             log.debug("forgot %d idle client sessions", expired)
 
+    # ------------------------------------------------------------ role
+
+    def become_primary(self, term):
+        """Lead `term` (bootstrap, or a restart of the recorded primary)."""
+        self.role = "primary"
+        self.leader_address = self.config.address
+        if self.storage.term != term or self.storage.leader_id != self.config.node_id:
+            self._set_term(term, self.config.node_id)
+
+    def follow(self, term, leader_id, leader_address):
+        """Follow `leader_id` in `term`; persisted before anything is sent in that term."""
+        self.role = "secondary"
+        self.leader_address = leader_address
+        if self.storage.term != term or self.storage.leader_id != leader_id:
+            self._set_term(term, leader_id)
+
+    def _set_term(self, term, leader_id):
+        batch = self.storage.batch()
+        batch.set_meta(META_TERM, term)
+        batch.set_meta(META_LEADER, leader_id)
+        self.storage.commit(batch)
+
     # ------------------------------------------------------------ entry points for the loop
 
-    def handle(self, request) -> bytes:
-        """One decoded request -> its reply body. The reply may leave only after the next flush()."""
+    def handle(self, request):
+        """One decoded request -> (reply body, commit seq it waits for). 0: it may leave now."""
         return self._handlers[request.command](request)
 
     @property
-    def staging(self) -> bool:
-        """True while writes wait for flush(): a reply given now may depend on them."""
-        return self._batch is not None
+    def last_seq(self):
+        return self._next_seq - 1
 
     def flush(self):
-        """Commit everything staged since the last flush in one write batch (fsync per setting).
+        """Write everything staged since the last flush in one batch (fsync per setting). Returns the
+        staged entries as (prev_seq, prev_term, [entry bytes]) for the change stream.
         Any failure raises StorageError: the node must stop, since replies may wait on this batch."""
         batch = self._batch
         if batch is None:
-            return
+            return None
+        st = self.storage
+        entries, self._staged = self._staged, []
+        prev_seq = st.last_seq
+        prev_term = st.last_term
         try:
             last_seq = self._next_seq - 1
             batch.set_meta(META_LAST_SEQ, last_seq)
-            batch.set_meta(META_APPLIED_SEQ, last_seq)
+            batch.set_meta(META_LAST_TERM, st.term)
+            if not self.replicated:
+                batch.set_meta(META_APPLIED_SEQ, last_seq)
             self._maybe_trim(batch, last_seq)
-            self.storage.commit(batch)
+            st.commit(batch)
         except errors.StorageError:
             raise
         except Exception as exc:
             raise errors.StorageError(f"commit failed: {type(exc).__name__}: {exc}") from exc
         self._batch = None
+        if not self.replicated:
+            self.commit_seq = last_seq
+            self._pending.clear()
+            self._unapplied.clear()
+        return prev_seq, prev_term, entries
+
+    def apply_committed(self, commit_seq, batch=None):
+        """Apply log entries up to commit_seq to data (in `batch`, or a batch of its own written
+        without fsync: the entries themselves are durable in the log)."""
+        st = self.storage
+        start = st.applied_seq + 1
+        commit_seq = min(commit_seq, st.last_seq if batch is None else self.last_seq)
+        if commit_seq < start:
+            self.commit_seq = max(self.commit_seq, min(commit_seq, st.applied_seq))
+            return
+        own = batch is None
+        if own:
+            batch = st.batch()
+        pending = self._pending
+        for seq in range(start, commit_seq + 1):
+            ops = self._unapplied.pop(seq, None)
+            if ops is None:
+                ops = protocol.decode_entry(next(st.log_entries(seq, seq))[1]).ops
+            for op in ops:
+                key = op[1]
+                if op[0] == OP_PUT:
+                    batch.put(key, op[2])
+                else:
+                    batch.delete(key)
+                if pending.get(key, (None, 0))[1] == seq:
+                    del pending[key]
+        batch.set_meta(META_APPLIED_SEQ, commit_seq)
+        if own:
+            st.commit(batch, sync=False)
+        self.commit_seq = commit_seq
 
     def _maybe_trim(self, batch, last_seq):
+        """Keep about log_retention entries, and never drop one that is not applied yet."""
+        st = self.storage
         retention = self.config.log_retention
-        first_seq = self.storage.first_seq
-        if last_seq - first_seq + 1 <= retention * (1 + TRIM_SLACK):
+        if last_seq - st.first_seq + 1 <= retention * (1 + TRIM_SLACK):
             return
-        batch.trim_log(first_seq, last_seq - retention + 1)
+        new_first = min(last_seq - retention + 1, st.applied_seq + 1)
+        if new_first <= st.first_seq:
+            return
+        batch.trim_log(st.first_seq, new_first, st.term_at(new_first - 1))
+
+    # ------------------------------------------------------------ secondaries: the log from the primary
+
+    def append_entries(self, first_seq, raw_entries, leader_commit):
+        """Append entries first_seq.. (already checked to follow our log) and apply what is committed,
+        in one synced batch. Returns the new last seq."""
+        st = self.storage
+        batch = st.batch()
+        seq = first_seq
+        term = st.last_term
+        for raw in raw_entries:
+            entry = protocol.decode_entry(raw)
+            batch.append(seq, raw)
+            self._stage_pending(seq, entry.ops)
+            term = entry.term
+            seq += 1
+        last_seq = seq - 1
+        batch.set_meta(META_LAST_SEQ, last_seq)
+        batch.set_meta(META_LAST_TERM, term)
+        self._next_seq = last_seq + 1
+        self.apply_committed(min(leader_commit, last_seq), batch)
+        self._maybe_trim(batch, last_seq)
+        st.commit(batch)
+        return last_seq
+
+    def truncate_from(self, seq):
+        """Drop our entries from seq on: they conflict with the primary's log, so they were never
+        committed. Refuses to drop an applied entry."""
+        st = self.storage
+        if seq <= st.applied_seq:
+            raise errors.StorageError(f"refusing to truncate applied entry {seq} (applied {st.applied_seq})")
+        batch = st.batch()
+        batch.truncate_log(seq, st.last_seq, st.term_at(seq - 1))
+        st.commit(batch)
+        for s in range(seq, self._next_seq):
+            self._unapplied.pop(s, None)
+        self._pending = {k: v for k, v in self._pending.items() if v[1] < seq}
+        self._next_seq = seq
+
+    def install_snapshot_chunk(self, snapshot_seq, snapshot_term, items, first, last):
+        """Write one snapshot chunk; the first one empties data and log, the last one makes the
+        snapshot the new base of the log."""
+        st = self.storage
+        batch = st.batch()
+        if first:
+            batch.clear_all()
+            batch.set_meta(META_RESTORING, 1)
+            batch.set_meta(META_LAST_SEQ, 0)
+            batch.set_meta(META_APPLIED_SEQ, 0)
+            self._pending.clear()
+            self._unapplied.clear()
+        for key, value in items:
+            batch.put(key, value)
+        if last:
+            batch.set_meta(META_RESTORING, 0)
+            batch.trim_log(snapshot_seq + 1, snapshot_seq + 1, snapshot_term)  # first_seq, trim_term
+            batch.set_meta(META_LAST_SEQ, snapshot_seq)
+            batch.set_meta(META_LAST_TERM, snapshot_term)
+            batch.set_meta(META_APPLIED_SEQ, snapshot_seq)
+        st.commit(batch)
+        if last:
+            self._next_seq = snapshot_seq + 1
+            self.commit_seq = snapshot_seq
+        elif first:
+            self._next_seq = 1
+            self.commit_seq = 0
 
     # ------------------------------------------------------------ helpers
 
@@ -105,96 +258,139 @@ class Engine:
             self._batch = self.storage.batch()
         return self._batch
 
+    def _stage_pending(self, seq, ops):
+        self._unapplied[seq] = ops
+        for op in ops:
+            self._pending[op[1]] = (op[2] if op[0] == OP_PUT else None, seq)
+
     def _lookup(self, key):
-        if self._batch is not None:
-            value = self._batch.overlay.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-        return self.storage.get(key)
+        """(value, seq of the uncommitted write it comes from, or 0)."""
+        hit = self._pending.get(key)
+        if hit is not None:
+            return hit
+        return self.storage.get(key), 0
 
     def _append(self, request, ops):
-        """Stage one log entry and its effect on data; returns its seq."""
+        """Stage one log entry (and, standalone, its effect on data); returns its seq."""
         batch = self._staging()
         seq = self._next_seq
         self._next_seq = seq + 1
-        entry = LogEntry(self.storage.term, request.client_id, request.request_id, ops)
-        batch.append(seq, protocol.encode_entry(entry))
-        for op in ops:
-            if op[0] == OP_PUT:
-                batch.put(op[1], op[2])
-            else:
-                batch.delete(op[1])
+        raw = protocol.encode_entry(LogEntry(self.storage.term, request.client_id, request.request_id, ops))
+        batch.append(seq, raw)
+        if self.replicated:
+            self._staged.append(raw)
+            self._stage_pending(seq, ops)
+        else:
+            pending = self._pending
+            for op in ops:
+                if op[0] == OP_PUT:
+                    batch.put(op[1], op[2])
+                    pending[op[1]] = (op[2], seq)
+                else:
+                    batch.delete(op[1])
+                    pending[op[1]] = (None, seq)
         self.sessions.record(request.client_id, request.request_id, seq, time.monotonic())
         return seq
 
-    def _already_applied(self, request):
+    def _check_writable(self, request):
+        if self.role != "primary":
+            raise self._not_primary()
         seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
-        return None if seq is None else protocol.encode_ok(request.request_id, True, seq)
+        return None if seq is None else (protocol.encode_ok(request.request_id, True, seq), seq)
+
+    def _not_primary(self):
+        leader = self.storage.leader_id
+        details = {"primary_id": leader, "primary_address": self.leader_address} if leader else {}
+        where = f"node {leader} at {self.leader_address}" if leader else "not known yet"
+        return errors.NotPrimary(f"node {self.config.node_id} is a secondary; the primary is {where}", details)
+
+    def _check_readable(self, stale):
+        if self.role == "primary":
+            return
+        if not stale:
+            raise self._not_primary()
+        if self.storage.restoring:
+            raise errors.Unavailable(f"node {self.config.node_id} is installing a snapshot")
 
     # ------------------------------------------------------------ commands (reply layouts: docs/PROTOCOL.md)
 
     def _ping(self, req):
-        return protocol.encode_ok(req.request_id, self.config.node_id)
+        return protocol.encode_ok(req.request_id, self.config.node_id), 0
 
     def _get(self, req):
-        return protocol.encode_ok(req.request_id, self._lookup(req.args[0]))
+        key, stale = req.args
+        self._check_readable(stale)
+        if self.role != "primary":
+            return protocol.encode_ok(req.request_id, self.storage.get(key)), 0
+        value, seq = self._lookup(key)
+        return protocol.encode_ok(req.request_id, value), seq
 
     def _put(self, req):
-        done = self._already_applied(req)
+        done = self._check_writable(req)
         if done:
             return done
         key, value = req.args
-        return protocol.encode_ok(req.request_id, True, self._append(req, ((OP_PUT, key, value),)))
+        seq = self._append(req, ((OP_PUT, key, value),))
+        return protocol.encode_ok(req.request_id, True, seq), seq
 
     def _delete(self, req):
-        done = self._already_applied(req)
+        done = self._check_writable(req)
         if done:
             return done
         key = req.args[0]
-        if self._lookup(key) is None:
-            return protocol.encode_ok(req.request_id, False, 0)
-        return protocol.encode_ok(req.request_id, True, self._append(req, ((OP_DEL, key),)))
+        value, seq = self._lookup(key)
+        if value is None:
+            return protocol.encode_ok(req.request_id, False, 0), seq
+        seq = self._append(req, ((OP_DEL, key),))
+        return protocol.encode_ok(req.request_id, True, seq), seq
 
     def _cas(self, req):
         if self.config.mode == "dynamo":
             raise errors.UnsupportedOperation("cas is not offered in dynamo mode: concurrent writers "
                                               "on other nodes cannot be compared against")
-        done = self._already_applied(req)
+        done = self._check_writable(req)
         if done:
             return done
         key, expected, new = req.args
-        if self._lookup(key) != expected:
-            return protocol.encode_ok(req.request_id, False, 0)
-        return protocol.encode_ok(req.request_id, True, self._append(req, ((OP_PUT, key, new),)))
+        value, seq = self._lookup(key)
+        if value != expected:
+            return protocol.encode_ok(req.request_id, False, 0), seq
+        seq = self._append(req, ((OP_PUT, key, new),))
+        return protocol.encode_ok(req.request_id, True, seq), seq
 
     def _put_many(self, req):
-        done = self._already_applied(req)
+        done = self._check_writable(req)
         if done:
             return done
         ops = tuple((OP_PUT, key, value) for key, value in req.args[0])
-        return protocol.encode_ok(req.request_id, True, self._append(req, ops))
+        seq = self._append(req, ops)
+        return protocol.encode_ok(req.request_id, True, seq), seq
 
     def _scan(self, req):
-        start, end, prefix, limit = req.args
-        # Scans read RocksDB directly, so staged writes that arrived before this scan go first.
-        self.flush()
+        start, end, prefix, limit, stale = req.args
+        self._check_readable(stale)
+        # Scans read RocksDB: standalone, staged writes that arrived before the scan go first. A
+        # replicated primary scans committed data; uncommitted writes are not acknowledged yet.
+        if not self.replicated:
+            self.flush()
         page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
         items, next_key = self.storage.scan(start, end, prefix, page, SCAN_PAGE_BYTES)
         if limit is not None and len(items) >= limit:
             next_key = None
-        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key)
+        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
 
     def _status(self, req):
-        return protocol.encode_ok(req.request_id, self.status())
+        return protocol.encode_ok(req.request_id, self.status()), 0
 
     def status(self) -> dict:
         s = self.storage
         cfg = self.config
         return {
             "node_id": cfg.node_id, "mode": cfg.mode, "role": self.role, "term": s.term,
-            "last_seq": self._next_seq - 1, "commit_seq": s.last_seq, "applied_seq": s.applied_seq,
-            "first_seq": s.first_seq, "keys_estimate": s.approximate_keys(),
+            "primary_id": s.leader_id if self.replicated else cfg.node_id,
+            "last_seq": self._next_seq - 1, "commit_seq": self.commit_seq, "applied_seq": s.applied_seq,
+            "first_seq": s.first_seq, "keys_estimate": s.approximate_keys(), "restoring": bool(s.restoring),
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}",
             "fsync": cfg.fsync, "uptime": round(time.monotonic() - self.started, 3),
-            "version": self.version, "peers": [],
+            "version": self.version, "peers": self.peer_status() if self.peer_status else [],
         }

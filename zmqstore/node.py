@@ -1,5 +1,8 @@
 """The node process: one zmq.Poller loop owning every socket, the storage and all state; clean shutdown."""
+import collections
 import logging
+import os
+import random
 import signal
 import socket
 import threading
@@ -9,28 +12,43 @@ import zmq
 
 from . import __version__, errors, protocol, transport
 from .engine import Engine
+from .leader import Primary, Secondary
 from .storage import Storage
 
-MAX_DRAIN = 4096   # requests taken per loop iteration (one group commit) before replies go out
-HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session expiry)
+MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit)
+HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and snapshot expiry)
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
+# Test-only: drop this fraction of published change messages, to prove the repair path
+# (docs/TESTING.md). Never set in production.
+DROP_ENV = "ZMQSTORE_TEST_DROP_CHANGES"
 
 log = logging.getLogger("zmqstore.node")
+
+
+class Waiter:
+    """A reply held until the commit seq it depends on is reached and, for a linearizable read on a
+    replicated primary, a heartbeat round started after it arrived is confirmed."""
+
+    __slots__ = ("seq", "round", "deadline", "envelope", "reply", "request_id", "is_write")
+
+    def __init__(self, seq, round_, deadline, envelope, reply, request_id, is_write):
+        self.seq, self.round, self.deadline = seq, round_, deadline
+        self.envelope, self.reply, self.request_id, self.is_write = envelope, reply, request_id, is_write
 
 
 class Node:
     """A running datastore-node. `run()` serves until `stop()` or SIGTERM/SIGINT."""
 
     def __init__(self, config):
-        if config.peers:
-            # Replication (issue 3) is not in this build; serving alone with peers configured would
-            # create independent primaries that silently diverge.
-            raise errors.ConfigError("peers are configured, but this build serves standalone nodes only; "
-                                     "remove --peers / [peers] to run a single node")
         self.config = config
         self._stopping = False
         self._ctx = zmq.Context()
-        self.router = self.pub = self.storage = None
+        self.router = self.pub = self.sub = self.storage = self.engine = None
+        self.dealers = {}
+        self.primary = self.secondary = None
+        self._waiters = collections.deque()
+        self._round_wanted = False
+        self._drop_rate = float(os.environ.get(DROP_ENV, "0") or 0)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -39,11 +57,71 @@ class Node:
             self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             self.engine = Engine(self.storage, config, __version__)
+            if config.peers:
+                self.sub = transport.connect_sub(self._ctx, config.peers, config.host)
+                for peer in config.peers:
+                    self.dealers[peer.node_id] = transport.connect_dealer(
+                        self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
+                        source_host=config.host, max_msg_size=config.max_request_size)
+            self._choose_role()
         except BaseException:
+            self.engine = None
             self._close()
             raise
-        if config.role is not None and self.storage.last_seq > 0:
-            log.info("data dir has state (last_seq %d): --role %s is ignored", self.storage.last_seq, config.role)
+
+    def _choose_role(self):
+        cfg, st = self.config, self.storage
+        if not cfg.peers:
+            self.engine.become_primary(max(st.term, 1))
+            return
+        if cfg.write_quorum == 1:
+            log.warning("write_quorum = 1: writes are acknowledged before any secondary holds them "
+                        "(asynchronous replication); a primary crash can lose acknowledged writes")
+        fresh = st.term == 0 and st.last_seq == 0
+        if fresh and cfg.role == "primary":
+            log.info("empty data dir and --role primary: bootstrapping the cluster as primary of term 1")
+            self.engine.become_primary(1)
+        elif not fresh and st.leader_id == cfg.node_id:
+            log.info("resuming as primary of term %d (recorded in the data dir)", st.term)
+            self.engine.become_primary(st.term)
+        else:
+            if not fresh and cfg.role is not None:
+                log.info("data dir has state (term %d, last_seq %d): --role %s is ignored",
+                         st.term, st.last_seq, cfg.role)
+            leader = next((p for p in cfg.peers if p.node_id == st.leader_id), None)
+            self.engine.follow(st.term, st.leader_id, leader.address if leader else None)
+        if self.engine.role == "primary":
+            self.primary = Primary(self.engine, cfg, self)
+        else:
+            self.secondary = Secondary(self.engine, cfg, self, st.leader_id)
+        self.engine.peer_status = self._peer_status
+
+    def _peer_status(self):
+        now = time.monotonic()
+        peers = (self.primary or self.secondary).status(now)
+        by_id = {p.node_id: p for p in self.config.peers}
+        for row in peers:
+            peer = by_id.get(row["node_id"])
+            row["address"] = peer.address if peer else None
+        return peers
+
+    # ------------------------------------------------------------ io for leader.py
+
+    def publish(self, body):
+        if self._drop_rate and random.random() < self._drop_rate:
+            return
+        transport.send(self.pub, body)
+
+    def send_to(self, node_id, body):
+        dealer = self.dealers.get(node_id)
+        if dealer is not None:
+            try:
+                dealer.send(body, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the peer is far behind or gone; the repair path resends
+
+    def reply(self, envelope, body):
+        transport.send_frames(self.router, envelope + [body])
 
     # ------------------------------------------------------------ lifecycle
 
@@ -58,9 +136,9 @@ class Node:
     def run(self):
         restore = self._install_signal_handlers()
         cfg = self.config
-        log.info("serving %s mode on tcp://%s:%d (change stream tcp://%s:%d), data dir %s, last_seq %d, fsync %s",
-                 cfg.mode, cfg.host, cfg.port, cfg.host, cfg.pub_port, self.storage.path,
-                 self.storage.last_seq, "on" if cfg.fsync else "off")
+        log.info("serving %s mode as %s on tcp://%s:%d (change stream tcp://%s:%d), data dir %s, last_seq %d, "
+                 "fsync %s, %d peers", cfg.mode, self.engine.role, cfg.host, cfg.port, cfg.host, cfg.pub_port,
+                 self.storage.path, self.storage.last_seq, "on" if cfg.fsync else "off", len(cfg.peers))
         try:
             self._loop()
         except errors.StorageError as exc:
@@ -94,8 +172,9 @@ class Node:
         if self.router is not None:
             # A short linger lets the last replies (already durable) leave; term() waits at most this.
             self.router.close(linger=SHUTDOWN_LINGER_MS)
-        if self.pub is not None:
-            self.pub.close(linger=0)
+        for sock in (self.pub, self.sub, *self.dealers.values()):
+            if sock is not None:
+                sock.close(linger=0)
         if self.storage is not None:
             self.storage.close()
         self._ctx.term()
@@ -105,23 +184,49 @@ class Node:
     # ------------------------------------------------------------ the loop
 
     def _loop(self):
-        router = self.router
+        router, sub = self.router, self.sub
         wake_fd = self._wake_r.fileno()
-        # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         poll_items = [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
+        if sub is not None:
+            poll_items.append((sub, zmq.POLLIN))
+        dealer_socks = set(self.dealers.values())
+        poll_items.extend((d, zmq.POLLIN) for d in dealer_socks)
+        # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         zmq_poll = zmq.backend.zmq_poll
-        next_chores = time.monotonic() + HOUSEKEEPING_INTERVAL
+        now = time.monotonic()
+        next_chores = now + HOUSEKEEPING_INTERVAL
+        next_beat = now if self.config.peers else float("inf")
         while not self._stopping:
             now = time.monotonic()
             if now >= next_chores:
-                self.engine.housekeeping(now)
+                self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_INTERVAL
+            if now >= next_beat:
+                self._beat(now)
+                next_beat = now + self.config.heartbeat_interval
+            if self._waiters:
+                self._release(now)
+            deadline = min(next_chores, next_beat, self._waiters[0].deadline if self._waiters else next_chores)
             # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
-            for item, _ in zmq_poll(poll_items, max(0, int((next_chores - now) * 1000)) + 1):
+            for item, _ in zmq_poll(poll_items, max(0, int((deadline - now) * 1000)) + 1):
                 if item is router:
-                    self._serve_requests(router)
+                    self._serve_router(router)
+                elif item is sub or item in dealer_socks:
+                    self._serve_peer_socket(item)
                 else:
                     self._drain_wakeups()
+            self._end_iteration()
+
+    def _housekeeping(self, now):
+        self.engine.housekeeping(now)
+        if self.primary is not None:
+            self.primary.housekeeping(now)
+
+    def _beat(self, now):
+        if self.primary is not None:
+            self.primary.heartbeat()
+        elif self.secondary is not None:
+            self.secondary.tick(now)
 
     def _drain_wakeups(self):
         try:
@@ -130,13 +235,25 @@ class Node:
         except (BlockingIOError, InterruptedError):
             pass
 
-    def _serve_requests(self, router):
-        """One group commit: take what is ready and stage it, commit once, then release the replies
-        that waited for it. A reply that depends on durable state only leaves at once."""
-        engine = self.engine
-        outbox = []
+    def _end_iteration(self):
+        """Once per loop iteration: commit what was staged, stream it, and release ready replies."""
+        flushed = self.engine.flush()
+        if self.primary is not None:
+            if flushed is not None:
+                self.primary.publish_entries(*flushed)
+            if self._round_wanted:
+                self._round_wanted = False
+                self.primary.heartbeat(start_round=True)
+            self.primary.publish_commit_if_moved()
+        if self._waiters:
+            self._release(time.monotonic())
+
+    # ------------------------------------------------------------ requests on the ROUTER
+
+    def _serve_router(self, router):
+        """Take what is ready. Replies that depend on nothing unconfirmed leave at once; the others
+        wait (see Waiter) for the commit at the end of this iteration or later."""
         recv_frames, noblock = transport.recv_routed, transport.NOBLOCK
-        send_frames = transport.send_frames
         for taken in range(MAX_DRAIN):
             # After one request, ask ZMQ_EVENTS whether another is waiting: for the common lone
             # request that is cheaper than the failing recv (zmq.Again) that ends a longer drain.
@@ -146,33 +263,89 @@ class Node:
                 frames = recv_frames(router, noblock)
             except zmq.Again:
                 break
-            envelope, reply = self._answer(frames)
-            if engine.staging:
-                outbox.append(envelope + [reply])  # it may have seen a staged write: wait for the commit
-            else:
-                send_frames(router, envelope + [reply])
-        # Nothing is acknowledged before it is durable: commit (and fsync) first, then reply.
-        engine.flush()
-        for frames in outbox:
-            send_frames(router, frames)
+            self._answer(frames)
 
     def _answer(self, frames):
-        """One request's frames -> (envelope, reply body). Bad input gets an error reply; so does a
-        bug (logged), so that no client can take the node down."""
+        """One message's frames: a client request gets a reply (now or later); a peer message goes to
+        the replication side. Bad input gets an error reply; so does a bug (logged)."""
         try:
             envelope, body = protocol.split_frames(frames)
         except errors.RequestError as exc:
-            return frames[:1], protocol.encode_exception(0, exc)
+            transport.send_frames(self.router, frames[:1] + [protocol.encode_exception(0, exc)])
+            return
         request = None
         try:
-            request = protocol.decode_request(body, self.engine.limits)
-            return envelope, self.engine.handle(request)
-        except errors.RequestError as exc:
-            rid = request.request_id if request else getattr(exc, "request_id", 0)
-            return envelope, protocol.encode_exception(rid, exc)
+            message = protocol.decode_message(body, self.engine.limits)
+            if type(message) is protocol.PeerMessage:
+                self._on_peer_request(message, envelope)
+                return
+            request = message
+            reply, wait_seq = self.engine.handle(request)
         except errors.StorageError:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
+        except errors.ZmqstoreError as exc:  # refused: bad input, not_primary, unavailable, ...
+            rid = request.request_id if request else getattr(exc, "request_id", 0)
+            transport.send_frames(self.router, envelope + [protocol.encode_exception(rid, exc)])
+            return
         except Exception as exc:
-            log.exception("internal error serving %s", request.command if request else "a request")
-            return envelope, protocol.encode_error(request.request_id if request else 0, "internal",
-                                                   f"internal error: {type(exc).__name__}")
+            log.exception("internal error serving %s", request.command if request else "a message")
+            rid = request.request_id if request else 0
+            transport.send_frames(self.router, envelope + [
+                protocol.encode_error(rid, "internal", f"internal error: {type(exc).__name__}")])
+            return
+        wait_round = 0
+        if self.primary is not None and request.command in ("GET", "SCAN") and not request.args[-1]:
+            wait_round = self.primary.round + 1   # linearizable: a round started after this read arrived
+            self._round_wanted = True
+        if not self._waiters and wait_seq <= self.engine.commit_seq and not wait_round:
+            transport.send_frames(self.router, envelope + [reply])
+            return
+        is_write = request.command in protocol.WRITE_COMMANDS
+        self._waiters.append(Waiter(wait_seq, wait_round, time.monotonic() + self.config.replication_timeout,
+                                    envelope, reply, request.request_id, is_write))
+
+    def _release(self, now):
+        """Send the waiting replies that are ready, in arrival order; time out the expired ones."""
+        waiters = self._waiters
+        commit = self.engine.commit_seq
+        confirmed = self.primary.confirmed_round() if self.primary is not None else 0
+        send_frames, router = transport.send_frames, self.router
+        while waiters:
+            w = waiters[0]
+            if w.seq <= commit and w.round <= confirmed:
+                send_frames(router, w.envelope + [w.reply])
+            elif w.deadline <= now:
+                if w.is_write:
+                    body = protocol.encode_error(
+                        w.request_id, "replication_timeout", f"not confirmed by write_quorum = "
+                        f"{self.config.write_quorum} nodes within {self.config.replication_timeout} s; "
+                        f"the outcome is unknown")
+                else:
+                    body = protocol.encode_error(
+                        w.request_id, "unavailable", "leadership or commit not confirmed in time")
+                send_frames(router, w.envelope + [body])
+            else:
+                break
+            waiters.popleft()
+
+    # ------------------------------------------------------------ peer messages
+
+    def _on_peer_request(self, message, envelope):
+        if self.primary is not None:
+            self.primary.on_message(message, envelope, time.monotonic())
+        # a secondary ignores ACK/FETCH/SNAPSHOT: the sender retries at whoever is primary
+
+    def _serve_peer_socket(self, sock):
+        limits = self.engine.limits
+        for _ in range(MAX_DRAIN):
+            try:
+                body = transport.recv_frames(sock, transport.NOBLOCK)[-1]
+            except zmq.Again:
+                return
+            try:
+                message = protocol.decode_peer(body, limits)
+            except errors.RequestError as exc:
+                log.warning("dropping a malformed peer message: %s", exc)
+                continue
+            if self.secondary is not None:
+                self.secondary.on_message(message, time.monotonic())

@@ -29,10 +29,32 @@ REQUESTS = {
     "DEL": (("key", KEY),),
     "CAS": (("key", KEY), ("expected", OPT_VALUE), ("new", VALUE)),
     "PUT_MANY": (("items", ITEMS),),
-    "SCAN": (("start", OPT_KEY), ("end", OPT_KEY), ("prefix", OPT_KEY), ("limit", OPT_UINT)),
+    "SCAN": (("start", OPT_KEY), ("end", OPT_KEY), ("prefix", OPT_KEY), ("limit", OPT_UINT), ("stale", BOOL)),
     "STATUS": (),
 }
 WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY"})
+
+# Peer messages (leader mode, docs/REPLICATION.md). Layout: [version, command, field...].
+UINT = "uint"
+BIN_LIST = "bin_list"      # array of bin (log entries as stored)
+PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
+_LOG_BATCH = (("term", UINT), ("leader_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),
+              ("entries", BIN_LIST), ("commit_seq", UINT), ("leader_last_seq", UINT))
+PEER_MESSAGES = {
+    # secondary -> primary, DEALER -> ROUTER
+    "ACK": (("node_id", UINT), ("term", UINT), ("last_seq", UINT), ("round", UINT)),
+    "FETCH": (("node_id", UINT), ("term", UINT), ("from_seq", UINT)),
+    "SNAPSHOT": (("node_id", UINT), ("term", UINT), ("snapshot_seq", UINT), ("cursor", OPT_KEY)),
+    # primary -> secondaries: PUB
+    "CHANGE": _LOG_BATCH,
+    "HEARTBEAT": (("term", UINT), ("leader_id", UINT), ("round", UINT), ("commit_seq", UINT),
+                  ("leader_last_seq", UINT)),
+    # primary -> one secondary: ROUTER replies
+    "ENTRIES": _LOG_BATCH,
+    "NEED_SNAPSHOT": (("term", UINT), ("leader_id", UINT), ("first_seq", UINT)),
+    "SNAPSHOT_CHUNK": (("term", UINT), ("leader_id", UINT), ("snapshot_seq", UINT), ("snapshot_term", UINT),
+                       ("items", PAIR_LIST), ("next_cursor", OPT_KEY)),
+}
 
 # Reply status words.
 OK = "OK"
@@ -43,6 +65,7 @@ OP_PUT = 0
 OP_DEL = 1
 
 HEADER_FIELDS = 5  # version, command, client_id, request_id, open_from
+PEER_ARRAY_MAX = 10_000  # entries or snapshot items in one peer message
 
 # One shared Packer: packb() builds a new Packer per call, which costs more than the packing itself
 # for small messages. Sharing is safe under the GIL: pack() runs in C without calling back into
@@ -73,6 +96,11 @@ class Reply(NamedTuple):
     request_id: int
     ok: bool
     result: tuple        # the OK fields, or (code, message, details) for ERR
+
+
+class PeerMessage(NamedTuple):
+    command: str
+    fields: tuple
 
 
 class LogEntry(NamedTuple):
@@ -134,16 +162,53 @@ def _unpack_body(body: bytes, limits: Limits):
         return msgpack.unpackb(
             body, raw=False, strict_map_key=False, use_list=True,
             max_bin_len=limits.max_request_size, max_str_len=limits.max_request_size,
-            max_array_len=limits.max_batch_items + HEADER_FIELDS + 8, max_map_len=64, max_ext_len=0,
+            # peer messages carry up to a few thousand entries or snapshot items
+            max_array_len=max(limits.max_batch_items, PEER_ARRAY_MAX) + HEADER_FIELDS + 8,
+            max_map_len=64, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise errors.MalformedMessage(f"body is not valid msgpack: {type(exc).__name__}") from None
 
 
+def encode_peer(command: str, *fields) -> bytes:
+    return _pack([PROTOCOL_VERSION, command, *fields])
+
+
+def decode_message(body: bytes, limits: Limits = Limits()):
+    """A message arriving on a ROUTER: a client Request or a PeerMessage, fully validated."""
+    msg = _unpack_body(body, limits)
+    if type(msg) is list and len(msg) >= 2 and msg[1] in PEER_MESSAGES and msg[0] == PROTOCOL_VERSION:
+        return _validate_peer(msg, limits)
+    return _validate_request(msg, limits)
+
+
+def decode_peer(body: bytes, limits: Limits = Limits()) -> PeerMessage:
+    """Parse and validate one peer message; raises a RequestError subclass on bad input."""
+    msg = _unpack_body(body, limits)
+    if type(msg) is not list or len(msg) < 2 or msg[0] != PROTOCOL_VERSION or type(msg[1]) is not str:
+        raise errors.MalformedMessage("peer message must be [version, command, ...]")
+    return _validate_peer(msg, limits)
+
+
+def _validate_peer(msg, limits):
+    validators = _PEER_VALIDATORS.get(msg[1])
+    if validators is None:
+        raise errors.UnknownCommand(f"unknown peer command {msg[1][:40]!r}")
+    fields = msg[2:]
+    if len(fields) != len(validators):
+        raise errors.BadArgument(f"{msg[1]} takes {len(validators)} fields, got {len(fields)}")
+    for (check, name), value in zip(validators, fields):
+        check(msg[1], name, value, limits)
+    return PeerMessage(msg[1], tuple(fields))
+
+
 def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
     """Parse and fully validate one request body. Raises a RequestError subclass on any bad input;
     the exception carries `request_id` (0 when it could not be read) so the reply can name it."""
-    msg = _unpack_body(body, limits)
+    return _validate_request(_unpack_body(body, limits), limits)
+
+
+def _validate_request(msg, limits) -> Request:
     if type(msg) is not list or len(msg) < HEADER_FIELDS:
         raise errors.MalformedMessage(
             "body must be an array [version, command, client_id, request_id, open_from, ...]")
@@ -237,12 +302,33 @@ def _check_items(command, name, value, limits):
         _check_value(command, name, item[1], limits)
 
 
+def _check_uint(command, name, value, limits):
+    if not _is_uint(value):
+        raise errors.BadArgument(f"{command}.{name} must be an unsigned 64-bit integer")
+
+
+def _check_bin_list(command, name, value, limits):
+    if type(value) is not list or any(type(v) is not bytes for v in value):
+        raise errors.BadArgument(f"{command}.{name} must be an array of bin")
+
+
+def _check_pair_list(command, name, value, limits):
+    if type(value) is not list:
+        raise errors.BadArgument(f"{command}.{name} must be an array of [bin, bin]")
+    for item in value:
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not bytes or type(item[1]) is not bytes:
+            raise errors.BadArgument(f"{command}.{name} must be an array of [bin, bin]")
+
+
 _CHECKERS = {
     KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
+    UINT: _check_uint, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}
+_PEER_VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec)
+                    for cmd, spec in PEER_MESSAGES.items()}
 
 
 # ---------------------------------------------------------------- replies

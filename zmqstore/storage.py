@@ -21,13 +21,30 @@ META_LAST_SEQ = b"last_seq"      # highest seq in the log
 META_APPLIED_SEQ = b"applied_seq"  # highest seq applied to data
 META_FIRST_SEQ = b"first_seq"    # lowest seq still in the log (older entries were trimmed)
 META_TERM = b"term"
+META_LAST_TERM = b"last_term"    # term of the entry at last_seq (or of the snapshot, when the log is empty)
+META_TRIM_TERM = b"trim_term"    # term of the entry at first_seq - 1 (trimmed, or the snapshot's)
+META_LEADER = b"leader_id"      # the primary this node knows for `term` (0: unknown)
+META_RESTORING = b"restoring"   # 1 while a snapshot is being installed: data is incomplete
 
+# meta key -> Storage attribute holding its value in memory
+_META_ATTRS = {
+    META_LAST_SEQ: "last_seq", META_APPLIED_SEQ: "applied_seq", META_FIRST_SEQ: "first_seq",
+    META_TERM: "term", META_LAST_TERM: "last_term", META_TRIM_TERM: "trim_term",
+    META_LEADER: "leader_id", META_RESTORING: "restoring",
+}
+# An upper bound for every key (keys are at most 65,536 bytes), for range deletes of all data.
+_ALL_KEYS_END = b"\xff" * 65537
 _U64 = struct.Struct(">Q")
 log = logging.getLogger(__name__)
 
 
 def seq_key(seq: int) -> bytes:
     return _U64.pack(seq)
+
+
+def _entry_term(raw) -> int:
+    from .protocol import decode_entry  # storage stores entries opaquely; only their term matters here
+    return decode_entry(raw).term
 
 
 def _u64(raw) -> int:
@@ -60,9 +77,22 @@ class Batch:
     def append(self, seq: int, entry: bytes):
         self.wb.put(seq_key(seq), entry, self._cf["log"])
 
-    def trim_log(self, first_seq: int, new_first_seq: int):
+    def trim_log(self, first_seq: int, new_first_seq: int, trim_term: int):
+        """Drop entries first_seq .. new_first_seq - 1; trim_term is the term of the last one dropped."""
         self.wb.delete_range(seq_key(first_seq), seq_key(new_first_seq), self._cf["log"])
         self.set_meta(META_FIRST_SEQ, new_first_seq)
+        self.set_meta(META_TRIM_TERM, trim_term)
+
+    def truncate_log(self, from_seq: int, last_seq: int, new_last_term: int):
+        """Drop entries from_seq .. last_seq (an uncommitted suffix that conflicts with the primary)."""
+        self.wb.delete_range(seq_key(from_seq), seq_key(last_seq + 1), self._cf["log"])
+        self.set_meta(META_LAST_SEQ, from_seq - 1)
+        self.set_meta(META_LAST_TERM, new_last_term)
+
+    def clear_all(self):
+        """Empty data and the log (a snapshot is about to be installed)."""
+        self.wb.delete_range(b"", _ALL_KEYS_END, self._cf["data"])
+        self.wb.delete_range(seq_key(0), seq_key((1 << 64) - 1), self._cf["log"])
 
     def set_meta(self, name: bytes, value: int):
         self.wb.put(name, _U64.pack(value), self._cf["meta"])
@@ -81,10 +111,14 @@ class Storage:
         self._meta = db.get_column_family("meta")
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = fsync
-        self.last_seq = _u64(self._meta.get(META_LAST_SEQ))
-        self.applied_seq = _u64(self._meta.get(META_APPLIED_SEQ))
-        self.term = _u64(self._meta.get(META_TERM))
-        self.first_seq = _u64(self._meta.get(META_FIRST_SEQ)) or 1
+        # Applying committed entries to data needs no fsync of its own: the entries are already
+        # durable in the log, and RocksDB's WAL keeps write order, so a crash loses at most an apply
+        # that is redone from the log at start-up.
+        self._nosync_opts = rocksdict.WriteOptions()
+        self._nosync_opts.sync = False
+        for name, attr in _META_ATTRS.items():
+            setattr(self, attr, _u64(self._meta.get(name)))
+        self.first_seq = self.first_seq or 1
         self._closed = False
 
     # ------------------------------------------------------------ open / close
@@ -158,6 +192,57 @@ class Storage:
             it.next()
         return items, None
 
+    def term_at(self, seq):
+        """The term of the entry at seq; None when seq is beyond the log or trimmed away."""
+        if seq == self.last_seq:
+            return self.last_term
+        if seq == self.first_seq - 1:
+            return self.trim_term
+        if seq == 0:
+            return 0
+        if not self.first_seq <= seq < self.last_seq:
+            return None
+        raw = self._log.get(seq_key(seq))
+        return None if raw is None else _entry_term(raw)
+
+    def read_entries(self, from_seq, max_entries, max_bytes):
+        """Up to max_entries stored entries (bytes) from from_seq on, about max_bytes at most."""
+        out, size = [], 0
+        it = self._log.iter()
+        it.seek(seq_key(from_seq))
+        expected = from_seq
+        while it.valid() and len(out) < max_entries and size < max_bytes:
+            if _U64.unpack(it.key())[0] != expected:
+                break
+            value = it.value()
+            out.append(value)
+            size += len(value)
+            expected += 1
+            it.next()
+        return out
+
+    def data_snapshot(self):
+        """A RocksDB snapshot of data as it is now (between batches: exactly at applied_seq)."""
+        return self._data.snapshot()
+
+    @staticmethod
+    def snapshot_page(snapshot, cursor, max_items, max_bytes):
+        """(items, next_cursor) from a data snapshot, starting at cursor (None: the beginning)."""
+        it = snapshot.iter()
+        if cursor is None:
+            it.seek_to_first()
+        else:
+            it.seek(cursor)
+        items, size = [], 0
+        while it.valid():
+            if len(items) >= max_items or size >= max_bytes:
+                return items, it.key()
+            key, value = it.key(), it.value()
+            items.append([key, value])
+            size += len(key) + len(value)
+            it.next()
+        return items, None
+
     def log_entries(self, from_seq, to_seq=None):
         """(seq, entry bytes) for retained log entries from `from_seq` up to `to_seq` inclusive."""
         it = self._log.iter()
@@ -174,19 +259,16 @@ class Storage:
     def batch(self) -> Batch:
         return Batch(self._handles)
 
-    def commit(self, batch: Batch):
-        """Write the batch atomically (and fsync it when configured) before anything is acknowledged."""
+    def commit(self, batch: Batch, sync=True):
+        """Write the batch atomically (and fsync it when configured and `sync`) before anything that
+        depends on it is acknowledged."""
         try:
-            self._db.write(batch.wb, self._write_opts)
+            self._db.write(batch.wb, self._write_opts if sync else self._nosync_opts)
         except Exception as exc:
             raise StorageError(f"RocksDB write failed: {exc}") from None
         batch.wb = batch._cf = None  # consumed; a live handle would keep RocksDB open after close()
-        meta = batch.meta
-        if meta:
-            self.last_seq = meta.get(META_LAST_SEQ, self.last_seq)
-            self.applied_seq = meta.get(META_APPLIED_SEQ, self.applied_seq)
-            self.first_seq = meta.get(META_FIRST_SEQ, self.first_seq)
-            self.term = meta.get(META_TERM, self.term)
+        for name, value in batch.meta.items():
+            setattr(self, _META_ATTRS[name], value)
 
     def approximate_keys(self) -> int:
         try:

@@ -47,6 +47,17 @@ def bind_pub(ctx, host, port):
     return sock
 
 
+def connect_sub(ctx, peers, source_host):
+    """One SUB connected to every peer's PUB, subscribed to everything, sending from source_host."""
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    for peer in peers:
+        sock.connect(f"tcp://{source_host}:0;{peer.host}:{peer.pub_port}")
+    return sock
+
+
 def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_size=-1):
     """A DEALER to a node's ROUTER; with source_host, outgoing traffic leaves from that address
     (ZeroMQ `tcp://SRC:0;DST:PORT`) so partitions between node addresses can be made with iptables."""

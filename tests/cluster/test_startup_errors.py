@@ -67,12 +67,6 @@ def test_foreign_and_missing_data_dirs(tmp_path):
                                             "--data-dir", str(tmp_path / "a" / "b")])
 
 
-def test_peers_need_replication(tmp_path):
-    peers = '[{"node_id":2,"host":"127.0.0.1","port":%d}]' % free_port()
-    assert "standalone" in refused(["--node-id", "1", "--port", str(free_port()), "--peers", peers,
-                                    "--data-dir", str(tmp_path / "d")])
-
-
 def test_unknown_flag_is_one_line():
     assert "unknown or repeated argument --bogus" in refused(["--bogus"])
     assert "--node-id requires argument" in refused(["--node-id"])

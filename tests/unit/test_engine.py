@@ -19,7 +19,9 @@ def make_engine(tmp_path):
         cfg = config.resolve(None, {"node_id": 1, "data_dir": str(tmp_path / "d"), **settings})
         st = Storage.open(cfg.data_dir, cfg.node_id, cfg.mode, fsync=cfg.fsync)
         opened.append(st)
-        return Engine(st, cfg, "test")
+        eng = Engine(st, cfg, "test")
+        eng.become_primary(max(st.term, 1))   # what the node does for a standalone node
+        return eng
     yield make
     for st in opened:
         st.close()
@@ -38,7 +40,8 @@ class Caller:
             self.next_id += 1
             request_id = self.next_id
         body = protocol.encode_request(command, self.client_id, request_id, open_from, *args)
-        reply = protocol.decode_reply(self.engine.handle(protocol.decode_request(body)))
+        body, self.wait_seq = self.engine.handle(protocol.decode_request(body))
+        reply = protocol.decode_reply(body)
         assert reply.request_id == request_id
         return reply.result
 
@@ -48,7 +51,8 @@ def test_writes_are_staged_until_flush(make_engine):
     call = Caller(eng)
     assert call("PUT", b"k", V(1)) == (True, 1)
     assert eng.storage.get(b"k") is None            # not durable yet
-    assert call("GET", b"k", False) == (V(1),)      # but later requests in the batch see it
+    assert call("GET", b"k", False) == (V(1),)      # but later requests in the batch see it ...
+    assert call.wait_seq == 1                       # ... and their replies wait for its commit
     assert call("CAS", b"k", V(1), V(2)) == (True, 2)
     assert call("CAS", b"k", V(1), V(3)) == (False, 0)
     assert call("DEL", b"k") == (True, 3)
@@ -90,11 +94,11 @@ def test_scan_sees_staged_writes_and_pages(make_engine):
     eng = make_engine()
     call = Caller(eng)
     call("PUT_MANY", [[b"k%05d" % i, V(i)] for i in range(SCAN_PAGE_ITEMS + 5)])
-    items, nxt = call("SCAN", None, None, b"k", None)
+    items, nxt = call("SCAN", None, None, b"k", None, False)
     assert len(items) == SCAN_PAGE_ITEMS and nxt == b"k%05d" % SCAN_PAGE_ITEMS
-    items, nxt = call("SCAN", nxt, None, b"k", None)
+    items, nxt = call("SCAN", nxt, None, b"k", None, False)
     assert len(items) == 5 and nxt is None
-    items, nxt = call("SCAN", None, None, b"k", 3)
+    items, nxt = call("SCAN", None, None, b"k", 3, False)
     assert [k for k, _ in items] == [b"k00000", b"k00001", b"k00002"] and nxt is None
 
 

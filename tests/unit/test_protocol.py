@@ -18,7 +18,7 @@ VALID = {
     "DEL": (b"k",),
     "CAS": (b"k", None, V(1)),
     "PUT_MANY": ([[b"a", V(1)], [b"b", V("two")]],),
-    "SCAN": (None, b"z", b"a", 10),
+    "SCAN": (None, b"z", b"a", 10, False),
     "STATUS": (),
 }
 
@@ -86,8 +86,9 @@ BAD = [
     (raw(1, "PUT_MANY", CID, 1, 1, []), errors.BadArgument),
     (raw(1, "PUT_MANY", CID, 1, 1, [[b"k"]]), errors.BadArgument),
     (raw(1, "PUT_MANY", CID, 1, 1, [[b"", V(1)]]), errors.InvalidKey),
-    (raw(1, "SCAN", CID, 1, 1, None, None, None, -5), errors.BadArgument),
-    (raw(1, "SCAN", CID, 1, 1, 1, None, None, None), errors.BadArgument),
+    (raw(1, "SCAN", CID, 1, 1, None, None, None, -5, False), errors.BadArgument),
+    (raw(1, "SCAN", CID, 1, 1, 1, None, None, None, False), errors.BadArgument),
+    (raw(1, "SCAN", CID, 1, 1, None, None, None, None, "no"), errors.BadArgument),
     (raw(1, "GET", CID, 1, 1, b"k", 1), errors.BadArgument),        # stale must be a bool
     (raw(1, "PING", CID, 1, 2), errors.BadArgument),               # open_from above request_id
     (raw(1, "PING", CID, 1, "0"), errors.BadArgument),

@@ -53,9 +53,9 @@ def test_trim_log(tmp_path):
     for seq in range(1, 11):
         write(st, seq, b"k", b"%d" % seq)
     b = st.batch()
-    b.trim_log(st.first_seq, 8)
+    b.trim_log(st.first_seq, 8, 1)
     st.commit(b)
-    assert st.first_seq == 8
+    assert st.first_seq == 8 and st.trim_term == 1
     assert [s for s, _ in st.log_entries(1)] == [8, 9, 10]
     st.close()
     st = Storage.open(tmp_path / "d", 1, "leader")

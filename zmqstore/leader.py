@@ -1,0 +1,319 @@
+"""Leader-mode replication: the primary's and the secondaries' side of the log stream.
+
+docs/REPLICATION.md describes the protocol. These classes decide and keep replication state; the
+node loop gives them decoded peer messages and the time, and they act through `io`, an object with
+`publish(body)` (PUB), `send_to(node_id, body)` (DEALER to a peer's ROUTER) and
+`reply(envelope, body)` (ROUTER reply). Tests drive them with a fake io and real storage.
+"""
+import logging
+from typing import NamedTuple
+
+from . import protocol
+
+FETCH_MAX_ENTRIES = 2000          # entries in one ENTRIES reply ...
+FETCH_MAX_BYTES = 4 << 20         # ... or about this many bytes
+FETCH_RETRY = 1.0                 # seconds before an unanswered FETCH or SNAPSHOT is sent again
+SNAPSHOT_PAGE_ITEMS = 1000        # items in one SNAPSHOT_CHUNK ...
+SNAPSHOT_PAGE_BYTES = 1 << 20     # ... or about this many bytes
+SNAPSHOT_IDLE = 60.0              # seconds an unused snapshot is kept for a secondary to come back
+
+log = logging.getLogger(__name__)
+
+
+def _entry_term(raw):
+    return protocol.decode_entry(raw).term
+
+
+class Primary:
+    """The primary's side: publishes the log, counts acknowledgements, serves FETCH and SNAPSHOT."""
+
+    def __init__(self, engine, config, io):
+        self.engine = engine
+        self.storage = engine.storage
+        self.config = config
+        self.io = io
+        self.node_id = config.node_id
+        self.match = {p.node_id: 0 for p in config.peers}        # highest seq each peer holds durably
+        self.acked_round = {p.node_id: 0 for p in config.peers}  # highest heartbeat round each answered
+        self.last_heard = {p.node_id: None for p in config.peers}
+        self.majority = config.cluster_size // 2 + 1
+        self.round = 0                  # the latest heartbeat round started
+        self._published_commit = -1
+        self._snapshots = {}            # snapshot seq -> [snapshot, term, last used]
+
+    # ------------------------------------------------------------ the stream
+
+    def publish_entries(self, prev_seq, prev_term, entries):
+        """After a durable flush: stream the new entries, then see whether they commit."""
+        st = self.storage
+        self.io.publish(protocol.encode_peer(
+            "CHANGE", st.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq, st.last_seq))
+        self._published_commit = self.engine.commit_seq
+        self.advance_commit()
+
+    def heartbeat(self, start_round=False):
+        """Publish a HEARTBEAT (commit seq and, with start_round, a new read-confirmation round)."""
+        if start_round:
+            self.round += 1
+        st = self.storage
+        self.io.publish(protocol.encode_peer(
+            "HEARTBEAT", st.term, self.node_id, self.round, self.engine.commit_seq, st.last_seq))
+        self._published_commit = self.engine.commit_seq
+
+    def publish_commit_if_moved(self):
+        if self.engine.commit_seq != self._published_commit:
+            self.heartbeat()
+
+    def advance_commit(self):
+        """Commit (and apply) the highest seq that write_quorum nodes hold, if it is of this term."""
+        values = sorted([self.storage.last_seq, *self.match.values()], reverse=True)
+        candidate = values[self.config.write_quorum - 1]
+        if candidate > self.engine.commit_seq and self.storage.term_at(candidate) == self.storage.term:
+            self.engine.apply_committed(candidate)
+
+    def confirmed_round(self):
+        """The latest round a majority (this node included) has answered in this term."""
+        values = sorted([self.round, *self.acked_round.values()], reverse=True)
+        return values[self.majority - 1]
+
+    # ------------------------------------------------------------ messages from secondaries
+
+    def on_message(self, msg, envelope, now):
+        handler = {"ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}.get(msg.command)
+        if handler is None:
+            log.warning("primary ignores %s", msg.command)
+            return
+        node_id, term = msg.fields[0], msg.fields[1]
+        if node_id not in self.match:
+            log.warning("ignoring %s from unknown node %s", msg.command, node_id)
+            return
+        if term > self.storage.term:
+            log.warning("node %d reports term %d above ours (%d); elections arrive with failover",
+                        node_id, term, self.storage.term)
+        self.last_heard[node_id] = now
+        handler(msg.fields, envelope, now)
+
+    def _on_ack(self, fields, envelope, now):
+        node_id, term, last_seq, round_ = fields
+        if term != self.storage.term:
+            return
+        self.match[node_id] = last_seq          # its latest report: it may have lost data and restarted
+        if round_ > self.acked_round[node_id]:
+            self.acked_round[node_id] = round_
+        self.advance_commit()
+
+    def _on_fetch(self, fields, envelope, now):
+        node_id, _term, from_seq = fields
+        st = self.storage
+        if from_seq < st.first_seq:
+            self.io.reply(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
+            return
+        from_seq = min(from_seq, st.last_seq + 1)
+        entries = st.read_entries(from_seq, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
+        self.io.reply(envelope, protocol.encode_peer(
+            "ENTRIES", st.term, self.node_id, from_seq - 1, st.term_at(from_seq - 1), entries,
+            self.engine.commit_seq, st.last_seq))
+
+    def _on_snapshot(self, fields, envelope, now):
+        node_id, _term, snapshot_seq, cursor = fields
+        held = self._snapshots.get(snapshot_seq) if snapshot_seq else None
+        if held is None:
+            # Taken between loop iterations, data is exactly at applied_seq.
+            snapshot_seq = self.storage.applied_seq
+            held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now]
+            self._snapshots[snapshot_seq] = held
+            cursor = None
+            log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
+        held[2] = now
+        items, next_cursor = self.storage.snapshot_page(held[0], cursor, SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_BYTES)
+        self.io.reply(envelope, protocol.encode_peer(
+            "SNAPSHOT_CHUNK", self.storage.term, self.node_id, snapshot_seq, held[1], items, next_cursor))
+
+    def housekeeping(self, now):
+        for seq in [s for s, held in self._snapshots.items() if now - held[2] > SNAPSHOT_IDLE]:
+            del self._snapshots[seq]
+
+    def status(self, now):
+        window = self.config.election_interval
+        return [{"node_id": pid, "role": "secondary", "last_seq": self.match[pid],
+                 "alive": self.last_heard[pid] is not None and now - self.last_heard[pid] < window}
+                for pid in sorted(self.match)]
+
+
+class Plan(NamedTuple):
+    """What a secondary does with a batch of entries from the primary."""
+    kind: str               # "append", "fetch" or "none"
+    seq: int = 0            # append: seq of entries[0]; fetch: first seq to ask for
+    entries: tuple = ()
+    truncate: bool = False  # append: drop our entries from seq on first
+
+
+def plan_append(storage, prev_seq, prev_term, entries):
+    """Match a batch (prev_seq, prev_term, entries) against our log (docs/REPLICATION.md)."""
+    last = storage.last_seq
+    if prev_seq > last:
+        return Plan("fetch", last + 1)
+    ours = storage.term_at(prev_seq)
+    if ours is not None and ours != prev_term:
+        # Our entry at prev_seq is not the primary's: everything from it on is an uncommitted
+        # leftover. Drop it and ask again from there.
+        return Plan("fetch", prev_seq, truncate=True)
+    seq, i = prev_seq + 1, 0
+    while i < len(entries) and seq <= last:
+        ours = storage.term_at(seq)
+        if ours is not None and ours != _entry_term(entries[i]):
+            return Plan("append", seq, tuple(entries[i:]), truncate=True)
+        i, seq = i + 1, seq + 1
+    if i == len(entries):
+        return Plan("none")
+    return Plan("append", seq, tuple(entries[i:]))
+
+
+class Secondary:
+    """A secondary's side: follows the primary's stream, repairs gaps, installs snapshots."""
+
+    def __init__(self, engine, config, io, leader_id):
+        self.engine = engine
+        self.storage = engine.storage
+        self.config = config
+        self.io = io
+        self.node_id = config.node_id
+        self.leader_id = leader_id
+        self.leader_commit = 0
+        self.leader_last = 0
+        self.last_heard = None
+        self._outstanding = None        # (body, sent at) of the FETCH or SNAPSHOT awaiting its reply
+        self._snapshot_seq = None       # the snapshot being installed (0: asked for a new one)
+        if self.storage.restoring:
+            log.info("a snapshot install was interrupted: starting it over")
+        self._kick_snapshot_if_restoring(0.0)
+
+    def _kick_snapshot_if_restoring(self, now):
+        if self.storage.restoring and self._snapshot_seq is None and self.leader_id:
+            self._request_snapshot(0, None, now)
+
+    # ------------------------------------------------------------ messages from the primary
+
+    def on_message(self, msg, now):
+        fields = msg.fields
+        term, leader_id = fields[0], fields[1]
+        if term < self.storage.term:
+            return  # a stale primary
+        if (term > self.storage.term or leader_id != self.leader_id) and not self._follow(term, leader_id):
+            return
+        leader_last = fields[-1] if msg.command in ("CHANGE", "ENTRIES", "HEARTBEAT") else None
+        if leader_last is not None and leader_last < self.storage.applied_seq and not self.storage.restoring:
+            # Its log is shorter than what we applied from this term: it lost its data dir.
+            # Following it would silently diverge; until failover exists, refuse loudly.
+            log.error("primary %d's log ends at seq %d, below our applied seq %d: it lost data; not following",
+                      leader_id, leader_last, self.storage.applied_seq)
+            return
+        self.last_heard = now
+        handler = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch, "HEARTBEAT": self._on_heartbeat,
+                   "NEED_SNAPSHOT": self._on_need_snapshot, "SNAPSHOT_CHUNK": self._on_snapshot_chunk}
+        handler[msg.command](msg.command, fields, now)
+
+    def _follow(self, term, leader_id):
+        peer = next((p for p in self.config.peers if p.node_id == leader_id), None)
+        if peer is None:
+            log.warning("term %d primary %d is not a configured peer; ignoring it", term, leader_id)
+            return False
+        log.info("following primary %d in term %d", leader_id, term)
+        self.engine.follow(term, leader_id, peer.address)
+        self.leader_id = leader_id
+        self._outstanding = None
+        return True
+
+    def _ack(self, round_=0):
+        self.io.send_to(self.leader_id, protocol.encode_peer(
+            "ACK", self.node_id, self.storage.term, self.storage.last_seq, round_))
+
+    def _on_heartbeat(self, command, fields, now):
+        _term, _leader, round_, commit_seq, leader_last = fields
+        self.leader_commit, self.leader_last = commit_seq, leader_last
+        self._apply_commit()
+        self._ack(round_)
+        self._catch_up(now)
+
+    def _on_log_batch(self, command, fields, now):
+        _term, _leader, prev_seq, prev_term, entries, commit_seq, leader_last = fields
+        if command == "ENTRIES":
+            self._outstanding = None
+        self.leader_commit, self.leader_last = commit_seq, leader_last
+        if self.storage.restoring or self._snapshot_seq is not None:
+            return  # the snapshot comes first
+        plan = plan_append(self.storage, prev_seq, prev_term, entries)
+        if plan.truncate:
+            log.info("dropping our entries from seq %d: they conflict with primary %d's log",
+                     plan.seq, self.leader_id)
+            self.engine.truncate_from(plan.seq)
+        if plan.kind == "append":
+            self.engine.append_entries(plan.seq, plan.entries, commit_seq)
+            self._ack()
+        elif plan.kind == "fetch":
+            self._fetch(plan.seq, now, force=command == "ENTRIES")
+        self._apply_commit()
+        self._catch_up(now)
+
+    def _apply_commit(self):
+        if self.storage.restoring or self._snapshot_seq is not None:
+            return
+        target = min(self.leader_commit, self.storage.last_seq)
+        if target > self.storage.applied_seq:
+            self.engine.apply_committed(target)
+
+    def _catch_up(self, now):
+        """Behind the primary and nothing on the way: ask for the rest."""
+        if self.storage.last_seq < self.leader_last and self._snapshot_seq is None:
+            self._fetch(self.storage.last_seq + 1, now)
+
+    def _fetch(self, from_seq, now, force=False):
+        if self._outstanding is not None and not force:
+            return
+        body = protocol.encode_peer("FETCH", self.node_id, self.storage.term, from_seq)
+        self._outstanding = (body, now)
+        self.io.send_to(self.leader_id, body)
+
+    # ------------------------------------------------------------ snapshots
+
+    def _on_need_snapshot(self, command, fields, now):
+        log.info("primary %d no longer holds our next entry (its log starts at %d): installing a snapshot",
+                 self.leader_id, fields[2])
+        self._request_snapshot(0, None, now)
+
+    def _request_snapshot(self, snapshot_seq, cursor, now):
+        self._snapshot_seq = snapshot_seq
+        body = protocol.encode_peer("SNAPSHOT", self.node_id, self.storage.term, snapshot_seq, cursor)
+        self._outstanding = (body, now)
+        self.io.send_to(self.leader_id, body)
+
+    def _on_snapshot_chunk(self, command, fields, now):
+        _term, _leader, snapshot_seq, snapshot_term, items, next_cursor = fields
+        if self._snapshot_seq is None:
+            return  # not installing one (a late chunk)
+        first = snapshot_seq != self._snapshot_seq
+        if first and self._snapshot_seq != 0:
+            log.info("primary replaced snapshot %d with %d: starting over", self._snapshot_seq, snapshot_seq)
+        self._outstanding = None
+        self.engine.install_snapshot_chunk(snapshot_seq, snapshot_term, items, first, next_cursor is None)
+        if next_cursor is not None:
+            self._request_snapshot(snapshot_seq, next_cursor, now)
+            return
+        log.info("snapshot at seq %d installed", snapshot_seq)
+        self._snapshot_seq = None
+        self._fetch(snapshot_seq + 1, now)
+
+    # ------------------------------------------------------------ timers
+
+    def status(self, now):
+        alive = self.last_heard is not None and now - self.last_heard < self.config.election_interval
+        return [{"node_id": self.leader_id, "role": "primary", "alive": alive, "last_seq": self.leader_last,
+                 "commit_seq": self.leader_commit}] if self.leader_id else []
+
+    def tick(self, now):
+        """Resend a FETCH or SNAPSHOT that got no answer (the primary may have restarted)."""
+        if self._outstanding is not None and now - self._outstanding[1] >= FETCH_RETRY:
+            body = self._outstanding[0]
+            self._outstanding = (body, now)
+            self.io.send_to(self.leader_id, body)
+        self._kick_snapshot_if_restoring(now)
