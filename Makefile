@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean distclean
+.PHONY: run run-single test bench clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,14 @@ $(STAMP): setup.py $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-## run: install and start the node from conf/single.ini in the foreground (Ctrl-C stops it)
+## run: install and start the seed's 3-node leader cluster from conf/leader/ in the foreground,
+## output prefixed by node; Ctrl-C stops all three
 run: $(STAMP)
+	mkdir -p data
+	$(PY) -m zmqstore.launcher conf/leader/node1.ini conf/leader/node2.ini conf/leader/node3.ini
+
+## run-single: one standalone node from conf/single.ini (Ctrl-C stops it)
+run-single: $(STAMP)
 	mkdir -p data
 	$(VENV)/bin/datastore-node --config conf/single.ini
 

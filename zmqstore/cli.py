@@ -193,7 +193,7 @@ def _run_command(db, args):
                 print(f"{_json_default(key) if isinstance(key, bytes) else key}\t"
                       f"{json.dumps(value, default=_json_default)}")
     elif args["status"]:
-        _print_status(args, db.status())
+        _print_status(args, db)
     elif args["ping"]:
         node_id = db.ping()
         _show(args, {"node_id": node_id, "endpoint": db.endpoint} if args["--json"] else
@@ -201,22 +201,45 @@ def _run_command(db, args):
     return 0
 
 
-def _print_status(args, status):
+def _cluster_status(endpoints, timeout):
+    """STATUS from every endpoint given (a row per node), or the one node's view of its peers."""
+    from .client import Client, Retry
+    rows = []
+    for endpoint in endpoints:
+        try:
+            with Client(endpoint, timeout=timeout, retry=Retry(max_tries=1)) as one:
+                rows.append(one.status())
+        except errors.ZmqstoreError as exc:
+            rows.append({"address": endpoint, "role": f"unreachable ({exc.code})"})
+    return rows
+
+
+def _print_status(args, db):
+    endpoints = db.endpoints
+    if len(endpoints) == 1:
+        status = db.status()
+        rows = [status] + [dict(peer, term="-", commit_seq=peer.get("commit_seq", "-"))
+                           for peer in status.get("peers", [])]
+    else:
+        rows = _cluster_status(endpoints, float(args["--timeout"]))
     if args["--json"]:
-        _show(args, status)
+        _show(args, rows if len(endpoints) > 1 else rows[0])
         return
-    columns = ("node_id", "address", "mode", "role", "term", "last_seq", "commit_seq", "lag")
-    rows = [dict(status, lag=0)]
-    for peer in status.get("peers", []):
-        rows.append(dict(peer, mode=status["mode"], lag=status["last_seq"] - peer.get("last_seq", 0)))
-    table = [[str(row.get(c, "-")) for c in columns] for row in rows]
+    primary_last = max((r["last_seq"] for r in rows if r.get("role") == "primary" and "last_seq" in r),
+                       default=None)
+    columns = ("node_id", "address", "role", "term", "last_seq", "commit_seq", "applied_seq", "lag")
+    table = []
+    for row in rows:
+        lag = primary_last - row["last_seq"] if primary_last is not None and "last_seq" in row else "-"
+        table.append([str(row.get(c, "-")) if c != "lag" else str(lag) for c in columns])
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
-    extra = {k: status[k] for k in ("applied_seq", "first_seq", "keys_estimate", "fsync", "uptime", "version")
-             if k in status}
-    print("  ".join(f"{k}={v}" for k, v in extra.items()))
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    if len(endpoints) == 1:
+        extra = {k: rows[0][k] for k in ("mode", "first_seq", "keys_estimate", "fsync", "uptime", "version")
+                 if k in rows[0]}
+        print("  ".join(f"{k}={v}" for k, v in extra.items()))
 
 
 def node_entry():

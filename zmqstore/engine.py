@@ -45,7 +45,7 @@ class Engine:
         self.replicated = bool(config.peers)
         self.role = "primary"
         self.leader_address = None
-        self.peer_status = None       # set by the node: a callable giving the peers' rows for STATUS
+        self.extra_status = None      # set by the node: a callable giving replication fields for STATUS
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
         self._pending = {}            # key -> (value or None, seq): the latest write not yet applied
@@ -320,7 +320,7 @@ class Engine:
     def _get(self, req):
         key, stale = req.args
         self._check_readable(stale)
-        if self.role != "primary":
+        if stale:  # applied data only: a committed prefix, never an uncommitted write
             return protocol.encode_ok(req.request_id, self.storage.get(key)), 0
         value, seq = self._lookup(key)
         return protocol.encode_ok(req.request_id, value), seq
@@ -392,5 +392,6 @@ class Engine:
             "first_seq": s.first_seq, "keys_estimate": s.approximate_keys(), "restoring": bool(s.restoring),
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}",
             "fsync": cfg.fsync, "uptime": round(time.monotonic() - self.started, 3),
-            "version": self.version, "peers": self.peer_status() if self.peer_status else [],
+            "version": self.version, "peers": [],
+            **(self.extra_status() if self.extra_status else {}),
         }

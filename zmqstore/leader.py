@@ -40,6 +40,7 @@ class Primary:
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
         self._snapshots = {}            # snapshot seq -> [snapshot, term, last used]
+        self.counters = {"fetches_served": 0, "snapshots_served": 0}
 
     # ------------------------------------------------------------ the stream
 
@@ -109,6 +110,7 @@ class Primary:
             self.io.reply(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
             return
         from_seq = min(from_seq, st.last_seq + 1)
+        self.counters["fetches_served"] += 1
         entries = st.read_entries(from_seq, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
         self.io.reply(envelope, protocol.encode_peer(
             "ENTRIES", st.term, self.node_id, from_seq - 1, st.term_at(from_seq - 1), entries,
@@ -122,6 +124,7 @@ class Primary:
             snapshot_seq = self.storage.applied_seq
             held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now]
             self._snapshots[snapshot_seq] = held
+            self.counters["snapshots_served"] += 1
             cursor = None
             log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
         held[2] = now
@@ -184,6 +187,7 @@ class Secondary:
         self.last_heard = None
         self._outstanding = None        # (body, sent at) of the FETCH or SNAPSHOT awaiting its reply
         self._snapshot_seq = None       # the snapshot being installed (0: asked for a new one)
+        self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0}
         if self.storage.restoring:
             log.info("a snapshot install was interrupted: starting it over")
         self._kick_snapshot_if_restoring(0.0)
@@ -247,6 +251,7 @@ class Secondary:
             log.info("dropping our entries from seq %d: they conflict with primary %d's log",
                      plan.seq, self.leader_id)
             self.engine.truncate_from(plan.seq)
+            self.counters["truncations"] += 1
         if plan.kind == "append":
             self.engine.append_entries(plan.seq, plan.entries, commit_seq)
             self._ack()
@@ -271,6 +276,7 @@ class Secondary:
         if self._outstanding is not None and not force:
             return
         body = protocol.encode_peer("FETCH", self.node_id, self.storage.term, from_seq)
+        self.counters["fetches"] += 1
         self._outstanding = (body, now)
         self.io.send_to(self.leader_id, body)
 
@@ -300,6 +306,7 @@ class Secondary:
             self._request_snapshot(snapshot_seq, next_cursor, now)
             return
         log.info("snapshot at seq %d installed", snapshot_seq)
+        self.counters["snapshots_installed"] += 1
         self._snapshot_seq = None
         self._fetch(snapshot_seq + 1, now)
 

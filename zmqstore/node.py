@@ -94,16 +94,17 @@ class Node:
             self.primary = Primary(self.engine, cfg, self)
         else:
             self.secondary = Secondary(self.engine, cfg, self, st.leader_id)
-        self.engine.peer_status = self._peer_status
+        self.engine.extra_status = self._replication_status
 
-    def _peer_status(self):
+    def _replication_status(self):
         now = time.monotonic()
-        peers = (self.primary or self.secondary).status(now)
+        side = self.primary or self.secondary
+        peers = side.status(now)
         by_id = {p.node_id: p for p in self.config.peers}
         for row in peers:
             peer = by_id.get(row["node_id"])
             row["address"] = peer.address if peer else None
-        return peers
+        return {"peers": peers, "write_quorum": self.config.write_quorum, **side.counters}
 
     # ------------------------------------------------------------ io for leader.py
 

@@ -1,0 +1,45 @@
+"""`make run`'s launcher: three nodes from config files, output prefixed, Ctrl-C stops all cleanly."""
+import signal
+import subprocess
+import sys
+
+from zmqstore import Client
+from zmqstore.testing.process import free_port, wait_until
+
+
+def test_launcher_runs_a_cluster_and_stops_it(tmp_path):
+    ports = {n: (free_port(), free_port()) for n in (1, 2, 3)}
+    configs = []
+    for n, (port, pub) in ports.items():
+        peers = "".join(f"{m} = 127.0.0.1:{p}:{q}\n" for m, (p, q) in ports.items() if m != n)
+        path = tmp_path / f"node{n}.ini"
+        path.write_text(f"[node]\nnode_id = {n}\nport = {port}\npub_port = {pub}\n"
+                        f"role = {'primary' if n == 1 else 'secondary'}\ndata_dir = {tmp_path / f'd{n}'}\n"
+                        f"[peers]\n{peers}")
+        configs.append(str(path))
+    out = tmp_path / "out.log"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "zmqstore.launcher", *configs], stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with Client([f"127.0.0.1:{ports[n][0]}" for n in (2, 1, 3)], timeout=1.0) as db:
+            wait_until(lambda: _put_ok(db), 20, interval=0.2, message="cluster accepting writes")
+            assert db.get("k") == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.read_text()
+    for n in (1, 2, 3):
+        assert f"[node{n}]" in text and text.count("stopped cleanly") == 3
+    assert "all nodes stopped" in text
+
+
+def _put_ok(db):
+    try:
+        db.put("k", 1)
+        return True
+    except Exception:
+        return False

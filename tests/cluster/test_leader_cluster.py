@@ -1,0 +1,181 @@
+"""Leader mode with real processes: the seed's 3-node cluster on 127.0.0.2-4."""
+import pytest
+
+from zmqstore import Client, Retry, errors
+from zmqstore.testing.process import wait_until
+
+
+def stale_get(node, key):
+    with node.client(timeout=1.0, retry=Retry(max_tries=1)) as c:
+        return c.get(key, stale=True)
+
+
+def test_writes_reach_every_secondary(cluster):
+    c = cluster()
+    with c.client() as db:
+        for i in range(50):
+            db.put(f"k{i}", i)
+        p = db.pipeline()
+        for i in range(50, 500):
+            p.put(f"k{i}", i)
+        p.execute()
+        assert db.get("k499") == 499
+        status = db.status()
+        assert status["role"] == "primary" and status["commit_seq"] == 500
+    for node in c.nodes.values():
+        wait_until(lambda: stale_get(node, "k499") == 499, 10, message=f"node {node.node_id} has k499")
+        with node.client() as db:
+            assert dict(db.scan(prefix="k", stale=True)) == {f"k{i}": i for i in range(500)}
+
+
+def test_secondary_redirects_writes_and_reads(cluster):
+    c = cluster()
+    with Client(c.nodes[2].endpoint) as db:       # talks to a secondary first
+        db.put("x", 1)                              # followed not_primary to node 1
+        assert db.endpoint == c.nodes[1].endpoint
+        assert db.get("x") == 1
+    with Client(c.nodes[3].endpoint, retry=Retry(max_tries=1)) as db:
+        with pytest.raises(errors.NotPrimary) as info:
+            db._call("PUT", b"y", b"\x01")
+        assert info.value.details["primary_id"] == 1
+        assert info.value.details["primary_address"] == c.nodes[1].endpoint
+
+
+def all_data(node):
+    with node.client(timeout=2.0) as db:
+        return dict(db.scan(stale=True))
+
+
+def wait_converged(c, expected, timeout=20):
+    for node in c.nodes.values():
+        if node.alive():
+            wait_until(lambda: all_data(node) == expected, timeout,
+                       interval=0.1, message=f"node {node.node_id} converged")
+
+
+def test_secondary_killed_during_writes_catches_up(cluster):
+    c = cluster()
+    acked = {}
+    with c.client() as db:
+        p = db.pipeline()
+        for i in range(2000):
+            p.put(f"a{i}", i)
+        p.execute()
+        acked.update({f"a{i}": i for i in range(2000)})
+        c.nodes[3].kill()
+        p = db.pipeline()
+        for i in range(3000):
+            p.put(f"b{i}", i)
+        p.execute()       # still committed: the primary and node 2 are a majority
+        acked.update({f"b{i}": i for i in range(3000)})
+        c.start(3)
+        db.put("after", "restart")
+        acked["after"] = "restart"
+    wait_converged(c, acked)
+
+
+def test_fresh_data_dir_catches_up_by_snapshot(cluster, tmp_path):
+    conf = tmp_path / "small-log.ini"
+    conf.write_text("[cluster]\nlog_retention = 500\n")
+    c = cluster(args=["--config", str(conf)])
+    with c.client() as db:
+        p = db.pipeline()
+        for i in range(5000):                 # far beyond the retained log
+            p.put(f"k{i:05d}", {"i": i, "pad": "x" * 300})
+        p.execute()
+        db.delete("k00007")
+        status = db.status()
+        assert status["first_seq"] > 1000     # the primary trimmed its log
+        expected = dict(db.scan())
+    c.nodes[3].stop()
+    node3 = c.start(3, data_dir=tmp_path / "node3-fresh")   # an empty data dir for node 3
+    wait_until(lambda: all_data(node3) == expected, 30, interval=0.2, message="snapshot installed")
+    assert "installing a snapshot" in node3.log() and "snapshot at seq" in node3.log()
+    with node3.client() as db:
+        st = db.status()
+        assert st["applied_seq"] == status["commit_seq"] and not st["restoring"]
+    with c.client() as db:                    # and it keeps following the stream after the snapshot
+        db.put("later", 1)
+    wait_until(lambda: stale_get(node3, "later") == 1, 10, message="node 3 follows after the snapshot")
+
+
+def test_write_without_quorum_times_out_and_is_not_committed(cluster):
+    c = cluster()
+    with c.client() as db:
+        db.put("before", 1)
+    c.nodes[2].stop()
+    c.nodes[3].stop()
+    import time
+    with Client(c.nodes[1].endpoint, timeout=5.0, retry=Retry(max_tries=1)) as db:
+        t0 = time.monotonic()
+        with pytest.raises(errors.ReplicationTimeout):
+            db.put("lonely", 1)
+        elapsed = time.monotonic() - t0
+        assert 1.9 <= elapsed < 3.0, elapsed
+        assert db.get("lonely", stale=True) is None          # not applied, not visible
+        assert db.status()["commit_seq"] < db.status()["last_seq"]
+        with pytest.raises(errors.Unavailable):               # no majority to confirm leadership
+            db.get("before")
+        assert db.get("before", stale=True) == 1
+
+
+def test_dropped_change_messages_are_repaired(cluster):
+    c = cluster(env={"ZMQSTORE_TEST_DROP_CHANGES": "0.5"})
+    expected = {}
+    with c.client() as db:
+        for round_ in range(5):
+            p = db.pipeline()
+            for i in range(400):
+                p.put(f"r{round_}:{i}", i)
+                expected[f"r{round_}:{i}"] = i
+            p.execute()
+            db.put(f"single{round_}", round_)
+            expected[f"single{round_}"] = round_
+    wait_converged(c, expected)
+    fetches = 0
+    for node_id in (2, 3):
+        with c.nodes[node_id].client() as db:
+            fetches += db.status()["fetches"]
+    assert fetches > 0, "half the change messages were dropped, so the secondaries must have fetched"
+
+
+def test_restarting_all_nodes_keeps_every_acknowledged_write(cluster):
+    c = cluster()
+    acked = {}
+    with c.client() as db:
+        p = db.pipeline()
+        for i in range(3000):
+            p.put(f"k{i}", i)
+        p.execute()
+        acked.update({f"k{i}": i for i in range(3000)})
+        for i in range(3000, 3100):
+            db.put(f"k{i}", i)
+            acked[f"k{i}"] = i
+        assert db.delete("k0")
+        del acked["k0"]
+    for node in c.nodes.values():
+        node.kill()                       # kill -9 all three
+    c.start_all()
+    with c.client() as db:
+        assert db.status()["role"] == "primary"
+        db.put("after", 1)
+        acked["after"] = 1
+        assert dict(db.scan()) == acked
+    wait_converged(c, acked)
+
+
+def test_cli_status_table_shows_every_node(cluster):
+    import subprocess
+    import sys
+    c = cluster()
+    with c.client() as db:
+        db.put("k", 1)
+    wait_until(lambda: stale_get(c.nodes[3], "k") == 1, 10, message="node 3 caught up")
+    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", "--endpoints", ",".join(c.endpoints), "status"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split() == ["node_id", "address", "role", "term", "last_seq", "commit_seq", "applied_seq", "lag"]
+    rows = {int(line.split()[0]): line.split() for line in lines[1:]}
+    assert rows[1][2] == "primary" and rows[2][2] == rows[3][2] == "secondary"
+    assert all(row[3] == "1" and row[4] == "1" and row[7] == "0" for row in rows.values())

@@ -1,0 +1,148 @@
+"""Replication decisions (leader.py) on real storage in tmp_path, with a fake io instead of sockets."""
+import pytest
+
+from zmqstore import config, errors, protocol
+from zmqstore.engine import Engine
+from zmqstore.leader import FETCH_RETRY, Plan, Primary, Secondary, plan_append
+from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
+from zmqstore.storage import Storage
+
+PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3)]
+
+
+class FakeIO:
+    def __init__(self):
+        self.published, self.sent, self.replies = [], [], []
+
+    def publish(self, body):
+        self.published.append(protocol.decode_peer(body))
+
+    def send_to(self, node_id, body):
+        self.sent.append((node_id, protocol.decode_peer(body)))
+
+    def reply(self, envelope, body):
+        self.replies.append(protocol.decode_peer(body))
+
+
+@pytest.fixture
+def make(tmp_path):
+    opened = []
+
+    def make_engine(node_id, peers=PEERS, **settings):
+        cfg = config.resolve(None, {"node_id": node_id, "port": 9200 + node_id, "data_dir": str(tmp_path / f"n{node_id}"),
+                                    "peers": [p for p in peers if p["node_id"] != node_id], **settings})
+        st = Storage.open(cfg.data_dir, node_id, "leader")
+        opened.append(st)
+        return Engine(st, cfg, "test"), cfg
+    yield make_engine
+    for st in opened:
+        st.close()
+
+
+def entry(term, key, value=1):
+    return protocol.encode_entry(LogEntry(term, b"c", 1, ((OP_PUT, key, protocol.pack_value(value)),)))
+
+
+def test_plan_append(make):
+    eng, _ = make(2)
+    eng.follow(1, 1, "127.0.0.1:9001")
+    eng.append_entries(1, [entry(1, b"a"), entry(1, b"b"), entry(2, b"c")], leader_commit=1)
+    st = eng.storage
+    assert (st.last_seq, st.last_term, st.applied_seq) == (3, 2, 1)
+    assert plan_append(st, 5, 2, [entry(2, b"x")]) == Plan("fetch", 4)                  # a gap
+    assert plan_append(st, 1, 1, [entry(1, b"b"), entry(2, b"c")]) == Plan("none")       # all held already
+    assert plan_append(st, 2, 1, [entry(2, b"c"), entry(2, b"d")]) == Plan("append", 4, (entry(2, b"d"),))
+    conflict = plan_append(st, 2, 1, [entry(3, b"z")])
+    assert conflict.kind == "append" and conflict.seq == 3 and conflict.truncate
+    assert plan_append(st, 3, 3, [entry(3, b"z")]) == Plan("fetch", 3, truncate=True)   # prev term differs
+    eng.truncate_from(3)
+    assert (st.last_seq, st.last_term) == (2, 1)
+    with pytest.raises(errors.StorageError):
+        eng.truncate_from(1)                     # applied entries are never dropped
+
+
+def test_primary_commits_at_quorum_and_applies(make):
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, io)
+    call = protocol.encode_request("PUT", b"c", 1, 1, b"k", protocol.pack_value(7))
+    reply, wait_seq = eng.handle(protocol.decode_request(call))
+    assert wait_seq == 1
+    primary.publish_entries(*eng.flush())
+    change = io.published[-1]
+    assert change.command == "CHANGE" and change.fields[2:4] == (0, 0) and len(change.fields[4]) == 1
+    assert eng.commit_seq == 0 and eng.storage.get(b"k") is None       # durable on one node of three
+    primary.on_message(PeerMessage("ACK", (2, 1, 1, 0)), [b"node-2"], now=1.0)
+    assert eng.commit_seq == 1 and eng.storage.get(b"k") == protocol.pack_value(7)
+    primary.publish_commit_if_moved()
+    assert io.published[-1].command == "HEARTBEAT" and io.published[-1].fields[3] == 1
+
+
+def test_primary_read_rounds_need_a_majority(make):
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    primary = Primary(eng, cfg, FakeIO())
+    primary.heartbeat(start_round=True)
+    assert primary.round == 1 and primary.confirmed_round() == 0
+    primary.on_message(PeerMessage("ACK", (3, 1, 0, 1)), [b"node-3"], now=1.0)
+    assert primary.confirmed_round() == 1
+    primary.on_message(PeerMessage("ACK", (2, 2, 0, 5)), [b"node-2"], now=1.0)   # another term: ignored
+    assert primary.acked_round[2] == 0
+
+
+def test_primary_serves_fetch_and_snapshot(make):
+    eng, cfg = make(1, log_retention=3)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, io)
+    for i in range(10):
+        eng.handle(protocol.decode_request(protocol.encode_request(
+            "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
+        primary.publish_entries(*eng.flush())
+        primary.on_message(PeerMessage("ACK", (2, 1, eng.storage.last_seq, 0)), [b"node-2"], now=1.0)
+    assert eng.commit_seq == 10 and eng.storage.first_seq > 1
+    primary.on_message(PeerMessage("FETCH", (3, 1, 1)), [b"node-3"], now=2.0)
+    assert io.replies[-1].command == "NEED_SNAPSHOT"
+    primary.on_message(PeerMessage("FETCH", (3, 1, eng.storage.first_seq)), [b"node-3"], now=2.0)
+    entries = io.replies[-1]
+    assert entries.command == "ENTRIES" and entries.fields[2] == eng.storage.first_seq - 1
+    assert len(entries.fields[4]) == 10 - eng.storage.first_seq + 1
+    primary.on_message(PeerMessage("SNAPSHOT", (3, 1, 0, None)), [b"node-3"], now=2.0)
+    chunk = io.replies[-1]
+    assert chunk.command == "SNAPSHOT_CHUNK" and chunk.fields[2] == 10 and len(chunk.fields[4]) == 10
+    assert chunk.fields[5] is None
+
+
+def test_secondary_appends_acks_and_repairs_gaps(make):
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 1, 2)), now=0.0)
+    assert eng.storage.term == 1 and eng.storage.leader_id == 1 and eng.role == "secondary"
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 2, 0)))
+    assert eng.storage.applied_seq == 1 and eng.storage.get(b"a") is not None and eng.storage.get(b"b") is None
+    sec.on_message(PeerMessage("CHANGE", (1, 1, 5, 1, [entry(1, b"f")], 2, 6)), now=0.1)   # seqs 3-5 lost
+    assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 3)))
+    n = len(io.sent)
+    sec.tick(0.2)
+    assert len(io.sent) == n                              # not yet: the FETCH may still be answered
+    sec.tick(0.1 + FETCH_RETRY)
+    assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 3)))
+    sec.on_message(PeerMessage("ENTRIES", (1, 1, 2, 1, [entry(1, b"c"), entry(1, b"d"), entry(1, b"e"),
+                                                         entry(1, b"f")], 6, 6)), now=1.5)
+    assert eng.storage.last_seq == 6 and eng.storage.applied_seq == 6
+    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 4, 6, 6)), now=1.6)
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 6, 4)))
+    sec.on_message(PeerMessage("HEARTBEAT", (0, 3, 1, 0, 0)), now=1.7)    # a lower term is ignored
+    assert eng.storage.leader_id == 1
+
+
+def test_secondary_refuses_a_primary_that_lost_its_log(make):
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 2, 2)), now=0.0)
+    sent = len(io.sent)
+    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 0, 0, 0)), now=1.0)   # its log now ends at 0
+    assert len(io.sent) == sent and eng.storage.applied_seq == 2
