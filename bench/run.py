@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zmqstore import Client  # noqa: E402
-from zmqstore.testing.process import NodeProcess  # noqa: E402
+from zmqstore.testing.process import Cluster, NodeProcess, wait_until  # noqa: E402
 
 PIPELINE_DEPTH = 64
 
@@ -179,19 +179,7 @@ def median_of(rounds, key=None):
     return statistics.median(values)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
-    ap.add_argument("--json", help="also write the figures to this file")
-    opts = ap.parse_args()
-    scale = 0.02 if opts.quick else 1.0
-    N = lambda n: max(200, int(n * scale))  # noqa: E731
-    rounds = 1 if opts.quick else 3
-
-    results = {"machine": machine()}
-    print(f"machine: {results['machine']}", flush=True)
-    results["raw_rocksdict_batched_puts_s"] = raw_rocksdict(N(500_000), sync=True)
-
+def single_node(results, N, rounds):
     echo = EchoServer()
     with tempfile.TemporaryDirectory() as d:
         node = NodeProcess(1, os.path.join(d, "data"), os.path.join(d, "node.log"), args=["--log-level", "WARNING"],
@@ -225,7 +213,66 @@ def main():
         finally:
             node.stop()
             echo.close()
-    results["rounds"] = rounds
+
+
+def leader_cluster(results, N, rounds, catch_up_writes):
+    """The seed's 3-node leader cluster (fsync on, majority commit) on 127.0.0.2-4."""
+    with tempfile.TemporaryDirectory() as d:
+        conf = os.path.join(d, "bench.ini")
+        with open(conf, "w") as f:   # keep the whole catch-up in the log, so it is a log catch-up
+            f.write(f"[cluster]\nlog_retention = {catch_up_writes * 2}\n")
+        c = Cluster(d, size=3, args=["--config", conf, "--log-level", "WARNING"], new_session=False)
+        try:
+            c.start_all()
+            ep = c.nodes[1].endpoint
+            with Client(ep) as db:
+                db.put("warm", 1)
+                puts = [sequential(db, "put", N(3_000)) for _ in range(rounds)]
+                results["leader_seq_put"] = {k: median_of(puts, k) for k in puts[0]}
+                gets = [sequential(db, "get", N(3_000)) for _ in range(rounds)]
+                results["leader_seq_get"] = {k: median_of(gets, k) for k in gets[0]}
+            results["leader_pipelined_put_1_client_s"] = median_of(
+                [pipelined(ep, N(100_000), worker=r) for r in range(rounds)])
+            results["leader_pipelined_put_4_clients_s"] = multi_client_puts(ep, 4, N(50_000))
+            # Catch-up: node 3 misses catch_up_writes writes, then comes back.
+            c.nodes[3].stop()
+            pipelined(ep, catch_up_writes, worker=99)
+            with Client(ep) as db:
+                target = db.status()["last_seq"]
+            t0 = time.perf_counter()
+            c.start(3, wait=False)
+
+            def caught_up():
+                try:
+                    with Client(c.nodes[3].endpoint, timeout=0.5) as n3:
+                        return n3.status()["last_seq"] >= target
+                except Exception:
+                    return False
+            wait_until(caught_up, 120, interval=0.02, message="node 3 caught up")
+            elapsed = time.perf_counter() - t0
+            results["leader_catch_up"] = {"entries": catch_up_writes, "seconds": elapsed,
+                                          "entries_s": catch_up_writes / elapsed}
+        finally:
+            c.stop_all()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
+    ap.add_argument("--only", choices=("single", "leader"), help="run one part only")
+    ap.add_argument("--json", help="also write the figures to this file")
+    opts = ap.parse_args()
+    scale = 0.02 if opts.quick else 1.0
+    N = lambda n: max(200, int(n * scale))  # noqa: E731
+    rounds = 1 if opts.quick else 3
+
+    results = {"machine": machine(), "rounds": rounds}
+    print(f"machine: {results['machine']}", flush=True)
+    if opts.only in (None, "single"):
+        results["raw_rocksdict_batched_puts_s"] = raw_rocksdict(N(500_000), sync=True)
+        single_node(results, N, rounds)
+    if opts.only in (None, "leader"):
+        leader_cluster(results, N, rounds, N(100_000))
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:
@@ -233,23 +280,43 @@ def main():
 
 
 def report(r):
-    rows = [
-        ("raw rocksdict batched puts/s (1000/batch, sync)", f"{r['raw_rocksdict_batched_puts_s']:,.0f}", ""),
-        ("raw pyzmq DEALER-ROUTER round trips/s, sequential", f"{r['raw_pyzmq_seq_rt_s']:,.0f}", ""),
-        (f"raw pyzmq round trips/s, {PIPELINE_DEPTH} in flight", f"{r['raw_pyzmq_pipelined_rt_s']:,.0f}", ""),
-        ("sequential put ops/s (fsync on)", f"{r['seq_put']['ops_s']:,.0f}",
-         f"p50 {r['seq_put']['p50_us']:.0f} us, p99 {r['seq_put']['p99_us']:.0f} us (target p50 < 500 us)"),
-        ("sequential get ops/s", f"{r['seq_get']['ops_s']:,.0f}",
-         f"p50 {r['seq_get']['p50_us']:.0f} us, p99 {r['seq_get']['p99_us']:.0f} us; "
-         f"{statistics.median(r['seq_get_to_raw_ratios']):.0%} of raw sequential round trips (median of rounds "
-         + ", ".join(f"{x:.0%}" for x in r['seq_get_to_raw_ratios']) + "; target >= 70%)"),
-        (f"pipelined put ops/s, 1 client, {PIPELINE_DEPTH} in flight", f"{r['pipelined_put_1_client_s']:,.0f}",
-         "target >= 40,000 (fsync on)"),
-        (f"pipelined get ops/s, 1 client, {PIPELINE_DEPTH} in flight", f"{r['pipelined_get_1_client_s']:,.0f}",
-         f"{r['pipelined_get_1_client_s'] / r['raw_pyzmq_pipelined_rt_s']:.0%} of raw pipelined round trips"),
-        (f"pipelined put ops/s, 4 client processes", f"{r['pipelined_put_4_clients_s']:,.0f}", ""),
-    ]
-    width = max(len(r[0]) for r in rows)
+    rows = []
+    if "seq_put" in r:
+        rows += [
+            ("raw rocksdict batched puts/s (1000/batch, sync)", f"{r['raw_rocksdict_batched_puts_s']:,.0f}", ""),
+            ("raw pyzmq DEALER-ROUTER round trips/s, sequential", f"{r['raw_pyzmq_seq_rt_s']:,.0f}", ""),
+            (f"raw pyzmq round trips/s, {PIPELINE_DEPTH} in flight", f"{r['raw_pyzmq_pipelined_rt_s']:,.0f}", ""),
+            ("single: sequential put ops/s (fsync on)", f"{r['seq_put']['ops_s']:,.0f}",
+             f"p50 {r['seq_put']['p50_us']:.0f} us, p99 {r['seq_put']['p99_us']:.0f} us (target p50 < 500 us)"),
+            ("single: sequential get ops/s", f"{r['seq_get']['ops_s']:,.0f}",
+             f"p50 {r['seq_get']['p50_us']:.0f} us, p99 {r['seq_get']['p99_us']:.0f} us; "
+             f"{statistics.median(r['seq_get_to_raw_ratios']):.0%} of raw sequential round trips (median of "
+             "rounds " + ", ".join(f"{x:.0%}" for x in r['seq_get_to_raw_ratios']) + "; target >= 70%)"),
+            (f"single: pipelined put ops/s, 1 client, {PIPELINE_DEPTH} in flight",
+             f"{r['pipelined_put_1_client_s']:,.0f}", "target >= 40,000 (fsync on)"),
+            (f"single: pipelined get ops/s, 1 client, {PIPELINE_DEPTH} in flight",
+             f"{r['pipelined_get_1_client_s']:,.0f}",
+             f"{r['pipelined_get_1_client_s'] / r['raw_pyzmq_pipelined_rt_s']:.0%} of raw pipelined round trips"),
+            ("single: pipelined put ops/s, 4 client processes", f"{r['pipelined_put_4_clients_s']:,.0f}", ""),
+        ]
+    if "leader_seq_put" in r:
+        base = r.get("pipelined_put_1_client_s")
+        vs = f", {r['leader_pipelined_put_1_client_s'] / base:.0%} of the single node" if base else ""
+        rows += [
+            ("leader 3 nodes: sequential put ops/s (majority, fsync)", f"{r['leader_seq_put']['ops_s']:,.0f}",
+             f"p50 {r['leader_seq_put']['p50_us']:.0f} us, p99 {r['leader_seq_put']['p99_us']:.0f} us "
+             "(target p50 < 1 ms)"),
+            ("leader 3 nodes: sequential linearizable get ops/s", f"{r['leader_seq_get']['ops_s']:,.0f}",
+             f"p50 {r['leader_seq_get']['p50_us']:.0f} us, p99 {r['leader_seq_get']['p99_us']:.0f} us"),
+            (f"leader 3 nodes: pipelined put ops/s, 1 client, {PIPELINE_DEPTH} in flight",
+             f"{r['leader_pipelined_put_1_client_s']:,.0f}", f"target >= 25,000{vs}"),
+            ("leader 3 nodes: pipelined put ops/s, 4 client processes",
+             f"{r['leader_pipelined_put_4_clients_s']:,.0f}", ""),
+            ("leader 3 nodes: secondary catch-up entries/s", f"{r['leader_catch_up']['entries_s']:,.0f}",
+             f"{r['leader_catch_up']['entries']:,} missed writes in {r['leader_catch_up']['seconds']:.2f} s "
+             "(target >= 200,000/s)"),
+        ]
+    width = max(len(row[0]) for row in rows)
     print()
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value:>10}  {note}")

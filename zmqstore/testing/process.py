@@ -125,7 +125,7 @@ class Cluster:
     """N leader-mode nodes, node i on loopback address 127.0.0.(i+1) so that links between nodes can
     be cut with iptables; node 1 bootstraps as primary. Data dirs and logs under `base_dir`."""
 
-    def __init__(self, base_dir, size=3, args=(), env=None):
+    def __init__(self, base_dir, size=3, args=(), env=None, new_session=True):
         self.base_dir = str(base_dir)
         self.args = list(args)
         self.env = env
@@ -135,7 +135,7 @@ class Cluster:
             self.nodes[node_id] = NodeProcess(
                 node_id, os.path.join(self.base_dir, f"node{node_id}"),
                 os.path.join(self.base_dir, f"node{node_id}.log"), host=host,
-                port=free_port(host), pub_port=free_port(host))
+                port=free_port(host), pub_port=free_port(host), new_session=new_session)
 
     def peers_json(self, node_id):
         import json
