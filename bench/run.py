@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zmqstore import Client  # noqa: E402
+from zmqstore import Client, Retry, ZmqstoreError  # noqa: E402
 from zmqstore.testing.process import Cluster, NodeProcess, wait_until  # noqa: E402
 
 PIPELINE_DEPTH = 64
@@ -241,17 +241,25 @@ def leader_cluster(results, N, rounds, catch_up_writes):
                 target = db.status()["last_seq"]
             t0 = time.perf_counter()
             c.start(3, wait=False)
+            n3 = Client(c.nodes[3].endpoint, timeout=0.5, retry=Retry(max_tries=1))
+            try:
+                seen = {}
 
-            def caught_up():
-                try:
-                    with Client(c.nodes[3].endpoint, timeout=0.5) as n3:
-                        return n3.status()["last_seq"] >= target
-                except Exception:
-                    return False
-            wait_until(caught_up, 120, interval=0.02, message="node 3 caught up")
-            elapsed = time.perf_counter() - t0
-            results["leader_catch_up"] = {"entries": catch_up_writes, "seconds": elapsed,
-                                          "entries_s": catch_up_writes / elapsed}
+                def progress():
+                    try:
+                        last = n3.status()["last_seq"]
+                    except ZmqstoreError:
+                        return False
+                    seen.setdefault("ready", (time.perf_counter(), last))
+                    return last >= target
+                wait_until(progress, 120, interval=0.005, message="node 3 caught up")
+            finally:
+                n3.close()
+            done = time.perf_counter()
+            ready_at, last_at_ready = seen["ready"]
+            results["leader_catch_up"] = {
+                "entries": catch_up_writes, "seconds_from_start": done - t0, "start_seconds": ready_at - t0,
+                "entries_s": (target - last_at_ready) / (done - ready_at)}
         finally:
             c.stop_all()
 
@@ -313,8 +321,9 @@ def report(r):
             ("leader 3 nodes: pipelined put ops/s, 4 client processes",
              f"{r['leader_pipelined_put_4_clients_s']:,.0f}", ""),
             ("leader 3 nodes: secondary catch-up entries/s", f"{r['leader_catch_up']['entries_s']:,.0f}",
-             f"{r['leader_catch_up']['entries']:,} missed writes in {r['leader_catch_up']['seconds']:.2f} s "
-             "(target >= 200,000/s)"),
+             f"once answering (target >= 200,000/s); {r['leader_catch_up']['entries']:,} missed writes: "
+             f"{r['leader_catch_up']['seconds_from_start']:.2f} s from process start, of which "
+             f"{r['leader_catch_up']['start_seconds']:.2f} s start-up"),
         ]
     width = max(len(row[0]) for row in rows)
     print()

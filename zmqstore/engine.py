@@ -85,11 +85,15 @@ class Engine:
     # ------------------------------------------------------------ role
 
     def become_primary(self, term):
-        """Lead `term` (bootstrap, or a restart of the recorded primary)."""
+        """Lead `term`. A replicated primary starts its term with an empty entry: entries of earlier
+        terms commit only under one of the current term (DESIGN.md 4.2), and this one commits as soon
+        as a quorum holds it, so nothing waits for the next client write."""
         self.role = "primary"
         self.leader_address = self.config.address
         if self.storage.term != term or self.storage.leader_id != self.config.node_id:
             self._set_term(term, self.config.node_id)
+            if self.replicated:
+                self._append_entry(b"", 0, ())
 
     def follow(self, term, leader_id, leader_address):
         """Follow `leader_id` in `term`; persisted before anything is sent in that term."""
@@ -114,17 +118,22 @@ class Engine:
     def last_seq(self):
         return self._next_seq - 1
 
+    def take_staged(self):
+        """The entries staged since the last flush as (prev_seq, prev_term, [entry bytes]), for the
+        change stream (a replicated primary streams them while its own flush is under way)."""
+        if not self._staged:
+            return None
+        entries, self._staged = self._staged, []
+        return self.storage.last_seq, self.storage.last_term, entries
+
     def flush(self):
-        """Write everything staged since the last flush in one batch (fsync per setting). Returns the
-        staged entries as (prev_seq, prev_term, [entry bytes]) for the change stream.
+        """Write everything staged since the last flush in one batch (fsync per setting).
         Any failure raises StorageError: the node must stop, since replies may wait on this batch."""
         batch = self._batch
         if batch is None:
-            return None
+            return
         st = self.storage
-        entries, self._staged = self._staged, []
-        prev_seq = st.last_seq
-        prev_term = st.last_term
+        self._staged = []
         try:
             last_seq = self._next_seq - 1
             batch.set_meta(META_LAST_SEQ, last_seq)
@@ -142,7 +151,11 @@ class Engine:
             self.commit_seq = last_seq
             self._pending.clear()
             self._unapplied.clear()
-        return prev_seq, prev_term, entries
+
+    def apply_to_commit(self):
+        """Apply what the primary has committed but not yet applied (done after the replies left)."""
+        if self.storage.applied_seq < self.commit_seq:
+            self.apply_committed(self.commit_seq)
 
     def apply_committed(self, commit_seq, batch=None):
         """Apply log entries up to commit_seq to data (in `batch`, or a batch of its own written
@@ -194,17 +207,34 @@ class Engine:
         batch = st.batch()
         seq = first_seq
         term = st.last_term
+        # Catching up, everything before these entries is applied and most of them are committed:
+        # apply those straight into the batch instead of tracking them as pending.
+        direct = st.applied_seq == first_seq - 1
+        applied = st.applied_seq
         for raw in raw_entries:
             entry = protocol.decode_entry(raw)
             batch.append(seq, raw)
-            self._stage_pending(seq, entry.ops)
+            if direct and seq <= leader_commit:
+                for op in entry.ops:
+                    if op[0] == OP_PUT:
+                        batch.put(op[1], op[2])
+                    else:
+                        batch.delete(op[1])
+                applied = seq
+            else:
+                direct = False
+                self._stage_pending(seq, entry.ops)
             term = entry.term
             seq += 1
         last_seq = seq - 1
         batch.set_meta(META_LAST_SEQ, last_seq)
         batch.set_meta(META_LAST_TERM, term)
         self._next_seq = last_seq + 1
-        self.apply_committed(min(leader_commit, last_seq), batch)
+        if applied > st.applied_seq:
+            batch.set_meta(META_APPLIED_SEQ, applied)   # the rest is beyond leader_commit
+            self.commit_seq = max(self.commit_seq, applied)
+        else:
+            self.apply_committed(min(leader_commit, last_seq), batch)
         self._maybe_trim(batch, last_seq)
         st.commit(batch)
         return last_seq
@@ -271,11 +301,14 @@ class Engine:
         return self.storage.get(key), 0
 
     def _append(self, request, ops):
+        return self._append_entry(request.client_id, request.request_id, ops)
+
+    def _append_entry(self, client_id, request_id, ops):
         """Stage one log entry (and, standalone, its effect on data); returns its seq."""
         batch = self._staging()
         seq = self._next_seq
         self._next_seq = seq + 1
-        raw = protocol.encode_entry(LogEntry(self.storage.term, request.client_id, request.request_id, ops))
+        raw = protocol.encode_entry(LogEntry(self.storage.term, client_id, request_id, ops))
         batch.append(seq, raw)
         if self.replicated:
             self._staged.append(raw)
@@ -289,7 +322,8 @@ class Engine:
                 else:
                     batch.delete(op[1])
                     pending[op[1]] = (None, seq)
-        self.sessions.record(request.client_id, request.request_id, seq, time.monotonic())
+        if client_id:
+            self.sessions.record(client_id, request_id, seq, time.monotonic())
         return seq
 
     def _check_writable(self, request):
@@ -370,9 +404,12 @@ class Engine:
         start, end, prefix, limit, stale = req.args
         self._check_readable(stale)
         # Scans read RocksDB: standalone, staged writes that arrived before the scan go first. A
-        # replicated primary scans committed data; uncommitted writes are not acknowledged yet.
+        # replicated primary scans committed data (uncommitted writes are not acknowledged yet),
+        # applied first if the commit moved in this loop iteration.
         if not self.replicated:
             self.flush()
+        elif self.role == "primary":
+            self.apply_to_commit()
         page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
         items, next_key = self.storage.scan(start, end, prefix, page, SCAN_PAGE_BYTES)
         if limit is not None and len(items) >= limit:

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 from . import protocol
 
-FETCH_MAX_ENTRIES = 2000          # entries in one ENTRIES reply ...
-FETCH_MAX_BYTES = 4 << 20         # ... or about this many bytes
+FETCH_MAX_ENTRIES = 5000          # entries in one ENTRIES reply ...
+FETCH_MAX_BYTES = 8 << 20         # ... or about this many bytes (under max_request_size, 16 MiB)
 FETCH_RETRY = 1.0                 # seconds before an unanswered FETCH or SNAPSHOT is sent again
 SNAPSHOT_PAGE_ITEMS = 1000        # items in one SNAPSHOT_CHUNK ...
 SNAPSHOT_PAGE_BYTES = 1 << 20     # ... or about this many bytes
@@ -45,12 +45,13 @@ class Primary:
     # ------------------------------------------------------------ the stream
 
     def publish_entries(self, prev_seq, prev_term, entries):
-        """After a durable flush: stream the new entries, then see whether they commit."""
-        st = self.storage
+        """Stream entries staged in this iteration. Sent before our own flush, so the secondaries'
+        fsyncs overlap ours; advance_commit() never counts an entry we do not hold durably."""
+        last_seq = prev_seq + len(entries)
         self.io.publish(protocol.encode_peer(
-            "CHANGE", st.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq, st.last_seq))
+            "CHANGE", self.storage.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq,
+            last_seq))
         self._published_commit = self.engine.commit_seq
-        self.advance_commit()
 
     def heartbeat(self, start_round=False):
         """Publish a HEARTBEAT (commit seq and, with start_round, a new read-confirmation round)."""
@@ -66,11 +67,14 @@ class Primary:
             self.heartbeat()
 
     def advance_commit(self):
-        """Commit (and apply) the highest seq that write_quorum nodes hold, if it is of this term."""
-        values = sorted([self.storage.last_seq, *self.match.values()], reverse=True)
-        candidate = values[self.config.write_quorum - 1]
+        """Commit the highest seq that write_quorum nodes hold, this one included (entries published
+        before our own flush may be on secondaries first), if it is of this term. The engine
+        applies it to data after the replies that waited for it have left (Engine.apply_to_commit)."""
+        own = self.storage.last_seq
+        values = sorted([own, *self.match.values()], reverse=True)
+        candidate = min(values[self.config.write_quorum - 1], own)
         if candidate > self.engine.commit_seq and self.storage.term_at(candidate) == self.storage.term:
-            self.engine.apply_committed(candidate)
+            self.engine.commit_seq = candidate
 
     def confirmed_round(self):
         """The latest round a majority (this node included) has answered in this term."""

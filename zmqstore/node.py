@@ -82,8 +82,11 @@ class Node:
             log.info("empty data dir and --role primary: bootstrapping the cluster as primary of term 1")
             self.engine.become_primary(1)
         elif not fresh and st.leader_id == cfg.node_id:
-            log.info("resuming as primary of term %d (recorded in the data dir)", st.term)
-            self.engine.become_primary(st.term)
+            # A new term: whatever a secondary received from our previous run but we did not make
+            # durable conflicts with our log by term, so it is truncated, never mistaken for ours.
+            log.info("was primary of term %d (recorded in the data dir): resuming as primary of term %d",
+                     st.term, st.term + 1)
+            self.engine.become_primary(st.term + 1)
         else:
             if not fresh and cfg.role is not None:
                 log.info("data dir has state (term %d, last_seq %d): --role %s is ignored",
@@ -237,17 +240,25 @@ class Node:
             pass
 
     def _end_iteration(self):
-        """Once per loop iteration: commit what was staged, stream it, and release ready replies."""
-        flushed = self.engine.flush()
-        if self.primary is not None:
-            if flushed is not None:
-                self.primary.publish_entries(*flushed)
+        """Once per loop iteration: stream and commit what was staged, release the replies that are
+        ready, then apply what committed (data is read only by later requests)."""
+        engine, primary = self.engine, self.primary
+        if primary is not None:
+            staged = engine.take_staged()
+            if staged is not None:
+                primary.publish_entries(*staged)
+            engine.flush()
+            primary.advance_commit()
             if self._round_wanted:
                 self._round_wanted = False
-                self.primary.heartbeat(start_round=True)
-            self.primary.publish_commit_if_moved()
+                primary.heartbeat(start_round=True)
+            primary.publish_commit_if_moved()
+        else:
+            engine.flush()
         if self._waiters:
             self._release(time.monotonic())
+        if primary is not None:
+            engine.apply_to_commit()
 
     # ------------------------------------------------------------ requests on the ROUTER
 

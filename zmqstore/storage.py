@@ -52,14 +52,13 @@ def _u64(raw) -> int:
 
 
 class Batch:
-    """The changes of one group commit. `overlay` lets the loop judge later requests in the same
-    batch against earlier ones (a get or cas after a put in the same iteration sees the put)."""
+    """The changes of one atomic write: data, log entries and bookkeeping (`meta`, applied to the
+    Storage's in-memory copy once written)."""
 
-    __slots__ = ("wb", "overlay", "meta", "_cf")
+    __slots__ = ("wb", "meta", "_cf")
 
     def __init__(self, cfs):
         self.wb = rocksdict.WriteBatch(raw_mode=True)
-        self.overlay = {}
         self.meta = {}
         self._cf = cfs
 
@@ -68,11 +67,9 @@ class Batch:
 
     def put(self, key: bytes, value: bytes):
         self.wb.put(key, value, self._cf["data"])
-        self.overlay[key] = value
 
     def delete(self, key: bytes):
         self.wb.delete(key, self._cf["data"])
-        self.overlay[key] = None
 
     def append(self, seq: int, entry: bytes):
         self.wb.put(seq_key(seq), entry, self._cf["log"])

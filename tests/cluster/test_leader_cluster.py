@@ -21,7 +21,7 @@ def test_writes_reach_every_secondary(cluster):
         p.execute()
         assert db.get("k499") == 499
         status = db.status()
-        assert status["role"] == "primary" and status["commit_seq"] == 500
+        assert status["role"] == "primary" and status["commit_seq"] == 501   # and the term's empty entry
     for node in c.nodes.values():
         wait_until(lambda: stale_get(node, "k499") == 499, 10, message=f"node {node.node_id} has k499")
         with node.client() as db:
@@ -178,4 +178,4 @@ def test_cli_status_table_shows_every_node(cluster):
     assert lines[0].split() == ["node_id", "address", "role", "term", "last_seq", "commit_seq", "applied_seq", "lag"]
     rows = {int(line.split()[0]): line.split() for line in lines[1:]}
     assert rows[1][2] == "primary" and rows[2][2] == rows[3][2] == "secondary"
-    assert all(row[3] == "1" and row[4] == "1" and row[7] == "0" for row in rows.values())
+    assert all(row[3] == "1" and row[4] == "2" and row[7] == "0" for row in rows.values())

@@ -39,6 +39,15 @@ def make(tmp_path):
         st.close()
 
 
+def cycle(eng, primary):
+    """What the node does at the end of a loop iteration, minus the sockets."""
+    staged = eng.take_staged()
+    if staged:
+        primary.publish_entries(*staged)
+    eng.flush()
+    primary.advance_commit()
+
+
 def entry(term, key, value=1):
     return protocol.encode_entry(LogEntry(term, b"c", 1, ((OP_PUT, key, protocol.pack_value(value)),)))
 
@@ -63,20 +72,37 @@ def test_plan_append(make):
 
 def test_primary_commits_at_quorum_and_applies(make):
     eng, cfg = make(1)
-    eng.become_primary(1)
+    eng.become_primary(1)                      # stages the term's empty entry, seq 1
     io = FakeIO()
     primary = Primary(eng, cfg, io)
     call = protocol.encode_request("PUT", b"c", 1, 1, b"k", protocol.pack_value(7))
     reply, wait_seq = eng.handle(protocol.decode_request(call))
-    assert wait_seq == 1
-    primary.publish_entries(*eng.flush())
+    assert wait_seq == 2
+    cycle(eng, primary)
     change = io.published[-1]
-    assert change.command == "CHANGE" and change.fields[2:4] == (0, 0) and len(change.fields[4]) == 1
+    assert change.command == "CHANGE" and change.fields[2:4] == (0, 0) and len(change.fields[4]) == 2
+    assert protocol.decode_entry(change.fields[4][0]).ops == ()
     assert eng.commit_seq == 0 and eng.storage.get(b"k") is None       # durable on one node of three
-    primary.on_message(PeerMessage("ACK", (2, 1, 1, 0)), [b"node-2"], now=1.0)
-    assert eng.commit_seq == 1 and eng.storage.get(b"k") == protocol.pack_value(7)
+    primary.on_message(PeerMessage("ACK", (2, 1, 2, 0)), [b"node-2"], now=1.0)
+    assert eng.commit_seq == 2
+    eng.apply_to_commit()
+    assert eng.storage.get(b"k") == protocol.pack_value(7) and eng.storage.applied_seq == 2
     primary.publish_commit_if_moved()
-    assert io.published[-1].command == "HEARTBEAT" and io.published[-1].fields[3] == 1
+    assert io.published[-1].command == "HEARTBEAT" and io.published[-1].fields[3] == 2
+
+
+def test_primary_never_counts_what_it_does_not_hold(make):
+    """Entries go out before the primary's own fsync: secondaries holding them is not enough."""
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    primary = Primary(eng, cfg, FakeIO())
+    primary.publish_entries(*eng.take_staged())          # published, not yet flushed
+    primary.on_message(PeerMessage("ACK", (2, 1, 1, 0)), [b"node-2"], now=1.0)
+    primary.on_message(PeerMessage("ACK", (3, 1, 1, 0)), [b"node-3"], now=1.0)
+    assert eng.commit_seq == 0
+    eng.flush()
+    primary.advance_commit()
+    assert eng.commit_seq == 1
 
 
 def test_primary_read_rounds_need_a_majority(make):
@@ -99,18 +125,19 @@ def test_primary_serves_fetch_and_snapshot(make):
     for i in range(10):
         eng.handle(protocol.decode_request(protocol.encode_request(
             "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
-        primary.publish_entries(*eng.flush())
+        cycle(eng, primary)
         primary.on_message(PeerMessage("ACK", (2, 1, eng.storage.last_seq, 0)), [b"node-2"], now=1.0)
-    assert eng.commit_seq == 10 and eng.storage.first_seq > 1
+        eng.apply_to_commit()
+    assert eng.commit_seq == 11 and eng.storage.first_seq > 1
     primary.on_message(PeerMessage("FETCH", (3, 1, 1)), [b"node-3"], now=2.0)
     assert io.replies[-1].command == "NEED_SNAPSHOT"
     primary.on_message(PeerMessage("FETCH", (3, 1, eng.storage.first_seq)), [b"node-3"], now=2.0)
     entries = io.replies[-1]
     assert entries.command == "ENTRIES" and entries.fields[2] == eng.storage.first_seq - 1
-    assert len(entries.fields[4]) == 10 - eng.storage.first_seq + 1
+    assert len(entries.fields[4]) == 11 - eng.storage.first_seq + 1
     primary.on_message(PeerMessage("SNAPSHOT", (3, 1, 0, None)), [b"node-3"], now=2.0)
     chunk = io.replies[-1]
-    assert chunk.command == "SNAPSHOT_CHUNK" and chunk.fields[2] == 10 and len(chunk.fields[4]) == 10
+    assert chunk.command == "SNAPSHOT_CHUNK" and chunk.fields[2] == 11 and len(chunk.fields[4]) == 10
     assert chunk.fields[5] is None
 
 
