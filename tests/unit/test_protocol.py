@@ -136,7 +136,42 @@ DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 def test_every_message_and_error_code_is_in_the_spec():
     text = DOC.read_text()
-    for command in protocol.REQUESTS:
+    for command in [*protocol.REQUESTS, *protocol.PEER_MESSAGES]:
         assert f"### {command}" in text, f"{command} has no section in docs/PROTOCOL.md"
     for code in errors.ERRORS_BY_CODE:
         assert f"`{code}`" in text, f"error code {code} is not listed in docs/PROTOCOL.md"
+
+
+PEER_VALID = {
+    "ACK": (2, 1, 10, 3),
+    "FETCH": (2, 1, 11),
+    "SNAPSHOT": (2, 1, 0, None),
+    "CHANGE": (1, 1, 4, 1, [b"e1", b"e2"], 5, 6),
+    "HEARTBEAT": (1, 1, 7, 5, 6),
+    "ENTRIES": (1, 1, 4, 1, [], 5, 6),
+    "NEED_SNAPSHOT": (1, 1, 100),
+    "SNAPSHOT_CHUNK": (1, 1, 50, 1, [[b"k", b"v"]], b"next"),
+}
+
+
+def test_every_peer_message_has_an_example():
+    assert set(PEER_VALID) == set(protocol.PEER_MESSAGES)
+
+
+@pytest.mark.parametrize("command", sorted(protocol.PEER_MESSAGES))
+def test_peer_round_trip(command):
+    body = protocol.encode_peer(command, *PEER_VALID[command])
+    msg = protocol.decode_message(body)
+    assert msg == protocol.PeerMessage(command, tuple(PEER_VALID[command]))
+
+
+@pytest.mark.parametrize("body", [
+    raw(1, "ACK", 2, 1, 10),                       # a field missing
+    raw(1, "ACK", 2, 1, -10, 0),                   # negative seq
+    raw(1, "CHANGE", 1, 1, 4, 1, ["str"], 5, 6),   # entries must be bin
+    raw(1, "SNAPSHOT_CHUNK", 1, 1, 50, 1, [[b"k"]], None),
+    raw(1, "HEARTBEAT", 1, 1, 7, 5, "6"),
+])
+def test_bad_peer_messages_are_refused(body):
+    with pytest.raises(errors.RequestError):
+        protocol.decode_peer(body)
