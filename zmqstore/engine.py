@@ -250,7 +250,10 @@ class Engine:
         st.commit(batch)
         for s in range(seq, self._next_seq):
             self._unapplied.pop(s, None)
-        self._pending = {k: v for k, v in self._pending.items() if v[1] < seq}
+        self._pending = {}
+        for s in sorted(self._unapplied):   # the latest remaining write per key, in log order
+            for op in self._unapplied[s]:
+                self._pending[op[1]] = (op[2] if op[0] == OP_PUT else None, s)
         self._next_seq = seq
 
     def install_snapshot_chunk(self, snapshot_seq, snapshot_term, items, first, last):

@@ -121,7 +121,8 @@ class Primary:
             self.engine.commit_seq, st.last_seq))
 
     def _on_snapshot(self, fields, envelope, now):
-        node_id, _term, snapshot_seq, cursor = fields
+        node_id, _term, asked_seq, asked_cursor = fields
+        snapshot_seq, cursor = asked_seq, asked_cursor
         held = self._snapshots.get(snapshot_seq) if snapshot_seq else None
         if held is None:
             # Taken between loop iterations, data is exactly at applied_seq.
@@ -134,7 +135,8 @@ class Primary:
         held[2] = now
         items, next_cursor = self.storage.snapshot_page(held[0], cursor, SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_BYTES)
         self.io.reply(envelope, protocol.encode_peer(
-            "SNAPSHOT_CHUNK", self.storage.term, self.node_id, snapshot_seq, held[1], items, next_cursor))
+            "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
+            items, next_cursor))
 
     def housekeeping(self, now):
         for seq in [s for s, held in self._snapshots.items() if now - held[2] > SNAPSHOT_IDLE]:
@@ -177,7 +179,12 @@ def plan_append(storage, prev_seq, prev_term, entries):
 
 
 class Secondary:
-    """A secondary's side: follows the primary's stream, repairs gaps, installs snapshots."""
+    """A secondary's side: follows the primary's stream, repairs gaps, installs snapshots.
+
+    `matched` is the highest seq known to equal the primary's log: committed entries always do, and a
+    CHANGE or ENTRIES from the current primary vouches for what it covers. Entries beyond it may be
+    leftovers of an earlier run of the primary, so ACKs report `matched`, never `last_seq`, and only
+    entries up to `matched` are applied."""
 
     def __init__(self, engine, config, io, leader_id):
         self.engine = engine
@@ -189,39 +196,44 @@ class Secondary:
         self.leader_commit = 0
         self.leader_last = 0
         self.last_heard = None
-        self._outstanding = None        # (body, sent at) of the FETCH or SNAPSHOT awaiting its reply
-        self._snapshot_seq = None       # the snapshot being installed (0: asked for a new one)
+        self.matched = self.storage.applied_seq
+        self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
+        self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
         self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0}
         if self.storage.restoring:
-            log.info("a snapshot install was interrupted: starting it over")
-        self._kick_snapshot_if_restoring(0.0)
+            log.info("a snapshot install was interrupted: it starts over once the primary is known")
+        self._handlers = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch,
+                          "HEARTBEAT": self._on_heartbeat, "NEED_SNAPSHOT": self._on_need_snapshot,
+                          "SNAPSHOT_CHUNK": self._on_snapshot_chunk}
 
-    def _kick_snapshot_if_restoring(self, now):
-        if self.storage.restoring and self._snapshot_seq is None and self.leader_id:
-            self._request_snapshot(0, None, now)
+    @property
+    def installing(self):
+        return self._snapshot_seq is not None or bool(self.storage.restoring)
 
     # ------------------------------------------------------------ messages from the primary
 
     def on_message(self, msg, now):
+        handler = self._handlers.get(msg.command)
+        if handler is None:
+            log.debug("secondary ignores %s", msg.command)
+            return
         fields = msg.fields
         term, leader_id = fields[0], fields[1]
         if term < self.storage.term:
             return  # a stale primary
-        if (term > self.storage.term or leader_id != self.leader_id) and not self._follow(term, leader_id):
+        if (term > self.storage.term or leader_id != self.leader_id) and not self._follow(term, leader_id, now):
             return
         leader_last = fields[-1] if msg.command in ("CHANGE", "ENTRIES", "HEARTBEAT") else None
         if leader_last is not None and leader_last < self.storage.applied_seq and not self.storage.restoring:
-            # Its log is shorter than what we applied from this term: it lost its data dir.
-            # Following it would silently diverge; until failover exists, refuse loudly.
+            # Its log is shorter than what we applied: it lost its data dir. Following it would
+            # silently diverge; until failover exists, refuse loudly.
             log.error("primary %d's log ends at seq %d, below our applied seq %d: it lost data; not following",
                       leader_id, leader_last, self.storage.applied_seq)
             return
         self.last_heard = now
-        handler = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch, "HEARTBEAT": self._on_heartbeat,
-                   "NEED_SNAPSHOT": self._on_need_snapshot, "SNAPSHOT_CHUNK": self._on_snapshot_chunk}
-        handler[msg.command](msg.command, fields, now)
+        handler(msg.command, fields, now)
 
-    def _follow(self, term, leader_id):
+    def _follow(self, term, leader_id, now):
         peer = next((p for p in self.config.peers if p.node_id == leader_id), None)
         if peer is None:
             log.warning("term %d primary %d is not a configured peer; ignoring it", term, leader_id)
@@ -229,12 +241,15 @@ class Secondary:
         log.info("following primary %d in term %d", leader_id, term)
         self.engine.follow(term, leader_id, peer.address)
         self.leader_id = leader_id
+        self.matched = self.storage.applied_seq   # a new primary vouches for nothing yet
         self._outstanding = None
+        if self._snapshot_seq is not None:
+            self._snapshot_seq = None             # ask the new primary (FETCH leads to NEED_SNAPSHOT)
         return True
 
     def _ack(self, round_=0):
         self.io.send_to(self.leader_id, protocol.encode_peer(
-            "ACK", self.node_id, self.storage.term, self.storage.last_seq, round_))
+            "ACK", self.node_id, self.storage.term, self.matched, round_))
 
     def _on_heartbeat(self, command, fields, now):
         _term, _leader, round_, commit_seq, leader_last = fields
@@ -245,48 +260,62 @@ class Secondary:
 
     def _on_log_batch(self, command, fields, now):
         _term, _leader, prev_seq, prev_term, entries, commit_seq, leader_last = fields
-        if command == "ENTRIES":
+        if command == "ENTRIES" and self._outstanding is not None and self._outstanding[0] == "fetch":
             self._outstanding = None
         self.leader_commit, self.leader_last = commit_seq, leader_last
-        if self.storage.restoring or self._snapshot_seq is not None:
+        if self.installing:
             return  # the snapshot comes first
         plan = plan_append(self.storage, prev_seq, prev_term, entries)
-        if plan.truncate:
-            log.info("dropping our entries from seq %d: they conflict with primary %d's log",
-                     plan.seq, self.leader_id)
-            self.engine.truncate_from(plan.seq)
-            self.counters["truncations"] += 1
-        if plan.kind == "append":
-            self.engine.append_entries(plan.seq, plan.entries, commit_seq)
+        if plan.kind == "fetch":
+            if plan.truncate:
+                # Our entry at prev_seq is not the primary's: drop every unverified entry at once
+                # and ask again from the last verified one.
+                self._truncate(self.matched + 1)
+                self._fetch(self.matched + 1, now, force=True)
+            else:
+                self._fetch(plan.seq, now, force=command == "ENTRIES")
+        else:
+            if plan.truncate:
+                self._truncate(plan.seq)
+            if plan.kind == "append":
+                self.engine.append_entries(plan.seq, plan.entries, commit_seq)
+            self.matched = max(self.matched, prev_seq + len(entries))
             self._ack()
-        elif plan.kind == "fetch":
-            self._fetch(plan.seq, now, force=command == "ENTRIES")
         self._apply_commit()
         self._catch_up(now)
 
-    def _apply_commit(self):
-        if self.storage.restoring or self._snapshot_seq is not None:
+    def _truncate(self, seq):
+        if seq > self.storage.last_seq:
             return
-        target = min(self.leader_commit, self.storage.last_seq)
+        log.info("dropping our entries from seq %d: they are not in primary %d's log", seq, self.leader_id)
+        self.engine.truncate_from(seq)
+        self.counters["truncations"] += 1
+
+    def _apply_commit(self):
+        if self.installing:
+            return
+        target = min(self.leader_commit, self.matched)
         if target > self.storage.applied_seq:
             self.engine.apply_committed(target)
 
     def _catch_up(self, now):
-        """Behind the primary and nothing on the way: ask for the rest."""
-        if self.storage.last_seq < self.leader_last and self._snapshot_seq is None:
-            self._fetch(self.storage.last_seq + 1, now)
+        """Behind the primary, or holding entries it has not vouched for: ask from the last match."""
+        if not self.installing and (self.matched < self.leader_last or self.matched < self.storage.last_seq):
+            self._fetch(self.matched + 1, now)
 
     def _fetch(self, from_seq, now, force=False):
         if self._outstanding is not None and not force:
             return
         body = protocol.encode_peer("FETCH", self.node_id, self.storage.term, from_seq)
         self.counters["fetches"] += 1
-        self._outstanding = (body, now)
+        self._outstanding = ("fetch", body, now, None)
         self.io.send_to(self.leader_id, body)
 
     # ------------------------------------------------------------ snapshots
 
     def _on_need_snapshot(self, command, fields, now):
+        if self.installing and self._snapshot_seq is not None:
+            return  # already asked (a duplicate FETCH answered twice)
         log.info("primary %d no longer holds our next entry (its log starts at %d): installing a snapshot",
                  self.leader_id, fields[2])
         self._request_snapshot(0, None, now)
@@ -294,17 +323,17 @@ class Secondary:
     def _request_snapshot(self, snapshot_seq, cursor, now):
         self._snapshot_seq = snapshot_seq
         body = protocol.encode_peer("SNAPSHOT", self.node_id, self.storage.term, snapshot_seq, cursor)
-        self._outstanding = (body, now)
+        self._outstanding = ("snapshot", body, now, (snapshot_seq, cursor))
         self.io.send_to(self.leader_id, body)
 
     def _on_snapshot_chunk(self, command, fields, now):
-        _term, _leader, snapshot_seq, snapshot_term, items, next_cursor = fields
-        if self._snapshot_seq is None:
-            return  # not installing one (a late chunk)
-        first = snapshot_seq != self._snapshot_seq
-        if first and self._snapshot_seq != 0:
-            log.info("primary replaced snapshot %d with %d: starting over", self._snapshot_seq, snapshot_seq)
+        _term, _leader, asked_seq, asked_cursor, snapshot_seq, snapshot_term, items, next_cursor = fields
+        out = self._outstanding
+        if out is None or out[0] != "snapshot" or out[3] != (asked_seq, asked_cursor):
+            return  # answers a request that is no longer outstanding (late, or a duplicate)
         self._outstanding = None
+        # A chunk from the start: a new snapshot, or one replacing ours after it expired on the primary.
+        first = snapshot_seq != asked_seq or asked_cursor is None
         self.engine.install_snapshot_chunk(snapshot_seq, snapshot_term, items, first, next_cursor is None)
         if next_cursor is not None:
             self._request_snapshot(snapshot_seq, next_cursor, now)
@@ -312,6 +341,7 @@ class Secondary:
         log.info("snapshot at seq %d installed", snapshot_seq)
         self.counters["snapshots_installed"] += 1
         self._snapshot_seq = None
+        self.matched = snapshot_seq
         self._fetch(snapshot_seq + 1, now)
 
     # ------------------------------------------------------------ timers
@@ -322,9 +352,11 @@ class Secondary:
                  "commit_seq": self.leader_commit}] if self.leader_id else []
 
     def tick(self, now):
-        """Resend a FETCH or SNAPSHOT that got no answer (the primary may have restarted)."""
-        if self._outstanding is not None and now - self._outstanding[1] >= FETCH_RETRY:
-            body = self._outstanding[0]
-            self._outstanding = (body, now)
-            self.io.send_to(self.leader_id, body)
-        self._kick_snapshot_if_restoring(now)
+        """Resend a FETCH or SNAPSHOT that got no answer (the primary may have restarted); start a
+        snapshot install over when one was interrupted."""
+        out = self._outstanding
+        if out is not None and now - out[2] >= FETCH_RETRY:
+            self._outstanding = (out[0], out[1], now, out[3])
+            self.io.send_to(self.leader_id, out[1])
+        if self.storage.restoring and self._snapshot_seq is None and self.leader_id:
+            self._request_snapshot(0, None, now)

@@ -60,9 +60,10 @@ class Node:
             if config.peers:
                 self.sub = transport.connect_sub(self._ctx, config.peers, config.host)
                 for peer in config.peers:
+                    # Replies carry whole log entries, each up to about max_request_size.
                     self.dealers[peer.node_id] = transport.connect_dealer(
                         self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
-                        source_host=config.host, max_msg_size=config.max_request_size)
+                        source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20))
             self._choose_role()
         except BaseException:
             self.engine = None
@@ -360,4 +361,9 @@ class Node:
                 log.warning("dropping a malformed peer message: %s", exc)
                 continue
             if self.secondary is not None:
-                self.secondary.on_message(message, time.monotonic())
+                try:
+                    self.secondary.on_message(message, time.monotonic())
+                except errors.StorageError:
+                    raise
+                except Exception:  # a peer's bad entry must not take this node down
+                    log.exception("dropping a %s that could not be processed", message.command)

@@ -52,8 +52,9 @@ PEER_MESSAGES = {
     # primary -> one secondary: ROUTER replies
     "ENTRIES": _LOG_BATCH,
     "NEED_SNAPSHOT": (("term", UINT), ("leader_id", UINT), ("first_seq", UINT)),
-    "SNAPSHOT_CHUNK": (("term", UINT), ("leader_id", UINT), ("snapshot_seq", UINT), ("snapshot_term", UINT),
-                       ("items", PAIR_LIST), ("next_cursor", OPT_KEY)),
+    "SNAPSHOT_CHUNK": (("term", UINT), ("leader_id", UINT), ("asked_seq", UINT), ("asked_cursor", OPT_KEY),
+                       ("snapshot_seq", UINT), ("snapshot_term", UINT), ("items", PAIR_LIST),
+                       ("next_cursor", OPT_KEY)),
 }
 
 # Reply status words.

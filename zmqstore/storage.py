@@ -208,10 +208,12 @@ class Storage:
         it = self._log.iter()
         it.seek(seq_key(from_seq))
         expected = from_seq
-        while it.valid() and len(out) < max_entries and size < max_bytes:
+        while it.valid() and len(out) < max_entries:
             if _U64.unpack(it.key())[0] != expected:
                 break
             value = it.value()
+            if out and size + len(value) > max_bytes:
+                break   # always at least one entry, however large
             out.append(value)
             size += len(value)
             expected += 1

@@ -137,8 +137,8 @@ def test_primary_serves_fetch_and_snapshot(make):
     assert len(entries.fields[4]) == 11 - eng.storage.first_seq + 1
     primary.on_message(PeerMessage("SNAPSHOT", (3, 1, 0, None)), [b"node-3"], now=2.0)
     chunk = io.replies[-1]
-    assert chunk.command == "SNAPSHOT_CHUNK" and chunk.fields[2] == 11 and len(chunk.fields[4]) == 10
-    assert chunk.fields[5] is None
+    assert chunk.command == "SNAPSHOT_CHUNK" and chunk.fields[2:5] == (0, None, 11) and len(chunk.fields[6]) == 10
+    assert chunk.fields[7] is None                                   # the last chunk
 
 
 def test_secondary_appends_acks_and_repairs_gaps(make):
@@ -173,3 +173,43 @@ def test_secondary_refuses_a_primary_that_lost_its_log(make):
     sent = len(io.sent)
     sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 0, 0, 0)), now=1.0)   # its log now ends at 0
     assert len(io.sent) == sent and eng.storage.applied_seq == 2
+
+
+def test_secondary_never_acks_or_applies_entries_the_primary_did_not_vouch_for(make):
+    """Entries 3-5 came from the primary's previous run, which died before making them durable.
+    Restarted in term 2, the primary's log ends at 2: the secondary must not report or apply them."""
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"k", "old%d" % i) for i in range(5)], 2, 5)),
+                   now=0.0)
+    assert eng.storage.last_seq == 5 and eng.storage.applied_seq == 2
+    io.sent.clear()
+    sec.on_message(PeerMessage("HEARTBEAT", (2, 1, 1, 4, 4)), now=1.0)    # term 2; its first CHANGE was lost
+    assert (1, PeerMessage("ACK", (2, 2, 2, 1))) in io.sent                # matched is 2, not 5
+    assert (1, PeerMessage("FETCH", (2, 2, 3))) in io.sent                 # verify from the last match
+    assert eng.storage.applied_seq == 2                                     # nothing unverified applied
+    sec.on_message(PeerMessage("ENTRIES", (2, 1, 2, 1, [entry(2, b"noop"), entry(2, b"k", "new")], 4, 4)), now=1.1)
+    st = eng.storage
+    assert (st.last_seq, st.last_term, st.applied_seq) == (4, 2, 4)
+    assert protocol.unpack_value(st.get(b"k")) == "new"
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 4, 0)))
+    assert sec.counters["truncations"] == 1
+
+
+def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec.on_message(PeerMessage("NEED_SNAPSHOT", (1, 1, 10)), now=0.0)
+    assert io.sent[-1] == (1, PeerMessage("SNAPSHOT", (2, 1, 0, None)))
+    sec.on_message(PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 50, 1, [[b"a", b"\x01"]], b"b")), now=0.1)
+    assert io.sent[-1] == (1, PeerMessage("SNAPSHOT", (2, 1, 50, b"b")))
+    # A duplicate of the first request is answered again, with a newer snapshot: ignored.
+    sec.on_message(PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 51, 1, [[b"z", b"\x01"]], b"zz")), now=0.2)
+    assert eng.storage.restoring and eng.storage.get(b"a") == b"\x01"
+    sec.on_message(PeerMessage("SNAPSHOT_CHUNK", (1, 1, 50, b"b", 50, 1, [[b"b", b"\x02"]], None)), now=0.4)
+    st = eng.storage
+    assert not st.restoring and (st.last_seq, st.applied_seq, st.first_seq) == (50, 50, 51)
+    assert st.get(b"a") == b"\x01" and st.get(b"b") == b"\x02" and st.get(b"z") is None
+    assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 51)))

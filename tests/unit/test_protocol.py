@@ -150,7 +150,7 @@ PEER_VALID = {
     "HEARTBEAT": (1, 1, 7, 5, 6),
     "ENTRIES": (1, 1, 4, 1, [], 5, 6),
     "NEED_SNAPSHOT": (1, 1, 100),
-    "SNAPSHOT_CHUNK": (1, 1, 50, 1, [[b"k", b"v"]], b"next"),
+    "SNAPSHOT_CHUNK": (1, 1, 0, None, 50, 1, [[b"k", b"v"]], b"next"),
 }
 
 
@@ -169,7 +169,7 @@ def test_peer_round_trip(command):
     raw(1, "ACK", 2, 1, 10),                       # a field missing
     raw(1, "ACK", 2, 1, -10, 0),                   # negative seq
     raw(1, "CHANGE", 1, 1, 4, 1, ["str"], 5, 6),   # entries must be bin
-    raw(1, "SNAPSHOT_CHUNK", 1, 1, 50, 1, [[b"k"]], None),
+    raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None),
     raw(1, "HEARTBEAT", 1, 1, 7, 5, "6"),
 ])
 def test_bad_peer_messages_are_refused(body):
