@@ -153,15 +153,17 @@ class Engine:
             self._unapplied.clear()
 
     def apply_to_commit(self):
-        """Apply what the primary has committed but not yet applied (done after the replies left)."""
+        """Apply what the primary has committed but not yet applied (done after the replies left).
+        When a batch is staged, the apply joins it: one RocksDB write instead of two."""
         if self.storage.applied_seq < self.commit_seq:
-            self.apply_committed(self.commit_seq)
+            self.apply_committed(self.commit_seq, self._batch)
 
     def apply_committed(self, commit_seq, batch=None):
         """Apply log entries up to commit_seq to data (in `batch`, or a batch of its own written
         without fsync: the entries themselves are durable in the log)."""
         st = self.storage
         start = st.applied_seq + 1
+        # Only entries durable in the log (or written in the same batch) are applied.
         commit_seq = min(commit_seq, st.last_seq if batch is None else self.last_seq)
         if commit_seq < start:
             self.commit_seq = max(self.commit_seq, min(commit_seq, st.applied_seq))
@@ -411,8 +413,8 @@ class Engine:
         # applied first if the commit moved in this loop iteration.
         if not self.replicated:
             self.flush()
-        elif self.role == "primary":
-            self.apply_to_commit()
+        elif self.role == "primary" and self.storage.applied_seq < self.commit_seq:
+            self.apply_committed(self.commit_seq)   # written now: the scan reads RocksDB
         page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
         items, next_key = self.storage.scan(start, end, prefix, page, SCAN_PAGE_BYTES)
         if limit is not None and len(items) >= limit:

@@ -197,6 +197,7 @@ class Secondary:
         self.leader_last = 0
         self.last_heard = None
         self.matched = self.storage.applied_seq
+        self._last_ack = (None, None, 0.0)   # (matched, round, time) of the last ACK sent
         self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
         self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
         self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0}
@@ -247,7 +248,8 @@ class Secondary:
             self._snapshot_seq = None             # ask the new primary (FETCH leads to NEED_SNAPSHOT)
         return True
 
-    def _ack(self, round_=0):
+    def _ack(self, round_=0, now=0.0):
+        self._last_ack = (self.matched, round_, now)
         self.io.send_to(self.leader_id, protocol.encode_peer(
             "ACK", self.node_id, self.storage.term, self.matched, round_))
 
@@ -255,7 +257,12 @@ class Secondary:
         _term, _leader, round_, commit_seq, leader_last = fields
         self.leader_commit, self.leader_last = commit_seq, leader_last
         self._apply_commit()
-        self._ack(round_)
+        # Answer a new read round, news about our log, or a periodic beat; under load the primary
+        # sends a HEARTBEAT for nearly every commit, and repeating the same ACK would only cost CPU.
+        last_matched, last_round, last_time = self._last_ack
+        if (round_ != last_round or self.matched != last_matched
+                or now - last_time >= self.config.heartbeat_interval):
+            self._ack(round_, now)
         self._catch_up(now)
 
     def _on_log_batch(self, command, fields, now):
@@ -280,7 +287,7 @@ class Secondary:
             if plan.kind == "append":
                 self.engine.append_entries(plan.seq, plan.entries, commit_seq)
             self.matched = max(self.matched, prev_seq + len(entries))
-            self._ack()
+            self._ack(self._last_ack[1] or 0, now)
         self._apply_commit()
         self._catch_up(now)
 

@@ -245,9 +245,14 @@ class Node:
         ready, then apply what committed (data is read only by later requests)."""
         engine, primary = self.engine, self.primary
         if primary is not None:
+            if self._waiters:
+                # ACKs taken in this iteration may have committed earlier writes: their replies leave
+                # now, not after the fsync of what this iteration staged.
+                self._release(time.monotonic())
             staged = engine.take_staged()
             if staged is not None:
                 primary.publish_entries(*staged)
+                engine.apply_to_commit()   # joins the staged batch
             engine.flush()
             primary.advance_commit()
             if self._round_wanted:

@@ -20,8 +20,11 @@ def test_writes_reach_every_secondary(cluster):
             p.put(f"k{i}", i)
         p.execute()
         assert db.get("k499") == 499
+        db.put("k500", 500)                     # a scan right after an acknowledged write sees it
+        assert dict(db.scan(prefix="k50")) == {"k50": 50, "k500": 500}
+        db.delete("k500")
         status = db.status()
-        assert status["role"] == "primary" and status["commit_seq"] == 501   # and the term's empty entry
+        assert status["role"] == "primary" and status["commit_seq"] == 503   # the term's empty entry, 502 writes
     for node in c.nodes.values():
         wait_until(lambda: stale_get(node, "k499") == 499, 10, message=f"node {node.node_id} has k499")
         with node.client() as db:

@@ -193,7 +193,7 @@ def test_secondary_never_acks_or_applies_entries_the_primary_did_not_vouch_for(m
     st = eng.storage
     assert (st.last_seq, st.last_term, st.applied_seq) == (4, 2, 4)
     assert protocol.unpack_value(st.get(b"k")) == "new"
-    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 4, 0)))
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 4, 1)))   # carries the last round seen
     assert sec.counters["truncations"] == 1
 
 
