@@ -10,6 +10,7 @@ from . import errors, protocol, transport
 from .protocol import pack_value, unpack_value
 
 DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
+MAX_UNRESOLVED = 1000   # writes of unknown outcome the client keeps asking the node to remember
 RETRYABLE = (errors.NotPrimary, errors.Unavailable)
 
 
@@ -78,6 +79,9 @@ class Client:
         self.max_request_size = max_request_size
         self.client_id = os.urandom(16)
         self._ids = itertools.count(1)
+        # Writes whose outcome is unknown (timeouts): open_from stays at or below them, so the node
+        # keeps their outcomes for outcome() until asked (or its session_timeout passes).
+        self._unresolved = []
         self._ctx = zmq.Context()
         self._sock = None
         self._endpoint_index = 0
@@ -138,8 +142,10 @@ class Client:
     def _encode(self, command, request_id, args, open_from=None):
         """One request body. `open_from`: the lowest request id still awaited (default: this one);
         the node may forget the outcomes of this client's earlier writes."""
-        body = protocol.encode_request(command, self.client_id, request_id,
-                                       request_id if open_from is None else open_from, *args)
+        open_from = request_id if open_from is None else open_from
+        if self._unresolved:
+            open_from = min(open_from, self._unresolved[0])
+        body = protocol.encode_request(command, self.client_id, request_id, open_from, *args)
         if len(body) > self.max_request_size:
             raise errors.RequestTooLarge(f"{command} request of {len(body)} bytes exceeds max_request_size "
                                          f"{self.max_request_size}")
@@ -160,13 +166,33 @@ class Client:
                 failure, hint = exc, exc.details.get("primary_address")
             except (errors.Unavailable, errors.ConnectionTimeout) as exc:
                 failure = exc
+            except errors.ReplicationTimeout as exc:
+                self._unresolve(request_id)
+                exc.request_id = request_id
+                raise
             if sleeps is None:
                 sleeps = self.retry.sleeps(started)
             pause = next(sleeps, None)
             if pause is None:
+                if command in protocol.WRITE_COMMANDS:
+                    self._unresolve(request_id)
+                failure.request_id = request_id
                 raise failure
             time.sleep(pause)
             self._next_endpoint(hint)
+
+    def _unresolve(self, request_id):
+        self._unresolved.append(request_id)
+        del self._unresolved[:-MAX_UNRESOLVED]
+
+    def outcome(self, request_id) -> str:
+        """What became of a write that raised ReplicationTimeout or ConnectionTimeout (its
+        `exc.request_id`): "committed", "pending" (in the primary's log, may still commit) or
+        "unknown" (not applied, or forgotten after session_timeout)."""
+        state, _seq = self._call("OUTCOME", request_id)
+        if state != "pending" and request_id in self._unresolved:
+            self._unresolved.remove(request_id)
+        return state
 
     def _attempt(self, body, request_id):
         sock = self._sock

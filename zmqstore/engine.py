@@ -55,7 +55,7 @@ class Engine:
         self._recover()
         self._handlers = {
             "PING": self._ping, "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
-            "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status,
+            "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
         }
 
     def _recover(self):
@@ -420,6 +420,17 @@ class Engine:
         if limit is not None and len(items) >= limit:
             next_key = None
         return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
+
+    def _outcome(self, req):
+        """What became of this client's write `request_id`: committed, pending (in the log, not yet
+        committed: it may still commit), or unknown (never applied here, or forgotten)."""
+        if self.role != "primary":
+            raise self._not_primary()
+        seq = self.sessions.peek(req.client_id, req.args[0])
+        if seq is None:
+            return protocol.encode_ok(req.request_id, "unknown", 0), 0
+        state = "committed" if seq <= self.commit_seq else "pending"
+        return protocol.encode_ok(req.request_id, state, seq), 0
 
     def _status(self, req):
         return protocol.encode_ok(req.request_id, self.status()), 0

@@ -20,6 +20,7 @@ OPT_VALUE = "opt_value"    # VALUE or nil
 BOOL = "bool"
 OPT_UINT = "opt_uint"      # non-negative int or nil
 ITEMS = "items"            # array of [KEY, VALUE], 1..max_batch_items entries
+UINT = "uint"              # unsigned 64-bit int
 
 # Client requests: command -> ((field name, field type), ...). See docs/PROTOCOL.md section "Commands".
 REQUESTS = {
@@ -31,11 +32,11 @@ REQUESTS = {
     "PUT_MANY": (("items", ITEMS),),
     "SCAN": (("start", OPT_KEY), ("end", OPT_KEY), ("prefix", OPT_KEY), ("limit", OPT_UINT), ("stale", BOOL)),
     "STATUS": (),
+    "OUTCOME": (("request_id", UINT),),
 }
 WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY"})
 
 # Peer messages (leader mode, docs/REPLICATION.md). Layout: [version, command, field...].
-UINT = "uint"
 BIN_LIST = "bin_list"      # array of bin (log entries as stored)
 PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
 _LOG_BATCH = (("term", UINT), ("leader_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),

@@ -43,6 +43,11 @@ class Sessions:
             outcomes.popitem(last=False)
         return outcomes.get(request_id)
 
+    def peek(self, client_id, request_id):
+        """The seq of an applied write with this id, or None; changes nothing."""
+        session = self._clients.get(client_id)
+        return None if session is None else session.outcomes.get(request_id)
+
     def record(self, client_id, request_id, seq, now):
         session = self._clients.get(client_id)
         if session is None:

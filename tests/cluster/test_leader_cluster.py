@@ -222,3 +222,19 @@ def test_primary_killed_mid_stream_loses_no_acknowledged_write(cluster):
     missing = [k for k in acked if k not in data]
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     wait_converged(c, data)
+
+
+def test_timed_out_write_outcome_can_be_asked_for(cluster):
+    c = cluster()
+    c.nodes[2].stop()
+    c.nodes[3].stop()
+    with Client(c.nodes[1].endpoint, timeout=5.0, retry=Retry(max_tries=1)) as db:
+        with pytest.raises(errors.ReplicationTimeout) as info:
+            db.put("maybe", 1)
+        rid = info.value.request_id
+        db.ping()                                      # later requests do not make the node forget it
+        assert db.outcome(rid) == "pending"
+        assert db.outcome(rid + 1000) == "unknown"
+        c.start(2)                                     # a majority again: the entry commits
+        wait_until(lambda: db.outcome(rid) == "committed", 15, interval=0.1, message="write committed")
+        assert db.get("maybe") == 1

@@ -20,6 +20,7 @@ VALID = {
     "PUT_MANY": ([[b"a", V(1)], [b"b", V("two")]],),
     "SCAN": (None, b"z", b"a", 10, False),
     "STATUS": (),
+    "OUTCOME": (5,),
 }
 
 
