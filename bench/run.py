@@ -320,7 +320,8 @@ def report(r):
              f"{r['leader_pipelined_put_1_client_s']:,.0f}", f"target >= 25,000{vs}"),
             ("leader 3 nodes: pipelined put ops/s, 4 client processes",
              f"{r['leader_pipelined_put_4_clients_s']:,.0f}", ""),
-            ("leader 3 nodes: secondary catch-up entries/s", f"{r['leader_catch_up']['entries_s']:,.0f}",
+            ("leader 3 nodes: secondary catch-up entries/s",
+             f"{r['leader_catch_up']['entries_s']:,.0f}" if r['leader_catch_up']['entries_s'] else "during start",
              f"once answering (target >= 200,000/s); {r['leader_catch_up']['entries']:,} missed writes: "
              f"{r['leader_catch_up']['seconds_from_start']:.2f} s from process start, of which "
              f"{r['leader_catch_up']['start_seconds']:.2f} s start-up"),

@@ -238,3 +238,29 @@ def test_timed_out_write_outcome_can_be_asked_for(cluster):
         c.start(2)                                     # a majority again: the entry commits
         wait_until(lambda: db.outcome(rid) == "committed", 15, interval=0.1, message="write committed")
         assert db.get("maybe") == 1
+
+
+def test_interrupted_snapshot_install_starts_over(cluster, tmp_path):
+    conf = tmp_path / "small-log.ini"
+    conf.write_text("[cluster]\nlog_retention = 200\n")
+    c = cluster(args=["--config", str(conf)])
+    with c.client() as db:
+        for chunk in range(30):
+            db.put_many({f"k{chunk}:{i:04d}": "v" * 200 for i in range(1000)})   # ~30 snapshot chunks
+        for i in range(300):
+            db.put(f"tail{i}", i)                                                 # push the log past them
+        expected = dict(db.scan())
+    c.nodes[3].stop()
+    node3 = c.start(3, data_dir=tmp_path / "node3-fresh")
+
+    def restoring():
+        try:
+            with node3.client(timeout=0.5, retry=Retry(max_tries=1)) as db:
+                return db.status()["restoring"]
+        except errors.ZmqstoreError:
+            return False
+    wait_until(restoring, 20, interval=0.005, message="node 3 installing the snapshot")
+    node3.kill()                                   # kill -9 in the middle of the install
+    c.start(3)
+    wait_until(lambda: all_data(node3) == expected, 30, interval=0.2, message="snapshot installed after restart")
+    assert "interrupted" in node3.log()
