@@ -10,7 +10,8 @@ from . import errors, protocol, transport
 from .protocol import pack_value, unpack_value
 
 DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
-MAX_UNRESOLVED = 1000   # writes of unknown outcome the client keeps asking the node to remember
+MAX_UNRESOLVED = 100    # writes of unknown outcome the client keeps asking the node to remember ...
+UNRESOLVED_TTL = 30.0   # ... for this long (nodes forget a silent client after session_timeout, 60 s)
 RETRYABLE = (errors.NotPrimary, errors.Unavailable)
 
 
@@ -144,7 +145,10 @@ class Client:
         the node may forget the outcomes of this client's earlier writes."""
         open_from = request_id if open_from is None else open_from
         if self._unresolved:
-            open_from = min(open_from, self._unresolved[0])
+            if time.monotonic() - self._unresolved[0][1] > UNRESOLVED_TTL:
+                self._unresolved = [u for u in self._unresolved if time.monotonic() - u[1] <= UNRESOLVED_TTL]
+            if self._unresolved:
+                open_from = min(open_from, *(rid for rid, _ in self._unresolved))
         body = protocol.encode_request(command, self.client_id, request_id, open_from, *args)
         if len(body) > self.max_request_size:
             raise errors.RequestTooLarge(f"{command} request of {len(body)} bytes exceeds max_request_size "
@@ -182,16 +186,18 @@ class Client:
             self._next_endpoint(hint)
 
     def _unresolve(self, request_id):
-        self._unresolved.append(request_id)
+        self._unresolved.append((request_id, time.monotonic()))
         del self._unresolved[:-MAX_UNRESOLVED]
 
     def outcome(self, request_id) -> str:
         """What became of a write that raised ReplicationTimeout or ConnectionTimeout (its
         `exc.request_id`): "committed", "pending" (in the primary's log, may still commit) or
-        "unknown" (not applied, or forgotten after session_timeout)."""
+        "unknown": the node has no record of it. "unknown" does not mean "not applied": the write
+        may still be on its way, or its record was forgotten (the client asked no more for 30 s,
+        or the node restarted past its log entry)."""
         state, _seq = self._call("OUTCOME", request_id)
-        if state != "pending" and request_id in self._unresolved:
-            self._unresolved.remove(request_id)
+        if state == "committed":
+            self._unresolved = [u for u in self._unresolved if u[0] != request_id]
         return state
 
     def _attempt(self, body, request_id):

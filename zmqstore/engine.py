@@ -426,7 +426,7 @@ class Engine:
         committed: it may still commit), or unknown (never applied here, or forgotten)."""
         if self.role != "primary":
             raise self._not_primary()
-        seq = self.sessions.peek(req.client_id, req.args[0])
+        seq = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
         if seq is None:
             return protocol.encode_ok(req.request_id, "unknown", 0), 0
         state = "committed" if seq <= self.commit_seq else "pending"

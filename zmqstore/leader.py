@@ -103,7 +103,7 @@ class Primary:
         if term != self.storage.term:
             return
         self.match[node_id] = last_seq          # its latest report: it may have lost data and restarted
-        if round_ > self.acked_round[node_id]:
+        if self.acked_round[node_id] < round_ <= self.round:   # a round from another run means nothing
             self.acked_round[node_id] = round_
         self.advance_commit()
 
@@ -197,7 +197,8 @@ class Secondary:
         self.leader_last = 0
         self.last_heard = None
         self.matched = self.storage.applied_seq
-        self._last_ack = (None, None, 0.0)   # (matched, round, time) of the last ACK sent
+        self._last_ack = (None, 0.0)    # (matched, time) of the last ACK sent
+        self._round_acked = 0           # the last HEARTBEAT round answered, in this primary's term
         self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
         self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
         self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0}
@@ -243,15 +244,19 @@ class Secondary:
         self.engine.follow(term, leader_id, peer.address)
         self.leader_id = leader_id
         self.matched = self.storage.applied_seq   # a new primary vouches for nothing yet
+        self._last_ack = (None, 0.0)
+        self._round_acked = 0                     # rounds are numbered per primary term
         self._outstanding = None
         if self._snapshot_seq is not None:
             self._snapshot_seq = None             # ask the new primary (FETCH leads to NEED_SNAPSHOT)
         return True
 
-    def _ack(self, round_=0, now=0.0):
-        self._last_ack = (self.matched, round_, now)
+    def _ack(self, now):
+        if self.installing:
+            return  # our log is being replaced: nothing to report until the snapshot is in
+        self._last_ack = (self.matched, now)
         self.io.send_to(self.leader_id, protocol.encode_peer(
-            "ACK", self.node_id, self.storage.term, self.matched, round_))
+            "ACK", self.node_id, self.storage.term, self.matched, self._round_acked))
 
     def _on_heartbeat(self, command, fields, now):
         _term, _leader, round_, commit_seq, leader_last = fields
@@ -259,10 +264,11 @@ class Secondary:
         self._apply_commit()
         # Answer a new read round, news about our log, or a periodic beat; under load the primary
         # sends a HEARTBEAT for nearly every commit, and repeating the same ACK would only cost CPU.
-        last_matched, last_round, last_time = self._last_ack
-        if (round_ != last_round or self.matched != last_matched
+        last_matched, last_time = self._last_ack
+        if (round_ != self._round_acked or self.matched != last_matched
                 or now - last_time >= self.config.heartbeat_interval):
-            self._ack(round_, now)
+            self._round_acked = max(self._round_acked, round_)
+            self._ack(now)
         self._catch_up(now)
 
     def _on_log_batch(self, command, fields, now):
@@ -287,7 +293,7 @@ class Secondary:
             if plan.kind == "append":
                 self.engine.append_entries(plan.seq, plan.entries, commit_seq)
             self.matched = max(self.matched, prev_seq + len(entries))
-            self._ack(self._last_ack[1] or 0, now)
+            self._ack(now)
         self._apply_commit()
         self._catch_up(now)
 
@@ -341,6 +347,8 @@ class Secondary:
         self._outstanding = None
         # A chunk from the start: a new snapshot, or one replacing ours after it expired on the primary.
         first = snapshot_seq != asked_seq or asked_cursor is None
+        if first:
+            self.matched = 0    # the log is about to be emptied
         self.engine.install_snapshot_chunk(snapshot_seq, snapshot_term, items, first, next_cursor is None)
         if next_cursor is not None:
             self._request_snapshot(snapshot_seq, next_cursor, now)

@@ -87,6 +87,9 @@ class Pipeline:
                 for i in retry:
                     if not isinstance(results[i], errors.ZmqstoreError):
                         results[i] = errors.ConnectionTimeout(f"no reply from {client.endpoint}")
+                    results[i].request_id = rids[i]
+                    if ops[i][0] in protocol.WRITE_COMMANDS:
+                        client._unresolve(rids[i])
                 break
             time.sleep(pause)
             client._next_endpoint(hint)
@@ -128,6 +131,9 @@ class Pipeline:
                 continue
             code, message, details = reply.result
             exc = errors.error_from_code(code, message, details)
+            exc.request_id = reply.request_id
+            if isinstance(exc, errors.ReplicationTimeout):
+                client._unresolve(reply.request_id)
             results[i] = exc
             if isinstance(exc, RETRYABLE):
                 retry.append(i)

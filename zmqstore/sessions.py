@@ -8,6 +8,8 @@ client silent for `session_timeout` is forgotten altogether (its retries must en
 """
 import collections
 
+MAX_OUTCOMES_PER_CLIENT = 10_000   # above the deepest pipeline (transport.MAX_IN_FLIGHT)
+
 
 class _Session:
     __slots__ = ("outcomes", "last_seen")
@@ -43,16 +45,22 @@ class Sessions:
             outcomes.popitem(last=False)
         return outcomes.get(request_id)
 
-    def peek(self, client_id, request_id):
-        """The seq of an applied write with this id, or None; changes nothing."""
+    def peek(self, client_id, request_id, now):
+        """The seq of an applied write with this id, or None; a client asking is not idle."""
         session = self._clients.get(client_id)
-        return None if session is None else session.outcomes.get(request_id)
+        if session is None:
+            return None
+        session.last_seen = now
+        return session.outcomes.get(request_id)
 
     def record(self, client_id, request_id, seq, now):
         session = self._clients.get(client_id)
         if session is None:
             session = self._clients[client_id] = _Session(now)
-        session.outcomes[request_id] = seq
+        outcomes = session.outcomes
+        outcomes[request_id] = seq
+        if len(outcomes) > MAX_OUTCOMES_PER_CLIENT:
+            outcomes.popitem(last=False)   # a client holding open_from down forever cannot grow this
 
     def expire(self, now):
         """Forget clients silent for longer than the timeout; returns how many."""

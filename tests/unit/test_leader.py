@@ -213,3 +213,22 @@ def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
     assert not st.restoring and (st.last_seq, st.applied_seq, st.first_seq) == (50, 50, 51)
     assert st.get(b"a") == b"\x01" and st.get(b"b") == b"\x02" and st.get(b"z") is None
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 51)))
+
+
+def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):
+    eng, cfg = make(1)
+    eng.become_primary(2)
+    primary = Primary(eng, cfg, FakeIO())
+    primary.on_message(PeerMessage("ACK", (2, 2, 0, 57)), [b"node-2"], now=1.0)   # round 57 of an old run
+    primary.heartbeat(start_round=True)
+    assert primary.round == 1 and primary.confirmed_round() == 0
+
+
+def test_secondary_numbers_rounds_afresh_for_a_new_primary_term(make):
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 57, 0, 0)), now=0.0)
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 0, 57)))
+    sec.on_message(PeerMessage("CHANGE", (2, 1, 0, 0, [entry(2, b"noop")], 0, 1)), now=0.1)   # new term
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 1, 0)))

@@ -23,3 +23,14 @@ def test_clients_are_separate_and_expire():
     assert s.expire(now=16) == 1                         # a silent since 5
     assert s.lookup(b"a", 1, 1, now=16) is None and s.lookup(b"b", 1, 1, now=16) == 6
     assert s.clients == 2
+
+
+def test_outcomes_per_client_are_capped_and_peek_keeps_a_session_alive():
+    from zmqstore.sessions import MAX_OUTCOMES_PER_CLIENT
+    s = Sessions(timeout=10)
+    for rid in range(1, MAX_OUTCOMES_PER_CLIENT + 11):
+        s.lookup(b"c", rid, 1, now=0)          # open_from held at 1, as by an unresolved write
+        s.record(b"c", rid, rid, now=0)
+    assert len(s) == MAX_OUTCOMES_PER_CLIENT
+    assert s.peek(b"c", 1, now=9) is None and s.peek(b"c", MAX_OUTCOMES_PER_CLIENT + 10, now=9) is not None
+    assert s.expire(now=15) == 0               # peek at 9 counted as activity
