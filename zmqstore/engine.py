@@ -187,7 +187,7 @@ class Engine:
         batch.set_meta(META_APPLIED_SEQ, commit_seq)
         if own:
             st.commit(batch, sync=False)
-        self.commit_seq = commit_seq
+        self.commit_seq = max(self.commit_seq, commit_seq)
 
     def _maybe_trim(self, batch, last_seq):
         """Keep about log_retention entries, and never drop one that is not applied yet."""
