@@ -1,8 +1,7 @@
-"""Serves client commands against local storage: staging, group commit, applying committed entries.
-No sockets.
+"""The node's state: the log, staging and group commit, applying committed entries. No sockets.
 
-The node loop feeds requests in arrival order (`handle`), then calls `flush()` once per loop
-iteration: the log entries staged since the last flush go to RocksDB in one batch (one fsync).
+The node loop feeds requests in arrival order (`handle`, see commands.py), then calls `flush()` once
+per loop iteration: the log entries staged since the last flush go to RocksDB in one batch (one fsync).
 `handle` returns each reply with the commit seq it waits for: a write waits for its own entry, a
 read of a key with an uncommitted write waits for that write; everything else may leave at once.
 
@@ -21,16 +20,14 @@ import logging
 import time
 
 from . import errors, protocol
-from .protocol import OP_DEL, OP_PUT, LogEntry
+from .commands import Commands
+from .protocol import OP_PUT, LogEntry
 from .sessions import Sessions
 from .storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_RESTORING,
                       META_TERM)
 
-SCAN_PAGE_ITEMS = 1000          # a SCAN reply holds at most this many items ...
-SCAN_PAGE_BYTES = 1 << 20       # ... or about this many bytes; the client asks for the next page
 TRIM_SLACK = 0.1                # trim the log once it exceeds log_retention by 10% (amortises the delete)
 
-_MISSING = object()
 log = logging.getLogger(__name__)
 
 
@@ -53,10 +50,9 @@ class Engine:
         self._next_seq = storage.last_seq + 1
         self.sessions = Sessions(config.session_timeout)
         self._recover()
-        self._handlers = {
-            "PING": self._ping, "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
-            "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
-        }
+        commands = Commands(self)
+        self.handle = commands.handle   # request -> (reply body, commit seq it waits for; 0: none)
+        self.status = commands.status
 
     def _recover(self):
         """Rebuild in-memory state from the log: client outcomes, and the entries not yet applied."""
@@ -109,10 +105,6 @@ class Engine:
         self.storage.commit(batch)
 
     # ------------------------------------------------------------ entry points for the loop
-
-    def handle(self, request):
-        """One decoded request -> (reply body, commit seq it waits for). 0: it may leave now."""
-        return self._handlers[request.command](request)
 
     @property
     def last_seq(self):
@@ -298,14 +290,15 @@ class Engine:
         for op in ops:
             self._pending[op[1]] = (op[2] if op[0] == OP_PUT else None, seq)
 
-    def _lookup(self, key):
+    def lookup(self, key):
         """(value, seq of the uncommitted write it comes from, or 0)."""
         hit = self._pending.get(key)
         if hit is not None:
             return hit
         return self.storage.get(key), 0
 
-    def _append(self, request, ops):
+    def append(self, request, ops):
+        """Stage a client request's entry; returns its seq."""
         return self._append_entry(request.client_id, request.request_id, ops)
 
     def _append_entry(self, client_id, request_id, ops):
@@ -330,121 +323,3 @@ class Engine:
         if client_id:
             self.sessions.record(client_id, request_id, seq, time.monotonic())
         return seq
-
-    def _check_writable(self, request):
-        if self.role != "primary":
-            raise self._not_primary()
-        seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
-        return None if seq is None else (protocol.encode_ok(request.request_id, True, seq), seq)
-
-    def _not_primary(self):
-        leader = self.storage.leader_id
-        details = {"primary_id": leader, "primary_address": self.leader_address} if leader else {}
-        where = f"node {leader} at {self.leader_address}" if leader else "not known yet"
-        return errors.NotPrimary(f"node {self.config.node_id} is a secondary; the primary is {where}", details)
-
-    def _check_readable(self, stale):
-        if self.role == "primary":
-            return
-        if not stale:
-            raise self._not_primary()
-        if self.storage.restoring:
-            raise errors.Unavailable(f"node {self.config.node_id} is installing a snapshot")
-
-    # ------------------------------------------------------------ commands (reply layouts: docs/PROTOCOL.md)
-
-    def _ping(self, req):
-        return protocol.encode_ok(req.request_id, self.config.node_id), 0
-
-    def _get(self, req):
-        key, stale = req.args
-        self._check_readable(stale)
-        if stale:  # applied data only: a committed prefix, never an uncommitted write
-            return protocol.encode_ok(req.request_id, self.storage.get(key)), 0
-        value, seq = self._lookup(key)
-        return protocol.encode_ok(req.request_id, value), seq
-
-    def _put(self, req):
-        done = self._check_writable(req)
-        if done:
-            return done
-        key, value = req.args
-        seq = self._append(req, ((OP_PUT, key, value),))
-        return protocol.encode_ok(req.request_id, True, seq), seq
-
-    def _delete(self, req):
-        done = self._check_writable(req)
-        if done:
-            return done
-        key = req.args[0]
-        value, seq = self._lookup(key)
-        if value is None:
-            return protocol.encode_ok(req.request_id, False, 0), seq
-        seq = self._append(req, ((OP_DEL, key),))
-        return protocol.encode_ok(req.request_id, True, seq), seq
-
-    def _cas(self, req):
-        if self.config.mode == "dynamo":
-            raise errors.UnsupportedOperation("cas is not offered in dynamo mode: concurrent writers "
-                                              "on other nodes cannot be compared against")
-        done = self._check_writable(req)
-        if done:
-            return done
-        key, expected, new = req.args
-        value, seq = self._lookup(key)
-        if value != expected:
-            return protocol.encode_ok(req.request_id, False, 0), seq
-        seq = self._append(req, ((OP_PUT, key, new),))
-        return protocol.encode_ok(req.request_id, True, seq), seq
-
-    def _put_many(self, req):
-        done = self._check_writable(req)
-        if done:
-            return done
-        ops = tuple((OP_PUT, key, value) for key, value in req.args[0])
-        seq = self._append(req, ops)
-        return protocol.encode_ok(req.request_id, True, seq), seq
-
-    def _scan(self, req):
-        start, end, prefix, limit, stale = req.args
-        self._check_readable(stale)
-        # Scans read RocksDB: standalone, staged writes that arrived before the scan go first. A
-        # replicated primary scans committed data (uncommitted writes are not acknowledged yet),
-        # applied first if the commit moved in this loop iteration.
-        if not self.replicated:
-            self.flush()
-        elif self.role == "primary" and self.storage.applied_seq < self.commit_seq:
-            self.apply_committed(self.commit_seq)   # written now: the scan reads RocksDB
-        page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
-        items, next_key = self.storage.scan(start, end, prefix, page, SCAN_PAGE_BYTES)
-        if limit is not None and len(items) >= limit:
-            next_key = None
-        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
-
-    def _outcome(self, req):
-        """What became of this client's write `request_id`: committed, pending (in the log, not yet
-        committed: it may still commit), or unknown (never applied here, or forgotten)."""
-        if self.role != "primary":
-            raise self._not_primary()
-        seq = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
-        if seq is None:
-            return protocol.encode_ok(req.request_id, "unknown", 0), 0
-        state = "committed" if seq <= self.commit_seq else "pending"
-        return protocol.encode_ok(req.request_id, state, seq), 0
-
-    def _status(self, req):
-        return protocol.encode_ok(req.request_id, self.status()), 0
-
-    def status(self) -> dict:
-        s = self.storage
-        cfg = self.config
-        return {
-            "node_id": cfg.node_id, "mode": cfg.mode, "role": self.role, "term": s.term,
-            "primary_id": s.leader_id if self.replicated else cfg.node_id,
-            "last_seq": self._next_seq - 1, "commit_seq": self.commit_seq, "applied_seq": s.applied_seq,
-            "first_seq": s.first_seq, "keys_estimate": s.approximate_keys(), "restoring": bool(s.restoring),
-            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}",
-            "fsync": cfg.fsync, "uptime": round(time.monotonic() - self.started, 3),
-            "version": self.version, "peers": [],
-            **(self.extra_status() if self.extra_status else {}),
-        }

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from zmqstore import config, errors, protocol
-from zmqstore.engine import SCAN_PAGE_ITEMS, Engine
+from zmqstore.commands import SCAN_PAGE_ITEMS
+from zmqstore.engine import Engine
 from zmqstore.storage import Storage
 
 V = protocol.pack_value

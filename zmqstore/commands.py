@@ -1,0 +1,151 @@
+"""What each client command means: checks, reads, writes and their replies (docs/PROTOCOL.md).
+
+Commands are judged against the engine's committed data plus its writes not yet applied, and
+return (reply body, commit seq the reply waits for). The engine (engine.py) keeps the log.
+"""
+import time
+
+from . import errors, protocol
+from .protocol import OP_DEL, OP_PUT
+
+SCAN_PAGE_ITEMS = 1000          # a SCAN reply holds at most this many items ...
+SCAN_PAGE_BYTES = 1 << 20       # ... or about this many bytes; the client asks for the next page
+
+
+class Commands:
+    def __init__(self, engine):
+        self.engine = engine
+        self.storage = engine.storage
+        self.config = engine.config
+        self.sessions = engine.sessions
+        self._handlers = {
+            "PING": self._ping, "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
+            "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
+        }
+
+    def handle(self, request):
+        """One decoded request -> (reply body, commit seq it waits for). 0: it may leave now."""
+        return self._handlers[request.command](request)
+
+    def _check_writable(self, request):
+        if self.engine.role != "primary":
+            raise self._not_primary()
+        seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
+        return None if seq is None else (protocol.encode_ok(request.request_id, True, seq), seq)
+
+    def _not_primary(self):
+        leader = self.storage.leader_id
+        details = {"primary_id": leader, "primary_address": self.engine.leader_address} if leader else {}
+        where = f"node {leader} at {self.engine.leader_address}" if leader else "not known yet"
+        return errors.NotPrimary(f"node {self.config.node_id} is a secondary; the primary is {where}", details)
+
+    def _check_readable(self, stale):
+        if self.engine.role == "primary":
+            return
+        if not stale:
+            raise self._not_primary()
+        if self.storage.restoring:
+            raise errors.Unavailable(f"node {self.config.node_id} is installing a snapshot")
+
+    # ------------------------------------------------------------ commands (reply layouts: docs/PROTOCOL.md)
+
+    def _ping(self, req):
+        return protocol.encode_ok(req.request_id, self.config.node_id), 0
+
+    def _get(self, req):
+        eng = self.engine
+        key, stale = req.args
+        self._check_readable(stale)
+        if stale:  # applied data only: a committed prefix, never an uncommitted write
+            return protocol.encode_ok(req.request_id, self.storage.get(key)), 0
+        value, seq = eng.lookup(key)
+        return protocol.encode_ok(req.request_id, value), seq
+
+    def _put(self, req):
+        eng = self.engine
+        done = self._check_writable(req)
+        if done:
+            return done
+        key, value = req.args
+        seq = eng.append(req, ((OP_PUT, key, value),))
+        return protocol.encode_ok(req.request_id, True, seq), seq
+
+    def _delete(self, req):
+        eng = self.engine
+        done = self._check_writable(req)
+        if done:
+            return done
+        key = req.args[0]
+        value, seq = eng.lookup(key)
+        if value is None:
+            return protocol.encode_ok(req.request_id, False, 0), seq
+        seq = eng.append(req, ((OP_DEL, key),))
+        return protocol.encode_ok(req.request_id, True, seq), seq
+
+    def _cas(self, req):
+        eng = self.engine
+        if self.config.mode == "dynamo":
+            raise errors.UnsupportedOperation("cas is not offered in dynamo mode: concurrent writers "
+                                              "on other nodes cannot be compared against")
+        done = self._check_writable(req)
+        if done:
+            return done
+        key, expected, new = req.args
+        value, seq = eng.lookup(key)
+        if value != expected:
+            return protocol.encode_ok(req.request_id, False, 0), seq
+        seq = eng.append(req, ((OP_PUT, key, new),))
+        return protocol.encode_ok(req.request_id, True, seq), seq
+
+    def _put_many(self, req):
+        eng = self.engine
+        done = self._check_writable(req)
+        if done:
+            return done
+        ops = tuple((OP_PUT, key, value) for key, value in req.args[0])
+        seq = eng.append(req, ops)
+        return protocol.encode_ok(req.request_id, True, seq), seq
+
+    def _scan(self, req):
+        start, end, prefix, limit, stale = req.args
+        self._check_readable(stale)
+        # Scans read RocksDB: standalone, staged writes that arrived before the scan go first. A
+        # replicated primary scans committed data (uncommitted writes are not acknowledged yet),
+        # applied first if the commit moved in this loop iteration.
+        if not self.engine.replicated:
+            self.engine.flush()
+        elif self.engine.role == "primary" and self.storage.applied_seq < self.engine.commit_seq:
+            self.engine.apply_committed(self.engine.commit_seq)   # written now: the scan reads RocksDB
+        page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
+        items, next_key = self.storage.scan(start, end, prefix, page, SCAN_PAGE_BYTES)
+        if limit is not None and len(items) >= limit:
+            next_key = None
+        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
+
+    def _outcome(self, req):
+        """What became of this client's write `request_id`: committed, pending (in the log, not yet
+        committed: it may still commit), or unknown (never applied here, or forgotten)."""
+        if self.engine.role != "primary":
+            raise self._not_primary()
+        seq = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
+        if seq is None:
+            return protocol.encode_ok(req.request_id, "unknown", 0), 0
+        state = "committed" if seq <= self.engine.commit_seq else "pending"
+        return protocol.encode_ok(req.request_id, state, seq), 0
+
+    def _status(self, req):
+        return protocol.encode_ok(req.request_id, self.status()), 0
+
+    def status(self) -> dict:
+        s = self.storage
+        cfg = self.config
+        return {
+            "node_id": cfg.node_id, "mode": cfg.mode, "role": self.engine.role, "term": s.term,
+            "primary_id": s.leader_id if self.engine.replicated else cfg.node_id,
+            "last_seq": self.engine.last_seq, "commit_seq": self.engine.commit_seq, "applied_seq": s.applied_seq,
+            "first_seq": s.first_seq, "keys_estimate": s.approximate_keys(), "restoring": bool(s.restoring),
+            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}",
+            "fsync": cfg.fsync, "uptime": round(time.monotonic() - self.engine.started, 3),
+            "version": self.engine.version, "peers": [],
+            **(self.engine.extra_status() if self.engine.extra_status else {}),
+        }
