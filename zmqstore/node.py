@@ -351,6 +351,8 @@ class Node:
     def _on_peer_request(self, message, envelope):
         if self.primary is not None:
             self.primary.on_message(message, envelope, time.monotonic())
+        elif not self.config.peers:
+            raise errors.UnsupportedOperation(f"{message.command} is a peer message; this node has no peers")
         # a secondary ignores ACK/FETCH/SNAPSHOT: the sender retries at whoever is primary
 
     def _serve_peer_socket(self, sock):

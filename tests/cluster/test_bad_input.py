@@ -115,7 +115,7 @@ msgpack_objects = st.recursive(
 structured_strategy = st.builds(
     lambda version, cmd, rid, fields: [msgpack.packb([version, cmd, CID, rid, rid, *fields], use_bin_type=True)],
     st.sampled_from([1, 1, 1, 2, 0, "1"]),
-    st.sampled_from(sorted(protocol.REQUESTS) + ["NOPE", ""]),
+    st.sampled_from(sorted(protocol.REQUESTS) + sorted(protocol.PEER_MESSAGES) + ["NOPE", ""]),
     st.integers(0, 2**64 - 1),
     st.lists(msgpack_objects, max_size=5),
 )
@@ -157,3 +157,10 @@ def test_fuzzed_frames_get_errors_and_change_nothing(node, raw):
     assert node.alive()
     assert snapshot(node) == before
     assert len(set(seen)) >= 4, f"fuzzing reached too few error paths: {sorted(set(seen))}"
+
+
+def test_peer_message_to_a_standalone_node_is_refused(node, raw):
+    reply = protocol.decode_reply(raw.ask([protocol.encode_peer("FETCH", 2, 1, 1)])[-1])
+    assert not reply.ok and reply.result[0] == "unsupported_operation"
+    with node.client() as db:
+        assert db.ping() == 1
