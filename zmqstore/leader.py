@@ -321,8 +321,7 @@ class Secondary:
             return
         body = protocol.encode_peer("FETCH", self.node_id, self.storage.term, from_seq)
         self.counters["fetches"] += 1
-        self._outstanding = ("fetch", body, now, None)
-        self.io.send_to(self.leader_id, body)
+        self._send_request("fetch", body, now, None)
 
     # ------------------------------------------------------------ snapshots
 
@@ -336,8 +335,13 @@ class Secondary:
     def _request_snapshot(self, snapshot_seq, cursor, now):
         self._snapshot_seq = snapshot_seq
         body = protocol.encode_peer("SNAPSHOT", self.node_id, self.storage.term, snapshot_seq, cursor)
-        self._outstanding = ("snapshot", body, now, (snapshot_seq, cursor))
-        self.io.send_to(self.leader_id, body)
+        self._send_request("snapshot", body, now, (snapshot_seq, cursor))
+
+    def _send_request(self, kind, body, now, key):
+        """Send a FETCH or SNAPSHOT and remember it until answered. Not connected to the primary
+        (just started, or it is down): the next tick sends it, instead of waiting FETCH_RETRY."""
+        sent = self.io.send_to(self.leader_id, body)
+        self._outstanding = (kind, body, now if sent else float("-inf"), key)
 
     def _on_snapshot_chunk(self, command, fields, now):
         _term, _leader, asked_seq, asked_cursor, snapshot_seq, snapshot_term, items, next_cursor = fields
@@ -371,7 +375,6 @@ class Secondary:
         snapshot install over when one was interrupted."""
         out = self._outstanding
         if out is not None and now - out[2] >= FETCH_RETRY:
-            self._outstanding = (out[0], out[1], now, out[3])
-            self.io.send_to(self.leader_id, out[1])
+            self._send_request(out[0], out[1], now, out[3])
         if self.storage.restoring and self._snapshot_seq is None and self.leader_id:
             self._request_snapshot(0, None, now)

@@ -63,7 +63,8 @@ class Node:
                     # Replies carry whole log entries, each up to about max_request_size.
                     self.dealers[peer.node_id] = transport.connect_dealer(
                         self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
-                        source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20))
+                        source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20),
+                        immediate=True)
             self._choose_role()
         except BaseException:
             self.engine = None
@@ -118,12 +119,15 @@ class Node:
         transport.send(self.pub, body)
 
     def send_to(self, node_id, body):
+        """True if queued to a connected peer; False if dropped (the repair path resends)."""
         dealer = self.dealers.get(node_id)
-        if dealer is not None:
-            try:
-                dealer.send(body, zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # the peer is far behind or gone; the repair path resends
+        if dealer is None:
+            return False
+        try:
+            dealer.send(body, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     def reply(self, envelope, body):
         transport.send_frames(self.router, envelope + [body])

@@ -58,11 +58,15 @@ def connect_sub(ctx, peers, source_host):
     return sock
 
 
-def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_size=-1):
+def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_size=-1, immediate=False):
     """A DEALER to a node's ROUTER; with source_host, outgoing traffic leaves from that address
-    (ZeroMQ `tcp://SRC:0;DST:PORT`) so partitions between node addresses can be made with iptables."""
+    (ZeroMQ `tcp://SRC:0;DST:PORT`) so partitions between node addresses can be made with iptables.
+    immediate: queue nothing for a peer that is not connected (a send fails instead), so a peer
+    that comes back does not receive a backlog of stale requests."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if immediate:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
     sock.setsockopt(zmq.SNDHWM, ROUTER_HWM)
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)

@@ -13,12 +13,16 @@ PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3
 class FakeIO:
     def __init__(self):
         self.published, self.sent, self.replies = [], [], []
+        self.connected = True
 
     def publish(self, body):
         self.published.append(protocol.decode_peer(body))
 
     def send_to(self, node_id, body):
+        if not self.connected:
+            return False
         self.sent.append((node_id, protocol.decode_peer(body)))
+        return True
 
     def reply(self, envelope, body):
         self.replies.append(protocol.decode_peer(body))
@@ -232,3 +236,17 @@ def test_secondary_numbers_rounds_afresh_for_a_new_primary_term(make):
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 0, 57)))
     sec.on_message(PeerMessage("CHANGE", (2, 1, 0, 0, [entry(2, b"noop")], 0, 1)), now=0.1)   # new term
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 1, 0)))
+
+
+def test_a_fetch_that_could_not_be_sent_goes_at_the_next_tick(make):
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = Secondary(eng, cfg, io, leader_id=0)
+    io.connected = False                       # the link to the primary is not up yet
+    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 0, 0, 5)), now=0.0)
+    assert io.sent == []
+    io.connected = True
+    sec.tick(0.1)                              # well before FETCH_RETRY
+    assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 1)))
+    sec.tick(0.2)
+    assert len(io.sent) == 1                   # sent now: the retry waits FETCH_RETRY
