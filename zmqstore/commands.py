@@ -33,6 +33,16 @@ class Commands:
         seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
         return None if seq is None else (protocol.encode_ok(request.request_id, True, seq), seq)
 
+    def _logged(self, req, ops):
+        """Log a write's ops; its reply waits for that entry's commit."""
+        seq = self.engine.append(req, ops)
+        return protocol.encode_ok(req.request_id, True, seq), seq
+
+    @staticmethod
+    def _unchanged(req, depends_on):
+        """A write that changes nothing; its reply waits for the write it was judged against."""
+        return protocol.encode_ok(req.request_id, False, 0), depends_on
+
     def _not_primary(self):
         leader = self.storage.leader_id
         details = {"primary_id": leader, "primary_address": self.engine.leader_address} if leader else {}
@@ -53,37 +63,31 @@ class Commands:
         return protocol.encode_ok(req.request_id, self.config.node_id), 0
 
     def _get(self, req):
-        eng = self.engine
         key, stale = req.args
         self._check_readable(stale)
         if stale:  # applied data only: a committed prefix, never an uncommitted write
             return protocol.encode_ok(req.request_id, self.storage.get(key)), 0
-        value, seq = eng.lookup(key)
+        value, seq = self.engine.lookup(key)
         return protocol.encode_ok(req.request_id, value), seq
 
     def _put(self, req):
-        eng = self.engine
         done = self._check_writable(req)
         if done:
             return done
         key, value = req.args
-        seq = eng.append(req, ((OP_PUT, key, value),))
-        return protocol.encode_ok(req.request_id, True, seq), seq
+        return self._logged(req, ((OP_PUT, key, value),))
 
     def _delete(self, req):
-        eng = self.engine
         done = self._check_writable(req)
         if done:
             return done
         key = req.args[0]
-        value, seq = eng.lookup(key)
+        value, seq = self.engine.lookup(key)
         if value is None:
-            return protocol.encode_ok(req.request_id, False, 0), seq
-        seq = eng.append(req, ((OP_DEL, key),))
-        return protocol.encode_ok(req.request_id, True, seq), seq
+            return self._unchanged(req, seq)
+        return self._logged(req, ((OP_DEL, key),))
 
     def _cas(self, req):
-        eng = self.engine
         if self.config.mode == "dynamo":
             raise errors.UnsupportedOperation("cas is not offered in dynamo mode: concurrent writers "
                                               "on other nodes cannot be compared against")
@@ -91,20 +95,17 @@ class Commands:
         if done:
             return done
         key, expected, new = req.args
-        value, seq = eng.lookup(key)
+        value, seq = self.engine.lookup(key)
         if value != expected:
-            return protocol.encode_ok(req.request_id, False, 0), seq
-        seq = eng.append(req, ((OP_PUT, key, new),))
-        return protocol.encode_ok(req.request_id, True, seq), seq
+            return self._unchanged(req, seq)
+        return self._logged(req, ((OP_PUT, key, new),))
 
     def _put_many(self, req):
-        eng = self.engine
         done = self._check_writable(req)
         if done:
             return done
         ops = tuple((OP_PUT, key, value) for key, value in req.args[0])
-        seq = eng.append(req, ops)
-        return protocol.encode_ok(req.request_id, True, seq), seq
+        return self._logged(req, ops)
 
     def _scan(self, req):
         start, end, prefix, limit, stale = req.args

@@ -20,10 +20,6 @@ SNAPSHOT_IDLE = 60.0              # seconds an unused snapshot is kept for a sec
 log = logging.getLogger(__name__)
 
 
-def _entry_term(raw):
-    return protocol.decode_entry(raw).term
-
-
 class Primary:
     """The primary's side: publishes the log, counts acknowledgements, serves FETCH and SNAPSHOT."""
 
@@ -41,6 +37,7 @@ class Primary:
         self._published_commit = -1
         self._snapshots = {}            # snapshot seq -> [snapshot, term, last used]
         self.counters = {"fetches_served": 0, "snapshots_served": 0}
+        self._handlers = {"ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}
 
     # ------------------------------------------------------------ the stream
 
@@ -84,7 +81,7 @@ class Primary:
     # ------------------------------------------------------------ messages from secondaries
 
     def on_message(self, msg, envelope, now):
-        handler = {"ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}.get(msg.command)
+        handler = self._handlers.get(msg.command)
         if handler is None:
             log.warning("primary ignores %s", msg.command)
             return
@@ -170,7 +167,7 @@ def plan_append(storage, prev_seq, prev_term, entries):
     seq, i = prev_seq + 1, 0
     while i < len(entries) and seq <= last:
         ours = storage.term_at(seq)
-        if ours is not None and ours != _entry_term(entries[i]):
+        if ours is not None and ours != protocol.entry_term(entries[i]):
             return Plan("append", seq, tuple(entries[i:]), truncate=True)
         i, seq = i + 1, seq + 1
     if i == len(entries):
@@ -326,8 +323,8 @@ class Secondary:
     # ------------------------------------------------------------ snapshots
 
     def _on_need_snapshot(self, command, fields, now):
-        if self.installing and self._snapshot_seq is not None:
-            return  # already asked (a duplicate FETCH answered twice)
+        if self._snapshot_seq is not None:
+            return  # already installing (a duplicate FETCH answered twice)
         log.info("primary %d no longer holds our next entry (its log starts at %d): installing a snapshot",
                  self.leader_id, fields[2])
         self._request_snapshot(0, None, now)

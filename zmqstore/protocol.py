@@ -247,10 +247,10 @@ def _is_uint(x) -> bool:
     return type(x) is int and 0 <= x <= UINT64_MAX
 
 
-def _check_key(command, name, value, limits):
+def _check_key(command, name, value, limits, allow_empty=False):
     if not isinstance(value, bytes):
         raise errors.BadArgument(f"{command}.{name} must be bin, got {type(value).__name__}")
-    if not value:
+    if not value and not allow_empty:
         raise errors.InvalidKey(f"{command}.{name}: empty key")
     if len(value) > limits.max_key_size:
         raise errors.KeyTooLarge(f"{command}.{name}: key of {len(value)} bytes exceeds max_key_size {limits.max_key_size}")
@@ -274,12 +274,9 @@ def _check_opt_value(command, name, value, limits):
 
 
 def _check_opt_key(command, name, value, limits):
-    if value is None:
-        return
-    if not isinstance(value, bytes):
-        raise errors.BadArgument(f"{command}.{name} must be bin or nil")
-    if len(value) > limits.max_key_size:
-        raise errors.KeyTooLarge(f"{command}.{name} exceeds max_key_size {limits.max_key_size}")
+    """A key bound or cursor: nil, or bin that may be empty (the start of the key space)."""
+    if value is not None:
+        _check_key(command, name, value, limits, allow_empty=True)
 
 
 def _check_bool(command, name, value, limits):
@@ -368,6 +365,11 @@ def decode_reply(body: bytes) -> Reply:
 
 def encode_entry(entry: LogEntry) -> bytes:
     return _pack(entry)
+
+
+def entry_term(data: bytes) -> int:
+    """The term of a stored log entry (its first field)."""
+    return decode_entry(data).term
 
 
 def decode_entry(data: bytes) -> LogEntry:

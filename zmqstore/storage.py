@@ -11,6 +11,7 @@ import struct
 import rocksdict
 
 from .errors import DataDirError, StorageError
+from .protocol import entry_term  # entries are stored as the protocol encodes them; only the term is read
 
 FORMAT_VERSION = 1
 MARKER = "zmqstore.json"
@@ -40,11 +41,6 @@ log = logging.getLogger(__name__)
 
 def seq_key(seq: int) -> bytes:
     return _U64.pack(seq)
-
-
-def _entry_term(raw) -> int:
-    from .protocol import decode_entry  # storage stores entries opaquely; only their term matters here
-    return decode_entry(raw).term
 
 
 def _u64(raw) -> int:
@@ -200,7 +196,7 @@ class Storage:
         if not self.first_seq <= seq < self.last_seq:
             return None
         raw = self._log.get(seq_key(seq))
-        return None if raw is None else _entry_term(raw)
+        return None if raw is None else entry_term(raw)
 
     def read_entries(self, from_seq, max_entries, max_bytes):
         """Up to max_entries stored entries (bytes) from from_seq on, about max_bytes at most."""
