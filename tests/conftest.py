@@ -10,6 +10,14 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
+def print_logs_if_failed(request, logs):
+    """Node logs go to the test report when the test itself failed."""
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for text in logs:
+            print(text)
+
+
 @pytest.fixture
 def nodes(request, tmp_path):
     """Factory for real node processes; every one is stopped at teardown, and their logs are printed
@@ -26,11 +34,8 @@ def nodes(request, tmp_path):
     yield start
     for node in started:
         node.stop()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for node in started:
-            print(f"----- log of node {node.node_id} ({node.log_path}) -----")
-            print(node.log()[-20000:])
+    print_logs_if_failed(request, [f"----- log of node {n.node_id} ({n.log_path}) -----\n{n.log()[-20000:]}"
+                                   for n in started])
 
 
 @pytest.fixture
@@ -56,7 +61,4 @@ def cluster(request, tmp_path):
     yield make
     for c in made:
         c.stop_all()
-    failed = getattr(request.node, "rep_call", None)
-    if failed is not None and failed.failed:
-        for c in made:
-            print(c.logs())
+    print_logs_if_failed(request, [c.logs() for c in made])

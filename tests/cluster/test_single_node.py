@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from zmqstore import Client, errors
-from zmqstore.testing.process import wait_until
+from zmqstore.testing.process import put_pipelined, wait_until
 
 
 def test_every_operation(node):
@@ -79,11 +79,7 @@ def test_restart_keeps_all_data(nodes):
 def test_kill_9_keeps_every_acknowledged_write(node):
     acked = {}
     with node.client() as db:
-        p = db.pipeline()
-        for i in range(3000):
-            p.put(f"k{i}", i)
-        p.execute()
-        acked.update({f"k{i}": i for i in range(3000)})
+        acked.update(put_pipelined(db, {f"k{i}": i for i in range(3000)}))
         for i in range(200):  # sequential writes, each acknowledged on its own
             db.put(f"s{i}", i)
             acked[f"s{i}"] = i

@@ -175,3 +175,13 @@ class Cluster:
 
     def logs(self):
         return "\n".join(f"----- node {n.node_id} -----\n{n.log()[-20000:]}" for n in self.nodes.values())
+
+
+def put_pipelined(db, items):
+    """Write `items` (a dict) through one pipeline, raising on any failure; returns them, now all
+    acknowledged, so a test can add them to what it expects to survive."""
+    p = db.pipeline()
+    for key, value in items.items():
+        p.put(key, value)
+    p.execute()
+    return items
