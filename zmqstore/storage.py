@@ -58,9 +58,6 @@ class Batch:
         self.meta = {}
         self._cf = cfs
 
-    def __bool__(self):
-        return bool(self.meta) or not self.wb.is_empty()
-
     def put(self, key: bytes, value: bytes):
         self.wb.put(key, value, self._cf["data"])
 
