@@ -6,6 +6,7 @@ node loop gives them decoded peer messages and the time, and they act through `i
 `reply(envelope, body)` (ROUTER reply). Tests drive them with a fake io and real storage.
 """
 import logging
+import os
 from typing import NamedTuple
 
 from . import protocol
@@ -198,6 +199,7 @@ class Secondary:
         self._round_acked = 0           # the last HEARTBEAT round answered, in this primary's term
         self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
         self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
+        self.crash_after_chunks = None  # test-only (docs/TESTING.md): die after installing this many chunks
         self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0}
         if self.storage.restoring:
             log.info("a snapshot install was interrupted: it starts over once the primary is known")
@@ -351,6 +353,11 @@ class Secondary:
         if first:
             self.matched = 0    # the log is about to be emptied
         self.engine.install_snapshot_chunk(snapshot_seq, snapshot_term, items, first, next_cursor is None)
+        if self.crash_after_chunks is not None:
+            self.crash_after_chunks -= 1
+            if self.crash_after_chunks <= 0 and next_cursor is not None:
+                log.warning("test switch: exiting in the middle of a snapshot install")
+                os._exit(70)   # like kill -9: no cleanup, no clean close of RocksDB
         if next_cursor is not None:
             self._request_snapshot(snapshot_seq, next_cursor, now)
             return

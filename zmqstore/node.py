@@ -21,6 +21,8 @@ SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at s
 # Test-only: drop this fraction of published change messages, to prove the repair path
 # (docs/TESTING.md). Never set in production.
 DROP_ENV = "ZMQSTORE_TEST_DROP_CHANGES"
+# Test-only: a secondary dies like kill -9 after installing this many snapshot chunks.
+CRASH_IN_SNAPSHOT_ENV = "ZMQSTORE_TEST_CRASH_IN_SNAPSHOT"
 
 log = logging.getLogger("zmqstore.node")
 
@@ -99,6 +101,9 @@ class Node:
             self.primary = Primary(self.engine, cfg, self)
         else:
             self.secondary = Secondary(self.engine, cfg, self, st.leader_id)
+            crash_after = int(os.environ.get(CRASH_IN_SNAPSHOT_ENV, "0") or 0)
+            if crash_after:
+                self.secondary.crash_after_chunks = crash_after
         self.engine.extra_status = self._replication_status
 
     def _replication_status(self):

@@ -146,12 +146,12 @@ class Cluster:
         role = "primary" if node_id == 1 else "secondary"
         return ["--peers", self.peers_json(node_id), "--role", role, *self.args]
 
-    def start(self, node_id, wait=True, data_dir=None):
+    def start(self, node_id, wait=True, data_dir=None, env=None):
         node = self.nodes[node_id]
         if data_dir is not None:
             node.data_dir = str(data_dir)
         node.args = self.node_args(node_id)
-        node.env = self.env
+        node.env = env if env is not None else self.env
         node.start(wait=wait)
         return node
 
