@@ -227,7 +227,7 @@ def _print_status(args, db):
         return
     primary_last = max((r["last_seq"] for r in rows if r.get("role") == "primary" and "last_seq" in r),
                        default=None)
-    columns = ("node_id", "address", "role", "term", "last_seq", "commit_seq", "applied_seq", "lag")
+    columns = ("node_id", "address", "role", "term", "voted_for", "last_seq", "commit_seq", "applied_seq", "lag")
     table = []
     for row in rows:
         lag = primary_last - row["last_seq"] if primary_last is not None and "last_seq" in row else "-"
@@ -236,6 +236,12 @@ def _print_status(args, db):
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for r in table:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    for row in rows:
+        election = row.get("latest_election")
+        if election:   # the latest election this node stood in
+            took = f" in {election['duration_ms']} ms" if election["duration_ms"] is not None else ""
+            print(f"election of term {election['term']}: node {election['candidate']} ({election['outcome']}{took}), "
+                  f"votes from {', '.join(map(str, election['votes']))}; started: {election['reason']}")
     if len(endpoints) == 1:
         extra = {k: rows[0][k] for k in ("mode", "first_seq", "keys_estimate", "fsync", "uptime", "version")
                  if k in rows[0]}

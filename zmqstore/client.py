@@ -16,9 +16,11 @@ RETRYABLE = (errors.NotPrimary, errors.Unavailable)
 
 
 class Retry:
-    """Retry policy: up to `max_tries` attempts, exponential backoff with jitter, an overall deadline."""
+    """Retry policy: up to `max_tries` attempts, exponential backoff with jitter, an overall deadline.
+    The defaults ride out a failover (about 1 s with the default election interval): ten attempts
+    spread over about 3 s of pauses, each trying the next endpoint or the primary a node named."""
 
-    def __init__(self, max_tries=5, delay=0.05, backoff=2.0, max_delay=1.0, max_jitter=0.5, deadline=15.0):
+    def __init__(self, max_tries=10, delay=0.05, backoff=2.0, max_delay=0.5, max_jitter=0.5, deadline=15.0):
         self.max_tries = max_tries
         self.delay = delay
         self.backoff = backoff
@@ -80,6 +82,7 @@ class Client:
         self.max_request_size = max_request_size
         self.client_id = os.urandom(16)
         self._ids = itertools.count(1)
+        self.last_request_id = 0      # the id of the latest request sent (for outcome())
         # Writes whose outcome is unknown (timeouts): open_from stays at or below them, so the node
         # keeps their outcomes for outcome() until asked (or its session_timeout passes).
         self._unresolved = []
@@ -158,7 +161,7 @@ class Client:
     def _call(self, command, *args):
         """Send one request and return the OK reply's fields. Timeouts and redirects are retried with
         the same request id, so a write is applied at most once."""
-        request_id = next(self._ids)
+        request_id = self.last_request_id = next(self._ids)
         body = self._encode(command, request_id, args)
         started = time.monotonic()
         sleeps = None
@@ -190,13 +193,16 @@ class Client:
         del self._unresolved[:-MAX_UNRESOLVED]
 
     def outcome(self, request_id) -> str:
-        """What became of a write that raised ReplicationTimeout or ConnectionTimeout (its
-        `exc.request_id`): "committed", "pending" (in the primary's log, may still commit) or
-        "unknown": the node has no record of it. "unknown" does not mean "not applied": the write
-        may still be on its way, or its record was forgotten (the client asked no more for 30 s,
-        or the node restarted past its log entry)."""
+        """What became of a write that raised ReplicationTimeout, ConnectionTimeout or another
+        error after it may have been sent (its `exc.request_id`), asked of the current primary:
+        "committed": it was applied, once. "not_found": it was not applied, and the primary has
+        fenced its request id (logged and committed a marker), so it never will be, even if a copy
+        is still on its way. "unknown": the node cannot tell (more than 30 s passed, so this client
+        no longer asks nodes to keep the record, or the primary has not been recording writes for
+        long enough, e.g. it restarted on a trimmed log); the answer waits for the commit of the
+        write or fence, so it raises Unavailable when no majority answers in time."""
         state, _seq = self._call("OUTCOME", request_id)
-        if state == "committed":
+        if state in ("committed", "not_found"):
             self._unresolved = [u for u in self._unresolved if u[0] != request_id]
         return state
 

@@ -31,7 +31,12 @@ class Commands:
         if self.engine.role != "primary":
             raise self._not_primary()
         seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
-        return None if seq is None else (protocol.encode_ok(request.request_id, True, seq), seq)
+        if seq is None:
+            return None
+        if seq < 0:
+            raise errors.RequestFenced(f"request {request.request_id} was declared not_found by an OUTCOME "
+                                       f"query; it was not applied and never will be")
+        return protocol.encode_ok(request.request_id, True, seq), seq
 
     def _logged(self, req, ops):
         """Log a write's ops; its reply waits for that entry's commit."""
@@ -124,15 +129,24 @@ class Commands:
         return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
 
     def _outcome(self, req):
-        """What became of this client's write `request_id`: committed, pending (in the log, not yet
-        committed: it may still commit), or unknown (never applied here, or forgotten)."""
+        """What became of this client's write `request_id` (docs/PROTOCOL.md, OUTCOME): "committed"
+        once its entry commits; "not_found" once a fence entry for it commits (the request can never
+        be applied after that); "unknown" when this node cannot tell."""
         if self.engine.role != "primary":
             raise self._not_primary()
-        seq = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
+        rid = req.args[0]
+        now = time.monotonic()
+        seq = self.sessions.peek(req.client_id, rid, now)
         if seq is None:
-            return protocol.encode_ok(req.request_id, "unknown", 0), 0
-        state = "committed" if seq <= self.engine.commit_seq else "pending"
-        return protocol.encode_ok(req.request_id, state, seq), 0
+            complete_for = now - self.engine.sessions_complete_since
+            if rid < req.open_from or rid >= req.request_id or complete_for < self.config.session_timeout / 2:
+                # The client stopped waiting for it (its record may be gone), it is not an earlier
+                # request, or this node has not recorded every write for long enough to be sure.
+                return protocol.encode_ok(req.request_id, "unknown", 0), 0
+            seq = -self.engine.append_fence(req.client_id, rid)
+        if seq < 0:
+            return protocol.encode_ok(req.request_id, "not_found", -seq), -seq
+        return protocol.encode_ok(req.request_id, "committed", seq), seq
 
     def _status(self, req):
         return protocol.encode_ok(req.request_id, self.status()), 0

@@ -23,8 +23,8 @@ from . import errors, protocol
 from .commands import Commands
 from .protocol import OP_PUT, LogEntry
 from .sessions import Sessions
-from .storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_RESTORING,
-                      META_TERM)
+from .storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
+                      META_RESTORING, META_TERM, META_VOTED_FOR)
 
 TRIM_SLACK = 0.1                # trim the log once it exceeds log_retention by 10% (amortises the delete)
 
@@ -49,6 +49,9 @@ class Engine:
         self._unapplied = {}          # seq -> ops of log entries above applied_seq
         self._next_seq = storage.last_seq + 1
         self.sessions = Sessions(config.session_timeout)
+        # Since when every write this node holds is recorded in sessions: always, when its log
+        # reaches back to seq 1; else from start-up (the trimmed entries' records are gone).
+        self.sessions_complete_since = float("-inf") if storage.first_seq <= 1 else self.started
         self._recover()
         commands = Commands(self)
         self.handle = commands.handle   # request -> (reply body, commit seq it waits for; 0: none)
@@ -60,8 +63,7 @@ class Engine:
         now = time.monotonic()
         for seq, raw in st.log_entries(st.first_seq):
             entry = protocol.decode_entry(raw)
-            if entry.client_id:
-                self.sessions.record(entry.client_id, entry.request_id, seq, now)
+            self._record_session(entry, seq, now)
             if seq > st.applied_seq:
                 self._stage_pending(seq, entry.ops)
         if not self.replicated and st.last_seq > st.applied_seq:
@@ -81,27 +83,42 @@ class Engine:
     # ------------------------------------------------------------ role
 
     def become_primary(self, term):
-        """Lead `term`. A replicated primary starts its term with an empty entry: entries of earlier
-        terms commit only under one of the current term (DESIGN.md 4.2), and this one commits as soon
-        as a quorum holds it, so nothing waits for the next client write."""
+        """Lead `term` (won, or bootstrapped). A replicated primary starts its term with an empty
+        entry: entries of earlier terms commit only under one of the current term (DESIGN.md 4.2),
+        and this one commits as soon as a quorum holds it, so nothing waits for the next write."""
         self.role = "primary"
         self.leader_address = self.config.address
         if self.storage.term != term or self.storage.leader_id != self.config.node_id:
-            self._set_term(term, self.config.node_id)
+            self._set_term(term, self.config.node_id, self.config.node_id)
             if self.replicated:
                 self._append_entry(b"", 0, ())
 
-    def follow(self, term, leader_id, leader_address):
-        """Follow `leader_id` in `term`; persisted before anything is sent in that term."""
-        self.role = "secondary"
+    def follow(self, term, leader_id, leader_address, role="secondary"):
+        """Follow `leader_id` (0: not known yet) in `term`; persisted before anything is sent in that
+        term. A new term starts without a vote."""
+        self.role = role
         self.leader_address = leader_address
-        if self.storage.term != term or self.storage.leader_id != leader_id:
-            self._set_term(term, leader_id)
+        st = self.storage
+        if st.term != term:
+            self._set_term(term, leader_id, 0)
+        elif st.leader_id != leader_id:
+            self._set_term(term, leader_id, st.voted_for)
 
-    def _set_term(self, term, leader_id):
+    def record_vote(self, term, candidate_id):
+        """Persist (synced) a vote for candidate_id in term, before the vote is sent."""
+        st = self.storage
+        self._set_term(term, st.leader_id if term == st.term else 0, candidate_id)
+
+    def _set_term(self, term, leader_id, voted_for):
         batch = self.storage.batch()
         batch.set_meta(META_TERM, term)
         batch.set_meta(META_LEADER, leader_id)
+        batch.set_meta(META_VOTED_FOR, voted_for)
+        self.storage.commit(batch)
+
+    def set_learner(self, learner):
+        batch = self.storage.batch()
+        batch.set_meta(META_LEARNER, int(learner))
         self.storage.commit(batch)
 
     # ------------------------------------------------------------ entry points for the loop
@@ -167,7 +184,7 @@ class Engine:
         for seq in range(start, commit_seq + 1):
             ops = self._unapplied.pop(seq, None)
             if ops is None:
-                ops = protocol.decode_entry(next(st.log_entries(seq, seq))[1]).ops
+                ops = protocol.decode_entry(next(st.log_entries(seq, seq))[1]).ops or ()
             for op in ops:
                 key = op[1]
                 if op[0] == OP_PUT:
@@ -205,11 +222,13 @@ class Engine:
         # apply those straight into the batch instead of tracking them as pending.
         direct = st.applied_seq == first_seq - 1
         applied = st.applied_seq
+        now = time.monotonic()
         for raw in raw_entries:
             entry = protocol.decode_entry(raw)
             batch.append(seq, raw)
+            self._record_session(entry, seq, now)   # a retry after failover must find it
             if direct and seq <= leader_commit:
-                for op in entry.ops:
+                for op in entry.ops or ():
                     if op[0] == OP_PUT:
                         batch.put(op[1], op[2])
                     else:
@@ -244,6 +263,7 @@ class Engine:
         st.commit(batch)
         for s in range(seq, self._next_seq):
             self._unapplied.pop(s, None)
+        self.sessions.forget_from(seq)
         self._pending = {}
         for s in sorted(self._unapplied):   # the latest remaining write per key, in log order
             for op in self._unapplied[s]:
@@ -256,6 +276,7 @@ class Engine:
         st = self.storage
         batch = st.batch()
         if first:
+            self.sessions_complete_since = time.monotonic()   # the records of the snapshot's writes are not ours
             batch.clear_all()
             batch.set_meta(META_RESTORING, 1)
             batch.set_meta(META_LAST_SEQ, 0)
@@ -286,6 +307,7 @@ class Engine:
         return self._batch
 
     def _stage_pending(self, seq, ops):
+        ops = ops or ()       # a fence applies nothing
         self._unapplied[seq] = ops
         for op in ops:
             self._pending[op[1]] = (op[2] if op[0] == OP_PUT else None, seq)
@@ -301,6 +323,15 @@ class Engine:
         """Stage a client request's entry; returns its seq."""
         return self._append_entry(request.client_id, request.request_id, ops)
 
+    def append_fence(self, client_id, request_id):
+        """Stage a fence: request_id of client_id is declared not applied, for good. Returns its seq."""
+        return self._append_entry(client_id, request_id, protocol.FENCE)
+
+    def _record_session(self, entry, seq, now):
+        """Remember which seq holds a client's request (a fence is recorded as -seq)."""
+        if entry.client_id:
+            self.sessions.record(entry.client_id, entry.request_id, -seq if entry.ops is None else seq, now)
+
     def _append_entry(self, client_id, request_id, ops):
         """Stage one log entry (and, standalone, its effect on data); returns its seq."""
         batch = self._staging()
@@ -313,7 +344,7 @@ class Engine:
             self._stage_pending(seq, ops)
         else:
             pending = self._pending
-            for op in ops:
+            for op in ops or ():
                 if op[0] == OP_PUT:
                     batch.put(op[1], op[2])
                     pending[op[1]] = (op[2], seq)
@@ -321,5 +352,5 @@ class Engine:
                     batch.delete(op[1])
                     pending[op[1]] = (None, seq)
         if client_id:
-            self.sessions.record(client_id, request_id, seq, time.monotonic())
+            self.sessions.record(client_id, request_id, -seq if ops is None else seq, time.monotonic())
         return seq

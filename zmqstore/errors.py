@@ -102,6 +102,12 @@ class ReplicationTimeout(ZmqstoreError):
     code = "replication_timeout"
 
 
+class RequestFenced(ZmqstoreError):
+    """This request id was declared not_found by an OUTCOME query: it was not applied and never will be."""
+
+    code = "request_fenced"
+
+
 class InternalError(ZmqstoreError):
     code = "internal"
 
@@ -119,7 +125,8 @@ ERRORS_BY_CODE = {
     for cls in (
         ConfigError, DataDirError, StorageError, RequestError, MalformedMessage, UnsupportedVersion,
         UnknownCommand, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
-        UnsupportedOperation, NotPrimary, Unavailable, ReplicationTimeout, InternalError, ConnectionTimeout,
+        UnsupportedOperation, NotPrimary, Unavailable, ReplicationTimeout, RequestFenced, InternalError,
+        ConnectionTimeout,
     )
 }
 

@@ -21,10 +21,62 @@ SNAPSHOT_IDLE = 60.0              # seconds an unused snapshot is kept for a sec
 log = logging.getLogger(__name__)
 
 
-class Primary:
-    """The primary's side: publishes the log, counts acknowledgements, serves FETCH and SNAPSHOT."""
+class LogServer:
+    """Serves FETCH and SNAPSHOT from this node's own log and data, whatever its role: secondaries
+    fetch from the primary, a candidate that won fetches the log it adopts from a voter."""
 
     def __init__(self, engine, config, io):
+        self.engine = engine
+        self.storage = engine.storage
+        self.node_id = config.node_id
+        self.io = io
+        self._snapshots = {}            # snapshot seq -> [snapshot, term, last used]
+        self.counters = {"fetches_served": 0, "snapshots_served": 0}
+
+    def on_fetch(self, fields, envelope, now):
+        node_id, _term, from_seq = fields
+        st = self.storage
+        if from_seq < st.first_seq:
+            self.io.reply(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
+            return
+        from_seq = min(from_seq, st.last_seq + 1)
+        self.counters["fetches_served"] += 1
+        entries = st.read_entries(from_seq, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
+        self.io.reply(envelope, protocol.encode_peer(
+            "ENTRIES", st.term, self.node_id, from_seq - 1, st.term_at(from_seq - 1), entries,
+            self.engine.commit_seq, st.last_seq))
+
+    def on_snapshot(self, fields, envelope, now):
+        node_id, _term, asked_seq, asked_cursor = fields
+        snapshot_seq, cursor = asked_seq, asked_cursor
+        held = self._snapshots.get(snapshot_seq) if snapshot_seq else None
+        if held is None:
+            # Taken between loop iterations, data is exactly at applied_seq.
+            snapshot_seq = self.storage.applied_seq
+            held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now]
+            self._snapshots[snapshot_seq] = held
+            self.counters["snapshots_served"] += 1
+            cursor = None
+            log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
+        held[2] = now
+        items, next_cursor = self.storage.snapshot_page(held[0], cursor, SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_BYTES)
+        self.io.reply(envelope, protocol.encode_peer(
+            "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
+            items, next_cursor))
+
+    def housekeeping(self, now):
+        for seq in [s for s, held in self._snapshots.items() if now - held[2] > SNAPSHOT_IDLE]:
+            del self._snapshots[seq]
+
+    def close(self):
+        self._snapshots.clear()     # snapshots hold RocksDB open
+
+
+class Primary:
+    """The primary's side: publishes the log and counts acknowledgements (LogServer answers FETCH
+    and SNAPSHOT)."""
+
+    def __init__(self, engine, config, io, now):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
@@ -32,13 +84,11 @@ class Primary:
         self.node_id = config.node_id
         self.match = {p.node_id: 0 for p in config.peers}        # highest seq each peer holds durably
         self.acked_round = {p.node_id: 0 for p in config.peers}  # highest heartbeat round each answered
-        self.last_heard = {p.node_id: None for p in config.peers}
+        self.last_heard = {p.node_id: now for p in config.peers}  # a grace period from the start of the term
         self.majority = config.cluster_size // 2 + 1
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
-        self._snapshots = {}            # snapshot seq -> [snapshot, term, last used]
-        self.counters = {"fetches_served": 0, "snapshots_served": 0}
-        self._handlers = {"ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}
+        self.counters = {}
 
     # ------------------------------------------------------------ the stream
 
@@ -79,71 +129,33 @@ class Primary:
         values = sorted([self.round, *self.acked_round.values()], reverse=True)
         return values[self.majority - 1]
 
-    # ------------------------------------------------------------ messages from secondaries
+    def heard(self, node_id, now):
+        """A peer of this term answered (an ACK, a role query or reply)."""
+        if node_id in self.last_heard:
+            self.last_heard[node_id] = now
 
-    def on_message(self, msg, envelope, now):
-        handler = self._handlers.get(msg.command)
-        if handler is None:
-            log.warning("primary ignores %s", msg.command)
-            return
-        node_id, term = msg.fields[0], msg.fields[1]
-        if node_id not in self.match:
-            log.warning("ignoring %s from unknown node %s", msg.command, node_id)
-            return
-        if term > self.storage.term:
-            log.warning("node %d reports term %d above ours (%d); elections arrive with failover",
-                        node_id, term, self.storage.term)
-        self.last_heard[node_id] = now
-        handler(msg.fields, envelope, now)
+    def has_majority(self, now):
+        """Whether a majority (this node included) was heard from within election_interval."""
+        window = self.config.election_interval
+        heard = sum(1 for t in self.last_heard.values() if now - t < window)
+        return heard + 1 >= self.majority
 
-    def _on_ack(self, fields, envelope, now):
+    # ------------------------------------------------------------ acknowledgements
+
+    def on_ack(self, fields, now):
         node_id, term, last_seq, round_ = fields
-        if term != self.storage.term:
+        if term != self.storage.term or node_id not in self.match:
             return
+        self.last_heard[node_id] = now
         self.match[node_id] = last_seq          # its latest report: it may have lost data and restarted
         if self.acked_round[node_id] < round_ <= self.round:   # a round from another run means nothing
             self.acked_round[node_id] = round_
         self.advance_commit()
 
-    def _on_fetch(self, fields, envelope, now):
-        node_id, _term, from_seq = fields
-        st = self.storage
-        if from_seq < st.first_seq:
-            self.io.reply(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
-            return
-        from_seq = min(from_seq, st.last_seq + 1)
-        self.counters["fetches_served"] += 1
-        entries = st.read_entries(from_seq, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
-        self.io.reply(envelope, protocol.encode_peer(
-            "ENTRIES", st.term, self.node_id, from_seq - 1, st.term_at(from_seq - 1), entries,
-            self.engine.commit_seq, st.last_seq))
-
-    def _on_snapshot(self, fields, envelope, now):
-        node_id, _term, asked_seq, asked_cursor = fields
-        snapshot_seq, cursor = asked_seq, asked_cursor
-        held = self._snapshots.get(snapshot_seq) if snapshot_seq else None
-        if held is None:
-            # Taken between loop iterations, data is exactly at applied_seq.
-            snapshot_seq = self.storage.applied_seq
-            held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now]
-            self._snapshots[snapshot_seq] = held
-            self.counters["snapshots_served"] += 1
-            cursor = None
-            log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
-        held[2] = now
-        items, next_cursor = self.storage.snapshot_page(held[0], cursor, SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_BYTES)
-        self.io.reply(envelope, protocol.encode_peer(
-            "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
-            items, next_cursor))
-
-    def housekeeping(self, now):
-        for seq in [s for s, held in self._snapshots.items() if now - held[2] > SNAPSHOT_IDLE]:
-            del self._snapshots[seq]
-
     def status(self, now):
         window = self.config.election_interval
         return [{"node_id": pid, "role": "secondary", "last_seq": self.match[pid],
-                 "alive": self.last_heard[pid] is not None and now - self.last_heard[pid] < window}
+                 "alive": now - self.last_heard[pid] < window}
                 for pid in sorted(self.match)]
 
 
@@ -177,24 +189,29 @@ def plan_append(storage, prev_seq, prev_term, entries):
 
 
 class Secondary:
-    """A secondary's side: follows the primary's stream, repairs gaps, installs snapshots.
+    """A secondary's side: follows the primary's stream, repairs gaps, installs snapshots. One
+    instance per (term, primary): the node makes a new one when either changes.
 
     `matched` is the highest seq known to equal the primary's log: committed entries always do, and a
     CHANGE or ENTRIES from the current primary vouches for what it covers. Entries beyond it may be
-    leftovers of an earlier run of the primary, so ACKs report `matched`, never `last_seq`, and only
-    entries up to `matched` are applied."""
+    leftovers of an earlier term, so ACKs report `matched`, never `last_seq`, and only entries up to
+    `matched` are applied.
 
-    def __init__(self, engine, config, io, leader_id):
+    With `sync_target` set, this is a candidate that won and adopts the log of voter `leader_id`
+    up to seq `sync_target` through FETCH (and SNAPSHOT): the same repair path, without ACKs."""
+
+    def __init__(self, engine, config, io, leader_id, sync_target=None):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
         self.io = io
         self.node_id = config.node_id
         self.leader_id = leader_id
+        self.sync_target = sync_target
         self.leader_commit = 0
         self.leader_last = 0
         self.last_heard = None
-        self.matched = self.storage.applied_seq
+        self.matched = self.storage.applied_seq   # a new primary vouches for nothing yet
         self._last_ack = (None, 0.0)    # (matched, time) of the last ACK sent
         self._round_acked = 0           # the last HEARTBEAT round answered, in this primary's term
         self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
@@ -206,53 +223,50 @@ class Secondary:
         self._handlers = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch,
                           "HEARTBEAT": self._on_heartbeat, "NEED_SNAPSHOT": self._on_need_snapshot,
                           "SNAPSHOT_CHUNK": self._on_snapshot_chunk}
+        if sync_target is not None:
+            self._handlers.pop("CHANGE")
+            self._handlers.pop("HEARTBEAT")
 
     @property
     def installing(self):
         return self._snapshot_seq is not None or bool(self.storage.restoring)
 
+    @property
+    def synced(self):
+        """A candidate holds the adopted log: up to the voter's last seq, and nothing else."""
+        return (not self.installing and self.matched >= self.sync_target
+                and self.storage.last_seq == self.sync_target)
+
+    def start(self, now):
+        """Begin following: a candidate asks for the adopted log at once."""
+        if self.sync_target is not None:
+            self.leader_last = self.sync_target
+            self._fetch(self.matched + 1, now)
+
     # ------------------------------------------------------------ messages from the primary
 
     def on_message(self, msg, now):
+        """A message from the primary (or the voter a candidate adopts from). The node has already
+        adopted any higher term. Returns True when it came from whom this follows, in this term."""
         handler = self._handlers.get(msg.command)
-        if handler is None:
-            log.debug("secondary ignores %s", msg.command)
-            return
         fields = msg.fields
-        term, leader_id = fields[0], fields[1]
-        if term < self.storage.term:
-            return  # a stale primary
-        if (term > self.storage.term or leader_id != self.leader_id) and not self._follow(term, leader_id, now):
-            return
+        if handler is None or fields[0] != self.storage.term or fields[1] != self.leader_id or not self.leader_id:
+            return False
         leader_last = fields[-1] if msg.command in ("CHANGE", "ENTRIES", "HEARTBEAT") else None
         if leader_last is not None and leader_last < self.storage.applied_seq and not self.storage.restoring:
             # Its log is shorter than what we applied: it lost its data dir. Following it would
-            # silently diverge; until failover exists, refuse loudly.
-            log.error("primary %d's log ends at seq %d, below our applied seq %d: it lost data; not following",
-                      leader_id, leader_last, self.storage.applied_seq)
-            return
+            # silently diverge (a node with a new data dir neither bootstraps nor stands; see
+            # docs/REPLICATION.md), so refuse loudly.
+            log.error("node %d's log ends at seq %d, below our applied seq %d: it lost data; not following",
+                      self.leader_id, leader_last, self.storage.applied_seq)
+            return False
         self.last_heard = now
         handler(msg.command, fields, now)
-
-    def _follow(self, term, leader_id, now):
-        peer = next((p for p in self.config.peers if p.node_id == leader_id), None)
-        if peer is None:
-            log.warning("term %d primary %d is not a configured peer; ignoring it", term, leader_id)
-            return False
-        log.info("following primary %d in term %d", leader_id, term)
-        self.engine.follow(term, leader_id, peer.address)
-        self.leader_id = leader_id
-        self.matched = self.storage.applied_seq   # a new primary vouches for nothing yet
-        self._last_ack = (None, 0.0)
-        self._round_acked = 0                     # rounds are numbered per primary term
-        self._outstanding = None
-        if self._snapshot_seq is not None:
-            self._snapshot_seq = None             # ask the new primary (FETCH leads to NEED_SNAPSHOT)
         return True
 
     def _ack(self, now):
-        if self.installing:
-            return  # our log is being replaced: nothing to report until the snapshot is in
+        if self.installing or self.sync_target is not None:
+            return  # our log is being replaced, or we adopt a voter's log: nothing to report
         self._last_ack = (self.matched, now)
         self.io.send_to(self.leader_id, protocol.encode_peer(
             "ACK", self.node_id, self.storage.term, self.matched, self._round_acked))

@@ -12,7 +12,7 @@ import zmq
 
 from . import __version__, errors, protocol, transport
 from .engine import Engine
-from .leader import Primary, Secondary
+from .roles import Roles
 from .storage import Storage
 
 MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit)
@@ -21,8 +21,6 @@ SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at s
 # Test-only: drop this fraction of published change messages, to prove the repair path
 # (docs/TESTING.md). Never set in production.
 DROP_ENV = "ZMQSTORE_TEST_DROP_CHANGES"
-# Test-only: a secondary dies like kill -9 after installing this many snapshot chunks.
-CRASH_IN_SNAPSHOT_ENV = "ZMQSTORE_TEST_CRASH_IN_SNAPSHOT"
 
 log = logging.getLogger("zmqstore.node")
 
@@ -45,9 +43,8 @@ class Node:
         self.config = config
         self._stopping = False
         self._ctx = zmq.Context()
-        self.router = self.pub = self.sub = self.storage = self.engine = None
+        self.router = self.pub = self.sub = self.storage = self.engine = self.roles = None
         self.dealers = {}
-        self.primary = self.secondary = None
         self._waiters = collections.deque()
         self._round_wanted = False
         self._drop_rate = float(os.environ.get(DROP_ENV, "0") or 0)
@@ -67,54 +64,22 @@ class Node:
                         self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
                         source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20),
                         immediate=True)
-            self._choose_role()
+            if config.peers:
+                self.roles = Roles(self, self.engine, config, time.monotonic())
+                self.engine.extra_status = lambda: self.roles.status(time.monotonic())
+            else:
+                self.engine.become_primary(max(self.storage.term, 1))
+                if self.storage.learner:
+                    self.engine.set_learner(False)
         except BaseException:
             self.engine = None
             self._close()
             raise
 
-    def _choose_role(self):
-        cfg, st = self.config, self.storage
-        if not cfg.peers:
-            self.engine.become_primary(max(st.term, 1))
-            return
-        if cfg.write_quorum == 1:
-            log.warning("write_quorum = 1: writes are acknowledged before any secondary holds them "
-                        "(asynchronous replication); a primary crash can lose acknowledged writes")
-        fresh = st.term == 0 and st.last_seq == 0
-        if fresh and cfg.role == "primary":
-            log.info("empty data dir and --role primary: bootstrapping the cluster as primary of term 1")
-            self.engine.become_primary(1)
-        elif not fresh and st.leader_id == cfg.node_id:
-            # A new term: whatever a secondary received from our previous run but we did not make
-            # durable conflicts with our log by term, so it is truncated, never mistaken for ours.
-            log.info("was primary of term %d (recorded in the data dir): resuming as primary of term %d",
-                     st.term, st.term + 1)
-            self.engine.become_primary(st.term + 1)
-        else:
-            if not fresh and cfg.role is not None:
-                log.info("data dir has state (term %d, last_seq %d): --role %s is ignored",
-                         st.term, st.last_seq, cfg.role)
-            leader = next((p for p in cfg.peers if p.node_id == st.leader_id), None)
-            self.engine.follow(st.term, st.leader_id, leader.address if leader else None)
-        if self.engine.role == "primary":
-            self.primary = Primary(self.engine, cfg, self)
-        else:
-            self.secondary = Secondary(self.engine, cfg, self, st.leader_id)
-            crash_after = int(os.environ.get(CRASH_IN_SNAPSHOT_ENV, "0") or 0)
-            if crash_after:
-                self.secondary.crash_after_chunks = crash_after
-        self.engine.extra_status = self._replication_status
-
-    def _replication_status(self):
-        now = time.monotonic()
-        side = self.primary or self.secondary
-        peers = side.status(now)
-        by_id = {p.node_id: p for p in self.config.peers}
-        for row in peers:
-            peer = by_id.get(row["node_id"])
-            row["address"] = peer.address if peer else None
-        return {"peers": peers, "write_quorum": self.config.write_quorum, **side.counters}
+    @property
+    def primary(self):
+        """The Primary side while this node leads a replicated cluster, else None."""
+        return self.roles.primary if self.roles is not None else None
 
     # ------------------------------------------------------------ io for leader.py
 
@@ -136,6 +101,12 @@ class Node:
 
     def reply(self, envelope, body):
         transport.send_frames(self.router, envelope + [body])
+
+    def fail_waiters(self):
+        """This node stopped being primary: no reply it holds may say its request succeeded. Writes
+        get replication_timeout (their entries may still commit under the next primary), reads
+        unavailable."""
+        self._release(time.monotonic(), fail_all=True)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -189,6 +160,8 @@ class Node:
         for sock in (self.pub, self.sub, *self.dealers.values()):
             if sock is not None:
                 sock.close(linger=0)
+        if self.roles is not None:
+            self.roles.close()
         if self.storage is not None:
             self.storage.close()
         self._ctx.term()
@@ -210,8 +183,11 @@ class Node:
         now = time.monotonic()
         next_chores = now + HOUSEKEEPING_INTERVAL
         next_beat = now if self.config.peers else float("inf")
+        election = self.roles.election if self.roles is not None else None
         while not self._stopping:
             now = time.monotonic()
+            if election is not None:
+                election.note_loop(now)
             if now >= next_chores:
                 self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_INTERVAL
@@ -233,14 +209,11 @@ class Node:
 
     def _housekeeping(self, now):
         self.engine.housekeeping(now)
-        if self.primary is not None:
-            self.primary.housekeeping(now)
+        if self.roles is not None:
+            self.roles.housekeeping(now)
 
     def _beat(self, now):
-        if self.primary is not None:
-            self.primary.heartbeat()
-        elif self.secondary is not None:
-            self.secondary.tick(now)
+        self.roles.tick(now)
 
     def _drain_wakeups(self):
         try:
@@ -331,17 +304,19 @@ class Node:
         self._waiters.append(Waiter(wait_seq, wait_round, time.monotonic() + self.config.replication_timeout,
                                     envelope, reply, request.request_id, is_write))
 
-    def _release(self, now):
-        """Send the waiting replies that are ready, in arrival order; time out the expired ones."""
+    def _release(self, now, fail_all=False):
+        """Send the waiting replies that are ready, in arrival order; time out the expired ones
+        (with fail_all: every one not ready)."""
         waiters = self._waiters
         commit = self.engine.commit_seq
-        confirmed = self.primary.confirmed_round() if self.primary is not None else 0
+        primary = self.primary
+        confirmed = primary.confirmed_round() if primary is not None else 0
         send_frames, router = transport.send_frames, self.router
         while waiters:
             w = waiters[0]
-            if w.seq <= commit and w.round <= confirmed:
+            if w.seq <= commit and w.round <= confirmed and not fail_all:
                 send_frames(router, w.envelope + [w.reply])
-            elif w.deadline <= now:
+            elif w.deadline <= now or fail_all:
                 if w.is_write:
                     body = protocol.encode_error(
                         w.request_id, "replication_timeout", f"not confirmed by write_quorum = "
@@ -358,11 +333,9 @@ class Node:
     # ------------------------------------------------------------ peer messages
 
     def _on_peer_request(self, message, envelope):
-        if self.primary is not None:
-            self.primary.on_message(message, envelope, time.monotonic())
-        elif not self.config.peers:
+        if self.roles is None:
             raise errors.UnsupportedOperation(f"{message.command} is a peer message; this node has no peers")
-        # a secondary ignores ACK/FETCH/SNAPSHOT: the sender retries at whoever is primary
+        self.roles.on_request(message, envelope, time.monotonic())
 
     def _serve_peer_socket(self, sock):
         limits = self.engine.limits
@@ -376,10 +349,9 @@ class Node:
             except errors.RequestError as exc:
                 log.warning("dropping a malformed peer message: %s", exc)
                 continue
-            if self.secondary is not None:
-                try:
-                    self.secondary.on_message(message, time.monotonic())
-                except errors.StorageError:
-                    raise
-                except Exception:  # a peer's bad entry must not take this node down
-                    log.exception("dropping a %s that could not be processed", message.command)
+            try:
+                self.roles.on_message(message, time.monotonic())
+            except errors.StorageError:
+                raise
+            except Exception:  # a peer's bad entry must not take this node down
+                log.exception("dropping a %s that could not be processed", message.command)

@@ -21,6 +21,7 @@ BOOL = "bool"
 OPT_UINT = "opt_uint"      # non-negative int or nil
 ITEMS = "items"            # array of [KEY, VALUE], 1..max_batch_items entries
 UINT = "uint"              # unsigned 64-bit int
+STR = "str"                # str of at most STR_MAX characters (peer messages: roles, addresses)
 
 # Client requests: command -> ((field name, field type), ...). See docs/PROTOCOL.md section "Commands".
 REQUESTS = {
@@ -39,23 +40,36 @@ WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY"})
 # Peer messages (leader mode, docs/REPLICATION.md). Layout: [version, command, field...].
 BIN_LIST = "bin_list"      # array of bin (log entries as stored)
 PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
-_LOG_BATCH = (("term", UINT), ("leader_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),
-              ("entries", BIN_LIST), ("commit_seq", UINT), ("leader_last_seq", UINT))
+# sender_id: the node sending; for CHANGE and HEARTBEAT that is the primary of `term`.
+_LOG_BATCH = (("term", UINT), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),
+              ("entries", BIN_LIST), ("commit_seq", UINT), ("sender_last_seq", UINT))
+# A node's state as ROLE and ROLE_REPLY carry it (election.py).
+_ROLE = (("node_id", UINT), ("term", UINT), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
+         ("last_term", UINT), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
+         ("address", STR), ("pub_address", STR))
 PEER_MESSAGES = {
     # secondary -> primary, DEALER -> ROUTER
     "ACK": (("node_id", UINT), ("term", UINT), ("last_seq", UINT), ("round", UINT)),
+    # any node -> any node (a secondary to its primary, a candidate to the voter whose log it adopts)
     "FETCH": (("node_id", UINT), ("term", UINT), ("from_seq", UINT)),
     "SNAPSHOT": (("node_id", UINT), ("term", UINT), ("snapshot_seq", UINT), ("cursor", OPT_KEY)),
     # primary -> secondaries: PUB
     "CHANGE": _LOG_BATCH,
-    "HEARTBEAT": (("term", UINT), ("leader_id", UINT), ("round", UINT), ("commit_seq", UINT),
-                  ("leader_last_seq", UINT)),
-    # primary -> one secondary: ROUTER replies
+    "HEARTBEAT": (("term", UINT), ("sender_id", UINT), ("round", UINT), ("commit_seq", UINT),
+                  ("sender_last_seq", UINT)),
+    # answers to FETCH and SNAPSHOT: ROUTER replies
     "ENTRIES": _LOG_BATCH,
-    "NEED_SNAPSHOT": (("term", UINT), ("leader_id", UINT), ("first_seq", UINT)),
-    "SNAPSHOT_CHUNK": (("term", UINT), ("leader_id", UINT), ("asked_seq", UINT), ("asked_cursor", OPT_KEY),
+    "NEED_SNAPSHOT": (("term", UINT), ("sender_id", UINT), ("first_seq", UINT)),
+    "SNAPSHOT_CHUNK": (("term", UINT), ("sender_id", UINT), ("asked_seq", UINT), ("asked_cursor", OPT_KEY),
                        ("snapshot_seq", UINT), ("snapshot_term", UINT), ("items", PAIR_LIST),
                        ("next_cursor", OPT_KEY)),
+    # every node <-> every node: role queries (DEALER -> ROUTER) and their replies are the heartbeats
+    "ROLE": _ROLE,
+    "ROLE_REPLY": _ROLE,
+    # elections: a candidate asks (DEALER -> ROUTER), each node answers (ROUTER reply)
+    "VOTE_REQUEST": (("term", UINT), ("candidate_id", UINT), ("last_seq", UINT), ("last_term", UINT)),
+    "VOTE": (("term", UINT), ("node_id", UINT), ("granted", BOOL), ("last_seq", UINT), ("last_term", UINT),
+             ("first_seq", UINT)),
 }
 
 # Reply status words.
@@ -74,6 +88,7 @@ PEER_ARRAY_MAX = 10_000  # entries or snapshot items in one peer message
 # Python (no `default` hook) and resets its buffer on error.
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 CLIENT_ID_MAX = 64
+STR_MAX = 256
 UINT64_MAX = (1 << 64) - 1
 
 
@@ -109,7 +124,12 @@ class LogEntry(NamedTuple):
     term: int
     client_id: bytes
     request_id: int
-    ops: tuple           # ((OP_PUT, key, value) | (OP_DEL, key), ...)
+    ops: tuple           # ((OP_PUT, key, value) | (OP_DEL, key), ...); None: a fence (see FENCE)
+
+
+# A log entry whose ops are FENCE (nil) applies nothing: it records that the client's request id
+# was declared not_found by OUTCOME and must never be applied (docs/REPLICATION.md).
+FENCE = None
 
 
 # ---------------------------------------------------------------- values
@@ -306,6 +326,11 @@ def _check_uint(command, name, value, limits):
         raise errors.BadArgument(f"{command}.{name} must be an unsigned 64-bit integer")
 
 
+def _check_str(command, name, value, limits):
+    if type(value) is not str or len(value) > STR_MAX:
+        raise errors.BadArgument(f"{command}.{name} must be a string of at most {STR_MAX} characters")
+
+
 def _check_bin_list(command, name, value, limits):
     if type(value) is not list or any(type(v) is not bytes for v in value):
         raise errors.BadArgument(f"{command}.{name} must be an array of bin")
@@ -322,7 +347,7 @@ def _check_pair_list(command, name, value, limits):
 _CHECKERS = {
     KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
-    UINT: _check_uint, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
+    UINT: _check_uint, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}

@@ -54,13 +54,22 @@ class Sessions:
         return session.outcomes.get(request_id)
 
     def record(self, client_id, request_id, seq, now):
+        """seq: the log entry holding the request; negative for a fence (never to be applied)."""
         session = self._clients.get(client_id)
         if session is None:
             session = self._clients[client_id] = _Session(now)
+        session.last_seen = now     # on a secondary, its writes are the only sign the client lives
         outcomes = session.outcomes
         outcomes[request_id] = seq
         if len(outcomes) > MAX_OUTCOMES_PER_CLIENT:
             outcomes.popitem(last=False)   # a client holding open_from down forever cannot grow this
+
+    def forget_from(self, seq):
+        """Drop the records of entries from seq on (truncated: they are no longer in the log)."""
+        for session in self._clients.values():
+            dropped = [rid for rid, s in session.outcomes.items() if abs(s) >= seq]
+            for rid in dropped:
+                del session.outcomes[rid]
 
     def expire(self, now):
         """Forget clients silent for longer than the timeout; returns how many."""

@@ -26,12 +26,15 @@ META_LAST_TERM = b"last_term"    # term of the entry at last_seq (or of the snap
 META_TRIM_TERM = b"trim_term"    # term of the entry at first_seq - 1 (trimmed, or the snapshot's)
 META_LEADER = b"leader_id"      # the primary this node knows for `term` (0: unknown)
 META_RESTORING = b"restoring"   # 1 while a snapshot is being installed: data is incomplete
+META_VOTED_FOR = b"voted_for"   # the node this node voted for in `term` (0: none)
+META_LEARNER = b"learner"       # 1: a new data dir that has not caught up yet; it must not vote
 
 # meta key -> Storage attribute holding its value in memory
 _META_ATTRS = {
     META_LAST_SEQ: "last_seq", META_APPLIED_SEQ: "applied_seq", META_FIRST_SEQ: "first_seq",
     META_TERM: "term", META_LAST_TERM: "last_term", META_TRIM_TERM: "trim_term",
-    META_LEADER: "leader_id", META_RESTORING: "restoring",
+    META_LEADER: "leader_id", META_RESTORING: "restoring", META_VOTED_FOR: "voted_for",
+    META_LEARNER: "learner",
 }
 # An upper bound for every key (keys are at most 65,536 bytes), for range deletes of all data.
 _ALL_KEYS_END = b"\xff" * 65537
@@ -109,6 +112,7 @@ class Storage:
         for name, attr in _META_ATTRS.items():
             setattr(self, attr, _u64(self._meta.get(name)))
         self.first_seq = self.first_seq or 1
+        self.created = False          # True when open() made this data dir just now
         self._closed = False
 
     # ------------------------------------------------------------ open / close
@@ -137,13 +141,21 @@ class Storage:
                 raise DataDirError(f"data dir {data_dir} is in use by another process (RocksDB lock held); "
                                    f"stop that node or choose another --data-dir") from None
             raise DataDirError(f"cannot open RocksDB in {db_path}: {text}") from None
+        storage = cls(data_dir, db, fsync)
         if fresh:
+            # A new data dir may belong to a node that voted before and lost its disk: it is a
+            # learner until it has caught up (docs/REPLICATION.md); bootstrapping clears this.
+            # Written before the marker, so no marked data dir lacks it.
+            storage.created = True
+            batch = storage.batch()
+            batch.set_meta(META_LEARNER, 1)
+            storage.commit(batch)
             try:
                 _write_marker(marker_path, node_id, mode)
             except OSError as exc:
-                db.close()
+                storage.close()
                 raise DataDirError(f"cannot write {marker_path}: {exc.strerror}") from None
-        return cls(data_dir, db, fsync)
+        return storage
 
     def close(self):
         """Release RocksDB (and its LOCK). Every column-family view holds the DB open, so all are closed

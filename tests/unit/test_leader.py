@@ -3,7 +3,7 @@ import pytest
 
 from zmqstore import config, errors, protocol
 from zmqstore.engine import Engine
-from zmqstore.leader import FETCH_RETRY, Plan, Primary, Secondary, plan_append
+from zmqstore.leader import FETCH_RETRY, LogServer, Plan, Primary, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
 from zmqstore.storage import Storage
 
@@ -43,6 +43,12 @@ def make(tmp_path):
         st.close()
 
 
+def follow(eng, cfg, io, term, leader_id=1):
+    """What roles.py does on hearing the primary of a new term: persist it, start a new Secondary."""
+    eng.follow(term, leader_id, "127.0.0.1:%d" % (9000 + leader_id))
+    return Secondary(eng, cfg, io, leader_id)
+
+
 def cycle(eng, primary):
     """What the node does at the end of a loop iteration, minus the sockets."""
     staged = eng.take_staged()
@@ -78,7 +84,7 @@ def test_primary_commits_at_quorum_and_applies(make):
     eng, cfg = make(1)
     eng.become_primary(1)                      # stages the term's empty entry, seq 1
     io = FakeIO()
-    primary = Primary(eng, cfg, io)
+    primary = Primary(eng, cfg, io, 0.0)
     call = protocol.encode_request("PUT", b"c", 1, 1, b"k", protocol.pack_value(7))
     reply, wait_seq = eng.handle(protocol.decode_request(call))
     assert wait_seq == 2
@@ -87,7 +93,7 @@ def test_primary_commits_at_quorum_and_applies(make):
     assert change.command == "CHANGE" and change.fields[2:4] == (0, 0) and len(change.fields[4]) == 2
     assert protocol.decode_entry(change.fields[4][0]).ops == ()
     assert eng.commit_seq == 0 and eng.storage.get(b"k") is None       # durable on one node of three
-    primary.on_message(PeerMessage("ACK", (2, 1, 2, 0)), [b"node-2"], now=1.0)
+    primary.on_ack((2, 1, 2, 0), now=1.0)
     assert eng.commit_seq == 2
     eng.apply_to_commit()
     assert eng.storage.get(b"k") == protocol.pack_value(7) and eng.storage.applied_seq == 2
@@ -99,10 +105,10 @@ def test_primary_never_counts_what_it_does_not_hold(make):
     """Entries go out before the primary's own fsync: secondaries holding them is not enough."""
     eng, cfg = make(1)
     eng.become_primary(1)
-    primary = Primary(eng, cfg, FakeIO())
+    primary = Primary(eng, cfg, FakeIO(), 0.0)
     primary.publish_entries(*eng.take_staged())          # published, not yet flushed
-    primary.on_message(PeerMessage("ACK", (2, 1, 1, 0)), [b"node-2"], now=1.0)
-    primary.on_message(PeerMessage("ACK", (3, 1, 1, 0)), [b"node-3"], now=1.0)
+    primary.on_ack((2, 1, 1, 0), now=1.0)
+    primary.on_ack((3, 1, 1, 0), now=1.0)
     assert eng.commit_seq == 0
     eng.flush()
     primary.advance_commit()
@@ -112,34 +118,35 @@ def test_primary_never_counts_what_it_does_not_hold(make):
 def test_primary_read_rounds_need_a_majority(make):
     eng, cfg = make(1)
     eng.become_primary(1)
-    primary = Primary(eng, cfg, FakeIO())
+    primary = Primary(eng, cfg, FakeIO(), 0.0)
     primary.heartbeat(start_round=True)
     assert primary.round == 1 and primary.confirmed_round() == 0
-    primary.on_message(PeerMessage("ACK", (3, 1, 0, 1)), [b"node-3"], now=1.0)
+    primary.on_ack((3, 1, 0, 1), now=1.0)
     assert primary.confirmed_round() == 1
-    primary.on_message(PeerMessage("ACK", (2, 2, 0, 5)), [b"node-2"], now=1.0)   # another term: ignored
+    primary.on_ack((2, 2, 0, 5), now=1.0)   # another term: ignored
     assert primary.acked_round[2] == 0
 
 
-def test_primary_serves_fetch_and_snapshot(make):
+def test_log_server_answers_fetch_and_snapshot(make):
     eng, cfg = make(1, log_retention=3)
     eng.become_primary(1)
     io = FakeIO()
-    primary = Primary(eng, cfg, io)
+    primary = Primary(eng, cfg, io, 0.0)
     for i in range(10):
         eng.handle(protocol.decode_request(protocol.encode_request(
             "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
         cycle(eng, primary)
-        primary.on_message(PeerMessage("ACK", (2, 1, eng.storage.last_seq, 0)), [b"node-2"], now=1.0)
+        primary.on_ack((2, 1, eng.storage.last_seq, 0), now=1.0)
         eng.apply_to_commit()
     assert eng.commit_seq == 11 and eng.storage.first_seq > 1
-    primary.on_message(PeerMessage("FETCH", (3, 1, 1)), [b"node-3"], now=2.0)
+    server = LogServer(eng, cfg, io)
+    server.on_fetch((3, 1, 1), [b"node-3"], now=2.0)
     assert io.replies[-1].command == "NEED_SNAPSHOT"
-    primary.on_message(PeerMessage("FETCH", (3, 1, eng.storage.first_seq)), [b"node-3"], now=2.0)
+    server.on_fetch((3, 1, eng.storage.first_seq), [b"node-3"], now=2.0)
     entries = io.replies[-1]
     assert entries.command == "ENTRIES" and entries.fields[2] == eng.storage.first_seq - 1
     assert len(entries.fields[4]) == 11 - eng.storage.first_seq + 1
-    primary.on_message(PeerMessage("SNAPSHOT", (3, 1, 0, None)), [b"node-3"], now=2.0)
+    server.on_snapshot((3, 1, 0, None), [b"node-3"], now=2.0)
     chunk = io.replies[-1]
     assert chunk.command == "SNAPSHOT_CHUNK" and chunk.fields[2:5] == (0, None, 11) and len(chunk.fields[6]) == 10
     assert chunk.fields[7] is None                                   # the last chunk
@@ -148,7 +155,7 @@ def test_primary_serves_fetch_and_snapshot(make):
 def test_secondary_appends_acks_and_repairs_gaps(make):
     eng, cfg = make(2)
     io = FakeIO()
-    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec = follow(eng, cfg, io, 1)
     sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 1, 2)), now=0.0)
     assert eng.storage.term == 1 and eng.storage.leader_id == 1 and eng.role == "secondary"
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 2, 0)))
@@ -165,14 +172,15 @@ def test_secondary_appends_acks_and_repairs_gaps(make):
     assert eng.storage.last_seq == 6 and eng.storage.applied_seq == 6
     sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 4, 6, 6)), now=1.6)
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 6, 4)))
-    sec.on_message(PeerMessage("HEARTBEAT", (0, 3, 1, 0, 0)), now=1.7)    # a lower term is ignored
+    assert not sec.on_message(PeerMessage("HEARTBEAT", (0, 3, 1, 0, 0)), now=1.7)    # a lower term: ignored
+    assert not sec.on_message(PeerMessage("HEARTBEAT", (1, 3, 1, 0, 0)), now=1.7)    # not its primary
     assert eng.storage.leader_id == 1
 
 
 def test_secondary_refuses_a_primary_that_lost_its_log(make):
     eng, cfg = make(2)
     io = FakeIO()
-    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec = follow(eng, cfg, io, 1)
     sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 2, 2)), now=0.0)
     sent = len(io.sent)
     sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 0, 0, 0)), now=1.0)   # its log now ends at 0
@@ -184,11 +192,12 @@ def test_secondary_never_acks_or_applies_entries_the_primary_did_not_vouch_for(m
     Restarted in term 2, the primary's log ends at 2: the secondary must not report or apply them."""
     eng, cfg = make(2)
     io = FakeIO()
-    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec = follow(eng, cfg, io, 1)
     sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"k", "old%d" % i) for i in range(5)], 2, 5)),
                    now=0.0)
     assert eng.storage.last_seq == 5 and eng.storage.applied_seq == 2
     io.sent.clear()
+    sec = follow(eng, cfg, io, 2)
     sec.on_message(PeerMessage("HEARTBEAT", (2, 1, 1, 4, 4)), now=1.0)    # term 2; its first CHANGE was lost
     assert (1, PeerMessage("ACK", (2, 2, 2, 1))) in io.sent                # matched is 2, not 5
     assert (1, PeerMessage("FETCH", (2, 2, 3))) in io.sent                 # verify from the last match
@@ -204,7 +213,7 @@ def test_secondary_never_acks_or_applies_entries_the_primary_did_not_vouch_for(m
 def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
     eng, cfg = make(2)
     io = FakeIO()
-    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec = follow(eng, cfg, io, 1)
     sec.on_message(PeerMessage("NEED_SNAPSHOT", (1, 1, 10)), now=0.0)
     assert io.sent[-1] == (1, PeerMessage("SNAPSHOT", (2, 1, 0, None)))
     sec.on_message(PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 50, 1, [[b"a", b"\x01"]], b"b")), now=0.1)
@@ -222,8 +231,8 @@ def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
 def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):
     eng, cfg = make(1)
     eng.become_primary(2)
-    primary = Primary(eng, cfg, FakeIO())
-    primary.on_message(PeerMessage("ACK", (2, 2, 0, 57)), [b"node-2"], now=1.0)   # round 57 of an old run
+    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    primary.on_ack((2, 2, 0, 57), now=1.0)   # round 57 of an old run
     primary.heartbeat(start_round=True)
     assert primary.round == 1 and primary.confirmed_round() == 0
 
@@ -231,9 +240,10 @@ def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):
 def test_secondary_numbers_rounds_afresh_for_a_new_primary_term(make):
     eng, cfg = make(2)
     io = FakeIO()
-    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec = follow(eng, cfg, io, 1)
     sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 57, 0, 0)), now=0.0)
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 0, 57)))
+    sec = follow(eng, cfg, io, 2)
     sec.on_message(PeerMessage("CHANGE", (2, 1, 0, 0, [entry(2, b"noop")], 0, 1)), now=0.1)   # new term
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 1, 0)))
 
@@ -241,7 +251,7 @@ def test_secondary_numbers_rounds_afresh_for_a_new_primary_term(make):
 def test_a_fetch_that_could_not_be_sent_goes_at_the_next_tick(make):
     eng, cfg = make(2)
     io = FakeIO()
-    sec = Secondary(eng, cfg, io, leader_id=0)
+    sec = follow(eng, cfg, io, 1)
     io.connected = False                       # the link to the primary is not up yet
     sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 0, 0, 5)), now=0.0)
     assert io.sent == []

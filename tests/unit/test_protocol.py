@@ -152,6 +152,10 @@ PEER_VALID = {
     "ENTRIES": (1, 1, 4, 1, [], 5, 6),
     "NEED_SNAPSHOT": (1, 1, 100),
     "SNAPSHOT_CHUNK": (1, 1, 0, None, 50, 1, [[b"k", b"v"]], b"next"),
+    "ROLE": (2, 3, "secondary", 1, 40, 3, 39, False, True, "127.0.0.3:9001", "127.0.0.3:10001"),
+    "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000"),
+    "VOTE_REQUEST": (4, 2, 41, 3),
+    "VOTE": (4, 3, True, 40, 3, 1),
 }
 
 
@@ -172,6 +176,9 @@ def test_peer_round_trip(command):
     raw(1, "CHANGE", 1, 1, 4, 1, ["str"], 5, 6),   # entries must be bin
     raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None),
     raw(1, "HEARTBEAT", 1, 1, 7, 5, "6"),
+    raw(1, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, "no", True, "a", "b"),    # leader_lost must be bool
+    raw(1, "ROLE", 2, 3, "x" * 300, 1, 40, 3, 39, False, True, "a", "b"),     # over 256 characters
+    raw(1, "VOTE", 4, 3, 1, 40, 3, 1),                                        # granted must be bool
 ])
 def test_bad_peer_messages_are_refused(body):
     with pytest.raises(errors.RequestError):

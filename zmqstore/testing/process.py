@@ -156,11 +156,41 @@ class Cluster:
         return node
 
     def start_all(self, timeout=20.0):
+        """Start every node, wait until each answers and one of them is primary."""
         for node_id in self.nodes:
             self.start(node_id, wait=False)
         for node in self.nodes.values():
             node.wait_ready(timeout)
+        self.wait_primary(timeout)
         return self
+
+    def role_of(self, node_id):
+        """(role, term) the node reports, or None when it does not answer."""
+        node = self.nodes[node_id]
+        if not node.alive():
+            return None
+        try:
+            with node.client(timeout=0.5, retry=Retry(max_tries=1)) as c:
+                st = c.status()
+                return st["role"], st["term"]
+        except ZmqstoreError:
+            return None
+
+    def primaries(self):
+        """{node id: term} of the live nodes that say they are primary."""
+        found = {}
+        for node_id in self.nodes:
+            role = self.role_of(node_id)
+            if role is not None and role[0] == "primary":
+                found[node_id] = role[1]
+        return found
+
+    def wait_primary(self, timeout=20.0, among=None):
+        """Wait until a node (one of `among`, if given) is primary; returns its id."""
+        def one():
+            found = [n for n in self.primaries() if among is None or n in among]
+            return found[0] if found else None
+        return wait_until(one, timeout, interval=0.05, message="a primary elected")
 
     @property
     def endpoints(self):

@@ -1,0 +1,112 @@
+"""Failure detection, standing and vote counting (election.py) with a fake clock."""
+from types import SimpleNamespace
+
+from zmqstore import config
+from zmqstore.election import OPEN_FIELD_AFTER, Election
+
+PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3)]
+
+
+def make(node_id, size=3):
+    peers = [p for p in PEERS[:size] if p["node_id"] != node_id]
+    cfg = config.resolve(None, {"node_id": node_id, "port": 9100 + node_id, "data_dir": "/tmp/unused", "peers": peers})
+    return Election(cfg, now=0.0)
+
+
+def role(node_id, term=1, role_="secondary", leader_id=1, lost=False, voter=True, last_seq=10):
+    return (node_id, term, role_, leader_id, last_seq, term, last_seq, lost, voter, "h:1", "h:2")
+
+
+def test_loss_is_judged_after_election_interval():
+    e = make(2)
+    e.heard_leader(1.0)
+    assert not e.leader_lost(1.4, leader_id=1)
+    assert e.leader_lost(1.5, leader_id=1)
+    assert e.leader_lost(1.0, leader_id=0)          # no primary known at all
+
+
+def test_stands_only_when_a_majority_lost_the_primary_and_it_is_the_lowest():
+    e2, e3 = make(2), make(3)
+    for e in (e2, e3):
+        e.on_role(role(3 if e is e2 else 2, lost=False), 1.0)
+    assert not e2.should_stand(1.0, term=1)       # node 3 still hears the primary: no majority lost
+    e2.on_role(role(3, lost=True), 1.1)
+    e3.on_role(role(2, lost=True), 1.1)
+    assert e2.should_stand(1.1, term=1)           # lowest alive voter
+    assert not e3.should_stand(1.1, term=1)       # node 2 is lower and alive
+    assert not e2.should_stand(1.1 + e2.interval, term=1)   # node 3's view went stale: not alive
+
+
+def test_learners_neither_count_nor_stand_before_others():
+    e3 = make(3)
+    e3.on_role(role(2, lost=True, voter=False), 1.0)
+    assert not e3.should_stand(1.0, term=1)       # node 2 is a learner: its view does not count
+    e3.on_role(role(1, lost=True, voter=True), 1.0)
+    assert not e3.should_stand(1.0, term=1)       # node 1 (a voter, lower) is the one to stand
+
+
+def test_any_voter_may_stand_after_a_long_time_without_a_primary():
+    e3 = make(3)
+    e3.on_role(role(2, lost=True), 0.0)
+    e3.leader_lost(0.0, leader_id=0)               # leaderless from 0.0
+    late = OPEN_FIELD_AFTER * e3.interval + e3.interval   # past any jitter
+    e3.on_role(role(2, lost=True), late)
+    assert e3.should_stand(late, term=1)
+
+
+def test_a_pause_of_this_node_is_not_taken_for_silence_of_others():
+    e = make(2)
+    e.note_loop(0.1)
+    e.heard_leader(1.0)
+    e.on_role(role(3), 1.0)
+    for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.05):
+        e.note_loop(t)                              # the loop runs every 0.1 s at most
+    assert e.counters["pauses_detected"] == 0
+    e.note_loop(4.0)                                # 3 s without running (SIGSTOP, GC)
+    assert not e.leader_lost(4.0, leader_id=1) and e.alive(3, 4.0)
+    assert e.counters["pauses_detected"] == 1
+
+
+def test_votes_a_majority_wins_and_the_best_log_is_adopted():
+    e = make(1)
+    e.on_role(role(2, term=3), 0.0)
+    term = e.stand(1.0, term=3, last_term=3, last_seq=10, reason="test")
+    assert term == 4 and e.candidacy.votes.keys() == {1}
+    assert not e.on_vote(4, 2, False, 12, 3, 1.01)            # a refusal
+    assert not e.on_vote(3, 2, True, 12, 3, 1.01)             # another term
+    assert e.on_vote(4, 2, True, 12, 3, 1.02)                 # a majority of 3
+    assert e.best_log() == (2, 12, 3)                          # node 2's log is longer
+    e.finish(1.05, won=True)
+    assert e.latest["outcome"] == "won" and e.latest["votes"] == [1, 2] and e.latest["duration_ms"] == 50.0
+
+
+def test_own_log_wins_a_tie_and_a_higher_last_term_beats_a_longer_log():
+    e = make(1)
+    e.stand(0.0, term=1, last_term=2, last_seq=10, reason="test")
+    e.on_vote(2, 2, True, 10, 2, 0.1)
+    assert e.best_log()[0] == 1
+    e = make(1)
+    e.stand(0.0, term=1, last_term=2, last_seq=10, reason="test")
+    e.on_vote(2, 3, True, 50, 1, 0.1)
+    assert e.best_log()[0] == 1
+
+
+def test_a_failed_candidacy_backs_off():
+    e = make(1)
+    e.on_role(role(2, lost=True), 0.0)
+    e.stand(0.0, term=1, last_term=1, last_seq=1, reason="test")
+    assert e.expired(e.interval)
+    e.finish(e.interval, won=False)
+    assert e.latest["outcome"] == "failed" and e.backoff_until >= e.interval
+
+
+def test_vote_granting_rules():
+    st = SimpleNamespace(term=3, voted_for=0, learner=0)
+    assert Election.grants(4, 2, st, lost_primary=True)
+    assert not Election.grants(4, 2, st, lost_primary=False)    # still hears its primary
+    assert not Election.grants(2, 2, st, lost_primary=True)     # an older term
+    st.voted_for = 3
+    assert not Election.grants(3, 2, st, lost_primary=True)     # voted for another in this term
+    assert Election.grants(3, 3, st, lost_primary=True)         # the same vote, asked again
+    st.learner = 1
+    assert not Election.grants(5, 2, st, lost_primary=True)     # a learner never votes

@@ -1,0 +1,199 @@
+"""Leader-mode failure detection, terms and votes (docs/REPLICATION.md, "Roles, elections and failover").
+
+No I/O and no storage writes: the node gives this the role queries, votes and the time it receives;
+this keeps the views of the peers and decides when the primary is lost, when to stand, whether a
+vote is won and whose log to adopt. The node persists terms and votes and sends the messages.
+"""
+import logging
+import random
+from typing import NamedTuple
+
+log = logging.getLogger(__name__)
+
+OPEN_FIELD_AFTER = 3      # election intervals without a primary after which any voter may stand
+
+
+class PeerView:
+    """What a peer last said about itself in a ROLE or ROLE_REPLY."""
+
+    __slots__ = ("heard", "term", "role", "leader_id", "last_seq", "last_term", "commit_seq", "leader_lost",
+                 "voter", "address", "pub_address")
+
+    def __init__(self):
+        self.heard = None
+        self.term = self.leader_id = self.last_seq = self.last_term = self.commit_seq = 0
+        self.role = "unknown"
+        self.leader_lost = False
+        self.voter = False
+        self.address = self.pub_address = ""
+
+
+class Vote(NamedTuple):
+    last_term: int
+    last_seq: int
+
+
+class Candidacy:
+    __slots__ = ("term", "started", "deadline", "votes", "reason", "won_at")
+
+    def __init__(self, term, now, deadline, reason):
+        self.term, self.started, self.deadline, self.reason = term, now, deadline, reason
+        self.votes = {}         # node id -> Vote
+        self.won_at = None
+
+
+class Election:
+    def __init__(self, config, now):
+        self.node_id = config.node_id
+        self.interval = config.election_interval
+        self.cluster_size = config.cluster_size
+        self.majority = config.cluster_size // 2 + 1
+        self.views = {p.node_id: PeerView() for p in config.peers}
+        self.leader_heard = now         # the last word from the primary of our term (start-up counts)
+        self.leaderless_since = now     # since when no primary is known or heard (None: one is)
+        self._open_field_jitter = random.uniform(0, self.interval)
+        self.backoff_until = 0.0
+        self.candidacy = None
+        self.last_loop = now
+        self.latest = None              # the latest election this node stood in, for STATUS
+        self.counters = {"elections_started": 0, "elections_won": 0, "pauses_detected": 0}
+
+    # ------------------------------------------------------------ hearing
+
+    def note_loop(self, now):
+        """Called at the top of every loop iteration. A long gap means this node was not running (a
+        GC pause, SIGSTOP, an overloaded machine): it heard nothing because it did not listen, so
+        every "last heard" restarts now instead of being judged against its own pause."""
+        if now - self.last_loop > self.interval / 2:
+            self.counters["pauses_detected"] += 1
+            log.warning("the loop did not run for %.0f ms: not judging peers by that gap",
+                        (now - self.last_loop) * 1000)
+            self.leader_heard = now
+            for view in self.views.values():
+                if view.heard is not None:
+                    view.heard = now
+            if self.candidacy is not None:
+                self.candidacy.deadline = max(self.candidacy.deadline, now + self.interval)
+        self.last_loop = now
+
+    def on_role(self, fields, now):
+        """A ROLE or ROLE_REPLY: update the sender's view. Returns it (None: not a configured peer)."""
+        node_id = fields[0]
+        view = self.views.get(node_id)
+        if view is None:
+            return None
+        (_, view.term, view.role, view.leader_id, view.last_seq, view.last_term, view.commit_seq,
+         view.leader_lost, view.voter, view.address, view.pub_address) = fields
+        view.heard = now
+        return view
+
+    def heard_leader(self, now):
+        self.leader_heard = now
+        self.leaderless_since = None
+
+    def alive(self, node_id, now):
+        view = self.views[node_id]
+        return view.heard is not None and now - view.heard < self.interval
+
+    def peers_heard(self, now):
+        return [pid for pid in self.views if self.alive(pid, now)]
+
+    def leader_lost(self, now, leader_id):
+        """A secondary's judgement: no primary known, or none heard for election_interval."""
+        lost = not leader_id or now - self.leader_heard >= self.interval
+        if lost and self.leaderless_since is None:
+            self.leaderless_since = now
+        return lost
+
+    # ------------------------------------------------------------ standing
+
+    def should_stand(self, now, term):
+        """Whether this voter, having lost the primary, starts an election now (docs/REPLICATION.md:
+        a majority reports the primary lost, and this is the lowest alive voter, or nobody has led
+        for a while)."""
+        if self.candidacy is not None or now < self.backoff_until:
+            return False
+        alive = [pid for pid in self.views if self.alive(pid, now) and self.views[pid].voter]
+        lost = 1 + sum(1 for pid in alive if self.views[pid].leader_lost)
+        if lost < self.majority:
+            return False
+        if min([self.node_id, *alive]) == self.node_id:
+            return True
+        since = self.leaderless_since
+        return since is not None and now - since >= OPEN_FIELD_AFTER * self.interval + self._open_field_jitter
+
+    def stand(self, now, term, last_term, last_seq, reason):
+        """Start a candidacy; returns its term (one above every term seen). The node persists the
+        term and its own vote before any VOTE_REQUEST leaves."""
+        new_term = max([term, *(v.term for v in self.views.values())]) + 1
+        self.candidacy = Candidacy(new_term, now, now + self.interval, reason)
+        self.candidacy.votes[self.node_id] = Vote(last_term, last_seq)
+        self.counters["elections_started"] += 1
+        self.latest = {"term": new_term, "candidate": self.node_id, "reason": reason, "votes": [self.node_id],
+                       "outcome": "voting", "duration_ms": None}
+        return new_term
+
+    def on_vote(self, term, node_id, granted, last_seq, last_term, now):
+        """A VOTE for our candidacy. Returns True when it makes a majority (the election is won)."""
+        c = self.candidacy
+        if c is None or term != c.term or c.won_at is not None or node_id not in self.views:
+            return False
+        if not granted:
+            return False
+        c.votes[node_id] = Vote(last_term, last_seq)
+        self.latest["votes"] = sorted(c.votes)
+        if len(c.votes) < self.majority:
+            return False
+        c.won_at = now
+        return True
+
+    def best_log(self):
+        """(node id, last seq, last term) of the most up-to-date log among the voters; ours on a tie."""
+        c = self.candidacy
+        node_id, vote = max(c.votes.items(), key=lambda item: (item[1].last_term, item[1].last_seq,
+                                                               item[0] == self.node_id))
+        return node_id, vote.last_seq, vote.last_term
+
+    def expired(self, now):
+        c = self.candidacy
+        return c is not None and now >= c.deadline
+
+    def extend(self, now):
+        """The adopted log is arriving: keep the candidacy alive while it makes progress."""
+        if self.candidacy is not None:
+            self.candidacy.deadline = now + self.interval
+
+    def finish(self, now, won):
+        """End the candidacy: won (now serving) or failed (back off before standing again)."""
+        c = self.candidacy
+        self.candidacy = None
+        if c is None:
+            return
+        self.latest["outcome"] = "won" if won else "failed"
+        self.latest["duration_ms"] = round((now - c.started) * 1000, 1)
+        if won:
+            self.counters["elections_won"] += 1
+            self.leaderless_since = None
+            log.info("won the election for term %d in %.0f ms (votes from %s)", c.term,
+                     (now - c.started) * 1000, sorted(c.votes))
+        else:
+            self.backoff_until = now + random.uniform(0, self.interval)
+            log.info("election for term %d failed after %.0f ms with votes from %s; backing off",
+                     c.term, (now - c.started) * 1000, sorted(c.votes))
+
+    # ------------------------------------------------------------ voting for others
+
+    @staticmethod
+    def grants(term, candidate_id, storage, lost_primary):
+        """Whether to vote for candidate_id in term (the node persists the vote before replying)."""
+        if storage.learner or term < storage.term:
+            return False
+        if term == storage.term and storage.voted_for not in (0, candidate_id):
+            return False
+        return lost_primary
+
+    def status(self, now, storage):
+        return {"voted_for": storage.voted_for, "voter": not storage.learner, "latest_election": self.latest,
+                "views": {pid: {"role": v.role, "term": v.term, "alive": self.alive(pid, now),
+                                "leader_lost": v.leader_lost} for pid, v in self.views.items()},
+                **self.counters}

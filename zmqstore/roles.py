@@ -1,0 +1,310 @@
+"""Leader mode inside a node: who this node is (primary, secondary, candidate), the moves between
+those roles, and the peer messages that drive them (docs/REPLICATION.md).
+
+`election.py` judges (views, losing the primary, standing, counting votes), `leader.py` replicates
+(Primary, Secondary, LogServer); this module wires them to the node's io and carries out their
+decisions: persisting terms and votes before anything leaves, switching roles, failing the replies a
+deposed primary still holds. The node loop calls `tick`, `on_request` (ROUTER) and `on_message`
+(SUB and DEALER replies).
+"""
+import logging
+import os
+
+from . import protocol
+from .election import Election
+from .leader import LogServer, Primary, Secondary
+
+# Test-only: a secondary dies like kill -9 after installing this many snapshot chunks (docs/TESTING.md).
+CRASH_IN_SNAPSHOT_ENV = "ZMQSTORE_TEST_CRASH_IN_SNAPSHOT"
+
+log = logging.getLogger(__name__)
+
+
+class Roles:
+    def __init__(self, node, engine, config, now):
+        self.node = node                # io: publish, send_to, reply; and fail_waiters
+        self.engine = engine
+        self.storage = engine.storage
+        self.config = config
+        self.node_id = config.node_id
+        self.peers = {p.node_id: p for p in config.peers}
+        self.majority = config.cluster_size // 2 + 1
+        self.election = Election(config, now)
+        self.log_server = LogServer(engine, config, node)
+        self.primary = None
+        self.secondary = None
+        self.bootstrapping = False
+        self._crash_after_chunks = int(os.environ.get(CRASH_IN_SNAPSHOT_ENV, "0") or 0)
+        self._peer_handlers = {"ROLE": self._on_role_query, "VOTE_REQUEST": self._on_vote_request,
+                               "ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}
+        self._choose_role(now)
+
+    def _choose_role(self, now):
+        cfg, st = self.config, self.storage
+        if cfg.write_quorum == 1:
+            log.warning("write_quorum = 1: writes are acknowledged before any secondary holds them "
+                        "(asynchronous replication); a primary crash can lose acknowledged writes")
+        fresh = st.term == 0 and st.last_seq == 0
+        if fresh and cfg.role == "primary":
+            log.info("empty data dir and --role primary: bootstrapping as primary of term 1 once a majority "
+                     "of the cluster reports empty data dirs")
+            self.bootstrapping = True
+        elif not fresh and cfg.role is not None:
+            log.info("data dir has state (term %d, last_seq %d): --role %s is ignored; following the "
+                     "cluster's primary", st.term, st.last_seq, cfg.role)
+        if st.learner and not self.bootstrapping:
+            log.info("new data dir: joining as a learner (no votes until caught up with the primary)")
+        # The primary recorded for our term may be this node, before a restart: it leads no more.
+        leader = st.leader_id if st.leader_id != self.node_id else 0
+        self._follow(st.term, leader, now)
+
+    # ------------------------------------------------------------ role changes
+
+    def _follow(self, term, leader_id, now, sync_target=None):
+        """Become a secondary of leader_id (0: not known yet) in term; with sync_target, a candidate
+        that won and adopts voter leader_id's log first."""
+        if self.primary is not None:
+            self.engine.flush()   # what this iteration staged belongs to our term, not the next one
+            self.primary = None
+            self.node.fail_waiters()
+        syncing = sync_target is not None
+        peer = self.peers.get(leader_id)
+        self.engine.follow(term, 0 if syncing else leader_id, None if syncing or peer is None else peer.address,
+                           role="candidate" if syncing else "secondary")
+        self.secondary = Secondary(self.engine, self.config, self.node, leader_id, sync_target)
+        if self._crash_after_chunks:
+            self.secondary.crash_after_chunks = self._crash_after_chunks
+        if leader_id and not syncing:
+            log.info("following primary %d in term %d", leader_id, term)
+            self.election.heard_leader(now)
+        self.secondary.start(now)
+
+    def _lead(self, term, now):
+        self.engine.become_primary(term)
+        self.secondary = None
+        self.primary = Primary(self.engine, self.config, self.node, now)
+        self.election.heard_leader(now)
+        if self.storage.learner:
+            self.engine.set_learner(False)
+        log.info("serving as primary of term %d (log at seq %d)", term, self.engine.last_seq)
+
+    def observe(self, term, leader_id, now):
+        """The term of any peer message. A higher one is adopted: this node becomes a secondary, of
+        leader_id when the message names the primary of that term. Returns False for an older term."""
+        st = self.storage
+        if leader_id == self.node_id:
+            leader_id = 0   # a peer's memory of an earlier run of this node
+        if term > st.term:
+            if self.bootstrapping:
+                self.bootstrapping = False
+                log.warning("--role primary ignored: the cluster is already in term %d, so this empty data dir "
+                            "was lost or replaced; joining as a learner", term)
+            log.info("term %d seen (ours: %d): %s", term, st.term,
+                     f"following primary {leader_id}" if leader_id else "no primary known in it yet")
+            if self.election.candidacy is not None:
+                self.election.finish(now, won=False)
+            self._follow(term, leader_id, now)
+        elif (term == st.term and leader_id and self.primary is None and self.election.candidacy is None
+              and self.secondary.leader_id != leader_id):
+            self._follow(term, leader_id, now)     # learnt who leads the term we voted in
+        return term >= st.term
+
+    # ------------------------------------------------------------ timers
+
+    def tick(self, now):
+        """Every election_interval / 5: heartbeat, judge the primary, stand, send role queries."""
+        st = self.storage
+        if self.primary is not None:
+            self.primary.heartbeat()
+            if not self.primary.has_majority(now):
+                log.warning("primary of term %d heard from no majority within %.2f s: stepping down",
+                            st.term, self.config.election_interval)
+                self._follow(st.term, 0, now)
+        elif self.election.candidacy is not None:
+            if self.election.expired(now):
+                self.election.finish(now, won=False)
+                self._follow(st.term, 0, now)
+            else:
+                self.secondary.tick(now)
+        else:
+            self.secondary.tick(now)
+            self._check_learner()
+            if self.bootstrapping:
+                self._try_bootstrap(now)
+            self._maybe_stand(now)
+        body = protocol.encode_peer("ROLE", *self._role_fields(now))
+        for peer_id in self.peers:
+            self.node.send_to(peer_id, body)
+
+    def _role_fields(self, now):
+        st, cfg = self.storage, self.config
+        return (self.node_id, st.term, self.engine.role, st.leader_id, st.last_seq, st.last_term,
+                self.engine.commit_seq, self._lost_primary(now), not st.learner, cfg.address,
+                f"{cfg.host}:{cfg.pub_port}")
+
+    def _lost_primary(self, now):
+        if self.primary is not None:
+            return False
+        if self.election.candidacy is not None:
+            return True
+        return self.election.leader_lost(now, self.secondary.leader_id)
+
+    def _check_learner(self):
+        st, sec = self.storage, self.secondary
+        if (st.learner and sec.leader_id and sec.last_heard is not None and not sec.installing
+                and sec.sync_target is None and st.applied_seq >= sec.leader_commit):
+            self.engine.set_learner(False)
+            log.info("caught up with primary %d (applied seq %d): now a voter", sec.leader_id, st.applied_seq)
+
+    def _try_bootstrap(self, now):
+        heard = [self.election.views[pid] for pid in self.election.peers_heard(now)]
+        if any(v.term or v.last_seq for v in heard):
+            self.bootstrapping = False
+            log.warning("--role primary ignored: peers already hold cluster state, so this empty data dir "
+                        "was lost or replaced; joining as a learner")
+            return
+        if 1 + len(heard) >= self.majority:
+            self.bootstrapping = False
+            log.info("a majority reports empty data dirs: bootstrapping the cluster as primary of term 1")
+            self._lead(1, now)
+
+    def _maybe_stand(self, now):
+        st, election = self.storage, self.election
+        if (self.primary is not None or election.candidacy is not None or st.learner or self.bootstrapping
+                or not election.leader_lost(now, self.secondary.leader_id)
+                or not election.should_stand(now, st.term)):
+            return
+        leader = self.secondary.leader_id
+        reason = (f"no word from primary {leader} for {(now - election.leader_heard) * 1000:.0f} ms"
+                  if leader else "no primary known")
+        term = election.stand(now, st.term, st.last_term, st.last_seq, reason)
+        self.engine.record_vote(term, self.node_id)      # synced before any request leaves
+        self.engine.role = "candidate"
+        self.secondary = Secondary(self.engine, self.config, self.node, 0)
+        log.info("starting an election for term %d: %s; voters alive: %s", term, reason,
+                 sorted([self.node_id, *election.peers_heard(now)]))
+        body = protocol.encode_peer("VOTE_REQUEST", term, self.node_id, st.last_seq, st.last_term)
+        for peer_id in self.peers:
+            self.node.send_to(peer_id, body)
+        if len(election.candidacy.votes) >= self.majority:
+            self._won(now)
+
+    def _won(self, now):
+        term = self.election.candidacy.term
+        best, best_last, best_term = self.election.best_log()
+        if best == self.node_id:
+            self.election.finish(now, won=True)
+            self._lead(term, now)
+            return
+        log.info("won term %d; adopting node %d's log (up to seq %d of term %d) before serving",
+                 term, best, best_last, best_term)
+        self.election.extend(now)
+        self._follow(term, best, now, sync_target=best_last)
+        self._check_synced(now)
+
+    def _check_synced(self, now):
+        sec = self.secondary
+        if sec is not None and sec.sync_target is not None and sec.synced:
+            self.election.finish(now, won=True)
+            self._lead(self.storage.term, now)
+
+    # ------------------------------------------------------------ messages on the ROUTER
+
+    def on_request(self, msg, envelope, now):
+        handler = self._peer_handlers.get(msg.command)
+        if handler is None:
+            log.debug("ignoring %s on the ROUTER", msg.command)
+            return
+        handler(msg.fields, envelope, now)
+
+    def _on_role_query(self, fields, envelope, now):
+        self._on_role(fields, now)
+        self.node.reply(envelope, protocol.encode_peer("ROLE_REPLY", *self._role_fields(now)))
+
+    def _on_role(self, fields, now):
+        view = self.election.on_role(fields, now)
+        if view is None:
+            return
+        sender = fields[0]
+        self.observe(view.term, sender if view.role == "primary" else view.leader_id, now)
+        if view.term == self.storage.term:
+            if self.primary is not None:
+                self.primary.heard(sender, now)
+            elif view.role == "primary" and sender == self.secondary.leader_id:
+                self.election.heard_leader(now)
+        if self.primary is None and self.election.candidacy is None:
+            self._maybe_stand(now)
+
+    def _on_vote_request(self, fields, envelope, now):
+        term, candidate, _last_seq, _last_term = fields
+        st = self.storage
+        granted = candidate in self.peers and Election.grants(term, candidate, st, self._lost_primary(now))
+        if granted:
+            if term > st.term:
+                if self.election.candidacy is not None:
+                    self.election.finish(now, won=False)
+                self._follow(term, 0, now)
+            self.engine.record_vote(term, candidate)      # synced before the reply leaves
+            log.info("voted for node %d in term %d", candidate, term)
+        else:
+            log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,
+                     term, st.term, st.voted_for, "learner" if st.learner else
+                     "primary lost" if self._lost_primary(now) else "primary still heard")
+        self.node.reply(envelope, protocol.encode_peer(
+            "VOTE", st.term, self.node_id, granted, st.last_seq, st.last_term, st.first_seq))
+
+    def _on_ack(self, fields, envelope, now):
+        self.observe(fields[1], 0, now)
+        if self.primary is not None:
+            self.primary.on_ack(fields, now)
+
+    def _on_fetch(self, fields, envelope, now):
+        self.observe(fields[1], 0, now)
+        self.log_server.on_fetch(fields, envelope, now)
+
+    def _on_snapshot(self, fields, envelope, now):
+        self.observe(fields[1], 0, now)
+        self.log_server.on_snapshot(fields, envelope, now)
+
+    # ------------------------------------------------------------ messages on SUB and DEALERs
+
+    def on_message(self, msg, now):
+        command, fields = msg.command, msg.fields
+        if command == "ROLE_REPLY":
+            self._on_role(fields, now)
+        elif command == "VOTE":
+            term, node_id, granted, last_seq, last_term, _first_seq = fields
+            self.observe(term, 0, now)
+            if self.election.on_vote(term, node_id, granted, last_seq, last_term, now):
+                self._won(now)
+        elif command in ("CHANGE", "HEARTBEAT", "ENTRIES", "NEED_SNAPSHOT", "SNAPSHOT_CHUNK"):
+            # CHANGE and HEARTBEAT come only from the primary of their term; the others may come from a voter.
+            self.observe(fields[0], fields[1] if command in ("CHANGE", "HEARTBEAT") else 0, now)
+            sec = self.secondary
+            if sec is None or not sec.on_message(msg, now):
+                return
+            if sec.sync_target is None:
+                self.election.heard_leader(now)
+                self._check_learner()
+            else:
+                self.election.extend(now)
+                self._check_synced(now)
+        else:
+            log.debug("ignoring %s on a peer socket", command)
+
+    # ------------------------------------------------------------ status
+
+    def status(self, now):
+        side = self.primary or self.secondary
+        peers = side.status(now)
+        for row in peers:
+            peer = self.peers.get(row["node_id"])
+            row["address"] = peer.address if peer else None
+        return {"peers": peers, "write_quorum": self.config.write_quorum, **side.counters,
+                **self.log_server.counters, **self.election.status(now, self.storage)}
+
+    def housekeeping(self, now):
+        self.log_server.housekeeping(now)
+
+    def close(self):
+        self.log_server.close()
