@@ -22,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from zmqstore import Client, Retry, ZmqstoreError  # noqa: E402
 from zmqstore.testing.process import Cluster, NodeProcess, wait_until  # noqa: E402
 
+from failover import failover  # noqa: E402  (bench/ is on sys.path as the script's directory)
+
 PIPELINE_DEPTH = 64
 
 
@@ -267,7 +269,7 @@ def leader_cluster(results, N, rounds, catch_up_writes):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
-    ap.add_argument("--only", choices=("single", "leader"), help="run one part only")
+    ap.add_argument("--only", choices=("single", "leader", "failover"), help="run one part only")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
     scale = 0.02 if opts.quick else 1.0
@@ -281,6 +283,8 @@ def main():
         single_node(results, N, rounds)
     if opts.only in (None, "leader"):
         leader_cluster(results, N, rounds, N(100_000))
+    if opts.only in (None, "failover"):
+        failover(results, 2 if opts.quick else 7)
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:
@@ -325,6 +329,18 @@ def report(r):
              f"once answering (target >= 200,000/s); {r['leader_catch_up']['entries']:,} missed writes: "
              f"{r['leader_catch_up']['seconds_from_start']:.2f} s from process start, of which "
              f"{r['leader_catch_up']['start_seconds']:.2f} s start-up"),
+        ]
+    if "failover" in r:
+        f = r["failover"]
+        rows += [
+            (f"failover: kill -9 primary -> first write acknowledged by the new one",
+             f"{f['median_s'] * 1000:,.0f} ms",
+             f"median of {f['runs']}, max {f['max_s'] * 1000:.0f} ms (targets: < 1.0 s, < 1.5 s; election interval "
+             f"{f['election_interval']} s); runs: " + ", ".join(f"{t * 1000:.0f}" for t in f["seconds"]) + " ms"),
+            ("failover: acknowledged writes lost", f"{f['lost']}",
+             f"of {f['acknowledged']:,} acknowledged across all runs; elections took "
+             + ", ".join(f"{e:.0f}" for e in f["election_ms"] if e is not None) + " ms; new primaries "
+             + ", ".join(map(str, f["winners"]))),
         ]
     width = max(len(row[0]) for row in rows)
     print()

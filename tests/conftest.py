@@ -51,8 +51,8 @@ def cluster(request, tmp_path):
     from zmqstore.testing.process import Cluster
     made = []
 
-    def make(size=3, args=(), env=None, start=True):
-        c = Cluster(tmp_path, size=size, args=args, env=env)
+    def make(size=3, args=(), env=None, start=True, bootstrap=(1,)):
+        c = Cluster(tmp_path, size=size, args=args, env=env, bootstrap=bootstrap)
         made.append(c)
         if start:
             c.start_all()

@@ -7,6 +7,7 @@ import time
 
 from . import errors, protocol
 from .protocol import OP_DEL, OP_PUT
+from .sessions import STALE
 
 SCAN_PAGE_ITEMS = 1000          # a SCAN reply holds at most this many items ...
 SCAN_PAGE_BYTES = 1 << 20       # ... or about this many bytes; the client asks for the next page
@@ -33,6 +34,9 @@ class Commands:
         seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
         if seq is None:
             return None
+        if seq is STALE:
+            raise errors.RequestFenced(f"request {request.request_id} is below an open_from this client already "
+                                       f"sent: a late copy, not applied")
         if seq < 0:
             raise errors.RequestFenced(f"request {request.request_id} was declared not_found by an OUTCOME "
                                        f"query; it was not applied and never will be")
@@ -115,6 +119,12 @@ class Commands:
     def _scan(self, req):
         start, end, prefix, limit, stale = req.args
         self._check_readable(stale)
+        engine = self.engine
+        if not stale and engine.replicated and engine.commit_seq < engine.term_first_seq:
+            # A new primary may hold entries its predecessor committed that it has not committed
+            # yet; a scan reads applied data, so it waits until this term's first entry commits.
+            raise errors.Unavailable(f"node {self.config.node_id} became primary moments ago and has not "
+                                     f"committed its term's first entry yet; retry")
         # Scans read RocksDB: standalone, staged writes that arrived before the scan go first. A
         # replicated primary scans committed data (uncommitted writes are not acknowledged yet),
         # applied first if the commit moved in this loop iteration.
@@ -136,12 +146,15 @@ class Commands:
             raise self._not_primary()
         rid = req.args[0]
         now = time.monotonic()
-        seq = self.sessions.peek(req.client_id, rid, now)
+        seq, certain = self.sessions.peek(req.client_id, rid, now)
         if seq is None:
             complete_for = now - self.engine.sessions_complete_since
-            if rid < req.open_from or rid >= req.request_id or complete_for < self.config.session_timeout / 2:
-                # The client stopped waiting for it (its record may be gone), it is not an earlier
-                # request, or this node has not recorded every write for long enough to be sure.
+            if (not certain or rid < req.open_from or rid >= req.request_id
+                    or complete_for < self.config.session_timeout):
+                # Its record may be gone (the client stopped waiting for it, or the per-client cap),
+                # it is not an earlier request, or this node has not recorded every write it holds
+                # for long enough (session_timeout covers a client's 15 s of retries plus its 30 s
+                # of asking).
                 return protocol.encode_ok(req.request_id, "unknown", 0), 0
             seq = -self.engine.append_fence(req.client_id, rid)
         if seq < 0:

@@ -185,9 +185,14 @@ class Election:
 
     @staticmethod
     def grants(term, candidate_id, storage, lost_primary):
-        """Whether to vote for candidate_id in term (the node persists the vote before replying)."""
-        if storage.learner or term < storage.term:
+        """Whether to vote for candidate_id in term (the node persists the vote before replying). A
+        learner (except for the bootstrap of a new cluster: term 1, an empty log), or a node part-way
+        through a snapshot install (its log and data are emptied, so it no longer shows entries it
+        once acknowledged), does not vote."""
+        if storage.restoring or term < storage.term:
             return False
+        if storage.learner and not (term == 1 and storage.last_seq == 0):
+            return False    # a learner votes only to bootstrap a new cluster (term 1, nothing held)
         if term == storage.term and storage.voted_for not in (0, candidate_id):
             return False
         return lost_primary

@@ -43,6 +43,7 @@ class Engine:
         self.role = "primary"
         self.leader_address = None
         self.extra_status = None      # set by the node: a callable giving replication fields for STATUS
+        self.term_first_seq = 0       # on a replicated primary: the seq of its term's first (empty) entry
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
         self._pending = {}            # key -> (value or None, seq): the latest write not yet applied
@@ -88,10 +89,10 @@ class Engine:
         and this one commits as soon as a quorum holds it, so nothing waits for the next write."""
         self.role = "primary"
         self.leader_address = self.config.address
-        if self.storage.term != term or self.storage.leader_id != self.config.node_id:
-            self._set_term(term, self.config.node_id, self.config.node_id)
+        if self.storage.term != term or self.storage.leader_id != self.config.node_id or self.storage.learner:
+            self._set_term(term, self.config.node_id, self.config.node_id, learner=False)
             if self.replicated:
-                self._append_entry(b"", 0, ())
+                self.term_first_seq = self._append_entry(b"", 0, ())
 
     def follow(self, term, leader_id, leader_address, role="secondary"):
         """Follow `leader_id` (0: not known yet) in `term`; persisted before anything is sent in that
@@ -109,17 +110,21 @@ class Engine:
         st = self.storage
         self._set_term(term, st.leader_id if term == st.term else 0, candidate_id)
 
-    def _set_term(self, term, leader_id, voted_for):
+    def _set_term(self, term, leader_id, voted_for, learner=None):
+        """term, its primary and our vote in it (and, when given, the learner flag) in one synced batch."""
         batch = self.storage.batch()
         batch.set_meta(META_TERM, term)
         batch.set_meta(META_LEADER, leader_id)
         batch.set_meta(META_VOTED_FOR, voted_for)
+        if learner is not None:
+            batch.set_meta(META_LEARNER, int(learner))
         self.storage.commit(batch)
 
-    def set_learner(self, learner):
-        batch = self.storage.batch()
-        batch.set_meta(META_LEARNER, int(learner))
-        self.storage.commit(batch)
+    def become_voter(self):
+        """A learner that caught up with the primary of this term votes from now on. It counts as
+        having voted for that primary: it may have voted in this term before its data dir was lost."""
+        st = self.storage
+        self._set_term(st.term, st.leader_id, st.voted_for or st.leader_id, learner=False)
 
     # ------------------------------------------------------------ entry points for the loop
 
@@ -276,10 +281,14 @@ class Engine:
         st = self.storage
         batch = st.batch()
         if first:
-            self.sessions_complete_since = time.monotonic()   # the records of the snapshot's writes are not ours
+            # The records of the snapshot's writes are not ours, and records of our unapplied
+            # entries may name entries the primary never had.
+            self.sessions_complete_since = time.monotonic()
+            self.sessions.forget_from(st.applied_seq + 1)
             batch.clear_all()
             batch.set_meta(META_RESTORING, 1)
             batch.set_meta(META_LAST_SEQ, 0)
+            batch.set_meta(META_LAST_TERM, 0)
             batch.set_meta(META_APPLIED_SEQ, 0)
             self._pending.clear()
             self._unapplied.clear()

@@ -36,6 +36,8 @@ class LogServer:
     def on_fetch(self, fields, envelope, now):
         node_id, _term, from_seq = fields
         st = self.storage
+        if st.restoring:
+            return      # our log and data are being replaced: nothing to serve (the asker retries)
         if from_seq < st.first_seq:
             self.io.reply(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
             return
@@ -48,6 +50,8 @@ class LogServer:
 
     def on_snapshot(self, fields, envelope, now):
         node_id, _term, asked_seq, asked_cursor = fields
+        if self.storage.restoring:
+            return
         snapshot_seq, cursor = asked_seq, asked_cursor
         held = self._snapshots.get(snapshot_seq) if snapshot_seq else None
         if held is None:
@@ -271,6 +275,15 @@ class Secondary:
         self.io.send_to(self.leader_id, protocol.encode_peer(
             "ACK", self.node_id, self.storage.term, self.matched, self._round_acked))
 
+    def on_leader_progress(self, leader_last, leader_commit, now):
+        """The primary's last and commit seq from its role query or reply (DEALER), not the stream."""
+        if self.sync_target is not None or self.installing:
+            return
+        self.leader_commit = max(self.leader_commit, min(leader_commit, leader_last))
+        self.leader_last = max(self.leader_last, leader_last)
+        self._apply_commit()
+        self._catch_up(now)
+
     def _on_heartbeat(self, command, fields, now):
         _term, _leader, round_, commit_seq, leader_last = fields
         self.leader_commit, self.leader_last = commit_seq, leader_last
@@ -385,7 +398,8 @@ class Secondary:
 
     def status(self, now):
         alive = self.last_heard is not None and now - self.last_heard < self.config.election_interval
-        return [{"node_id": self.leader_id, "role": "primary", "alive": alive, "last_seq": self.leader_last,
+        role = "primary" if self.sync_target is None else "voter (adopting its log)"
+        return [{"node_id": self.leader_id, "role": role, "alive": alive, "last_seq": self.leader_last,
                  "commit_seq": self.leader_commit}] if self.leader_id else []
 
     def tick(self, now):

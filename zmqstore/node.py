@@ -69,8 +69,6 @@ class Node:
                 self.engine.extra_status = lambda: self.roles.status(time.monotonic())
             else:
                 self.engine.become_primary(max(self.storage.term, 1))
-                if self.storage.learner:
-                    self.engine.set_learner(False)
         except BaseException:
             self.engine = None
             self._close()

@@ -41,9 +41,9 @@ class Roles:
 
     def _choose_role(self, now):
         cfg, st = self.config, self.storage
-        if cfg.write_quorum == 1:
-            log.warning("write_quorum = 1: writes are acknowledged before any secondary holds them "
-                        "(asynchronous replication); a primary crash can lose acknowledged writes")
+        if cfg.write_quorum < self.majority:
+            log.warning("write_quorum = %d is below a majority (%d): a write is acknowledged before a majority "
+                        "holds it, so a failover can lose acknowledged writes", cfg.write_quorum, self.majority)
         fresh = st.term == 0 and st.last_seq == 0
         if fresh and cfg.role == "primary":
             log.info("empty data dir and --role primary: bootstrapping as primary of term 1 once a majority "
@@ -80,12 +80,11 @@ class Roles:
         self.secondary.start(now)
 
     def _lead(self, term, now):
+        self.bootstrapping = False
         self.engine.become_primary(term)
         self.secondary = None
         self.primary = Primary(self.engine, self.config, self.node, now)
         self.election.heard_leader(now)
-        if self.storage.learner:
-            self.engine.set_learner(False)
         log.info("serving as primary of term %d (log at seq %d)", term, self.engine.last_seq)
 
     def observe(self, term, leader_id, now):
@@ -95,17 +94,19 @@ class Roles:
         if leader_id == self.node_id:
             leader_id = 0   # a peer's memory of an earlier run of this node
         if term > st.term:
-            if self.bootstrapping:
+            if self.bootstrapping and (term > 1 or self.election.candidacy is None):
                 self.bootstrapping = False
-                log.warning("--role primary ignored: the cluster is already in term %d, so this empty data dir "
-                            "was lost or replaced; joining as a learner", term)
+                log.warning("--role primary ignored: the cluster is already in term %d (another node bootstraps "
+                            "it, or this empty data dir was lost or replaced); joining as a learner", term)
             log.info("term %d seen (ours: %d): %s", term, st.term,
                      f"following primary {leader_id}" if leader_id else "no primary known in it yet")
             if self.election.candidacy is not None:
                 self.election.finish(now, won=False)
             self._follow(term, leader_id, now)
-        elif (term == st.term and leader_id and self.primary is None and self.election.candidacy is None
-              and self.secondary.leader_id != leader_id):
+        elif term == st.term and leader_id and self.primary is None and (
+                self.election.candidacy is not None or self.secondary.leader_id != leader_id):
+            if self.election.candidacy is not None:
+                self.election.finish(now, won=False)   # another candidate won this term without us
             self._follow(term, leader_id, now)     # learnt who leads the term we voted in
         return term >= st.term
 
@@ -139,7 +140,7 @@ class Roles:
     def _role_fields(self, now):
         st, cfg = self.storage, self.config
         return (self.node_id, st.term, self.engine.role, st.leader_id, st.last_seq, st.last_term,
-                self.engine.commit_seq, self._lost_primary(now), not st.learner, cfg.address,
+                self.engine.commit_seq, self._lost_primary(now), not (st.learner or st.restoring), cfg.address,
                 f"{cfg.host}:{cfg.pub_port}")
 
     def _lost_primary(self, now):
@@ -153,30 +154,38 @@ class Roles:
         st, sec = self.storage, self.secondary
         if (st.learner and sec.leader_id and sec.last_heard is not None and not sec.installing
                 and sec.sync_target is None and st.applied_seq >= sec.leader_commit):
-            self.engine.set_learner(False)
+            self.engine.become_voter()
             log.info("caught up with primary %d (applied seq %d): now a voter", sec.leader_id, st.applied_seq)
 
     def _try_bootstrap(self, now):
+        """--role primary on an empty data dir: once a majority (this node included) reports empty
+        logs, stand for term 1. It is a real election (votes persisted, one per term), so two nodes
+        given --role primary by mistake cannot both lead term 1."""
+        if self.election.candidacy is not None:
+            return
         heard = [self.election.views[pid] for pid in self.election.peers_heard(now)]
-        if any(v.term or v.last_seq for v in heard):
+        if any(v.last_seq for v in heard):
             self.bootstrapping = False
             log.warning("--role primary ignored: peers already hold cluster state, so this empty data dir "
                         "was lost or replaced; joining as a learner")
             return
-        if 1 + len(heard) >= self.majority:
-            self.bootstrapping = False
-            log.info("a majority reports empty data dirs: bootstrapping the cluster as primary of term 1")
-            self._lead(1, now)
+        if 1 + len(heard) >= self.majority and now >= self.election.backoff_until:
+            log.info("a majority reports empty data dirs: standing for term 1 to bootstrap the cluster")
+            self._stand(now, "bootstrapping a new cluster")
 
     def _maybe_stand(self, now):
         st, election = self.storage, self.election
-        if (self.primary is not None or election.candidacy is not None or st.learner or self.bootstrapping
+        if (self.primary is not None or election.candidacy is not None or st.learner or st.restoring
+                or self.bootstrapping
                 or not election.leader_lost(now, self.secondary.leader_id)
                 or not election.should_stand(now, st.term)):
             return
         leader = self.secondary.leader_id
-        reason = (f"no word from primary {leader} for {(now - election.leader_heard) * 1000:.0f} ms"
-                  if leader else "no primary known")
+        self._stand(now, f"no word from primary {leader} for {(now - election.leader_heard) * 1000:.0f} ms"
+                    if leader else "no primary known")
+
+    def _stand(self, now, reason):
+        st, election = self.storage, self.election
         term = election.stand(now, st.term, st.last_term, st.last_seq, reason)
         self.engine.record_vote(term, self.node_id)      # synced before any request leaves
         self.engine.role = "candidate"
@@ -232,6 +241,9 @@ class Roles:
                 self.primary.heard(sender, now)
             elif view.role == "primary" and sender == self.secondary.leader_id:
                 self.election.heard_leader(now)
+                # Also over DEALER: if the change stream (PUB) is cut, this is how a secondary
+                # learns it is behind, and FETCH repairs it.
+                self.secondary.on_leader_progress(view.last_seq, view.commit_seq, now)
         if self.primary is None and self.election.candidacy is None:
             self._maybe_stand(now)
 

@@ -11,12 +11,17 @@ import collections
 MAX_OUTCOMES_PER_CLIENT = 10_000   # above the deepest pipeline (transport.MAX_IN_FLIGHT)
 
 
+STALE = object()   # lookup(): a request below its client's open_from, a late copy never to apply
+
+
 class _Session:
-    __slots__ = ("outcomes", "last_seen")
+    __slots__ = ("outcomes", "last_seen", "floor", "evicted")
 
     def __init__(self, now):
         self.outcomes = collections.OrderedDict()   # request_id -> seq, in arrival order
         self.last_seen = now
+        self.floor = 0          # the highest open_from this client sent: it waits for nothing below
+        self.evicted = 0        # the highest request id whose record the cap dropped
 
 
 class Sessions:
@@ -32,11 +37,17 @@ class Sessions:
         return len(self._clients)
 
     def lookup(self, client_id, request_id, open_from, now):
-        """The seq of an applied write with this id, or None. Also drops outcomes below open_from."""
+        """The seq of an applied write with this id (negative: fenced), None, or STALE when the
+        request is below an open_from this client already sent: the client gave up on or resolved
+        every such request, so this is a late copy and must not be applied. Also drops outcomes
+        below open_from."""
         session = self._clients.get(client_id)
         if session is None:
             session = self._clients[client_id] = _Session(now)
         session.last_seen = now
+        if request_id < session.floor:
+            return STALE
+        session.floor = max(session.floor, open_from)
         outcomes = session.outcomes
         while outcomes:
             first = next(iter(outcomes))
@@ -46,12 +57,15 @@ class Sessions:
         return outcomes.get(request_id)
 
     def peek(self, client_id, request_id, now):
-        """The seq of an applied write with this id, or None; a client asking is not idle."""
+        """(seq of the write with this id or None, whether None is certain): not certain when the
+        record may have been dropped (the cap, or the client's open_from passed it). A client
+        asking is not idle."""
         session = self._clients.get(client_id)
         if session is None:
-            return None
+            return None, True
         session.last_seen = now
-        return session.outcomes.get(request_id)
+        seq = session.outcomes.get(request_id)
+        return seq, seq is not None or (request_id > session.evicted and request_id >= session.floor)
 
     def record(self, client_id, request_id, seq, now):
         """seq: the log entry holding the request; negative for a fence (never to be applied)."""
@@ -62,7 +76,9 @@ class Sessions:
         outcomes = session.outcomes
         outcomes[request_id] = seq
         if len(outcomes) > MAX_OUTCOMES_PER_CLIENT:
-            outcomes.popitem(last=False)   # a client holding open_from down forever cannot grow this
+            # A client holding open_from down forever cannot grow this; what is dropped is unknown.
+            dropped, _ = outcomes.popitem(last=False)
+            session.evicted = max(session.evicted, dropped)
 
     def forget_from(self, seq):
         """Drop the records of entries from seq on (truncated: they are no longer in the log)."""

@@ -173,3 +173,15 @@ def test_cli_status_shows_term_and_votes(cluster):
     assert rows[2][2] == "primary" and rows[3][2] == "secondary"
     assert rows[2][3] == rows[3][3] == str(status_of(c.nodes[2])["term"])
     assert "election of term" in out and "node 2 (won" in out and "votes from 2, 3" in out
+
+
+def test_two_nodes_told_to_bootstrap_elect_one_primary(cluster):
+    """--role primary on two nodes by mistake: the bootstrap is an election for term 1, so one of
+    them leads and the other follows."""
+    c = cluster(bootstrap=(1, 2))
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.put("k", 1)
+    primaries = c.primaries()
+    assert len(primaries) == 1 and list(primaries.values()) == [1]
+    for node in c.nodes.values():
+        wait_until(lambda: data_of(node).get("k") == 1, 10, message=f"node {node.node_id} has k")

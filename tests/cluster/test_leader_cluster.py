@@ -166,8 +166,9 @@ def test_cli_status_table_shows_every_node(cluster):
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split() == ["node_id", "address", "role", "term", "voted_for", "last_seq", "commit_seq",
                                 "applied_seq", "lag"]
-    rows = {int(line.split()[0]): line.split() for line in lines[1:]}
+    rows = {int(line.split()[0]): line.split() for line in lines[1:] if line[:1].isdigit()}
     assert rows[1][2] == "primary" and rows[2][2] == rows[3][2] == "secondary"
+    assert "election of term 1: node 1 (won" in proc.stdout     # the bootstrap is an election too
     assert all(row[3] == "1" and row[5] == "2" and row[8] == "0" for row in rows.values())
 
 

@@ -101,12 +101,14 @@ def test_a_failed_candidacy_backs_off():
 
 
 def test_vote_granting_rules():
-    st = SimpleNamespace(term=3, voted_for=0, learner=0)
+    st = SimpleNamespace(term=3, voted_for=0, learner=0, restoring=0)
     assert Election.grants(4, 2, st, lost_primary=True)
     assert not Election.grants(4, 2, st, lost_primary=False)    # still hears its primary
     assert not Election.grants(2, 2, st, lost_primary=True)     # an older term
     st.voted_for = 3
     assert not Election.grants(3, 2, st, lost_primary=True)     # voted for another in this term
     assert Election.grants(3, 3, st, lost_primary=True)         # the same vote, asked again
-    st.learner = 1
+    st.restoring = 1
+    assert not Election.grants(5, 2, st, lost_primary=True)     # nor does a node installing a snapshot
+    st.restoring, st.learner = 0, 1
     assert not Election.grants(5, 2, st, lost_primary=True)     # a learner never votes

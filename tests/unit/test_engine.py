@@ -145,4 +145,5 @@ def test_outcome_survives_log_trimming_while_the_client_waits(make_engine):
     assert eng.storage.first_seq > 1                   # the CAS entry was trimmed from the log
     assert slow("CAS", b"k", None, V(1), request_id=1, open_from=1) == (True, 1)
     assert slow("PUT", b"k", V(2), request_id=2, open_from=2) == (True, 102)
-    assert slow("CAS", b"k", None, V(1), request_id=1, open_from=1) == (False, 0)  # forgotten: judged afresh
+    with pytest.raises(errors.RequestFenced):            # below an open_from it sent: a late copy, refused
+        slow("CAS", b"k", None, V(1), request_id=1, open_from=1)

@@ -125,9 +125,11 @@ class Cluster:
     """N leader-mode nodes, node i on loopback address 127.0.0.(i+1) so that links between nodes can
     be cut with iptables; node 1 bootstraps as primary. Data dirs and logs under `base_dir`."""
 
-    def __init__(self, base_dir, size=3, args=(), env=None, new_session=True):
+    def __init__(self, base_dir, size=3, args=(), env=None, new_session=True, bootstrap=(1,)):
+        """bootstrap: the node ids started with --role primary (one, unless a test wants a mistake)."""
         self.base_dir = str(base_dir)
         self.args = list(args)
+        self.bootstrap = tuple(bootstrap)
         self.env = env
         self.nodes = {}
         for node_id in range(1, size + 1):
@@ -143,7 +145,7 @@ class Cluster:
                            for n in self.nodes.values() if n.node_id != node_id])
 
     def node_args(self, node_id):
-        role = "primary" if node_id == 1 else "secondary"
+        role = "primary" if node_id in self.bootstrap else "secondary"
         return ["--peers", self.peers_json(node_id), "--role", role, *self.args]
 
     def start(self, node_id, wait=True, data_dir=None, env=None):
