@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run run-single test bench clean distclean
+.PHONY: run run-single test bench bench-elections clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP)
 ## bench: benchmarks against real nodes; prints figures (see docs/BENCHMARKS.md)
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## bench-elections: 10 minutes of steady load on a 3-node cluster; counts elections (target: none)
+bench-elections: $(STAMP)
+	$(PY) bench/quiet.py --seconds 600
 
 clean:
 	rm -rf data .pytest_cache build *.egg-info

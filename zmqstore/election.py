@@ -63,8 +63,10 @@ class Election:
     def note_loop(self, now):
         """Called at the top of every loop iteration. A long gap means this node was not running (a
         GC pause, SIGSTOP, an overloaded machine): it heard nothing because it did not listen, so
-        every "last heard" restarts now instead of being judged against its own pause."""
-        if now - self.last_loop > self.interval / 2:
+        every "last heard" restarts now instead of being judged against its own pause. Returns
+        True when it found such a gap."""
+        paused = now - self.last_loop > self.interval / 2
+        if paused:
             self.counters["pauses_detected"] += 1
             log.warning("the loop did not run for %.0f ms: not judging peers by that gap",
                         (now - self.last_loop) * 1000)
@@ -75,6 +77,7 @@ class Election:
             if self.candidacy is not None:
                 self.candidacy.deadline = max(self.candidacy.deadline, now + self.interval)
         self.last_loop = now
+        return paused
 
     def on_role(self, fields, now):
         """A ROLE or ROLE_REPLY: update the sender's view. Returns it (None: not a configured peer)."""
@@ -122,10 +125,11 @@ class Election:
         since = self.leaderless_since
         return since is not None and now - since >= OPEN_FIELD_AFTER * self.interval + self._open_field_jitter
 
-    def stand(self, now, term, last_term, last_seq, reason):
-        """Start a candidacy; returns its term (one above every term seen). The node persists the
-        term and its own vote before any VOTE_REQUEST leaves."""
-        new_term = max([term, *(v.term for v in self.views.values())]) + 1
+    def stand(self, now, term, last_term, last_seq, reason, new_term=None):
+        """Start a candidacy; returns its term: new_term, or one above every term seen. The node
+        persists the term and its own vote before any VOTE_REQUEST leaves."""
+        if new_term is None:
+            new_term = max([term, *(v.term for v in self.views.values())]) + 1
         self.candidacy = Candidacy(new_term, now, now + self.interval, reason)
         self.candidacy.votes[self.node_id] = Vote(last_term, last_seq)
         self.counters["elections_started"] += 1
@@ -198,7 +202,8 @@ class Election:
         return lost_primary
 
     def status(self, now, storage):
-        return {"voted_for": storage.voted_for, "voter": not storage.learner, "latest_election": self.latest,
+        return {"voted_for": storage.voted_for, "voter": not (storage.learner or storage.restoring),
+                "latest_election": self.latest,
                 "views": {pid: {"role": v.role, "term": v.term, "alive": self.alive(pid, now),
                                 "leader_lost": v.leader_lost} for pid, v in self.views.items()},
                 **self.counters}

@@ -105,10 +105,11 @@ class Engine:
         elif st.leader_id != leader_id:
             self._set_term(term, leader_id, st.voted_for)
 
-    def record_vote(self, term, candidate_id):
-        """Persist (synced) a vote for candidate_id in term, before the vote is sent."""
+    def record_vote(self, term, candidate_id, learner=None):
+        """Persist (synced) a vote for candidate_id in term (and the learner flag, when given),
+        before the vote is sent."""
         st = self.storage
-        self._set_term(term, st.leader_id if term == st.term else 0, candidate_id)
+        self._set_term(term, st.leader_id if term == st.term else 0, candidate_id, learner)
 
     def _set_term(self, term, leader_id, voted_for, learner=None):
         """term, its primary and our vote in it (and, when given, the learner flag) in one synced batch."""

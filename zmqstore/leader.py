@@ -138,6 +138,11 @@ class Primary:
         if node_id in self.last_heard:
             self.last_heard[node_id] = now
 
+    def pardon(self, now):
+        """This process was paused: judge the peers from now on, not across the pause."""
+        for node_id in self.last_heard:
+            self.last_heard[node_id] = now
+
     def has_majority(self, now):
         """Whether a majority (this node included) was heard from within election_interval."""
         window = self.config.election_interval

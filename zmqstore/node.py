@@ -181,11 +181,11 @@ class Node:
         now = time.monotonic()
         next_chores = now + HOUSEKEEPING_INTERVAL
         next_beat = now if self.config.peers else float("inf")
-        election = self.roles.election if self.roles is not None else None
+        roles = self.roles
         while not self._stopping:
             now = time.monotonic()
-            if election is not None:
-                election.note_loop(now)
+            if roles is not None:
+                roles.note_loop(now)
             if now >= next_chores:
                 self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_INTERVAL

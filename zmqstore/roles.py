@@ -34,6 +34,7 @@ class Roles:
         self.primary = None
         self.secondary = None
         self.bootstrapping = False
+        self._learner_target = None     # (primary, its commit seq when first heard): a learner's goal
         self._crash_after_chunks = int(os.environ.get(CRASH_IN_SNAPSHOT_ENV, "0") or 0)
         self._peer_handlers = {"ROLE": self._on_role_query, "VOTE_REQUEST": self._on_vote_request,
                                "ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}
@@ -72,9 +73,11 @@ class Roles:
         self.engine.follow(term, 0 if syncing else leader_id, None if syncing or peer is None else peer.address,
                            role="candidate" if syncing else "secondary")
         self.secondary = Secondary(self.engine, self.config, self.node, leader_id, sync_target)
+        self._learner_target = None
         if self._crash_after_chunks:
             self.secondary.crash_after_chunks = self._crash_after_chunks
         if leader_id and not syncing:
+            self.bootstrapping = False     # someone leads: nothing left to bootstrap
             log.info("following primary %d in term %d", leader_id, term)
             self.election.heard_leader(now)
         self.secondary.start(now)
@@ -111,6 +114,11 @@ class Roles:
         return term >= st.term
 
     # ------------------------------------------------------------ timers
+
+    def note_loop(self, now):
+        """Every loop iteration: a pause of this process restarts every "last heard" clock."""
+        if self.election.note_loop(now) and self.primary is not None:
+            self.primary.pardon(now)
 
     def tick(self, now):
         """Every election_interval / 5: heartbeat, judge the primary, stand, send role queries."""
@@ -151,27 +159,43 @@ class Roles:
         return self.election.leader_lost(now, self.secondary.leader_id)
 
     def _check_learner(self):
+        """A learner becomes a voter once it has applied what the primary had committed when the
+        learner first heard it (a fixed target: under a steady load the commit seq keeps moving)."""
         st, sec = self.storage, self.secondary
-        if (st.learner and sec.leader_id and sec.last_heard is not None and not sec.installing
-                and sec.sync_target is None and st.applied_seq >= sec.leader_commit):
+        if not st.learner or not sec.leader_id or sec.last_heard is None or sec.sync_target is not None:
+            return
+        if self._learner_target is None:
+            self._learner_target = (sec.leader_id, sec.leader_commit)
+            self._learner_since, self._learner_warned = sec.last_heard, False
+        leader, target = self._learner_target
+        if sec.last_heard - self._learner_since > 5.0 and not self._learner_warned:
+            self._learner_warned = True
+            log.warning("still a learner 5 s after first hearing primary %d: applied %d, target %d, matched %d, "
+                        "primary's commit %d, installing %s", leader, st.applied_seq, target, sec.matched,
+                        sec.leader_commit, sec.installing)
+        if leader == sec.leader_id and not sec.installing and st.applied_seq >= target:
             self.engine.become_voter()
-            log.info("caught up with primary %d (applied seq %d): now a voter", sec.leader_id, st.applied_seq)
+            log.info("caught up with primary %d (applied seq %d, its commit seq was %d): now a voter",
+                     sec.leader_id, st.applied_seq, target)
 
     def _try_bootstrap(self, now):
         """--role primary on an empty data dir: once a majority (this node included) reports empty
         logs, stand for term 1. It is a real election (votes persisted, one per term), so two nodes
         given --role primary by mistake cannot both lead term 1."""
+        st = self.storage
         if self.election.candidacy is not None:
             return
         heard = [self.election.views[pid] for pid in self.election.peers_heard(now)]
-        if any(v.last_seq for v in heard):
+        if any(v.last_seq or v.term > 1 for v in heard) or st.term > 1 or st.voted_for not in (0, self.node_id):
             self.bootstrapping = False
-            log.warning("--role primary ignored: peers already hold cluster state, so this empty data dir "
-                        "was lost or replaced; joining as a learner")
+            log.warning("--role primary ignored: the cluster already has state or another node bootstraps it; "
+                        "joining as a learner")
             return
         if 1 + len(heard) >= self.majority and now >= self.election.backoff_until:
+            # Always term 1 (again, after a failed attempt: the same vote for ourselves): fresh
+            # nodes vote only in term 1, so a later term could never be won.
             log.info("a majority reports empty data dirs: standing for term 1 to bootstrap the cluster")
-            self._stand(now, "bootstrapping a new cluster")
+            self._stand(now, "bootstrapping a new cluster", term=1)
 
     def _maybe_stand(self, now):
         st, election = self.storage, self.election
@@ -184,9 +208,9 @@ class Roles:
         self._stand(now, f"no word from primary {leader} for {(now - election.leader_heard) * 1000:.0f} ms"
                     if leader else "no primary known")
 
-    def _stand(self, now, reason):
+    def _stand(self, now, reason, term=None):
         st, election = self.storage, self.election
-        term = election.stand(now, st.term, st.last_term, st.last_seq, reason)
+        term = election.stand(now, st.term, st.last_term, st.last_seq, reason, term)
         self.engine.record_vote(term, self.node_id)      # synced before any request leaves
         self.engine.role = "candidate"
         self.secondary = Secondary(self.engine, self.config, self.node, 0)
@@ -256,7 +280,11 @@ class Roles:
                 if self.election.candidacy is not None:
                     self.election.finish(now, won=False)
                 self._follow(term, 0, now)
-            self.engine.record_vote(term, candidate)      # synced before the reply leaves
+            # A learner votes only in the bootstrap election of a new cluster (term 1, empty log):
+            # it is then a founding member with nothing forgotten, so it votes from now on.
+            genesis = bool(st.learner)
+            self.engine.record_vote(term, candidate, learner=False if genesis else None)   # synced first
+            self.bootstrapping = False                    # another node stands: let it lead
             log.info("voted for node %d in term %d", candidate, term)
         else:
             log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,

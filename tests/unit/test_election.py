@@ -97,7 +97,13 @@ def test_a_failed_candidacy_backs_off():
     e.stand(0.0, term=1, last_term=1, last_seq=1, reason="test")
     assert e.expired(e.interval)
     e.finish(e.interval, won=False)
-    assert e.latest["outcome"] == "failed" and e.backoff_until >= e.interval
+    assert e.latest["outcome"] == "failed" and e.candidacy is None
+    assert e.interval <= e.backoff_until <= 2 * e.interval          # a random back-off of 0-1 interval
+    before = e.backoff_until - 1e-6
+    e.on_role(role(2, lost=True), before)
+    assert before < e.interval or not e.should_stand(before, term=2)   # not while backing off
+    e.on_role(role(2, lost=True), e.backoff_until)
+    assert e.should_stand(e.backoff_until, term=2)                    # then it may stand again
 
 
 def test_vote_granting_rules():
@@ -111,4 +117,8 @@ def test_vote_granting_rules():
     st.restoring = 1
     assert not Election.grants(5, 2, st, lost_primary=True)     # nor does a node installing a snapshot
     st.restoring, st.learner = 0, 1
-    assert not Election.grants(5, 2, st, lost_primary=True)     # a learner never votes
+    assert not Election.grants(5, 2, st, lost_primary=True)     # a learner does not vote ...
+    fresh = SimpleNamespace(term=0, voted_for=0, learner=1, restoring=0, last_seq=0)
+    assert Election.grants(1, 2, fresh, lost_primary=True)      # ... except to bootstrap a new cluster
+    fresh.last_seq = 1
+    assert not Election.grants(1, 2, fresh, lost_primary=True)  # not once it holds anything
