@@ -199,8 +199,9 @@ class Client:
         fenced its request id (logged and committed a marker), so it never will be, even if a copy
         is still on its way. "unknown": the node cannot tell (more than 30 s passed, so this client
         no longer asks nodes to keep the record, or the primary has not been recording writes for
-        long enough, e.g. it restarted on a trimmed log); the answer waits for the commit of the
-        write or fence, so it raises Unavailable when no majority answers in time."""
+        long enough, e.g. it restarted on a trimmed log). The answer waits for the commit of the
+        write or fence; while no majority answers, the call retries like any other and finally
+        raises the last error."""
         state, _seq = self._call("OUTCOME", request_id)
         if state in ("committed", "not_found"):
             self._unresolved = [u for u in self._unresolved if u[0] != request_id]

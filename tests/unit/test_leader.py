@@ -260,3 +260,21 @@ def test_a_fetch_that_could_not_be_sent_goes_at_the_next_tick(make):
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 1)))
     sec.tick(0.2)
     assert len(io.sent) == 1                   # sent now: the retry waits FETCH_RETRY
+
+
+def test_a_new_primary_scans_only_after_its_terms_first_entry_commits(make):
+    """Entries its predecessor committed may not be committed here yet: a linearizable scan must
+    not read data from before them (a get waits on the pending entry instead)."""
+    eng, cfg = make(1)
+    eng.become_primary(2)
+    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    scan = protocol.encode_request("SCAN", b"c", 1, 1, None, None, None, None, False)
+    with pytest.raises(errors.Unavailable):
+        eng.handle(protocol.decode_request(scan))
+    stale = protocol.encode_request("SCAN", b"c", 2, 2, None, None, None, None, True)
+    eng.handle(protocol.decode_request(stale))                  # stale scans answer at once
+    cycle(eng, primary)
+    primary.on_ack((2, 2, eng.storage.last_seq, 0), now=1.0)
+    assert eng.commit_seq == eng.term_first_seq
+    reply, _ = eng.handle(protocol.decode_request(scan))
+    assert protocol.decode_reply(reply).ok
