@@ -101,9 +101,15 @@ class Election:
     def peers_heard(self, now):
         return [pid for pid in self.views if self.alive(pid, now)]
 
+    def voted(self, now):
+        """We just voted for a candidate: give it election_interval to win before judging again
+        (Raft resets its election timer on a grant for the same reason)."""
+        self.leader_heard = max(self.leader_heard, now)
+
     def leader_lost(self, now, leader_id):
-        """A secondary's judgement: no primary known, or none heard for election_interval."""
-        lost = not leader_id or now - self.leader_heard >= self.interval
+        """A secondary's judgement: no primary (or candidate we voted for) heard for
+        election_interval. `leader_id` (0: none known) is for the record only."""
+        lost = now - self.leader_heard >= self.interval
         if lost and self.leaderless_since is None:
             self.leaderless_since = now
         return lost
@@ -192,14 +198,14 @@ class Election:
         """Whether to vote for candidate_id in term (the node persists the vote before replying). A
         learner (except for the bootstrap of a new cluster: term 1, an empty log), or a node part-way
         through a snapshot install (its log and data are emptied, so it no longer shows entries it
-        once acknowledged), does not vote."""
+        once acknowledged), does not vote. A node that hears a primary does not vote either."""
         if storage.restoring or term < storage.term:
             return False
         if storage.learner and not (term == 1 and storage.last_seq == 0):
             return False    # a learner votes only to bootstrap a new cluster (term 1, nothing held)
         if term == storage.term and storage.voted_for not in (0, candidate_id):
             return False
-        return lost_primary
+        return lost_primary or not storage.leader_id    # knowing no primary, there is none to lose
 
     def status(self, now, storage):
         return {"voted_for": storage.voted_for, "voter": not (storage.learner or storage.restoring),

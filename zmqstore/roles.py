@@ -285,6 +285,7 @@ class Roles:
             genesis = bool(st.learner)
             self.engine.record_vote(term, candidate, learner=False if genesis else None)   # synced first
             self.bootstrapping = False                    # another node stands: let it lead
+            self.election.voted(now)
             log.info("voted for node %d in term %d", candidate, term)
         else:
             log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,

@@ -22,7 +22,10 @@ def test_loss_is_judged_after_election_interval():
     e.heard_leader(1.0)
     assert not e.leader_lost(1.4, leader_id=1)
     assert e.leader_lost(1.5, leader_id=1)
-    assert e.leader_lost(1.0, leader_id=0)          # no primary known at all
+    assert not e.leader_lost(1.4, leader_id=0)      # no primary known: judged by time all the same
+    e.voted(1.6)
+    assert not e.leader_lost(2.0, leader_id=0)      # a candidate we voted for gets its interval
+    assert e.leader_lost(2.1, leader_id=0)
 
 
 def test_stands_only_when_a_majority_lost_the_primary_and_it_is_the_lowest():
@@ -107,9 +110,12 @@ def test_a_failed_candidacy_backs_off():
 
 
 def test_vote_granting_rules():
-    st = SimpleNamespace(term=3, voted_for=0, learner=0, restoring=0)
+    st = SimpleNamespace(term=3, voted_for=0, learner=0, restoring=0, leader_id=1)
     assert Election.grants(4, 2, st, lost_primary=True)
     assert not Election.grants(4, 2, st, lost_primary=False)    # still hears its primary
+    st.leader_id = 0
+    assert Election.grants(4, 2, st, lost_primary=False)        # knows no primary: none to lose
+    st.leader_id = 1
     assert not Election.grants(2, 2, st, lost_primary=True)     # an older term
     st.voted_for = 3
     assert not Election.grants(3, 2, st, lost_primary=True)     # voted for another in this term
@@ -118,7 +124,7 @@ def test_vote_granting_rules():
     assert not Election.grants(5, 2, st, lost_primary=True)     # nor does a node installing a snapshot
     st.restoring, st.learner = 0, 1
     assert not Election.grants(5, 2, st, lost_primary=True)     # a learner does not vote ...
-    fresh = SimpleNamespace(term=0, voted_for=0, learner=1, restoring=0, last_seq=0)
+    fresh = SimpleNamespace(term=0, voted_for=0, learner=1, restoring=0, last_seq=0, leader_id=0)
     assert Election.grants(1, 2, fresh, lost_primary=True)      # ... except to bootstrap a new cluster
     fresh.last_seq = 1
     assert not Election.grants(1, 2, fresh, lost_primary=True)  # not once it holds anything
