@@ -142,6 +142,14 @@ class SimNet:
                 assert self.leaders.setdefault(term, node.node_id) == node.node_id, \
                     f"two primaries in term {term}: {self.leaders[term]} and {node.node_id} at t={self.now}"
 
+    def restart(self, node_id):
+        """Crash and restart a node between steps (everything it acknowledged was synced): messages
+        in flight to it are lost, and it comes back from its data dir."""
+        old = self.nodes[node_id]
+        old.storage.close()
+        self.queue = [m for m in self.queue if m[1] != node_id]
+        self.nodes[node_id] = SimNode(self, node_id, old.storage.path, "primary" if node_id == 1 else None)
+
     def primaries(self):
         return [n for n, node in self.nodes.items() if node.roles.primary is not None]
 
@@ -213,6 +221,8 @@ def test_random_partitions_and_drops_keep_one_leader_per_term_and_every_acked_wr
         a, b = rng.sample(IDS, 2)
         sim.cut = {frozenset((a, b))} if rng.random() < 0.6 else {frozenset((a, x)) for x in IDS if x != a}
         sim.drop_rate = rng.choice((0.0, 0.1, 0.3))
+        if rng.random() < 0.4:
+            sim.restart(rng.choice(IDS))      # a crash and restart, often of the primary
         sim.run(rng.uniform(0.3, 1.5))
     settle_and_check(sim)
     assert len(sim.acked) > 20
