@@ -54,7 +54,8 @@ class Roles:
             log.info("data dir has state (term %d, last_seq %d): --role %s is ignored; following the "
                      "cluster's primary", st.term, st.last_seq, cfg.role)
         if st.learner and not self.bootstrapping:
-            log.info("new data dir: joining as a learner (no votes until caught up with the primary)")
+            log.info("new data dir: a learner (no votes, no candidacy) until it has caught up with a primary, "
+                     "or has voted in the bootstrap of a new cluster")
         # The primary recorded for our term may be this node, before a restart: it leads no more.
         leader = st.leader_id if st.leader_id != self.node_id else 0
         self._follow(st.term, leader, now)
