@@ -37,9 +37,10 @@ class Commands:
         if seq is STALE:
             raise errors.RequestFenced(f"request {request.request_id} is below an open_from this client already "
                                        f"sent: a late copy, not applied")
-        if seq < 0:
-            raise errors.RequestFenced(f"request {request.request_id} was declared not_found by an OUTCOME "
-                                       f"query; it was not applied and never will be")
+        if seq < 0:   # the answer waits for the fence to commit, as OUTCOME's not_found does
+            return protocol.encode_error(request.request_id, "request_fenced", f"request {request.request_id} "
+                                         f"was declared not_found by an OUTCOME query; it was not applied and "
+                                         f"never will be"), -seq
         return protocol.encode_ok(request.request_id, True, seq), seq
 
     def _logged(self, req, ops):

@@ -50,7 +50,11 @@ class LogServer:
 
     def on_snapshot(self, fields, envelope, now):
         node_id, _term, asked_seq, asked_cursor = fields
-        if self.storage.restoring:
+        eng = self.engine
+        if self.storage.restoring or (eng.role == "primary" and eng.commit_seq < eng.term_first_seq):
+            # Restoring: nothing to serve. A new primary: its applied data may lag entries its
+            # predecessor committed, and the receiver empties its log for the snapshot: wait
+            # (the asker retries) until this term's first entry, and so all before it, commits.
             return
         snapshot_seq, cursor = asked_seq, asked_cursor
         held = self._snapshots.get(snapshot_seq) if snapshot_seq else None
@@ -87,6 +91,7 @@ class Primary:
         self.io = io
         self.node_id = config.node_id
         self.match = {p.node_id: 0 for p in config.peers}        # highest seq each peer holds durably
+        self.voter = {p.node_id: False for p in config.peers}    # learners' copies do not count toward commit
         self.acked_round = {p.node_id: 0 for p in config.peers}  # highest heartbeat round each answered
         self.last_heard = {p.node_id: now for p in config.peers}  # a grace period from the start of the term
         self.majority = config.cluster_size // 2 + 1
@@ -123,7 +128,10 @@ class Primary:
         before our own flush may be on secondaries first), if it is of this term. The engine
         applies it to data after the replies that waited for it have left (Engine.apply_to_commit)."""
         own = self.storage.last_seq
-        values = sorted([own, *self.match.values()], reverse=True)
+        voter = self.voter
+        values = sorted([own, *(seq for pid, seq in self.match.items() if voter[pid])], reverse=True)
+        if len(values) < self.config.write_quorum:
+            return
         candidate = min(values[self.config.write_quorum - 1], own)
         if candidate > self.engine.commit_seq and self.storage.term_at(candidate) == self.storage.term:
             self.engine.commit_seq = candidate
@@ -152,11 +160,12 @@ class Primary:
     # ------------------------------------------------------------ acknowledgements
 
     def on_ack(self, fields, now):
-        node_id, term, last_seq, round_ = fields
+        node_id, term, last_seq, round_, voter = fields
         if term != self.storage.term or node_id not in self.match:
             return
         self.last_heard[node_id] = now
         self.match[node_id] = last_seq          # its latest report: it may have lost data and restarted
+        self.voter[node_id] = voter
         if self.acked_round[node_id] < round_ <= self.round:   # a round from another run means nothing
             self.acked_round[node_id] = round_
         self.advance_commit()
@@ -277,8 +286,9 @@ class Secondary:
         if self.installing or self.sync_target is not None:
             return  # our log is being replaced, or we adopt a voter's log: nothing to report
         self._last_ack = (self.matched, now)
+        st = self.storage
         self.io.send_to(self.leader_id, protocol.encode_peer(
-            "ACK", self.node_id, self.storage.term, self.matched, self._round_acked))
+            "ACK", self.node_id, st.term, self.matched, self._round_acked, not (st.learner or st.restoring)))
 
     def on_leader_progress(self, leader_last, leader_commit, now):
         """The primary's last and commit seq from its role query or reply (DEALER), not the stream."""

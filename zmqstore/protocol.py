@@ -49,7 +49,7 @@ _ROLE = (("node_id", UINT), ("term", UINT), ("role", STR), ("leader_id", UINT), 
          ("address", STR), ("pub_address", STR))
 PEER_MESSAGES = {
     # secondary -> primary, DEALER -> ROUTER
-    "ACK": (("node_id", UINT), ("term", UINT), ("last_seq", UINT), ("round", UINT)),
+    "ACK": (("node_id", UINT), ("term", UINT), ("last_seq", UINT), ("round", UINT), ("voter", BOOL)),
     # any node -> any node (a secondary to its primary, a candidate to the voter whose log it adopts)
     "FETCH": (("node_id", UINT), ("term", UINT), ("from_seq", UINT)),
     "SNAPSHOT": (("node_id", UINT), ("term", UINT), ("snapshot_seq", UINT), ("cursor", OPT_KEY)),

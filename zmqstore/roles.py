@@ -45,7 +45,8 @@ class Roles:
         if cfg.write_quorum < self.majority:
             log.warning("write_quorum = %d is below a majority (%d): a write is acknowledged before a majority "
                         "holds it, so a failover can lose acknowledged writes", cfg.write_quorum, self.majority)
-        fresh = st.term == 0 and st.last_seq == 0
+        # Empty log, at most term 1: a new cluster (a bootstrap interrupted by a crash goes on).
+        fresh = st.term <= 1 and st.last_seq == 0
         if fresh and cfg.role == "primary":
             log.info("empty data dir and --role primary: bootstrapping as primary of term 1 once a majority "
                      "of the cluster reports empty data dirs")
@@ -169,6 +170,8 @@ class Roles:
             self._learner_target = (sec.leader_id, sec.leader_commit)
             self._learner_since, self._learner_warned = sec.last_heard, False
         leader, target = self._learner_target
+        if 1 + len(self.election.peers_heard(sec.last_heard)) < self.majority:
+            return      # hear a majority first: a newer term than our primary's would show there
         if sec.last_heard - self._learner_since > 5.0 and not self._learner_warned:
             self._learner_warned = True
             log.warning("still a learner 5 s after first hearing primary %d: applied %d, target %d, matched %d, "
@@ -212,7 +215,9 @@ class Roles:
     def _stand(self, now, reason, term=None):
         st, election = self.storage, self.election
         term = election.stand(now, st.term, st.last_term, st.last_seq, reason, term)
-        self.engine.record_vote(term, self.node_id)      # synced before any request leaves
+        # Synced before any request leaves. Standing in the bootstrap makes a founding voter, like
+        # voting in it does (a crash before winning must not leave only learners behind).
+        self.engine.record_vote(term, self.node_id, learner=False if self.bootstrapping else None)
         self.engine.role = "candidate"
         self.secondary = Secondary(self.engine, self.config, self.node, 0)
         log.info("starting an election for term %d: %s; voters alive: %s", term, reason,

@@ -93,7 +93,7 @@ def test_primary_commits_at_quorum_and_applies(make):
     assert change.command == "CHANGE" and change.fields[2:4] == (0, 0) and len(change.fields[4]) == 2
     assert protocol.decode_entry(change.fields[4][0]).ops == ()
     assert eng.commit_seq == 0 and eng.storage.get(b"k") is None       # durable on one node of three
-    primary.on_ack((2, 1, 2, 0), now=1.0)
+    primary.on_ack((2, 1, 2, 0, True), now=1.0)
     assert eng.commit_seq == 2
     eng.apply_to_commit()
     assert eng.storage.get(b"k") == protocol.pack_value(7) and eng.storage.applied_seq == 2
@@ -107,8 +107,8 @@ def test_primary_never_counts_what_it_does_not_hold(make):
     eng.become_primary(1)
     primary = Primary(eng, cfg, FakeIO(), 0.0)
     primary.publish_entries(*eng.take_staged())          # published, not yet flushed
-    primary.on_ack((2, 1, 1, 0), now=1.0)
-    primary.on_ack((3, 1, 1, 0), now=1.0)
+    primary.on_ack((2, 1, 1, 0, True), now=1.0)
+    primary.on_ack((3, 1, 1, 0, True), now=1.0)
     assert eng.commit_seq == 0
     eng.flush()
     primary.advance_commit()
@@ -121,9 +121,9 @@ def test_primary_read_rounds_need_a_majority(make):
     primary = Primary(eng, cfg, FakeIO(), 0.0)
     primary.heartbeat(start_round=True)
     assert primary.round == 1 and primary.confirmed_round() == 0
-    primary.on_ack((3, 1, 0, 1), now=1.0)
+    primary.on_ack((3, 1, 0, 1, True), now=1.0)
     assert primary.confirmed_round() == 1
-    primary.on_ack((2, 2, 0, 5), now=1.0)   # another term: ignored
+    primary.on_ack((2, 2, 0, 5, True), now=1.0)   # another term: ignored
     assert primary.acked_round[2] == 0
 
 
@@ -136,7 +136,7 @@ def test_log_server_answers_fetch_and_snapshot(make):
         eng.handle(protocol.decode_request(protocol.encode_request(
             "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
         cycle(eng, primary)
-        primary.on_ack((2, 1, eng.storage.last_seq, 0), now=1.0)
+        primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=1.0)
         eng.apply_to_commit()
     assert eng.commit_seq == 11 and eng.storage.first_seq > 1
     server = LogServer(eng, cfg, io)
@@ -158,7 +158,7 @@ def test_secondary_appends_acks_and_repairs_gaps(make):
     sec = follow(eng, cfg, io, 1)
     sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 1, 2)), now=0.0)
     assert eng.storage.term == 1 and eng.storage.leader_id == 1 and eng.role == "secondary"
-    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 2, 0)))
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 2, 0, False)))
     assert eng.storage.applied_seq == 1 and eng.storage.get(b"a") is not None and eng.storage.get(b"b") is None
     sec.on_message(PeerMessage("CHANGE", (1, 1, 5, 1, [entry(1, b"f")], 2, 6)), now=0.1)   # seqs 3-5 lost
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 3)))
@@ -171,7 +171,7 @@ def test_secondary_appends_acks_and_repairs_gaps(make):
                                                          entry(1, b"f")], 6, 6)), now=1.5)
     assert eng.storage.last_seq == 6 and eng.storage.applied_seq == 6
     sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 4, 6, 6)), now=1.6)
-    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 6, 4)))
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 6, 4, False)))
     assert not sec.on_message(PeerMessage("HEARTBEAT", (0, 3, 1, 0, 0)), now=1.7)    # a lower term: ignored
     assert not sec.on_message(PeerMessage("HEARTBEAT", (1, 3, 1, 0, 0)), now=1.7)    # not its primary
     assert eng.storage.leader_id == 1
@@ -199,14 +199,14 @@ def test_secondary_never_acks_or_applies_entries_the_primary_did_not_vouch_for(m
     io.sent.clear()
     sec = follow(eng, cfg, io, 2)
     sec.on_message(PeerMessage("HEARTBEAT", (2, 1, 1, 4, 4)), now=1.0)    # term 2; its first CHANGE was lost
-    assert (1, PeerMessage("ACK", (2, 2, 2, 1))) in io.sent                # matched is 2, not 5
+    assert (1, PeerMessage("ACK", (2, 2, 2, 1, False))) in io.sent                # matched is 2, not 5
     assert (1, PeerMessage("FETCH", (2, 2, 3))) in io.sent                 # verify from the last match
     assert eng.storage.applied_seq == 2                                     # nothing unverified applied
     sec.on_message(PeerMessage("ENTRIES", (2, 1, 2, 1, [entry(2, b"noop"), entry(2, b"k", "new")], 4, 4)), now=1.1)
     st = eng.storage
     assert (st.last_seq, st.last_term, st.applied_seq) == (4, 2, 4)
     assert protocol.unpack_value(st.get(b"k")) == "new"
-    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 4, 1)))   # carries the last round seen
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 4, 1, False)))   # carries the last round seen
     assert sec.counters["truncations"] == 1
 
 
@@ -232,7 +232,7 @@ def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):
     eng, cfg = make(1)
     eng.become_primary(2)
     primary = Primary(eng, cfg, FakeIO(), 0.0)
-    primary.on_ack((2, 2, 0, 57), now=1.0)   # round 57 of an old run
+    primary.on_ack((2, 2, 0, 57, True), now=1.0)   # round 57 of an old run
     primary.heartbeat(start_round=True)
     assert primary.round == 1 and primary.confirmed_round() == 0
 
@@ -242,10 +242,10 @@ def test_secondary_numbers_rounds_afresh_for_a_new_primary_term(make):
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
     sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 57, 0, 0)), now=0.0)
-    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 0, 57)))
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 0, 57, False)))
     sec = follow(eng, cfg, io, 2)
     sec.on_message(PeerMessage("CHANGE", (2, 1, 0, 0, [entry(2, b"noop")], 0, 1)), now=0.1)   # new term
-    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 1, 0)))
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 1, 0, False)))
 
 
 def test_a_fetch_that_could_not_be_sent_goes_at_the_next_tick(make):
@@ -274,7 +274,19 @@ def test_a_new_primary_scans_only_after_its_terms_first_entry_commits(make):
     stale = protocol.encode_request("SCAN", b"c", 2, 2, None, None, None, None, True)
     eng.handle(protocol.decode_request(stale))                  # stale scans answer at once
     cycle(eng, primary)
-    primary.on_ack((2, 2, eng.storage.last_seq, 0), now=1.0)
+    primary.on_ack((2, 2, eng.storage.last_seq, 0, True), now=1.0)
     assert eng.commit_seq == eng.term_first_seq
     reply, _ = eng.handle(protocol.decode_request(scan))
     assert protocol.decode_reply(reply).ok
+
+
+def test_copies_on_learners_do_not_count_toward_commit(make):
+    """A learner (a new data dir) may have lost a vote it gave: the primary does not count its ACKs."""
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    cycle(eng, primary)
+    primary.on_ack((2, 1, 1, 0, False), now=1.0)
+    assert eng.commit_seq == 0
+    primary.on_ack((3, 1, 1, 0, True), now=1.0)
+    assert eng.commit_seq == 1

@@ -144,7 +144,7 @@ def test_every_message_and_error_code_is_in_the_spec():
 
 
 PEER_VALID = {
-    "ACK": (2, 1, 10, 3),
+    "ACK": (2, 1, 10, 3, True),
     "FETCH": (2, 1, 11),
     "SNAPSHOT": (2, 1, 0, None),
     "CHANGE": (1, 1, 4, 1, [b"e1", b"e2"], 5, 6),
@@ -171,8 +171,8 @@ def test_peer_round_trip(command):
 
 
 @pytest.mark.parametrize("body", [
-    raw(1, "ACK", 2, 1, 10),                       # a field missing
-    raw(1, "ACK", 2, 1, -10, 0),                   # negative seq
+    raw(1, "ACK", 2, 1, 10, 3),                    # a field missing
+    raw(1, "ACK", 2, 1, -10, 0, True),             # negative seq
     raw(1, "CHANGE", 1, 1, 4, 1, ["str"], 5, 6),   # entries must be bin
     raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None),
     raw(1, "HEARTBEAT", 1, 1, 7, 5, "6"),
