@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run run-single test bench bench-elections clean distclean
+.PHONY: run run-single test bench bench-elections chaos clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test: $(STAMP)
 ## bench: benchmarks against real nodes; prints figures (see docs/BENCHMARKS.md)
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## chaos: a randomised fault campaign (kill -9, SIGSTOP) with a linearizability check;
+## make chaos SECONDS=300 SEED=42
+SECONDS ?= 300
+chaos: $(STAMP)
+	$(PY) -m zmqstore.testing.chaos --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
 
 ## bench-elections: 10 minutes of steady load on a 3-node cluster; counts elections (target: none)
 bench-elections: $(STAMP)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from zmqstore import Client, Retry, ZmqstoreError, protocol
+from zmqstore import Retry, ZmqstoreError, protocol
 from zmqstore.testing.process import put_pipelined, wait_until
 
 FAILOVER_RETRY = Retry(max_tries=60, delay=0.05, max_delay=0.3, deadline=20)

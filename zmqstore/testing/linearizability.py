@@ -15,7 +15,7 @@ Operations (`Op`) carry their outcome as a client saw it:
 """
 import json
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 ABSENT = None          # the register's value before any put
 

@@ -1,0 +1,176 @@
+"""A fault campaign against a real leader-mode cluster: workload processes record a history of put,
+get and cas on a few keys while a seeded nemesis kills and pauses nodes; then the linearizability
+checker judges the history (docs/TESTING.md).
+
+    python -m zmqstore.testing.chaos [--seconds 300] [--seed N] [--clients 3] [--dir DIR]
+
+The seed is printed; the same seed replays the same fault schedule (the workload's timing, and so
+the history, still depends on the machine). Every process the campaign starts is stopped at the
+end, also when it fails or is interrupted.
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+
+from .. import errors
+from ..client import Client, Retry
+from .linearizability import Op, check, read_history, write_history
+from .process import Cluster
+
+KEYS = ("a", "b", "c")
+FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
+
+
+# ---------------------------------------------------------------- workload
+
+def _worker(endpoints, process, seconds, seed, out_path):
+    """One client process: random operations on KEYS until `seconds` pass; writes its history."""
+    rng = random.Random(seed * 1000 + process)
+    ops = []
+    counter = 0
+    end = time.monotonic() + seconds
+    with Client(endpoints, timeout=0.5, retry=Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0)) as db:
+        while time.monotonic() < end:
+            key = rng.choice(KEYS)
+            kind = rng.choices(("put", "get", "cas"), (3, 4, 3))[0]
+            counter += 1
+            value = process * 1_000_000 + counter          # every written value is unique
+            invoke = time.monotonic()
+            try:
+                if kind == "put":
+                    db.put(key, value)
+                    op = Op(process, "put", key, value, invoke, time.monotonic(), "ok")
+                elif kind == "get":
+                    result = db.get(key)
+                    op = Op(process, "get", key, None, invoke, time.monotonic(), "ok", result)
+                else:
+                    expected = rng.choice([None] + [o.value for o in ops[-5:] if o.kind == "put"]
+                                          + [o.result for o in ops[-5:] if o.kind == "get"])
+                    applied = db.cas(key, expected, value)
+                    op = Op(process, "cas", key, (expected, value), invoke, time.monotonic(), "ok", applied)
+            except errors.RequestError:
+                op = Op(process, kind, key, value, invoke, time.monotonic(), "fail")
+            except errors.ZmqstoreError:
+                # A read that failed changed nothing; a write that failed may still have been
+                # applied by an earlier attempt (or may commit later): unknown.
+                args = None if kind == "get" else (value if kind == "put" else (expected, value))
+                op = Op(process, kind, key, args, invoke, float("inf"), "fail" if kind == "get" else "info")
+            ops.append(op)
+    write_history(out_path, ops)
+
+
+# ---------------------------------------------------------------- nemesis
+
+class Nemesis:
+    """Injects one fault at a time from a seeded schedule: kill -9 (then restart) or SIGSTOP (then
+    SIGCONT) of the primary or of a random node."""
+
+    def __init__(self, cluster, seed):
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.log = []            # (time, fault, node)
+
+    def run(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(self.rng.uniform(0.5, 1.5))
+            if time.monotonic() >= end:
+                break
+            fault = self.rng.choice(FAULTS)
+            nodes = sorted(self.cluster.nodes)
+            if fault.endswith("primary"):
+                found = self.cluster.primaries()
+                target = min(found) if found else self.rng.choice(nodes)
+            else:
+                target = self.rng.choice(nodes)
+            duration = self.rng.uniform(0.5, 2.0)
+            self.log.append((round(time.monotonic(), 3), fault, target))
+            node = self.cluster.nodes[target]
+            if fault.startswith("kill"):
+                node.kill()
+                time.sleep(duration)
+                self.cluster.start(target, wait=False)
+            else:
+                node.signal(signal.SIGSTOP)
+                time.sleep(duration)
+                node.signal(signal.SIGCONT)
+
+    def heal(self):
+        for node_id, node in self.cluster.nodes.items():
+            if node.alive():
+                node.signal(signal.SIGCONT)
+            else:
+                self.cluster.start(node_id, wait=False)
+
+
+# ---------------------------------------------------------------- campaign
+
+def campaign(base_dir, seconds, seed, clients=3):
+    """Run one campaign; returns a summary dict (verdict included)."""
+    c = Cluster(base_dir, size=3, args=["--log-level", "WARNING"])
+    histories = []
+    try:
+        c.start_all()
+        ctx = multiprocessing.get_context("spawn")
+        procs = []
+        for p in range(clients):
+            path = os.path.join(base_dir, f"history-{p}.jsonl")
+            histories.append(path)
+            procs.append(ctx.Process(target=_worker, args=(c.endpoints, p, seconds, seed, path), daemon=True))
+        for proc in procs:
+            proc.start()
+        nemesis = Nemesis(c, seed)
+        try:
+            nemesis.run(max(0.0, seconds - 1.0))
+        finally:
+            nemesis.heal()
+            for proc in procs:
+                proc.join(seconds + 60)
+                if proc.is_alive():
+                    proc.kill()
+        primary = c.wait_primary(30)
+        history = [op for path in histories if os.path.exists(path) for op in read_history(path)]
+        verdict = check(history)
+        outcomes = {k: sum(1 for op in history if op.outcome == k) for k in ("ok", "fail", "info")}
+        summary = {"seed": seed, "seconds": seconds, "operations": len(history), **outcomes,
+                   "faults": len(nemesis.log), "fault_log": nemesis.log, "linearizable": verdict.ok,
+                   "final_primary": primary}
+        if not verdict.ok:
+            summary["report"] = verdict.report()
+        return summary
+    finally:
+        c.stop_all()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=300.0)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
+    opts = ap.parse_args(argv)
+    seed = opts.seed if opts.seed is not None else random.randrange(1 << 30)
+    print(f"seed {seed}", flush=True)
+    if opts.dir:
+        os.makedirs(opts.dir, exist_ok=True)
+        summary = campaign(opts.dir, opts.seconds, seed, opts.clients)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            summary = campaign(d, opts.seconds, seed, opts.clients)
+    faults = {}
+    for _t, fault, _node in summary["fault_log"]:
+        faults[fault] = faults.get(fault, 0) + 1
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("fault_log", "report")}, indent=2))
+    print("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(faults.items())))
+    print(summary.get("report", "history is linearizable"))
+    return 0 if summary["linearizable"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
