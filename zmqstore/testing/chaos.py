@@ -20,11 +20,16 @@ import time
 
 from .. import errors
 from ..client import Client, Retry
+from . import partition
 from .linearizability import Op, check, read_history, write_history
 from .process import Cluster
 
 KEYS = ("a", "b", "c")
-FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
+PROCESS_FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
+# Need iptables (root): partition.py. In 3 nodes a majority/minority split isolates one node; a
+# bridge cuts one link only (the third node still sees both sides); a flapping link is cut and
+# restored every 0.1-0.3 s.
+NETWORK_FAULTS = ("isolate-primary", "isolate-random", "bridge", "flap")
 
 
 # ---------------------------------------------------------------- workload
@@ -69,11 +74,13 @@ def _worker(endpoints, process, seconds, seed, out_path):
 
 class Nemesis:
     """Injects one fault at a time from a seeded schedule: kill -9 (then restart) or SIGSTOP (then
-    SIGCONT) of the primary or of a random node."""
+    SIGCONT) of the primary or of a random node and, with a Partitioner, network partitions."""
 
-    def __init__(self, cluster, seed):
+    def __init__(self, cluster, seed, partitioner=None):
         self.cluster = cluster
         self.rng = random.Random(seed)
+        self.partitioner = partitioner
+        self.faults = PROCESS_FAULTS + (NETWORK_FAULTS if partitioner is not None else ())
         self.log = []            # (time, fault, node)
 
     def run(self, seconds):
@@ -82,7 +89,7 @@ class Nemesis:
             time.sleep(self.rng.uniform(0.5, 1.5))
             if time.monotonic() >= end:
                 break
-            fault = self.rng.choice(FAULTS)
+            fault = self.rng.choice(self.faults)
             nodes = sorted(self.cluster.nodes)
             if fault.endswith("primary"):
                 found = self.cluster.primaries()
@@ -96,12 +103,31 @@ class Nemesis:
                 node.kill()
                 time.sleep(duration)
                 self.cluster.start(target, wait=False)
-            else:
+            elif fault.startswith("pause"):
                 node.signal(signal.SIGSTOP)
                 time.sleep(duration)
                 node.signal(signal.SIGCONT)
+            elif fault.startswith("isolate"):
+                self.partitioner.isolate(target)
+                time.sleep(duration)
+                self.partitioner.heal()
+            else:
+                other = self.rng.choice([n for n in nodes if n != target])
+                if fault == "bridge":
+                    self.partitioner.cut(target, other)
+                    time.sleep(duration)
+                else:
+                    until = time.monotonic() + duration
+                    while time.monotonic() < until:
+                        self.partitioner.cut(target, other)
+                        time.sleep(self.rng.uniform(0.1, 0.3))
+                        self.partitioner.heal()
+                        time.sleep(self.rng.uniform(0.1, 0.3))
+                self.partitioner.heal()
 
     def heal(self):
+        if self.partitioner is not None:
+            self.partitioner.heal()
         for node_id, node in self.cluster.nodes.items():
             if node.alive():
                 node.signal(signal.SIGCONT)
@@ -111,11 +137,17 @@ class Nemesis:
 
 # ---------------------------------------------------------------- campaign
 
-def campaign(base_dir, seconds, seed, clients=3):
-    """Run one campaign; returns a summary dict (verdict included)."""
+def campaign(base_dir, seconds, seed, clients=3, network=None):
+    """Run one campaign; returns a summary dict (verdict included). network: use iptables
+    partitions (None: when available, i.e. iptables present and root)."""
     c = Cluster(base_dir, size=3, args=["--log-level", "WARNING"])
     histories = []
+    partitioner = None
     try:
+        if network is None:
+            network = partition.available()
+        if network:
+            partitioner = partition.Partitioner({i: n.host for i, n in c.nodes.items()})
         c.start_all()
         ctx = multiprocessing.get_context("spawn")
         procs = []
@@ -125,7 +157,7 @@ def campaign(base_dir, seconds, seed, clients=3):
             procs.append(ctx.Process(target=_worker, args=(c.endpoints, p, seconds, seed, path), daemon=True))
         for proc in procs:
             proc.start()
-        nemesis = Nemesis(c, seed)
+        nemesis = Nemesis(c, seed, partitioner)
         try:
             nemesis.run(max(0.0, seconds - 1.0))
         finally:
@@ -139,12 +171,14 @@ def campaign(base_dir, seconds, seed, clients=3):
         verdict = check(history)
         outcomes = {k: sum(1 for op in history if op.outcome == k) for k in ("ok", "fail", "info")}
         summary = {"seed": seed, "seconds": seconds, "operations": len(history), **outcomes,
-                   "faults": len(nemesis.log), "fault_log": nemesis.log, "linearizable": verdict.ok,
-                   "final_primary": primary}
+                   "faults": len(nemesis.log), "fault_log": nemesis.log, "network_faults": bool(network),
+                   "linearizable": verdict.ok, "final_primary": primary}
         if not verdict.ok:
             summary["report"] = verdict.report()
         return summary
     finally:
+        if partitioner is not None:
+            partitioner.close()
         c.stop_all()
 
 

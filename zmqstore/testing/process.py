@@ -158,13 +158,24 @@ class Cluster:
         return node
 
     def start_all(self, timeout=20.0):
-        """Start every node, wait until each answers and one of them is primary."""
+        """Start every node, wait until each answers, one of them is primary and every node is a
+        voter (a node that has not caught up yet is a learner: a fault then could leave too few
+        voters to elect anyone, which is right, but not what a test starting a cluster means)."""
         for node_id in self.nodes:
             self.start(node_id, wait=False)
         for node in self.nodes.values():
             node.wait_ready(timeout)
         self.wait_primary(timeout)
+        wait_until(lambda: all(self._voter(n) for n in self.nodes), timeout, interval=0.05,
+                   message="every node a voter")
         return self
+
+    def _voter(self, node_id):
+        try:
+            with self.nodes[node_id].client(timeout=0.5, retry=Retry(max_tries=1)) as c:
+                return c.status().get("voter", False)
+        except ZmqstoreError:
+            return False
 
     def role_of(self, node_id):
         """(role, term) the node reports, or None when it does not answer."""
