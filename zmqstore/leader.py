@@ -235,6 +235,7 @@ class Secondary:
         self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
         self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
         self.crash_after_chunks = None  # test-only (docs/TESTING.md): die after installing this many chunks
+        self._refusal_logged = False
         self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0}
         if self.storage.restoring:
             log.info("a snapshot install was interrupted: it starts over once the primary is known")
@@ -275,8 +276,11 @@ class Secondary:
             # Its log is shorter than what we applied: it lost its data dir. Following it would
             # silently diverge (a node with a new data dir neither bootstraps nor stands; see
             # docs/REPLICATION.md), so refuse loudly.
-            log.error("node %d's log ends at seq %d, below our applied seq %d: it lost data; not following",
-                      self.leader_id, leader_last, self.storage.applied_seq)
+            if not self._refusal_logged:    # once per primary and term: it repeats with every message
+                self._refusal_logged = True
+                log.error("node %d's log ends at seq %d, below our applied seq %d: it lost data, or entries "
+                          "were acknowledged without a majority (write_quorum below a majority); not following",
+                          self.leader_id, leader_last, self.storage.applied_seq)
             return False
         self.last_heard = now
         handler(msg.command, fields, now)

@@ -21,6 +21,10 @@ SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at s
 # Test-only: drop this fraction of published change messages, to prove the repair path
 # (docs/TESTING.md). Never set in production.
 DROP_ENV = "ZMQSTORE_TEST_DROP_CHANGES"
+# Test-only, deliberately broken (docs/TESTING.md): "deposed-reads" makes a primary answer
+# linearizable reads without confirming its leadership and never step down, so the fault
+# campaigns can show the linearizability checker catching the stale reads that follow.
+BROKEN_ENV = "ZMQSTORE_TEST_BROKEN"
 
 log = logging.getLogger("zmqstore.node")
 
@@ -48,6 +52,7 @@ class Node:
         self._waiters = collections.deque()
         self._round_wanted = False
         self._drop_rate = float(os.environ.get(DROP_ENV, "0") or 0)
+        self._unsafe_reads = os.environ.get(BROKEN_ENV) == "deposed-reads"
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -66,6 +71,10 @@ class Node:
                         immediate=True)
             if config.peers:
                 self.roles = Roles(self, self.engine, config, time.monotonic())
+                if os.environ.get(BROKEN_ENV) == "deposed-reads":
+                    log.warning("TEST-ONLY BROKEN BUILD (%s=deposed-reads): reads without leadership "
+                                "confirmation, no step-down", BROKEN_ENV)
+                    self.roles.never_step_down = True
                 self.engine.extra_status = lambda: self.roles.status(time.monotonic())
             else:
                 self.engine.become_primary(max(self.storage.term, 1))
@@ -292,7 +301,8 @@ class Node:
                 protocol.encode_error(rid, "internal", f"internal error: {type(exc).__name__}")])
             return
         wait_round = 0
-        if self.primary is not None and request.command in ("GET", "SCAN") and not request.args[-1]:
+        if (self.primary is not None and request.command in ("GET", "SCAN") and not request.args[-1]
+                and not self._unsafe_reads):
             wait_round = self.primary.round + 1   # linearizable: a round started after this read arrived
             self._round_wanted = True
         if not self._waiters and wait_seq <= self.engine.commit_seq and not wait_round:

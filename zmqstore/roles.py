@@ -34,6 +34,7 @@ class Roles:
         self.primary = None
         self.secondary = None
         self.bootstrapping = False
+        self.never_step_down = False    # test-only, a deliberately broken build (node.py BROKEN_ENV)
         self._learner_target = None     # (primary, its commit seq when first heard): a learner's goal
         self._crash_after_chunks = int(os.environ.get(CRASH_IN_SNAPSHOT_ENV, "0") or 0)
         self._peer_handlers = {"ROLE": self._on_role_query, "VOTE_REQUEST": self._on_vote_request,
@@ -127,7 +128,7 @@ class Roles:
         st = self.storage
         if self.primary is not None:
             self.primary.heartbeat()
-            if not self.primary.has_majority(now):
+            if not self.primary.has_majority(now) and not self.never_step_down:
                 log.warning("primary of term %d heard from no majority within %.2f s: stepping down",
                             st.term, self.config.election_interval)
                 self._follow(st.term, 0, now)

@@ -23,3 +23,16 @@ def test_short_campaign_is_linearizable(tmp_path):
     else:
         raise AssertionError("no read to make stale")
     assert not check(history).ok
+
+
+def test_checker_catches_a_broken_build(tmp_path):
+    """A deliberately broken build (primaries acknowledge writes alone and never step down) loses
+    acknowledged writes when the primary is cut off: the checker must report it."""
+    import pytest
+    from zmqstore.testing import partition
+    if not partition.available():
+        pytest.skip("needs iptables and root to cut the primary off (.ci/run installs iptables)")
+    summary = campaign(str(tmp_path), seconds=15, seed=5, clients=3, faults=["isolate-primary"],
+                       broken="early-acks")
+    assert summary["faults"] >= 3
+    assert not summary["linearizable"] and "NOT linearizable" in summary["report"]

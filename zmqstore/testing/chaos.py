@@ -137,10 +137,21 @@ class Nemesis:
 
 # ---------------------------------------------------------------- campaign
 
-def campaign(base_dir, seconds, seed, clients=3, network=None):
+def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None):
     """Run one campaign; returns a summary dict (verdict included). network: use iptables
-    partitions (None: when available, i.e. iptables present and root)."""
-    c = Cluster(base_dir, size=3, args=["--log-level", "WARNING"])
+    partitions (None: when available, i.e. iptables present and root). faults: only these kinds.
+    broken: run a deliberately broken build (node.py BROKEN_ENV) to show the checker catches it."""
+    args, env = ["--log-level", "WARNING"], None
+    if broken:
+        # deposed-reads: primaries read without confirming leadership and never step down.
+        # early-acks: that, and writes acknowledged once on the primary alone (write_quorum = 1).
+        env = {"ZMQSTORE_TEST_BROKEN": "deposed-reads"}
+        if broken == "early-acks":
+            conf = os.path.join(base_dir, "broken.ini")
+            with open(conf, "w") as f:
+                f.write("[cluster]\nwrite_quorum = 1\n")
+            args += ["--config", conf]
+    c = Cluster(base_dir, size=3, args=args, env=env)
     histories = []
     partitioner = None
     try:
@@ -158,6 +169,8 @@ def campaign(base_dir, seconds, seed, clients=3, network=None):
         for proc in procs:
             proc.start()
         nemesis = Nemesis(c, seed, partitioner)
+        if faults:
+            nemesis.faults = tuple(faults)
         try:
             nemesis.run(max(0.0, seconds - 1.0))
         finally:
@@ -188,15 +201,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
+    ap.add_argument("--faults", help="comma-separated fault kinds to use (default: all available): "
+                    + ", ".join(PROCESS_FAULTS + NETWORK_FAULTS))
+    ap.add_argument("--broken", choices=("deposed-reads", "early-acks"), help="run a deliberately broken build")
     opts = ap.parse_args(argv)
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 30)
     print(f"seed {seed}", flush=True)
+    faults = opts.faults.split(",") if opts.faults else None
     if opts.dir:
         os.makedirs(opts.dir, exist_ok=True)
-        summary = campaign(opts.dir, opts.seconds, seed, opts.clients)
+        summary = campaign(opts.dir, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken)
     else:
         with tempfile.TemporaryDirectory() as d:
-            summary = campaign(d, opts.seconds, seed, opts.clients)
+            summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken)
     faults = {}
     for _t, fault, _node in summary["fault_log"]:
         faults[fault] = faults.get(fault, 0) + 1
