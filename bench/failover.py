@@ -38,14 +38,6 @@ class Writer(threading.Thread):
                 i += 1
 
 
-def _status(node):
-    try:
-        with node.client(timeout=0.5, retry=Retry(max_tries=1)) as c:
-            return c.status()
-    except ZmqstoreError:
-        return None
-
-
 def failover(results, runs, election_interval=0.5):
     with tempfile.TemporaryDirectory() as d:
         c = Cluster(d, size=3, args=["--election-interval", str(election_interval), "--log-level", "WARNING"],
@@ -69,12 +61,12 @@ def failover(results, runs, election_interval=0.5):
                     times.append(first[0] - killed_at)
                     winner = next(i for i, node in c.nodes.items() if node.endpoint == first[1])
                     winners.append(winner)
-                    st = _status(c.nodes[winner])
+                    st = c.nodes[winner].status()
                     if st and st.get("latest_election"):
                         elections.append(st["latest_election"]["duration_ms"])
                     c.start(victim)
                     target = st["commit_seq"] if st else 0
-                    wait_until(lambda: (_status(c.nodes[victim]) or {}).get("applied_seq", 0) >= target, 30,
+                    wait_until(lambda: (c.nodes[victim].status() or {}).get("applied_seq", 0) >= target, 30,
                                interval=0.05, message="the old primary caught up")
             finally:
                 writer.stop.set()

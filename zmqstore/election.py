@@ -106,9 +106,9 @@ class Election:
         (Raft resets its election timer on a grant for the same reason)."""
         self.leader_heard = max(self.leader_heard, now)
 
-    def leader_lost(self, now, leader_id):
+    def leader_lost(self, now):
         """A secondary's judgement: no primary (or candidate we voted for) heard for
-        election_interval. `leader_id` (0: none known) is for the record only."""
+        election_interval, whether or not it knows which node leads."""
         lost = now - self.leader_heard >= self.interval
         if lost and self.leaderless_since is None:
             self.leaderless_since = now

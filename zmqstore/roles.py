@@ -95,7 +95,7 @@ class Roles:
 
     def observe(self, term, leader_id, now):
         """The term of any peer message. A higher one is adopted: this node becomes a secondary, of
-        leader_id when the message names the primary of that term. Returns False for an older term."""
+        leader_id when the message names the primary of that term."""
         st = self.storage
         if leader_id == self.node_id:
             leader_id = 0   # a peer's memory of an earlier run of this node
@@ -114,7 +114,6 @@ class Roles:
             if self.election.candidacy is not None:
                 self.election.finish(now, won=False)   # another candidate won this term without us
             self._follow(term, leader_id, now)     # learnt who leads the term we voted in
-        return term >= st.term
 
     # ------------------------------------------------------------ timers
 
@@ -159,7 +158,7 @@ class Roles:
             return False
         if self.election.candidacy is not None:
             return True
-        return self.election.leader_lost(now, self.secondary.leader_id)
+        return self.election.leader_lost(now)
 
     def _check_learner(self):
         """A learner becomes a voter once it has applied what the primary had committed when the
@@ -206,7 +205,7 @@ class Roles:
         st, election = self.storage, self.election
         if (self.primary is not None or election.candidacy is not None or st.learner or st.restoring
                 or self.bootstrapping
-                or not election.leader_lost(now, self.secondary.leader_id)
+                or not election.leader_lost(now)
                 or not election.should_stand(now, st.term)):
             return
         leader = self.secondary.leader_id

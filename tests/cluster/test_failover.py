@@ -62,11 +62,7 @@ def data_of(node):
 
 def status_of(node):
     """The node's STATUS ({} when it does not answer: a wait polls again)."""
-    try:
-        with node.client(timeout=1.0, retry=Retry(max_tries=1)) as db:
-            return db.status()
-    except ZmqstoreError:
-        return {}
+    return node.status(timeout=1.0) or {}
 
 
 def follows(node, primary_id):

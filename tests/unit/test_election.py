@@ -20,12 +20,12 @@ def role(node_id, term=1, role_="secondary", leader_id=1, lost=False, voter=True
 def test_loss_is_judged_after_election_interval():
     e = make(2)
     e.heard_leader(1.0)
-    assert not e.leader_lost(1.4, leader_id=1)
-    assert e.leader_lost(1.5, leader_id=1)
-    assert not e.leader_lost(1.4, leader_id=0)      # no primary known: judged by time all the same
+    assert not e.leader_lost(1.4)
+    assert e.leader_lost(1.5)
+    assert not e.leader_lost(1.4)      # no primary known: judged by time all the same
     e.voted(1.6)
-    assert not e.leader_lost(2.0, leader_id=0)      # a candidate we voted for gets its interval
-    assert e.leader_lost(2.1, leader_id=0)
+    assert not e.leader_lost(2.0)      # a candidate we voted for gets its interval
+    assert e.leader_lost(2.1)
 
 
 def test_stands_only_when_a_majority_lost_the_primary_and_it_is_the_lowest():
@@ -51,7 +51,7 @@ def test_learners_neither_count_nor_stand_before_others():
 def test_any_voter_may_stand_after_a_long_time_without_a_primary():
     e3 = make(3)
     e3.on_role(role(2, lost=True), 0.0)
-    e3.leader_lost(0.0, leader_id=0)               # leaderless from 0.0
+    e3.leader_lost(0.0)               # leaderless from 0.0
     late = OPEN_FIELD_AFTER * e3.interval + e3.interval   # past any jitter
     e3.on_role(role(2, lost=True), late)
     assert e3.should_stand(late, term=1)
@@ -66,7 +66,7 @@ def test_a_pause_of_this_node_is_not_taken_for_silence_of_others():
         e.note_loop(t)                              # the loop runs every 0.1 s at most
     assert e.counters["pauses_detected"] == 0
     e.note_loop(4.0)                                # 3 s without running (SIGSTOP, GC)
-    assert not e.leader_lost(4.0, leader_id=1) and e.alive(3, 4.0)
+    assert not e.leader_lost(4.0) and e.alive(3, 4.0)
     assert e.counters["pauses_detected"] == 1
 
 

@@ -79,6 +79,16 @@ class NodeProcess:
     def client(self, **kwargs):
         return Client(self.endpoint, **kwargs)
 
+    def status(self, timeout=0.5):
+        """The node's STATUS, or None when it does not answer (down, paused, busy): pollers ask again."""
+        if not self.alive():
+            return None
+        try:
+            with self.client(timeout=timeout, retry=Retry(max_tries=1)) as c:
+                return c.status()
+        except ZmqstoreError:
+            return None
+
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
@@ -166,28 +176,14 @@ class Cluster:
         for node in self.nodes.values():
             node.wait_ready(timeout)
         self.wait_primary(timeout)
-        wait_until(lambda: all(self._voter(n) for n in self.nodes), timeout, interval=0.05,
-                   message="every node a voter")
+        wait_until(lambda: all((n.status() or {}).get("voter") for n in self.nodes.values()), timeout,
+                   interval=0.05, message="every node a voter")
         return self
-
-    def _voter(self, node_id):
-        try:
-            with self.nodes[node_id].client(timeout=0.5, retry=Retry(max_tries=1)) as c:
-                return c.status().get("voter", False)
-        except ZmqstoreError:
-            return False
 
     def role_of(self, node_id):
         """(role, term) the node reports, or None when it does not answer."""
-        node = self.nodes[node_id]
-        if not node.alive():
-            return None
-        try:
-            with node.client(timeout=0.5, retry=Retry(max_tries=1)) as c:
-                st = c.status()
-                return st["role"], st["term"]
-        except ZmqstoreError:
-            return None
+        st = self.nodes[node_id].status()
+        return None if st is None else (st["role"], st["term"])
 
     def primaries(self):
         """{node id: term} of the live nodes that say they are primary."""
