@@ -7,48 +7,9 @@ import time
 import pytest
 
 from zmqstore import Retry, ZmqstoreError, protocol
-from zmqstore.testing.process import put_pipelined, wait_until
+from zmqstore.testing.process import Writer, put_pipelined, wait_until
 
-FAILOVER_RETRY = Retry(max_tries=60, delay=0.05, max_delay=0.3, deadline=20)
-
-
-class Writer:
-    """A thread writing pipelined batches to the cluster until stopped; records what was acknowledged."""
-
-    def __init__(self, cluster, prefix):
-        self.cluster, self.prefix = cluster, prefix
-        self.acked = {}
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "writer did not stop"
-
-    def _run(self):
-        with self.cluster.client(timeout=0.5, retry=FAILOVER_RETRY) as db:
-            i = 0
-            while not self._stop.is_set():
-                p = db.pipeline(max_in_flight=16)
-                keys = [f"{self.prefix}{i + j}" for j in range(16)]
-                for k in keys:
-                    p.put(k, i)
-                for k, r in zip(keys, p.execute(raise_on_error=False)):
-                    if r is None:
-                        self.acked[k] = i
-                    else:
-                        self.errors += 1
-                i += 16
-
-    def wait_for(self, count, timeout=20):
-        target = len(self.acked) + count
-        wait_until(lambda: len(self.acked) >= target, timeout, message=f"{count} more writes acknowledged")
+FAILOVER_RETRY = Retry(max_tries=60, delay=0.05, max_delay=0.3, deadline=20)   # rides out any failover
 
 
 def data_of(node):
@@ -86,7 +47,7 @@ def test_kill_primary_lowest_available_id_takes_over(cluster):
     """The issue's sequence: kill -9 node 1 (primary) under load, node 2 takes over with every
     acknowledged write; node 1 restarts as a secondary and converges; kill node 2, node 1 leads."""
     c = cluster()
-    with Writer(c, "a") as w:
+    with Writer(c, "a", FAILOVER_RETRY) as w:
         w.wait_for(300)
         c.nodes[1].kill()
         assert c.wait_primary(10, among=(2, 3)) == 2
@@ -100,7 +61,7 @@ def test_kill_primary_lowest_available_id_takes_over(cluster):
     c.start(1)
     wait_until(lambda: follows(c.nodes[1], 2), 10, message="node 1 follows node 2")
     wait_until(lambda: caught_up(c.nodes[1], c.nodes[2]), 15, message="node 1 converged on node 2's log")
-    with Writer(c, "b") as w2:
+    with Writer(c, "b", FAILOVER_RETRY) as w2:
         w2.wait_for(300)
         c.nodes[2].kill()
         assert c.wait_primary(10, among=(1, 3)) == 1          # the lowest available id
@@ -118,7 +79,7 @@ def test_paused_primary_is_replaced_and_steps_down(cluster):
     """SIGSTOP the primary for 3 s under load: node 2 takes over; after SIGCONT there is exactly
     one primary, the paused node is a secondary of the new term, and nothing acknowledged is lost."""
     c = cluster()
-    with Writer(c, "p") as w:
+    with Writer(c, "p", FAILOVER_RETRY) as w:
         w.wait_for(300)
         c.nodes[1].signal(signal.SIGSTOP)
         paused_at = time.monotonic()

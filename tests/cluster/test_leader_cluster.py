@@ -4,7 +4,7 @@ import signal
 import pytest
 
 from zmqstore import Client, Retry, errors
-from zmqstore.testing.process import put_pipelined, wait_until
+from zmqstore.testing.process import Writer, put_pipelined, wait_until
 
 
 FAILOVER_RETRY = Retry(max_tries=40, delay=0.05, max_delay=0.3, deadline=15)
@@ -176,38 +176,16 @@ def test_primary_killed_mid_stream_loses_no_acknowledged_write(cluster):
     """kill -9 whichever node is primary while pipelined writes flow (entries are streamed before
     the primary's own fsync), three times, restarting it each time: every acknowledged write
     survives the failovers and all nodes end identical."""
-    import threading
     c = cluster()
     acked = {}
     for round_ in range(3):
-        stop = threading.Event()
-
-        def writer():
-            with c.client(timeout=0.5, retry=FAILOVER_RETRY) as db:
-                i = 0
-                while not stop.is_set():
-                    p = db.pipeline()
-                    keys = [f"r{round_}:{i + j}" for j in range(64)]
-                    for k in keys:
-                        p.put(k, k)
-                    results = p.execute(raise_on_error=False)
-                    for k, r in zip(keys, results):
-                        if r is None:            # acknowledged
-                            acked[k] = k
-                    i += 64
-        t = threading.Thread(target=writer)
-        t.start()
-        try:
-            wait_until(lambda: len(acked) > (round_ + 1) * 500, 20, message="writes flowing")
+        with Writer(c, f"r{round_}:", FAILOVER_RETRY, batch=64) as w:
+            w.wait_for(500)
             victim = c.wait_primary(10)
             c.nodes[victim].kill()
             c.wait_primary(10, among=set(c.nodes) - {victim})
-            count = len(acked)
-            wait_until(lambda: len(acked) > count + 100, 20, message="writes flowing after failover")
-        finally:
-            stop.set()
-            t.join(30)
-        assert not t.is_alive()
+            w.wait_for(100)                     # writes flow again, to the new primary
+        acked.update(w.acked)
         c.start(victim)
     with c.client(retry=FAILOVER_RETRY) as db:
         db.put("final", 1)

@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from ..client import Client, Retry
@@ -224,3 +225,44 @@ def put_pipelined(db, items):
         p.put(key, value)
     p.execute()
     return items
+
+
+class Writer:
+    """A thread writing pipelined batches of `batch` puts to the cluster until the `with` block
+    ends; `acked` holds what was acknowledged. `retry` should ride out a failover."""
+
+    def __init__(self, cluster, prefix, retry, batch=16):
+        self.cluster, self.prefix, self.retry, self.batch = cluster, prefix, retry, batch
+        self.acked = {}
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "writer did not stop"
+
+    def _run(self):
+        with self.cluster.client(timeout=0.5, retry=self.retry) as db:
+            i = 0
+            while not self._stop.is_set():
+                p = db.pipeline(max_in_flight=self.batch)
+                keys = [f"{self.prefix}{i + j}" for j in range(self.batch)]
+                for k in keys:
+                    p.put(k, i)
+                for k, r in zip(keys, p.execute(raise_on_error=False)):
+                    if r is None:
+                        self.acked[k] = i
+                    else:
+                        self.errors += 1
+                i += self.batch
+
+    def wait_for(self, count, timeout=20):
+        """Wait until `count` more writes than now are acknowledged."""
+        target = len(self.acked) + count
+        wait_until(lambda: len(self.acked) >= target, timeout, message=f"{count} more writes acknowledged")
