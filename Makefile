@@ -33,11 +33,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
-## chaos: a randomised fault campaign (kill -9, SIGSTOP) with a linearizability check;
-## make chaos SECONDS=300 SEED=42
+## chaos: a randomised fault campaign (kill -9, SIGSTOP, iptables partitions when root) with a
+## linearizability check; make chaos SECONDS=300 SEED=42 NODES=5
 SECONDS ?= 300
+NODES ?= 3
 chaos: $(STAMP)
-	$(PY) -m zmqstore.testing.chaos --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
+	$(PY) -m zmqstore.testing.chaos --seconds $(SECONDS) --nodes $(NODES) $(if $(SEED),--seed $(SEED))
 
 ## bench-elections: 10 minutes of steady load on a 3-node cluster; counts elections (target: none)
 bench-elections: $(STAMP)

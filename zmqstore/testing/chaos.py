@@ -2,7 +2,7 @@
 get and cas on a few keys while a seeded nemesis kills and pauses nodes; then the linearizability
 checker judges the history (docs/TESTING.md).
 
-    python -m zmqstore.testing.chaos [--seconds 300] [--seed N] [--clients 3] [--dir DIR]
+    python -m zmqstore.testing.chaos [--seconds 300] [--seed N] [--clients 3] [--nodes 3|5] [--dir DIR]
 
 The seed is printed; the same seed replays the same fault schedule (the workload's timing, and so
 the history, still depends on the machine). Every process the campaign starts is stopped at the
@@ -22,14 +22,15 @@ from .. import errors
 from ..client import Client, Retry
 from . import partition
 from .linearizability import Op, check, read_history, write_history
-from .process import Cluster
+from .process import Cluster, wait_until
 
 KEYS = ("a", "b", "c")
 PROCESS_FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
-# Need iptables (root): partition.py. In 3 nodes a majority/minority split isolates one node; a
-# bridge cuts one link only (the third node still sees both sides); a flapping link is cut and
-# restored every 0.1-0.3 s.
-NETWORK_FAULTS = ("isolate-primary", "isolate-random", "bridge", "flap")
+# Need iptables (root): partition.py. isolate cuts one node off from all others; split cuts the
+# cluster into a random majority and minority (in 3 nodes, like isolate-random); bridge splits the
+# others into two sides that only one node, the bridge, still sees both of; a flapping link is cut
+# and restored every 0.1-0.3 s.
+NETWORK_FAULTS = ("isolate-primary", "isolate-random", "split", "bridge", "flap")
 
 
 # ---------------------------------------------------------------- workload
@@ -110,19 +111,25 @@ class Nemesis:
             elif fault.startswith("isolate"):
                 self.partitioner.isolate(target)
                 time.sleep(duration)
-                self.partitioner.heal()
+            elif fault == "split":
+                shuffled = self.rng.sample(nodes, len(nodes))
+                minority = self.rng.randint(1, (len(nodes) - 1) // 2)
+                self.partitioner.split(shuffled[:minority], shuffled[minority:])
+                time.sleep(duration)
+            elif fault == "bridge":
+                others = self.rng.sample([n for n in nodes if n != target], len(nodes) - 1)
+                half = len(others) // 2
+                self.partitioner.split(others[:half], others[half:])
+                time.sleep(duration)
             else:
                 other = self.rng.choice([n for n in nodes if n != target])
-                if fault == "bridge":
+                until = time.monotonic() + duration
+                while time.monotonic() < until:
                     self.partitioner.cut(target, other)
-                    time.sleep(duration)
-                else:
-                    until = time.monotonic() + duration
-                    while time.monotonic() < until:
-                        self.partitioner.cut(target, other)
-                        time.sleep(self.rng.uniform(0.1, 0.3))
-                        self.partitioner.heal()
-                        time.sleep(self.rng.uniform(0.1, 0.3))
+                    time.sleep(self.rng.uniform(0.1, 0.3))
+                    self.partitioner.heal()
+                    time.sleep(self.rng.uniform(0.1, 0.3))
+            if self.partitioner is not None:
                 self.partitioner.heal()
 
     def heal(self):
@@ -137,8 +144,38 @@ class Nemesis:
 
 # ---------------------------------------------------------------- campaign
 
-def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None):
-    """Run one campaign; returns a summary dict (verdict included). network: use iptables
+def _converged(cluster):
+    """One primary, and every node holding and having committed the same log."""
+    statuses = [n.status() for n in cluster.nodes.values()]
+    if any(st is None for st in statuses):
+        return False
+    if sum(st["role"] == "primary" for st in statuses) != 1:
+        return False
+    return len({(st["term"], st["last_seq"], st["commit_seq"]) for st in statuses}) == 1
+
+
+def format_summary(summary):
+    """The campaign summary as a table for a person."""
+    kinds = {}
+    for _t, fault, _node in summary["fault_log"]:
+        kinds[fault] = kinds.get(fault, 0) + 1
+    rows = [
+        ("campaign", f"seed {summary['seed']}, {summary['seconds']:g} s, {summary['nodes']} nodes, "
+                     f"network faults {'on' if summary['network_faults'] else 'off (needs iptables and root)'}"),
+        ("operations", f"{summary['operations']} = ok {summary['ok']} + fail {summary['fail']} + info {summary['info']}"),
+        ("faults", f"{summary['faults']}: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))),
+        ("checker", "linearizable" if summary["linearizable"] else "NOT linearizable (report below)"),
+        ("recovery", f"a primary {summary['primary_after_heal_s']:.2f} s after the last fault healed"),
+        ("convergence", "NOT reached: nodes still differ 30 s after the last operation"
+         if summary["converged_after_last_op_s"] is None else
+         f"every node holds the same log {summary['converged_after_last_op_s']:.2f} s after the last operation"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None, nodes=3):
+    """Run one campaign on `nodes` nodes; returns a summary dict (verdict included). network: use iptables
     partitions (None: when available, i.e. iptables present and root). faults: only these kinds.
     broken: run a deliberately broken build (node.py BROKEN_ENV) to show the checker catches it."""
     args, env = ["--log-level", "WARNING"], None
@@ -151,7 +188,7 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             with open(conf, "w") as f:
                 f.write("[cluster]\nwrite_quorum = 1\n")
             args += ["--config", conf]
-    c = Cluster(base_dir, size=3, args=args, env=env)
+    c = Cluster(base_dir, size=nodes, args=args, env=env)
     histories = []
     partitioner = None
     try:
@@ -175,17 +212,36 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             nemesis.run(max(0.0, seconds - 1.0))
         finally:
             nemesis.heal()
-            for proc in procs:
-                proc.join(seconds + 60)
-                if proc.is_alive():
-                    proc.kill()
-        primary = c.wait_primary(30)
+            healed = time.monotonic()
+            try:
+                primary = c.wait_primary(30)
+                to_primary = time.monotonic() - healed
+            finally:
+                for proc in procs:
+                    proc.join(seconds + 60)
+                    if proc.is_alive():
+                        proc.kill()
+        last_write = time.monotonic()
+        try:
+            # A broken build may never converge (two primaries): do not wait long for it.
+            wait_until(lambda: _converged(c), 5 if broken else 30, interval=0.05, message="convergence")
+            to_converge = round(time.monotonic() - last_write, 3)
+        except TimeoutError:
+            to_converge = None
+            stuck = {i: n.status() for i, n in c.nodes.items()}
+            summary_extra = {"not_converged": {i: st and {k: st.get(k) for k in (
+                "role", "term", "primary_id", "last_seq", "commit_seq", "applied_seq", "voter", "restoring")}
+                for i, st in stuck.items()}}
+        else:
+            summary_extra = {}
         history = [op for path in histories if os.path.exists(path) for op in read_history(path)]
         verdict = check(history)
         outcomes = {k: sum(1 for op in history if op.outcome == k) for k in ("ok", "fail", "info")}
-        summary = {"seed": seed, "seconds": seconds, "operations": len(history), **outcomes,
+        summary = {"seed": seed, "seconds": seconds, "nodes": nodes, "operations": len(history), **outcomes,
                    "faults": len(nemesis.log), "fault_log": nemesis.log, "network_faults": bool(network),
-                   "linearizable": verdict.ok, "final_primary": primary}
+                   "linearizable": verdict.ok, "final_primary": primary,
+                   "primary_after_heal_s": round(to_primary, 3), "converged_after_last_op_s": to_converge,
+                   "passed": verdict.ok and to_converge is not None, **summary_extra}
         if not verdict.ok:
             summary["report"] = verdict.report()
         return summary
@@ -200,6 +256,8 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--nodes", type=int, default=3, choices=(3, 5))
+    ap.add_argument("--json", action="store_true", help="also print the summary, fault log included, as JSON")
     ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
     ap.add_argument("--faults", help="comma-separated fault kinds to use (default: all available): "
                     + ", ".join(PROCESS_FAULTS + NETWORK_FAULTS))
@@ -210,17 +268,20 @@ def main(argv=None):
     faults = opts.faults.split(",") if opts.faults else None
     if opts.dir:
         os.makedirs(opts.dir, exist_ok=True)
-        summary = campaign(opts.dir, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken)
+        summary = campaign(opts.dir, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
+                           nodes=opts.nodes)
     else:
         with tempfile.TemporaryDirectory() as d:
-            summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken)
-    faults = {}
-    for _t, fault, _node in summary["fault_log"]:
-        faults[fault] = faults.get(fault, 0) + 1
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("fault_log", "report")}, indent=2))
-    print("faults: " + ", ".join(f"{k} {v}" for k, v in sorted(faults.items())))
-    print(summary.get("report", "history is linearizable"))
-    return 0 if summary["linearizable"] else 1
+            summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
+                               nodes=opts.nodes)
+    print(format_summary(summary))
+    if opts.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "report"}))
+    if "not_converged" in summary:
+        print("nodes at the end: " + json.dumps(summary["not_converged"]))
+    if not summary["linearizable"]:
+        print(summary["report"])
+    return 0 if summary["passed"] else 1
 
 
 if __name__ == "__main__":

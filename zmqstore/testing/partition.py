@@ -51,6 +51,15 @@ class Partitioner:
             if other != node:
                 self.cut(node, other)
 
+    def split(self, *groups):
+        """Cut every link between nodes in different groups (a node in no group keeps all its
+        links: that makes a bridge)."""
+        for i, group in enumerate(groups):
+            for other in groups[i + 1:]:
+                for a in group:
+                    for b in other:
+                        self.cut(a, b)
+
     def heal(self):
         _iptables("-F", CHAIN)
         self.cuts.clear()
