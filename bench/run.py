@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from zmqstore import Client, Retry, ZmqstoreError  # noqa: E402
 from zmqstore.testing.process import Cluster, NodeProcess, wait_until  # noqa: E402
 
+from dynamo_bench import dynamo  # noqa: E402
 from failover import failover  # noqa: E402  (bench/ is on sys.path as the script's directory)
 
 PIPELINE_DEPTH = 64
@@ -269,7 +270,7 @@ def leader_cluster(results, N, rounds, catch_up_writes):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
-    ap.add_argument("--only", choices=("single", "leader", "failover"), help="run one part only")
+    ap.add_argument("--only", choices=("single", "leader", "failover", "dynamo"), help="run one part only")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
     scale = 0.02 if opts.quick else 1.0
@@ -285,6 +286,8 @@ def main():
         leader_cluster(results, N, rounds, N(100_000))
     if opts.only in (None, "failover"):
         failover(results, 2 if opts.quick else 7)
+    if opts.only in (None, "dynamo"):
+        dynamo(results, N(40_000), 30 if opts.quick else 300, N(10_000))
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:
@@ -342,6 +345,19 @@ def report(r):
              + ", ".join(f"{e:.0f}" for e in f["election_ms"] if e is not None) + " ms; new primaries "
              + ", ".join(map(str, f["winners"]))),
         ]
+    if "dynamo_puts_3_nodes_s" in r:
+        lag = r["dynamo_lag"]
+        rows += [
+            ("dynamo 3 nodes: pipelined puts/s, a client process per node", f"{r['dynamo_puts_3_nodes_s']:,.0f}",
+             f"fsync on (target >= 20,000); replicas equal {r['dynamo_settle_after_load_s']:.2f} s after the load"),
+            ("dynamo 3 nodes: replication lag, ack to applied on all", f"{lag['p50_ms']:.1f} ms",
+             f"p50; p99 {lag['p99_ms']:.1f} ms (target < 50 ms) over {lag['probes']} probes under "
+             f"{lag['load_puts_s']:,.0f} puts/s of load"),
+        ]
+        if "dynamo_partition_converge_s" in r:
+            rows.append(("dynamo 3 nodes: converge after a partition heals",
+                         f"{r['dynamo_partition_converge_s']:.2f} s",
+                         f"{r['dynamo_partition_writes_each']:,} writes on each side (target < 3 s)"))
     width = max(len(row[0]) for row in rows)
     print()
     for name, value, note in rows:

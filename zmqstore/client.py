@@ -3,6 +3,7 @@ import itertools
 import os
 import random
 import time
+from typing import NamedTuple
 
 import zmq
 
@@ -13,6 +14,31 @@ DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeo
 MAX_UNRESOLVED = 100    # writes of unknown outcome the client keeps asking the node to remember ...
 UNRESOLVED_TTL = 30.0   # ... for this long (nodes forget a silent client after session_timeout, 60 s)
 RETRYABLE = (errors.NotPrimary, errors.Unavailable)
+
+
+class Version(NamedTuple):
+    """One sibling of a dynamo-mode key."""
+    value: object        # None for a delete
+    deleted: bool        # a tombstone
+    node_id: int         # the node that accepted the write
+    origin: int          # that node's origin id for the run (node_id << 32 | incarnation)
+    seq: int             # the write's seq in its origin's log
+    hlc: int             # hybrid logical clock timestamp: (milliseconds << 16) | counter
+
+
+class Versions(NamedTuple):
+    """A dynamo-mode key's siblings (empty: absent) and its causal context."""
+    siblings: list
+    context: bytes
+
+    @property
+    def conflict(self) -> bool:
+        return len(self.siblings) > 1
+
+    @property
+    def winner(self):
+        """The sibling get() shows: highest timestamp, then lowest node id (None: no siblings)."""
+        return max(self.siblings, key=lambda v: (v.hlc, -v.node_id), default=None)
 
 
 class Retry:
@@ -232,15 +258,37 @@ class Client:
         """The id of the node this client talks to."""
         return self._call("PING")[0]
 
-    def get(self, key, default=None, stale=False):
-        raw = self._call("GET", encode_key(key), bool(stale))[0]
-        return default if raw is None else unpack_value(raw)
+    def get(self, key, default=None, stale=False, with_conflict=False):
+        """The key's value, or `default` when absent. In dynamo mode the value is the winner among
+        the key's siblings (highest timestamp, then lowest node id); with_conflict=True returns
+        (value, conflict), conflict being True when the key has siblings (see get_versions)."""
+        result = self._call("GET", encode_key(key), bool(stale))
+        value = default if result[0] is None else unpack_value(result[0])
+        if with_conflict:
+            return value, bool(result[1]) if len(result) > 1 else False
+        return value
 
-    def put(self, key, value) -> None:
-        self._call("PUT", encode_key(key), pack_value(value))
+    def get_versions(self, key) -> "Versions":
+        """Dynamo mode: every sibling of the key and the context to resolve them with
+        put(key, value, context=versions.context) (or delete(key, context=...))."""
+        siblings, context = self._call("GET_VERSIONS", encode_key(key))
+        return Versions([Version(None if value is None else unpack_value(value), value is None, origin >> 32,
+                                 origin, seq, hlc) for value, origin, seq, hlc in siblings], context)
 
-    def delete(self, key) -> bool:
-        return self._call("DEL", encode_key(key))[0]
+    def put(self, key, value, context=None) -> None:
+        """Write key = value. Dynamo mode: with `context` (from get_versions) the write replaces
+        exactly the versions that context covers; others written meanwhile stay as siblings."""
+        if context is None:
+            self._call("PUT", encode_key(key), pack_value(value))
+        else:
+            self._call("PUT_CTX", encode_key(key), pack_value(value), bytes(context))
+
+    def delete(self, key, context=None) -> bool:
+        """Delete key; True if it existed. Dynamo mode: a tombstone; with `context`, it replaces
+        exactly the versions that context covers."""
+        if context is None:
+            return self._call("DEL", encode_key(key))[0]
+        return self._call("PUT_CTX", encode_key(key), None, bytes(context))[0]
 
     def cas(self, key, expected, new) -> bool:
         """Set key to `new` if its value is `expected` (None: only if absent). Values compare by

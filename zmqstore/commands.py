@@ -22,6 +22,7 @@ class Commands:
         self._handlers = {
             "PING": self._ping, "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
             "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
+            "GET_VERSIONS": self._dynamo_only, "PUT_CTX": self._dynamo_only,
         }
 
     def handle(self, request):
@@ -97,10 +98,12 @@ class Commands:
             return self._unchanged(req, seq)
         return self._logged(req, ((OP_DEL, key),))
 
+    @staticmethod
+    def _dynamo_only(req):
+        raise errors.UnsupportedOperation(f"{req.command} is a dynamo-mode command; this node runs in leader "
+                                          f"mode, where a key has exactly one value")
+
     def _cas(self, req):
-        if self.config.mode == "dynamo":
-            raise errors.UnsupportedOperation("cas is not offered in dynamo mode: concurrent writers "
-                                              "on other nodes cannot be compared against")
         done = self._check_writable(req)
         if done:
             return done

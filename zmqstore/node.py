@@ -11,6 +11,7 @@ import time
 import zmq
 
 from . import __version__, errors, protocol, transport
+from .dynamo import DynamoEngine, Replication
 from .engine import Engine
 from .roles import Roles
 from .storage import Storage
@@ -48,6 +49,8 @@ class Node:
         self._stopping = False
         self._ctx = zmq.Context()
         self.router = self.pub = self.sub = self.storage = self.engine = self.roles = None
+        # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
+        self.peering = self.replication = None
         self.dealers = {}
         self._waiters = collections.deque()
         self._round_wanted = False
@@ -60,7 +63,8 @@ class Node:
             self.router = transport.bind_router(self._ctx, config.host, config.port, config.max_request_size)
             self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
-            self.engine = Engine(self.storage, config, __version__)
+            dynamo = config.mode == "dynamo"
+            self.engine = (DynamoEngine if dynamo else Engine)(self.storage, config, __version__)
             if config.peers:
                 self.sub = transport.connect_sub(self._ctx, config.peers, config.host)
                 for peer in config.peers:
@@ -69,8 +73,12 @@ class Node:
                         self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
                         source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20),
                         immediate=True)
-            if config.peers:
-                self.roles = Roles(self, self.engine, config, time.monotonic())
+            if dynamo:
+                if config.peers:
+                    self.peering = self.replication = Replication(self, self.engine, config, time.monotonic())
+                    self.engine.extra_status = lambda: self.replication.status(time.monotonic())
+            elif config.peers:
+                self.peering = self.roles = Roles(self, self.engine, config, time.monotonic())
                 if os.environ.get(BROKEN_ENV) == "deposed-reads":
                     log.warning("TEST-ONLY BROKEN BUILD (%s=deposed-reads): reads without leadership "
                                 "confirmation, no step-down", BROKEN_ENV)
@@ -105,6 +113,10 @@ class Node:
             return True
         except zmq.Again:
             return False
+
+    def send_to_all(self, body):
+        for node_id in self.dealers:
+            self.send_to(node_id, body)
 
     def reply(self, envelope, body):
         transport.send_frames(self.router, envelope + [body])
@@ -167,8 +179,8 @@ class Node:
         for sock in (self.pub, self.sub, *self.dealers.values()):
             if sock is not None:
                 sock.close(linger=0)
-        if self.roles is not None:
-            self.roles.close()
+        if self.peering is not None:
+            self.peering.close()
         if self.storage is not None:
             self.storage.close()
         self._ctx.term()
@@ -190,11 +202,11 @@ class Node:
         now = time.monotonic()
         next_chores = now + HOUSEKEEPING_INTERVAL
         next_beat = now if self.config.peers else float("inf")
-        roles = self.roles
+        peering = self.peering
         while not self._stopping:
             now = time.monotonic()
-            if roles is not None:
-                roles.note_loop(now)
+            if peering is not None:
+                peering.note_loop(now)
             if now >= next_chores:
                 self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_INTERVAL
@@ -216,11 +228,11 @@ class Node:
 
     def _housekeeping(self, now):
         self.engine.housekeeping(now)
-        if self.roles is not None:
-            self.roles.housekeeping(now)
+        if self.peering is not None:
+            self.peering.housekeeping(now)
 
     def _beat(self, now):
-        self.roles.tick(now)
+        self.peering.tick(now)
 
     def _drain_wakeups(self):
         try:
@@ -254,6 +266,8 @@ class Node:
             self._release(time.monotonic())
         if primary is not None:
             engine.apply_to_commit()
+        elif self.replication is not None:
+            self.replication.publish_new()
 
     # ------------------------------------------------------------ requests on the ROUTER
 
@@ -341,9 +355,9 @@ class Node:
     # ------------------------------------------------------------ peer messages
 
     def _on_peer_request(self, message, envelope):
-        if self.roles is None:
+        if self.peering is None:
             raise errors.UnsupportedOperation(f"{message.command} is a peer message; this node has no peers")
-        self.roles.on_request(message, envelope, time.monotonic())
+        self.peering.on_request(message, envelope, time.monotonic())
 
     def _serve_peer_socket(self, sock):
         limits = self.engine.limits
@@ -358,7 +372,7 @@ class Node:
                 log.warning("dropping a malformed peer message: %s", exc)
                 continue
             try:
-                self.roles.on_message(message, time.monotonic())
+                self.peering.on_message(message, time.monotonic())
             except errors.StorageError:
                 raise
             except Exception:  # a peer's bad entry must not take this node down

@@ -22,6 +22,7 @@ OPT_UINT = "opt_uint"      # non-negative int or nil
 ITEMS = "items"            # array of [KEY, VALUE], 1..max_batch_items entries
 UINT = "uint"              # unsigned 64-bit int
 STR = "str"                # str of at most STR_MAX characters (peer messages: roles, addresses)
+CONTEXT = "context"        # bin: an opaque causal context from GET_VERSIONS (dynamo mode)
 
 # Client requests: command -> ((field name, field type), ...). See docs/PROTOCOL.md section "Commands".
 REQUESTS = {
@@ -34,12 +35,17 @@ REQUESTS = {
     "SCAN": (("start", OPT_KEY), ("end", OPT_KEY), ("prefix", OPT_KEY), ("limit", OPT_UINT), ("stale", BOOL)),
     "STATUS": (),
     "OUTCOME": (("request_id", UINT),),
+    # dynamo mode (docs/DYNAMO.md): every sibling with the key's context; a write with a context
+    # (value nil: a delete) replaces exactly the versions that context covers
+    "GET_VERSIONS": (("key", KEY),),
+    "PUT_CTX": (("key", KEY), ("value", OPT_VALUE), ("context", CONTEXT)),
 }
-WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY"})
+WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY", "PUT_CTX"})
 
 # Peer messages (leader mode, docs/REPLICATION.md). Layout: [version, command, field...].
 BIN_LIST = "bin_list"      # array of bin (log entries as stored)
 PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
+VECTOR = "vector"          # array of [uint, uint]: {node id: seq} (dynamo applied vectors)
 # sender_id: the node sending; for CHANGE and HEARTBEAT that is the primary of `term`.
 _LOG_BATCH = (("term", UINT), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),
               ("entries", BIN_LIST), ("commit_seq", UINT), ("sender_last_seq", UINT))
@@ -47,6 +53,8 @@ _LOG_BATCH = (("term", UINT), ("sender_id", UINT), ("prev_seq", UINT), ("prev_te
 _ROLE = (("node_id", UINT), ("term", UINT), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
          ("last_term", UINT), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
          ("address", STR), ("pub_address", STR))
+_DSTATUS = (("node_id", UINT), ("applied", VECTOR), ("digest", UINT), ("keys", UINT), ("conflicts", UINT),
+            ("tombstones", UINT), ("address", STR))
 PEER_MESSAGES = {
     # secondary -> primary, DEALER -> ROUTER
     "ACK": (("node_id", UINT), ("term", UINT), ("last_seq", UINT), ("round", UINT), ("voter", BOOL)),
@@ -70,6 +78,16 @@ PEER_MESSAGES = {
     "VOTE_REQUEST": (("term", UINT), ("candidate_id", UINT), ("last_seq", UINT), ("last_term", UINT)),
     "VOTE": (("term", UINT), ("node_id", UINT), ("granted", BOOL), ("last_seq", UINT), ("last_term", UINT),
              ("first_seq", UINT)),
+    # dynamo mode (docs/DYNAMO.md). An origin publishes its own new entries (PUB):
+    "DCHANGE": (("origin", UINT), ("entries", BIN_LIST)),
+    # every node <-> every node, every election_interval / 5: what each has applied, and a digest
+    # of its data (DEALER -> ROUTER, and the ROUTER reply)
+    "DSTATUS": _DSTATUS,
+    "DSTATUS_REPLY": _DSTATUS,
+    # a node lacking an origin's entries asks a peer that has them, and gets them in order
+    "DFETCH": (("node_id", UINT), ("origin", UINT), ("from_seq", UINT)),
+    "DENTRIES": (("sender_id", UINT), ("origin", UINT), ("from_seq", UINT), ("entries", BIN_LIST),
+                 ("first_seq", UINT)),
 }
 
 # Reply status words.
@@ -88,6 +106,7 @@ PEER_ARRAY_MAX = 10_000  # entries or snapshot items in one peer message
 # Python (no `default` hook) and resets its buffer on error.
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 CLIENT_ID_MAX = 64
+CONTEXT_MAX = 64 << 10
 STR_MAX = 256
 UINT64_MAX = (1 << 64) - 1
 
@@ -344,10 +363,24 @@ def _check_pair_list(command, name, value, limits):
             raise errors.BadArgument(f"{command}.{name} must be an array of [bin, bin]")
 
 
+def _check_vector(command, name, value, limits):
+    if type(value) is not list or len(value) > PEER_ARRAY_MAX or any(
+            type(p) is not list or len(p) != 2 or not _is_uint(p[0]) or not _is_uint(p[1]) for p in value):
+        raise errors.BadArgument(f"{command}.{name} must be an array of [uint, uint]")
+
+
+def _check_context(command, name, value, limits):
+    if type(value) is not bytes or len(value) > CONTEXT_MAX:
+        raise errors.BadArgument(f"{command}.{name} must be bin of at most {CONTEXT_MAX} bytes, as "
+                                 f"get_versions returned it")
+    decode_context(value)
+
+
 _CHECKERS = {
     KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
     UINT: _check_uint, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
+    VECTOR: _check_vector, CONTEXT: _check_context,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}
@@ -400,3 +433,75 @@ def entry_term(data: bytes) -> int:
 def decode_entry(data: bytes) -> LogEntry:
     term, client_id, request_id, ops = msgpack.unpackb(data, raw=False, use_list=False)
     return LogEntry(term, client_id, request_id, ops)
+
+
+# ---------------------------------------------------------------- dynamo mode (docs/DYNAMO.md)
+
+class DynEntry(NamedTuple):
+    """One write in an origin's log: ops are ((key, context pairs, value or None), ...)."""
+    origin: int
+    seq: int
+    hlc: int
+    client_id: bytes
+    request_id: int
+    ops: tuple
+
+
+def encode_dyn_entry(entry: DynEntry) -> bytes:
+    return _pack(entry)
+
+
+def decode_dyn_entry(data: bytes) -> DynEntry:
+    """An entry from a peer or the log. Raises MalformedMessage on anything but a well-formed entry."""
+    try:
+        origin, seq, hlc, client_id, request_id, ops = msgpack.unpackb(data, raw=False, use_list=False)
+        if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc) and type(client_id) is bytes
+                and _is_uint(request_id) and type(ops) is tuple):
+            raise ValueError
+        for key, ctx, value in ops:
+            if type(key) is not bytes or (value is not None and type(value) is not bytes):
+                raise ValueError
+            _vector_dict(ctx)
+    except Exception:
+        raise errors.MalformedMessage("malformed dynamo log entry") from None
+    return DynEntry(origin, seq, hlc, client_id, request_id, ops)
+
+
+def _vector_dict(pairs) -> dict:
+    out = {}
+    for node, seq in pairs:
+        if not (_is_uint(node) and _is_uint(seq)):
+            raise ValueError
+        out[node] = seq
+    return out
+
+
+def vector_pairs(vector: dict) -> list:
+    """{node: seq} -> sorted [[node, seq], ...] (one canonical form)."""
+    return [[n, vector[n]] for n in sorted(vector)]
+
+
+def vector_from_pairs(pairs) -> dict:
+    return {n: s for n, s in pairs}
+
+
+def encode_context(ctx: dict) -> bytes:
+    return _pack(vector_pairs(ctx))
+
+
+def decode_context(data: bytes) -> dict:
+    try:
+        return _vector_dict(msgpack.unpackb(data, raw=False, use_list=False, max_array_len=PEER_ARRAY_MAX))
+    except Exception:
+        raise errors.BadArgument("context is not one returned by get_versions") from None
+
+
+def encode_key_state(ctx: dict, siblings) -> bytes:
+    """A dynamo key's stored state: [context pairs, [[node, seq, hlc, value or nil], ...]]."""
+    return _pack([vector_pairs(ctx), [list(s) for s in siblings]])
+
+
+def decode_key_state(data: bytes):
+    """-> (ctx dict, [(node, seq, hlc, value or None), ...])."""
+    pairs, siblings = msgpack.unpackb(data, raw=False, use_list=False)
+    return {n: s for n, s in pairs}, siblings

@@ -87,6 +87,16 @@ class Batch:
         self.wb.delete_range(b"", _ALL_KEYS_END, self._cf["data"])
         self.wb.delete_range(seq_key(0), seq_key((1 << 64) - 1), self._cf["log"])
 
+    # Raw access by column family, for dynamo mode's own layouts (docs/STORAGE.md).
+    def put_cf(self, cf: str, key: bytes, value: bytes):
+        self.wb.put(key, value, self._cf[cf])
+
+    def delete_cf(self, cf: str, key: bytes):
+        self.wb.delete(key, self._cf[cf])
+
+    def delete_range_cf(self, cf: str, start: bytes, end: bytes):
+        self.wb.delete_range(start, end, self._cf[cf])
+
     def set_meta(self, name: bytes, value: int):
         self.wb.put(name, _U64.pack(value), self._cf["meta"])
         self.meta[name] = value
@@ -102,6 +112,7 @@ class Storage:
         self._data = db.get_column_family("data")
         self._log = db.get_column_family("log")
         self._meta = db.get_column_family("meta")
+        self._cfs = {"data": self._data, "log": self._log, "meta": self._meta}
         self._write_opts = rocksdict.WriteOptions()
         self._write_opts.sync = fsync
         # Applying committed entries to data needs no fsync of its own: the entries are already
@@ -167,6 +178,7 @@ class Storage:
             self._db.close()
             self._data = self._log = self._meta = self._db = None
             self._handles = {}
+            self._cfs = {}
 
     # ------------------------------------------------------------ reads
 
@@ -193,6 +205,23 @@ class Storage:
             size += len(key) + len(value)
             it.next()
         return items, None
+
+    def get_cf(self, cf: str, key: bytes):
+        return self._cfs[cf].get(key)
+
+    def iter_cf(self, cf: str, start=b"", end=None, snapshot=None):
+        """(key, value) in key order from `start` up to `end` (exclusive), from a snapshot if given."""
+        it = (snapshot or self._cfs[cf]).iter()
+        it.seek(start)
+        while it.valid():
+            key = it.key()
+            if end is not None and key >= end:
+                return
+            yield key, it.value()
+            it.next()
+
+    def snapshot_cf(self, cf: str):
+        return self._cfs[cf].snapshot()
 
     def term_at(self, seq):
         """The term of the entry at seq; None when seq is beyond the log or trimmed away."""

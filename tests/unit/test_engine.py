@@ -115,10 +115,10 @@ def test_log_is_trimmed_and_outcomes_follow(make_engine):
     assert [s for s, _ in st.log_entries(1)][0] == st.first_seq
 
 
-def test_cas_refused_in_dynamo_mode(make_engine):
-    eng = make_engine(mode="dynamo")
-    with pytest.raises(errors.UnsupportedOperation):
-        Caller(eng)("CAS", b"k", None, V(1))
+def test_dynamo_commands_refused_in_leader_mode(make_engine):
+    eng = make_engine()
+    with pytest.raises(errors.UnsupportedOperation, match="dynamo"):
+        Caller(eng)("GET_VERSIONS", b"k")
 
 
 def test_status_fields(make_engine):

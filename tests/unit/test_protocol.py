@@ -21,6 +21,8 @@ VALID = {
     "SCAN": (None, b"z", b"a", 10, False),
     "STATUS": (),
     "OUTCOME": (5,),
+    "GET_VERSIONS": (b"k",),
+    "PUT_CTX": (b"k", None, protocol.encode_context({(1 << 32) + 7: 3})),
 }
 
 
@@ -156,7 +158,25 @@ PEER_VALID = {
     "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000"),
     "VOTE_REQUEST": (4, 2, 41, 3),
     "VOTE": (4, 3, True, 40, 3, 1),
+    "DCHANGE": ((1 << 32) + 5, [b"e1"]),
+    "DSTATUS": (2, [[(1 << 32) + 5, 10], [(2 << 32) + 9, 3]], (1 << 64) - 1, 100, 2, 1, "127.0.0.3:9001"),
+    "DSTATUS_REPLY": (1, [], 0, 0, 0, 0, "127.0.0.2:9000"),
+    "DFETCH": (2, (1 << 32) + 5, 11),
+    "DENTRIES": (1, (1 << 32) + 5, 11, [b"e11"], 1),
 }
+
+
+def test_dynamo_entries_and_contexts_round_trip_and_bad_ones_are_refused():
+    entry = protocol.DynEntry((1 << 32) + 5, 3, 99 << 16, CID, 7, ((b"k", [[(1 << 32) + 5, 2]], V(1)), (b"j", [], None)))
+    assert protocol.decode_dyn_entry(protocol.encode_dyn_entry(entry)) == entry._replace(
+        ops=((b"k", (((1 << 32) + 5, 2),), V(1)), (b"j", (), None)))
+    for bad in (b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb([1, 2, 3, b"c", 4, [["k", [], None]]])):
+        with pytest.raises(errors.MalformedMessage):
+            protocol.decode_dyn_entry(bad)
+    assert protocol.decode_context(protocol.encode_context({5: 1, 2: 9})) == {2: 9, 5: 1}
+    for bad in (b"", msgpack.packb([[1]]), msgpack.packb([["a", 1]]), msgpack.packb({"a": 1})):
+        with pytest.raises(errors.BadArgument):
+            protocol.decode_context(bad)
 
 
 def test_every_peer_message_has_an_example():
@@ -179,6 +199,9 @@ def test_peer_round_trip(command):
     raw(1, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, "no", True, "a", "b"),    # leader_lost must be bool
     raw(1, "ROLE", 2, 3, "x" * 300, 1, 40, 3, 39, False, True, "a", "b"),     # over 256 characters
     raw(1, "VOTE", 4, 3, 1, 40, 3, 1),                                        # granted must be bool
+    raw(1, "DSTATUS", 2, [[1, -1]], 0, 0, 0, 0, "a"),                         # negative seq in a vector
+    raw(1, "DSTATUS", 2, [[1, 2, 3]], 0, 0, 0, 0, "a"),                       # not a pair
+    raw(1, "DCHANGE", 1, "entries"),
 ])
 def test_bad_peer_messages_are_refused(body):
     with pytest.raises(errors.RequestError):

@@ -133,14 +133,15 @@ def run_node_command(args, timeout=20.0):
 
 
 class Cluster:
-    """N leader-mode nodes, node i on loopback address 127.0.0.(i+1) so that links between nodes can
-    be cut with iptables; node 1 bootstraps as primary. Data dirs and logs under `base_dir`."""
+    """N nodes, node i on loopback address 127.0.0.(i+1) so that links between nodes can be cut
+    with iptables. Leader mode: node 1 bootstraps as primary. Data dirs and logs under `base_dir`."""
 
-    def __init__(self, base_dir, size=3, args=(), env=None, new_session=True, bootstrap=(1,)):
+    def __init__(self, base_dir, size=3, args=(), env=None, new_session=True, bootstrap=(1,), mode="leader"):
         """bootstrap: the node ids started with --role primary (one, unless a test wants a mistake)."""
         self.base_dir = str(base_dir)
+        self.mode = mode
         self.args = list(args)
-        self.bootstrap = tuple(bootstrap)
+        self.bootstrap = tuple(bootstrap) if mode == "leader" else ()
         self.env = env
         self.nodes = {}
         for node_id in range(1, size + 1):
@@ -156,6 +157,8 @@ class Cluster:
                            for n in self.nodes.values() if n.node_id != node_id])
 
     def node_args(self, node_id):
+        if self.mode == "dynamo":
+            return ["--peers", self.peers_json(node_id), "--mode", "dynamo", *self.args]
         role = "primary" if node_id in self.bootstrap else "secondary"
         return ["--peers", self.peers_json(node_id), "--role", role, *self.args]
 
@@ -176,6 +179,11 @@ class Cluster:
             self.start(node_id, wait=False)
         for node in self.nodes.values():
             node.wait_ready(timeout)
+        if self.mode == "dynamo":
+            wait_until(lambda: all(all(p["alive"] for p in (n.status() or {"peers": [{"alive": False}]})["peers"])
+                                   for n in self.nodes.values()), timeout, interval=0.05,
+                       message="every node hearing every peer")
+            return self
         self.wait_primary(timeout)
         wait_until(lambda: all((n.status() or {}).get("voter") for n in self.nodes.values()), timeout,
                    interval=0.05, message="every node a voter")

@@ -1,0 +1,113 @@
+"""The dynamo-mode engine on real storage in tmp_path, without sockets: local writes and group
+commit, entries of other origins applied in order, restart, garbage collection."""
+import pytest
+
+from zmqstore import config, errors, protocol
+from zmqstore.dynamo import DynamoEngine, log_key
+from zmqstore.storage import Storage
+
+from test_engine import Caller
+
+V = protocol.pack_value
+
+
+@pytest.fixture
+def make_engine(tmp_path):
+    opened = []
+
+    def make(node_id=1, name="d"):
+        cfg = config.resolve(None, {"node_id": node_id, "mode": "dynamo", "data_dir": str(tmp_path / name),
+                                    "log_retention": 1})
+        st = Storage.open(cfg.data_dir, cfg.node_id, cfg.mode, fsync=cfg.fsync)
+        opened.append(st)
+        return DynamoEngine(st, cfg, "test")
+    yield make
+    for st in opened:
+        if st._db is not None:
+            st.close()
+
+
+def entries_of(eng, origin):
+    return [raw for _k, raw in eng.storage.iter_cf("log", log_key(origin, 0), log_key(origin + 1, 0))]
+
+
+def test_writes_wait_for_their_batch_and_reads_see_them(make_engine):
+    eng = make_engine()
+    call = Caller(eng)
+    assert call("PUT", b"k", V(1)) == (True, 1)
+    assert call.wait_seq == 1 and eng.commit_seq == 0          # the reply waits for the flush
+    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == 1
+    assert call("PUT", b"k", V(2), request_id=1) == (True, 1)  # a retry: first outcome, no new write
+    eng.flush()
+    assert eng.commit_seq == 1 and eng.durable_applied[eng.origin] == 1
+    assert len(eng.take_published()) == 1 and eng.take_published() == []
+    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == 0
+    with pytest.raises(errors.UnsupportedOperation, match="dynamo"):
+        call("CAS", b"k", None, V(3))
+    assert call("DEL", b"nothing") == (False, 0)
+
+
+def test_entries_of_another_origin_apply_in_order_once(make_engine):
+    a, b = make_engine(1, "a"), make_engine(2, "b")
+    call = Caller(a)
+    call("PUT", b"x", V("from a"))
+    call("PUT", b"x", V("again"))
+    a.flush()
+    raws = entries_of(a, a.origin)
+    assert b.apply_remote(a.origin, raws[1:]) == (0, True)      # a gap: nothing applied
+    assert b.apply_remote(a.origin, raws) == (2, False)
+    assert b.apply_remote(a.origin, raws) == (0, False)         # again: nothing
+    b.flush()
+    assert Caller(b)("GET", b"x", False) == (V("again"), False)
+    assert b.digest == a.digest                                  # same data, same digest
+    served, first = b.read_entries(a.origin, 2)
+    assert served == raws[1:] and first == 1
+
+
+def test_concurrent_writes_are_siblings_with_a_deterministic_winner(make_engine):
+    a, b = make_engine(1, "a"), make_engine(2, "b")
+    call_a, call_b = Caller(a), Caller(b)
+    call_a("PUT", b"k", V("a"))
+    call_b("PUT", b"k", V("b"))
+    a.flush()
+    b.flush()
+    a.apply_remote(b.origin, entries_of(b, b.origin))
+    b.apply_remote(a.origin, entries_of(a, a.origin))
+    a.flush()
+    b.flush()
+    va, vb = call_a("GET", b"k", False), call_b("GET", b"k", False)
+    assert va == vb and va[1] is True and a.digest == b.digest and a.conflicts == 1
+    siblings, ctx = call_a("GET_VERSIONS", b"k")
+    assert sorted(s[0] for s in siblings) == [V("a"), V("b")]
+    call_a("PUT_CTX", b"k", V("merged"), ctx)
+    assert call_a("GET", b"k", False) == (V("merged"), False)
+
+
+def test_restart_keeps_data_and_takes_a_new_origin(make_engine, tmp_path):
+    eng = make_engine()
+    call = Caller(eng)
+    call("PUT", b"k", V(1))
+    call("DEL", b"k")
+    eng.flush()
+    old_origin, digest, hlc = eng.origin, eng.digest, eng.hlc.last
+    eng.storage.close()
+    again = make_engine()
+    assert again.origin != old_origin and again.applied[old_origin] == 2
+    assert again.digest == digest and again.tombstones == 1 and again.hlc.last >= hlc
+    assert Caller(again)("GET", b"k", False) == (None, False)
+
+
+def test_tombstones_and_log_go_once_every_node_applied_them(make_engine):
+    eng = make_engine()
+    call = Caller(eng)
+    call("PUT", b"k", V(1))
+    call("DEL", b"k")
+    call("PUT", b"other", V(2))
+    eng.flush()
+    assert eng.collect_garbage({eng.origin: 1}) == 0            # not every node has the delete
+    assert eng.collect_garbage({eng.origin: 3}) == 1
+    eng.flush()
+    assert eng.tombstones == 0 and Caller(eng)("GET_VERSIONS", b"k")[0] == []
+    # log_retention = 1: entries every node applied, but the last, are trimmed
+    assert eng.first[eng.origin] == 3 and len(entries_of(eng, eng.origin)) == 1
+    assert eng.read_entries(eng.origin, 1) == ([entries_of(eng, eng.origin)[0]], 3)

@@ -1,0 +1,560 @@
+"""Dynamo mode inside a node: every node accepts writes; replicas exchange their origin logs and
+converge (docs/DYNAMO.md). No sockets: the node loop gives this module requests and peer messages
+and sends what it returns or asks for.
+
+- `DynamoEngine` keeps this node's data and logs: each local write gets the next seq of this node's
+  origin, its versions are computed (versions.py), and entry, key states and bookkeeping go to
+  RocksDB in the loop iteration's one batch (one fsync) before any reply leaves. Entries from other
+  origins are applied in each origin's seq order, and every entry applied is kept in the log, so
+  any node can serve any origin's entries.
+- `Replication` talks to the peers: it sends DSTATUS (applied vector and data digest) to every peer
+  each heartbeat, fetches what a peer has and this node lacks, serves such fetches, and garbage-
+  collects tombstones and log entries once every configured node has applied them.
+
+Origins: a node takes a new origin id at every start, (node id << 32) | 32 random bits, so a seq
+is never reused, even by a node that lost or restored its data dir (docs/DYNAMO.md).
+"""
+import hashlib
+import logging
+import os
+import struct
+import time
+
+from . import errors, protocol
+from .protocol import DynEntry, decode_dyn_entry, decode_key_state, encode_dyn_entry, encode_key_state
+from .sessions import STALE, Sessions
+from .versions import EMPTY, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only, stable, winner
+
+FETCH_MAX_ENTRIES = 1000          # entries in one DENTRIES reply ...
+FETCH_MAX_BYTES = 1 << 20         # ... or about this many bytes
+FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
+GC_MAX_KEYS = 10_000              # tombstones looked at per housekeeping pass
+SCAN_PAGE_ITEMS = 1000
+SCAN_PAGE_BYTES = 1 << 20
+
+# meta keys of dynamo mode (docs/STORAGE.md)
+META_APPLIED = b"d:applied:"      # + origin (u64): highest seq of that origin applied here
+META_FIRST = b"d:first:"          # + origin (u64): lowest seq of that origin still in the log
+META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
+META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
+
+_U64 = struct.Struct(">Q")
+_LOG_KEY = struct.Struct(">QQ")
+log = logging.getLogger(__name__)
+
+
+def origin_node(origin) -> int:
+    return origin >> 32
+
+
+def origin_name(origin) -> str:
+    """How status shows an origin: node id and incarnation."""
+    return f"{origin >> 32}:{origin & 0xFFFFFFFF:08x}"
+
+
+def log_key(origin, seq) -> bytes:
+    return _LOG_KEY.pack(origin, seq)
+
+
+def _state_hash(key, raw) -> int:
+    """A key's contribution to the data digest (0 for an absent key): XOR-ed over all keys, so one
+    write updates the digest in O(1) and equal data gives equal digests on every node."""
+    if raw is None:
+        return 0
+    h = hashlib.blake2b(struct.pack(">I", len(key)) + key + raw, digest_size=8)
+    return int.from_bytes(h.digest(), "big")
+
+
+def _decode_state(raw) -> KeyState:
+    ctx, siblings = decode_key_state(raw)
+    return KeyState(ctx, tuple(Sibling(*s) for s in siblings))
+
+
+class DynamoEngine:
+    """This node's dynamo-mode data, logs and client commands."""
+
+    role = "peer"
+
+    def __init__(self, storage, config, version):
+        self.storage = storage
+        self.config = config
+        self.version = version
+        self.node_id = config.node_id
+        self.started = time.monotonic()
+        self.limits = protocol.Limits(config.max_key_size, config.max_value_size,
+                                      config.max_batch_items, config.max_request_size)
+        self.replicated = bool(config.peers)
+        self.extra_status = None
+        self.sessions = Sessions(config.session_timeout)
+        self.origin = (self.node_id << 32) | int.from_bytes(os.urandom(4), "big")
+        self.applied = {}          # origin -> highest seq applied here (staged included)
+        self.first = {}            # origin -> lowest seq still in the log
+        for key, raw in storage.iter_cf("meta", META_APPLIED, META_APPLIED + b"\xff"):
+            self.applied[_U64.unpack(key[len(META_APPLIED):])[0]] = _U64.unpack(raw)[0]
+        for key, raw in storage.iter_cf("meta", META_FIRST, META_FIRST + b"\xff"):
+            self.first[_U64.unpack(key[len(META_FIRST):])[0]] = _U64.unpack(raw)[0]
+        self.applied[self.origin] = 0
+        self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
+        raw_hlc = storage.get_cf("meta", META_HLC)
+        self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
+        # commit_seq counts flushed batches: a reply that depends on the open batch waits for its
+        # number (node.py's Waiter), so nothing is acknowledged before it is durable.
+        self.commit_seq = 0
+        self._batch = None
+        self._dirty = {}           # key -> KeyState written in the open batch (EMPTY: removed)
+        self._published = []       # this origin's entries flushed but not yet published
+        self._staged_own = []
+        self.digest = 0
+        self.conflicts = 0         # keys with more than one sibling
+        self.tombstones = 0        # keys holding tombstones only
+        for key, raw in storage.iter_cf("data"):
+            self.digest ^= _state_hash(key, raw)
+            state = _decode_state(raw)
+            self.conflicts += len(state.siblings) > 1
+            self.tombstones += is_tombstone_only(state)
+        self.leader_address = None
+        self._handlers = {
+            "PING": self._ping, "GET": self._get, "GET_VERSIONS": self._get_versions, "PUT": self._put,
+            "PUT_CTX": self._put_ctx, "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas,
+            "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
+        }
+        log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
+                 origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
+
+    # ------------------------------------------------------------ state of keys
+
+    def load(self, key) -> KeyState:
+        state = self._dirty.get(key)
+        if state is not None:
+            return state
+        raw = self.storage.get_cf("data", key)
+        return EMPTY if raw is None else _decode_state(raw)
+
+    def _store(self, key, old, new):
+        """Stage `new` as key's state (EMPTY: remove the key), keeping digest and counters."""
+        batch = self._staging()
+        old_raw = None if not old.siblings else encode_key_state(old.ctx, old.siblings)
+        if new.siblings:
+            raw = encode_key_state(new.ctx, new.siblings)
+            batch.put_cf("data", key, raw)
+        else:
+            raw = None
+            batch.delete_cf("data", key)
+        self.digest ^= _state_hash(key, old_raw) ^ _state_hash(key, raw)
+        self.conflicts += (len(new.siblings) > 1) - (len(old.siblings) > 1)
+        was_tomb = bool(old.siblings) and is_tombstone_only(old)
+        is_tomb = bool(new.siblings) and is_tombstone_only(new)
+        if is_tomb != was_tomb:
+            self.tombstones += is_tomb - was_tomb
+            if is_tomb:
+                batch.put_cf("meta", META_TOMB + key, b"")
+            else:
+                batch.delete_cf("meta", META_TOMB + key)
+        self._dirty[key] = new
+
+    def _staging(self):
+        if self._batch is None:
+            self._batch = self.storage.batch()
+        return self._batch
+
+    def _set_applied(self, origin, seq):
+        self.applied[origin] = seq
+        self._staging().put_cf("meta", META_APPLIED + _U64.pack(origin), _U64.pack(seq))
+        if origin not in self.first:
+            self.first[origin] = seq
+            self._batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(seq))
+
+    @property
+    def pending_batch(self) -> int:
+        """What a reply that depends on this iteration's writes waits for: the number the open batch
+        will have once flushed; 0 (nothing) when no batch is open."""
+        return 0 if self._batch is None else self.commit_seq + 1
+
+    # ------------------------------------------------------------ writes
+
+    def write(self, request, ops):
+        """Apply a client's write at this origin: ops are (key, value or None, context or None: the
+        key's state here). Returns the new entry's seq."""
+        seq = self.applied[self.origin] + 1
+        hlc = self.hlc.tick(int(time.time() * 1000))
+        logged = []
+        for key, value, ctx in ops:
+            state = self.load(key)
+            write_ctx = state.ctx if ctx is None else ctx
+            new = apply_write(state, Sibling(self.origin, seq, hlc, value), write_ctx)
+            self._store(key, state, new)
+            logged.append((key, protocol.vector_pairs(write_ctx), value))
+        raw = encode_dyn_entry(DynEntry(self.origin, seq, hlc, request.client_id, request.request_id,
+                                        tuple(logged)))
+        self._staging().put_cf("log", log_key(self.origin, seq), raw)
+        self._set_applied(self.origin, seq)
+        self._staged_own.append(raw)
+        self.sessions.record(request.client_id, request.request_id, seq, time.monotonic())
+        return seq
+
+    def apply_remote(self, origin, raws):
+        """Apply another origin's entries, in seq order from the first one not applied yet. Returns
+        (entries applied, True when one was missing: a gap to fetch)."""
+        if origin == self.origin:
+            return 0, False
+        done = 0
+        for raw in raws:
+            entry = decode_dyn_entry(raw)
+            if entry.origin != origin:
+                raise errors.MalformedMessage(f"entry of origin {entry.origin} in a batch of origin {origin}")
+            have = self.applied.get(origin, 0)
+            if entry.seq <= have:
+                continue
+            if entry.seq != have + 1:
+                return done, True
+            for key, ctx_pairs, value in entry.ops:
+                state = self.load(key)
+                new = apply_write(state, Sibling(origin, entry.seq, entry.hlc, value),
+                                  protocol.vector_from_pairs(ctx_pairs))
+                if new is not None:
+                    self._store(key, state, new)
+            self._staging().put_cf("log", log_key(origin, entry.seq), raw)
+            self._set_applied(origin, entry.seq)
+            self.hlc.observe(entry.hlc)
+            done += 1
+        return done, False
+
+    def take_published(self):
+        """This origin's entries made durable by the last flush, to publish."""
+        out, self._published = self._published, []
+        return out
+
+    def flush(self):
+        """Write the open batch (fsync per setting). Raises StorageError on failure: the node stops."""
+        batch = self._batch
+        if batch is None:
+            return
+        try:
+            batch.put_cf("meta", META_HLC, _U64.pack(self.hlc.last))
+            self.storage.commit(batch)
+        except errors.StorageError:
+            raise
+        except Exception as exc:
+            raise errors.StorageError(f"commit failed: {type(exc).__name__}: {exc}") from exc
+        self._batch = None
+        self._dirty.clear()
+        self.commit_seq += 1
+        self.durable_applied = dict(self.applied)
+        self._published.extend(self._staged_own)
+        self._staged_own = []
+
+    # ------------------------------------------------------------ serving peers
+
+    def read_entries(self, origin, from_seq):
+        """Durable entries of `origin` from from_seq on (at most a page), and the lowest seq kept."""
+        first = self.first.get(origin, 1)
+        out, size = [], 0
+        end = log_key(origin, self.durable_applied.get(origin, 0) + 1)
+        for _key, raw in self.storage.iter_cf("log", log_key(origin, max(from_seq, first)), end):
+            if len(out) >= FETCH_MAX_ENTRIES or (out and size + len(raw) > FETCH_MAX_BYTES):
+                break
+            out.append(raw)
+            size += len(raw)
+        return out, first
+
+    def collect_garbage(self, vector):
+        """Drop tombstone-only keys and log entries that every node has applied (`vector`: the
+        elementwise minimum of every configured node's applied vector). Returns keys dropped."""
+        dropped = 0
+        looked = 0
+        for tomb_key, _ in list(self.storage.iter_cf("meta", META_TOMB, META_TOMB + b"\xff" * 8)):
+            looked += 1
+            if looked > GC_MAX_KEYS:
+                break
+            key = tomb_key[len(META_TOMB):]
+            state = self.load(key)
+            if state.siblings and is_tombstone_only(state) and stable(state, vector):
+                self._store(key, state, EMPTY)
+                dropped += 1
+        retention = self.config.log_retention
+        for origin, first in list(self.first.items()):
+            keep_from = min(vector.get(origin, 0), self.applied.get(origin, 0) - retention) + 1
+            if keep_from > first:
+                batch = self._staging()
+                batch.delete_range_cf("log", log_key(origin, first), log_key(origin, keep_from))
+                batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(keep_from))
+                self.first[origin] = keep_from
+        return dropped
+
+    def housekeeping(self, now):
+        self.sessions.expire(now)
+
+    # ------------------------------------------------------------ client commands (docs/PROTOCOL.md)
+
+    def handle(self, request):
+        """One decoded request -> (reply body, batch number it waits for; 0: none)."""
+        return self._handlers[request.command](request)
+
+    def _wait_for(self, key):
+        return self.pending_batch if key in self._dirty else 0
+
+    def _ping(self, req):
+        return protocol.encode_ok(req.request_id, self.node_id), 0
+
+    def _get(self, req):
+        key = req.args[0]
+        state = self.load(key)
+        best = winner(state)
+        value = None if best is None else best.value
+        return protocol.encode_ok(req.request_id, value, len(state.siblings) > 1), self._wait_for(key)
+
+    def _get_versions(self, req):
+        key = req.args[0]
+        state = self.load(key)
+        siblings = [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
+        return (protocol.encode_ok(req.request_id, siblings, protocol.encode_context(state.ctx)),
+                self._wait_for(key))
+
+    def _check_write(self, req):
+        """A retried write already applied here: its reply. None: apply it."""
+        seq = self.sessions.lookup(req.client_id, req.request_id, req.open_from, time.monotonic())
+        if seq is None:
+            return None
+        if seq is STALE:
+            raise errors.RequestFenced(f"request {req.request_id} is below an open_from this client already "
+                                       f"sent: a late copy, not applied")
+        return protocol.encode_ok(req.request_id, True, seq), self.pending_batch
+
+    def _written(self, req, ops, result=True):
+        seq = self.write(req, ops)
+        return protocol.encode_ok(req.request_id, result, seq), self.pending_batch
+
+    def _put(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key, value = req.args
+        return self._written(req, ((key, value, None),))
+
+    def _put_ctx(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key, value, raw_ctx = req.args
+        ctx = protocol.decode_context(raw_ctx)
+        for origin, seq in ctx.items():
+            if origin == self.origin and seq > self.applied[origin]:
+                raise errors.BadArgument(f"context names write {seq} of this node's origin, which it never made")
+        return self._written(req, ((key, value, ctx),))
+
+    def _delete(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key = req.args[0]
+        state = self.load(key)
+        existed = any(s.value is not None for s in state.siblings)
+        if not existed:
+            return protocol.encode_ok(req.request_id, False, 0), self._wait_for(key)
+        return self._written(req, ((key, None, None),), result=True)
+
+    def _put_many(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        items = dict(req.args[0])     # a key given twice: the last value, as a sequence of puts would leave
+        return self._written(req, tuple((k, v, None) for k, v in items.items()))
+
+    def _cas(self, req):
+        raise errors.UnsupportedOperation("cas is not offered in dynamo mode: another node may accept a write to "
+                                          "the same key at the same moment; use get_versions and put with "
+                                          "its context instead")
+
+    def _scan(self, req):
+        start, end, prefix, limit, _stale = req.args
+        self.flush()    # a scan reads RocksDB: this iteration's writes first
+        page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
+        lower = start or b""
+        if prefix and prefix > lower:
+            lower = prefix
+        items, size, next_key = [], 0, None
+        for key, raw in self.storage.iter_cf("data", lower, end):
+            if prefix and not key.startswith(prefix):
+                break
+            if len(items) >= page or size >= SCAN_PAGE_BYTES:
+                next_key = key
+                break
+            best = winner(_decode_state(raw))
+            if best is not None and best.value is not None:
+                items.append([key, best.value])
+                size += len(key) + len(best.value)
+        if limit is not None and len(items) >= limit:
+            next_key = None
+        return protocol.encode_ok(req.request_id, items, next_key), 0
+
+    def _outcome(self, req):
+        seq, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
+        if seq is None:
+            return protocol.encode_ok(req.request_id, "unknown", 0), 0
+        return protocol.encode_ok(req.request_id, "committed", seq), self.pending_batch
+
+    def _status(self, req):
+        return protocol.encode_ok(req.request_id, self.status()), 0
+
+    def status(self) -> dict:
+        cfg = self.config
+        return {
+            "node_id": cfg.node_id, "mode": "dynamo", "role": "peer", "term": 0, "primary_id": 0,
+            "last_seq": self.applied[self.origin], "commit_seq": self.applied[self.origin],
+            "origin": origin_name(self.origin),
+            "applied": {origin_name(o): s for o, s in sorted(self.durable_applied.items()) if s},
+            "keys_estimate": self.storage.approximate_keys(), "conflicts": self.conflicts,
+            "tombstones": self.tombstones, "digest": f"{self.digest:016x}",
+            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "fsync": cfg.fsync,
+            "uptime": round(time.monotonic() - self.started, 3), "version": self.version, "peers": [],
+            **(self.extra_status() if self.extra_status else {}),
+        }
+
+
+class PeerView:
+    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard")
+
+    def __init__(self):
+        self.applied = {}
+        self.digest = None
+        self.keys = self.conflicts = self.tombstones = 0
+        self.heard = None
+
+
+class Replication:
+    """Dynamo-mode peer traffic (docs/DYNAMO.md, "Replication")."""
+
+    def __init__(self, node, engine, config, now):
+        self.node = node                # io: publish, send_to, reply
+        self.engine = engine
+        self.config = config
+        self.views = {p.node_id: PeerView() for p in config.peers}
+        self.addresses = {p.node_id: p.address for p in config.peers}
+        self._fetching = {}             # origin -> deadline of the fetch in flight
+        self._gaps = 0
+        self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch}
+
+    def close(self):
+        pass
+
+    def note_loop(self, now):
+        pass
+
+    # ------------------------------------------------------------ timers
+
+    def tick(self, now):
+        self.node.send_to_all(self._status_message("DSTATUS"))
+
+    def housekeeping(self, now):
+        vector = self.stable_vector()
+        if vector is not None:
+            dropped = self.engine.collect_garbage(vector)
+            if dropped:
+                log.debug("garbage-collected %d tombstones every node has applied", dropped)
+
+    def publish_new(self):
+        """After a flush: publish this origin's new durable entries (PUB; fetches repair losses)."""
+        entries = self.engine.take_published()
+        if entries:
+            self.node.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
+
+    def stable_vector(self):
+        """Elementwise minimum of every configured node's applied vector, or None while a peer has
+        not reported since this node started (its applied vector is unknown)."""
+        vector = dict(self.engine.durable_applied)
+        for view in self.views.values():
+            if view.heard is None:
+                return None
+            vector = {o: min(s, view.applied.get(o, 0)) for o, s in vector.items()}
+        return vector
+
+    # ------------------------------------------------------------ messages
+
+    def _status_message(self, command):
+        e = self.engine
+        return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(e.durable_applied), e.digest,
+                                    e.storage.approximate_keys(), e.conflicts, e.tombstones, e.config.address)
+
+    def on_request(self, message, envelope, now):
+        handler = self._handlers.get(message.command)
+        if handler is None:
+            log.debug("ignoring %s in dynamo mode", message.command)
+            return
+        handler(message.fields, envelope, now)
+
+    def on_message(self, message, now):
+        f = message.fields
+        if message.command == "DCHANGE":
+            self._on_change(f[0], f[1], now)
+        elif message.command == "DSTATUS_REPLY":
+            self._on_status(f, now)
+        elif message.command == "DENTRIES":
+            self._on_entries(f, now)
+
+    def _on_status_query(self, fields, envelope, now):
+        self._on_status(fields, now)
+        self.node.reply(envelope, self._status_message("DSTATUS_REPLY"))
+
+    def _on_status(self, fields, now):
+        node_id, applied, digest, keys, conflicts, tombstones, _address = fields
+        view = self.views.get(node_id)
+        if view is None:
+            return
+        view.applied = protocol.vector_from_pairs(applied)
+        view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
+        view.heard = now
+        mine = self.engine.applied
+        for origin, seq in view.applied.items():
+            if seq > mine.get(origin, 0) and origin != self.engine.origin:
+                self._fetch(origin, node_id, now)
+
+    def _fetch(self, origin, node_id, now):
+        if self._fetching.get(origin, 0) > now:
+            return
+        frm = self.engine.applied.get(origin, 0) + 1
+        if self.node.send_to(node_id, protocol.encode_peer("DFETCH", self.engine.node_id, origin, frm)):
+            self._fetching[origin] = now + FETCH_TIMEOUT
+
+    def _on_fetch(self, fields, envelope, now):
+        _node_id, origin, from_seq = fields
+        entries, first = self.engine.read_entries(origin, from_seq)
+        self.node.reply(envelope, protocol.encode_peer("DENTRIES", self.engine.node_id, origin, from_seq,
+                                                       entries, first))
+
+    def _on_entries(self, fields, now):
+        sender, origin, from_seq, entries, first = fields
+        self._fetching.pop(origin, None)
+        if not entries:
+            if from_seq < first and self.engine.applied.get(origin, 0) < first - 1:
+                log.error("node %d no longer holds entries %d.. of origin %s (trimmed from %d): this node "
+                          "needs a full resync", sender, from_seq, origin_name(origin), first)
+            return
+        self.engine.apply_remote(origin, entries)
+        view = self.views.get(sender)
+        if view is not None and view.applied.get(origin, 0) > self.engine.applied.get(origin, 0):
+            self._fetch(origin, sender, now)   # more to catch up: the next page at once
+
+    def _on_change(self, origin, entries, now):
+        _done, gap = self.engine.apply_remote(origin, entries)
+        if gap:
+            self._gaps += 1
+            node_id = origin_node(origin)
+            if node_id in self.views:
+                self._fetch(origin, node_id, now)
+
+    # ------------------------------------------------------------ status
+
+    def status(self, now):
+        mine = self.engine.durable_applied
+        peers = []
+        converged = True
+        for node_id, view in sorted(self.views.items()):
+            alive = view.heard is not None and now - view.heard < self.config.election_interval
+            behind = sum(max(0, s - view.applied.get(o, 0)) for o, s in mine.items())
+            ahead = sum(max(0, s - mine.get(o, 0)) for o, s in view.applied.items())
+            converged &= view.digest == self.engine.digest and alive and not behind and not ahead
+            peers.append({"node_id": node_id, "address": self.addresses[node_id], "alive": alive,
+                          "behind": behind, "ahead": ahead, "digest": None if view.digest is None else
+                          f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,
+                          "last_heard": None if view.heard is None else round(now - view.heard, 3)})
+        return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps}
