@@ -34,11 +34,14 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 ## chaos: a randomised fault campaign (kill -9, SIGSTOP, iptables partitions when root) with a
-## linearizability check; make chaos SECONDS=300 SEED=42 NODES=5
+## linearizability check (leader mode) or a convergence and no-lost-write check (dynamo mode);
+## make chaos SECONDS=300 SEED=42 NODES=5 MODE=dynamo
 SECONDS ?= 300
 NODES ?= 3
+MODE ?= leader
 chaos: $(STAMP)
-	$(PY) -m zmqstore.testing.chaos --seconds $(SECONDS) --nodes $(NODES) $(if $(SEED),--seed $(SEED))
+	$(PY) -m zmqstore.testing.chaos --mode $(MODE) --seconds $(SECONDS) --nodes $(NODES) --clients $(NODES) \
+		$(if $(SEED),--seed $(SEED))
 
 ## bench-elections: 10 minutes of steady load on a 3-node cluster; counts elections (target: none)
 bench-elections: $(STAMP)

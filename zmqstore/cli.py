@@ -39,6 +39,7 @@ Usage:
   datastore-cli [options] put KEY VALUE [--json-value]
   datastore-cli [options] delete KEY
   datastore-cli [options] scan [--prefix P] [--start S] [--end E] [--limit N]
+  datastore-cli [options] versions KEY
   datastore-cli [options] status
   datastore-cli [options] ping
   datastore-cli -h | --help
@@ -192,6 +193,18 @@ def _run_command(db, args):
             for key, value in rows:
                 print(f"{_json_default(key) if isinstance(key, bytes) else key}\t"
                       f"{json.dumps(value, default=_json_default)}")
+    elif args["versions"]:
+        versions = db.get_versions(args["KEY"])
+        if args["--json"]:
+            print(json.dumps({"siblings": [v._asdict() for v in versions.siblings],
+                              "context": versions.context.hex()}, default=_json_default))
+        else:
+            winner = versions.winner
+            for v in versions.siblings:
+                shown = "(deleted)" if v.deleted else json.dumps(v.value, default=_json_default)
+                print(f"{shown}\tnode {v.node_id}, seq {v.seq}, hlc {v.hlc}{'  <- get' if v is winner else ''}")
+            print(f"context {versions.context.hex()}" if versions.siblings else "(absent)")
+        return 0 if versions.siblings else 1
     elif args["status"]:
         _print_status(args, db)
     elif args["ping"]:
@@ -225,6 +238,9 @@ def _print_status(args, db):
     if args["--json"]:
         _show(args, rows if len(endpoints) > 1 else rows[0])
         return
+    if any(r.get("mode") == "dynamo" for r in rows):
+        _print_dynamo_status(rows, single=len(endpoints) == 1)
+        return
     primary_last = max((r["last_seq"] for r in rows if r.get("role") == "primary" and "last_seq" in r),
                        default=None)
     columns = ("node_id", "address", "role", "term", "voted_for", "last_seq", "commit_seq", "applied_seq", "lag")
@@ -246,6 +262,40 @@ def _print_status(args, db):
         extra = {k: rows[0][k] for k in ("mode", "first_seq", "keys_estimate", "fsync", "uptime", "version")
                  if k in rows[0]}
         print("  ".join(f"{k}={v}" for k, v in extra.items()))
+
+
+def _print_dynamo_status(rows, single):
+    """Dynamo mode: per node its writes, how far it is behind, siblings, tombstones and digest."""
+    if single:   # one node's STATUS: itself, then its view of each peer
+        me = rows[0]
+        table = [[str(me["node_id"]), me["address"], "yes", "0", str(me["conflicts"]), str(me["tombstones"]),
+                  me["digest"]]]
+        for p in rows[1:]:
+            table.append([str(p["node_id"]), p["address"], "yes" if p.get("alive") else "no", str(p.get("behind", "-")),
+                          str(p.get("conflicts", "-")), str(p.get("tombstones", "-")), str(p.get("digest", "-"))])
+        converged = me.get("converged")
+    else:        # one row per endpoint; "behind": entries the node lacks that another node has
+        newest = {}
+        for r in rows:
+            for origin, seq in r.get("applied", {}).items():
+                newest[origin] = max(newest.get(origin, 0), seq)
+        table = []
+        for r in rows:
+            up = "digest" in r
+            behind = sum(s - r["applied"].get(o, 0) for o, s in newest.items()) if up else "-"
+            table.append([str(r.get("node_id", "-")), r["address"], "yes" if up else r["role"], str(behind),
+                          str(r.get("conflicts", "-")), str(r.get("tombstones", "-")), r.get("digest", "-")])
+        converged = all("digest" in r for r in rows) and len({r["digest"] for r in rows}) == 1 and \
+            all(row[3] == "0" for row in table)
+    columns = ("node_id", "address", "alive", "behind", "conflicts", "tombstones", "digest")
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    for r in rows if not single else rows[:1]:
+        if "applied" in r:
+            print(f"node {r['node_id']} applied: " + ", ".join(f"{o}={s}" for o, s in r["applied"].items()))
+    print(f"converged: {'yes (every node equal, digests equal)' if converged else 'no'}")
 
 
 def node_entry():

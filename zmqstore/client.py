@@ -26,6 +26,20 @@ class Version(NamedTuple):
     hlc: int             # hybrid logical clock timestamp: (milliseconds << 16) | counter
 
 
+class Dot(NamedTuple):
+    """A dynamo-mode write's identity: the origin (node run) that accepted it and its seq there."""
+    node_id: int
+    origin: int
+    seq: int
+
+
+def _dot(result):
+    """A write reply -> its Dot in dynamo mode ([applied, seq, origin]); None in leader mode."""
+    if len(result) < 3 or not result[2]:
+        return None
+    return Dot(result[2] >> 32, result[2], result[1])
+
+
 class Versions(NamedTuple):
     """A dynamo-mode key's siblings (empty: absent) and its causal context."""
     siblings: list
@@ -275,20 +289,22 @@ class Client:
         return Versions([Version(None if value is None else unpack_value(value), value is None, origin >> 32,
                                  origin, seq, hlc) for value, origin, seq, hlc in siblings], context)
 
-    def put(self, key, value, context=None) -> None:
-        """Write key = value. Dynamo mode: with `context` (from get_versions) the write replaces
-        exactly the versions that context covers; others written meanwhile stay as siblings."""
+    def put(self, key, value, context=None):
+        """Write key = value. Returns None in leader mode; in dynamo mode the new version's
+        `Dot(node_id, origin, seq)`. Dynamo mode: with `context` (from get_versions) the write
+        replaces exactly the versions that context covers; others written meanwhile stay as siblings."""
         if context is None:
-            self._call("PUT", encode_key(key), pack_value(value))
+            result = self._call("PUT", encode_key(key), pack_value(value))
         else:
-            self._call("PUT_CTX", encode_key(key), pack_value(value), bytes(context))
+            result = self._call("PUT_CTX", encode_key(key), pack_value(value), bytes(context))
+        return _dot(result)
 
     def delete(self, key, context=None) -> bool:
         """Delete key; True if it existed. Dynamo mode: a tombstone; with `context`, it replaces
-        exactly the versions that context covers."""
+        exactly the versions that context covers (and returns the tombstone's Dot)."""
         if context is None:
             return self._call("DEL", encode_key(key))[0]
-        return self._call("PUT_CTX", encode_key(key), None, bytes(context))[0]
+        return _dot(self._call("PUT_CTX", encode_key(key), None, bytes(context)))
 
     def cas(self, key, expected, new) -> bool:
         """Set key to `new` if its value is `expected` (None: only if absent). Values compare by

@@ -38,6 +38,11 @@ META_FIRST = b"d:first:"          # + origin (u64): lowest seq of that origin st
 META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
 META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
 
+# Test-only, deliberately broken (docs/TESTING.md): "dynamo-lww" keeps only the winner of
+# concurrent writes, silently dropping the others, so the fault campaigns can show the checker
+# catching lost writes. Never set in production (node.py BROKEN_ENV).
+BROKEN_ENV = "ZMQSTORE_TEST_BROKEN"
+
 _U64 = struct.Struct(">Q")
 _LOG_KEY = struct.Struct(">QQ")
 log = logging.getLogger(__name__)
@@ -112,6 +117,11 @@ class DynamoEngine:
             state = _decode_state(raw)
             self.conflicts += len(state.siblings) > 1
             self.tombstones += is_tombstone_only(state)
+        self._recover_sessions()
+        self._lww = os.environ.get(BROKEN_ENV) == "dynamo-lww"
+        if self._lww:
+            log.warning("TEST-ONLY BROKEN BUILD (%s=dynamo-lww): concurrent writes are dropped, not kept as "
+                        "siblings", BROKEN_ENV)
         self.leader_address = None
         self._handlers = {
             "PING": self._ping, "GET": self._get, "GET_VERSIONS": self._get_versions, "PUT": self._put,
@@ -120,6 +130,19 @@ class DynamoEngine:
         }
         log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
                  origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
+
+    def _recover_sessions(self):
+        """A client that retries a write after this node restarted must get the first outcome, not
+        a second version: the (client, request id) of this node's earlier runs' retained entries
+        are recorded again (as leader mode does from its log)."""
+        now = time.monotonic()
+        for origin in self.applied:
+            if origin_node(origin) != self.node_id or origin == self.origin:
+                continue
+            for _key, raw in self.storage.iter_cf("log", log_key(origin, 0), log_key(origin + 1, 0)):
+                entry = decode_dyn_entry(raw)
+                if entry.client_id:
+                    self.sessions.record(entry.client_id, entry.request_id, (entry.origin, entry.seq), now)
 
     # ------------------------------------------------------------ state of keys
 
@@ -133,6 +156,8 @@ class DynamoEngine:
     def _store(self, key, old, new):
         """Stage `new` as key's state (EMPTY: remove the key), keeping digest and counters."""
         batch = self._staging()
+        if self._lww and len(new.siblings) > 1:
+            new = KeyState(new.ctx, (winner(new),))
         old_raw = None if not old.siblings else encode_key_state(old.ctx, old.siblings)
         if new.siblings:
             raw = encode_key_state(new.ctx, new.siblings)
@@ -189,7 +214,7 @@ class DynamoEngine:
         self._staging().put_cf("log", log_key(self.origin, seq), raw)
         self._set_applied(self.origin, seq)
         self._staged_own.append(raw)
-        self.sessions.record(request.client_id, request.request_id, seq, time.monotonic())
+        self.sessions.record(request.client_id, request.request_id, (self.origin, seq), time.monotonic())
         return seq
 
     def apply_remote(self, origin, raws):
@@ -312,17 +337,19 @@ class DynamoEngine:
 
     def _check_write(self, req):
         """A retried write already applied here: its reply. None: apply it."""
-        seq = self.sessions.lookup(req.client_id, req.request_id, req.open_from, time.monotonic())
-        if seq is None:
+        dot = self.sessions.lookup(req.client_id, req.request_id, req.open_from, time.monotonic())
+        if dot is None:
             return None
-        if seq is STALE:
+        if dot is STALE:
             raise errors.RequestFenced(f"request {req.request_id} is below an open_from this client already "
                                        f"sent: a late copy, not applied")
-        return protocol.encode_ok(req.request_id, True, seq), self.pending_batch
+        origin, seq = dot
+        return protocol.encode_ok(req.request_id, True, seq, origin), self.pending_batch
 
     def _written(self, req, ops, result=True):
+        """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot."""
         seq = self.write(req, ops)
-        return protocol.encode_ok(req.request_id, result, seq), self.pending_batch
+        return protocol.encode_ok(req.request_id, result, seq, self.origin), self.pending_batch
 
     def _put(self, req):
         done = self._check_write(req)
@@ -350,7 +377,7 @@ class DynamoEngine:
         state = self.load(key)
         existed = any(s.value is not None for s in state.siblings)
         if not existed:
-            return protocol.encode_ok(req.request_id, False, 0), self._wait_for(key)
+            return protocol.encode_ok(req.request_id, False, 0, 0), self._wait_for(key)
         return self._written(req, ((key, None, None),), result=True)
 
     def _put_many(self, req):
@@ -388,10 +415,10 @@ class DynamoEngine:
         return protocol.encode_ok(req.request_id, items, next_key), 0
 
     def _outcome(self, req):
-        seq, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
-        if seq is None:
+        dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
+        if dot is None:
             return protocol.encode_ok(req.request_id, "unknown", 0), 0
-        return protocol.encode_ok(req.request_id, "committed", seq), self.pending_batch
+        return protocol.encode_ok(req.request_id, "committed", dot[1]), self.pending_batch
 
     def _status(self, req):
         return protocol.encode_ok(req.request_id, self.status()), 0

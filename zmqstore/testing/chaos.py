@@ -1,8 +1,13 @@
-"""A fault campaign against a real leader-mode cluster: workload processes record a history of put,
-get and cas on a few keys while a seeded nemesis kills and pauses nodes; then the linearizability
-checker judges the history (docs/TESTING.md).
+"""A fault campaign against a real cluster: workload processes record a history on a few keys while
+a seeded nemesis kills, pauses and cuts off nodes; then a checker judges it (docs/TESTING.md).
 
-    python -m zmqstore.testing.chaos [--seconds 300] [--seed N] [--clients 3] [--nodes 3|5] [--dir DIR]
+- leader mode: put, get and cas; the linearizability checker (linearizability.py).
+- dynamo mode: writes and deletes with contexts, and reads, each client on its own node; after the
+  heal, every node must hold identical data within a bound, and no acknowledged write may be lost
+  (convergence.py).
+
+    python -m zmqstore.testing.chaos [--mode leader|dynamo] [--seconds 300] [--seed N] [--clients 3]
+                                     [--nodes 3|5] [--dir DIR]
 
 The seed is printed; the same seed replays the same fault schedule (the workload's timing, and so
 the history, still depends on the machine). Every process the campaign starts is stopped at the
@@ -18,9 +23,9 @@ import sys
 import tempfile
 import time
 
-from .. import errors
+from .. import errors, protocol
 from ..client import Client, Retry
-from . import partition
+from . import convergence, partition
 from .linearizability import Op, check, read_history, write_history
 from .process import Cluster, wait_until
 
@@ -69,6 +74,70 @@ def _worker(endpoints, process, seconds, seed, out_path):
                 op = Op(process, kind, key, args, invoke, float("inf"), "fail" if kind == "get" else "info")
             ops.append(op)
     write_history(out_path, ops)
+
+
+def _dynamo_worker(endpoint, process, seconds, seed, out_path):
+    """One dynamo-mode client process, on one node (retries go to the same node, which applies a
+    retried write once): writes and deletes made with the context just read, and reads."""
+    rng = random.Random(seed * 1000 + process)
+    ops, reads = [], 0
+    counter = 0
+    end = time.monotonic() + seconds
+    with Client(endpoint, timeout=0.5, retry=Retry(max_tries=6, delay=0.05, max_delay=0.2, deadline=2.0)) as db:
+        while time.monotonic() < end:
+            key = rng.choice(KEYS)
+            kind = rng.choices(("put", "delete", "get"), (6, 1, 3))[0]
+            if kind == "get":
+                try:
+                    db.get(key)
+                    reads += 1
+                except errors.ZmqstoreError:
+                    pass
+                continue
+            counter += 1
+            value = process * 1_000_000 + counter if kind == "put" else None
+            invoke = time.monotonic()
+            try:
+                versions = db.get_versions(key)
+            except errors.ZmqstoreError:
+                continue          # nothing was written
+            ctx = protocol.decode_context(versions.context)
+            try:
+                if kind == "put":
+                    dot = db.put(key, value, context=versions.context)
+                else:
+                    dot = db.delete(key, context=versions.context)
+                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, time.monotonic(), "ok",
+                                               (dot.origin, dot.seq)))
+            except errors.RequestError:
+                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, time.monotonic(), "fail", None))
+            except errors.ZmqstoreError:
+                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, None, "info", None))
+    convergence.write_history(out_path, ops)
+    with open(out_path + ".reads", "w") as f:
+        f.write(str(reads))
+
+
+def _dynamo_finals(cluster):
+    """{node id: {key: (siblings, ctx)}} read from every node."""
+    finals = {}
+    for node_id, node in cluster.nodes.items():
+        with node.client(timeout=2.0, retry=Retry(max_tries=3)) as db:
+            finals[node_id] = {}
+            for key in KEYS:
+                v = db.get_versions(key)
+                if v.siblings:
+                    finals[node_id][key] = (sorted((s.value, s.origin, s.seq, s.deleted) for s in v.siblings),
+                                            protocol.decode_context(v.context))
+    return finals
+
+
+def _dynamo_converged(cluster):
+    sts = [n.status() for n in cluster.nodes.values()]
+    if any(st is None for st in sts):
+        return False
+    return (len({st["digest"] for st in sts}) == 1 and len({json.dumps(st["applied"], sort_keys=True)
+                                                            for st in sts}) == 1 and all(st["converged"] for st in sts))
 
 
 # ---------------------------------------------------------------- nemesis
@@ -159,36 +228,50 @@ def format_summary(summary):
     kinds = {}
     for _t, fault, _node in summary["fault_log"]:
         kinds[fault] = kinds.get(fault, 0) + 1
+    dynamo = summary["mode"] == "dynamo"
+    if dynamo:
+        ops = (f"{summary['operations']}: {summary['reads']} reads, writes ok {summary['ok']} + fail "
+               f"{summary['fail']} + info {summary['info']}")
+        verdict = (f"{summary['acknowledged']} acknowledged writes: none lost, every node identical"
+                   if summary["ok_verdict"] else "FAILED (report below)")
+    else:
+        ops = f"{summary['operations']} = ok {summary['ok']} + fail {summary['fail']} + info {summary['info']}"
+        verdict = "linearizable" if summary["ok_verdict"] else "NOT linearizable (report below)"
     rows = [
-        ("campaign", f"seed {summary['seed']}, {summary['seconds']:g} s, {summary['nodes']} nodes, "
-                     f"network faults {'on' if summary['network_faults'] else 'off (needs iptables and root)'}"),
-        ("operations", f"{summary['operations']} = ok {summary['ok']} + fail {summary['fail']} + info {summary['info']}"),
+        ("campaign", f"{summary['mode']} mode, seed {summary['seed']}, {summary['seconds']:g} s, {summary['nodes']} "
+                     f"nodes, network faults {'on' if summary['network_faults'] else 'off (needs iptables and root)'}"),
+        ("operations", ops),
         ("faults", f"{summary['faults']}: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))),
-        ("checker", "linearizable" if summary["linearizable"] else "NOT linearizable (report below)"),
-        ("recovery", f"a primary {summary['primary_after_heal_s']:.2f} s after the last fault healed"),
-        ("convergence", "NOT reached: nodes still differ 30 s after the last operation"
-         if summary["converged_after_last_op_s"] is None else
-         f"every node holds the same log {summary['converged_after_last_op_s']:.2f} s after the last operation"),
+        ("checker", verdict),
     ]
+    if not dynamo:
+        rows.append(("recovery", f"a primary {summary['primary_after_heal_s']:.2f} s after the last fault healed"))
+    rows.append(("convergence", "NOT reached: nodes still differ 30 s after the last operation"
+                 if summary["converged_after_last_op_s"] is None else
+                 f"every node holds the same {'data' if dynamo else 'log'} "
+                 f"{summary['converged_after_last_op_s']:.2f} s after the last operation"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None, nodes=3):
-    """Run one campaign on `nodes` nodes; returns a summary dict (verdict included). network: use iptables
-    partitions (None: when available, i.e. iptables present and root). faults: only these kinds.
-    broken: run a deliberately broken build (node.py BROKEN_ENV) to show the checker catches it."""
+def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None, nodes=3,
+             mode="leader"):
+    """Run one campaign on `nodes` nodes; returns a summary dict (verdict included). network: use
+    iptables partitions (None: when available, i.e. iptables present and root). faults: only these
+    kinds. broken: run a deliberately broken build (node.py BROKEN_ENV) to show the checker
+    catches it."""
     args, env = ["--log-level", "WARNING"], None
     if broken:
         # deposed-reads: primaries read without confirming leadership and never step down.
         # early-acks: that, and writes acknowledged once on the primary alone (write_quorum = 1).
-        env = {"ZMQSTORE_TEST_BROKEN": "deposed-reads"}
+        # dynamo-lww: concurrent writes are not kept as siblings; the latest timestamp wins.
+        env = {"ZMQSTORE_TEST_BROKEN": "deposed-reads" if broken == "early-acks" else broken}
         if broken == "early-acks":
             conf = os.path.join(base_dir, "broken.ini")
             with open(conf, "w") as f:
                 f.write("[cluster]\nwrite_quorum = 1\n")
             args += ["--config", conf]
-    c = Cluster(base_dir, size=nodes, args=args, env=env)
+    c = Cluster(base_dir, size=nodes, args=args, env=env, mode=mode)
     histories = []
     partitioner = None
     try:
@@ -202,46 +285,59 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         for p in range(clients):
             path = os.path.join(base_dir, f"history-{p}.jsonl")
             histories.append(path)
-            procs.append(ctx.Process(target=_worker, args=(c.endpoints, p, seconds, seed, path), daemon=True))
+            if mode == "dynamo":
+                target, worker_args = _dynamo_worker, (c.endpoints[p % nodes], p, seconds, seed, path)
+            else:
+                target, worker_args = _worker, (c.endpoints, p, seconds, seed, path)
+            procs.append(ctx.Process(target=target, args=worker_args, daemon=True))
         for proc in procs:
             proc.start()
         nemesis = Nemesis(c, seed, partitioner)
         if faults:
             nemesis.faults = tuple(faults)
+        elif mode == "dynamo":     # no primary: its faults would hit a random node anyway
+            nemesis.faults = tuple(f for f in nemesis.faults if not f.endswith("primary"))
         try:
             nemesis.run(max(0.0, seconds - 1.0))
         finally:
             nemesis.heal()
             healed = time.monotonic()
             try:
-                primary = c.wait_primary(30)
-                to_primary = time.monotonic() - healed
+                if mode == "leader":
+                    primary = c.wait_primary(30)
+                    to_primary = time.monotonic() - healed
             finally:
                 for proc in procs:
                     proc.join(seconds + 60)
                     if proc.is_alive():
                         proc.kill()
-        last_write = time.monotonic()
+        last_op = time.monotonic()
+        done = _dynamo_converged if mode == "dynamo" else _converged
         try:
             # A broken build may never converge (two primaries): do not wait long for it.
-            wait_until(lambda: _converged(c), 5 if broken else 30, interval=0.05, message="convergence")
-            to_converge = round(time.monotonic() - last_write, 3)
+            wait_until(lambda: done(c), 5 if broken else 30, interval=0.05, message="convergence")
+            to_converge = round(time.monotonic() - last_op, 3)
+            extra = {}
         except TimeoutError:
             to_converge = None
-            stuck = {i: n.status() for i, n in c.nodes.items()}
-            summary_extra = {"not_converged": {i: st and {k: st.get(k) for k in (
-                "role", "term", "primary_id", "last_seq", "commit_seq", "applied_seq", "voter", "restoring")}
-                for i, st in stuck.items()}}
+            extra = {"not_converged": {i: n.status() for i, n in c.nodes.items()}}
+        summary = {"mode": mode, "seed": seed, "seconds": seconds, "nodes": nodes, "faults": len(nemesis.log),
+                   "fault_log": nemesis.log, "network_faults": bool(network), "converged_after_last_op_s": to_converge,
+                   **extra}
+        if mode == "dynamo":
+            history = [op for path in histories if os.path.exists(path) for op in convergence.read_history(path)]
+            reads = sum(int(open(path + ".reads").read()) for path in histories if os.path.exists(path + ".reads"))
+            verdict = _judge_dynamo(c, history)
+            summary.update(operations=len(history) + reads, reads=reads, ok_verdict=verdict.ok,
+                           acknowledged=verdict.acknowledged, lost=len(verdict.lost))
         else:
-            summary_extra = {}
-        history = [op for path in histories if os.path.exists(path) for op in read_history(path)]
-        verdict = check(history)
-        outcomes = {k: sum(1 for op in history if op.outcome == k) for k in ("ok", "fail", "info")}
-        summary = {"seed": seed, "seconds": seconds, "nodes": nodes, "operations": len(history), **outcomes,
-                   "faults": len(nemesis.log), "fault_log": nemesis.log, "network_faults": bool(network),
-                   "linearizable": verdict.ok, "final_primary": primary,
-                   "primary_after_heal_s": round(to_primary, 3), "converged_after_last_op_s": to_converge,
-                   "passed": verdict.ok and to_converge is not None, **summary_extra}
+            history = [op for path in histories if os.path.exists(path) for op in read_history(path)]
+            verdict = check(history)
+            summary.update(operations=len(history), final_primary=primary, ok_verdict=verdict.ok,
+                           primary_after_heal_s=round(to_primary, 3))
+            summary["linearizable"] = verdict.ok
+        summary.update({k: sum(1 for op in history if op.outcome == k) for k in ("ok", "fail", "info")})
+        summary["passed"] = verdict.ok and to_converge is not None
         if not verdict.ok:
             summary["report"] = verdict.report()
         return summary
@@ -251,17 +347,30 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         c.stop_all()
 
 
+def _judge_dynamo(cluster, history):
+    """Read every node's final state and check it; reads again if a tombstone was collected on one
+    node between the reads (the data is equal once collection has run everywhere)."""
+    deadline = time.monotonic() + 10
+    while True:
+        verdict = convergence.check(history, _dynamo_finals(cluster))
+        if verdict.identical or time.monotonic() > deadline:
+            return verdict
+        time.sleep(0.2)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--nodes", type=int, default=3, choices=(3, 5))
+    ap.add_argument("--mode", default="leader", choices=("leader", "dynamo"))
     ap.add_argument("--json", action="store_true", help="also print the summary, fault log included, as JSON")
     ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
     ap.add_argument("--faults", help="comma-separated fault kinds to use (default: all available): "
                     + ", ".join(PROCESS_FAULTS + NETWORK_FAULTS))
-    ap.add_argument("--broken", choices=("deposed-reads", "early-acks"), help="run a deliberately broken build")
+    ap.add_argument("--broken", choices=("deposed-reads", "early-acks", "dynamo-lww"),
+                    help="run a deliberately broken build")
     opts = ap.parse_args(argv)
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 30)
     print(f"seed {seed}", flush=True)
@@ -269,17 +378,17 @@ def main(argv=None):
     if opts.dir:
         os.makedirs(opts.dir, exist_ok=True)
         summary = campaign(opts.dir, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
-                           nodes=opts.nodes)
+                           nodes=opts.nodes, mode=opts.mode)
     else:
         with tempfile.TemporaryDirectory() as d:
             summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
-                               nodes=opts.nodes)
+                               nodes=opts.nodes, mode=opts.mode)
     print(format_summary(summary))
     if opts.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "report"}))
     if "not_converged" in summary:
         print("nodes at the end: " + json.dumps(summary["not_converged"]))
-    if not summary["linearizable"]:
+    if "report" in summary:
         print(summary["report"])
     return 0 if summary["passed"] else 1
 

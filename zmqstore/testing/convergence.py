@@ -1,0 +1,115 @@
+"""The dynamo-mode checker (docs/TESTING.md): after the faults stop and the cluster heals, every
+node must hold identical data, and no acknowledged write may be lost silently.
+
+The workload writes only with contexts (get_versions, then put or delete with that context), so
+for every write the history knows exactly which versions it superseded. An acknowledged write
+(whose reply named its dot, (origin, seq)) must then be, in the final state, either
+- a sibling of its key, or
+- superseded: the context of another recorded write to that key (acknowledged, or of unknown
+  outcome, which may have been applied) covers its dot: that write causally followed it.
+Anything else is a lost write. A final sibling whose value no client wrote is a phantom; a sibling
+carrying an acknowledged write's value under another dot is a mismatch (the value was applied
+twice only if the client retried it on another node, which the workload never does for an
+acknowledged write).
+"""
+import json
+from typing import NamedTuple, Optional
+
+
+class WriteOp(NamedTuple):
+    process: int
+    kind: str              # "put" or "delete"
+    key: str
+    value: Optional[int]   # None for a delete
+    context: dict          # {origin: seq} the write was made with (what the client read)
+    invoke: float
+    complete: Optional[float]
+    outcome: str           # ok | fail | info
+    dot: Optional[tuple]   # (origin, seq) from the reply, for ok
+
+
+class DynamoVerdict(NamedTuple):
+    identical: bool
+    acknowledged: int
+    lost: list             # WriteOp
+    phantoms: list         # (key, value)
+    mismatched: list       # (WriteOp, sibling)
+
+    @property
+    def ok(self):
+        return self.identical and not self.lost and not self.phantoms and not self.mismatched
+
+    def report(self):
+        lines = [f"identical data on every node: {'yes' if self.identical else 'NO'}",
+                 f"acknowledged writes checked: {self.acknowledged}, lost: {len(self.lost)}, phantom values: "
+                 f"{len(self.phantoms)}, mismatched dots: {len(self.mismatched)}"]
+        for op in self.lost[:10]:
+            lines.append(f"  LOST: process {op.process} {op.kind} {op.key}={op.value} dot {op.dot} "
+                         f"(acknowledged at {op.complete:.3f})")
+        for key, value in self.phantoms[:10]:
+            lines.append(f"  PHANTOM: {key}={value} was never written")
+        for op, sib in self.mismatched[:10]:
+            lines.append(f"  MISMATCH: {op.key}={op.value} acknowledged as dot {op.dot}, found as {sib}")
+        return "\n".join(lines)
+
+
+def covers(ctx, dot):
+    return ctx.get(dot[0], 0) >= dot[1]
+
+
+def check(history, finals):
+    """history: WriteOps of every client. finals: {node id: {key: (siblings, ctx)}} with siblings a
+    list of (value, origin, seq, deleted), read from every node after convergence."""
+    states = list(finals.values())
+    identical = all(s == states[0] for s in states[1:])
+    final = states[0]
+    by_key = {}
+    for op in history:
+        by_key.setdefault(op.key, []).append(op)
+    lost, mismatched = [], []
+    acknowledged = 0
+    for op in history:
+        if op.outcome != "ok" or op.dot is None:
+            continue
+        acknowledged += 1
+        siblings, _ctx = final.get(op.key, ([], {}))
+        dots = {(s[1], s[2]): s for s in siblings}
+        if op.dot in dots:
+            sib = dots[op.dot]
+            if sib[0] != op.value or sib[3] != (op.kind == "delete"):
+                mismatched.append((op, sib))
+            continue
+        if not any(other is not op and other.outcome in ("ok", "info") and covers(other.context, op.dot)
+                   for other in by_key.get(op.key, ())):
+            lost.append(op)
+    written = {(op.key, op.value) for op in history if op.kind == "put" and op.outcome in ("ok", "info")}
+    acked_at = {(op.key, op.value): op for op in history if op.kind == "put" and op.outcome == "ok"}
+    phantoms = []
+    for key, (siblings, _ctx) in final.items():
+        for value, origin, seq, deleted in siblings:
+            if deleted:
+                continue
+            if (key, value) not in written:
+                phantoms.append((key, value))
+            elif (key, value) in acked_at and acked_at[(key, value)].dot != (origin, seq):
+                mismatched.append((acked_at[(key, value)], (value, origin, seq, deleted)))
+    return DynamoVerdict(identical, acknowledged, lost, phantoms, mismatched)
+
+
+def write_history(path, history):
+    with open(path, "w", encoding="utf-8") as f:
+        for op in history:
+            d = op._asdict()
+            d["context"] = sorted(op.context.items())
+            f.write(json.dumps(d) + "\n")
+
+
+def read_history(path):
+    ops = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            d["context"] = {o: s for o, s in d["context"]}
+            d["dot"] = tuple(d["dot"]) if d["dot"] is not None else None
+            ops.append(WriteOp(**d))
+    return ops
