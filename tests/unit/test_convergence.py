@@ -1,0 +1,42 @@
+"""The dynamo-mode checker (testing/convergence.py) on small known histories."""
+from zmqstore.testing.convergence import WriteOp, check
+
+A, B = 1 << 32, 2 << 32
+
+
+def w(value, ctx, dot, outcome="ok", kind="put", key="k", process=0):
+    return WriteOp(process, kind, key, value, ctx, 0.0, 1.0, outcome, dot)
+
+
+def final(*siblings, ctx=None):
+    return {"k": (sorted(siblings), ctx or {})}
+
+
+def test_siblings_and_superseded_writes_pass():
+    history = [w(1, {}, (A, 1)), w(2, {}, (B, 1)), w(3, {A: 1}, (A, 2))]
+    state = final((2, B, 1, False), (3, A, 2, False), ctx={A: 2, B: 1})
+    assert check(history, {1: state, 2: state}).ok
+
+
+def test_a_lost_write_is_reported():
+    history = [w(1, {}, (A, 1)), w(2, {}, (B, 1))]          # concurrent; only one survives
+    state = final((2, B, 1, False), ctx={A: 1, B: 1})
+    verdict = check(history, {1: state, 2: state})
+    assert not verdict.ok and [op.value for op in verdict.lost] == [1] and "LOST" in verdict.report()
+
+
+def test_a_write_of_unknown_outcome_may_supersede_but_a_failed_one_may_not():
+    history = [w(1, {}, (A, 1)), w(2, {A: 1}, None, outcome="info")]
+    state = final((2, B, 1, False), ctx={A: 1, B: 1})
+    assert check(history, {1: state}).ok
+    failed = [w(1, {}, (A, 1)), w(2, {A: 1}, None, outcome="fail")]
+    assert not check(failed, {1: state}).ok        # (and 2 is a phantom: a failed write was applied)
+
+
+def test_differing_nodes_phantoms_and_mismatched_dots_are_reported():
+    history = [w(1, {}, (A, 1))]
+    assert not check(history, {1: final((1, A, 1, False)), 2: final()}).identical
+    phantom = check(history, {1: final((1, A, 1, False), (9, B, 1, False))})
+    assert phantom.phantoms == [("k", 9)] and not phantom.ok
+    moved = check(history, {1: final((1, B, 4, False))})
+    assert moved.mismatched and not moved.ok
