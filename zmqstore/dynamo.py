@@ -23,11 +23,15 @@ import time
 from . import errors, protocol
 from .protocol import DynEntry, decode_dyn_entry, decode_key_state, encode_dyn_entry, encode_key_state
 from .sessions import STALE, Sessions
-from .versions import EMPTY, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only, stable, winner
+from .versions import (EMPTY, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only, merge, stable,
+                       winner)
 
 FETCH_MAX_ENTRIES = 1000          # entries in one DENTRIES reply ...
 FETCH_MAX_BYTES = 1 << 20         # ... or about this many bytes
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
+REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
+REPAIR_TIMEOUT = 2.0              # seconds without a reply before a repair is abandoned (retried later)
+REPAIR_IN_FLIGHT = 4              # bucket pages asked for at once
 GC_MAX_KEYS = 10_000              # tombstones looked at per housekeeping pass
 SCAN_PAGE_ITEMS = 1000
 SCAN_PAGE_BYTES = 1 << 20
@@ -37,6 +41,14 @@ META_APPLIED = b"d:applied:"      # + origin (u64): highest seq of that origin a
 META_FIRST = b"d:first:"          # + origin (u64): lowest seq of that origin still in the log
 META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
 META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
+META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (anti-entropy index)
+
+# Anti-entropy (docs/DYNAMO.md): keys fall in BUCKETS buckets by hash, GROUPS groups of buckets.
+GROUP_BITS = 6
+BUCKETS = 1 << (2 * GROUP_BITS)   # 4096
+GROUPS = 1 << GROUP_BITS          # 64, each of 64 buckets
+RANGE_MAX_ITEMS = 1000            # key states in one DRANGE_REPLY ...
+RANGE_MAX_BYTES = 1 << 20         # ... or about this many bytes
 
 # Test-only, deliberately broken (docs/TESTING.md): "dynamo-lww" keeps only the winner of
 # concurrent writes, silently dropping the others, so the fault campaigns can show the checker
@@ -68,6 +80,14 @@ def _state_hash(key, raw) -> int:
         return 0
     h = hashlib.blake2b(struct.pack(">I", len(key)) + key + raw, digest_size=8)
     return int.from_bytes(h.digest(), "big")
+
+
+def bucket_of(key) -> int:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=2).digest(), "big") & (BUCKETS - 1)
+
+
+def _hash_key(bucket, key) -> bytes:
+    return META_HASH + struct.pack(">H", bucket) + key
 
 
 def _decode_state(raw) -> KeyState:
@@ -109,11 +129,14 @@ class DynamoEngine:
         self._dirty = {}           # key -> KeyState written in the open batch (EMPTY: removed)
         self._published = []       # this origin's entries flushed but not yet published
         self._staged_own = []
-        self.digest = 0
+        self.digest = 0            # XOR of every key's state hash = XOR of the bucket hashes
+        self.buckets = [0] * BUCKETS
         self.conflicts = 0         # keys with more than one sibling
         self.tombstones = 0        # keys holding tombstones only
         for key, raw in storage.iter_cf("data"):
-            self.digest ^= _state_hash(key, raw)
+            h = _state_hash(key, raw)
+            self.digest ^= h
+            self.buckets[bucket_of(key)] ^= h
             state = _decode_state(raw)
             self.conflicts += len(state.siblings) > 1
             self.tombstones += is_tombstone_only(state)
@@ -159,13 +182,19 @@ class DynamoEngine:
         if self._lww and len(new.siblings) > 1:
             new = KeyState(new.ctx, (winner(new),))
         old_raw = None if not old.siblings else encode_key_state(old.ctx, old.siblings)
+        bucket = bucket_of(key)
         if new.siblings:
             raw = encode_key_state(new.ctx, new.siblings)
             batch.put_cf("data", key, raw)
+            new_hash = _state_hash(key, raw)
+            batch.put_cf("meta", _hash_key(bucket, key), _U64.pack(new_hash))
         else:
-            raw = None
+            new_hash = 0
             batch.delete_cf("data", key)
-        self.digest ^= _state_hash(key, old_raw) ^ _state_hash(key, raw)
+            batch.delete_cf("meta", _hash_key(bucket, key))
+        change = _state_hash(key, old_raw) ^ new_hash
+        self.digest ^= change
+        self.buckets[bucket] ^= change
         self.conflicts += (len(new.siblings) > 1) - (len(old.siblings) > 1)
         was_tomb = bool(old.siblings) and is_tombstone_only(old)
         is_tomb = bool(new.siblings) and is_tombstone_only(new)
@@ -273,6 +302,8 @@ class DynamoEngine:
     def read_entries(self, origin, from_seq):
         """Durable entries of `origin` from from_seq on (at most a page), and the lowest seq kept."""
         first = self.first.get(origin, 1)
+        if from_seq < first:
+            return [], first     # trimmed: a range starting later would leave the asker a hole
         out, size = [], 0
         end = log_key(origin, self.durable_applied.get(origin, 0) + 1)
         for _key, raw in self.storage.iter_cf("log", log_key(origin, max(from_seq, first)), end):
@@ -305,6 +336,77 @@ class DynamoEngine:
                 batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(keep_from))
                 self.first[origin] = keep_from
         return dropped
+
+    # ------------------------------------------------------------ anti-entropy (docs/DYNAMO.md)
+
+    def tree_hashes(self, group=None):
+        """The GROUPS group hashes, or the hashes of the buckets of one group."""
+        if group is None:
+            out = []
+            for g in range(GROUPS):
+                h = 0
+                for b in self.buckets[g * GROUPS:(g + 1) * GROUPS]:
+                    h ^= b
+                out.append(h)
+            return out
+        return self.buckets[group * GROUPS:(group + 1) * GROUPS]
+
+    def _bucket_keys(self, bucket, cursor, end=None):
+        """Durable keys of a bucket from `cursor` (inclusive) up to `end` (exclusive), in order."""
+        prefix = META_HASH + struct.pack(">H", bucket)
+        upper = prefix + end if end is not None else META_HASH + struct.pack(">H", bucket + 1)
+        for index_key, _ in self.storage.iter_cf("meta", prefix + (cursor or b""), upper):
+            yield index_key[len(prefix):]
+
+    def range_items(self, bucket, cursor):
+        """A page of a bucket's durable key states: ([[key, state], ...], next cursor or None)."""
+        items, size = [], 0
+        for key in self._bucket_keys(bucket, cursor):
+            if len(items) >= RANGE_MAX_ITEMS or size >= RANGE_MAX_BYTES:
+                return items, key
+            raw = self.storage.get_cf("data", key)
+            if raw is not None:
+                items.append([key, raw])
+                size += len(key) + len(raw)
+        return items, None
+
+    def merge_range(self, bucket, cursor, next_cursor, items, remote_applied):
+        """Join a peer's page of a bucket into our data: each of its key states, and for our keys in
+        the same span that it lacks, what its applied vector says it has seen. Returns keys changed."""
+        changed = 0
+        remote_keys = set()
+        for key, raw in items:
+            remote_keys.add(key)
+            if bucket_of(key) != bucket:
+                raise errors.MalformedMessage(f"key outside bucket {bucket} in a range reply")
+            local = self.load(key)
+            merged = merge(local, _decode_state(raw), self.applied, remote_applied)
+            if merged != local:
+                self._store(key, local, merged)
+                changed += 1
+        for key in list(self._bucket_keys(bucket, cursor, next_cursor)):
+            if key in remote_keys:
+                continue
+            local = self.load(key)
+            merged = merge(local, EMPTY, self.applied, remote_applied)
+            if merged != local:
+                self._store(key, local, merged)
+                changed += 1
+        return changed
+
+    def adopt_applied(self, vector):
+        """After a full resync from a peer whose applied vector was `vector` when it began: our data
+        now holds every entry up to it, so our applied vector moves up; the log entries we hold
+        below the new seq are dropped (a fetch must never be served a range with a hole)."""
+        for origin, seq in vector.items():
+            if origin == self.origin or seq <= self.applied.get(origin, 0):
+                continue
+            batch = self._staging()
+            batch.delete_range_cf("log", log_key(origin, 0), log_key(origin, seq + 1))
+            self.applied[origin] = seq
+            self.first[origin] = seq + 1
+            batch.put_cf("meta", META_APPLIED + _U64.pack(origin), _U64.pack(seq))
+            batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(seq + 1))
 
     def housekeeping(self, now):
         self.sessions.expire(now)
@@ -448,6 +550,29 @@ class PeerView:
         self.heard = None
 
 
+class Repair:
+    """One anti-entropy exchange with a peer: compare group hashes, then the buckets of differing
+    groups, then pull the differing buckets page by page and join them into our data. With
+    `resync` (our log cannot be completed from the peer's: it trimmed what we lack), our applied
+    vector moves up to the peer's as it was at the start, once every bucket is joined."""
+
+    def __init__(self, peer, now, resync_vector=None):
+        self.peer = peer
+        self.started = now
+        self.deadline = now + REPAIR_TIMEOUT
+        self.resync_vector = resync_vector
+        self.groups = set()            # groups asked for, not answered
+        self.queue = []                # buckets to pull
+        self.pulling = {}              # bucket -> cursor asked for
+        self.buckets_pulled = 0
+        self.keys_changed = 0
+        self.asked_root = False
+
+    @property
+    def done(self):
+        return self.asked_root is None and not self.groups and not self.queue and not self.pulling
+
+
 class Replication:
     """Dynamo-mode peer traffic (docs/DYNAMO.md, "Replication")."""
 
@@ -459,7 +584,12 @@ class Replication:
         self.addresses = {p.node_id: p.address for p in config.peers}
         self._fetching = {}             # origin -> deadline of the fetch in flight
         self._gaps = 0
-        self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch}
+        self._mismatch = {}             # peer -> consecutive reports with equal applied, other digest
+        self._resync_from = {}          # peer -> True once it answered that it trimmed what we lack
+        self.repair = None              # the Repair under way (one at a time)
+        self.repairs = []               # summaries of the latest repairs, for status
+        self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": self._on_tree,
+                          "DRANGE": self._on_range}
 
     def close(self):
         pass
@@ -471,6 +601,9 @@ class Replication:
 
     def tick(self, now):
         self.node.send_to_all(self._status_message("DSTATUS"))
+        if self.repair is not None and now > self.repair.deadline:
+            log.warning("anti-entropy with node %d abandoned: no reply for %.1f s", self.repair.peer, REPAIR_TIMEOUT)
+            self.repair = None
 
     def housekeeping(self, now):
         vector = self.stable_vector()
@@ -517,6 +650,10 @@ class Replication:
             self._on_status(f, now)
         elif message.command == "DENTRIES":
             self._on_entries(f, now)
+        elif message.command == "DTREE_REPLY":
+            self._on_tree_reply(f, now)
+        elif message.command == "DRANGE_REPLY":
+            self._on_range_reply(f, now)
 
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
@@ -531,9 +668,25 @@ class Replication:
         view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
         view.heard = now
         mine = self.engine.applied
+        behind = False
         for origin, seq in view.applied.items():
             if seq > mine.get(origin, 0) and origin != self.engine.origin:
+                behind = True
                 self._fetch(origin, node_id, now)
+        # Divergence the logs cannot explain: same entries applied, different data (a node restored
+        # from an old data dir, or an entry lost with a disk): repair, once it has lasted a while.
+        same = not behind and all(view.applied.get(o, 0) >= s for o, s in self.engine.durable_applied.items() if s)
+        if same and digest != self.engine.digest:
+            self._mismatch[node_id] = self._mismatch.get(node_id, 0) + 1
+            if self._mismatch[node_id] >= REPAIR_AFTER and self.repair is None:
+                self._mismatch[node_id] = 0
+                self._start_repair(node_id, now)
+        else:
+            self._mismatch[node_id] = 0
+        if self._resync_from.get(node_id) and (not behind or self.repair is None):
+            del self._resync_from[node_id]
+            if behind:   # still lacking what only a resync can bring
+                self._start_repair(node_id, now, resync_vector=dict(view.applied))
 
     def _fetch(self, origin, node_id, now):
         if self._fetching.get(origin, 0) > now:
@@ -552,9 +705,12 @@ class Replication:
         sender, origin, from_seq, entries, first = fields
         self._fetching.pop(origin, None)
         if not entries:
-            if from_seq < first and self.engine.applied.get(origin, 0) < first - 1:
-                log.error("node %d no longer holds entries %d.. of origin %s (trimmed from %d): this node "
-                          "needs a full resync", sender, from_seq, origin_name(origin), first)
+            if from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and \
+                    not self._resync_from.get(sender):
+                log.warning("node %d no longer holds entries %d.. of origin %s (trimmed below %d, applied by "
+                            "every node): resyncing from it by anti-entropy", sender, from_seq,
+                            origin_name(origin), first)
+                self._resync_from[sender] = True
             return
         self.engine.apply_remote(origin, entries)
         view = self.views.get(sender)
@@ -568,6 +724,90 @@ class Replication:
             node_id = origin_node(origin)
             if node_id in self.views:
                 self._fetch(origin, node_id, now)
+
+    # ------------------------------------------------------------ anti-entropy
+
+    def _start_repair(self, peer, now, resync_vector=None):
+        self.repair = Repair(peer, now, resync_vector)
+        log.info("anti-entropy with node %d: %s", peer, "full resync (its log was trimmed)" if resync_vector
+                 else "same entries applied, different data digests")
+        if self.node.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, None)):
+            self.repair.asked_root = True
+        else:
+            self.repair = None
+
+    def _on_tree(self, fields, envelope, now):
+        _node_id, group = fields
+        if group is not None and group >= GROUPS:
+            return
+        self.node.reply(envelope, protocol.encode_peer("DTREE_REPLY", self.engine.node_id, group,
+                                                       self.engine.tree_hashes(group)))
+
+    def _on_range(self, fields, envelope, now):
+        _node_id, bucket, cursor = fields
+        if bucket >= BUCKETS:
+            return
+        items, next_cursor = self.engine.range_items(bucket, cursor)
+        self.node.reply(envelope, protocol.encode_peer(
+            "DRANGE_REPLY", self.engine.node_id, bucket, cursor, items, next_cursor,
+            protocol.vector_pairs(self.engine.durable_applied)))
+
+    def _on_tree_reply(self, fields, now):
+        sender, group, hashes = fields
+        r = self.repair
+        if r is None or sender != r.peer:
+            return
+        if len(hashes) != GROUPS:
+            return
+        r.deadline = now + REPAIR_TIMEOUT
+        mine = self.engine.tree_hashes(group)
+        if group is None:
+            if not r.asked_root:
+                return
+            r.asked_root = None
+            for g in range(GROUPS):
+                if hashes[g] != mine[g]:
+                    r.groups.add(g)
+                    self.node.send_to(r.peer, protocol.encode_peer("DTREE", self.engine.node_id, g))
+        elif group in r.groups:
+            r.groups.discard(group)
+            r.queue.extend(group * GROUPS + i for i in range(GROUPS) if hashes[i] != mine[i])
+        self._pump(now)
+
+    def _pump(self, now):
+        r = self.repair
+        while r.queue and len(r.pulling) < REPAIR_IN_FLIGHT:
+            bucket = r.queue.pop()
+            r.pulling[bucket] = None
+            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, bucket, None))
+        if r.done:
+            self._finish_repair(now)
+
+    def _on_range_reply(self, fields, now):
+        sender, bucket, cursor, items, next_cursor, applied = fields
+        r = self.repair
+        if r is None or sender != r.peer or bucket not in r.pulling or r.pulling[bucket] != cursor:
+            return
+        r.deadline = now + REPAIR_TIMEOUT
+        r.keys_changed += self.engine.merge_range(bucket, cursor, next_cursor, items,
+                                                  protocol.vector_from_pairs(applied))
+        if next_cursor is not None:
+            r.pulling[bucket] = next_cursor
+            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, bucket, next_cursor))
+        else:
+            del r.pulling[bucket]
+            r.buckets_pulled += 1
+        self._pump(now)
+
+    def _finish_repair(self, now):
+        r, self.repair = self.repair, None
+        if r.resync_vector is not None:
+            self.engine.adopt_applied(r.resync_vector)
+        took = now - r.started
+        log.info("anti-entropy with node %d done in %.3f s: %d buckets pulled, %d keys changed%s", r.peer, took,
+                 r.buckets_pulled, r.keys_changed, "; applied vector adopted" if r.resync_vector else "")
+        self.repairs = (self.repairs + [{"peer": r.peer, "seconds": round(took, 3), "buckets": r.buckets_pulled,
+                                         "keys_changed": r.keys_changed, "resync": r.resync_vector is not None}])[-5:]
 
     # ------------------------------------------------------------ status
 
@@ -584,4 +824,5 @@ class Replication:
                           "behind": behind, "ahead": ahead, "digest": None if view.digest is None else
                           f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,
                           "last_heard": None if view.heard is None else round(now - view.heard, 3)})
-        return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps}
+        return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps, "repairs": self.repairs,
+                "repairing": None if self.repair is None else self.repair.peer}

@@ -46,6 +46,7 @@ WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY", "PUT_CTX"})
 BIN_LIST = "bin_list"      # array of bin (log entries as stored)
 PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
 VECTOR = "vector"          # array of [uint, uint]: {node id: seq} (dynamo applied vectors)
+UINT_LIST = "uint_list"    # array of uint (anti-entropy hashes)
 # sender_id: the node sending; for CHANGE and HEARTBEAT that is the primary of `term`.
 _LOG_BATCH = (("term", UINT), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),
               ("entries", BIN_LIST), ("commit_seq", UINT), ("sender_last_seq", UINT))
@@ -88,6 +89,12 @@ PEER_MESSAGES = {
     "DFETCH": (("node_id", UINT), ("origin", UINT), ("from_seq", UINT)),
     "DENTRIES": (("sender_id", UINT), ("origin", UINT), ("from_seq", UINT), ("entries", BIN_LIST),
                  ("first_seq", UINT)),
+    # anti-entropy: hashes of key buckets (group nil: the group hashes), then a bucket's key states
+    "DTREE": (("node_id", UINT), ("group", OPT_UINT)),
+    "DTREE_REPLY": (("sender_id", UINT), ("group", OPT_UINT), ("hashes", UINT_LIST)),
+    "DRANGE": (("node_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY)),
+    "DRANGE_REPLY": (("sender_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY), ("items", PAIR_LIST),
+                     ("next_cursor", OPT_KEY), ("applied", VECTOR)),
 }
 
 # Reply status words.
@@ -369,6 +376,11 @@ def _check_vector(command, name, value, limits):
         raise errors.BadArgument(f"{command}.{name} must be an array of [uint, uint]")
 
 
+def _check_uint_list(command, name, value, limits):
+    if type(value) is not list or len(value) > PEER_ARRAY_MAX or not all(_is_uint(v) for v in value):
+        raise errors.BadArgument(f"{command}.{name} must be an array of uint")
+
+
 def _check_context(command, name, value, limits):
     if type(value) is not bytes or len(value) > CONTEXT_MAX:
         raise errors.BadArgument(f"{command}.{name} must be bin of at most {CONTEXT_MAX} bytes, as "
@@ -380,7 +392,7 @@ _CHECKERS = {
     KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
     UINT: _check_uint, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
-    VECTOR: _check_vector, CONTEXT: _check_context,
+    VECTOR: _check_vector, CONTEXT: _check_context, UINT_LIST: _check_uint_list,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}

@@ -234,3 +234,45 @@ def test_the_seed_two_node_example(tmp_path):
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_a_node_restored_from_an_old_data_dir_resyncs_without_resurrecting(tmp_path):
+    """Node 3 comes back on a copy of its data dir taken long ago. The others have trimmed the log
+    entries it lacks (every node had applied them) and garbage-collected a tombstone for a key the
+    old copy still holds. Anti-entropy must make it equal to the others, and the deleted key must
+    stay deleted everywhere."""
+    conf = tmp_path / "retention.ini"
+    conf.write_text("[cluster]\nlog_retention = 5\n")
+    c = Cluster(tmp_path / "c", size=3, mode="dynamo", args=["--config", str(conf)])
+    (tmp_path / "c").mkdir()
+    try:
+        c.start_all()
+        with c.nodes[1].client(retry=Retry(max_tries=1)) as db1:
+            for j in range(20):
+                db1.put(f"early-{j}", j)
+            db1.put("doomed", "old value")
+            wait_until(lambda: converged(c), 10, message="convergence")
+            node3 = c.nodes[3]
+            node3.stop()
+            backup = tmp_path / "node3-backup"
+            import shutil
+            shutil.copytree(node3.data_dir, backup)
+            c.start(3)
+            assert db1.delete("doomed") is True
+            for j in range(100):
+                db1.put(f"late-{j}", j)
+            wait_until(lambda: converged(c), 10, message="convergence")
+            wait_until(lambda: all(n.client(retry=Retry(max_tries=1)).get_versions("doomed").siblings == []
+                                   for n in c.nodes.values()), 10, message="tombstone collected everywhere")
+            node3.stop()
+            shutil.rmtree(node3.data_dir)
+            shutil.copytree(backup, node3.data_dir)
+            c.start(3)
+            with node3.client(retry=Retry(max_tries=1)) as db3:
+                wait_until(lambda: converged(c), 20, message="convergence after the restore")
+                assert all(db3.get(f"late-{j}") == j for j in range(100))
+                assert db3.get("doomed") is None and db3.get_versions("doomed").siblings == []
+                assert db1.get("doomed") is None
+                assert any(r["resync"] for r in db3.status()["repairs"]), node3.log()[-3000:]
+    finally:
+        c.stop_all()

@@ -34,17 +34,17 @@ def entries_of(eng, origin):
 def test_writes_wait_for_their_batch_and_reads_see_them(make_engine):
     eng = make_engine()
     call = Caller(eng)
-    assert call("PUT", b"k", V(1)) == (True, 1)
+    assert call("PUT", b"k", V(1)) == (True, 1, eng.origin)    # the reply names the version's dot
     assert call.wait_seq == 1 and eng.commit_seq == 0          # the reply waits for the flush
     assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == 1
-    assert call("PUT", b"k", V(2), request_id=1) == (True, 1)  # a retry: first outcome, no new write
+    assert call("PUT", b"k", V(2), request_id=1) == (True, 1, eng.origin)  # a retry: first outcome
     eng.flush()
     assert eng.commit_seq == 1 and eng.durable_applied[eng.origin] == 1
     assert len(eng.take_published()) == 1 and eng.take_published() == []
     assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == 0
     with pytest.raises(errors.UnsupportedOperation, match="dynamo"):
         call("CAS", b"k", None, V(3))
-    assert call("DEL", b"nothing") == (False, 0)
+    assert call("DEL", b"nothing") == (False, 0, 0)
 
 
 def test_entries_of_another_origin_apply_in_order_once(make_engine):
@@ -111,3 +111,48 @@ def test_tombstones_and_log_go_once_every_node_applied_them(make_engine):
     # log_retention = 1: entries every node applied, but the last, are trimmed
     assert eng.first[eng.origin] == 3 and len(entries_of(eng, eng.origin)) == 1
     assert eng.read_entries(eng.origin, 1) == ([entries_of(eng, eng.origin)[0]], 3)
+
+
+def repair(dst, src):
+    """What Replication does over the wire: compare hashes, pull differing buckets page by page."""
+    mine, theirs = dst.tree_hashes(), src.tree_hashes()
+    for g in (g for g in range(len(theirs)) if theirs[g] != mine[g]):
+        ours, remote = dst.tree_hashes(g), src.tree_hashes(g)
+        for i in (i for i in range(len(remote)) if remote[i] != ours[i]):
+            bucket, cursor = g * len(remote) + i, None
+            while True:
+                items, nxt = src.range_items(bucket, cursor)
+                dst.merge_range(bucket, cursor, nxt, items, src.durable_applied)
+                if nxt is None:
+                    break
+                cursor = nxt
+
+
+def test_anti_entropy_repairs_what_the_logs_cannot_and_resurrects_nothing(make_engine, tmp_path):
+    """b misses a's entries and a trimmed them (every node applied them: a lost-disk or restored b);
+    a range repair plus the adopted applied vector make b equal to a, and a key a deleted (and
+    garbage-collected) stays deleted even though b still holds its old value."""
+    a, b = make_engine(1, "a"), make_engine(2, "b")
+    call = Caller(a)
+    call("PUT", b"doomed", V("old"))
+    a.flush()
+    b.apply_remote(a.origin, entries_of(a, a.origin))        # b saw "doomed"
+    b.flush()
+    for i in range(2500):                                     # more keys than one range page
+        call("PUT", b"k%d" % i, V(i))
+    call("DEL", b"doomed")
+    a.flush()
+    assert a.collect_garbage({a.origin: a.applied[a.origin]}) == 1   # as if every node had applied it
+    a.flush()
+    assert b.read_entries(a.origin, 2)[0] == [] and a.read_entries(a.origin, 2)[1] > 2   # a trimmed
+    assert a.digest != b.digest
+    vector = dict(a.durable_applied)
+    repair(b, a)
+    b.adopt_applied(vector)
+    b.flush()
+    assert b.digest == a.digest and b.applied[a.origin] == a.applied[a.origin]
+    assert Caller(b)("GET_VERSIONS", b"doomed")[0] == [] and Caller(b)("GET", b"k2499", False) == (V(2499), False)
+    # nothing pulled back the other way either
+    repair(a, b)
+    a.flush()
+    assert a.digest == b.digest and Caller(a)("GET_VERSIONS", b"doomed")[0] == []
