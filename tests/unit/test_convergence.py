@@ -40,3 +40,12 @@ def test_differing_nodes_phantoms_and_mismatched_dots_are_reported():
     assert phantom.phantoms == [("k", 9)] and not phantom.ok
     moved = check(history, {1: final((1, B, 4, False))})
     assert moved.mismatched and not moved.ok
+
+
+def test_a_collected_tombstone_is_fine_unless_what_it_deleted_comes_back():
+    history = [w(1, {}, (A, 1)), w(None, {A: 1}, (A, 2), kind="delete"), w(3, {}, (B, 1))]
+    collected = final((3, B, 1, False), ctx={B: 1})
+    assert check(history, {1: collected}).ok
+    resurrected = final((1, A, 1, False), (3, B, 1, False), ctx={A: 1, B: 1})
+    verdict = check(history, {1: resurrected})
+    assert not verdict.ok and [op.kind for op in verdict.lost] == ["delete"]

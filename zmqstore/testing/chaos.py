@@ -372,6 +372,8 @@ def main(argv=None):
     ap.add_argument("--broken", choices=("deposed-reads", "early-acks", "dynamo-lww"),
                     help="run a deliberately broken build")
     opts = ap.parse_args(argv)
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so every node and iptables rule is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seed = opts.seed if opts.seed is not None else random.randrange(1 << 30)
     print(f"seed {seed}", flush=True)
     faults = opts.faults.split(",") if opts.faults else None

@@ -6,7 +6,9 @@ for every write the history knows exactly which versions it superseded. An ackno
 (whose reply named its dot, (origin, seq)) must then be, in the final state, either
 - a sibling of its key, or
 - superseded: the context of another recorded write to that key (acknowledged, or of unknown
-  outcome, which may have been applied) covers its dot: that write causally followed it.
+  outcome, which may have been applied) covers its dot: that write causally followed it, or
+- for a delete, collected: tombstones are dropped once every node has applied them, and that is
+  correct as long as nothing the delete covered is a sibling again (no resurrection).
 Anything else is a lost write. A final sibling whose value no client wrote is a phantom; a sibling
 carrying an acknowledged write's value under another dot is a mismatch (the value was applied
 twice only if the client retried it on another node, which the workload never does for an
@@ -79,9 +81,12 @@ def check(history, finals):
             if sib[0] != op.value or sib[3] != (op.kind == "delete"):
                 mismatched.append((op, sib))
             continue
-        if not any(other is not op and other.outcome in ("ok", "info") and covers(other.context, op.dot)
-                   for other in by_key.get(op.key, ())):
-            lost.append(op)
+        if any(other is not op and other.outcome in ("ok", "info") and covers(other.context, op.dot)
+               for other in by_key.get(op.key, ())):
+            continue      # superseded by a write that saw it
+        if op.kind == "delete" and not any(covers(op.context, (s[1], s[2])) for s in siblings):
+            continue      # a tombstone collected once every node had it: what it deleted stays deleted
+        lost.append(op)
     written = {(op.key, op.value) for op in history if op.kind == "put" and op.outcome in ("ok", "info")}
     acked_at = {(op.key, op.value): op for op in history if op.kind == "put" and op.outcome == "ok"}
     phantoms = []
