@@ -33,6 +33,12 @@ class Dot(NamedTuple):
     seq: int
 
 
+def _options(**given):
+    """The trailing options map of a request (docs/PROTOCOL.md), or nothing."""
+    options = {k: v for k, v in given.items() if v is not None}
+    return (options,) if options else ()
+
+
 def _dot(result):
     """A write reply -> its Dot in dynamo mode ([applied, seq, origin]); None in leader mode."""
     if len(result) < 3 or not result[2]:
@@ -272,50 +278,53 @@ class Client:
         """The id of the node this client talks to."""
         return self._call("PING")[0]
 
-    def get(self, key, default=None, stale=False, with_conflict=False):
+    def get(self, key, default=None, stale=False, with_conflict=False, r=None):
         """The key's value, or `default` when absent. In dynamo mode the value is the winner among
         the key's siblings (highest timestamp, then lowest node id); with_conflict=True returns
-        (value, conflict), conflict being True when the key has siblings (see get_versions)."""
-        result = self._call("GET", encode_key(key), bool(stale))
+        (value, conflict), conflict being True when the key has siblings (see get_versions).
+        Dynamo mode: `r` nodes are read and their versions joined (stale ones are repaired);
+        default: the cluster's read_quorum."""
+        result = self._call("GET", encode_key(key), bool(stale), *_options(r=r))
         value = default if result[0] is None else unpack_value(result[0])
         if with_conflict:
             return value, bool(result[1]) if len(result) > 1 else False
         return value
 
-    def get_versions(self, key) -> "Versions":
+    def get_versions(self, key, r=None) -> "Versions":
         """Dynamo mode: every sibling of the key and the context to resolve them with
         put(key, value, context=versions.context) (or delete(key, context=...))."""
-        siblings, context = self._call("GET_VERSIONS", encode_key(key))
+        siblings, context = self._call("GET_VERSIONS", encode_key(key), *_options(r=r))
         return Versions([Version(None if value is None else unpack_value(value), value is None, origin >> 32,
                                  origin, seq, hlc) for value, origin, seq, hlc in siblings], context)
 
-    def put(self, key, value, context=None):
+    def put(self, key, value, context=None, w=None):
         """Write key = value. Returns None in leader mode; in dynamo mode the new version's
         `Dot(node_id, origin, seq)`. Dynamo mode: with `context` (from get_versions) the write
-        replaces exactly the versions that context covers; others written meanwhile stay as siblings."""
+        replaces exactly the versions that context covers; others written meanwhile stay as
+        siblings. `w`: the reply waits until w nodes hold the write (default: write_quorum)."""
         if context is None:
-            result = self._call("PUT", encode_key(key), pack_value(value))
+            result = self._call("PUT", encode_key(key), pack_value(value), *_options(w=w))
         else:
-            result = self._call("PUT_CTX", encode_key(key), pack_value(value), bytes(context))
+            result = self._call("PUT_CTX", encode_key(key), pack_value(value), bytes(context), *_options(w=w))
         return _dot(result)
 
-    def delete(self, key, context=None) -> bool:
+    def delete(self, key, context=None, w=None) -> bool:
         """Delete key; True if it existed. Dynamo mode: a tombstone; with `context`, it replaces
         exactly the versions that context covers (and returns the tombstone's Dot)."""
         if context is None:
-            return self._call("DEL", encode_key(key))[0]
-        return _dot(self._call("PUT_CTX", encode_key(key), None, bytes(context)))
+            return self._call("DEL", encode_key(key), *_options(w=w))[0]
+        return _dot(self._call("PUT_CTX", encode_key(key), None, bytes(context), *_options(w=w)))
 
     def cas(self, key, expected, new) -> bool:
         """Set key to `new` if its value is `expected` (None: only if absent). Values compare by
-        their msgpack encoding."""
+        their msgpack encoding. Leader mode only."""
         exp = None if expected is None else pack_value(expected)
         return self._call("CAS", encode_key(key), exp, pack_value(new))[0]
 
-    def put_many(self, items) -> None:
-        """Write all items atomically: a dict or an iterable of (key, value)."""
+    def put_many(self, items, w=None) -> None:
+        """Write all items atomically: a dict or an iterable of (key, value). `w` as for put."""
         pairs = items.items() if hasattr(items, "items") else items
-        self._call("PUT_MANY", [[encode_key(k), pack_value(v)] for k, v in pairs])
+        self._call("PUT_MANY", [[encode_key(k), pack_value(v)] for k, v in pairs], *_options(w=w))
 
     def scan(self, prefix=None, start=None, end=None, limit=None, stale=False):
         """Iterate (key, value) in key order over [start, end) and/or a prefix, at most `limit` items.

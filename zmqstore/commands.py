@@ -27,6 +27,9 @@ class Commands:
 
     def handle(self, request):
         """One decoded request -> (reply body, commit seq it waits for). 0: it may leave now."""
+        if request.options:
+            raise errors.UnsupportedOperation("per-request quorum options (w, r) are for dynamo mode; in leader "
+                                              "mode every write waits for write_quorum and reads for the primary")
         return self._handlers[request.command](request)
 
     def _check_writable(self, request):

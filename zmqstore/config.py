@@ -273,9 +273,6 @@ def _check(s) -> Config:
         raise ConfigError(f"write_quorum = {s['write_quorum']} must be 1..{n} (cluster of {n}) or 'majority'")
     if not 1 <= s["read_quorum"] <= n:
         raise ConfigError(f"read_quorum = {s['read_quorum']} must be 1..{n} (cluster of {n})")
-    if s["mode"] == "dynamo" and (s["write_quorum"] > 1 or s["read_quorum"] > 1):
-        raise ConfigError(f"write_quorum = {s['write_quorum']}, read_quorum = {s['read_quorum']}: dynamo-mode "
-                          f"quorums above 1 are not built yet; use 1 (the default)")
     if not 1 <= s["session_timeout"] <= 86400:
         raise ConfigError(f"session_timeout = {s['session_timeout']} s; use 1 to 86400 seconds")
     if s["log_retention"] < 1:

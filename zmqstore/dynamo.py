@@ -19,6 +19,7 @@ import logging
 import os
 import struct
 import time
+from typing import NamedTuple
 
 from . import errors, protocol
 from .protocol import DynEntry, decode_dyn_entry, decode_key_state, encode_dyn_entry, encode_key_state
@@ -146,6 +147,7 @@ class DynamoEngine:
             log.warning("TEST-ONLY BROKEN BUILD (%s=dynamo-lww): concurrent writes are dropped, not kept as "
                         "siblings", BROKEN_ENV)
         self.leader_address = None
+        self.last_write = None
         self._handlers = {
             "PING": self._ping, "GET": self._get, "GET_VERSIONS": self._get_versions, "PUT": self._put,
             "PUT_CTX": self._put_ctx, "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas,
@@ -244,6 +246,7 @@ class DynamoEngine:
         self._set_applied(self.origin, seq)
         self._staged_own.append(raw)
         self.sessions.record(request.client_id, request.request_id, (self.origin, seq), time.monotonic())
+        self.last_write = seq
         return seq
 
     def apply_remote(self, origin, raws):
@@ -414,8 +417,30 @@ class DynamoEngine:
     # ------------------------------------------------------------ client commands (docs/PROTOCOL.md)
 
     def handle(self, request):
-        """One decoded request -> (reply body, batch number it waits for; 0: none)."""
+        """One decoded request -> (reply body, batch number it waits for; 0: none). After a write
+        that made a new version, `last_write` is its seq (else None)."""
+        self.last_write = None
         return self._handlers[request.command](request)
+
+    def read_reply(self, req, state):
+        """The reply to GET or GET_VERSIONS from a key state (a quorum read's merge)."""
+        if req.command == "GET":
+            best = winner(state)
+            return protocol.encode_ok(req.request_id, None if best is None else best.value, len(state.siblings) > 1)
+        siblings = [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
+        return protocol.encode_ok(req.request_id, siblings, protocol.encode_context(state.ctx))
+
+    def durable_state(self, key):
+        """The key's state as stored (bytes or None), for a peer's quorum read."""
+        return self.storage.get_cf("data", key)
+
+    def join_state(self, key, remote, remote_applied=None):
+        """Join a key state from a peer into ours (read repair). Returns our new state."""
+        local = self.load(key)
+        merged = merge(local, remote, self.applied, remote_applied)
+        if merged != local:
+            self._store(key, local, merged)
+        return merged
 
     def _wait_for(self, key):
         return self.pending_batch if key in self._dirty else 0
@@ -425,17 +450,9 @@ class DynamoEngine:
 
     def _get(self, req):
         key = req.args[0]
-        state = self.load(key)
-        best = winner(state)
-        value = None if best is None else best.value
-        return protocol.encode_ok(req.request_id, value, len(state.siblings) > 1), self._wait_for(key)
+        return self.read_reply(req, self.load(key)), self._wait_for(key)
 
-    def _get_versions(self, req):
-        key = req.args[0]
-        state = self.load(key)
-        siblings = [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
-        return (protocol.encode_ok(req.request_id, siblings, protocol.encode_context(state.ctx)),
-                self._wait_for(key))
+    _get_versions = _get
 
     def _check_write(self, req):
         """A retried write already applied here: its reply. None: apply it."""
@@ -446,6 +463,8 @@ class DynamoEngine:
             raise errors.RequestFenced(f"request {req.request_id} is below an open_from this client already "
                                        f"sent: a late copy, not applied")
         origin, seq = dot
+        if origin == self.origin:
+            self.last_write = seq      # a quorum write's retry waits for the quorum too
         return protocol.encode_ok(req.request_id, True, seq, origin), self.pending_batch
 
     def _written(self, req, ops, result=True):
@@ -550,6 +569,24 @@ class PeerView:
         self.heard = None
 
 
+class HeldWrite(NamedTuple):
+    request_id: int
+    envelope: list
+    reply: bytes
+    seq: int           # the entry of this run's origin that must reach `need` nodes
+    need: int
+    batch: int         # the batch that makes it durable here
+    deadline: float
+
+
+class QuorumRead(NamedTuple):
+    request: object
+    envelope: list
+    need: int
+    replies: list      # (peer, KeyState, applied vector)
+    deadline: float
+
+
 class Repair:
     """One anti-entropy exchange with a peer: compare group hashes, then the buckets of differing
     groups, then pull the differing buckets page by page and join them into our data. With
@@ -589,7 +626,14 @@ class Replication:
         self.repair = None              # the Repair under way (one at a time)
         self.repairs = []               # summaries of the latest repairs, for status
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": self._on_tree,
-                          "DRANGE": self._on_range}
+                          "DRANGE": self._on_range, "DACK": self._on_ack, "DREAD": self._on_read,
+                          "DPUSH": self._on_push}
+        self._acked = {}                # peer -> highest seq of this run's origin it applied durably
+        self._dacked = {}               # origin -> highest seq this node told that origin it applied
+        self._held = []                 # HeldWrite: replies waiting for write_quorum
+        self._reads = {}                # read id -> QuorumRead
+        self._read_ids = 0
+        self.read_repairs = 0
 
     def close(self):
         pass
@@ -601,6 +645,15 @@ class Replication:
 
     def tick(self, now):
         self.node.send_to_all(self._status_message("DSTATUS"))
+        if self._held:
+            self.release(now)
+        if self._reads:
+            for read_id, pending in list(self._reads.items()):
+                if now > pending.deadline:
+                    del self._reads[read_id]
+                    self.node.reply(pending.envelope, protocol.encode_error(
+                        pending.request.request_id, "unavailable", f"read_quorum {pending.need} not reached: "
+                        f"{1 + len(pending.replies)} nodes answered within {self.config.replication_timeout} s"))
         if self.repair is not None and now > self.repair.deadline:
             log.warning("anti-entropy with node %d abandoned: no reply for %.1f s", self.repair.peer, REPAIR_TIMEOUT)
             self.repair = None
@@ -613,10 +666,95 @@ class Replication:
                 log.debug("garbage-collected %d tombstones every node has applied", dropped)
 
     def publish_new(self):
-        """After a flush: publish this origin's new durable entries (PUB; fetches repair losses)."""
+        """After a flush: publish this origin's new durable entries (PUB; fetches repair losses),
+        tell each origin what this node now holds of its entries (DACK), release quorum writes."""
         entries = self.engine.take_published()
         if entries:
             self.node.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
+        for origin, seq in self.engine.durable_applied.items():
+            if seq > self._dacked.get(origin, 0) and origin != self.engine.origin:
+                node_id = origin_node(origin)
+                if node_id in self.views and self.node.send_to(
+                        node_id, protocol.encode_peer("DACK", self.engine.node_id, origin, seq)):
+                    self._dacked[origin] = seq   # (a lost DACK is made up by the next DSTATUS)
+        if self._held:
+            self.release(time.monotonic())
+
+    # ------------------------------------------------------------ quorums
+
+    def hold_write(self, request, envelope, reply, seq, need, now):
+        """Send `reply` once `need` nodes (this one included) hold entry `seq` of this run's origin."""
+        self._held.append(HeldWrite(request.request_id, envelope, reply, seq, need, self.engine.pending_batch,
+                                    now + self.config.replication_timeout))
+
+    def release(self, now):
+        if not self._held:
+            return
+        still = []
+        durable = self.engine.commit_seq
+        for h in self._held:
+            copies = 1 + sum(1 for s in self._acked.values() if s >= h.seq)
+            if h.batch <= durable and copies >= h.need:
+                self.node.reply(h.envelope, h.reply)
+            elif now > h.deadline:
+                self.node.reply(h.envelope, protocol.encode_error(
+                    h.request_id, "replication_timeout", f"write_quorum {h.need} not reached within "
+                    f"{self.config.replication_timeout} s ({copies} nodes hold it): the write is applied and "
+                    f"durable on this node and reaches the others when they can talk"))
+            else:
+                still.append(h)
+        self._held = still
+
+    def _on_ack(self, fields, envelope, now):
+        node_id, origin, seq = fields
+        if origin == self.engine.origin and node_id in self.views:
+            self._note_acked(node_id, seq, now)
+
+    def _note_acked(self, node_id, seq, now):
+        if seq > self._acked.get(node_id, 0):
+            self._acked[node_id] = seq
+            if self._held:
+                self.release(now)
+
+    def quorum_read(self, request, envelope, need, now):
+        """Read a key from `need` nodes (this one and the first need - 1 peers to answer), join
+        their states, repair the stale ones, reply with the joined state."""
+        self._read_ids += 1
+        self._reads[self._read_ids] = QuorumRead(request, envelope, need, [],
+                                                  now + self.config.replication_timeout)
+        self.node.send_to_all(protocol.encode_peer("DREAD", self.engine.node_id, self._read_ids, request.args[0]))
+
+    def _on_read(self, fields, envelope, now):
+        _node_id, read_id, key = fields
+        self.node.reply(envelope, protocol.encode_peer(
+            "DREAD_REPLY", self.engine.node_id, read_id, self.engine.durable_state(key),
+            protocol.vector_pairs(self.engine.durable_applied)))
+
+    def _on_read_reply(self, fields, now):
+        sender, read_id, raw, applied = fields
+        pending = self._reads.get(read_id)
+        if pending is None or sender not in self.views or any(r[0] == sender for r in pending.replies):
+            return
+        state = EMPTY if raw is None else _decode_state(raw)
+        pending.replies.append((sender, state, protocol.vector_from_pairs(applied)))
+        if 1 + len(pending.replies) < pending.need:
+            return
+        del self._reads[read_id]
+        key = pending.request.args[0]
+        merged = self.engine.load(key)
+        for _peer, remote, remote_applied in pending.replies:
+            merged = self.engine.join_state(key, remote, remote_applied)
+        raw_merged = encode_key_state(merged.ctx, merged.siblings) if merged.siblings else None
+        for peer, remote, _applied in pending.replies:
+            if remote != merged and raw_merged is not None:
+                self.read_repairs += 1
+                self.node.send_to(peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged))
+        self.node.reply(pending.envelope, self.engine.read_reply(pending.request, merged))
+
+    def _on_push(self, fields, envelope, now):
+        node_id, key, raw = fields
+        if node_id in self.views:
+            self.engine.join_state(key, _decode_state(raw))
 
     def stable_vector(self):
         """Elementwise minimum of every configured node's applied vector, or None while a peer has
@@ -654,6 +792,8 @@ class Replication:
             self._on_tree_reply(f, now)
         elif message.command == "DRANGE_REPLY":
             self._on_range_reply(f, now)
+        elif message.command == "DREAD_REPLY":
+            self._on_read_reply(f, now)
 
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
@@ -667,6 +807,7 @@ class Replication:
         view.applied = protocol.vector_from_pairs(applied)
         view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
         view.heard = now
+        self._note_acked(node_id, view.applied.get(self.engine.origin, 0), now)
         mine = self.engine.applied
         behind = False
         for origin, seq in view.applied.items():
@@ -825,4 +966,5 @@ class Replication:
                           f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,
                           "last_heard": None if view.heard is None else round(now - view.heard, 3)})
         return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps, "repairs": self.repairs,
+                "read_repairs": self.read_repairs,
                 "repairing": None if self.repair is None else self.repair.peer}

@@ -51,6 +51,7 @@ class Node:
         self.router = self.pub = self.sub = self.storage = self.engine = self.roles = None
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = self.replication = None
+        self._quorums = False
         self.dealers = {}
         self._waiters = collections.deque()
         self._round_wanted = False
@@ -73,6 +74,8 @@ class Node:
                         self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
                         source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20),
                         immediate=True)
+            # Dynamo mode: requests may ask for quorums (per request, or by the cluster's settings).
+            self._quorums = dynamo and bool(config.peers)
             if dynamo:
                 if config.peers:
                     self.peering = self.replication = Replication(self, self.engine, config, time.monotonic())
@@ -301,6 +304,8 @@ class Node:
                 self._on_peer_request(message, envelope)
                 return
             request = message
+            if self._quorums and self._answer_quorum(request, envelope):
+                return
             reply, wait_seq = self.engine.handle(request)
         except errors.StorageError:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
@@ -325,6 +330,34 @@ class Node:
         is_write = request.command in protocol.WRITE_COMMANDS
         self._waiters.append(Waiter(wait_seq, wait_round, time.monotonic() + self.config.replication_timeout,
                                     envelope, reply, request.request_id, is_write))
+
+    def _answer_quorum(self, request, envelope):
+        """Dynamo mode with peers: a read with read_quorum > 1 goes to the peers; a write with
+        write_quorum > 1 is applied here and its reply held until enough nodes hold it. True when
+        the request is taken care of."""
+        cfg, command = self.config, request.command
+        if command in ("GET", "GET_VERSIONS"):
+            need = request.options.get("r", cfg.read_quorum)
+            if need <= 1:
+                return False
+            if need > cfg.cluster_size:
+                raise errors.BadArgument(f"r = {need} exceeds the cluster's {cfg.cluster_size} nodes")
+            self.replication.quorum_read(request, envelope, need, time.monotonic())
+            return True
+        if command not in protocol.WRITE_COMMANDS:
+            return False
+        need = request.options.get("w", cfg.write_quorum)
+        if need > cfg.cluster_size:
+            raise errors.BadArgument(f"w = {need} exceeds the cluster's {cfg.cluster_size} nodes")
+        reply, wait = self.engine.handle(request)
+        if need > 1 and self.engine.last_write is not None:
+            self.replication.hold_write(request, envelope, reply, self.engine.last_write, need, time.monotonic())
+        elif not self._waiters and wait <= self.engine.commit_seq:
+            transport.send_frames(self.router, envelope + [reply])
+        else:
+            self._waiters.append(Waiter(wait, 0, time.monotonic() + cfg.replication_timeout, envelope, reply,
+                                        request.request_id, True))
+        return True
 
     def _release(self, now, fail_all=False):
         """Send the waiting replies that are ready, in arrival order; time out the expired ones

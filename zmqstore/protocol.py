@@ -41,12 +41,19 @@ REQUESTS = {
     "PUT_CTX": (("key", KEY), ("value", OPT_VALUE), ("context", CONTEXT)),
 }
 WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY", "PUT_CTX"})
+# Commands that take a trailing map of per-request options (docs/PROTOCOL.md): dynamo-mode quorums,
+# "w" (nodes holding a write before its reply) and "r" (nodes consulted by a read).
+OPTION_COMMANDS = {"GET": ("r",), "GET_VERSIONS": ("r",), "PUT": ("w",), "PUT_CTX": ("w",), "DEL": ("w",),
+                   "PUT_MANY": ("w",)}
+QUORUM_MAX = 64
 
 # Peer messages (leader mode, docs/REPLICATION.md). Layout: [version, command, field...].
 BIN_LIST = "bin_list"      # array of bin (log entries as stored)
 PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
 VECTOR = "vector"          # array of [uint, uint]: {node id: seq} (dynamo applied vectors)
 UINT_LIST = "uint_list"    # array of uint (anti-entropy hashes)
+BIN = "bin"                # bin of any length up to the frame limit
+OPT_BIN = "opt_bin"        # BIN or nil
 # sender_id: the node sending; for CHANGE and HEARTBEAT that is the primary of `term`.
 _LOG_BATCH = (("term", UINT), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),
               ("entries", BIN_LIST), ("commit_seq", UINT), ("sender_last_seq", UINT))
@@ -95,6 +102,12 @@ PEER_MESSAGES = {
     "DRANGE": (("node_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY)),
     "DRANGE_REPLY": (("sender_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY), ("items", PAIR_LIST),
                      ("next_cursor", OPT_KEY), ("applied", VECTOR)),
+    # quorums: a node that applied an origin's entries durably tells that origin (write_quorum > 1)
+    "DACK": (("node_id", UINT), ("origin", UINT), ("seq", UINT)),
+    # a read with read_quorum > 1 asks peers for their state of a key; stale replicas get the merge
+    "DREAD": (("node_id", UINT), ("read_id", UINT), ("key", KEY)),
+    "DREAD_REPLY": (("sender_id", UINT), ("read_id", UINT), ("state", OPT_BIN), ("applied", VECTOR)),
+    "DPUSH": (("node_id", UINT), ("key", KEY), ("state", BIN)),
 }
 
 # Reply status words.
@@ -133,6 +146,7 @@ class Request(NamedTuple):
     request_id: int
     open_from: int       # the lowest request id this client still waits for (docs/PROTOCOL.md)
     args: tuple
+    options: dict = {}   # per-request options (a trailing map): "w", "r" (dynamo quorums)
 
 
 class Reply(NamedTuple):
@@ -277,6 +291,9 @@ def _validate_request(msg, limits) -> Request:
         if validators is None:
             raise errors.UnknownCommand(f"unknown command {command[:40]!r}")
         args = msg[HEADER_FIELDS:]
+        options = {}
+        if len(args) == len(validators) + 1 and type(args[-1]) is dict and command in OPTION_COMMANDS:
+            options = _check_options(command, args.pop())
         if len(args) != len(validators):
             raise errors.BadArgument(f"{command} takes {len(validators)} fields after the header, got {len(args)}")
         for (check, name), value in zip(validators, args):
@@ -286,7 +303,17 @@ def _validate_request(msg, limits) -> Request:
         raise
     if command == "PUT_MANY":
         args[0] = tuple(tuple(item) for item in args[0])
-    return Request(command, client_id, request_id, open_from, tuple(args))
+    return Request(command, client_id, request_id, open_from, tuple(args), options)
+
+
+def _check_options(command, options) -> dict:
+    allowed = OPTION_COMMANDS[command]
+    for name, value in options.items():
+        if name not in allowed:
+            raise errors.BadArgument(f"{command} takes the options {', '.join(allowed)}, not {str(name)[:20]!r}")
+        if type(value) is not int or not 1 <= value <= QUORUM_MAX:
+            raise errors.BadArgument(f"{command} option {name} must be an integer from 1 to {QUORUM_MAX}")
+    return options
 
 
 def _is_uint(x) -> bool:
@@ -381,6 +408,16 @@ def _check_uint_list(command, name, value, limits):
         raise errors.BadArgument(f"{command}.{name} must be an array of uint")
 
 
+def _check_bin(command, name, value, limits):
+    if type(value) is not bytes:
+        raise errors.BadArgument(f"{command}.{name} must be bin")
+
+
+def _check_opt_bin(command, name, value, limits):
+    if value is not None:
+        _check_bin(command, name, value, limits)
+
+
 def _check_context(command, name, value, limits):
     if type(value) is not bytes or len(value) > CONTEXT_MAX:
         raise errors.BadArgument(f"{command}.{name} must be bin of at most {CONTEXT_MAX} bytes, as "
@@ -392,7 +429,8 @@ _CHECKERS = {
     KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
     UINT: _check_uint, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
-    VECTOR: _check_vector, CONTEXT: _check_context, UINT_LIST: _check_uint_list,
+    VECTOR: _check_vector, CONTEXT: _check_context, UINT_LIST: _check_uint_list, BIN: _check_bin,
+    OPT_BIN: _check_opt_bin,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}

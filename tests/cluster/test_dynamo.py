@@ -276,3 +276,39 @@ def test_a_node_restored_from_an_old_data_dir_resyncs_without_resurrecting(tmp_p
                 assert any(r["resync"] for r in db3.status()["repairs"]), node3.log()[-3000:]
     finally:
         c.stop_all()
+
+
+@needs_iptables
+def test_quorum_writes_wait_for_copies_and_quorum_reads_repair(cluster, cut):
+    """w = 3 is acknowledged only once all three nodes hold the write; with a node cut off it times
+    out (the write stays, durable where it landed). r = 3 reads the cut-off node's newer write
+    after the heal at once, and repairs the replicas that lacked it."""
+    dbs = clients(cluster)
+    try:
+        dbs[1].put("q", "all three", w=3)
+        assert all(db.get("q") == "all three" for db in dbs.values())   # every node had it before the ack
+        cut.isolate(3)
+        dbs[1].put("q2", "w=2 works", w=2)
+        dbs[3].put("lonely", "on node 3")              # only node 3 has it
+        with cluster.nodes[1].client(timeout=5.0, retry=Retry(max_tries=1)) as slow:
+            with pytest.raises(errors.ReplicationTimeout, match="write_quorum 3"):
+                slow.put("q", "two only", w=3)
+            with pytest.raises(errors.Unavailable, match="read_quorum 3"):
+                slow.get("q2", r=3)
+        assert dbs[1].get("lonely", r=2) is None       # nodes 1 and 2 do not have it yet
+        cut.heal()
+        # r = 3 right after the heal: node 3's write is found, and nodes 1 and 2 repaired at once
+        def read_all_three():
+            try:
+                return dbs[1].get("lonely", r=3) == "on node 3"
+            except errors.ZmqstoreError:     # links come back within moments of the heal
+                return False
+        wait_until(read_all_three, 10, message="quorum read")
+        st = dbs[1].status()
+        assert dbs[2].get("lonely") == "on node 3" or st["read_repairs"] >= 1
+        wait_until(lambda: converged(cluster), 10, message="convergence")
+        with pytest.raises(errors.BadArgument, match="exceeds"):
+            dbs[1].put("q", 1, w=4)
+    finally:
+        for db in dbs.values():
+            db.close()

@@ -167,6 +167,10 @@ PEER_VALID = {
     "DTREE_REPLY": (1, 7, [0, (1 << 64) - 1, 5]),
     "DRANGE": (2, 4095, b"cursor"),
     "DRANGE_REPLY": (1, 4095, None, [[b"k", b"state"]], b"next", [[(1 << 32) + 5, 10]]),
+    "DACK": (2, (1 << 32) + 5, 12),
+    "DREAD": (2, 99, b"k"),
+    "DREAD_REPLY": (1, 99, None, []),
+    "DPUSH": (2, b"k", b"state"),
 }
 
 
@@ -181,6 +185,16 @@ def test_dynamo_entries_and_contexts_round_trip_and_bad_ones_are_refused():
     for bad in (b"", msgpack.packb([[1]]), msgpack.packb([["a", 1]]), msgpack.packb({"a": 1})):
         with pytest.raises(errors.BadArgument):
             protocol.decode_context(bad)
+
+
+def test_request_options_are_checked():
+    req = protocol.decode_request(protocol.encode_request("PUT", CID, 1, 1, b"k", V(1), {"w": 2}))
+    assert req.options == {"w": 2} and req.args == (b"k", V(1))
+    assert protocol.decode_request(protocol.encode_request("GET", CID, 1, 1, b"k", False)).options == {}
+    for command, args in (("GET", (b"k", False, {"w": 2})), ("PUT", (b"k", V(1), {"w": 0})),
+                          ("PUT", (b"k", V(1), {"w": True})), ("STATUS", ({"r": 1},))):
+        with pytest.raises(errors.BadArgument):
+            protocol.decode_request(protocol.encode_request(command, CID, 1, 1, *args))
 
 
 def test_every_peer_message_has_an_example():
