@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run run-single test bench bench-elections chaos clean distclean
+.PHONY: run run-dynamo run-single test bench bench-elections chaos clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ $(STAMP): setup.py $(VENV)/bin/python
 run: $(STAMP)
 	mkdir -p data
 	$(PY) -m zmqstore.launcher conf/leader/node1.ini conf/leader/node2.ini conf/leader/node3.ini
+
+## run-dynamo: the seed's 2-node dynamo cluster from conf/dynamo/ (every node accepts writes)
+run-dynamo: $(STAMP)
+	mkdir -p data
+	$(PY) -m zmqstore.launcher conf/dynamo/node1.ini conf/dynamo/node2.ini
 
 ## run-single: one standalone node from conf/single.ini (Ctrl-C stops it)
 run-single: $(STAMP)
