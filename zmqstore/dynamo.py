@@ -34,6 +34,7 @@ REPAIR_AFTER = 5                  # equal applied vectors, different digests for
 REPAIR_TIMEOUT = 2.0              # seconds without a reply before a repair is abandoned (retried later)
 REPAIR_IN_FLIGHT = 4              # bucket pages asked for at once
 GC_MAX_KEYS = 10_000              # tombstones looked at per housekeeping pass
+GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
 SCAN_PAGE_ITEMS = 1000
 SCAN_PAGE_BYTES = 1 << 20
 
@@ -112,13 +113,21 @@ class DynamoEngine:
         self.replicated = bool(config.peers)
         self.extra_status = None
         self.sessions = Sessions(config.session_timeout)
-        self.origin = (self.node_id << 32) | int.from_bytes(os.urandom(4), "big")
+        # An entry must fit in one DCHANGE or DENTRIES a peer accepts; a key's versions (written
+        # here) in one DRANGE_REPLY or DREAD_REPLY (peers take up to 2 * max_request_size + 1 MiB
+        # from their DEALER and SUB sockets: node.py).
+        self.entry_limit = config.max_request_size - 4096
+        self.state_limit = 2 * config.max_request_size
         self.applied = {}          # origin -> highest seq applied here (staged included)
         self.first = {}            # origin -> lowest seq still in the log
         for key, raw in storage.iter_cf("meta", META_APPLIED, META_APPLIED + b"\xff"):
             self.applied[_U64.unpack(key[len(META_APPLIED):])[0]] = _U64.unpack(raw)[0]
         for key, raw in storage.iter_cf("meta", META_FIRST, META_FIRST + b"\xff"):
             self.first[_U64.unpack(key[len(META_FIRST):])[0]] = _U64.unpack(raw)[0]
+        while True:   # a new origin for this run, never one an earlier run used
+            self.origin = (self.node_id << 32) | int.from_bytes(os.urandom(4), "big")
+            if self.origin not in self.applied and self.origin & 0xFFFFFFFF:
+                break
         self.applied[self.origin] = 0
         self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
         raw_hlc = storage.get_cf("meta", META_HLC)
@@ -141,6 +150,8 @@ class DynamoEngine:
             state = _decode_state(raw)
             self.conflicts += len(state.siblings) > 1
             self.tombstones += is_tombstone_only(state)
+        self.durable_digest = self.digest
+        self._gc_cursor = b""
         self._recover_sessions()
         self._lww = os.environ.get(BROKEN_ENV) == "dynamo-lww"
         if self._lww:
@@ -230,24 +241,45 @@ class DynamoEngine:
 
     def write(self, request, ops):
         """Apply a client's write at this origin: ops are (key, value or None, context or None: the
-        key's state here). Returns the new entry's seq."""
+        key's state here). Every new state is computed and checked before any is staged, so a
+        refused write changes nothing. Returns the new entry's seq."""
         seq = self.applied[self.origin] + 1
-        hlc = self.hlc.tick(int(time.time() * 1000))
-        logged = []
+        hlc = self.hlc.peek(int(time.time() * 1000))
+        logged, staged = [], []
         for key, value, ctx in ops:
             state = self.load(key)
-            write_ctx = state.ctx if ctx is None else ctx
+            write_ctx = state.ctx if ctx is None else self._cap(ctx)
             new = apply_write(state, Sibling(self.origin, seq, hlc, value), write_ctx)
-            self._store(key, state, new)
+            if new is None:   # only a context naming this run's future writes could do this; _cap prevents it
+                raise errors.BadArgument("the context names a write of this node that it has not made")
+            size = len(encode_key_state(new.ctx, new.siblings))
+            if size > self.state_limit:
+                raise errors.ValueTooLarge(
+                    f"key {key[:40]!r} would hold {size} bytes of versions (limit {self.state_limit}): resolve "
+                    f"its siblings first (get_versions, then put with that context)")
+            staged.append((key, state, new))
             logged.append((key, protocol.vector_pairs(write_ctx), value))
         raw = encode_dyn_entry(DynEntry(self.origin, seq, hlc, request.client_id, request.request_id,
                                         tuple(logged)))
+        if len(raw) > self.entry_limit:
+            raise errors.RequestTooLarge(f"the write's log entry of {len(raw)} bytes would exceed what peers "
+                                         f"accept ({self.entry_limit}); write fewer items at once")
+        self.hlc.observe(hlc)
+        for key, state, new in staged:
+            self._store(key, state, new)
         self._staging().put_cf("log", log_key(self.origin, seq), raw)
         self._set_applied(self.origin, seq)
         self._staged_own.append(raw)
         self.sessions.record(request.client_id, request.request_id, (self.origin, seq), time.monotonic())
         self.last_write = seq
         return seq
+
+    def _cap(self, ctx):
+        """A client's context, each pair capped at what this node has applied of that origin: it
+        may only supersede writes that exist here (a larger claim, from a bad or forged context,
+        would hide other nodes' writes, or this node's own future ones). Capping only keeps more
+        siblings, never fewer."""
+        return {o: min(s, self.applied.get(o, 0)) for o, s in ctx.items() if self.applied.get(o, 0)}
 
     def apply_remote(self, origin, raws):
         """Apply another origin's entries, in seq order from the first one not applied yet. Returns
@@ -297,6 +329,7 @@ class DynamoEngine:
         self._dirty.clear()
         self.commit_seq += 1
         self.durable_applied = dict(self.applied)
+        self.durable_digest = self.digest
         self._published.extend(self._staged_own)
         self._staged_own = []
 
@@ -317,15 +350,21 @@ class DynamoEngine:
         return out, first
 
     def collect_garbage(self, vector):
-        """Drop tombstone-only keys and log entries that every node has applied (`vector`: the
-        elementwise minimum of every configured node's applied vector). Returns keys dropped."""
+        """Drop tombstone-only keys whose writes `vector` covers, and log entries every node has
+        applied. `vector` (Replication.gc_vector) is covered by every node's applied vector, and
+        every node had applied every write made before it became so: no write concurrent with a
+        collected tombstone can arrive afterwards. Looks at up to GC_MAX_KEYS tombstones per call,
+        resuming where the last call stopped. Returns keys dropped."""
         dropped = 0
         looked = 0
-        for tomb_key, _ in list(self.storage.iter_cf("meta", META_TOMB, META_TOMB + b"\xff" * 8)):
+        start = META_TOMB + self._gc_cursor
+        self._gc_cursor = b""
+        for tomb_key, _ in self.storage.iter_cf("meta", start, META_TOMB + b"\xff" * 8):
+            key = tomb_key[len(META_TOMB):]
             looked += 1
             if looked > GC_MAX_KEYS:
+                self._gc_cursor = key      # the next call resumes here
                 break
-            key = tomb_key[len(META_TOMB):]
             state = self.load(key)
             if state.siblings and is_tombstone_only(state) and stable(state, vector):
                 self._store(key, state, EMPTY)
@@ -484,11 +523,7 @@ class DynamoEngine:
         if done:
             return done
         key, value, raw_ctx = req.args
-        ctx = protocol.decode_context(raw_ctx)
-        for origin, seq in ctx.items():
-            if origin == self.origin and seq > self.applied[origin]:
-                raise errors.BadArgument(f"context names write {seq} of this node's origin, which it never made")
-        return self._written(req, ((key, value, ctx),))
+        return self._written(req, ((key, value, protocol.decode_context(raw_ctx)),))
 
     def _delete(self, req):
         done = self._check_write(req)
@@ -552,7 +587,7 @@ class DynamoEngine:
             "origin": origin_name(self.origin),
             "applied": {origin_name(o): s for o, s in sorted(self.durable_applied.items()) if s},
             "keys_estimate": self.storage.approximate_keys(), "conflicts": self.conflicts,
-            "tombstones": self.tombstones, "digest": f"{self.digest:016x}",
+            "tombstones": self.tombstones, "digest": f"{self.durable_digest:016x}",
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "fsync": cfg.fsync,
             "uptime": round(time.monotonic() - self.started, 3), "version": self.version, "peers": [],
             **(self.extra_status() if self.extra_status else {}),
@@ -589,25 +624,28 @@ class QuorumRead(NamedTuple):
 
 class Repair:
     """One anti-entropy exchange with a peer: compare group hashes, then the buckets of differing
-    groups, then pull the differing buckets page by page and join them into our data. With
-    `resync` (our log cannot be completed from the peer's: it trimmed what we lack), our applied
-    vector moves up to the peer's as it was at the start, once every bucket is joined."""
+    groups, then pull the differing buckets page by page and join them into our data. Every
+    message of the exchange carries its id: a late reply to an abandoned exchange is ignored. With
+    `resync_origins` (our log cannot be completed from the peer's: it trimmed entries of those
+    origins that we lack), our applied seq of those origins moves up to the peer's as its first
+    reply stated, once every differing bucket is joined."""
 
-    def __init__(self, peer, now, resync_vector=None):
+    def __init__(self, repair_id, peer, now, resync_origins=None):
+        self.id = repair_id
         self.peer = peer
         self.started = now
         self.deadline = now + REPAIR_TIMEOUT
-        self.resync_vector = resync_vector
+        self.resync_origins = resync_origins or set()
+        self.peer_applied = None       # the peer's durable applied vector with its group hashes
         self.groups = set()            # groups asked for, not answered
         self.queue = []                # buckets to pull
         self.pulling = {}              # bucket -> cursor asked for
         self.buckets_pulled = 0
         self.keys_changed = 0
-        self.asked_root = False
 
     @property
     def done(self):
-        return self.asked_root is None and not self.groups and not self.queue and not self.pulling
+        return self.peer_applied is not None and not self.groups and not self.queue and not self.pulling
 
 
 class Replication:
@@ -622,7 +660,9 @@ class Replication:
         self._fetching = {}             # origin -> deadline of the fetch in flight
         self._gaps = 0
         self._mismatch = {}             # peer -> consecutive reports with equal applied, other digest
-        self._resync_from = {}          # peer -> True once it answered that it trimmed what we lack
+        self._resync_from = {}          # peer -> {origin: its first seq}: it trimmed entries we lack
+        self._repair_ids = 0
+        self._checkpoints = []          # (stable vector, max vector) at recent housekeeping passes
         self.repair = None              # the Repair under way (one at a time)
         self.repairs = []               # summaries of the latest repairs, for status
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": self._on_tree,
@@ -634,6 +674,7 @@ class Replication:
         self._reads = {}                # read id -> QuorumRead
         self._read_ids = 0
         self.read_repairs = 0
+        self._pushes = []               # read repairs, sent after the flush
 
     def close(self):
         pass
@@ -659,11 +700,33 @@ class Replication:
             self.repair = None
 
     def housekeeping(self, now):
-        vector = self.stable_vector()
+        vector = self.gc_vector()
         if vector is not None:
             dropped = self.engine.collect_garbage(vector)
             if dropped:
                 log.debug("garbage-collected %d tombstones every node has applied", dropped)
+
+    def gc_vector(self):
+        """What garbage collection may go by: the stable vector S of an earlier housekeeping pass c
+        (every node had applied every write it covers), chosen as the latest pass whose *maximum*
+        vector M (elementwise maximum of every node's applied vector then) the current stable
+        vector covers. A write concurrent with a tombstone that was stable at c was made by its
+        origin before that origin applied the tombstone, so before c, so M_c covers it; now that
+        every node has applied M_c, every node holds that write, and a key collected from here on
+        cannot receive a write it did not see (on one node collected, on another a sibling)."""
+        stable_now = self.stable_vector()
+        if stable_now is None:
+            return None
+        most = dict(self.engine.durable_applied)
+        for view in self.views.values():
+            for o, seq in view.applied.items():
+                if seq > most.get(o, 0):
+                    most[o] = seq
+        self._checkpoints = (self._checkpoints + [(stable_now, most)])[-GC_CHECKPOINTS:]
+        for stable_c, most_c in reversed(self._checkpoints[:-1]):
+            if all(stable_now.get(o, 0) >= seq for o, seq in most_c.items()):
+                return stable_c
+        return None
 
     def publish_new(self):
         """After a flush: publish this origin's new durable entries (PUB; fetches repair losses),
@@ -671,6 +734,10 @@ class Replication:
         entries = self.engine.take_published()
         if entries:
             self.node.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
+        if self._pushes:
+            for peer, body in self._pushes:
+                self.node.send_to(peer, body)
+            self._pushes = []
         for origin, seq in self.engine.durable_applied.items():
             if seq > self._dacked.get(origin, 0) and origin != self.engine.origin:
                 node_id = origin_node(origin)
@@ -746,10 +813,12 @@ class Replication:
             merged = self.engine.join_state(key, remote, remote_applied)
         raw_merged = encode_key_state(merged.ctx, merged.siblings) if merged.siblings else None
         for peer, remote, _applied in pending.replies:
-            if remote != merged and raw_merged is not None:
+            if remote != merged and raw_merged is not None and len(raw_merged) <= self.config.max_request_size - 4096:
+                # sent after this iteration's flush, like the reply: never a state this node could lose
                 self.read_repairs += 1
-                self.node.send_to(peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged))
-        self.node.reply(pending.envelope, self.engine.read_reply(pending.request, merged))
+                self._pushes.append((peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged)))
+        self.node.reply_after(pending.envelope, self.engine.read_reply(pending.request, merged),
+                              self.engine.pending_batch, pending.request.request_id)
 
     def _on_push(self, fields, envelope, now):
         node_id, key, raw = fields
@@ -770,7 +839,7 @@ class Replication:
 
     def _status_message(self, command):
         e = self.engine
-        return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(e.durable_applied), e.digest,
+        return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(e.durable_applied), e.durable_digest,
                                     e.storage.approximate_keys(), e.conflicts, e.tombstones, e.config.address)
 
     def on_request(self, message, envelope, now):
@@ -817,17 +886,22 @@ class Replication:
         # Divergence the logs cannot explain: same entries applied, different data (a node restored
         # from an old data dir, or an entry lost with a disk): repair, once it has lasted a while.
         same = not behind and all(view.applied.get(o, 0) >= s for o, s in self.engine.durable_applied.items() if s)
-        if same and digest != self.engine.digest:
+        if same and digest != self.engine.durable_digest:
             self._mismatch[node_id] = self._mismatch.get(node_id, 0) + 1
             if self._mismatch[node_id] >= REPAIR_AFTER and self.repair is None:
                 self._mismatch[node_id] = 0
                 self._start_repair(node_id, now)
         else:
             self._mismatch[node_id] = 0
-        if self._resync_from.get(node_id) and (not behind or self.repair is None):
-            del self._resync_from[node_id]
-            if behind:   # still lacking what only a resync can bring
-                self._start_repair(node_id, now, resync_vector=dict(view.applied))
+        trimmed = self._resync_from.get(node_id)
+        if trimmed:
+            # still lacking entries the peer holds only as data: resync those origins from it
+            needed = {o for o, first in trimmed.items() if mine.get(o, 0) < first - 1}
+            if not needed:
+                del self._resync_from[node_id]
+            elif self.repair is None:
+                del self._resync_from[node_id]
+                self._start_repair(node_id, now, resync_origins=needed)
 
     def _fetch(self, origin, node_id, now):
         if self._fetching.get(origin, 0) > now:
@@ -847,11 +921,11 @@ class Replication:
         self._fetching.pop(origin, None)
         if not entries:
             if from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and \
-                    not self._resync_from.get(sender):
+                    origin not in self._resync_from.get(sender, {}):
+                self._resync_from.setdefault(sender, {})[origin] = first
                 log.warning("node %d no longer holds entries %d.. of origin %s (trimmed below %d, applied by "
                             "every node): resyncing from it by anti-entropy", sender, from_seq,
                             origin_name(origin), first)
-                self._resync_from[sender] = True
             return
         self.engine.apply_remote(origin, entries)
         view = self.views.get(sender)
@@ -868,48 +942,48 @@ class Replication:
 
     # ------------------------------------------------------------ anti-entropy
 
-    def _start_repair(self, peer, now, resync_vector=None):
-        self.repair = Repair(peer, now, resync_vector)
-        log.info("anti-entropy with node %d: %s", peer, "full resync (its log was trimmed)" if resync_vector
+    def _start_repair(self, peer, now, resync_origins=None):
+        self._repair_ids += 1
+        self.repair = Repair(self._repair_ids, peer, now, resync_origins)
+        log.info("anti-entropy with node %d: %s", peer, "full resync (it trimmed entries we lack)" if resync_origins
                  else "same entries applied, different data digests")
-        if self.node.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, None)):
-            self.repair.asked_root = True
-        else:
+        if not self.node.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, self.repair.id, None)):
             self.repair = None
 
     def _on_tree(self, fields, envelope, now):
-        _node_id, group = fields
+        _node_id, repair_id, group = fields
         if group is not None and group >= GROUPS:
             return
-        self.node.reply(envelope, protocol.encode_peer("DTREE_REPLY", self.engine.node_id, group,
-                                                       self.engine.tree_hashes(group)))
+        self.node.reply(envelope, protocol.encode_peer(
+            "DTREE_REPLY", self.engine.node_id, repair_id, group, self.engine.tree_hashes(group),
+            protocol.vector_pairs(self.engine.durable_applied)))
 
     def _on_range(self, fields, envelope, now):
-        _node_id, bucket, cursor = fields
+        _node_id, repair_id, bucket, cursor = fields
         if bucket >= BUCKETS:
             return
         items, next_cursor = self.engine.range_items(bucket, cursor)
         self.node.reply(envelope, protocol.encode_peer(
-            "DRANGE_REPLY", self.engine.node_id, bucket, cursor, items, next_cursor,
+            "DRANGE_REPLY", self.engine.node_id, repair_id, bucket, cursor, items, next_cursor,
             protocol.vector_pairs(self.engine.durable_applied)))
 
     def _on_tree_reply(self, fields, now):
-        sender, group, hashes = fields
+        sender, repair_id, group, hashes, applied = fields
         r = self.repair
-        if r is None or sender != r.peer:
-            return
-        if len(hashes) != GROUPS:
+        if r is None or sender != r.peer or repair_id != r.id or len(hashes) != GROUPS:
             return
         r.deadline = now + REPAIR_TIMEOUT
         mine = self.engine.tree_hashes(group)
         if group is None:
-            if not r.asked_root:
+            if r.peer_applied is not None:
                 return
-            r.asked_root = None
+            # The hashes and this vector were taken together: every differing bucket, pulled from
+            # now on, reflects at least every entry this vector counts.
+            r.peer_applied = protocol.vector_from_pairs(applied)
             for g in range(GROUPS):
                 if hashes[g] != mine[g]:
                     r.groups.add(g)
-                    self.node.send_to(r.peer, protocol.encode_peer("DTREE", self.engine.node_id, g))
+                    self.node.send_to(r.peer, protocol.encode_peer("DTREE", self.engine.node_id, r.id, g))
         elif group in r.groups:
             r.groups.discard(group)
             r.queue.extend(group * GROUPS + i for i in range(GROUPS) if hashes[i] != mine[i])
@@ -920,21 +994,23 @@ class Replication:
         while r.queue and len(r.pulling) < REPAIR_IN_FLIGHT:
             bucket = r.queue.pop()
             r.pulling[bucket] = None
-            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, bucket, None))
+            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket, None))
         if r.done:
             self._finish_repair(now)
 
     def _on_range_reply(self, fields, now):
-        sender, bucket, cursor, items, next_cursor, applied = fields
+        sender, repair_id, bucket, cursor, items, next_cursor, applied = fields
         r = self.repair
-        if r is None or sender != r.peer or bucket not in r.pulling or r.pulling[bucket] != cursor:
+        if (r is None or sender != r.peer or repair_id != r.id or bucket not in r.pulling
+                or r.pulling[bucket] != cursor):
             return
         r.deadline = now + REPAIR_TIMEOUT
         r.keys_changed += self.engine.merge_range(bucket, cursor, next_cursor, items,
                                                   protocol.vector_from_pairs(applied))
         if next_cursor is not None:
             r.pulling[bucket] = next_cursor
-            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, bucket, next_cursor))
+            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket,
+                                                           next_cursor))
         else:
             del r.pulling[bucket]
             r.buckets_pulled += 1
@@ -942,13 +1018,14 @@ class Replication:
 
     def _finish_repair(self, now):
         r, self.repair = self.repair, None
-        if r.resync_vector is not None:
-            self.engine.adopt_applied(r.resync_vector)
+        if r.resync_origins:
+            self.engine.adopt_applied({o: s for o, s in r.peer_applied.items() if o in r.resync_origins})
         took = now - r.started
         log.info("anti-entropy with node %d done in %.3f s: %d buckets pulled, %d keys changed%s", r.peer, took,
-                 r.buckets_pulled, r.keys_changed, "; applied vector adopted" if r.resync_vector else "")
+                 r.buckets_pulled, r.keys_changed, "; applied seqs of the trimmed origins adopted"
+                 if r.resync_origins else "")
         self.repairs = (self.repairs + [{"peer": r.peer, "seconds": round(took, 3), "buckets": r.buckets_pulled,
-                                         "keys_changed": r.keys_changed, "resync": r.resync_vector is not None}])[-5:]
+                                         "keys_changed": r.keys_changed, "resync": bool(r.resync_origins)}])[-5:]
 
     # ------------------------------------------------------------ status
 
@@ -960,7 +1037,7 @@ class Replication:
             alive = view.heard is not None and now - view.heard < self.config.election_interval
             behind = sum(max(0, s - view.applied.get(o, 0)) for o, s in mine.items())
             ahead = sum(max(0, s - mine.get(o, 0)) for o, s in view.applied.items())
-            converged &= view.digest == self.engine.digest and alive and not behind and not ahead
+            converged &= view.digest == self.engine.durable_digest and alive and not behind and not ahead
             peers.append({"node_id": node_id, "address": self.addresses[node_id], "alive": alive,
                           "behind": behind, "ahead": ahead, "digest": None if view.digest is None else
                           f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,

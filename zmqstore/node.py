@@ -52,6 +52,7 @@ class Node:
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = self.replication = None
         self._quorums = False
+        self._peer_limits = None
         self.dealers = {}
         self._waiters = collections.deque()
         self._round_wanted = False
@@ -66,6 +67,8 @@ class Node:
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             dynamo = config.mode == "dynamo"
             self.engine = (DynamoEngine if dynamo else Engine)(self.storage, config, __version__)
+            # What a peer may send on the SUB and DEALER sockets (their frame limit, below).
+            self._peer_limits = self.engine.limits._replace(max_request_size=2 * config.max_request_size + (1 << 20))
             if config.peers:
                 self.sub = transport.connect_sub(self._ctx, config.peers, config.host)
                 for peer in config.peers:
@@ -120,6 +123,14 @@ class Node:
     def send_to_all(self, body):
         for node_id in self.dealers:
             self.send_to(node_id, body)
+
+    def reply_after(self, envelope, body, batch, request_id):
+        """Send `body` once batch number `batch` (dynamo mode; 0: none) is durable."""
+        if not self._waiters and batch <= self.engine.commit_seq:
+            transport.send_frames(self.router, envelope + [body])
+        else:
+            self._waiters.append(Waiter(batch, 0, time.monotonic() + self.config.replication_timeout, envelope,
+                                        body, request_id, False))
 
     def reply(self, envelope, body):
         transport.send_frames(self.router, envelope + [body])
@@ -393,7 +404,7 @@ class Node:
         self.peering.on_request(message, envelope, time.monotonic())
 
     def _serve_peer_socket(self, sock):
-        limits = self.engine.limits
+        limits = self._peer_limits
         for _ in range(MAX_DRAIN):
             try:
                 body = transport.recv_frames(sock, transport.NOBLOCK)[-1]

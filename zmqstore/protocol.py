@@ -97,11 +97,12 @@ PEER_MESSAGES = {
     "DENTRIES": (("sender_id", UINT), ("origin", UINT), ("from_seq", UINT), ("entries", BIN_LIST),
                  ("first_seq", UINT)),
     # anti-entropy: hashes of key buckets (group nil: the group hashes), then a bucket's key states
-    "DTREE": (("node_id", UINT), ("group", OPT_UINT)),
-    "DTREE_REPLY": (("sender_id", UINT), ("group", OPT_UINT), ("hashes", UINT_LIST)),
-    "DRANGE": (("node_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY)),
-    "DRANGE_REPLY": (("sender_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY), ("items", PAIR_LIST),
-                     ("next_cursor", OPT_KEY), ("applied", VECTOR)),
+    "DTREE": (("node_id", UINT), ("repair_id", UINT), ("group", OPT_UINT)),
+    "DTREE_REPLY": (("sender_id", UINT), ("repair_id", UINT), ("group", OPT_UINT), ("hashes", UINT_LIST),
+                    ("applied", VECTOR)),
+    "DRANGE": (("node_id", UINT), ("repair_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY)),
+    "DRANGE_REPLY": (("sender_id", UINT), ("repair_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY),
+                     ("items", PAIR_LIST), ("next_cursor", OPT_KEY), ("applied", VECTOR)),
     # quorums: a node that applied an origin's entries durably tells that origin (write_quorum > 1)
     "DACK": (("node_id", UINT), ("origin", UINT), ("seq", UINT)),
     # a read with read_quorum > 1 asks peers for their state of a key; stale replicas get the merge
@@ -552,6 +553,15 @@ def encode_key_state(ctx: dict, siblings) -> bytes:
 
 
 def decode_key_state(data: bytes):
-    """-> (ctx dict, [(node, seq, hlc, value or None), ...])."""
-    pairs, siblings = msgpack.unpackb(data, raw=False, use_list=False)
-    return {n: s for n, s in pairs}, siblings
+    """-> (ctx dict, [(node, seq, hlc, value or None), ...]). A state from a peer is checked like
+    an entry: anything malformed raises MalformedMessage."""
+    try:
+        pairs, siblings = msgpack.unpackb(data, raw=False, use_list=False)
+        ctx = _vector_dict(pairs)
+        for origin, seq, hlc, value in siblings:
+            if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc)) or (
+                    value is not None and type(value) is not bytes):
+                raise ValueError
+    except Exception:
+        raise errors.MalformedMessage("malformed dynamo key state") from None
+    return ctx, siblings

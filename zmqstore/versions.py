@@ -107,8 +107,12 @@ class HybridClock:
     def __init__(self, last=0):
         self.last = last
 
+    def peek(self, wall_ms) -> int:
+        """The timestamp tick() would return now, without taking it."""
+        return max(self.last + 1, wall_ms << HLC_LOGICAL_BITS)
+
     def tick(self, wall_ms) -> int:
-        self.last = max(self.last + 1, wall_ms << HLC_LOGICAL_BITS)
+        self.last = self.peek(wall_ms)
         return self.last
 
     def observe(self, remote):

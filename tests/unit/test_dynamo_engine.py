@@ -157,3 +157,89 @@ def test_anti_entropy_repairs_what_the_logs_cannot_and_resurrects_nothing(make_e
     repair(a, b)
     a.flush()
     assert a.digest == b.digest and Caller(a)("GET_VERSIONS", b"doomed")[0] == []
+
+
+class FakeIo:
+    def __init__(self):
+        self.sent = []
+
+    def send_to(self, node_id, body):
+        self.sent.append((node_id, body))
+        return True
+
+    def send_to_all(self, body):
+        self.sent.append((None, body))
+
+    def reply(self, envelope, body):
+        pass
+
+    def publish(self, body):
+        pass
+
+
+def test_a_tombstone_is_not_collected_while_a_concurrent_write_may_still_arrive(tmp_path):
+    """Node 1 holds only a tombstone for k, and node 2 has applied it; but node 2 made a write to k
+    before it saw the delete, which node 1 has not received yet. The stable vector alone covers the
+    tombstone; collecting it now would leave node 1 with {W} and node 2 with {T, W} forever. The
+    collection vector waits until node 1 holds everything node 2 had when the tombstone was stable."""
+    from zmqstore.dynamo import Replication
+    cfgs, engines = {}, {}
+    for node_id, other in ((1, 2), (2, 1)):
+        cfgs[node_id] = config.resolve(None, {
+            "node_id": node_id, "mode": "dynamo", "data_dir": str(tmp_path / f"n{node_id}"),
+            "peers": [{"node_id": other, "host": "127.0.0.1", "port": 9000 + other}]})
+        st = Storage.open(cfgs[node_id].data_dir, node_id, "dynamo")
+        engines[node_id] = DynamoEngine(st, cfgs[node_id], "test")
+    a, b = engines[1], engines[2]
+    try:
+        ca, cb = Caller(a), Caller(b)
+        ca("PUT", b"k", V("v"))
+        a.flush()
+        b.apply_remote(a.origin, entries_of(a, a.origin))
+        b.flush()
+        cb("PUT", b"k", V("concurrent"))        # node 2 overwrites k ...
+        b.flush()
+        ca("DEL", b"k")                         # ... while node 1, not having seen it, deletes
+        a.flush()
+        b.apply_remote(a.origin, entries_of(a, a.origin))
+        b.flush()
+        rep = Replication(FakeIo(), a, cfgs[1], 0.0)
+        view = rep.views[2]
+        view.applied, view.heard = dict(b.durable_applied), 0.0
+        assert rep.stable_vector()[a.origin] == 2       # the tombstone is stable ...
+        for _ in range(3):
+            rep.housekeeping(0.0)
+            a.flush()
+        assert a.tombstones == 1                         # ... but not collected: node 2's write is missing
+        a.apply_remote(b.origin, entries_of(b, b.origin))
+        a.flush()
+        rep.housekeeping(0.0)
+        a.flush()
+        versions = ca("GET_VERSIONS", b"k")[0]
+        assert sorted(v[0] is None for v in versions) == [False, True]   # both siblings, as on node 2
+        assert a.digest == b.digest
+    finally:
+        for e in engines.values():
+            e.storage.close()
+
+
+def test_a_forged_context_cannot_hide_other_writes_and_a_refused_write_changes_nothing(make_engine):
+    a, b = make_engine(1, "a"), make_engine(2, "b")
+    call_a, call_b = Caller(a), Caller(b)
+    forged = protocol.encode_context({a.origin: 1000})
+    call_b("PUT_CTX", b"k", V("from b"), forged)       # b has nothing of a's: the claim is capped away
+    b.flush()
+    call_a("PUT", b"k", V("from a"))
+    a.flush()
+    b.apply_remote(a.origin, entries_of(a, a.origin))
+    a.apply_remote(b.origin, entries_of(b, b.origin))
+    a.flush()
+    b.flush()
+    assert sorted(v[0] for v in call_b("GET_VERSIONS", b"k")[0]) == [V("from a"), V("from b")]
+    assert a.digest == b.digest
+    # a put_many whose second key would hold too many bytes of versions stages nothing at all
+    a.state_limit = 100
+    with pytest.raises(errors.ValueTooLarge):
+        call_a("PUT_MANY", [[b"small", V(1)], [b"k", V("x" * 200)]])
+    assert a._batch is None and call_a("GET", b"small", False) == (None, False)
+    assert a.applied[a.origin] == 1

@@ -163,10 +163,10 @@ PEER_VALID = {
     "DSTATUS_REPLY": (1, [], 0, 0, 0, 0, "127.0.0.2:9000"),
     "DFETCH": (2, (1 << 32) + 5, 11),
     "DENTRIES": (1, (1 << 32) + 5, 11, [b"e11"], 1),
-    "DTREE": (2, None),
-    "DTREE_REPLY": (1, 7, [0, (1 << 64) - 1, 5]),
-    "DRANGE": (2, 4095, b"cursor"),
-    "DRANGE_REPLY": (1, 4095, None, [[b"k", b"state"]], b"next", [[(1 << 32) + 5, 10]]),
+    "DTREE": (2, 1, None),
+    "DTREE_REPLY": (1, 1, 7, [0, (1 << 64) - 1, 5], [[(1 << 32) + 5, 10]]),
+    "DRANGE": (2, 1, 4095, b"cursor"),
+    "DRANGE_REPLY": (1, 1, 4095, None, [[b"k", b"state"]], b"next", [[(1 << 32) + 5, 10]]),
     "DACK": (2, (1 << 32) + 5, 12),
     "DREAD": (2, 99, b"k"),
     "DREAD_REPLY": (1, 99, None, []),
@@ -220,7 +220,7 @@ def test_peer_round_trip(command):
     raw(1, "DSTATUS", 2, [[1, -1]], 0, 0, 0, 0, "a"),                         # negative seq in a vector
     raw(1, "DSTATUS", 2, [[1, 2, 3]], 0, 0, 0, 0, "a"),                       # not a pair
     raw(1, "DCHANGE", 1, "entries"),
-    raw(1, "DTREE_REPLY", 1, None, [1, -2]),
+    raw(1, "DTREE_REPLY", 1, 1, None, [1, -2], []),
 ])
 def test_bad_peer_messages_are_refused(body):
     with pytest.raises(errors.RequestError):

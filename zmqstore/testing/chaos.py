@@ -127,7 +127,8 @@ def _dynamo_finals(cluster):
             for key in KEYS:
                 v = db.get_versions(key)
                 if v.siblings:
-                    finals[node_id][key] = (sorted((s.value, s.origin, s.seq, s.deleted) for s in v.siblings),
+                    finals[node_id][key] = (sorted(((s.value, s.origin, s.seq, s.deleted) for s in v.siblings),
+                                                   key=lambda t: (t[1], t[2])),
                                             protocol.decode_context(v.context))
     return finals
 
@@ -354,6 +355,9 @@ def _judge_dynamo(cluster, history):
     while True:
         verdict = convergence.check(history, _dynamo_finals(cluster))
         if verdict.identical or time.monotonic() > deadline:
+            if not verdict.identical:
+                log_states = {i: n.status() for i, n in cluster.nodes.items()}
+                print("node states when data differed: " + json.dumps(log_states), flush=True)
             return verdict
         time.sleep(0.2)
 

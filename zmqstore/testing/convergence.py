@@ -32,6 +32,7 @@ class WriteOp(NamedTuple):
 
 class DynamoVerdict(NamedTuple):
     identical: bool
+    differences: list      # (key, {node: state}) where nodes differ
     acknowledged: int
     lost: list             # WriteOp
     phantoms: list         # (key, value)
@@ -45,6 +46,8 @@ class DynamoVerdict(NamedTuple):
         lines = [f"identical data on every node: {'yes' if self.identical else 'NO'}",
                  f"acknowledged writes checked: {self.acknowledged}, lost: {len(self.lost)}, phantom values: "
                  f"{len(self.phantoms)}, mismatched dots: {len(self.mismatched)}"]
+        for key, by_node in self.differences[:5]:
+            lines.append(f"  DIFFERS: {key}: " + "; ".join(f"node {n}: {st}" for n, st in sorted(by_node.items())))
         for op in self.lost[:10]:
             lines.append(f"  LOST: process {op.process} {op.kind} {op.key}={op.value} dot {op.dot} "
                          f"(acknowledged at {op.complete:.3f})")
@@ -64,6 +67,11 @@ def check(history, finals):
     list of (value, origin, seq, deleted), read from every node after convergence."""
     states = list(finals.values())
     identical = all(s == states[0] for s in states[1:])
+    differences = []
+    for key in sorted({k for s in states for k in s}):
+        by_node = {n: f.get(key) for n, f in finals.items()}
+        if len({repr(v) for v in by_node.values()}) > 1:
+            differences.append((key, by_node))
     final = states[0]
     by_key = {}
     for op in history:
@@ -98,7 +106,7 @@ def check(history, finals):
                 phantoms.append((key, value))
             elif (key, value) in acked_at and acked_at[(key, value)].dot != (origin, seq):
                 mismatched.append((acked_at[(key, value)], (value, origin, seq, deleted)))
-    return DynamoVerdict(identical, acknowledged, lost, phantoms, mismatched)
+    return DynamoVerdict(identical, differences, acknowledged, lost, phantoms, mismatched)
 
 
 def write_history(path, history):
