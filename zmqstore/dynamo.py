@@ -43,6 +43,7 @@ META_APPLIED = b"d:applied:"      # + origin (u64): highest seq of that origin a
 META_FIRST = b"d:first:"          # + origin (u64): lowest seq of that origin still in the log
 META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
 META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
+META_TOMB_END = b"d:tomb;"        # just above every META_TOMB key
 META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (anti-entropy index)
 
 # Anti-entropy (docs/DYNAMO.md): keys fall in BUCKETS buckets by hash, GROUPS groups of buckets.
@@ -120,9 +121,9 @@ class DynamoEngine:
         self.state_limit = 2 * config.max_request_size
         self.applied = {}          # origin -> highest seq applied here (staged included)
         self.first = {}            # origin -> lowest seq still in the log
-        for key, raw in storage.iter_cf("meta", META_APPLIED, META_APPLIED + b"\xff"):
+        for key, raw in storage.iter_cf("meta", META_APPLIED, META_APPLIED + b"\xff" * 9):
             self.applied[_U64.unpack(key[len(META_APPLIED):])[0]] = _U64.unpack(raw)[0]
-        for key, raw in storage.iter_cf("meta", META_FIRST, META_FIRST + b"\xff"):
+        for key, raw in storage.iter_cf("meta", META_FIRST, META_FIRST + b"\xff" * 9):
             self.first[_U64.unpack(key[len(META_FIRST):])[0]] = _U64.unpack(raw)[0]
         while True:   # a new origin for this run, never one an earlier run used
             self.origin = (self.node_id << 32) | int.from_bytes(os.urandom(4), "big")
@@ -359,7 +360,7 @@ class DynamoEngine:
         looked = 0
         start = META_TOMB + self._gc_cursor
         self._gc_cursor = b""
-        for tomb_key, _ in self.storage.iter_cf("meta", start, META_TOMB + b"\xff" * 8):
+        for tomb_key, _ in self.storage.iter_cf("meta", start, META_TOMB_END):
             key = tomb_key[len(META_TOMB):]
             looked += 1
             if looked > GC_MAX_KEYS:
