@@ -658,7 +658,8 @@ class Replication:
         self.config = config
         self.views = {p.node_id: PeerView() for p in config.peers}
         self.addresses = {p.node_id: p.address for p in config.peers}
-        self._fetching = {}             # origin -> deadline of the fetch in flight
+        self._fetching = {}             # origin -> (deadline, peer) of the fetch in flight
+        self._unanswered = {}           # origin -> peers that left a fetch of it unanswered
         self._gaps = 0
         self._mismatch = {}             # peer -> consecutive reports with equal applied, other digest
         self._resync_from = {}          # peer -> {origin: its first seq}: it trimmed entries we lack
@@ -905,11 +906,25 @@ class Replication:
                 self._start_repair(node_id, now, resync_origins=needed)
 
     def _fetch(self, origin, node_id, now):
-        if self._fetching.get(origin, 0) > now:
-            return
+        """Ask node_id for origin's entries we lack, unless a fetch is in flight. A peer that left a
+        fetch unanswered is skipped while other peers have not been tried: the next status report
+        to arrive would otherwise often come from the same peer (heartbeats keep their phase)."""
+        pending = self._fetching.get(origin)
+        if pending is not None:
+            deadline, peer = pending
+            if deadline > now:
+                return
+            del self._fetching[origin]
+            self._unanswered.setdefault(origin, set()).add(peer)
+            log.debug("fetch of %s from node %d unanswered for %.1f s", origin_name(origin), peer, FETCH_TIMEOUT)
+        tried = self._unanswered.get(origin)
+        if tried and node_id in tried:
+            if len(tried) < len(self.views):
+                return
+            tried.clear()
         frm = self.engine.applied.get(origin, 0) + 1
         if self.node.send_to(node_id, protocol.encode_peer("DFETCH", self.engine.node_id, origin, frm)):
-            self._fetching[origin] = now + FETCH_TIMEOUT
+            self._fetching[origin] = (now + FETCH_TIMEOUT, node_id)
 
     def _on_fetch(self, fields, envelope, now):
         _node_id, origin, from_seq = fields
@@ -920,6 +935,7 @@ class Replication:
     def _on_entries(self, fields, now):
         sender, origin, from_seq, entries, first = fields
         self._fetching.pop(origin, None)
+        self._unanswered.pop(origin, None)
         if not entries:
             if from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and \
                     origin not in self._resync_from.get(sender, {}):

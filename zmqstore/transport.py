@@ -35,6 +35,10 @@ def bind_router(ctx, host, port, max_msg_size):
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
     sock.setsockopt(zmq.SNDHWM, ROUTER_HWM)
+    # Peers connect with a fixed identity (node-<id>). A peer that restarts, or reconnects after a
+    # partition that swallowed its old connection's FIN, takes its identity over at once: by
+    # default a ROUTER refuses the new connection while it still holds the half-open old one.
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     _bind(sock, host, port, "port")
     return sock
 

@@ -29,6 +29,8 @@ def test_a_write_of_unknown_outcome_may_supersede_but_a_failed_one_may_not():
     history = [w(1, {}, (A, 1)), w(2, {A: 1}, None, outcome="info")]
     state = final((2, B, 1, False), ctx={A: 1, B: 1})
     assert check(history, {1: state}).ok
+    # ... but only if it was applied: its value is there
+    assert not check(history, {1: final(ctx={})}).ok
     failed = [w(1, {}, (A, 1)), w(2, {A: 1}, None, outcome="fail")]
     assert not check(failed, {1: state}).ok        # (and 2 is a phantom: a failed write was applied)
 
@@ -49,3 +51,10 @@ def test_a_collected_tombstone_is_fine_unless_what_it_deleted_comes_back():
     resurrected = final((1, A, 1, False), (3, B, 1, False), ctx={A: 1, B: 1})
     verdict = check(history, {1: resurrected})
     assert not verdict.ok and [op.kind for op in verdict.lost] == ["delete"]
+
+
+def test_a_superseded_version_that_comes_back_is_reported():
+    history = [w(1, {}, (A, 1)), w(2, {A: 1}, (A, 2))]
+    back = final((1, A, 1, False), (2, A, 2, False), ctx={A: 2})
+    verdict = check(history, {1: back})
+    assert not verdict.ok and [op.value for op in verdict.lost] == [2]

@@ -14,13 +14,16 @@ the history, still depends on the machine). Every process the campaign starts is
 end, also when it fails or is interrupted.
 """
 import argparse
+import fcntl
 import json
 import multiprocessing
 import os
 import random
 import signal
+import shutil
 import sys
 import tempfile
+import threading
 import time
 
 from .. import errors, protocol
@@ -51,7 +54,8 @@ def _worker(endpoints, process, seconds, seed, out_path):
             key = rng.choice(KEYS)
             kind = rng.choices(("put", "get", "cas"), (3, 4, 3))[0]
             counter += 1
-            value = process * 1_000_000 + counter          # every written value is unique
+            value = process * 1_000_000_000 + counter      # every written value is unique
+            expected = None
             invoke = time.monotonic()
             try:
                 if kind == "put":
@@ -66,7 +70,8 @@ def _worker(endpoints, process, seconds, seed, out_path):
                     applied = db.cas(key, expected, value)
                     op = Op(process, "cas", key, (expected, value), invoke, time.monotonic(), "ok", applied)
             except errors.RequestError:
-                op = Op(process, kind, key, value, invoke, time.monotonic(), "fail")
+                args = None if kind == "get" else (value if kind == "put" else (expected, value))
+                op = Op(process, kind, key, args, invoke, time.monotonic(), "fail")
             except errors.ZmqstoreError:
                 # A read that failed changed nothing; a write that failed may still have been
                 # applied by an earlier attempt (or may commit later): unknown.
@@ -95,7 +100,7 @@ def _dynamo_worker(endpoint, process, seconds, seed, out_path):
                     pass
                 continue
             counter += 1
-            value = process * 1_000_000 + counter if kind == "put" else None
+            value = process * 1_000_000_000 + counter if kind == "put" else None
             invoke = time.monotonic()
             try:
                 versions = db.get_versions(key)
@@ -125,7 +130,7 @@ def _dynamo_finals(cluster):
         with node.client(timeout=2.0, retry=Retry(max_tries=3)) as db:
             finals[node_id] = {}
             for key in KEYS:
-                v = db.get_versions(key)
+                v = db.get_versions(key, r=1)       # this node's own data, whatever read_quorum says
                 if v.siblings:
                     finals[node_id][key] = (sorted(((s.value, s.origin, s.seq, s.deleted) for s in v.siblings),
                                                    key=lambda t: (t[1], t[2])),
@@ -162,12 +167,13 @@ class Nemesis:
                 break
             fault = self.rng.choice(self.faults)
             nodes = sorted(self.cluster.nodes)
+            # Every draw happens whatever the cluster looks like, so a seed replays its schedule.
+            target = self.rng.choice(nodes)
+            duration = self.rng.uniform(0.5, 2.0)
+            sub = random.Random(self.rng.random())     # draws whose count depends on timing
             if fault.endswith("primary"):
                 found = self.cluster.primaries()
-                target = min(found) if found else self.rng.choice(nodes)
-            else:
-                target = self.rng.choice(nodes)
-            duration = self.rng.uniform(0.5, 2.0)
+                target = min(found) if found else target
             self.log.append((round(time.monotonic(), 3), fault, target))
             node = self.cluster.nodes[target]
             if fault.startswith("kill"):
@@ -182,23 +188,25 @@ class Nemesis:
                 self.partitioner.isolate(target)
                 time.sleep(duration)
             elif fault == "split":
-                shuffled = self.rng.sample(nodes, len(nodes))
-                minority = self.rng.randint(1, (len(nodes) - 1) // 2)
+                shuffled = sub.sample(nodes, len(nodes))
+                minority = sub.randint(1, (len(nodes) - 1) // 2)
                 self.partitioner.split(shuffled[:minority], shuffled[minority:])
                 time.sleep(duration)
             elif fault == "bridge":
-                others = self.rng.sample([n for n in nodes if n != target], len(nodes) - 1)
+                others = sub.sample([n for n in nodes if n != target], len(nodes) - 1)
                 half = len(others) // 2
                 self.partitioner.split(others[:half], others[half:])
                 time.sleep(duration)
-            else:
-                other = self.rng.choice([n for n in nodes if n != target])
+            elif fault == "flap":
+                other = sub.choice([n for n in nodes if n != target])
                 until = time.monotonic() + duration
                 while time.monotonic() < until:
                     self.partitioner.cut(target, other)
-                    time.sleep(self.rng.uniform(0.1, 0.3))
+                    time.sleep(sub.uniform(0.1, 0.3))
                     self.partitioner.heal()
-                    time.sleep(self.rng.uniform(0.1, 0.3))
+                    time.sleep(sub.uniform(0.1, 0.3))
+            else:
+                raise ValueError(f"unknown fault {fault!r}")
             if self.partitioner is not None:
                 self.partitioner.heal()
 
@@ -247,7 +255,7 @@ def format_summary(summary):
     ]
     if not dynamo:
         rows.append(("recovery", f"a primary {summary['primary_after_heal_s']:.2f} s after the last fault healed"))
-    rows.append(("convergence", "NOT reached: nodes still differ 30 s after the last operation"
+    rows.append(("convergence", "NOT reached in time (the nodes' states follow below)"
                  if summary["converged_after_last_op_s"] is None else
                  f"every node holds the same {'data' if dynamo else 'log'} "
                  f"{summary['converged_after_last_op_s']:.2f} s after the last operation"))
@@ -256,12 +264,12 @@ def format_summary(summary):
 
 
 def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None, nodes=3,
-             mode="leader"):
+             mode="leader", log_level="WARNING"):
     """Run one campaign on `nodes` nodes; returns a summary dict (verdict included). network: use
     iptables partitions (None: when available, i.e. iptables present and root). faults: only these
     kinds. broken: run a deliberately broken build (node.py BROKEN_ENV) to show the checker
     catches it."""
-    args, env = ["--log-level", "WARNING"], None
+    args, env = ["--log-level", log_level], None
     if broken:
         # deposed-reads: primaries read without confirming leadership and never step down.
         # early-acks: that, and writes acknowledged once on the primary alone (write_quorum = 1).
@@ -272,12 +280,18 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             with open(conf, "w") as f:
                 f.write("[cluster]\nwrite_quorum = 1\n")
             args += ["--config", conf]
+    known = PROCESS_FAULTS + NETWORK_FAULTS
+    if faults and set(faults) - set(known):
+        raise ValueError(f"unknown fault kinds {sorted(set(faults) - set(known))}; known: {', '.join(known)}")
+    if network is None:
+        network = partition.available()
+    if faults and not network and set(faults) & set(NETWORK_FAULTS):
+        raise ValueError("network faults need iptables and root (partition.available() is False)")
+    lock = _campaign_lock()
     c = Cluster(base_dir, size=nodes, args=args, env=env, mode=mode)
     histories = []
     partitioner = None
     try:
-        if network is None:
-            network = partition.available()
         if network:
             partitioner = partition.Partitioner({i: n.host for i, n in c.nodes.items()})
         c.start_all()
@@ -312,6 +326,9 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
                     proc.join(seconds + 60)
                     if proc.is_alive():
                         proc.kill()
+                        proc.join(10)
+        # A client that crashed or hung took its history with it: its writes would go unchecked.
+        broken_workers = [i for i, proc in enumerate(procs) if proc.exitcode != 0 or not os.path.exists(histories[i])]
         last_op = time.monotonic()
         done = _dynamo_converged if mode == "dynamo" else _converged
         try:
@@ -321,7 +338,7 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             extra = {}
         except TimeoutError:
             to_converge = None
-            extra = {"not_converged": {i: n.status() for i, n in c.nodes.items()}}
+            extra = {"not_converged": _trace_convergence(c, done, 5 if broken else 90)}
         summary = {"mode": mode, "seed": seed, "seconds": seconds, "nodes": nodes, "faults": len(nemesis.log),
                    "fault_log": nemesis.log, "network_faults": bool(network), "converged_after_last_op_s": to_converge,
                    **extra}
@@ -338,14 +355,58 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
                            primary_after_heal_s=round(to_primary, 3))
             summary["linearizable"] = verdict.ok
         summary.update({k: sum(1 for op in history if op.outcome == k) for k in ("ok", "fail", "info")})
-        summary["passed"] = verdict.ok and to_converge is not None
+        summary["passed"] = verdict.ok and to_converge is not None and not broken_workers
+        if broken_workers:
+            summary["broken_workers"] = broken_workers
         if not verdict.ok:
             summary["report"] = verdict.report()
         return summary
     finally:
-        if partitioner is not None:
-            partitioner.close()
-        c.stop_all()
+        # Cleanup must finish even if a second SIGTERM arrives meanwhile.
+        restore = None
+        if threading.current_thread() is threading.main_thread():
+            restore = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if network:
+                partition.clean()
+            for node in c.nodes.values():
+                try:
+                    node.stop()
+                except Exception:
+                    node.kill()
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGTERM, restore)
+            lock.close()
+
+
+def _campaign_lock():
+    """One campaign at a time per machine: they share the loopback addresses and the iptables chain."""
+    f = open(os.path.join(tempfile.gettempdir(), "zmqstore-chaos.lock"), "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise RuntimeError("another fault campaign is running on this machine (it holds "
+                           f"{f.name}); campaigns share node addresses and the iptables chain") from None
+    return f
+
+
+def _trace_convergence(cluster, done, seconds):
+    """The nodes did not converge in time: keep watching (up to `seconds`), recording what they
+    report every few seconds, so a failure shows whether they were slow or stuck."""
+    trace = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        states = {i: n.status() for i, n in cluster.nodes.items()}
+        trace.append({"t": round(time.monotonic(), 1), "nodes": {i: st and {k: st.get(k) for k in (
+            "role", "term", "primary_id", "last_seq", "commit_seq", "applied_seq", "voter", "restoring",
+            "digest", "applied", "converged")} for i, st in states.items()}})
+        if done(cluster):
+            trace.append({"t": round(time.monotonic(), 1), "converged_late": True})
+            break
+        time.sleep(5)
+    return trace
 
 
 def _judge_dynamo(cluster, history):
@@ -370,6 +431,7 @@ def main(argv=None):
     ap.add_argument("--nodes", type=int, default=3, choices=(3, 5))
     ap.add_argument("--mode", default="leader", choices=("leader", "dynamo"))
     ap.add_argument("--json", action="store_true", help="also print the summary, fault log included, as JSON")
+    ap.add_argument("--log-level", default="WARNING", help="the nodes' log level (their logs go to the campaign dir)")
     ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
     ap.add_argument("--faults", help="comma-separated fault kinds to use (default: all available): "
                     + ", ".join(PROCESS_FAULTS + NETWORK_FAULTS))
@@ -383,17 +445,23 @@ def main(argv=None):
     faults = opts.faults.split(",") if opts.faults else None
     if opts.dir:
         os.makedirs(opts.dir, exist_ok=True)
-        summary = campaign(opts.dir, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
-                           nodes=opts.nodes, mode=opts.mode)
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
-                               nodes=opts.nodes, mode=opts.mode)
+    d = opts.dir or tempfile.mkdtemp(prefix="zmqstore-chaos-")
+    summary = None
+    try:
+        summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
+                           nodes=opts.nodes, mode=opts.mode, log_level=opts.log_level)
+    finally:
+        if opts.dir is None and summary is not None and summary["passed"]:
+            shutil.rmtree(d, ignore_errors=True)
+        elif opts.dir is None:
+            print(f"node logs and histories kept in {d}", flush=True)
     print(format_summary(summary))
     if opts.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "report"}))
     if "not_converged" in summary:
-        print("nodes at the end: " + json.dumps(summary["not_converged"]))
+        print("nodes after the last operation: " + json.dumps(summary["not_converged"]))
+    if "broken_workers" in summary:
+        print(f"workload processes {summary['broken_workers']} crashed or hung: their histories are missing")
     if "report" in summary:
         print(summary["report"])
     return 0 if summary["passed"] else 1

@@ -9,7 +9,10 @@ for every write the history knows exactly which versions it superseded. An ackno
   outcome, which may have been applied) covers its dot: that write causally followed it, or
 - for a delete, collected: tombstones are dropped once every node has applied them, and that is
   correct as long as nothing the delete covered is a sibling again (no resurrection).
-Anything else is a lost write. A final sibling whose value no client wrote is a phantom; a sibling
+Anything else is a lost write. A write of unknown outcome (info) counts as a superseder only when
+its value is in the final state. A
+sibling that an acknowledged write's context covered has come back (reported with the lost ones).
+A final sibling whose value no client wrote is a phantom; a sibling
 carrying an acknowledged write's value under another dot is a mismatch (the value was applied
 twice only if the client retried it on another node, which the workload never does for an
 acknowledged write).
@@ -76,25 +79,31 @@ def check(history, finals):
     by_key = {}
     for op in history:
         by_key.setdefault(op.key, []).append(op)
-    lost, mismatched = [], []
+    lost, mismatched, resurrected = [], [], []
     acknowledged = 0
     for op in history:
         if op.outcome != "ok" or op.dot is None:
             continue
         acknowledged += 1
-        siblings, _ctx = final.get(op.key, ([], {}))
+        siblings, final_ctx = final.get(op.key, ([], {}))
         dots = {(s[1], s[2]): s for s in siblings}
         if op.dot in dots:
             sib = dots[op.dot]
             if sib[0] != op.value or sib[3] != (op.kind == "delete"):
                 mismatched.append((op, sib))
             continue
-        if any(other is not op and other.outcome in ("ok", "info") and covers(other.context, op.dot)
-               for other in by_key.get(op.key, ())):
-            continue      # superseded by a write that saw it
+        if _superseded(op, by_key[op.key], siblings, final_ctx):
+            continue
         if op.kind == "delete" and not any(covers(op.context, (s[1], s[2])) for s in siblings):
             continue      # a tombstone collected once every node had it: what it deleted stays deleted
         lost.append(op)
+    # No acknowledged write's context may cover a version that is still there: it superseded it.
+    for key, (siblings, _ctx) in final.items():
+        for sib in siblings:
+            for op in by_key.get(key, ()):
+                if op.outcome == "ok" and op.dot != (sib[1], sib[2]) and covers(op.context, (sib[1], sib[2])):
+                    resurrected.append((op, sib))
+                    break
     written = {(op.key, op.value) for op in history if op.kind == "put" and op.outcome in ("ok", "info")}
     acked_at = {(op.key, op.value): op for op in history if op.kind == "put" and op.outcome == "ok"}
     phantoms = []
@@ -106,7 +115,21 @@ def check(history, finals):
                 phantoms.append((key, value))
             elif (key, value) in acked_at and acked_at[(key, value)].dot != (origin, seq):
                 mismatched.append((acked_at[(key, value)], (value, origin, seq, deleted)))
+    lost += [op for op, _ in resurrected if all(op is not other for other in lost)]
     return DynamoVerdict(identical, differences, acknowledged, lost, phantoms, mismatched)
+
+
+def _superseded(op, same_key, siblings, final_ctx):
+    """True when a recorded write to the key was made with a context covering op's dot (it
+    causally followed op): an acknowledged one, or one of unknown outcome whose value is in the
+    final state (so it was applied)."""
+    present = {s[0] for s in siblings if not s[3]}
+    for other in same_key:
+        if other is op or not covers(other.context, op.dot):
+            continue
+        if other.outcome == "ok" or (other.outcome == "info" and other.kind == "put" and other.value in present):
+            return True
+    return False
 
 
 def write_history(path, history):

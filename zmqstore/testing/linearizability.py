@@ -171,15 +171,32 @@ def check(history, initial=ABSENT, window=10) -> Verdict:
         if check_register(ops, initial):
             continue
         ops = sorted(ops, key=lambda op: op.invoke)
-        lo, hi = 1, len(ops)                # the shortest prefix that already fails
+        times = sorted({op.complete for op in ops if op.complete != math.inf}) + [math.inf]
+        lo, hi = 0, len(times) - 1          # the earliest cut time at which the history fails
         while lo < hi:
             mid = (lo + hi) // 2
-            if check_register(ops[:mid], initial):
+            if check_register(_prefix(ops, times[mid]), initial):
                 lo = mid + 1
             else:
                 hi = mid
-        return Verdict(False, ops[0].key, tuple(ops[max(0, lo - window):lo]), checked)
+        return Verdict(False, ops[0].key, tuple(_prefix(ops, times[lo])[-window:]), checked)
     return Verdict(True, checked=checked)
+
+
+def _prefix(ops, t):
+    """The history as it stood at time t: operations invoked by t; those still running at t are
+    cut as they were then: a read is dropped (it may yet observe a write invoked after t), a write
+    becomes info (it may or may not take effect). So a failing prefix is a real violation, never
+    one made by the cut. `ops` sorted by invoke time."""
+    out = []
+    for op in ops:
+        if op.invoke > t:
+            break
+        if op.complete <= t:
+            out.append(op)
+        elif op.kind != "get" and op.outcome != "fail":
+            out.append(op._replace(complete=math.inf, outcome="info", result=None))
+    return out
 
 
 # ---------------------------------------------------------------- history files (JSON lines)
