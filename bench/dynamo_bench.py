@@ -1,7 +1,6 @@
 """Dynamo-mode benchmarks (called by bench/run.py): puts/s on 3 nodes with each client process
 writing to a different node, replication lag at half that load, and the time to converge after a
 partition during which writes landed on both sides (needs iptables and root)."""
-import json
 import multiprocessing
 import tempfile
 import threading
@@ -41,12 +40,6 @@ def _writer(args):
         return done, t0, time.time()
 
 
-def _converged(cluster):
-    sts = [n.status() for n in cluster.nodes.values()]
-    return all(st is not None for st in sts) and len({st["digest"] for st in sts}) == 1 and \
-        len({json.dumps(st["applied"], sort_keys=True) for st in sts}) == 1
-
-
 def throughput(cluster, n_each):
     mp = multiprocessing.get_context("spawn")
     start_at = time.time() + 1.5
@@ -56,7 +49,7 @@ def throughput(cluster, n_each):
     elapsed = max(end for _, _, end in spans) - min(start for _, start, _ in spans)
     total = sum(n for n, _, _ in spans)
     t0 = time.monotonic()
-    wait_until(lambda: _converged(cluster), 120, interval=0.05, message="replicas converged")
+    wait_until(lambda: cluster.dynamo_converged(), 120, interval=0.05, message="replicas converged")
     return total / elapsed, time.monotonic() - t0
 
 
@@ -117,7 +110,7 @@ def partition_convergence(cluster, writes_each):
             t.join()
         healed = time.monotonic()
         p.heal()
-        wait_until(lambda: _converged(cluster), 120, interval=0.01, message="convergence after heal")
+        wait_until(lambda: cluster.dynamo_converged(), 120, interval=0.01, message="convergence after heal")
         return time.monotonic() - healed
     finally:
         p.close()

@@ -138,14 +138,6 @@ def _dynamo_finals(cluster):
     return finals
 
 
-def _dynamo_converged(cluster):
-    sts = [n.status() for n in cluster.nodes.values()]
-    if any(st is None for st in sts):
-        return False
-    return (len({st["digest"] for st in sts}) == 1 and len({json.dumps(st["applied"], sort_keys=True)
-                                                            for st in sts}) == 1 and all(st["converged"] for st in sts))
-
-
 # ---------------------------------------------------------------- nemesis
 
 class Nemesis:
@@ -330,7 +322,7 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         # A client that crashed or hung took its history with it: its writes would go unchecked.
         broken_workers = [i for i, proc in enumerate(procs) if proc.exitcode != 0 or not os.path.exists(histories[i])]
         last_op = time.monotonic()
-        done = _dynamo_converged if mode == "dynamo" else _converged
+        done = Cluster.dynamo_converged if mode == "dynamo" else _converged
         try:
             # A broken build may never converge (two primaries): do not wait long for it.
             wait_until(lambda: done(c), 5 if broken else 30, interval=0.05, message="convergence")

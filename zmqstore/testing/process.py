@@ -1,4 +1,5 @@
 """Start, stop, kill and inspect real datastore-node processes on loopback (used by tests and bench)."""
+import json
 import os
 import signal
 import socket
@@ -152,7 +153,6 @@ class Cluster:
                 port=free_port(host), pub_port=free_port(host), new_session=new_session)
 
     def peers_json(self, node_id):
-        import json
         return json.dumps([{"node_id": n.node_id, "host": n.host, "port": n.port, "pub_port": n.pub_port}
                            for n in self.nodes.values() if n.node_id != node_id])
 
@@ -209,6 +209,16 @@ class Cluster:
             found = [n for n in self.primaries() if among is None or n in among]
             return found[0] if found else None
         return wait_until(one, timeout, interval=0.05, message="a primary elected")
+
+    def dynamo_converged(self):
+        """Dynamo mode: every node answers with the same data digest and applied vector, and sees
+        every peer alive with the same (its status's `converged`)."""
+        sts = [n.status() for n in self.nodes.values()]
+        if any(st is None for st in sts):
+            return False
+        return (len({st["digest"] for st in sts}) == 1 and len({json.dumps(st["applied"], sort_keys=True)
+                                                                for st in sts}) == 1
+                and all(st["converged"] for st in sts))
 
     @property
     def endpoints(self):
