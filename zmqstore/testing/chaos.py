@@ -107,17 +107,19 @@ def _dynamo_worker(endpoint, process, seconds, seed, out_path):
             except errors.ZmqstoreError:
                 continue          # nothing was written
             ctx = protocol.decode_context(versions.context)
+            seen = tuple((v.origin, v.seq, v.value) for v in versions.siblings)
             try:
                 if kind == "put":
                     dot = db.put(key, value, context=versions.context)
                 else:
                     dot = db.delete(key, context=versions.context)
                 ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, time.monotonic(), "ok",
-                                               (dot.origin, dot.seq)))
+                                               (dot.origin, dot.seq), seen))
             except errors.RequestError:
-                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, time.monotonic(), "fail", None))
+                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, time.monotonic(), "fail",
+                                               None, seen))
             except errors.ZmqstoreError:
-                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, None, "info", None))
+                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, None, "info", None, seen))
     convergence.write_history(out_path, ops)
     with open(out_path + ".reads", "w") as f:
         f.write(str(reads))

@@ -5,8 +5,8 @@ The workload writes only with contexts (get_versions, then put or delete with th
 for every write the history knows exactly which versions it superseded. An acknowledged write
 (whose reply named its dot, (origin, seq)) must then be, in the final state, either
 - a sibling of its key, or
-- superseded: the context of another recorded write to that key (acknowledged, or of unknown
-  outcome, which may have been applied) covers its dot: that write causally followed it, or
+- superseded: another recorded write to that key read it as a sibling and replaced it (its
+  context covered it): that write causally followed it, or
 - for a delete, collected: tombstones are dropped once every node has applied them, and that is
   correct as long as nothing the delete covered is a sibling again (no resurrection).
 Anything else is a lost write. A write of unknown outcome (info) counts as a superseder only when
@@ -31,6 +31,7 @@ class WriteOp(NamedTuple):
     complete: Optional[float]
     outcome: str           # ok | fail | info
     dot: Optional[tuple]   # (origin, seq) from the reply, for ok
+    seen: tuple = ()       # ((origin, seq, value), ...): the siblings the write's read returned
 
 
 class DynamoVerdict(NamedTuple):
@@ -81,18 +82,24 @@ def check(history, finals):
         by_key.setdefault(op.key, []).append(op)
     lost, mismatched, resurrected = [], [], []
     acknowledged = 0
+    applied_values = {v for op in history for _o, _q, v in op.seen} | {
+        s[0] for sibs, _ctx in final.values() for s in sibs}
+    read_by = {}          # (key, dot) -> the writes whose read returned that version
+    for op in history:
+        for origin, seq, _value in op.seen:
+            read_by.setdefault((op.key, (origin, seq)), []).append(op)
     for op in history:
         if op.outcome != "ok" or op.dot is None:
             continue
         acknowledged += 1
-        siblings, final_ctx = final.get(op.key, ([], {}))
+        siblings, _ctx = final.get(op.key, ([], {}))
         dots = {(s[1], s[2]): s for s in siblings}
         if op.dot in dots:
             sib = dots[op.dot]
             if sib[0] != op.value or sib[3] != (op.kind == "delete"):
                 mismatched.append((op, sib))
             continue
-        if _superseded(op, by_key[op.key], siblings, final_ctx):
+        if _superseded(op, read_by.get((op.key, op.dot), ()), applied_values):
             continue
         if op.kind == "delete" and not any(covers(op.context, (s[1], s[2])) for s in siblings):
             continue      # a tombstone collected once every node had it: what it deleted stays deleted
@@ -119,15 +126,16 @@ def check(history, finals):
     return DynamoVerdict(identical, differences, acknowledged, lost, phantoms, mismatched)
 
 
-def _superseded(op, same_key, siblings, final_ctx):
-    """True when a recorded write to the key was made with a context covering op's dot (it
-    causally followed op): an acknowledged one, or one of unknown outcome whose value is in the
-    final state (so it was applied)."""
-    present = {s[0] for s in siblings if not s[3]}
-    for other in same_key:
+def _superseded(op, readers, applied_values):
+    """True when a recorded write to the key read op's version as a sibling and then replaced it
+    (its context covered it): an acknowledged write, or one of unknown outcome that was applied (its
+    value was read by someone or is in the final state). A context that merely covers the dot is
+    not enough: a store that dropped the version silently still joins its dot into the key's
+    context, and every later read would hand that context out."""
+    for other in readers:
         if other is op or not covers(other.context, op.dot):
             continue
-        if other.outcome == "ok" or (other.outcome == "info" and other.kind == "put" and other.value in present):
+        if other.outcome == "ok" or (other.outcome == "info" and other.value in applied_values):
             return True
     return False
 
@@ -137,6 +145,7 @@ def write_history(path, history):
         for op in history:
             d = op._asdict()
             d["context"] = sorted(op.context.items())
+            d["seen"] = [list(x) for x in op.seen]
             f.write(json.dumps(d) + "\n")
 
 
@@ -147,5 +156,6 @@ def read_history(path):
             d = json.loads(line)
             d["context"] = {o: s for o, s in d["context"]}
             d["dot"] = tuple(d["dot"]) if d["dot"] is not None else None
+            d["seen"] = tuple(tuple(x) for x in d.get("seen", ()))
             ops.append(WriteOp(**d))
     return ops
