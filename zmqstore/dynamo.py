@@ -138,6 +138,8 @@ class DynamoEngine:
         self.commit_seq = 0
         self._batch = None
         self._dirty = {}           # key -> KeyState written in the open batch (EMPTY: removed)
+        self._raw = {}             # key -> the encoding of its current state, as loaded or staged
+        self._moved = set()        # origins whose applied seq this batch moves
         self._published = []       # this origin's entries flushed but not yet published
         self._staged_own = []
         self.digest = 0            # XOR of every key's state hash = XOR of the bucket hashes
@@ -188,22 +190,30 @@ class DynamoEngine:
         if state is not None:
             return state
         raw = self.storage.get_cf("data", key)
-        return EMPTY if raw is None else _decode_state(raw)
+        if raw is None:
+            return EMPTY
+        self._raw[key] = raw          # _store needs the old bytes for the digest: not encoded again
+        return _decode_state(raw)
 
-    def _store(self, key, old, new):
-        """Stage `new` as key's state (EMPTY: remove the key), keeping digest and counters."""
+    def _store(self, key, old, new, raw=None):
+        """Stage `new` as key's state (EMPTY: remove the key), keeping digest and counters. `raw`:
+        new's encoding, when the caller has it already."""
         batch = self._staging()
         if self._lww and len(new.siblings) > 1:
-            new = KeyState(new.ctx, (winner(new),))
-        old_raw = None if not old.siblings else encode_key_state(old.ctx, old.siblings)
+            new, raw = KeyState(new.ctx, (winner(new),)), None
+        old_raw = None
+        if old.siblings:
+            old_raw = self._raw.get(key) or encode_key_state(old.ctx, old.siblings)
         bucket = bucket_of(key)
         if new.siblings:
-            raw = encode_key_state(new.ctx, new.siblings)
+            raw = raw or encode_key_state(new.ctx, new.siblings)
+            self._raw[key] = raw
             batch.put_cf("data", key, raw)
             new_hash = _state_hash(key, raw)
             batch.put_cf("meta", _hash_key(bucket, key), _U64.pack(new_hash))
         else:
             new_hash = 0
+            self._raw.pop(key, None)
             batch.delete_cf("data", key)
             batch.delete_cf("meta", _hash_key(bucket, key))
         change = _state_hash(key, old_raw) ^ new_hash
@@ -226,8 +236,10 @@ class DynamoEngine:
         return self._batch
 
     def _set_applied(self, origin, seq):
+        """The flush writes the applied seq once per origin per batch (not once per entry)."""
+        self._staging()
         self.applied[origin] = seq
-        self._staging().put_cf("meta", META_APPLIED + _U64.pack(origin), _U64.pack(seq))
+        self._moved.add(origin)
         if origin not in self.first:
             self.first[origin] = seq
             self._batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(seq))
@@ -253,12 +265,12 @@ class DynamoEngine:
             new = apply_write(state, Sibling(self.origin, seq, hlc, value), write_ctx)
             if new is None:   # only a context naming this run's future writes could do this; _cap prevents it
                 raise errors.BadArgument("the context names a write of this node that it has not made")
-            size = len(encode_key_state(new.ctx, new.siblings))
-            if size > self.state_limit:
+            encoded = encode_key_state(new.ctx, new.siblings)
+            if len(encoded) > self.state_limit:
                 raise errors.ValueTooLarge(
-                    f"key {key[:40]!r} would hold {size} bytes of versions (limit {self.state_limit}): resolve "
-                    f"its siblings first (get_versions, then put with that context)")
-            staged.append((key, state, new))
+                    f"key {key[:40]!r} would hold {len(encoded)} bytes of versions (limit {self.state_limit}): "
+                    f"resolve its siblings first (get_versions, then put with that context)")
+            staged.append((key, state, new, encoded))
             logged.append((key, protocol.vector_pairs(write_ctx), value))
         raw = encode_dyn_entry(DynEntry(self.origin, seq, hlc, request.client_id, request.request_id,
                                         tuple(logged)))
@@ -266,8 +278,8 @@ class DynamoEngine:
             raise errors.RequestTooLarge(f"the write's log entry of {len(raw)} bytes would exceed what peers "
                                          f"accept ({self.entry_limit}); write fewer items at once")
         self.hlc.observe(hlc)
-        for key, state, new in staged:
-            self._store(key, state, new)
+        for key, state, new, encoded in staged:
+            self._store(key, state, new, encoded)
         self._staging().put_cf("log", log_key(self.origin, seq), raw)
         self._set_applied(self.origin, seq)
         self._staged_own.append(raw)
@@ -321,6 +333,8 @@ class DynamoEngine:
             return
         try:
             batch.put_cf("meta", META_HLC, _U64.pack(self.hlc.last))
+            for origin in self._moved:
+                batch.put_cf("meta", META_APPLIED + _U64.pack(origin), _U64.pack(self.applied[origin]))
             self.storage.commit(batch)
         except errors.StorageError:
             raise
@@ -328,6 +342,8 @@ class DynamoEngine:
             raise errors.StorageError(f"commit failed: {type(exc).__name__}: {exc}") from exc
         self._batch = None
         self._dirty.clear()
+        self._raw.clear()
+        self._moved.clear()
         self.commit_seq += 1
         self.durable_applied = dict(self.applied)
         self.durable_digest = self.digest
@@ -447,8 +463,8 @@ class DynamoEngine:
             batch = self._staging()
             batch.delete_range_cf("log", log_key(origin, 0), log_key(origin, seq + 1))
             self.applied[origin] = seq
+            self._moved.add(origin)
             self.first[origin] = seq + 1
-            batch.put_cf("meta", META_APPLIED + _U64.pack(origin), _U64.pack(seq))
             batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(seq + 1))
 
     def housekeeping(self, now):
