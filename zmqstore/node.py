@@ -77,8 +77,9 @@ class Node:
                         self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
                         source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20),
                         immediate=True)
-            # Dynamo mode: requests may ask for quorums (per request, or by the cluster's settings).
-            self._quorums = dynamo and bool(config.peers)
+            # Dynamo mode: requests may ask for quorums (per request, or by the cluster's settings;
+            # a standalone node refuses any above 1).
+            self._quorums = dynamo
             if dynamo:
                 if config.peers:
                     self.peering = self.replication = Replication(self, self.engine, config, time.monotonic())

@@ -310,3 +310,18 @@ def test_quorum_writes_wait_for_copies_and_quorum_reads_repair(cluster, cut):
     finally:
         for db in dbs.values():
             db.close()
+
+
+def test_a_standalone_dynamo_node_serves_and_refuses_quorums_above_one(tmp_path):
+    node = NodeProcess(1, tmp_path / "n", tmp_path / "n.log", args=["--mode", "dynamo"]).start()
+    try:
+        with node.client(retry=Retry(max_tries=1)) as db:
+            dot = db.put("k", 1)
+            assert dot.node_id == 1 and dot.seq == 1 and db.get("k", r=1) == 1
+            with pytest.raises(errors.BadArgument, match="exceeds"):
+                db.put("k", 2, w=2)
+            with pytest.raises(errors.BadArgument, match="exceeds"):
+                db.get("k", r=2)
+            assert db.get("k") == 1
+    finally:
+        node.stop()
