@@ -279,8 +279,8 @@ def test_a_node_restored_from_an_old_data_dir_resyncs_without_resurrecting(tmp_p
 @needs_iptables
 def test_quorum_writes_wait_for_copies_and_quorum_reads_repair(cluster, cut):
     """w = 3 is acknowledged only once all three nodes hold the write; with a node cut off it times
-    out (the write stays, durable where it landed). r = 3 reads the cut-off node's newer write
-    after the heal at once, and repairs the replicas that lacked it."""
+    out (the write stays, durable where it landed), and r = 3 is unavailable. r = 3 reads the
+    cut-off node's write as soon as the links are back."""
     dbs = clients(cluster)
     try:
         dbs[1].put("q", "all three", w=3)
@@ -302,8 +302,8 @@ def test_quorum_writes_wait_for_copies_and_quorum_reads_repair(cluster, cut):
             except errors.ZmqstoreError:     # links come back within moments of the heal
                 return False
         wait_until(read_all_three, 10, message="quorum read")
-        st = dbs[1].status()
-        assert dbs[2].get("lonely") == "on node 3" or st["read_repairs"] >= 1
+        assert dbs[1].get("lonely") == "on node 3"     # joined (or replicated) locally by now
+        # (that the join is pushed to stale replicas, after the flush: test_dynamo_engine.py)
         wait_until(lambda: converged(cluster), 10, message="convergence")
         with pytest.raises(errors.BadArgument, match="exceeds"):
             dbs[1].put("q", 1, w=4)

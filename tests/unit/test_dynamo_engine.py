@@ -243,3 +243,45 @@ def test_a_forged_context_cannot_hide_other_writes_and_a_refused_write_changes_n
         call_a("PUT_MANY", [[b"small", V(1)], [b"k", V("x" * 200)]])
     assert a._batch is None and call_a("GET", b"small", False) == (None, False)
     assert a.applied[a.origin] == 1
+
+
+def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_path):
+    """r = 2 on node 1: node 2's newer version arrives in DREAD_REPLY; the reply shows the join,
+    node 1 stores it, and node 2 (whose state lacked node 1's version) gets a DPUSH, but only once
+    the batch is flushed."""
+    from zmqstore.dynamo import Replication
+    engines, cfgs = {}, {}
+    for node_id, other in ((1, 2), (2, 1)):
+        cfgs[node_id] = config.resolve(None, {
+            "node_id": node_id, "mode": "dynamo", "data_dir": str(tmp_path / f"n{node_id}"),
+            "peers": [{"node_id": other, "host": "127.0.0.1", "port": 9000 + other}]})
+        engines[node_id] = DynamoEngine(Storage.open(cfgs[node_id].data_dir, node_id, "dynamo"), cfgs[node_id], "t")
+    a, b = engines[1], engines[2]
+    try:
+        Caller(a)("PUT", b"k", V("a"))
+        Caller(b)("PUT", b"k", V("b"))
+        a.flush()
+        b.flush()
+        io = FakeIo()
+        replies = []
+        io.reply_after = lambda envelope, body, batch, rid: replies.append((body, batch))
+        rep = Replication(io, a, cfgs[1], 0.0)
+        body = protocol.encode_request("GET", b"c", 7, 7, b"k", False, {"r": 2})
+        request = protocol.decode_request(body)
+        rep.quorum_read(request, [b"env"], 2, 0.0)
+        assert any(b"DREAD" in sent for _peer, sent in io.sent)
+        rep.on_message(protocol.PeerMessage("DREAD_REPLY", (2, 1, b.durable_state(b"k"),
+                                                            protocol.vector_pairs(b.durable_applied))), 0.0)
+        (reply_body, batch), = replies
+        value, conflict = protocol.decode_reply(reply_body).result
+        assert conflict is True and value in (V("a"), V("b"))      # both versions, joined
+        assert batch == a.pending_batch and batch > 0               # the reply waits for the stored join
+        assert len(a.load(b"k").siblings) == 2
+        assert not [s for peer, s in io.sent if peer == 2 and b"DPUSH" in s]   # not before the flush
+        a.flush()
+        rep.publish_new()
+        pushes = [s for peer, s in io.sent if peer == 2 and b"DPUSH" in s]
+        assert len(pushes) == 1 and rep.read_repairs == 1
+    finally:
+        for e in engines.values():
+            e.storage.close()
