@@ -260,8 +260,13 @@ def test_a_node_restored_from_an_old_data_dir_resyncs_without_resurrecting(tmp_p
             for j in range(100):
                 db1.put(f"late-{j}", j)
             wait_until(lambda: converged(c), 10, message="convergence")
-            wait_until(lambda: all(n.client(retry=Retry(max_tries=1)).get_versions("doomed").siblings == []
-                                   for n in c.nodes.values()), 10, message="tombstone collected everywhere")
+            def collected_everywhere():
+                for n in c.nodes.values():
+                    with n.client(retry=Retry(max_tries=1)) as db:
+                        if db.get_versions("doomed").siblings:
+                            return False
+                return True
+            wait_until(collected_everywhere, 10, message="tombstone collected everywhere")
             node3.stop()
             shutil.rmtree(node3.data_dir)
             shutil.copytree(backup, node3.data_dir)

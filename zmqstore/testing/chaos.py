@@ -361,13 +361,11 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         if threading.current_thread() is threading.main_thread():
             restore = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            if network:
-                partition.clean()
-            for node in c.nodes.values():
-                try:
-                    node.stop()
-                except Exception:
-                    node.kill()
+            try:
+                if network:
+                    partition.clean()
+            finally:
+                c.stop_all()
         finally:
             if restore is not None:
                 signal.signal(signal.SIGTERM, restore)

@@ -228,8 +228,12 @@ class Cluster:
         return Client(self.endpoints, **kwargs)
 
     def stop_all(self):
+        """Stop every node; one that cannot be stopped cleanly is killed, and the rest still stop."""
         for node in self.nodes.values():
-            node.stop()
+            try:
+                node.stop()
+            except Exception:
+                node.kill()
 
     def logs(self):
         return "\n".join(f"----- node {n.node_id} -----\n{n.log()[-20000:]}" for n in self.nodes.values())
