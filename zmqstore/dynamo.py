@@ -140,6 +140,7 @@ class DynamoEngine:
         self._dirty = {}           # key -> KeyState written in the open batch (EMPTY: removed)
         self._raw = {}             # key -> the encoding of its current state, as loaded or staged
         self._moved = set()        # origins whose applied seq this batch moves
+        self._announce = set()     # other origins whose durable applied seq moved, not yet acknowledged
         self._published = []       # this origin's entries flushed but not yet published
         self._staged_own = []
         self.digest = 0            # XOR of every key's state hash = XOR of the bucket hashes
@@ -322,9 +323,11 @@ class DynamoEngine:
         return done, False
 
     def take_published(self):
-        """This origin's entries made durable by the last flush, to publish."""
+        """What flushes since the last call made durable: this origin's new entries (to publish)
+        and the other origins whose applied seq moved (to acknowledge)."""
         out, self._published = self._published, []
-        return out
+        moved, self._announce = self._announce, set()
+        return out, moved
 
     def flush(self):
         """Write the open batch (fsync per setting). Raises StorageError on failure: the node stops."""
@@ -343,6 +346,8 @@ class DynamoEngine:
         self._batch = None
         self._dirty.clear()
         self._raw.clear()
+        self._announce |= self._moved
+        self._announce.discard(self.origin)
         self._moved.clear()
         self.commit_seq += 1
         self.durable_applied = dict(self.applied)
@@ -687,7 +692,6 @@ class Replication:
                           "DRANGE": self._on_range, "DACK": self._on_ack, "DREAD": self._on_read,
                           "DPUSH": self._on_push}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
-        self._dacked = {}               # origin -> highest seq this node told that origin it applied
         self._held = []                 # HeldWrite: replies waiting for write_quorum
         self._reads = {}                # read id -> QuorumRead
         self._read_ids = 0
@@ -749,19 +753,18 @@ class Replication:
     def publish_new(self):
         """After a flush: publish this origin's new durable entries (PUB; fetches repair losses),
         tell each origin what this node now holds of its entries (DACK), release quorum writes."""
-        entries = self.engine.take_published()
+        entries, moved = self.engine.take_published()
         if entries:
             self.node.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
         if self._pushes:
             for peer, body in self._pushes:
                 self.node.send_to(peer, body)
             self._pushes = []
-        for origin, seq in self.engine.durable_applied.items():
-            if seq > self._dacked.get(origin, 0) and origin != self.engine.origin:
-                node_id = origin_node(origin)
-                if node_id in self.views and self.node.send_to(
-                        node_id, protocol.encode_peer("DACK", self.engine.node_id, origin, seq)):
-                    self._dacked[origin] = seq   # (a lost DACK is made up by the next DSTATUS)
+        for origin in moved:      # a lost DACK is made up for by the next DSTATUS
+            node_id = origin_node(origin)
+            if node_id in self.views:
+                self.node.send_to(node_id, protocol.encode_peer(
+                    "DACK", self.engine.node_id, origin, self.engine.durable_applied[origin]))
         if self._held:
             self.release(time.monotonic())
 

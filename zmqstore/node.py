@@ -125,13 +125,13 @@ class Node:
         for node_id in self.dealers:
             self.send_to(node_id, body)
 
-    def reply_after(self, envelope, body, batch, request_id):
+    def reply_after(self, envelope, body, batch, request_id, is_write=False):
         """Send `body` once batch number `batch` (dynamo mode; 0: none) is durable."""
         if not self._waiters and batch <= self.engine.commit_seq:
             transport.send_frames(self.router, envelope + [body])
         else:
             self._waiters.append(Waiter(batch, 0, time.monotonic() + self.config.replication_timeout, envelope,
-                                        body, request_id, False))
+                                        body, request_id, is_write))
 
     def reply(self, envelope, body):
         transport.send_frames(self.router, envelope + [body])
@@ -364,11 +364,8 @@ class Node:
         reply, wait = self.engine.handle(request)
         if need > 1 and self.engine.last_write is not None:
             self.replication.hold_write(request, envelope, reply, self.engine.last_write, need, time.monotonic())
-        elif not self._waiters and wait <= self.engine.commit_seq:
-            transport.send_frames(self.router, envelope + [reply])
         else:
-            self._waiters.append(Waiter(wait, 0, time.monotonic() + cfg.replication_timeout, envelope, reply,
-                                        request.request_id, True))
+            self.reply_after(envelope, reply, wait, request.request_id, is_write=True)
         return True
 
     def _release(self, now, fail_all=False):

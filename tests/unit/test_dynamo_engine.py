@@ -40,7 +40,8 @@ def test_writes_wait_for_their_batch_and_reads_see_them(make_engine):
     assert call("PUT", b"k", V(2), request_id=1) == (True, 1, eng.origin)  # a retry: first outcome
     eng.flush()
     assert eng.commit_seq == 1 and eng.durable_applied[eng.origin] == 1
-    assert len(eng.take_published()) == 1 and eng.take_published() == []
+    entries, moved = eng.take_published()
+    assert len(entries) == 1 and moved == set() and eng.take_published() == ([], set())
     assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == 0
     with pytest.raises(errors.UnsupportedOperation, match="dynamo"):
         call("CAS", b"k", None, V(3))
@@ -58,6 +59,7 @@ def test_entries_of_another_origin_apply_in_order_once(make_engine):
     assert b.apply_remote(a.origin, raws) == (2, False)
     assert b.apply_remote(a.origin, raws) == (0, False)         # again: nothing
     b.flush()
+    assert b.take_published() == ([], {a.origin})              # acknowledged to a's node (DACK)
     assert Caller(b)("GET", b"x", False) == (V("again"), False)
     assert b.digest == a.digest                                  # same data, same digest
     served, first = b.read_entries(a.origin, 2)
