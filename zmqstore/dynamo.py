@@ -691,6 +691,9 @@ class Replication:
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": self._on_tree,
                           "DRANGE": self._on_range, "DACK": self._on_ack, "DREAD": self._on_read,
                           "DPUSH": self._on_push}
+        self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status,
+                                  "DENTRIES": self._on_entries, "DTREE_REPLY": self._on_tree_reply,
+                                  "DRANGE_REPLY": self._on_range_reply, "DREAD_REPLY": self._on_read_reply}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
         self._held = []                 # HeldWrite: replies waiting for write_quorum
         self._reads = {}                # read id -> QuorumRead
@@ -871,19 +874,10 @@ class Replication:
         handler(message.fields, envelope, now)
 
     def on_message(self, message, now):
-        f = message.fields
-        if message.command == "DCHANGE":
-            self._on_change(f[0], f[1], now)
-        elif message.command == "DSTATUS_REPLY":
-            self._on_status(f, now)
-        elif message.command == "DENTRIES":
-            self._on_entries(f, now)
-        elif message.command == "DTREE_REPLY":
-            self._on_tree_reply(f, now)
-        elif message.command == "DRANGE_REPLY":
-            self._on_range_reply(f, now)
-        elif message.command == "DREAD_REPLY":
-            self._on_read_reply(f, now)
+        """A message from the SUB socket or a reply on a DEALER."""
+        handler = self._message_handlers.get(message.command)
+        if handler is not None:
+            handler(message.fields, now)
 
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
@@ -968,7 +962,8 @@ class Replication:
         if view is not None and view.applied.get(origin, 0) > self.engine.applied.get(origin, 0):
             self._fetch(origin, sender, now)   # more to catch up: the next page at once
 
-    def _on_change(self, origin, entries, now):
+    def _on_change(self, fields, now):
+        origin, entries = fields
         _done, gap = self.engine.apply_remote(origin, entries)
         if gap:
             self._gaps += 1
