@@ -1,6 +1,7 @@
 """Command-line entry points: `datastore-node` (run a node) and `datastore-cli` (use a cluster from a shell)."""
 import json
 import logging
+import os
 import re
 import sys
 
@@ -19,8 +20,9 @@ Options:
   --config FILE               INI or JSON file with [node], [cluster] and [peers]; flags override it.
   --node-id N                 This node's id, a positive integer unique in the cluster (required).
   --host HOST                 Address to bind and to send from [file or 127.0.0.1].
-  --port PORT                 ROUTER port for requests [file or 9000].
-  --pub-port PORT             PUB port for the change stream [file or PORT + 1000].
+  --port PORT                 Client port (ROUTER) for requests [file or 9000].
+  --pub-port PORT             PUB port for the change stream, peers only [file or PORT + 1000].
+  --peer-port PORT            Peer port (ROUTER) for peer messages, peers only [file or PORT + 2000].
   --role ROLE                 primary|secondary; only bootstraps an empty leader-mode cluster.
   --mode MODE                 leader|dynamo [file or leader].
   --data-dir DIR              Data directory [file or ./data/node<N>].
@@ -28,6 +30,7 @@ Options:
   --election-interval SEC     Seconds without a primary before an election [file or 0.5].
   --replication-timeout SEC   Seconds a write waits for its quorum [file or 2.0].
   --log-level LEVEL           DEBUG, INFO, WARNING or ERROR [file or INFO].
+  --insecure                  Allow a non-loopback --host without keys (docs/SECURITY.md).
   -h --help                   Show this help.
   --version                   Show the version.
 """
@@ -62,7 +65,8 @@ Exit status: 0 on success, 1 when a key is absent (get, delete), 2 on errors.
 """
 
 _FLAG_TO_SETTING = {
-    "--node-id": "node_id", "--host": "host", "--port": "port", "--pub-port": "pub_port", "--role": "role",
+    "--node-id": "node_id", "--host": "host", "--port": "port", "--pub-port": "pub_port",
+    "--peer-port": "peer_port", "--role": "role",
     "--mode": "mode", "--data-dir": "data_dir", "--election-interval": "election_interval",
     "--replication-timeout": "replication_timeout", "--log-level": "log_level",
 }
@@ -112,6 +116,7 @@ def node_main(argv=None):
         "%(asctime)s %(levelname)s node=%(node_id)s role=%(role)s term=%(term)s %(name)s: %(message)s"))
     logging.basicConfig(level=cfg.log_level, handlers=[handler])
     from .node import Node
+    os.umask(0o077)   # data files 0600 and dirs 0700: only this user may read the data (docs/SECURITY.md)
     try:
         node = Node(cfg)
     except (errors.ConfigError, errors.DataDirError, errors.StorageError) as exc:
@@ -128,6 +133,7 @@ def node_main(argv=None):
 def load_node_config(args):
     file_settings = configmod.load_file(args["--config"]) if args["--config"] else None
     flags = {setting: args[flag] for flag, setting in _FLAG_TO_SETTING.items()}
+    flags["insecure"] = True if args["--insecure"] else None   # absent: the file's setting, else False
     if args["--peers"] is not None:
         flags["peers"] = configmod.parse_peers_json(args["--peers"])
     return configmod.resolve(file_settings, flags)

@@ -179,7 +179,7 @@ class Commands:
             "primary_id": s.leader_id if self.engine.replicated else cfg.node_id,
             "last_seq": self.engine.last_seq, "commit_seq": self.engine.commit_seq, "applied_seq": s.applied_seq,
             "first_seq": s.first_seq, "keys_estimate": s.approximate_keys(), "restoring": bool(s.restoring),
-            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}",
+            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
             "fsync": cfg.fsync, "uptime": round(time.monotonic() - self.engine.started, 3),
             "version": self.engine.version, "peers": [],
             **(self.engine.extra_status() if self.engine.extra_status else {}),

@@ -6,7 +6,9 @@ setting; the defaults below are the documented ones.
 import configparser
 import dataclasses
 import json
+import ipaddress
 import os
+import socket
 from typing import Optional
 
 from .errors import ConfigError
@@ -18,12 +20,14 @@ ROLES = ("primary", "secondary")
 NODE_DEFAULTS = {
     "node_id": None,          # required: a positive integer, unique in the cluster
     "host": "127.0.0.1",      # address the ROUTER and PUB sockets bind to, and the source address of outgoing links
-    "port": 9000,             # ROUTER port (client requests, role queries, heartbeats)
-    "pub_port": None,         # PUB port for the change stream; default port + 1000
+    "port": 9000,             # client ROUTER port (client requests only)
+    "pub_port": None,         # PUB port for the change stream (peer plane); default port + 1000
+    "peer_port": None,        # peer ROUTER port (role queries, votes, acks, fetches); default port + 2000
     "role": None,             # primary|secondary: only bootstraps an empty leader-mode cluster
     "mode": "leader",         # leader|dynamo
     "data_dir": None,         # default ./data/node<node_id>; relative paths are relative to the working dir
     "log_level": "INFO",
+    "insecure": False,        # allow binding a non-loopback host without keys (docs/SECURITY.md)
 }
 
 # [cluster] settings: must agree on every node.
@@ -42,10 +46,10 @@ CLUSTER_DEFAULTS = {
     "max_request_size": 16 << 20,  # bytes of one message frame; larger frames drop the connection (ZMQ_MAXMSGSIZE)
 }
 
-_INT_KEYS = {"node_id", "port", "pub_port", "read_quorum", "log_retention", "max_key_size", "max_value_size",
-             "max_batch_items", "max_request_size"}
+_INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "log_retention", "max_key_size",
+             "max_value_size", "max_batch_items", "max_request_size"}
 _FLOAT_KEYS = {"election_interval", "replication_timeout", "session_timeout"}
-_BOOL_KEYS = {"fsync"}
+_BOOL_KEYS = {"fsync", "insecure"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Peer:
     host: str
     port: int
     pub_port: int
+    peer_port: int
 
     @property
     def address(self) -> str:
@@ -66,10 +71,12 @@ class Config:
     host: str
     port: int
     pub_port: int
+    peer_port: int
     role: Optional[str]
     mode: str
     data_dir: str
     log_level: str
+    insecure: bool
     election_interval: float
     replication_timeout: float
     write_quorum: int
@@ -94,6 +101,21 @@ class Config:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def host_addresses(host) -> frozenset:
+    """The IP addresses `host` stands for (a name is resolved once, at start): what a connection from
+    that host shows as its peer address."""
+    try:
+        return frozenset(info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
+    except (OSError, UnicodeError):
+        return frozenset()
+
+
+def is_loopback(host) -> bool:
+    """True when every address `host` stands for is a loopback address (127.0.0.0/8, ::1)."""
+    addresses = host_addresses(host)
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 # ---------------------------------------------------------------- reading sources
@@ -136,13 +158,14 @@ def load_file(path) -> dict:
 
 
 def _parse_peer_line(path, name, value):
-    """INI peer line: `<node_id> = host:port` or `<node_id> = host:port:pub_port`."""
+    """INI peer line: `<node_id> = host:port`, `host:port:pub_port` or `host:port:pub_port:peer_port`."""
     parts = value.strip().split(":")
-    if len(parts) not in (2, 3):
-        raise ConfigError(f"{path}: [peers] {name} = {value!r}: expected host:port or host:port:pub_port")
+    if len(parts) not in (2, 3, 4):
+        raise ConfigError(f"{path}: [peers] {name} = {value!r}: expected host:port, host:port:pub_port "
+                          f"or host:port:pub_port:peer_port")
     peer = {"node_id": name, "host": parts[0], "port": parts[1]}
-    if len(parts) == 3:
-        peer["pub_port"] = parts[2]
+    for field, part in zip(("pub_port", "peer_port"), parts[2:]):
+        peer[field] = part
     return peer
 
 
@@ -214,19 +237,23 @@ def _convert(key, value):
 def _convert_peer(raw) -> Peer:
     if not isinstance(raw, dict):
         raise ConfigError(f"peer {raw!r} must be an object with node_id, host and port")
-    unknown = set(raw) - {"node_id", "host", "port", "pub_port"}
+    unknown = set(raw) - {"node_id", "host", "port", "pub_port", "peer_port"}
     if unknown or not {"node_id", "host", "port"} <= set(raw):
-        raise ConfigError(f"peer {raw!r} needs node_id, host and port (optional pub_port) and nothing else")
+        raise ConfigError(f"peer {raw!r} needs node_id, host and port (optional pub_port, peer_port) and "
+                          f"nothing else")
     node_id = _convert("node_id", raw["node_id"])
     port = _convert("port", raw["port"])
     pub_port = _convert("pub_port", raw.get("pub_port"))
+    peer_port = _convert("peer_port", raw.get("peer_port"))
     host = raw["host"].strip() if isinstance(raw["host"], str) else ""
     if not host:
         raise ConfigError(f"peer {node_id}: host must be a non-empty string")
     _check_port(f"peer {node_id} port", port)
     pub_port = port + 1000 if pub_port is None else pub_port
     _check_port(f"peer {node_id} pub_port", pub_port)
-    return Peer(node_id, host, port, pub_port)
+    peer_port = port + 2000 if peer_port is None else peer_port
+    _check_port(f"peer {node_id} peer_port", peer_port)
+    return Peer(node_id, host, port, pub_port, peer_port)
 
 
 def _check_port(name, port):
@@ -254,6 +281,15 @@ def _check(s) -> Config:
     _check_port("pub_port", s["pub_port"])
     if s["pub_port"] == s["port"]:
         raise ConfigError(f"pub_port equals port ({s['port']}); give --pub-port another port")
+    if s["peer_port"] is None:
+        s["peer_port"] = s["port"] + 2000
+    _check_port("peer_port", s["peer_port"])
+    if s["peer_port"] in (s["port"], s["pub_port"]):
+        raise ConfigError(f"peer_port {s['peer_port']} equals port or pub_port; give --peer-port another port")
+    if not s["insecure"] and not is_loopback(s["host"]):
+        raise ConfigError(f"host {s['host']} is not a loopback address and no keys are configured: anyone who "
+                          f"can reach it could read and change data; pass --insecure to run without keys "
+                          f"anyway (docs/SECURITY.md)")
     if s["data_dir"] is None:
         s["data_dir"] = os.path.join("data", f"node{s['node_id']}")
     _check_peers(s)
@@ -292,14 +328,14 @@ def _check(s) -> Config:
 
 def _check_peers(s):
     seen_ids = {s["node_id"]}
-    own = {(s["host"], s["port"]), (s["host"], s["pub_port"])}
+    own = {(s["host"], s["port"]), (s["host"], s["pub_port"]), (s["host"], s["peer_port"])}
     seen_addrs = set(own)
     for peer in s["peers"]:
         if peer.node_id in seen_ids:
             what = "this node's own id" if peer.node_id == s["node_id"] else "listed twice"
             raise ConfigError(f"peer node_id {peer.node_id} is {what}; node ids must be unique")
         seen_ids.add(peer.node_id)
-        for port in (peer.port, peer.pub_port):
+        for port in (peer.port, peer.pub_port, peer.peer_port):
             if (peer.host, port) in seen_addrs:
                 raise ConfigError(f"peer {peer.node_id} uses {peer.host}:{port}, which another node already uses")
             seen_addrs.add((peer.host, port))

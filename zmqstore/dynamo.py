@@ -24,8 +24,8 @@ from typing import NamedTuple
 from . import errors, protocol
 from .protocol import DynEntry, decode_dyn_entry, decode_key_state, encode_dyn_entry, encode_key_state
 from .sessions import STALE, Sessions
-from .versions import (EMPTY, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only, merge, stable,
-                       winner)
+from .versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
+                       merge, stable, winner)
 
 FETCH_MAX_ENTRIES = 1000          # entries in one DENTRIES reply ...
 FETCH_MAX_BYTES = 1 << 20         # ... or about this many bytes
@@ -35,6 +35,7 @@ REPAIR_TIMEOUT = 2.0              # seconds without a reply before a repair is a
 REPAIR_IN_FLIGHT = 4              # bucket pages asked for at once
 GC_MAX_KEYS = 10_000              # tombstones looked at per housekeeping pass
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
+MAX_CLOCK_AHEAD = 600.0          # seconds a peer's clock (an entry's or sibling's HLC) may be ahead of ours
 SCAN_PAGE_ITEMS = 1000
 SCAN_PAGE_BYTES = 1 << 20
 
@@ -300,11 +301,13 @@ class DynamoEngine:
         (entries applied, True when one was missing: a gap to fetch)."""
         if origin == self.origin:
             return 0, False
-        done = 0
-        for raw in raws:
-            entry = decode_dyn_entry(raw)
+        entries = [decode_dyn_entry(raw) for raw in raws]
+        for entry in entries:     # all checked before any is applied: a refused batch changes nothing
             if entry.origin != origin:
                 raise errors.MalformedMessage(f"entry of origin {entry.origin} in a batch of origin {origin}")
+            self.check_remote(entry.hlc, (protocol.vector_from_pairs(ctx) for _k, ctx, _v in entry.ops))
+        done = 0
+        for raw, entry in zip(raws, entries):
             have = self.applied.get(origin, 0)
             if entry.seq <= have:
                 continue
@@ -437,14 +440,18 @@ class DynamoEngine:
     def merge_range(self, bucket, cursor, next_cursor, items, remote_applied):
         """Join a peer's page of a bucket into our data: each of its key states, and for our keys in
         the same span that it lacks, what its applied vector says it has seen. Returns keys changed."""
-        changed = 0
-        remote_keys = set()
-        for key, raw in items:
-            remote_keys.add(key)
+        self.check_remote(0, (remote_applied,))
+        states = []
+        for key, raw in items:   # all checked before any is joined
             if bucket_of(key) != bucket:
                 raise errors.MalformedMessage(f"key outside bucket {bucket} in a range reply")
+            states.append((key, self.remote_state(raw)))
+        changed = 0
+        remote_keys = set()
+        for key, state in states:
+            remote_keys.add(key)
             local = self.load(key)
-            merged = merge(local, _decode_state(raw), self.applied, remote_applied)
+            merged = merge(local, state, self.applied, remote_applied)
             if merged != local:
                 self._store(key, local, merged)
                 changed += 1
@@ -494,6 +501,32 @@ class DynamoEngine:
     def durable_state(self, key):
         """The key's state as stored (bytes or None), for a peer's quorum read."""
         return self.storage.get_cf("data", key)
+
+    def check_remote(self, hlc, vectors=()):
+        """Refuse what came from a peer that this node cannot justify (docs/SECURITY.md): a clock more
+        than MAX_CLOCK_AHEAD ahead of ours (adopted, it would win every key and overflow our clock),
+        or a context or applied vector claiming writes of this node's own origin beyond those it made
+        (it would make this node's next writes look superseded)."""
+        if hlc > (int((time.time() + MAX_CLOCK_AHEAD) * 1000) << HLC_LOGICAL_BITS):
+            raise errors.MalformedMessage(f"a clock of {hlc >> HLC_LOGICAL_BITS} ms is more than "
+                                          f"{MAX_CLOCK_AHEAD:.0f} s ahead of this node's")
+        own = self.applied[self.origin]
+        for vector in vectors:
+            if vector.get(self.origin, 0) > own:
+                raise errors.MalformedMessage(f"a context claims write {vector[self.origin]} of this node's "
+                                              f"origin, which has made {own}")
+
+    def remote_state(self, raw) -> KeyState:
+        """A key state from a peer, decoded and checked (check_remote) for each sibling."""
+        state = _decode_state(raw)
+        own = self.applied[self.origin]
+        for sib in state.siblings:
+            self.check_remote(sib.hlc)
+            if sib.node == self.origin and sib.seq > own:
+                raise errors.MalformedMessage(f"a sibling claims write {sib.seq} of this node's origin, "
+                                              f"which has made {own}")
+        self.check_remote(0, (state.ctx,))
+        return state
 
     def join_state(self, key, remote, remote_applied=None):
         """Join a key state from a peer into ours (read repair). Returns our new state."""
@@ -610,7 +643,8 @@ class DynamoEngine:
             "applied": {origin_name(o): s for o, s in sorted(self.durable_applied.items()) if s},
             "keys_estimate": self.storage.approximate_keys(), "conflicts": self.conflicts,
             "tombstones": self.tombstones, "digest": f"{self.durable_digest:016x}",
-            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "fsync": cfg.fsync,
+            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
+            "fsync": cfg.fsync,
             "uptime": round(time.monotonic() - self.started, 3), "version": self.version, "peers": [],
             **(self.extra_status() if self.extra_status else {}),
         }
@@ -817,7 +851,7 @@ class Replication:
 
     def _on_read(self, fields, envelope, now):
         _node_id, read_id, key = fields
-        self.node.reply(envelope, protocol.encode_peer(
+        self.node.reply_peer(envelope, protocol.encode_peer(
             "DREAD_REPLY", self.engine.node_id, read_id, self.engine.durable_state(key),
             protocol.vector_pairs(self.engine.durable_applied)))
 
@@ -826,8 +860,10 @@ class Replication:
         pending = self._reads.get(read_id)
         if pending is None or sender not in self.views or any(r[0] == sender for r in pending.replies):
             return
-        state = EMPTY if raw is None else _decode_state(raw)
-        pending.replies.append((sender, state, protocol.vector_from_pairs(applied)))
+        state = EMPTY if raw is None else self.engine.remote_state(raw)
+        remote_applied = protocol.vector_from_pairs(applied)
+        self.engine.check_remote(0, (remote_applied,))
+        pending.replies.append((sender, state, remote_applied))
         if 1 + len(pending.replies) < pending.need:
             return
         del self._reads[read_id]
@@ -847,7 +883,7 @@ class Replication:
     def _on_push(self, fields, envelope, now):
         node_id, key, raw = fields
         if node_id in self.views:
-            self.engine.join_state(key, _decode_state(raw))
+            self.engine.join_state(key, self.engine.remote_state(raw))
 
     def stable_vector(self):
         """Elementwise minimum of every configured node's applied vector, or None while a peer has
@@ -881,7 +917,7 @@ class Replication:
 
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
-        self.node.reply(envelope, self._status_message("DSTATUS_REPLY"))
+        self.node.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
 
     def _on_status(self, fields, now):
         node_id, applied, digest, keys, conflicts, tombstones, _address = fields
@@ -942,7 +978,7 @@ class Replication:
     def _on_fetch(self, fields, envelope, now):
         _node_id, origin, from_seq = fields
         entries, first = self.engine.read_entries(origin, from_seq)
-        self.node.reply(envelope, protocol.encode_peer("DENTRIES", self.engine.node_id, origin, from_seq,
+        self.node.reply_peer(envelope, protocol.encode_peer("DENTRIES", self.engine.node_id, origin, from_seq,
                                                        entries, first))
 
     def _on_entries(self, fields, now):
@@ -985,7 +1021,7 @@ class Replication:
         _node_id, repair_id, group = fields
         if group is not None and group >= GROUPS:
             return
-        self.node.reply(envelope, protocol.encode_peer(
+        self.node.reply_peer(envelope, protocol.encode_peer(
             "DTREE_REPLY", self.engine.node_id, repair_id, group, self.engine.tree_hashes(group),
             protocol.vector_pairs(self.engine.durable_applied)))
 
@@ -994,7 +1030,7 @@ class Replication:
         if bucket >= BUCKETS:
             return
         items, next_cursor = self.engine.range_items(bucket, cursor)
-        self.node.reply(envelope, protocol.encode_peer(
+        self.node.reply_peer(envelope, protocol.encode_peer(
             "DRANGE_REPLY", self.engine.node_id, repair_id, bucket, cursor, items, next_cursor,
             protocol.vector_pairs(self.engine.durable_applied)))
 

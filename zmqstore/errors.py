@@ -58,6 +58,12 @@ class BadArgument(RequestError):
     code = "bad_argument"
 
 
+class WrongPort(RequestError):
+    """A peer message sent to a client port: peer messages go to the peer port (docs/SECURITY.md)."""
+
+    code = "wrong_port"
+
+
 class InvalidKey(RequestError):
     """The key is empty."""
 
@@ -124,7 +130,7 @@ ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
         ConfigError, DataDirError, StorageError, RequestError, MalformedMessage, UnsupportedVersion,
-        UnknownCommand, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
+        UnknownCommand, WrongPort, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
         UnsupportedOperation, NotPrimary, Unavailable, ReplicationTimeout, RequestFenced, InternalError,
         ConnectionTimeout,
     )

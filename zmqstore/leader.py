@@ -39,12 +39,12 @@ class LogServer:
         if st.restoring:
             return      # our log and data are being replaced: nothing to serve (the asker retries)
         if from_seq < st.first_seq:
-            self.io.reply(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
+            self.io.reply_peer(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
             return
         from_seq = min(from_seq, st.last_seq + 1)
         self.counters["fetches_served"] += 1
         entries = st.read_entries(from_seq, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
-        self.io.reply(envelope, protocol.encode_peer(
+        self.io.reply_peer(envelope, protocol.encode_peer(
             "ENTRIES", st.term, self.node_id, from_seq - 1, st.term_at(from_seq - 1), entries,
             self.engine.commit_seq, st.last_seq))
 
@@ -68,7 +68,7 @@ class LogServer:
             log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
         held[2] = now
         items, next_cursor = self.storage.snapshot_page(held[0], cursor, SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_BYTES)
-        self.io.reply(envelope, protocol.encode_peer(
+        self.io.reply_peer(envelope, protocol.encode_peer(
             "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
             items, next_cursor))
 

@@ -10,7 +10,7 @@ import time
 
 import zmq
 
-from . import __version__, errors, protocol, transport
+from . import __version__, errors, protocol, transport, trust
 from .dynamo import DynamoEngine, Replication
 from .engine import Engine
 from .roles import Roles
@@ -19,6 +19,7 @@ from .storage import Storage
 MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit)
 HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and snapshot expiry)
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
+REFUSAL_LOG_INTERVAL = 1.0    # seconds between log lines about refused peer messages
 # Test-only: drop this fraction of published change messages, to prove the repair path
 # (docs/TESTING.md). Never set in production.
 DROP_ENV = "ZMQSTORE_TEST_DROP_CHANGES"
@@ -48,7 +49,9 @@ class Node:
         self.config = config
         self._stopping = False
         self._ctx = zmq.Context()
-        self.router = self.pub = self.sub = self.storage = self.engine = self.roles = None
+        self.router = self.peer_router = self.pub = self.sub = self.storage = self.engine = self.roles = None
+        self.gate = None
+        self._refused, self._refusal_logged = 0, 0.0
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = self.replication = None
         self._quorums = False
@@ -61,22 +64,24 @@ class Node:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # What a peer may send: log entries and states each up to about max_request_size.
+        peer_frame_max = 2 * config.max_request_size + (1 << 20)
         try:
+            self.gate = trust.PeerGate(self._ctx, config.peers)
             self.router = transport.bind_router(self._ctx, config.host, config.port, config.max_request_size)
-            self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port)
+            self.peer_router = transport.bind_router(self._ctx, config.host, config.peer_port, peer_frame_max,
+                                                     guard=self.gate.guard, what="peer_port")
+            self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port, self.gate.guard)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             dynamo = config.mode == "dynamo"
             self.engine = (DynamoEngine if dynamo else Engine)(self.storage, config, __version__)
-            # What a peer may send on the SUB and DEALER sockets (their frame limit, below).
-            self._peer_limits = self.engine.limits._replace(max_request_size=2 * config.max_request_size + (1 << 20))
+            self._peer_limits = self.engine.limits._replace(max_request_size=peer_frame_max)
             if config.peers:
                 self.sub = transport.connect_sub(self._ctx, config.peers, config.host)
                 for peer in config.peers:
-                    # Replies carry whole log entries, each up to about max_request_size.
                     self.dealers[peer.node_id] = transport.connect_dealer(
-                        self._ctx, peer.host, peer.port, identity=b"node-%d" % config.node_id,
-                        source_host=config.host, max_msg_size=2 * config.max_request_size + (1 << 20),
-                        immediate=True)
+                        self._ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
+                        source_host=config.host, max_msg_size=peer_frame_max, immediate=True)
             # Dynamo mode: requests may ask for quorums (per request, or by the cluster's settings;
             # a standalone node refuses any above 1).
             self._quorums = dynamo
@@ -136,6 +141,10 @@ class Node:
     def reply(self, envelope, body):
         transport.send_frames(self.router, envelope + [body])
 
+    def reply_peer(self, envelope, body):
+        """Answer a peer request (it came on the peer port)."""
+        transport.send_frames(self.peer_router, envelope + [body])
+
     def fail_waiters(self):
         """This node stopped being primary: no reply it holds may say its request succeeded. Writes
         get replication_timeout (their entries may still commit under the next primary), reads
@@ -155,9 +164,9 @@ class Node:
     def run(self):
         restore = self._install_signal_handlers()
         cfg = self.config
-        log.info("serving %s mode as %s on tcp://%s:%d (change stream tcp://%s:%d), data dir %s, last_seq %d, "
-                 "fsync %s, %d peers", cfg.mode, self.engine.role, cfg.host, cfg.port, cfg.host, cfg.pub_port,
-                 self.storage.path, self.storage.last_seq, "on" if cfg.fsync else "off", len(cfg.peers))
+        log.info("serving %s mode as %s on tcp://%s:%d (peer port %d, change stream %d), data dir %s, "
+                 "last_seq %d, fsync %s, %d peers", cfg.mode, self.engine.role, cfg.host, cfg.port, cfg.peer_port,
+                 cfg.pub_port, self.storage.path, self.storage.last_seq, "on" if cfg.fsync else "off", len(cfg.peers))
         try:
             self._loop()
         except errors.StorageError as exc:
@@ -191,13 +200,15 @@ class Node:
         if self.router is not None:
             # A short linger lets the last replies (already durable) leave; term() waits at most this.
             self.router.close(linger=SHUTDOWN_LINGER_MS)
-        for sock in (self.pub, self.sub, *self.dealers.values()):
+        for sock in (self.peer_router, self.pub, self.sub, *self.dealers.values()):
             if sock is not None:
                 sock.close(linger=0)
         if self.peering is not None:
             self.peering.close()
         if self.storage is not None:
             self.storage.close()
+        if self.gate is not None:
+            self.gate.close()
         self._ctx.term()
         self._wake_r.close()
         self._wake_w.close()
@@ -205,13 +216,16 @@ class Node:
     # ------------------------------------------------------------ the loop
 
     def _loop(self):
-        router, sub = self.router, self.sub
+        router, peer_router, sub = self.router, self.peer_router, self.sub
         wake_fd = self._wake_r.fileno()
-        poll_items = [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
+        dealer_peers = {sock: node_id for node_id, sock in self.dealers.items()}
+        # The peer plane first: zmq_poll reports ready items in this order, so no client load can
+        # delay heartbeats, votes or replication within an iteration.
+        poll_items = [(peer_router, zmq.POLLIN)]
         if sub is not None:
             poll_items.append((sub, zmq.POLLIN))
-        dealer_socks = set(self.dealers.values())
-        poll_items.extend((d, zmq.POLLIN) for d in dealer_socks)
+        poll_items.extend((d, zmq.POLLIN) for d in dealer_peers)
+        poll_items += [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
         # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         zmq_poll = zmq.backend.zmq_poll
         now = time.monotonic()
@@ -235,8 +249,12 @@ class Node:
             for item, _ in zmq_poll(poll_items, max(0, int((deadline - now) * 1000)) + 1):
                 if item is router:
                     self._serve_router(router)
-                elif item is sub or item in dealer_socks:
-                    self._serve_peer_socket(item)
+                elif item is peer_router:
+                    self._serve_peer_router(peer_router)
+                elif item is sub:
+                    self._serve_stream(sub)
+                elif item in dealer_peers:
+                    self._serve_dealer(item, dealer_peers[item])
                 else:
                     self._drain_wakeups()
             self._end_iteration()
@@ -302,8 +320,8 @@ class Node:
             self._answer(frames)
 
     def _answer(self, frames):
-        """One message's frames: a client request gets a reply (now or later); a peer message goes to
-        the replication side. Bad input gets an error reply; so does a bug (logged)."""
+        """One client request's frames: it gets a reply (now or later). Bad input, a peer message
+        included (wrong_port), gets an error reply; so does a bug (logged)."""
         try:
             envelope, body = protocol.split_frames(frames)
         except errors.RequestError as exc:
@@ -311,11 +329,7 @@ class Node:
             return
         request = None
         try:
-            message = protocol.decode_message(body, self.engine.limits)
-            if type(message) is protocol.PeerMessage:
-                self._on_peer_request(message, envelope)
-                return
-            request = message
+            request = protocol.decode_request(body, self.engine.limits)
             if self._quorums and self._answer_quorum(request, envelope):
                 return
             reply, wait_seq = self.engine.handle(request)
@@ -396,26 +410,80 @@ class Node:
 
     # ------------------------------------------------------------ peer messages
 
-    def _on_peer_request(self, message, envelope):
-        if self.peering is None:
-            raise errors.UnsupportedOperation(f"{message.command} is a peer message; this node has no peers")
-        self.peering.on_request(message, envelope, time.monotonic())
+    def _serve_peer_router(self, sock):
+        """Requests on the peer port: each must name a member and come from that member's host."""
+        gate = self.gate
+        for _ in range(MAX_DRAIN):
+            try:
+                frames, address = transport.recv_with_address(sock, transport.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                envelope, body = protocol.split_frames(frames)
+                message = protocol.decode_peer(body, self._peer_limits)
+            except errors.RequestError as exc:
+                self._refuse(address, f"a malformed peer message ({exc})")
+                continue
+            if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, address):
+                self._refuse(address, f"{message.command} naming node {protocol.peer_sender(message)}")
+            elif self.peering is not None:
+                self._handle_peer(self.peering.on_request, message, envelope)
 
-    def _serve_peer_socket(self, sock):
-        limits = self._peer_limits
+    def _serve_stream(self, sock):
+        """The change streams of every member (SUB): CHANGE, HEARTBEAT, DCHANGE from the member they name."""
+        gate = self.gate
+        for _ in range(MAX_DRAIN):
+            try:
+                frames, address = transport.recv_with_address(sock, transport.NOBLOCK)
+            except zmq.Again:
+                return
+            message = self._decode_peer(frames[-1], address)
+            if message is None:
+                continue
+            if message.command not in protocol.PEER_STREAM or not gate.admits(message, address):
+                self._refuse(address, f"{message.command} naming node {protocol.peer_sender(message)} on a stream")
+            else:
+                self._handle_peer(self.peering.on_message, message)
+
+    def _serve_dealer(self, sock, peer_id):
+        """Replies from one peer's peer port: each must be a reply and name that peer."""
         for _ in range(MAX_DRAIN):
             try:
                 body = transport.recv_frames(sock, transport.NOBLOCK)[-1]
             except zmq.Again:
                 return
-            try:
-                message = protocol.decode_peer(body, limits)
-            except errors.RequestError as exc:
-                log.warning("dropping a malformed peer message: %s", exc)
+            message = self._decode_peer(body, f"node {peer_id}")
+            if message is None:
                 continue
-            try:
-                self.peering.on_message(message, time.monotonic())
-            except errors.StorageError:
-                raise
-            except Exception:  # a peer's bad entry must not take this node down
-                log.exception("dropping a %s that could not be processed", message.command)
+            if message.command in protocol.PEER_REQUESTS or message.command in protocol.PEER_STREAM or \
+                    protocol.peer_sender(message) != peer_id:
+                self._refuse(f"node {peer_id}", f"{message.command} naming node {protocol.peer_sender(message)}")
+            else:
+                self._handle_peer(self.peering.on_message, message)
+
+    def _decode_peer(self, body, source):
+        try:
+            return protocol.decode_peer(body, self._peer_limits)
+        except errors.RequestError as exc:
+            self._refuse(source, f"a malformed peer message ({exc})")
+            return None
+
+    def _handle_peer(self, handler, message, *args):
+        """A handler that raises drops its message and logs the sender; it never ends the node
+        (storage failures stay fail-stop)."""
+        try:
+            handler(message, *args, time.monotonic())
+        except errors.StorageError:
+            raise
+        except Exception:
+            log.exception("dropping a %s from node %s that could not be processed", message.command,
+                          protocol.peer_sender(message))
+
+    def _refuse(self, source, what):
+        """Count a refused peer message; log at most one line per REFUSAL_LOG_INTERVAL (a flood of
+        them must not become a flood of log lines)."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
+            self._refusal_logged = now
+            log.warning("refused %s from %s (%d peer messages refused so far)", what, source, self._refused)

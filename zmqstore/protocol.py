@@ -21,6 +21,7 @@ BOOL = "bool"
 OPT_UINT = "opt_uint"      # non-negative int or nil
 ITEMS = "items"            # array of [KEY, VALUE], 1..max_batch_items entries
 UINT = "uint"              # unsigned 64-bit int
+TERM = "term"              # a leader-mode term: uint up to TERM_MAX, so one more always fits in 64 bits
 STR = "str"                # str of at most STR_MAX characters (peer messages: roles, addresses)
 CONTEXT = "context"        # bin: an opaque causal context from GET_VERSIONS (dynamo mode)
 
@@ -55,36 +56,36 @@ UINT_LIST = "uint_list"    # array of uint (anti-entropy hashes)
 BIN = "bin"                # bin of any length up to the frame limit
 OPT_BIN = "opt_bin"        # BIN or nil
 # sender_id: the node sending; for CHANGE and HEARTBEAT that is the primary of `term`.
-_LOG_BATCH = (("term", UINT), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", UINT),
+_LOG_BATCH = (("term", TERM), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", TERM),
               ("entries", BIN_LIST), ("commit_seq", UINT), ("sender_last_seq", UINT))
 # A node's state as ROLE and ROLE_REPLY carry it (election.py).
-_ROLE = (("node_id", UINT), ("term", UINT), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
-         ("last_term", UINT), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
+_ROLE = (("node_id", UINT), ("term", TERM), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
+         ("last_term", TERM), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
          ("address", STR), ("pub_address", STR))
 _DSTATUS = (("node_id", UINT), ("applied", VECTOR), ("digest", UINT), ("keys", UINT), ("conflicts", UINT),
             ("tombstones", UINT), ("address", STR))
 PEER_MESSAGES = {
     # secondary -> primary, DEALER -> ROUTER
-    "ACK": (("node_id", UINT), ("term", UINT), ("last_seq", UINT), ("round", UINT), ("voter", BOOL)),
+    "ACK": (("node_id", UINT), ("term", TERM), ("last_seq", UINT), ("round", UINT), ("voter", BOOL)),
     # any node -> any node (a secondary to its primary, a candidate to the voter whose log it adopts)
-    "FETCH": (("node_id", UINT), ("term", UINT), ("from_seq", UINT)),
-    "SNAPSHOT": (("node_id", UINT), ("term", UINT), ("snapshot_seq", UINT), ("cursor", OPT_KEY)),
+    "FETCH": (("node_id", UINT), ("term", TERM), ("from_seq", UINT)),
+    "SNAPSHOT": (("node_id", UINT), ("term", TERM), ("snapshot_seq", UINT), ("cursor", OPT_KEY)),
     # primary -> secondaries: PUB
     "CHANGE": _LOG_BATCH,
-    "HEARTBEAT": (("term", UINT), ("sender_id", UINT), ("round", UINT), ("commit_seq", UINT),
+    "HEARTBEAT": (("term", TERM), ("sender_id", UINT), ("round", UINT), ("commit_seq", UINT),
                   ("sender_last_seq", UINT)),
     # answers to FETCH and SNAPSHOT: ROUTER replies
     "ENTRIES": _LOG_BATCH,
-    "NEED_SNAPSHOT": (("term", UINT), ("sender_id", UINT), ("first_seq", UINT)),
-    "SNAPSHOT_CHUNK": (("term", UINT), ("sender_id", UINT), ("asked_seq", UINT), ("asked_cursor", OPT_KEY),
-                       ("snapshot_seq", UINT), ("snapshot_term", UINT), ("items", PAIR_LIST),
+    "NEED_SNAPSHOT": (("term", TERM), ("sender_id", UINT), ("first_seq", UINT)),
+    "SNAPSHOT_CHUNK": (("term", TERM), ("sender_id", UINT), ("asked_seq", UINT), ("asked_cursor", OPT_KEY),
+                       ("snapshot_seq", UINT), ("snapshot_term", TERM), ("items", PAIR_LIST),
                        ("next_cursor", OPT_KEY)),
     # every node <-> every node: role queries (DEALER -> ROUTER) and their replies are the heartbeats
     "ROLE": _ROLE,
     "ROLE_REPLY": _ROLE,
     # elections: a candidate asks (DEALER -> ROUTER), each node answers (ROUTER reply)
-    "VOTE_REQUEST": (("term", UINT), ("candidate_id", UINT), ("last_seq", UINT), ("last_term", UINT)),
-    "VOTE": (("term", UINT), ("node_id", UINT), ("granted", BOOL), ("last_seq", UINT), ("last_term", UINT),
+    "VOTE_REQUEST": (("term", TERM), ("candidate_id", UINT), ("last_seq", UINT), ("last_term", TERM)),
+    "VOTE": (("term", TERM), ("node_id", UINT), ("granted", BOOL), ("last_seq", UINT), ("last_term", TERM),
              ("first_seq", UINT)),
     # dynamo mode (docs/DYNAMO.md). An origin publishes its own new entries (PUB):
     "DCHANGE": (("origin", UINT), ("entries", BIN_LIST)),
@@ -111,6 +112,25 @@ PEER_MESSAGES = {
     "DPUSH": (("node_id", UINT), ("key", KEY), ("state", BIN)),
 }
 
+# Where each peer message names the node that sent it: the index of that field (DCHANGE names its
+# origin, whose node id is origin >> 32). A node accepts a peer message only from the connection of
+# the node it names (docs/SECURITY.md).
+PEER_REQUESTS = frozenset({"ACK", "FETCH", "SNAPSHOT", "ROLE", "VOTE_REQUEST", "DSTATUS", "DFETCH", "DTREE",
+                           "DRANGE", "DACK", "DREAD", "DPUSH"})       # sent to a peer port
+PEER_STREAM = frozenset({"CHANGE", "HEARTBEAT", "DCHANGE"})          # published on a PUB
+# every other peer message is a reply, which comes back on the DEALER that asked
+PEER_SENDER_FIELD = {cmd: 0 for cmd in PEER_MESSAGES}
+PEER_SENDER_FIELD.update({"VOTE_REQUEST": 1, "CHANGE": 1, "HEARTBEAT": 1, "ENTRIES": 1, "NEED_SNAPSHOT": 1,
+                          "SNAPSHOT_CHUNK": 1, "VOTE": 1})
+
+
+def peer_sender(message) -> int:
+    """The node id a validated peer message says sent it."""
+    if message.command == "DCHANGE":
+        return message.fields[0] >> 32
+    return message.fields[PEER_SENDER_FIELD[message.command]]
+
+
 # Reply status words.
 OK = "OK"
 ERR = "ERR"
@@ -127,6 +147,7 @@ PEER_ARRAY_MAX = 10_000  # entries or snapshot items in one peer message
 # Python (no `default` hook) and resets its buffer on error.
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 CLIENT_ID_MAX = 64
+TERM_MAX = (1 << 63) - 1
 CONTEXT_MAX = 64 << 10
 STR_MAX = 256
 UINT64_MAX = (1 << 64) - 1
@@ -189,14 +210,35 @@ def unpack_value(data: bytes, limits: Limits = None):
     try:
         if limits is None:
             return msgpack.unpackb(data, raw=False, strict_map_key=False)
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=False,
-            max_bin_len=limits.max_value_size, max_str_len=limits.max_value_size,
-            max_array_len=limits.max_value_size, max_map_len=limits.max_value_size,
-            max_ext_len=limits.max_value_size,
-        )
+        return _unpackb(data, limits.max_value_size, limits.max_value_size, limits.max_value_size,
+                        max_ext_len=limits.max_value_size)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise errors.MalformedMessage(f"value is not one msgpack object: {type(exc).__name__}") from None
+
+
+# Below this many bytes a message is decoded directly: with every length capped by the input's size,
+# the worst nesting costs little. Above it, decoding walks the structure first without building it.
+_SMALL_INPUT = 256
+
+
+def _unpackb(data: bytes, max_bin_len, max_array_len, max_map_len, max_ext_len=0, use_list=True):
+    """msgpack.unpackb whose cost is bounded by what was received (docs/SECURITY.md).
+
+    msgpack allocates a container as soon as its header is read, at the declared length: 3 KB of
+    nested headers each declaring 10,000 items would allocate 80 MB before failing. So every length is
+    capped by the input's size, and an input above _SMALL_INPUT bytes is first walked with
+    Unpacker.skip, which builds nothing and fails on a container whose items are not all there. Once
+    it passes, every declared item is present, so what unpackb allocates is proportional to len(data).
+    """
+    n = len(data)
+    caps = {"max_bin_len": min(max_bin_len, n), "max_str_len": min(max_bin_len, n),
+            "max_array_len": min(max_array_len, n), "max_map_len": min(max_map_len, n),
+            "max_ext_len": min(max_ext_len, n)}
+    if n > _SMALL_INPUT:
+        walker = msgpack.Unpacker(max_buffer_size=n, **caps)
+        walker.feed(data)
+        walker.skip()
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=use_list, **caps)
 
 
 # ---------------------------------------------------------------- frames
@@ -222,27 +264,15 @@ def encode_request(command: str, client_id: bytes, request_id: int, open_from: i
 
 def _unpack_body(body: bytes, limits: Limits):
     try:
-        return msgpack.unpackb(
-            body, raw=False, strict_map_key=False, use_list=True,
-            max_bin_len=limits.max_request_size, max_str_len=limits.max_request_size,
-            # peer messages carry up to a few thousand entries or snapshot items
-            max_array_len=max(limits.max_batch_items, PEER_ARRAY_MAX) + HEADER_FIELDS + 8,
-            max_map_len=64, max_ext_len=0,
-        )
+        # peer messages carry up to a few thousand entries or snapshot items
+        return _unpackb(body, limits.max_request_size,
+                        max(limits.max_batch_items, PEER_ARRAY_MAX) + HEADER_FIELDS + 8, 64)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise errors.MalformedMessage(f"body is not valid msgpack: {type(exc).__name__}") from None
 
 
 def encode_peer(command: str, *fields) -> bytes:
     return _pack([PROTOCOL_VERSION, command, *fields])
-
-
-def decode_message(body: bytes, limits: Limits = Limits()):
-    """A message arriving on a ROUTER: a client Request or a PeerMessage, fully validated."""
-    msg = _unpack_body(body, limits)
-    if type(msg) is list and len(msg) >= 2 and msg[1] in PEER_MESSAGES and msg[0] == PROTOCOL_VERSION:
-        return _validate_peer(msg, limits)
-    return _validate_request(msg, limits)
 
 
 def decode_peer(body: bytes, limits: Limits = Limits()) -> PeerMessage:
@@ -266,9 +296,13 @@ def _validate_peer(msg, limits):
 
 
 def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
-    """Parse and fully validate one request body. Raises a RequestError subclass on any bad input;
-    the exception carries `request_id` (0 when it could not be read) so the reply can name it."""
-    return _validate_request(_unpack_body(body, limits), limits)
+    """Parse and fully validate one request body, as a client port receives it. Raises a RequestError
+    subclass on any bad input; the exception carries `request_id` (0 when it could not be read) so
+    the reply can name it. A peer message gets WrongPort: peers talk on the peer port."""
+    msg = _unpack_body(body, limits)
+    if type(msg) is list and len(msg) >= 2 and type(msg[1]) is str and msg[1] in PEER_MESSAGES:
+        raise errors.WrongPort(f"{msg[1]} is a peer message; this is a client port (peers use the peer port)")
+    return _validate_request(msg, limits)
 
 
 def _validate_request(msg, limits) -> Request:
@@ -380,6 +414,11 @@ def _check_uint(command, name, value, limits):
         raise errors.BadArgument(f"{command}.{name} must be an unsigned 64-bit integer")
 
 
+def _check_term(command, name, value, limits):
+    if type(value) is not int or not 0 <= value <= TERM_MAX:
+        raise errors.BadArgument(f"{command}.{name} must be a term from 0 to {TERM_MAX}")
+
+
 def _check_str(command, name, value, limits):
     if type(value) is not str or len(value) > STR_MAX:
         raise errors.BadArgument(f"{command}.{name} must be a string of at most {STR_MAX} characters")
@@ -429,7 +468,7 @@ def _check_context(command, name, value, limits):
 _CHECKERS = {
     KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
-    UINT: _check_uint, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
+    UINT: _check_uint, TERM: _check_term, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
     VECTOR: _check_vector, CONTEXT: _check_context, UINT_LIST: _check_uint_list, BIN: _check_bin,
     OPT_BIN: _check_opt_bin,
 }
@@ -482,7 +521,7 @@ def entry_term(data: bytes) -> int:
 
 
 def decode_entry(data: bytes) -> LogEntry:
-    term, client_id, request_id, ops = msgpack.unpackb(data, raw=False, use_list=False)
+    term, client_id, request_id, ops = _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False)
     return LogEntry(term, client_id, request_id, ops)
 
 
@@ -505,7 +544,7 @@ def encode_dyn_entry(entry: DynEntry) -> bytes:
 def decode_dyn_entry(data: bytes) -> DynEntry:
     """An entry from a peer or the log. Raises MalformedMessage on anything but a well-formed entry."""
     try:
-        origin, seq, hlc, client_id, request_id, ops = msgpack.unpackb(data, raw=False, use_list=False)
+        origin, seq, hlc, client_id, request_id, ops = _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False)
         if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc) and type(client_id) is bytes
                 and _is_uint(request_id) and type(ops) is tuple):
             raise ValueError
@@ -542,7 +581,7 @@ def encode_context(ctx: dict) -> bytes:
 
 def decode_context(data: bytes) -> dict:
     try:
-        return _vector_dict(msgpack.unpackb(data, raw=False, use_list=False, max_array_len=PEER_ARRAY_MAX))
+        return _vector_dict(_unpackb(data, 0, PEER_ARRAY_MAX, 0, use_list=False))
     except Exception:
         raise errors.BadArgument("context is not one returned by get_versions") from None
 
@@ -556,7 +595,7 @@ def decode_key_state(data: bytes):
     """-> (ctx dict, [(node, seq, hlc, value or None), ...]). A state from a peer is checked like
     an entry: anything malformed raises MalformedMessage."""
     try:
-        pairs, siblings = msgpack.unpackb(data, raw=False, use_list=False)
+        pairs, siblings = _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False)
         ctx = _vector_dict(pairs)
         for origin, seq, hlc, value in siblings:
             if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc)) or (

@@ -258,7 +258,7 @@ class Roles:
 
     def _on_role_query(self, fields, envelope, now):
         self._on_role(fields, now)
-        self.node.reply(envelope, protocol.encode_peer("ROLE_REPLY", *self._role_fields(now)))
+        self.node.reply_peer(envelope, protocol.encode_peer("ROLE_REPLY", *self._role_fields(now)))
 
     def _on_role(self, fields, now):
         view = self.election.on_role(fields, now)
@@ -297,7 +297,7 @@ class Roles:
             log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,
                      term, st.term, st.voted_for, "learner" if st.learner else
                      "primary lost" if self._lost_primary(now) else "primary still heard")
-        self.node.reply(envelope, protocol.encode_peer(
+        self.node.reply_peer(envelope, protocol.encode_peer(
             "VOTE", st.term, self.node_id, granted, st.last_seq, st.last_term, st.first_seq))
 
     def _on_ack(self, fields, envelope, now):

@@ -318,7 +318,8 @@ def _check_data_dir(data_dir, marker_path, node_id, mode) -> bool:
         parent = os.path.dirname(data_dir)
         if not os.path.isdir(parent):
             raise DataDirError(f"parent of data dir {data_dir} does not exist; create {parent} or fix --data-dir")
-        os.mkdir(data_dir)
+        os.mkdir(data_dir, 0o700)
+    _make_private(data_dir)
     if not os.path.exists(marker_path):
         if os.listdir(data_dir):
             raise DataDirError(f"data dir {data_dir} is not empty and has no {MARKER}: it was not written by "
@@ -341,6 +342,20 @@ def _check_data_dir(data_dir, marker_path, node_id, mode) -> bool:
     if not os.path.isdir(os.path.join(data_dir, DB_DIR)):
         raise DataDirError(f"data dir {data_dir} has {MARKER} but no {DB_DIR}/: its data was lost")
     return False
+
+
+def _make_private(data_dir):
+    """Data dirs are 0700 and their files 0600: only the node's user may read the data (docs/SECURITY.md).
+    What exists is tightened here; what RocksDB creates later follows the node process's umask (077,
+    set by datastore-node)."""
+    os.chmod(data_dir, 0o700)
+    for root, dirs, files in os.walk(data_dir):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o700)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
 
 
 def _write_marker(marker_path, node_id, mode):

@@ -28,9 +28,12 @@ def _bind(sock, host, port, what):
         raise ConfigError(f"cannot bind {what} {host}:{port}: {exc}") from None
 
 
-def bind_router(ctx, host, port, max_msg_size):
-    """The node's request socket. Frames larger than max_msg_size drop the sender's connection."""
+def bind_router(ctx, host, port, max_msg_size, guard=None, what="port"):
+    """A node's client port, or (with `guard`, which asks the ZAP handler about every connection) its
+    peer port. Frames larger than max_msg_size drop the sender's connection."""
     sock = ctx.socket(zmq.ROUTER)
+    if guard is not None:
+        guard(sock)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
@@ -39,14 +42,21 @@ def bind_router(ctx, host, port, max_msg_size):
     # partition that swallowed its old connection's FIN, takes its identity over at once: by
     # default a ROUTER refuses the new connection while it still holds the half-open old one.
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    _bind(sock, host, port, "port")
+    _bind(sock, host, port, what)
     return sock
 
 
-def bind_pub(ctx, host, port):
-    """The node's change-stream socket."""
+# What a subscriber may send a PUB: subscriptions (a flag byte and a prefix; nodes subscribe to
+# everything, the empty prefix). A larger frame drops the connection before it is buffered.
+PUB_MAX_INBOUND = 256
+
+
+def bind_pub(ctx, host, port, guard):
+    """The node's change-stream socket, peer plane: `guard` admits only members."""
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_INBOUND)
+    guard(sock)
     _bind(sock, host, port, "pub_port")
     return sock
 
@@ -106,6 +116,15 @@ def recv_frames(sock, flags=0):
     while _backend_get(sock, _RCVMORE):
         frames.append(_backend_recv(sock, 0))
     return frames
+
+
+def recv_with_address(sock, flags=0):
+    """All frames of the next message as bytes, and the IP address of the connection it came on
+    (ZeroMQ's Peer-Address metadata): how the peer plane tells which host sent a message."""
+    frames = [_backend_recv(sock, flags, False)]
+    while frames[-1].more:
+        frames.append(_backend_recv(sock, 0, False))
+    return [f.bytes for f in frames], frames[-1].get("Peer-Address")
 
 
 def recv_routed(sock, flags=0):

@@ -159,8 +159,8 @@ def test_fuzzed_frames_get_errors_and_change_nothing(node, raw):
     assert len(set(seen)) >= 4, f"fuzzing reached too few error paths: {sorted(set(seen))}"
 
 
-def test_peer_message_to_a_standalone_node_is_refused(node, raw):
+def test_peer_message_on_the_client_port_is_refused_with_wrong_port(node, raw):
     reply = protocol.decode_reply(raw.ask([protocol.encode_peer("FETCH", 2, 1, 1)])[-1])
-    assert not reply.ok and reply.result[0] == "unsupported_operation"
+    assert not reply.ok and reply.result[0] == "wrong_port"
     with node.client() as db:
         assert db.ping() == 1

@@ -213,14 +213,15 @@ def test_the_seed_two_node_example(tmp_path):
     hosts = ("127.0.0.2", "127.0.0.3")
     ports = [free_port(h) for h in hosts]
     pubs = [free_port(h) for h in hosts]
+    peer_ports = [free_port(h) for h in hosts]
     nodes = []
     try:
         for i in (0, 1):
             other = 1 - i
             peers = json.dumps([{"node_id": other + 1, "host": hosts[other], "port": ports[other],
-                                 "pub_port": pubs[other]}])
+                                 "pub_port": pubs[other], "peer_port": peer_ports[other]}])
             node = NodeProcess(i + 1, tmp_path / f"d{i + 1}", tmp_path / f"d{i + 1}.log", host=hosts[i],
-                               port=ports[i], pub_port=pubs[i],
+                               port=ports[i], pub_port=pubs[i], peer_port=peer_ports[i],
                                args=["--mode", "dynamo", "--peers", peers])
             nodes.append(node.start(wait=False))
         for node in nodes:

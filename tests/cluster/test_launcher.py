@@ -12,25 +12,27 @@ from zmqstore.testing.process import free_port, wait_until
 
 def write_config(tmp_path, fmt, n, ports):
     """The seed's layout, as conf/leader/nodeN.{ini,json}, with ports free on this machine."""
-    port, pub = ports[n]
+    port, pub, peer_port = ports[n]
     role = "primary" if n == 1 else "secondary"
     path = tmp_path / f"node{n}.{fmt}"
     if fmt == "ini":
-        peers = "".join(f"{m} = 127.0.0.1:{p}:{q}\n" for m, (p, q) in ports.items() if m != n)
-        path.write_text(f"[node]\nnode_id = {n}\nport = {port}\npub_port = {pub}\nrole = {role}\n"
+        peers = "".join(f"{m} = 127.0.0.1:{p}:{q}:{r}\n" for m, (p, q, r) in ports.items() if m != n)
+        path.write_text(f"[node]\nnode_id = {n}\nport = {port}\npub_port = {pub}\npeer_port = {peer_port}\n"
+                        f"role = {role}\n"
                         f"data_dir = {tmp_path / f'd{n}'}\n[peers]\n{peers}")
     else:
         path.write_text(json.dumps({
-            "node": {"node_id": n, "port": port, "pub_port": pub, "role": role, "data_dir": str(tmp_path / f"d{n}")},
+            "node": {"node_id": n, "port": port, "pub_port": pub, "peer_port": peer_port, "role": role,
+                     "data_dir": str(tmp_path / f"d{n}")},
             "cluster": {"write_quorum": "majority"},
-            "peers": [{"node_id": m, "host": "127.0.0.1", "port": p, "pub_port": q}
-                      for m, (p, q) in ports.items() if m != n]}))
+            "peers": [{"node_id": m, "host": "127.0.0.1", "port": p, "pub_port": q, "peer_port": r}
+                      for m, (p, q, r) in ports.items() if m != n]}))
     return str(path)
 
 
 @pytest.mark.parametrize("fmt", ["ini", "json"])
 def test_launcher_runs_a_cluster_and_stops_it(tmp_path, fmt):
-    ports = {n: (free_port(), free_port()) for n in (1, 2, 3)}
+    ports = {n: (free_port(), free_port(), free_port()) for n in (1, 2, 3)}
     configs = [write_config(tmp_path, fmt, n, ports) for n in ports]
     out = tmp_path / "out.log"
     with open(out, "wb") as f:

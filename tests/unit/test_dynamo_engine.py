@@ -175,6 +175,9 @@ class FakeIo:
     def reply(self, envelope, body):
         pass
 
+    def reply_peer(self, envelope, body):
+        pass
+
     def publish(self, body):
         pass
 
@@ -287,3 +290,39 @@ def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_pat
     finally:
         for e in engines.values():
             e.storage.close()
+
+
+def test_forged_remote_states_and_entries_are_refused_and_change_nothing(make_engine):
+    """The trust issue's DPUSH (claiming node 2, context and clock UINT64_MAX) overwrote a key and
+    made it unwritable. A peer's state, entry or applied vector is refused when it claims writes of
+    this node's own origin that it never made, or a clock more than MAX_CLOCK_AHEAD ahead."""
+    import time
+    from zmqstore.dynamo import MAX_CLOCK_AHEAD
+    from zmqstore.versions import HLC_LOGICAL_BITS
+    a, b = make_engine(1, "a"), make_engine(2, "b")
+    call = Caller(a)
+    call("PUT", b"victim", V("original"))
+    a.flush()
+    u64 = (1 << 64) - 1
+    now_hlc = int(time.time() * 1000) << HLC_LOGICAL_BITS
+    far = (int((time.time() + 2 * MAX_CLOCK_AHEAD) * 1000)) << HLC_LOGICAL_BITS
+    forged = [
+        protocol.encode_key_state({a.origin: u64}, [(b.origin, 1, now_hlc, V("forged"))]),   # own origin, future
+        protocol.encode_key_state({b.origin: 1}, [(b.origin, 1, u64, V("forged"))]),         # clock UINT64_MAX
+        protocol.encode_key_state({b.origin: 1}, [(b.origin, 1, far, V("forged"))]),         # clock 20 min ahead
+        protocol.encode_key_state({}, [(a.origin, 5, now_hlc, V("forged"))]),                # our dot, never made
+    ]
+    for raw in forged:
+        with pytest.raises(errors.MalformedMessage):
+            a.join_state(b"victim", a.remote_state(raw))
+    with pytest.raises(errors.MalformedMessage):
+        a.merge_range(0, None, None, [], {a.origin: u64})
+    entry = protocol.encode_dyn_entry(protocol.DynEntry(b.origin, 1, u64, b"c" * 16, 1, ((b"victim", [], V("x")),)))
+    with pytest.raises(errors.MalformedMessage):
+        a.apply_remote(b.origin, [entry])
+    assert a.applied.get(b.origin, 0) == 0
+    assert call("GET", b"victim", False)[0] == V("original")
+    assert call("PUT", b"victim", V("rewritten"), request_id=2)[0] is True          # still writable
+    ok = protocol.encode_key_state({b.origin: 1}, [(b.origin, 1, now_hlc, V("fine"))])
+    a.join_state(b"other", a.remote_state(ok))                                       # a fair state joins
+    assert call("GET", b"other", False)[0] == V("fine")

@@ -24,7 +24,7 @@ class FakeIO:
         self.sent.append((node_id, protocol.decode_peer(body)))
         return True
 
-    def reply(self, envelope, body):
+    def reply_peer(self, envelope, body):
         self.replies.append(protocol.decode_peer(body))
 
 

@@ -41,7 +41,7 @@ class SimNode:
         self.net.send(self.node_id, peer, "req", body)
         return True
 
-    def reply(self, envelope, body):
+    def reply_peer(self, envelope, body):
         self.net.send(self.node_id, envelope, "msg", body)
 
     def fail_waiters(self):

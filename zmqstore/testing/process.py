@@ -35,13 +35,14 @@ class NodeProcess:
     """One datastore-node process. `args` are extra command-line flags; output goes to `log_path`."""
 
     def __init__(self, node_id, data_dir, log_path, host="127.0.0.1", port=None, pub_port=None, args=(),
-                 new_session=True):
+                 new_session=True, peer_port=None):
         """new_session=False keeps the node in the caller's process group, so that killing the group
         (a benchmark run cut short) takes the node with it."""
         self.node_id = node_id
         self.host = host
         self.port = port or free_port(host)
         self.pub_port = pub_port or free_port(host)
+        self.peer_port = peer_port or free_port(host)
         self.data_dir = str(data_dir)
         self.log_path = str(log_path)
         self.args = list(args)
@@ -55,7 +56,8 @@ class NodeProcess:
 
     def command(self):
         return [sys.executable, "-m", "zmqstore", "--node-id", str(self.node_id), "--host", self.host,
-                "--port", str(self.port), "--pub-port", str(self.pub_port), "--data-dir", self.data_dir,
+                "--port", str(self.port), "--pub-port", str(self.pub_port), "--peer-port", str(self.peer_port),
+                "--data-dir", self.data_dir,
                 *self.args]
 
     def start(self, wait=True, timeout=15.0):
@@ -150,11 +152,11 @@ class Cluster:
             self.nodes[node_id] = NodeProcess(
                 node_id, os.path.join(self.base_dir, f"node{node_id}"),
                 os.path.join(self.base_dir, f"node{node_id}.log"), host=host,
-                port=free_port(host), pub_port=free_port(host), new_session=new_session)
+                new_session=new_session)
 
     def peers_json(self, node_id):
-        return json.dumps([{"node_id": n.node_id, "host": n.host, "port": n.port, "pub_port": n.pub_port}
-                           for n in self.nodes.values() if n.node_id != node_id])
+        return json.dumps([{"node_id": n.node_id, "host": n.host, "port": n.port, "pub_port": n.pub_port,
+                            "peer_port": n.peer_port} for n in self.nodes.values() if n.node_id != node_id])
 
     def node_args(self, node_id):
         if self.mode == "dynamo":
