@@ -31,6 +31,10 @@ Options:
   --replication-timeout SEC   Seconds a write waits for its quorum [file or 2.0].
   --log-level LEVEL           DEBUG, INFO, WARNING or ERROR [file or INFO].
   --insecure                  Allow a non-loopback --host without keys (docs/SECURITY.md).
+  --secret-key FILE           This node's secret key (NAME.key_secret): CurveZMQ on every socket.
+  --node-keys DIR             Directory of every node's public key, node<ID>.key.
+  --client-keys DIR           Directory of read-write clients' public keys.
+  --readonly-keys DIR         Directory of read-only clients' public keys.
   -h --help                   Show this help.
   --version                   Show the version.
 """
@@ -45,11 +49,15 @@ Usage:
   datastore-cli [options] versions KEY
   datastore-cli [options] status
   datastore-cli [options] ping
+  datastore-cli keygen NAME [--dir DIR]
   datastore-cli -h | --help
   datastore-cli --version
 
 Options:
-  -e --endpoints LIST   Comma-separated host:port list [default: 127.0.0.1:9000].
+  -e --endpoints LIST   Comma-separated host:port list, or ID@host:port with keys [default: 127.0.0.1:9000].
+  --secret-key FILE     This client's secret key (NAME.key_secret): talk CurveZMQ (docs/SECURITY.md).
+  --node-keys DIR       Directory of the nodes' public keys (node<ID>.key), with --secret-key.
+  --dir DIR             Where keygen writes NAME.key and NAME.key_secret [default: .].
   --json                Print results as JSON.
   --json-value          Parse VALUE as JSON instead of storing it as a string.
   --stale               Read from the node talked to, without redirects.
@@ -66,7 +74,8 @@ Exit status: 0 on success, 1 when a key is absent (get, delete), 2 on errors.
 
 _FLAG_TO_SETTING = {
     "--node-id": "node_id", "--host": "host", "--port": "port", "--pub-port": "pub_port",
-    "--peer-port": "peer_port", "--role": "role",
+    "--peer-port": "peer_port", "--role": "role", "--secret-key": "secret_key", "--node-keys": "node_keys",
+    "--client-keys": "client_keys", "--readonly-keys": "readonly_keys",
     "--mode": "mode", "--data-dir": "data_dir", "--election-interval": "election_interval",
     "--replication-timeout": "replication_timeout", "--log-level": "log_level",
 }
@@ -145,13 +154,29 @@ def cli_main(argv=None):
     args = _parse_args(CLI_USAGE, argv, "datastore-cli")
     from .client import Client, Retry
     try:
+        if args["keygen"]:
+            return _keygen(args)
         timeout = float(args["--timeout"])
-        with Client(args["--endpoints"], timeout=timeout, retry=Retry(max_tries=2)) as db:
+        with Client(args["--endpoints"], timeout=timeout, retry=Retry(max_tries=2), **_client_keys(args)) as db:
             return _run_command(db, args)
     except (errors.ZmqstoreError, ValueError) as exc:
         code = getattr(exc, "code", "error")
         print(f"datastore-cli: {code}: {exc}", file=sys.stderr)
         return 2
+
+
+def _client_keys(args) -> dict:
+    return {"secret_key": args["--secret-key"], "node_keys": args["--node-keys"]} if args["--secret-key"] else {}
+
+
+def _keygen(args):
+    """Write a key pair in ZeroMQ's certificate format (docs/SECURITY.md: node keys are named nodeID)."""
+    from .keys import keygen
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args["NAME"]):
+        raise ValueError(f"key name {args['NAME']!r}: use letters, digits, '_', '.' and '-'")
+    public, secret = keygen(args["--dir"], args["NAME"])
+    print(f"wrote {public} (public: give it to whoever must accept this key) and {secret} (secret, 0600)")
+    return 0
 
 
 def _show(args, value):
@@ -220,13 +245,15 @@ def _run_command(db, args):
     return 0
 
 
-def _cluster_status(endpoints, timeout):
-    """STATUS from every endpoint given (a row per node), or the one node's view of its peers."""
+def _cluster_status(db, args):
+    """STATUS from every endpoint given (a row per node)."""
     from .client import Client, Retry
     rows = []
-    for endpoint in endpoints:
+    for endpoint in db.endpoints:
+        named = f"{db._node_ids[endpoint]}@{endpoint}" if endpoint in db._node_ids else endpoint
         try:
-            with Client(endpoint, timeout=timeout, retry=Retry(max_tries=1)) as one:
+            with Client(named, timeout=float(args["--timeout"]), retry=Retry(max_tries=1),
+                        **_client_keys(args)) as one:
                 rows.append(one.status())
         except errors.ZmqstoreError as exc:
             rows.append({"address": endpoint, "role": f"unreachable ({exc.code})"})
@@ -240,7 +267,7 @@ def _print_status(args, db):
         rows = [status] + [dict(peer, term="-", commit_seq=peer.get("commit_seq", "-"))
                            for peer in status.get("peers", [])]
     else:
-        rows = _cluster_status(endpoints, float(args["--timeout"]))
+        rows = _cluster_status(db, args)
     if args["--json"]:
         _show(args, rows if len(endpoints) > 1 else rows[0])
         return

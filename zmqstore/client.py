@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import zmq
 
-from . import errors, protocol, transport
+from . import errors, keys, protocol, transport
 from .protocol import pack_value, unpack_value
 
 DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
@@ -88,20 +88,28 @@ class Retry:
 
 
 def _parse_endpoints(endpoints):
+    """-> (["host:port", ...], {"host:port": node id}) from "host:port" or "ID@host:port" items."""
     if isinstance(endpoints, str):
         endpoints = [e for e in endpoints.split(",") if e.strip()]
-    result = []
+    result, node_ids = [], {}
     for e in endpoints:
         e = e.strip()
+        node_id, at, rest = e.partition("@")
+        if at:
+            if not node_id.isdigit():
+                raise ValueError(f"endpoint {e!r} must be host:port or ID@host:port")
+            e = rest
         if e.startswith("tcp://"):
             e = e[len("tcp://"):]
         host, sep, port = e.rpartition(":")
         if not sep or not host or not port.isdigit():
-            raise ValueError(f"endpoint {e!r} must be host:port")
+            raise ValueError(f"endpoint {e!r} must be host:port or ID@host:port")
         result.append(f"{host}:{int(port)}")
+        if at:
+            node_ids[result[-1]] = int(node_id)
     if not result:
         raise ValueError("at least one endpoint is needed")
-    return result
+    return result, node_ids
 
 
 def encode_key(key) -> bytes:
@@ -117,11 +125,24 @@ class Client:
 
     `endpoints`: "host:port", a comma-separated string or a list. `decode_keys`: scan yields str
     keys (bytes for keys that are not UTF-8); False yields bytes always.
+
+    With keys (CurveZMQ, docs/SECURITY.md): `secret_key` is this client's NAME.key_secret and
+    `node_keys` the directory of the nodes' public keys (node<ID>.key); each endpoint then names its
+    node, "ID@host:port", so the client knows which key that node must prove it holds. A redirect
+    names the primary's id, so it can be followed to any node.
     """
 
     def __init__(self, endpoints, timeout=DEFAULT_TIMEOUT, retry=None, decode_keys=True,
-                 max_request_size=16 << 20):
-        self.endpoints = _parse_endpoints(endpoints)
+                 max_request_size=16 << 20, secret_key=None, node_keys=None):
+        self.endpoints, self._node_ids = _parse_endpoints(endpoints)
+        self._keys = None
+        if secret_key is not None or node_keys is not None:
+            if secret_key is None or node_keys is None:
+                raise ValueError("keys need both secret_key (this client's NAME.key_secret) and node_keys")
+            self._keys = keys.load_client_keys(secret_key, node_keys)
+            unnamed = [e for e in self.endpoints if e not in self._node_ids]
+            if unnamed:
+                raise ValueError(f"with keys every endpoint must name its node as ID@host:port: {unnamed}")
         self.timeout = timeout
         self.retry = retry or Retry()
         self.decode_keys = decode_keys
@@ -156,12 +177,26 @@ class Client:
         # A send to a node that is down queues up to SNDHWM messages, then blocks: bound that wait too.
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
         sock.setsockopt(zmq.SNDHWM, transport.ROUTER_HWM)
+        if self._keys is not None:
+            node_key = self._keys.nodes.get(self._node_ids.get(self.endpoint))
+            if node_key is None:
+                sock.close(linger=0)
+                raise errors.ConnectionTimeout(f"no key for the node at {self.endpoint} (node "
+                                               f"{self._node_ids.get(self.endpoint)}) in the node keys")
+            transport.curve_client(sock, self._keys.own, node_key)
         sock.connect("tcp://" + self.endpoint)
         self._sock = sock
 
+    def _redirect(self, details) -> str:
+        """The primary's address a not_primary reply names (None when it names none), learning its id."""
+        address = details.get("primary_address")
+        if address and details.get("primary_id"):
+            self._node_ids.setdefault(address, details["primary_id"])
+        return address
+
     def _next_endpoint(self, hint=None):
         """Reconnect: to the primary a node named, else to the next endpoint in the list."""
-        if hint:
+        if hint and (self._keys is None or hint in self._node_ids):
             self._connect(hint)
         else:
             self._endpoint_index = (self._endpoint_index + 1) % len(self.endpoints)
@@ -216,7 +251,7 @@ class Client:
             try:
                 return self._attempt(body, request_id)
             except errors.NotPrimary as exc:
-                failure, hint = exc, exc.details.get("primary_address")
+                failure, hint = exc, self._redirect(exc.details)
             except (errors.Unavailable, errors.ConnectionTimeout) as exc:
                 failure = exc
             except errors.ReplicationTimeout as exc:

@@ -28,6 +28,11 @@ NODE_DEFAULTS = {
     "data_dir": None,         # default ./data/node<node_id>; relative paths are relative to the working dir
     "log_level": "INFO",
     "insecure": False,        # allow binding a non-loopback host without keys (docs/SECURITY.md)
+    # CurveZMQ keys (docs/SECURITY.md); setting secret_key turns them on for every socket
+    "secret_key": None,       # this node's NAME.key_secret (datastore-cli keygen)
+    "node_keys": None,        # directory of every node's public key, node<ID>.key
+    "client_keys": None,      # directory of public keys of read-write clients
+    "readonly_keys": None,    # directory of public keys of read-only clients
 }
 
 # [cluster] settings: must agree on every node.
@@ -44,10 +49,12 @@ CLUSTER_DEFAULTS = {
     "max_value_size": 1 << 20,    # bytes of the msgpack-encoded value
     "max_batch_items": 10_000,    # items in one put_many
     "max_request_size": 16 << 20,  # bytes of one message frame; larger frames drop the connection (ZMQ_MAXMSGSIZE)
+    "client_output_limit": 64 << 20,  # bytes of replies a client connection may leave unread (docs/SECURITY.md)
+    "max_connections": 1024,      # client connections a node accepts at once; more are refused at the handshake
 }
 
 _INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "log_retention", "max_key_size",
-             "max_value_size", "max_batch_items", "max_request_size"}
+             "max_value_size", "max_batch_items", "max_request_size", "client_output_limit", "max_connections"}
 _FLOAT_KEYS = {"election_interval", "replication_timeout", "session_timeout"}
 _BOOL_KEYS = {"fsync", "insecure"}
 
@@ -77,6 +84,10 @@ class Config:
     data_dir: str
     log_level: str
     insecure: bool
+    secret_key: Optional[str]
+    node_keys: Optional[str]
+    client_keys: Optional[str]
+    readonly_keys: Optional[str]
     election_interval: float
     replication_timeout: float
     write_quorum: int
@@ -88,6 +99,8 @@ class Config:
     max_value_size: int
     max_batch_items: int
     max_request_size: int
+    client_output_limit: int
+    max_connections: int
     peers: tuple = ()
 
     @property
@@ -101,6 +114,11 @@ class Config:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def keys(self) -> bool:
+        """CurveZMQ on every socket (docs/SECURITY.md)."""
+        return self.secret_key is not None
 
 
 def host_addresses(host) -> frozenset:
@@ -286,7 +304,15 @@ def _check(s) -> Config:
     _check_port("peer_port", s["peer_port"])
     if s["peer_port"] in (s["port"], s["pub_port"]):
         raise ConfigError(f"peer_port {s['peer_port']} equals port or pub_port; give --peer-port another port")
-    if not s["insecure"] and not is_loopback(s["host"]):
+    for key in ("secret_key", "node_keys", "client_keys", "readonly_keys"):
+        if s[key] == "":
+            s[key] = None
+    if s["secret_key"] is None and any(s[k] for k in ("node_keys", "client_keys", "readonly_keys")):
+        raise ConfigError("node_keys, client_keys and readonly_keys need secret_key, this node's key "
+                          "(datastore-cli keygen node<ID>)")
+    if s["secret_key"] is not None and s["node_keys"] is None:
+        raise ConfigError("secret_key needs node_keys, the directory of every node's public key (node<ID>.key)")
+    if s["secret_key"] is None and not s["insecure"] and not is_loopback(s["host"]):
         raise ConfigError(f"host {s['host']} is not a loopback address and no keys are configured: anyone who "
                           f"can reach it could read and change data; pass --insecure to run without keys "
                           f"anyway (docs/SECURITY.md)")
@@ -323,6 +349,12 @@ def _check(s) -> Config:
     if s["max_request_size"] < floor:
         raise ConfigError(f"max_request_size = {s['max_request_size']} must be at least max_key_size + "
                           f"max_value_size + 4096 = {floor}")
+    largest_reply = max(s["max_value_size"], 1 << 20) + (64 << 10)
+    if s["client_output_limit"] < 2 * largest_reply:
+        raise ConfigError(f"client_output_limit = {s['client_output_limit']} must be at least twice the largest "
+                          f"reply ({2 * largest_reply} bytes with max_value_size = {s['max_value_size']})")
+    if not 1 <= s["max_connections"] <= 1_000_000:
+        raise ConfigError(f"max_connections = {s['max_connections']} must be 1..1000000")
     return Config(**s)
 
 

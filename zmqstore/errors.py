@@ -64,6 +64,12 @@ class WrongPort(RequestError):
     code = "wrong_port"
 
 
+class Forbidden(RequestError):
+    """The client's key may not do this: a write from a read-only key (docs/SECURITY.md)."""
+
+    code = "forbidden"
+
+
 class InvalidKey(RequestError):
     """The key is empty."""
 
@@ -130,7 +136,7 @@ ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
         ConfigError, DataDirError, StorageError, RequestError, MalformedMessage, UnsupportedVersion,
-        UnknownCommand, WrongPort, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
+        UnknownCommand, WrongPort, Forbidden, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
         UnsupportedOperation, NotPrimary, Unavailable, ReplicationTimeout, RequestFenced, InternalError,
         ConnectionTimeout,
     )

@@ -10,16 +10,23 @@ import time
 
 import zmq
 
-from . import __version__, errors, protocol, transport, trust
+from . import __version__, errors, keys, protocol, transport, trust
+from .outbox import Outbox, send_hwm
 from .dynamo import DynamoEngine, Replication
 from .engine import Engine
 from .roles import Roles
 from .storage import Storage
 
-MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit)
+MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit) ...
+DRAIN_SECONDS = 0.01          # ... or for this long: then the iteration commits and replies. ZeroMQ takes
+                              # the next message from each connection in turn, so a flood from one
+                              # client delays another's request by at most about one iteration
+BACKLOG_RETRY = 0.001         # seconds between attempts to send replies a full connection queue held back
 HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and snapshot expiry)
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
 REFUSAL_LOG_INTERVAL = 1.0    # seconds between log lines about refused peer messages
+# What a read-only client key may not send: writes, and OUTCOME (it may log a fence entry).
+READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | {"OUTCOME"}
 # Test-only: drop this fraction of published change messages, to prove the repair path
 # (docs/TESTING.md). Never set in production.
 DROP_ENV = "ZMQSTORE_TEST_DROP_CHANGES"
@@ -49,8 +56,9 @@ class Node:
         self.config = config
         self._stopping = False
         self._ctx = zmq.Context()
-        self.router = self.peer_router = self.pub = self.sub = self.storage = self.engine = self.roles = None
-        self.gate = None
+        self.router = self.peer_router = self.pub = self.storage = self.engine = self.roles = None
+        self.subs = {}                  # peer id -> SUB connected to that peer's PUB
+        self.gate = self.outbox = None
         self._refused, self._refusal_logged = 0, 0.0
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = self.replication = None
@@ -67,21 +75,26 @@ class Node:
         # What a peer may send: log entries and states each up to about max_request_size.
         peer_frame_max = 2 * config.max_request_size + (1 << 20)
         try:
-            self.gate = trust.PeerGate(self._ctx, config.peers)
-            self.router = transport.bind_router(self._ctx, config.host, config.port, config.max_request_size)
+            security = keys.load_node_security(config)      # None without keys
+            own = security.own if security is not None else None
+            self.gate = trust.Gatekeeper(self._ctx, config.peers, config.max_connections, security)
+            self.router = transport.bind_router(
+                self._ctx, config.host, config.port, config.max_request_size, self.gate.guard_client,
+                mandatory=True, send_hwm=send_hwm(config.client_output_limit, config.max_value_size), curve=own)
+            self.outbox = Outbox(self.router, config.client_output_limit)
             self.peer_router = transport.bind_router(self._ctx, config.host, config.peer_port, peer_frame_max,
-                                                     guard=self.gate.guard, what="peer_port")
-            self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port, self.gate.guard)
+                                                     self.gate.guard_peer, what="peer_port", curve=own)
+            self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port, self.gate.guard_peer, curve=own)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             dynamo = config.mode == "dynamo"
             self.engine = (DynamoEngine if dynamo else Engine)(self.storage, config, __version__)
             self._peer_limits = self.engine.limits._replace(max_request_size=peer_frame_max)
-            if config.peers:
-                self.sub = transport.connect_sub(self._ctx, config.peers, config.host)
-                for peer in config.peers:
-                    self.dealers[peer.node_id] = transport.connect_dealer(
-                        self._ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
-                        source_host=config.host, max_msg_size=peer_frame_max, immediate=True)
+            for peer in config.peers:
+                curve = (own, security.nodes[peer.node_id]) if security is not None else None
+                self.subs[peer.node_id] = transport.connect_sub(self._ctx, peer, config.host, peer_frame_max, curve)
+                self.dealers[peer.node_id] = transport.connect_dealer(
+                    self._ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
+                    source_host=config.host, max_msg_size=peer_frame_max, immediate=True, curve=curve)
             # Dynamo mode: requests may ask for quorums (per request, or by the cluster's settings;
             # a standalone node refuses any above 1).
             self._quorums = dynamo
@@ -133,13 +146,13 @@ class Node:
     def reply_after(self, envelope, body, batch, request_id, is_write=False):
         """Send `body` once batch number `batch` (dynamo mode; 0: none) is durable."""
         if not self._waiters and batch <= self.engine.commit_seq:
-            transport.send_frames(self.router, envelope + [body])
+            self.outbox.send(envelope + [body])
         else:
             self._waiters.append(Waiter(batch, 0, time.monotonic() + self.config.replication_timeout, envelope,
                                         body, request_id, is_write))
 
     def reply(self, envelope, body):
-        transport.send_frames(self.router, envelope + [body])
+        self.outbox.send(envelope + [body])
 
     def reply_peer(self, envelope, body):
         """Answer a peer request (it came on the peer port)."""
@@ -200,7 +213,7 @@ class Node:
         if self.router is not None:
             # A short linger lets the last replies (already durable) leave; term() waits at most this.
             self.router.close(linger=SHUTDOWN_LINGER_MS)
-        for sock in (self.peer_router, self.pub, self.sub, *self.dealers.values()):
+        for sock in (self.peer_router, self.pub, *self.subs.values(), *self.dealers.values()):
             if sock is not None:
                 sock.close(linger=0)
         if self.peering is not None:
@@ -216,14 +229,15 @@ class Node:
     # ------------------------------------------------------------ the loop
 
     def _loop(self):
-        router, peer_router, sub = self.router, self.peer_router, self.sub
+        router, peer_router = self.router, self.peer_router
         wake_fd = self._wake_r.fileno()
         dealer_peers = {sock: node_id for node_id, sock in self.dealers.items()}
-        # The peer plane first: zmq_poll reports ready items in this order, so no client load can
-        # delay heartbeats, votes or replication within an iteration.
-        poll_items = [(peer_router, zmq.POLLIN)]
-        if sub is not None:
-            poll_items.append((sub, zmq.POLLIN))
+        sub_peers = {sock: node_id for node_id, sock in self.subs.items()}
+        gate = self.gate
+        # Handshakes, then the peer plane: zmq_poll reports ready items in this order, so no client
+        # load can delay heartbeats, votes or replication within an iteration.
+        poll_items = [(gate.zap, zmq.POLLIN), (gate.monitor, zmq.POLLIN), (peer_router, zmq.POLLIN)]
+        poll_items.extend((s, zmq.POLLIN) for s in sub_peers)
         poll_items.extend((d, zmq.POLLIN) for d in dealer_peers)
         poll_items += [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
         # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
@@ -245,16 +259,20 @@ class Node:
             if self._waiters:
                 self._release(now)
             deadline = min(next_chores, next_beat, self._waiters[0].deadline if self._waiters else next_chores)
+            if self.outbox.backlogs:
+                deadline = min(deadline, now + BACKLOG_RETRY)
             # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
             for item, _ in zmq_poll(poll_items, max(0, int((deadline - now) * 1000)) + 1):
                 if item is router:
                     self._serve_router(router)
+                elif item is gate.zap or item is gate.monitor:
+                    gate.serve()
                 elif item is peer_router:
                     self._serve_peer_router(peer_router)
-                elif item is sub:
-                    self._serve_stream(sub)
+                elif item in sub_peers:
+                    self._serve_peer_socket(item, sub_peers[item], protocol.PEER_STREAM)
                 elif item in dealer_peers:
-                    self._serve_dealer(item, dealer_peers[item])
+                    self._serve_peer_socket(item, dealer_peers[item], protocol.PEER_REPLIES)
                 else:
                     self._drain_wakeups()
             self._end_iteration()
@@ -297,6 +315,8 @@ class Node:
             engine.flush()
         if self._waiters:
             self._release(time.monotonic())
+        if self.outbox.backlogs:
+            self.outbox.flush()
         if primary is not None:
             engine.apply_to_commit()
         elif self.replication is not None:
@@ -308,28 +328,48 @@ class Node:
         """Take what is ready. Replies that depend on nothing unconfirmed leave at once; the others
         wait (see Waiter) for the commit at the end of this iteration or later."""
         recv_frames, noblock = transport.recv_routed, transport.NOBLOCK
+        with_keys = self.config.keys
+        user = None
+        until = None
         for taken in range(MAX_DRAIN):
             # After one request, ask ZMQ_EVENTS whether another is waiting: for the common lone
             # request that is cheaper than the failing recv (zmq.Again) that ends a longer drain.
             if taken == 1 and not transport.has_input(router):
                 break
+            if taken & 63 == 1:
+                if self.outbox.backlogs:
+                    self.outbox.flush()     # a deep pipeline's replies leave as its client reads
+                now = time.monotonic()
+                if until is None:
+                    until = now + DRAIN_SECONDS
+                elif now >= until:
+                    break
             try:
-                frames = recv_frames(router, noblock)
+                if with_keys:    # the connection's User-Id says whether its key may write
+                    frames, user = transport.recv_with_meta(router, "User-Id", noblock)
+                else:
+                    frames = recv_frames(router, noblock)
             except zmq.Again:
                 break
-            self._answer(frames)
+            self._answer(frames, user)
 
-    def _answer(self, frames):
+    def _answer(self, frames, user=None):
         """One client request's frames: it gets a reply (now or later). Bad input, a peer message
-        included (wrong_port), gets an error reply; so does a bug (logged)."""
+        included (wrong_port), gets an error reply; so does a write from a read-only key (forbidden)
+        and a bug (logged). `user`: the connection's User-Id (with keys)."""
+        outbox = self.outbox
+        if outbox.backlogs and outbox.refuses(frames[0]):
+            return      # this client leaves its replies unread: no more work for it until it reads
         try:
             envelope, body = protocol.split_frames(frames)
         except errors.RequestError as exc:
-            transport.send_frames(self.router, frames[:1] + [protocol.encode_exception(0, exc)])
+            outbox.send(frames[:1] + [protocol.encode_exception(0, exc)])
             return
         request = None
         try:
             request = protocol.decode_request(body, self.engine.limits)
+            if user is not None and request.command in READ_ONLY_REFUSED and self.gate.read_only(user):
+                raise errors.Forbidden(f"{request.command} needs a read-write client key; this one is read-only")
             if self._quorums and self._answer_quorum(request, envelope):
                 return
             reply, wait_seq = self.engine.handle(request)
@@ -337,13 +377,12 @@ class Node:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
         except errors.ZmqstoreError as exc:  # refused: bad input, not_primary, unavailable, ...
             rid = request.request_id if request else getattr(exc, "request_id", 0)
-            transport.send_frames(self.router, envelope + [protocol.encode_exception(rid, exc)])
+            outbox.send(envelope + [protocol.encode_exception(rid, exc)])
             return
         except Exception as exc:
             log.exception("internal error serving %s", request.command if request else "a message")
             rid = request.request_id if request else 0
-            transport.send_frames(self.router, envelope + [
-                protocol.encode_error(rid, "internal", f"internal error: {type(exc).__name__}")])
+            outbox.send(envelope + [protocol.encode_error(rid, "internal", f"internal error: {type(exc).__name__}")])
             return
         wait_round = 0
         if (self.primary is not None and request.command in ("GET", "SCAN") and not request.args[-1]
@@ -351,7 +390,7 @@ class Node:
             wait_round = self.primary.round + 1   # linearizable: a round started after this read arrived
             self._round_wanted = True
         if not self._waiters and wait_seq <= self.engine.commit_seq and not wait_round:
-            transport.send_frames(self.router, envelope + [reply])
+            outbox.send(envelope + [reply])
             return
         is_write = request.command in protocol.WRITE_COMMANDS
         self._waiters.append(Waiter(wait_seq, wait_round, time.monotonic() + self.config.replication_timeout,
@@ -389,11 +428,11 @@ class Node:
         commit = self.engine.commit_seq
         primary = self.primary
         confirmed = primary.confirmed_round() if primary is not None else 0
-        send_frames, router = transport.send_frames, self.router
+        send = self.outbox.send
         while waiters:
             w = waiters[0]
             if w.seq <= commit and w.round <= confirmed and not fail_all:
-                send_frames(router, w.envelope + [w.reply])
+                send(w.envelope + [w.reply])
             elif w.deadline <= now or fail_all:
                 if w.is_write:
                     body = protocol.encode_error(
@@ -403,7 +442,7 @@ class Node:
                 else:
                     body = protocol.encode_error(
                         w.request_id, "unavailable", "leadership or commit not confirmed in time")
-                send_frames(router, w.envelope + [body])
+                send(w.envelope + [body])
             else:
                 break
             waiters.popleft()
@@ -411,42 +450,28 @@ class Node:
     # ------------------------------------------------------------ peer messages
 
     def _serve_peer_router(self, sock):
-        """Requests on the peer port: each must name a member and come from that member's host."""
+        """Requests on the peer port: each must name a member, and come on that member's connection
+        (its key with keys, its host without)."""
         gate = self.gate
         for _ in range(MAX_DRAIN):
             try:
-                frames, address = transport.recv_with_address(sock, transport.NOBLOCK)
+                frames, meta = transport.recv_with_meta(sock, gate.meta, transport.NOBLOCK)
             except zmq.Again:
                 return
             try:
                 envelope, body = protocol.split_frames(frames)
                 message = protocol.decode_peer(body, self._peer_limits)
             except errors.RequestError as exc:
-                self._refuse(address, f"a malformed peer message ({exc})")
+                self._refuse(meta, f"a malformed peer message ({exc})")
                 continue
-            if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, address):
-                self._refuse(address, f"{message.command} naming node {protocol.peer_sender(message)}")
+            if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, meta):
+                self._refuse(meta, f"{message.command} naming node {protocol.peer_sender(message)}")
             elif self.peering is not None:
                 self._handle_peer(self.peering.on_request, message, envelope)
 
-    def _serve_stream(self, sock):
-        """The change streams of every member (SUB): CHANGE, HEARTBEAT, DCHANGE from the member they name."""
-        gate = self.gate
-        for _ in range(MAX_DRAIN):
-            try:
-                frames, address = transport.recv_with_address(sock, transport.NOBLOCK)
-            except zmq.Again:
-                return
-            message = self._decode_peer(frames[-1], address)
-            if message is None:
-                continue
-            if message.command not in protocol.PEER_STREAM or not gate.admits(message, address):
-                self._refuse(address, f"{message.command} naming node {protocol.peer_sender(message)} on a stream")
-            else:
-                self._handle_peer(self.peering.on_message, message)
-
-    def _serve_dealer(self, sock, peer_id):
-        """Replies from one peer's peer port: each must be a reply and name that peer."""
+    def _serve_peer_socket(self, sock, peer_id, commands):
+        """What one peer sends on the sockets this node connected to it: its change stream (a SUB)
+        or its replies (a DEALER). Each message must be one of `commands` and name that peer."""
         for _ in range(MAX_DRAIN):
             try:
                 body = transport.recv_frames(sock, transport.NOBLOCK)[-1]
@@ -455,8 +480,7 @@ class Node:
             message = self._decode_peer(body, f"node {peer_id}")
             if message is None:
                 continue
-            if message.command in protocol.PEER_REQUESTS or message.command in protocol.PEER_STREAM or \
-                    protocol.peer_sender(message) != peer_id:
+            if message.command not in commands or protocol.peer_sender(message) != peer_id:
                 self._refuse(f"node {peer_id}", f"{message.command} naming node {protocol.peer_sender(message)}")
             else:
                 self._handle_peer(self.peering.on_message, message)

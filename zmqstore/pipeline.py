@@ -137,5 +137,5 @@ class Pipeline:
             results[i] = exc
             if isinstance(exc, RETRYABLE):
                 retry.append(i)
-                hint = hint or details.get("primary_address")
+                hint = hint or client._redirect(details)
         return sorted(retry), hint

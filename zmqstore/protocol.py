@@ -118,7 +118,7 @@ PEER_MESSAGES = {
 PEER_REQUESTS = frozenset({"ACK", "FETCH", "SNAPSHOT", "ROLE", "VOTE_REQUEST", "DSTATUS", "DFETCH", "DTREE",
                            "DRANGE", "DACK", "DREAD", "DPUSH"})       # sent to a peer port
 PEER_STREAM = frozenset({"CHANGE", "HEARTBEAT", "DCHANGE"})          # published on a PUB
-# every other peer message is a reply, which comes back on the DEALER that asked
+PEER_REPLIES = frozenset(PEER_MESSAGES) - PEER_REQUESTS - PEER_STREAM   # back on the DEALER that asked
 PEER_SENDER_FIELD = {cmd: 0 for cmd in PEER_MESSAGES}
 PEER_SENDER_FIELD.update({"VOTE_REQUEST": 1, "CHANGE": 1, "HEARTBEAT": 1, "ENTRIES": 1, "NEED_SNAPSHOT": 1,
                           "SNAPSHOT_CHUNK": 1, "VOTE": 1})

@@ -9,6 +9,7 @@ from .errors import ConfigError
 # pipeline a client may open (MAX_IN_FLIGHT), and low enough that one client cannot queue unbounded memory.
 ROUTER_HWM = 10_000
 MAX_IN_FLIGHT = 5_000
+HANDSHAKE_MS = 5_000
 
 
 def endpoint(host, port) -> str:
@@ -28,16 +29,40 @@ def _bind(sock, host, port, what):
         raise ConfigError(f"cannot bind {what} {host}:{port}: {exc}") from None
 
 
-def bind_router(ctx, host, port, max_msg_size, guard=None, what="port"):
-    """A node's client port, or (with `guard`, which asks the ZAP handler about every connection) its
-    peer port. Frames larger than max_msg_size drop the sender's connection."""
+def curve_server(sock, pair):
+    """CurveZMQ as a server with this key pair (keys.KeyPair); the ZAP handler then sees each
+    client's public key (docs/SECURITY.md)."""
+    sock.curve_secretkey = pair.secret
+    sock.curve_publickey = pair.public
+    sock.curve_server = True
+
+
+def curve_client(sock, pair, server_public):
+    """CurveZMQ as a client with this key pair, to a server that must hold `server_public`'s secret."""
+    sock.curve_publickey = pair.public
+    sock.curve_secretkey = pair.secret
+    sock.curve_serverkey = server_public
+
+
+def bind_router(ctx, host, port, max_msg_size, guard, what="port", send_hwm=ROUTER_HWM, mandatory=False,
+                curve=None):
+    """A node's client port or peer port. `guard` makes the ZAP handler decide every connection;
+    `curve` (a key pair) turns on CurveZMQ. Frames larger than max_msg_size drop the sender's
+    connection. mandatory: a send to a connection whose queue is full raises zmq.Again instead of
+    dropping the message (outbox.py)."""
     sock = ctx.socket(zmq.ROUTER)
-    if guard is not None:
-        guard(sock)
+    guard(sock)
+    if curve is not None:
+        curve_server(sock, curve)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
-    sock.setsockopt(zmq.SNDHWM, ROUTER_HWM)
+    sock.setsockopt(zmq.SNDHWM, send_hwm)
+    # A connection that has not finished its handshake within this time is closed (libzmq's
+    # default is 30 s): idle sockets that never greet cannot pile up.
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+    if mandatory:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     # Peers connect with a fixed identity (node-<id>). A peer that restarts, or reconnects after a
     # partition that swallowed its old connection's FIN, takes its identity over at once: by
     # default a ROUTER refuses the new connection while it still holds the half-open old one.
@@ -46,33 +71,39 @@ def bind_router(ctx, host, port, max_msg_size, guard=None, what="port"):
     return sock
 
 
-# What a subscriber may send a PUB: subscriptions (a flag byte and a prefix; nodes subscribe to
-# everything, the empty prefix). A larger frame drops the connection before it is buffered.
-PUB_MAX_INBOUND = 256
+# What a subscriber may send a PUB: its handshake (CurveZMQ's INITIATE is about 300 bytes; the limit
+# applies to it too) and subscriptions (a flag byte and a prefix; nodes subscribe to everything, the
+# empty prefix). A larger frame drops the connection before it is buffered.
+PUB_MAX_INBOUND = 1024
 
 
-def bind_pub(ctx, host, port, guard):
+def bind_pub(ctx, host, port, guard, curve=None):
     """The node's change-stream socket, peer plane: `guard` admits only members."""
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_INBOUND)
     guard(sock)
+    if curve is not None:
+        curve_server(sock, curve)
     _bind(sock, host, port, "pub_port")
     return sock
 
 
-def connect_sub(ctx, peers, source_host):
-    """One SUB connected to every peer's PUB, subscribed to everything, sending from source_host."""
+def connect_sub(ctx, peer, source_host, max_msg_size, curve=None):
+    """A SUB connected to one peer's PUB, subscribed to everything, sending from source_host: one per
+    peer, so that what arrives is known to come from that peer. `curve`: (own pair, peer's public key)."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    for peer in peers:
-        sock.connect(f"tcp://{source_host}:0;{peer.host}:{peer.pub_port}")
+    if curve is not None:
+        curve_client(sock, *curve)
+    sock.connect(f"tcp://{source_host}:0;{peer.host}:{peer.pub_port}")
     return sock
 
 
-def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_size=-1, immediate=False):
+def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_size=-1, immediate=False, curve=None):
     """A DEALER to a node's ROUTER; with source_host, outgoing traffic leaves from that address
     (ZeroMQ `tcp://SRC:0;DST:PORT`) so partitions between node addresses can be made with iptables.
     immediate: queue nothing for a peer that is not connected (a send fails instead), so a peer
@@ -86,6 +117,8 @@ def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_siz
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
+    if curve is not None:
+        curve_client(sock, *curve)
     target = f"{host}:{port}"
     sock.connect(f"tcp://{source_host}:0;{target}" if source_host else f"tcp://{target}")
     return sock
@@ -110,6 +143,14 @@ def send_frames(sock, frames):
         _backend_send(sock, frame, _SNDMORE if i < last else 0)
 
 
+def try_send_frames(sock, frames):
+    """send_frames without blocking: raises zmq.Again when a ROUTER_MANDATORY socket's queue for the
+    addressed connection is full (checked at the first frame; later frames of a message always go)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _backend_send(sock, frame, (_SNDMORE | NOBLOCK) if i < last else NOBLOCK)
+
+
 def recv_frames(sock, flags=0):
     """All frames of the next message; raises zmq.Again with NOBLOCK when none is waiting."""
     frames = [_backend_recv(sock, flags)]
@@ -118,13 +159,13 @@ def recv_frames(sock, flags=0):
     return frames
 
 
-def recv_with_address(sock, flags=0):
-    """All frames of the next message as bytes, and the IP address of the connection it came on
-    (ZeroMQ's Peer-Address metadata): how the peer plane tells which host sent a message."""
+def recv_with_meta(sock, prop, flags=0):
+    """All frames of the next message as bytes, and one metadata property of the connection it came
+    on: "Peer-Address" (its IP address) or "User-Id" (what the ZAP handler named the connection's key)."""
     frames = [_backend_recv(sock, flags, False)]
     while frames[-1].more:
         frames.append(_backend_recv(sock, 0, False))
-    return [f.bytes for f in frames], frames[-1].get("Peer-Address")
+    return [f.bytes for f in frames], frames[-1].get(prop)
 
 
 def recv_routed(sock, flags=0):

@@ -1,51 +1,161 @@
-"""The trust boundary of the peer plane: who may connect to a node's peer port and PUB, and which node
-a peer message may speak for (docs/SECURITY.md).
+"""The trust boundary: who may connect to a node's ports, and which node a peer message may speak for
+(docs/SECURITY.md).
 
-Without keys, a member is known by its host: pyzmq's ZAP handler (`zmq.auth`, on the NULL mechanism)
-lets only the members' hosts complete a handshake with the peer port and the PUB, and each peer
-message must come from the host of the node id it names. A process on another address can neither
-pose as a peer nor listen to the change stream. The client port is not restricted here.
+Every handshake on a node's sockets is decided here, by a ZAP handler (ZeroMQ's authentication
+protocol, RFC 27) that the node loop serves like any other socket:
+
+- peer domain (the peer port and the PUB): with keys (CurveZMQ), only the nodes' keys, each named
+  `node-<id>` for the node its file names; without keys, only the hosts of the cluster's members;
+- client domain (the client port): with keys, only allow-listed client keys, named `rw` or `ro`;
+  without keys, anyone; either way up to `max_connections` connections at once.
+
+Each peer message must then come from the node it names: `admits` compares the connection's
+User-Id (with keys) or peer address (without) with that node's. A process without a node's key, or
+on another address, can neither pose as a peer nor listen to the change stream.
+
+pyzmq's `zmq.auth` authenticators keep one allow list for every domain and run in a thread of their
+own; the rules here differ by domain and count the client port's connections, which the loop knows,
+so the handler is this small class instead (the choice is recorded in docs/SECURITY.md).
 """
 import logging
+import time
 
-from zmq.auth.thread import ThreadAuthenticator
+import zmq
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol
 from .config import host_addresses
+from .keys import READ_ONLY
 
-# The ZAP domain of the peer plane. On the NULL mechanism libzmq asks the ZAP handler only for
-# sockets that set a domain, so the client port (no domain) is never held up by it.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"     # where libzmq sends ZAP requests (RFC 27)
 PEER_DOMAIN = b"zmqstore-peer"
-# zmq.auth allows every NULL connection until an address is allowed; a node without peers allows
-# this one, which no connection can come from, so that nobody is admitted.
-_NOBODY = "nobody"
+CLIENT_DOMAIN = b"zmqstore-client"
+_OK, _DENIED = b"200", b"400"
+# What the loop learns from the client port's monitor: connections opened and closed.
+_MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 log = logging.getLogger(__name__)
 
 
-class PeerGate:
-    """Admission to the peer plane, by host. `guard(sock)` before a peer socket binds; `admits` per
-    message; `close()` stops the ZAP handler thread."""
+class Gatekeeper:
+    """Decides every handshake (serve the `zap` socket) and admits peer messages (`admits`).
+    Create it before any guarded socket binds; `close()` closes its sockets."""
 
-    def __init__(self, ctx, peers):
-        self.hosts_of = {p.node_id: host_addresses(p.host) for p in peers}
-        for peer in peers:
-            if not self.hosts_of[peer.node_id]:
-                log.warning("peer %d's host %r does not resolve: its connections will be refused",
-                            peer.node_id, peer.host)
-        allowed = set().union(*self.hosts_of.values()) if peers else set()
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmqstore.zap"))
-        self._auth.start()
-        self._auth.allow(*(allowed or {_NOBODY}))
+    def __init__(self, ctx, peers, max_connections, security=None):
+        self.security = security
+        if security is not None:
+            # A connection's User-Id is what _decide named its key: "node-<id>", or "rw"/"ro" for clients.
+            self.meta = "User-Id"
+            self.node_of_key = {key: node_id for node_id, key in security.nodes.items()}
+            self.allowed = {p.node_id: frozenset({f"node-{p.node_id}"}) for p in peers}
+        else:
+            self.meta = "Peer-Address"
+            self.allowed = {p.node_id: host_addresses(p.host) for p in peers}
+            for peer in peers:
+                if not self.allowed[peer.node_id]:
+                    log.warning("peer %d's host %r does not resolve: its connections will be refused",
+                                peer.node_id, peer.host)
+        self.member_hosts = frozenset().union(*self.allowed.values()) if security is None else frozenset()
+        self.max_connections = max_connections
+        self.connections = set()    # file descriptors of the client port's open connections
+        self.refused = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0}
+        self._logged = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0}
+        self.monitor = None
+        self.zap = ctx.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
+
+    # ------------------------------------------------------------ sockets
 
     @staticmethod
-    def guard(sock):
-        """Make `sock` ask the ZAP handler about every connection (before it binds)."""
+    def guard_peer(sock):
+        """The peer port and the PUB: members only (before the socket binds)."""
         sock.zap_domain = PEER_DOMAIN
 
-    def admits(self, message, peer_address) -> bool:
-        """Whether `message` (validated) may be from the node it names, arriving from `peer_address`."""
-        return peer_address in self.hosts_of.get(protocol.peer_sender(message), ())
+    def guard_client(self, sock):
+        """The client port: counted, and capped at max_connections (before the socket binds)."""
+        sock.zap_domain = CLIENT_DOMAIN
+        self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
 
     def close(self):
-        self._auth.stop()
+        for sock in (self.monitor, self.zap):
+            if sock is not None:
+                sock.close(linger=0)
+
+    # ------------------------------------------------------------ the loop's side
+
+    def serve(self):
+        """Note connections opened and closed, then answer every waiting ZAP request."""
+        if self.monitor is not None:
+            self._count_connections()
+        zap = self.zap
+        while zap.poll(0):
+            request = zap.recv_multipart()
+            reply = self._decide(request)
+            zap.send_multipart(reply)
+
+    def _count_connections(self):
+        monitor = self.monitor
+        while monitor.poll(0):
+            parsed = parse_monitor_message(monitor.recv_multipart())
+            event, fd = parsed["event"], parsed["value"]
+            if event == zmq.EVENT_ACCEPTED:
+                self.connections.add(fd)
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.connections.discard(fd)
+
+    def _decide(self, request):
+        """A ZAP request -> its reply: [version, request id, status, text, user id, metadata]."""
+        if len(request) < 6:
+            return [b"1.0", request[1] if len(request) > 1 else b"", _DENIED, b"malformed ZAP request", b"", b""]
+        version, request_id, domain, address, _identity, mechanism = request[:6]
+        address = address.decode("ascii", "replace")
+        user, why = self._user(domain, address, mechanism, request[6:])
+        if user is not None:
+            return [version, request_id, _OK, b"OK", user.encode(), b""]
+        self._note_refusal(domain, address, why)
+        return [version, request_id, _DENIED, why.encode(), b"", b""]
+
+    def _user(self, domain, address, mechanism, credentials):
+        """(the connection's User-Id, None) when admitted, else (None, why not)."""
+        security = self.security
+        key = None
+        if security is not None:
+            if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+                return None, "keys are required"
+            key = z85.encode(credentials[0])
+        elif mechanism != b"NULL":
+            return None, "this node has no keys"
+        if domain == PEER_DOMAIN:
+            if security is None:
+                return ("", None) if address in self.member_hosts else (None, "not a member's host")
+            node_id = self.node_of_key.get(key)
+            return (f"node-{node_id}", None) if node_id is not None else (None, "not a node's key")
+        if domain == CLIENT_DOMAIN:
+            # `connections` counts this one too: it was accepted before its handshake began
+            if len(self.connections) > self.max_connections:
+                return None, f"max_connections = {self.max_connections} reached"
+            if security is None:
+                return "", None
+            role = security.clients.get(key)
+            return (role, None) if role is not None else (None, "not an allowed client key")
+        return None, "unknown ZAP domain"
+
+    def _note_refusal(self, domain, address, why):
+        self.refused[domain] = self.refused.get(domain, 0) + 1
+        now = time.monotonic()
+        if now - self._logged.get(domain, 0) >= 1.0:      # a flood of refusals is not a flood of lines
+            self._logged[domain] = now
+            log.warning("refused a connection from %s to the %s plane: %s (%d refused so far)", address,
+                        "peer" if domain == PEER_DOMAIN else "client", why, self.refused[domain])
+
+    def admits(self, message, meta) -> bool:
+        """Whether `message` (validated) may be from the node it names, arriving on a connection whose
+        `self.meta` property is `meta`."""
+        return meta in self.allowed.get(protocol.peer_sender(message), ())
+
+    @staticmethod
+    def read_only(user) -> bool:
+        """Whether a client connection's User-Id is a read-only key's."""
+        return user == READ_ONLY

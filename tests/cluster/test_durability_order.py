@@ -15,18 +15,18 @@ def test_replies_follow_their_commit(tmp_path, monkeypatch):
                                 "data_dir": str(tmp_path / "d")})
     node = Node(cfg)
     events = []
-    real_commit, real_send = node.storage.commit, transport.send_frames
+    real_commit, real_send = node.storage.commit, transport.try_send_frames
 
     def commit(batch):
         real_commit(batch)
         events.append(("commit", node.storage.last_seq))
 
     def send_frames(sock, frames):
+        real_send(sock, frames)     # raises zmq.Again when the client's queue is full: not sent yet
         events.append(("send", protocol.decode_reply(frames[-1])))
-        real_send(sock, frames)
 
     node.storage.commit = commit
-    monkeypatch.setattr(transport, "send_frames", send_frames)
+    monkeypatch.setattr(transport, "try_send_frames", send_frames)   # how replies to clients leave
     runner = threading.Thread(target=node.run)
     runner.start()
     try:

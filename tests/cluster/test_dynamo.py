@@ -243,7 +243,6 @@ def test_a_node_restored_from_an_old_data_dir_resyncs_without_resurrecting(tmp_p
     conf = tmp_path / "retention.ini"
     conf.write_text("[cluster]\nlog_retention = 5\n")
     c = Cluster(tmp_path / "c", size=3, mode="dynamo", args=["--config", str(conf)])
-    (tmp_path / "c").mkdir()
     try:
         c.start_all()
         with c.nodes[1].client(retry=Retry(max_tries=1)) as db1:

@@ -1,6 +1,7 @@
 """Start, stop, kill and inspect real datastore-node processes on loopback (used by tests and bench)."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,48 @@ import time
 
 from ..client import Client, Retry
 from ..errors import ZmqstoreError
+from ..keys import keygen
+
+# Set to 1 to run every test cluster with keys (CurveZMQ on every socket; docs/TESTING.md).
+KEYS_ENV = "ZMQSTORE_TEST_KEYS"
+
+
+def keys_by_default() -> bool:
+    return os.environ.get(KEYS_ENV, "") not in ("", "0")
+
+
+class TestKeys:
+    """Key pairs for test nodes and clients in `directory` (docs/SECURITY.md): secrets in secret/,
+    node public keys in nodes/ (node<ID>.key), client public keys in clients/ (read-write, "client")
+    and readonly/ ("reader"). Made once; `for_node` adds a node's pair when it is missing."""
+
+    __test__ = False    # not a pytest test class
+
+    def __init__(self, directory):
+        self.dir = str(directory)
+        self.secret = os.path.join(self.dir, "secret")
+        self.nodes = os.path.join(self.dir, "nodes")
+        self.clients = os.path.join(self.dir, "clients")
+        self.readonly = os.path.join(self.dir, "readonly")
+        for d in (self.nodes, self.clients, self.readonly):
+            os.makedirs(d, exist_ok=True)
+        self._pair("client", self.clients)
+        self._pair("reader", self.readonly)
+
+    def _pair(self, name, public_dir):
+        if not os.path.exists(os.path.join(self.secret, name + ".key_secret")):
+            public, _secret = keygen(self.secret, name)
+            shutil.copy(public, public_dir)
+
+    def for_node(self, node_id):
+        self._pair(f"node{node_id}", self.nodes)
+        return ["--secret-key", os.path.join(self.secret, f"node{node_id}.key_secret"), "--node-keys", self.nodes,
+                "--client-keys", self.clients, "--readonly-keys", self.readonly]
+
+    def client_kwargs(self, name="client"):
+        """Client(...) arguments: the read-write key ("client"), the read-only one ("reader"), or any
+        other pair made here."""
+        return {"secret_key": os.path.join(self.secret, name + ".key_secret"), "node_keys": self.nodes}
 
 
 def wait_until(predicate, timeout, interval=0.02, message="condition"):
@@ -35,9 +78,10 @@ class NodeProcess:
     """One datastore-node process. `args` are extra command-line flags; output goes to `log_path`."""
 
     def __init__(self, node_id, data_dir, log_path, host="127.0.0.1", port=None, pub_port=None, args=(),
-                 new_session=True, peer_port=None):
+                 new_session=True, peer_port=None, keys=None):
         """new_session=False keeps the node in the caller's process group, so that killing the group
-        (a benchmark run cut short) takes the node with it."""
+        (a benchmark run cut short) takes the node with it. keys: a TestKeys (CurveZMQ); by default
+        one next to the data dir when ZMQSTORE_TEST_KEYS is set."""
         self.node_id = node_id
         self.host = host
         self.port = port or free_port(host)
@@ -49,16 +93,24 @@ class NodeProcess:
         self.new_session = new_session
         self.env = None           # extra environment variables for the process
         self.proc = None
+        if keys is None and keys_by_default():
+            keys = TestKeys(os.path.join(os.path.dirname(os.path.abspath(self.data_dir)), "keys"))
+        self.keys = keys
 
     @property
     def endpoint(self):
         return f"{self.host}:{self.port}"
 
+    @property
+    def named_endpoint(self):
+        """ID@host:port, how a client with keys names this node."""
+        return f"{self.node_id}@{self.endpoint}"
+
     def command(self):
+        keys = self.keys.for_node(self.node_id) if self.keys is not None else []
         return [sys.executable, "-m", "zmqstore", "--node-id", str(self.node_id), "--host", self.host,
                 "--port", str(self.port), "--pub-port", str(self.pub_port), "--peer-port", str(self.peer_port),
-                "--data-dir", self.data_dir,
-                *self.args]
+                "--data-dir", self.data_dir, *keys, *self.args]
 
     def start(self, wait=True, timeout=15.0):
         env = dict(os.environ, **self.env) if self.env else None
@@ -81,7 +133,10 @@ class NodeProcess:
         wait_until(answers, timeout, interval=0.05, message=f"node {self.node_id} answering")
 
     def client(self, **kwargs):
-        return Client(self.endpoint, **kwargs)
+        """A Client of this node alone (with the read-write test key when the node has keys)."""
+        if self.keys is None:
+            return Client(self.endpoint, **kwargs)
+        return Client(self.named_endpoint, **{**self.keys.client_kwargs(), **kwargs})
 
     def status(self, timeout=0.5):
         """The node's STATUS, or None when it does not answer (down, paused, busy): pollers ask again."""
@@ -139,9 +194,15 @@ class Cluster:
     """N nodes, node i on loopback address 127.0.0.(i+1) so that links between nodes can be cut
     with iptables. Leader mode: node 1 bootstraps as primary. Data dirs and logs under `base_dir`."""
 
-    def __init__(self, base_dir, size=3, args=(), env=None, new_session=True, bootstrap=(1,), mode="leader"):
-        """bootstrap: the node ids started with --role primary (one, unless a test wants a mistake)."""
+    def __init__(self, base_dir, size=3, args=(), env=None, new_session=True, bootstrap=(1,), mode="leader",
+                 keys=None):
+        """bootstrap: the node ids started with --role primary (one, unless a test wants a mistake).
+        keys: CurveZMQ on every socket (default: when ZMQSTORE_TEST_KEYS is set)."""
         self.base_dir = str(base_dir)
+        os.makedirs(self.base_dir, exist_ok=True)
+        if keys is None:
+            keys = keys_by_default()
+        self.keys = TestKeys(os.path.join(self.base_dir, "keys")) if keys else None
         self.mode = mode
         self.args = list(args)
         self.bootstrap = tuple(bootstrap) if mode == "leader" else ()
@@ -152,7 +213,7 @@ class Cluster:
             self.nodes[node_id] = NodeProcess(
                 node_id, os.path.join(self.base_dir, f"node{node_id}"),
                 os.path.join(self.base_dir, f"node{node_id}.log"), host=host,
-                new_session=new_session)
+                new_session=new_session, keys=self.keys)
 
     def peers_json(self, node_id):
         return json.dumps([{"node_id": n.node_id, "host": n.host, "port": n.port, "pub_port": n.pub_port,
@@ -224,10 +285,13 @@ class Cluster:
 
     @property
     def endpoints(self):
-        return [n.endpoint for n in self.nodes.values()]
+        """Every node's client endpoint, named ID@host:port when the cluster has keys."""
+        return [n.named_endpoint if self.keys else n.endpoint for n in self.nodes.values()]
 
     def client(self, **kwargs):
-        return Client(self.endpoints, **kwargs)
+        if self.keys is None:
+            return Client(self.endpoints, **kwargs)
+        return Client(self.endpoints, **{**self.keys.client_kwargs(), **kwargs})
 
     def stop_all(self):
         """Stop every node; one that cannot be stopped cleanly is killed, and the rest still stop."""

@@ -1,0 +1,117 @@
+"""CurveZMQ key files (docs/SECURITY.md): ZeroMQ's certificate format, written and read by `zmq.auth`.
+
+A node's key pair is `NAME.key` (public) and `NAME.key_secret` (secret, 0600). The node key
+directory holds every node's public certificate as `node<ID>.key`: the file name binds the key to
+the node id. Client allow lists are directories of public certificates (any names): read-write
+(`client_keys`) and read-only (`readonly_keys`).
+"""
+import os
+import re
+from typing import NamedTuple, Optional
+
+import zmq.auth
+
+from .errors import ConfigError
+
+NODE_KEY_FILE = re.compile(r"^node(\d+)\.key$")
+READ_WRITE, READ_ONLY = "rw", "ro"
+
+
+class KeyPair(NamedTuple):
+    public: bytes       # Z85, 40 bytes
+    secret: bytes
+
+
+class NodeSecurity(NamedTuple):
+    """What a node with keys needs: its own pair, every node's public key, the client allow lists."""
+    own: KeyPair
+    nodes: dict             # node id -> public key (Z85)
+    clients: dict           # public key (Z85) -> READ_WRITE or READ_ONLY
+
+
+class ClientKeys(NamedTuple):
+    """What a client with keys needs: its own pair and the nodes' public keys, to follow a redirect."""
+    own: KeyPair
+    nodes: dict             # node id -> public key (Z85)
+
+
+def keygen(directory, name) -> tuple:
+    """Write NAME.key and NAME.key_secret (0600) into `directory`; returns their paths."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for suffix in (".key", ".key_secret"):
+        if os.path.exists(os.path.join(directory, name + suffix)):
+            raise ConfigError(f"{os.path.join(directory, name + suffix)} exists; remove it or choose another name")
+    old = os.umask(0o077)
+    try:
+        public, secret = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(old)
+    os.chmod(secret, 0o600)
+    return public, secret
+
+
+def load_pair(path) -> KeyPair:
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the secret key {path}: {exc}") from None
+    if secret is None:
+        raise ConfigError(f"{path} holds no secret key: give the .key_secret file keygen wrote")
+    return KeyPair(public, secret)
+
+
+def load_node_keys(directory) -> dict:
+    """{node id: public key} from the node<ID>.key files of `directory`."""
+    if not os.path.isdir(directory):
+        raise ConfigError(f"node_keys {directory} is not a directory")
+    keys = {}
+    for name in sorted(os.listdir(directory)):
+        match = NODE_KEY_FILE.match(name)
+        if match:
+            keys[int(match.group(1))] = _public(os.path.join(directory, name))
+    return keys
+
+
+def load_allow_list(directory, what) -> set:
+    """The public keys of every .key file in `directory`."""
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{what} {directory} is not a directory")
+    return {_public(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
+            if name.endswith(".key")}
+
+
+def _public(path) -> bytes:
+    try:
+        public, _secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the public key {path}: {exc}") from None
+    return public
+
+
+def load_node_security(config) -> Optional[NodeSecurity]:
+    """The node's keys when `secret_key` is set (None: no keys), checked: the node's own key is
+    node<ID>.key in node_keys, every peer has one, and some client may connect."""
+    if config.secret_key is None:
+        return None
+    own = load_pair(config.secret_key)
+    nodes = load_node_keys(config.node_keys)
+    if nodes.get(config.node_id) != own.public:
+        raise ConfigError(f"node_keys {config.node_keys} must hold node{config.node_id}.key, the public half of "
+                          f"secret_key {config.secret_key}")
+    missing = [p.node_id for p in config.peers if p.node_id not in nodes]
+    if missing:
+        raise ConfigError(f"node_keys {config.node_keys} has no key for peer(s) {missing} "
+                          f"(node<ID>.key files; datastore-cli keygen nodeID)")
+    clients = {}
+    if config.readonly_keys:
+        clients.update(dict.fromkeys(load_allow_list(config.readonly_keys, "readonly_keys"), READ_ONLY))
+    if config.client_keys:
+        clients.update(dict.fromkeys(load_allow_list(config.client_keys, "client_keys"), READ_WRITE))
+    if not clients:
+        raise ConfigError("with keys, client_keys or readonly_keys must name a directory holding client "
+                          "public keys (datastore-cli keygen NAME); otherwise no client can connect")
+    return NodeSecurity(own, nodes, clients)
+
+
+def load_client_keys(secret_key, node_keys) -> ClientKeys:
+    return ClientKeys(load_pair(secret_key), load_node_keys(node_keys))
