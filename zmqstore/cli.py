@@ -126,6 +126,7 @@ def node_main(argv=None):
     logging.basicConfig(level=cfg.log_level, handlers=[handler])
     from .node import Node
     os.umask(0o077)   # data files 0600 and dirs 0700: only this user may read the data (docs/SECURITY.md)
+    _raise_file_limit(cfg)
     try:
         node = Node(cfg)
     except (errors.ConfigError, errors.DataDirError, errors.StorageError) as exc:
@@ -137,6 +138,30 @@ def node_main(argv=None):
     except errors.StorageError:
         return 1  # logged by the node
     return 0
+
+
+# Open files a node needs beyond its client connections: RocksDB's files, peers' sockets, ZeroMQ's own.
+FILES_BESIDES_CLIENTS = 256
+
+
+def _raise_file_limit(cfg):
+    """Raise the soft open-files limit to what max_connections needs (up to the hard limit), so a
+    connection flood meets max_connections, not EMFILE in RocksDB (a storage failure stops the node)."""
+    import resource
+    need = cfg.max_connections + FILES_BESIDES_CLIENTS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+        if soft < need:
+            logging.getLogger("zmqstore.node").warning(
+                "the open-files limit (%d) is below max_connections + %d = %d: lower max_connections or raise "
+                "ulimit -n, or a connection flood may leave RocksDB unable to open files", soft,
+                FILES_BESIDES_CLIENTS, need)
 
 
 def load_node_config(args):

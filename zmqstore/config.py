@@ -51,10 +51,12 @@ CLUSTER_DEFAULTS = {
     "max_request_size": 16 << 20,  # bytes of one message frame; larger frames drop the connection (ZMQ_MAXMSGSIZE)
     "client_output_limit": 64 << 20,  # bytes of replies a client connection may leave unread (docs/SECURITY.md)
     "max_connections": 1024,      # client connections a node accepts at once; more are refused at the handshake
+    "max_connections_per_host": None,  # of those, from one address; default max_connections / 4
 }
 
 _INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "log_retention", "max_key_size",
-             "max_value_size", "max_batch_items", "max_request_size", "client_output_limit", "max_connections"}
+             "max_value_size", "max_batch_items", "max_request_size", "client_output_limit", "max_connections",
+             "max_connections_per_host"}
 _FLOAT_KEYS = {"election_interval", "replication_timeout", "session_timeout"}
 _BOOL_KEYS = {"fsync", "insecure"}
 
@@ -101,6 +103,7 @@ class Config:
     max_request_size: int
     client_output_limit: int
     max_connections: int
+    max_connections_per_host: int
     peers: tuple = ()
 
     @property
@@ -355,6 +358,11 @@ def _check(s) -> Config:
                           f"reply ({2 * largest_reply} bytes with max_value_size = {s['max_value_size']})")
     if not 1 <= s["max_connections"] <= 1_000_000:
         raise ConfigError(f"max_connections = {s['max_connections']} must be 1..1000000")
+    if s["max_connections_per_host"] is None:
+        s["max_connections_per_host"] = max(1, s["max_connections"] // 4)
+    if not 1 <= s["max_connections_per_host"] <= s["max_connections"]:
+        raise ConfigError(f"max_connections_per_host = {s['max_connections_per_host']} must be 1..max_connections "
+                          f"({s['max_connections']})")
     return Config(**s)
 
 

@@ -833,6 +833,7 @@ class Replication:
     def _on_ack(self, fields, envelope, now):
         node_id, origin, seq = fields
         if origin == self.engine.origin and node_id in self.views:
+            self.engine.check_remote(0, ({origin: seq},))    # no peer holds writes this run never made
             self._note_acked(node_id, seq, now)
 
     def _note_acked(self, node_id, seq, now):
@@ -924,7 +925,9 @@ class Replication:
         view = self.views.get(node_id)
         if view is None:
             return
-        view.applied = protocol.vector_from_pairs(applied)
+        applied = protocol.vector_from_pairs(applied)
+        self.engine.check_remote(0, (applied,))
+        view.applied = applied
         view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
         view.heard = now
         self._note_acked(node_id, view.applied.get(self.engine.origin, 0), now)

@@ -9,7 +9,7 @@ import logging
 import os
 from typing import NamedTuple
 
-from . import protocol
+from . import errors, protocol
 
 FETCH_MAX_ENTRIES = 5000          # entries in one ENTRIES reply ...
 FETCH_MAX_BYTES = 8 << 20         # ... or about this many bytes (under max_request_size, 16 MiB)
@@ -163,6 +163,10 @@ class Primary:
         node_id, term, last_seq, round_, voter = fields
         if term != self.storage.term or node_id not in self.match:
             return
+        if last_seq > self.engine.last_seq:
+            # no copy can hold entries this primary never sent (a forged or broken ACK would count toward commit)
+            raise errors.BadArgument(f"ACK from node {node_id} claims seq {last_seq}; this primary's log ends at "
+                                     f"{self.engine.last_seq}")
         self.last_heard[node_id] = now
         self.match[node_id] = last_seq          # its latest report: it may have lost data and restarted
         self.voter[node_id] = voter

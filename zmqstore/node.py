@@ -77,7 +77,8 @@ class Node:
         try:
             security = keys.load_node_security(config)      # None without keys
             own = security.own if security is not None else None
-            self.gate = trust.Gatekeeper(self._ctx, config.peers, config.max_connections, security)
+            self.gate = trust.Gatekeeper(self._ctx, config.peers, config.max_connections,
+                                         config.max_connections_per_host, security)
             self.router = transport.bind_router(
                 self._ctx, config.host, config.port, config.max_request_size, self.gate.guard_client,
                 mandatory=True, send_hwm=send_hwm(config.client_output_limit, config.max_value_size), curve=own)
@@ -260,7 +261,7 @@ class Node:
                 self._release(now)
             deadline = min(next_chores, next_beat, self._waiters[0].deadline if self._waiters else next_chores)
             if self.outbox.backlogs:
-                deadline = min(deadline, now + BACKLOG_RETRY)
+                deadline = min(deadline, max(now + BACKLOG_RETRY, self.outbox.next_retry()))
             # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
             for item, _ in zmq_poll(poll_items, max(0, int((deadline - now) * 1000)) + 1):
                 if item is router:
@@ -316,7 +317,7 @@ class Node:
         if self._waiters:
             self._release(time.monotonic())
         if self.outbox.backlogs:
-            self.outbox.flush()
+            self.outbox.flush(time.monotonic())
         if primary is not None:
             engine.apply_to_commit()
         elif self.replication is not None:
@@ -331,15 +332,18 @@ class Node:
         with_keys = self.config.keys
         user = None
         until = None
+        # Bytes of requests per iteration: what one CHANGE of this iteration's entries may carry stays
+        # under what the peers' SUBs accept (max_request_size, plus one request, plus framing).
+        byte_budget = self.config.max_request_size
         for taken in range(MAX_DRAIN):
             # After one request, ask ZMQ_EVENTS whether another is waiting: for the common lone
             # request that is cheaper than the failing recv (zmq.Again) that ends a longer drain.
             if taken == 1 and not transport.has_input(router):
                 break
             if taken & 63 == 1:
-                if self.outbox.backlogs:
-                    self.outbox.flush()     # a deep pipeline's replies leave as its client reads
                 now = time.monotonic()
+                if self.outbox.backlogs:
+                    self.outbox.flush(now)  # a deep pipeline's replies leave as its client reads
                 if until is None:
                     until = now + DRAIN_SECONDS
                 elif now >= until:
@@ -352,6 +356,9 @@ class Node:
             except zmq.Again:
                 break
             self._answer(frames, user)
+            byte_budget -= len(frames[-1])
+            if byte_budget <= 0:
+                break
 
     def _answer(self, frames, user=None):
         """One client request's frames: it gets a reply (now or later). Bad input, a peer message
@@ -464,7 +471,7 @@ class Node:
             except errors.RequestError as exc:
                 self._refuse(meta, f"a malformed peer message ({exc})")
                 continue
-            if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, meta):
+            if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, meta, envelope):
                 self._refuse(meta, f"{message.command} naming node {protocol.peer_sender(message)}")
             elif self.peering is not None:
                 self._handle_peer(self.peering.on_request, message, envelope)
@@ -499,6 +506,8 @@ class Node:
             handler(message, *args, time.monotonic())
         except errors.StorageError:
             raise
+        except errors.RequestError as exc:     # refused on its content (a field this node cannot justify)
+            self._refuse(f"node {protocol.peer_sender(message)}", f"{message.command} ({exc})")
         except Exception:
             log.exception("dropping a %s from node %s that could not be processed", message.command,
                           protocol.peer_sender(message))

@@ -6,7 +6,9 @@ about `limit` bytes of the largest replies, and ROUTER_MANDATORY makes a send to
 instead of vanishing. Such a reply waits here, in the connection's backlog, and leaves as the client
 reads (`flush`, every loop iteration). A backlog that would pass `limit` bytes means the client is not
 reading: its further replies are dropped and its requests ignored (`refuses`) until the backlog has
-drained to half. A client that reads its replies never meets either bound.
+drained to half. A client that reads its replies never meets either bound. All backlogs together
+hold at most GLOBAL_LIMITS times `limit`; a stalled backlog is retried less and less often (up to
+every RETRY_MAX seconds), so many stalled clients cost the loop little.
 """
 import collections
 import errno
@@ -19,6 +21,8 @@ from . import transport
 # The largest reply a node sends, beyond the value itself: a scan page is about 1 MiB of items.
 REPLY_OVERHEAD = 64 << 10
 MIN_HWM = 16
+GLOBAL_LIMITS = 4           # every backlog together: this many times the per-connection limit
+RETRY_MAX = 0.1             # seconds between attempts on a backlog that made no progress, at most
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +34,14 @@ def send_hwm(limit, max_value_size) -> int:
 
 
 class _Backlog:
-    __slots__ = ("queue", "size", "over")
+    __slots__ = ("queue", "size", "over", "retry_at", "delay")
 
     def __init__(self):
         self.queue = collections.deque()
         self.size = 0
         self.over = False
+        self.retry_at = 0.0     # when flush tries this backlog next
+        self.delay = 0.0        # grows while attempts make no progress
 
 
 class Outbox:
@@ -44,7 +50,8 @@ class Outbox:
     def __init__(self, sock, limit):
         self.sock, self.limit = sock, limit
         self.backlogs = {}      # identity -> _Backlog, only for connections whose queue is full
-        self.dropped = 0        # replies dropped over the limit (status: replies_dropped)
+        self.total = 0          # bytes in every backlog
+        self.dropped = 0        # replies dropped over a limit
 
     def send(self, frames):
         backlog = self.backlogs.get(frames[0])
@@ -59,7 +66,7 @@ class Outbox:
                     return      # the client has gone: its reply has nobody to go to
                 raise
         size = sum(map(len, frames))
-        if backlog.size + size > self.limit:
+        if backlog.size + size > self.limit or self.total + size > GLOBAL_LIMITS * self.limit:
             if not backlog.over:
                 log.warning("a client is not reading its replies (%d bytes waiting, limit %d): dropping its "
                             "replies and ignoring its requests until it reads", backlog.size, self.limit)
@@ -68,11 +75,14 @@ class Outbox:
             return
         backlog.queue.append(frames)
         backlog.size += size
+        self.total += size
 
-    def flush(self):
+    def flush(self, now):
         """Send what the backlogs hold, as far as each client's queue takes it."""
         for identity, backlog in list(self.backlogs.items()):
-            queue = backlog.queue
+            if backlog.retry_at > now:
+                continue
+            queue, before = backlog.queue, backlog.size
             try:
                 while queue:
                     transport.try_send_frames(self.sock, queue[0])
@@ -82,11 +92,23 @@ class Outbox:
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EHOSTUNREACH:
                     raise
-                queue.clear()
+                queue.clear()       # the client has gone
+                backlog.size = 0
+            self.total -= before - backlog.size
             if not queue:
                 del self.backlogs[identity]
-            elif backlog.over and backlog.size <= self.limit // 2:
+                continue
+            if backlog.size < before:
+                backlog.delay = 0.0
+            else:
+                backlog.delay = min(RETRY_MAX, max(0.001, 2 * backlog.delay))
+                backlog.retry_at = now + backlog.delay
+            if backlog.over and backlog.size <= self.limit // 2:
                 backlog.over = False
+
+    def next_retry(self) -> float:
+        """When flush should next be called (monotonic seconds)."""
+        return min(b.retry_at for b in self.backlogs.values())
 
     def refuses(self, identity) -> bool:
         """True while this client's backlog is over the limit: its requests are ignored."""

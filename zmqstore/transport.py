@@ -82,6 +82,7 @@ def bind_pub(ctx, host, port, guard, curve=None):
     sock = ctx.socket(zmq.PUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_INBOUND)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
     guard(sock)
     if curve is not None:
         curve_server(sock, curve)

@@ -7,7 +7,8 @@ protocol, RFC 27) that the node loop serves like any other socket:
 - peer domain (the peer port and the PUB): with keys (CurveZMQ), only the nodes' keys, each named
   `node-<id>` for the node its file names; without keys, only the hosts of the cluster's members;
 - client domain (the client port): with keys, only allow-listed client keys, named `rw` or `ro`;
-  without keys, anyone; either way up to `max_connections` connections at once.
+  without keys, anyone; either way up to `max_connections` connections at once, and at most
+  `max_connections_per_host` from one address (so one host cannot take every slot).
 
 Each peer message must then come from the node it names: `admits` compares the connection's
 User-Id (with keys) or peer address (without) with that node's. A process without a node's key, or
@@ -17,7 +18,10 @@ pyzmq's `zmq.auth` authenticators keep one allow list for every domain and run i
 own; the rules here differ by domain and count the client port's connections, which the loop knows,
 so the handler is this small class instead (the choice is recorded in docs/SECURITY.md).
 """
+import collections
 import logging
+import os
+import socket
 import time
 
 import zmq
@@ -34,6 +38,7 @@ CLIENT_DOMAIN = b"zmqstore-client"
 _OK, _DENIED = b"200", b"400"
 # What the loop learns from the client port's monitor: connections opened and closed.
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+ZAP_PER_PASS = 256      # handshakes decided per loop iteration, so a connection flood cannot hold the loop
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +47,13 @@ class Gatekeeper:
     """Decides every handshake (serve the `zap` socket) and admits peer messages (`admits`).
     Create it before any guarded socket binds; `close()` closes its sockets."""
 
-    def __init__(self, ctx, peers, max_connections, security=None):
+    def __init__(self, ctx, peers, max_connections, max_per_host, security=None):
         self.security = security
         if security is not None:
             # A connection's User-Id is what _decide named its key: "node-<id>", or "rw"/"ro" for clients.
+            # Only the peers' keys: not this node's own, nor keys in the directory of nodes not configured.
             self.meta = "User-Id"
-            self.node_of_key = {key: node_id for node_id, key in security.nodes.items()}
+            self.node_of_key = {security.nodes[p.node_id]: p.node_id for p in peers}
             self.allowed = {p.node_id: frozenset({f"node-{p.node_id}"}) for p in peers}
         else:
             self.meta = "Peer-Address"
@@ -57,8 +63,17 @@ class Gatekeeper:
                     log.warning("peer %d's host %r does not resolve: its connections will be refused",
                                 peer.node_id, peer.host)
         self.member_hosts = frozenset().union(*self.allowed.values()) if security is None else frozenset()
-        self.max_connections = max_connections
-        self.connections = set()    # file descriptors of the client port's open connections
+        self.max_connections, self.max_per_host = max_connections, max_per_host
+        # The client port's connections. `open_from` counts every open one per address, exactly (the
+        # monitor gives each one's file descriptor when it is accepted and when it closes). Admission
+        # happens later, at the handshake, where no descriptor is known: `admitted` counts the
+        # admitted ones per address, and when a connection from an address closes it is clamped to
+        # what is still open from there. It may so over-count for a while (a host's unfinished
+        # handshakes and refused sockets close within seconds), which refuses only that host.
+        self.connections = {}       # file descriptor -> peer address
+        self.open_from = collections.Counter()
+        self.admitted = collections.Counter()
+        self.admitted_total = 0
         self.refused = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0}
         self._logged = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0}
         self.monitor = None
@@ -76,7 +91,16 @@ class Gatekeeper:
     def guard_client(self, sock):
         """The client port: counted, and capped at max_connections (before the socket binds)."""
         sock.zap_domain = CLIENT_DOMAIN
-        self.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        endpoint = f"inproc://zmqstore-monitor-{id(sock)}"
+        sock.monitor(endpoint, _MONITOR_EVENTS)
+        monitor = sock.context.socket(zmq.PAIR)
+        # libzmq sends monitor events blocking: a full queue would stall every socket of the context
+        # (the peer plane included) during a connection flood while the loop is busy. Unbounded here;
+        # the events are a few bytes each and the loop reads them first in every iteration.
+        monitor.setsockopt(zmq.RCVHWM, 0)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(endpoint)
+        self.monitor = monitor
 
     def close(self):
         for sock in (self.monitor, self.zap):
@@ -90,9 +114,15 @@ class Gatekeeper:
         if self.monitor is not None:
             self._count_connections()
         zap = self.zap
-        while zap.poll(0):
+        for _ in range(ZAP_PER_PASS):
+            if not zap.poll(0):
+                return
             request = zap.recv_multipart()
-            reply = self._decide(request)
+            try:
+                reply = self._decide(request)
+            except Exception:       # a REP socket must answer, or it can never take another request
+                log.exception("refusing a handshake the ZAP handler could not decide")
+                reply = [b"1.0", request[1] if len(request) > 1 else b"", _DENIED, b"internal error", b"", b""]
             zap.send_multipart(reply)
 
     def _count_connections(self):
@@ -101,9 +131,18 @@ class Gatekeeper:
             parsed = parse_monitor_message(monitor.recv_multipart())
             event, fd = parsed["event"], parsed["value"]
             if event == zmq.EVENT_ACCEPTED:
-                self.connections.add(fd)
-            elif event == zmq.EVENT_DISCONNECTED:
-                self.connections.discard(fd)
+                address = _peer_address(fd)
+                self.connections[fd] = address
+                self.open_from[address] += 1
+            elif event == zmq.EVENT_DISCONNECTED and fd in self.connections:
+                address = self.connections.pop(fd)
+                self.open_from[address] -= 1
+                still = self.open_from[address]
+                if self.admitted[address] > still:
+                    self.admitted_total -= self.admitted[address] - still
+                    self.admitted[address] = still
+                if not still:
+                    del self.open_from[address], self.admitted[address]
 
     def _decide(self, request):
         """A ZAP request -> its reply: [version, request id, status, text, user id, metadata]."""
@@ -133,13 +172,16 @@ class Gatekeeper:
             node_id = self.node_of_key.get(key)
             return (f"node-{node_id}", None) if node_id is not None else (None, "not a node's key")
         if domain == CLIENT_DOMAIN:
-            # `connections` counts this one too: it was accepted before its handshake began
-            if len(self.connections) > self.max_connections:
+            if self.admitted[address] >= self.max_per_host:
+                return None, f"max_connections_per_host = {self.max_per_host} reached"
+            if self.admitted_total >= self.max_connections:
                 return None, f"max_connections = {self.max_connections} reached"
-            if security is None:
-                return "", None
-            role = security.clients.get(key)
-            return (role, None) if role is not None else (None, "not an allowed client key")
+            role = "" if security is None else security.clients.get(key)
+            if role is None:
+                return None, "not an allowed client key"
+            self.admitted[address] += 1
+            self.admitted_total += 1
+            return role, None
         return None, "unknown ZAP domain"
 
     def _note_refusal(self, domain, address, why):
@@ -150,12 +192,34 @@ class Gatekeeper:
             log.warning("refused a connection from %s to the %s plane: %s (%d refused so far)", address,
                         "peer" if domain == PEER_DOMAIN else "client", why, self.refused[domain])
 
-    def admits(self, message, meta) -> bool:
-        """Whether `message` (validated) may be from the node it names, arriving on a connection whose
-        `self.meta` property is `meta`."""
-        return meta in self.allowed.get(protocol.peer_sender(message), ())
+    def admits(self, message, meta, envelope) -> bool:
+        """Whether a request (validated) on the peer port may be from the node it names: it arrived on a
+        connection whose `self.meta` property is `meta` and whose routing identity (`envelope`) is that
+        node's, node-<id>. (The identity matters because replies go by it: a connection that took over
+        another node's identity would receive that node's replies.)"""
+        sender = protocol.peer_sender(message)
+        return meta in self.allowed.get(sender, ()) and envelope == [b"node-%d" % sender]
 
     @staticmethod
     def read_only(user) -> bool:
         """Whether a client connection's User-Id is a read-only key's."""
         return user == READ_ONLY
+
+
+def _peer_address(fd) -> str:
+    """The IP address of the connection on file descriptor `fd` (a duplicate is asked, then closed).
+    "?" when it is already gone: the monitor event may be read after the connection closed."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return "?"
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return "?"
+    with sock:
+        try:
+            return sock.getpeername()[0]
+        except OSError:
+            return "?"

@@ -5,9 +5,11 @@ acknowledged without its real quorum, no value changes, memory stays bounded, an
 client keeps working. Where the stranger is kept out by its address, a member's address doing the
 same shows that the test's own receive path works (the assertion can fail)."""
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import msgpack
@@ -85,14 +87,18 @@ os._exit(0)
 """
 
 # A process that floods PINGs from argv[1] to argv[2]:argv[3] for argv[4] seconds, 500 in flight,
-# reading the replies.
+# reading the replies; it writes how many it got to the file argv[5] (first after 1,000 replies).
 PING_FLOOD = """
-import sys, time, zmq
+import os, sys, time, zmq
 from zmqstore import protocol
 ctx = zmq.Context()
 sock = ctx.socket(zmq.DEALER)
 sock.connect(f"tcp://{sys.argv[1]}:0;{sys.argv[2]}:{sys.argv[3]}")
-end, rid, out = time.monotonic() + float(sys.argv[4]), 0, 0
+end, rid, out, got = time.monotonic() + float(sys.argv[4]), 0, 0, 0
+def report():
+    with open(sys.argv[5] + ".tmp", "w") as f:
+        f.write(str(got))
+    os.replace(sys.argv[5] + ".tmp", sys.argv[5])
 while time.monotonic() < end:
     while out < 500:
         rid += 1
@@ -101,9 +107,15 @@ while time.monotonic() < end:
     while sock.poll(0):
         sock.recv()
         out -= 1
+        got += 1
+        if got == 1000:
+            report()
     if out >= 500 and sock.poll(100):
         sock.recv()
         out -= 1
+        got += 1
+report()
+os._exit(0)
 """
 
 
@@ -131,7 +143,7 @@ def make_cluster(request, tmp_path):
     made = []
 
     def make(mode="leader", size=3):
-        c = Cluster(tmp_path / f"c{len(made)}", size=size, mode=mode)
+        c = Cluster(tmp_path / f"c{len(made)}", size=size, mode=mode, keys=False)   # a stranger without keys
         os.makedirs(c.base_dir, exist_ok=True)
         made.append(c)
         return c.start_all()
@@ -212,26 +224,50 @@ def test_a_storm_of_forged_term_bumps_does_not_move_terms(make_cluster, stranger
 
 def test_forged_acks_do_not_acknowledge_a_write_without_its_quorum(make_cluster, stranger):
     """Row 2: with both secondaries killed, ACKs naming them (current term, every seq, every round)
-    used to make the isolated primary acknowledge a PUT and serve a linearizable read. Now the PUT
-    gets replication_timeout and the read is not served."""
+    used to make the isolated primary acknowledge a PUT and serve a linearizable read. Forged from the
+    stranger's address, or from node 3's host naming node 2, they are not counted: the PUT is not
+    acknowledged and the read is not served. Control first: the same ACKs from node 3's host naming
+    node 3, on node 3's identity, are admitted and commit a write (the path works; and without keys a
+    member's host is trusted, docs/SECURITY.md)."""
     c = make_cluster()
     primary = c.nodes[1]
     term = primary.status()["term"]
     c.nodes[2].kill()
     c.nodes[3].kill()
-    forgers = [(stranger.dealer(primary.host, primary.port), (2, 3)),
-               (stranger.dealer(primary.host, primary.peer_port), (2, 3))]
-    # From node 3's host, too, naming node 2: a member's host may speak only for the nodes on it.
-    # (Naming node 3 from there would be admitted: without keys, a host's processes are trusted.)
     member = Stranger(source=c.nodes[3].host)
     try:
-        forgers.append((member.dealer(primary.host, primary.peer_port), (2,)))
+        control = member.ctx.socket(zmq.DEALER)
+        member.socks.append(control)
+        control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.IDENTITY, b"node-3")
+        control.connect(f"tcp://{c.nodes[3].host}:0;{primary.host}:{primary.peer_port}")
+        stop = threading.Event()
+        entry = primary.status()["last_seq"] + 1        # the seq the control's write will get
+
+        def keep_acking():
+            round_ = 1
+            while not stop.is_set():
+                send(control, protocol.encode_peer("ACK", 3, term, entry, round_, True))
+                round_ += 1
+                time.sleep(0.02)
+        acker = threading.Thread(target=keep_acking)
+        acker.start()
+        try:
+            with primary.client(timeout=3.0, retry=NO_RETRY) as db:
+                db.put("admitted", 1)
+        finally:
+            stop.set()
+            acker.join(10)
+        forgers = [(stranger.dealer(primary.host, primary.port), (2, 3)),
+                   (stranger.dealer(primary.host, primary.peer_port), (2, 3)),
+                   (member.dealer(primary.host, primary.peer_port), (2,))]
         with primary.client(timeout=3.0, retry=NO_RETRY) as db:
             for round_ in range(1, 200):
                 for sock, node_ids in forgers:
                     for node_id in node_ids:
-                        send(sock, protocol.encode_peer("ACK", node_id, term, 10**6 + round_, round_, True))
-            with pytest.raises(errors.ReplicationTimeout):
+                        for seq in (entry + 1, 10**6 + round_):
+                            send(sock, protocol.encode_peer("ACK", node_id, term, seq, round_, True))
+            with pytest.raises(ZmqstoreError):      # replication_timeout, or not_primary once it stepped down
                 db.put("forged-quorum", 1)
             with pytest.raises(ZmqstoreError):
                 db.get("forged-quorum")
@@ -379,22 +415,27 @@ def test_unread_replies_are_bounded_in_bytes(make_cluster, stranger):
     assert "is not reading its replies" in primary.log()
 
 
-def test_a_ping_flood_does_not_starve_another_client(make_cluster):
+def test_a_ping_flood_does_not_starve_another_client(make_cluster, tmp_path):
     """Row 10: a PING flood (about 27k/s) from one client took a second client's p50 from 4 to 279 ms.
-    Every well-behaved PUT must still complete within 1 s (the figures are in docs/BENCHMARKS.md)."""
+    Every well-behaved PUT must still complete within 1 s while the flood is served (the latency
+    figures are in docs/BENCHMARKS.md)."""
     c = make_cluster()
     primary = c.nodes[1]
-    flood = subprocess.Popen([sys.executable, "-c", PING_FLOOD, STRANGER, primary.host, str(primary.port), "12"])
+    count = tmp_path / "flood-replies"
+    flood = subprocess.Popen([sys.executable, "-c", PING_FLOOD, STRANGER, primary.host, str(primary.port), "10",
+                              str(count)])
     try:
-        time.sleep(1.0)     # the flood is under way (it runs for 12 s)
-        assert flood.poll() is None
+        wait_until(count.exists, 10, message="the flood being answered")
         with c.client(timeout=1.0, retry=NO_RETRY) as db:
-            end = time.monotonic() + 8
+            end = time.monotonic() + 6
             i = 0
             while time.monotonic() < end:
                 db.put(f"flooded-{i}", i)
                 i += 1
+        assert flood.poll() is None, "the flood ended before the well-behaved client did"
         assert i > 50
+        flood.wait(20)
+        assert int(count.read_text()) > 20_000, f"the flood got only {count.read_text()} replies"
     finally:
         flood.kill()
         flood.wait(10)
@@ -402,29 +443,43 @@ def test_a_ping_flood_does_not_starve_another_client(make_cluster):
 
 def test_connections_beyond_max_connections_are_refused(nodes, stranger, tmp_path):
     """Row 11: 11,821 idle connections took 303 MB and 11,856 open files. Connections beyond
-    max_connections are refused at the handshake: open files stay near the cap, a client connected
-    before keeps working, and once the stranger leaves new clients get in again."""
+    max_connections, or beyond max_connections_per_host from one address, are refused at the
+    handshake; sockets that never finish a handshake fill only their own host's share. Open files stay
+    near the caps, a client connected before keeps working, a new client from another host gets in
+    meanwhile, and the stranger's host is served again once its connections close."""
     conf = tmp_path / "cap.ini"
-    conf.write_text("[cluster]\nmax_connections = 40\n")
+    conf.write_text("[cluster]\nmax_connections = 100\nmax_connections_per_host = 30\n")
     node = nodes(args=["--config", str(conf)], host="127.0.0.2")
+    silent = []
     with node.client(timeout=1.0, retry=NO_RETRY) as early:
         early.put("early", 1)
         files_before = len(os.listdir(f"/proc/{node.proc.pid}/fd"))
         socks = [stranger.dealer(node.host, node.port) for _ in range(200)]
+        for _ in range(100):        # connected, and never a byte: the handshake never starts
+            sock = socket.create_connection((node.host, node.port), source_address=("127.0.0.7", 0))
+            silent.append(sock)
         for sock in socks:
             send(sock, protocol.encode_request("PING", CID, 1, 1))
         answered = sum(bool(received(s, 0.01)) for s in socks)
-        time.sleep(1.0)     # refused sockets reconnect and are refused again meanwhile
+        wait_until(lambda: "max_connections_per_host = 30 reached" in node.log(), 5, message="refusals logged")
         answered += sum(bool(received(s, 0.01)) for s in socks)
         files = len(os.listdir(f"/proc/{node.proc.pid}/fd"))
-        assert answered <= 40, f"{answered} connections beyond the cap were served"
-        assert files - files_before < 80, f"open files went from {files_before} to {files}"
+        assert 20 <= answered <= 30, f"{answered} of the stranger's 200 connections were served (cap 30 a host)"
+        assert files - files_before < 200, f"open files went from {files_before} to {files}"
         early.put("still-served", 2)
+        assert _new_client_gets_in(node), "a client from another host was locked out"
         for sock in socks:
             sock.close(linger=0)
         stranger.socks.clear()
-    wait_until(lambda: _new_client_gets_in(node), 10, message="a new client admitted")
-    assert "max_connections = 40 reached" in node.log()
+        wait_until(lambda: _gets_a_reply(stranger.dealer(node.host, node.port)), 10,
+                   message="a new connection from the stranger's host served once its others left")
+    for sock in silent:
+        sock.close()
+
+
+def _gets_a_reply(sock):
+    send(sock, protocol.encode_request("PING", CID, 1, 1))
+    return bool(received(sock, 0.5))
 
 
 def _new_client_gets_in(node):

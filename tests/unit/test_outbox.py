@@ -33,22 +33,21 @@ def test_a_client_that_does_not_read_is_held_to_the_limit_then_served_again():
         identity, _ = router.recv_multipart()
         limit = 4 << 20
         outbox = Outbox(router, limit)
-        reply = b"x" * (256 << 10)
-        for _ in range(200):                    # 50 MiB, far more than the pipe and the limit hold
-            outbox.send([identity, reply])
-        backlog = outbox.backlogs[identity]
-        assert backlog.size <= limit and outbox.dropped > 0 and outbox.refuses(identity)
-        got, deadline = 0, time.monotonic() + 10
+        filler = b"x" * (256 << 10)
+        for i in range(200):                    # 50 MiB, far more than the pipe and the limit hold
+            outbox.send([identity, i.to_bytes(4, "big") + filler])
+        assert outbox.backlogs[identity].size > limit // 2        # the backlog took what the pipe did not
+        assert outbox.dropped > 0 and outbox.refuses(identity)
+        got, deadline = [], time.monotonic() + 10
         while outbox.backlogs and time.monotonic() < deadline:
             while client.poll(10):
-                client.recv()
-                got += 1
-            outbox.flush()
-        assert not outbox.backlogs and not outbox.refuses(identity)
+                got.append(int.from_bytes(client.recv()[:4], "big"))
+            outbox.flush(time.monotonic() + 1.0)      # as if every retry delay had passed
+        assert not outbox.backlogs and not outbox.refuses(identity) and outbox.total == 0
         while client.poll(200):
-            client.recv()
-            got += 1
-        assert got == 200 - outbox.dropped     # every reply not dropped arrived, once
+            got.append(int.from_bytes(client.recv()[:4], "big"))
+        assert len(got) == 200 - outbox.dropped                 # every reply not dropped arrived, once
+        assert got == sorted(got) and got[0] == 0               # in the order they were sent
         outbox.send([identity, b"again"])       # served again
         assert client.poll(5000) and client.recv() == b"again"
     finally:
