@@ -118,7 +118,7 @@ def partition_convergence(cluster, writes_each):
 
 def dynamo(results, n_each, probes, partition_writes):
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, size=3, mode="dynamo", args=["--log-level", "WARNING"])
+        c = Cluster(d, size=3, mode="dynamo", args=["--log-level", "WARNING"], keys=False)
         try:
             c.start_all()
             rate, settle = throughput(c, n_each)

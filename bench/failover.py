@@ -41,7 +41,7 @@ class Writer(threading.Thread):
 def failover(results, runs, election_interval=0.5):
     with tempfile.TemporaryDirectory() as d:
         c = Cluster(d, size=3, args=["--election-interval", str(election_interval), "--log-level", "WARNING"],
-                    new_session=False)
+                    new_session=False, keys=False)
         try:
             c.start_all()
             writer = Writer(c.endpoints)

@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--json")
     opts = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, size=3, args=["--log-level", "WARNING"], new_session=False)
+        c = Cluster(d, size=3, args=["--log-level", "WARNING"], new_session=False, keys=False)
         try:
             c.start_all()
             counts = {"writes": 0, "reads": 0, "errors": 0}

@@ -24,6 +24,7 @@ from zmqstore.testing.process import Cluster, NodeProcess, wait_until  # noqa: E
 
 from dynamo_bench import dynamo  # noqa: E402
 from failover import failover  # noqa: E402  (bench/ is on sys.path as the script's directory)
+from security import report_rows as security_rows, security  # noqa: E402
 
 PIPELINE_DEPTH = 64
 
@@ -186,7 +187,7 @@ def single_node(results, N, rounds):
     echo = EchoServer()
     with tempfile.TemporaryDirectory() as d:
         node = NodeProcess(1, os.path.join(d, "data"), os.path.join(d, "node.log"), args=["--log-level", "WARNING"],
-                           new_session=False)
+                           new_session=False, keys=False)
         try:
             node.start()
             ep = node.endpoint
@@ -224,7 +225,7 @@ def leader_cluster(results, N, rounds, catch_up_writes):
         conf = os.path.join(d, "bench.ini")
         with open(conf, "w") as f:   # keep the whole catch-up in the log, so it is a log catch-up
             f.write(f"[cluster]\nlog_retention = {catch_up_writes * 2}\n")
-        c = Cluster(d, size=3, args=["--config", conf, "--log-level", "WARNING"], new_session=False)
+        c = Cluster(d, size=3, args=["--config", conf, "--log-level", "WARNING"], new_session=False, keys=False)
         try:
             c.start_all()
             ep = c.nodes[1].endpoint
@@ -270,7 +271,8 @@ def leader_cluster(results, N, rounds, catch_up_writes):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
-    ap.add_argument("--only", choices=("single", "leader", "failover", "dynamo"), help="run one part only")
+    ap.add_argument("--only", choices=("single", "leader", "failover", "dynamo", "security"),
+                    help="run one part only")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
     scale = 0.02 if opts.quick else 1.0
@@ -288,6 +290,8 @@ def main():
         failover(results, 2 if opts.quick else 7)
     if opts.only in (None, "dynamo"):
         dynamo(results, N(40_000), 30 if opts.quick else 300, N(10_000))
+    if opts.only in (None, "security"):
+        security(results, opts.quick)
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:
@@ -358,6 +362,7 @@ def report(r):
             rows.append(("dynamo 3 nodes: converge after a partition heals",
                          f"{r['dynamo_partition_converge_s']:.2f} s",
                          f"{r['dynamo_partition_writes_each']:,} writes on each side (target < 3 s)"))
+    rows += security_rows(r)
     width = max(len(row[0]) for row in rows)
     print()
     for name, value, note in rows:

@@ -5,20 +5,25 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from zmqstore import errors, protocol
+from zmqstore import errors, protocol, transport
+from zmqstore.keys import load_node_keys, load_pair
 
 CID = b"fuzzer-client-id"
 V = protocol.pack_value
 
 
 class RawClient:
-    """A bare DEALER that sends arbitrary frames and reads one reply (bounded wait)."""
+    """A bare DEALER that sends arbitrary frames and reads one reply (bounded wait); with the node's
+    read-write test key when the node has keys."""
 
-    def __init__(self, endpoint):
+    def __init__(self, node):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect("tcp://" + endpoint)
+        if node.keys is not None:
+            own = load_pair(node.keys.client_kwargs()["secret_key"])
+            transport.curve_client(self.sock, own, load_node_keys(node.keys.nodes)[node.node_id])
+        self.sock.connect("tcp://" + node.endpoint)
 
     def ask(self, frames, timeout=5.0):
         self.sock.send_multipart(frames)
@@ -33,7 +38,7 @@ class RawClient:
 
 @pytest.fixture
 def raw(node):
-    c = RawClient(node.endpoint)
+    c = RawClient(node)
     yield c
     c.close()
 
@@ -91,7 +96,7 @@ def test_oversized_frame_drops_only_that_connection(nodes, tmp_path):
     conf = tmp_path / "small.ini"
     conf.write_text("[cluster]\nmax_key_size = 100\nmax_value_size = 1000\nmax_request_size = 8192\n")
     n = nodes(args=["--config", str(conf)])
-    big = RawClient(n.endpoint)
+    big = RawClient(n)
     try:
         reply = protocol.decode_reply(big.ask([req("PUT", b"k", V(b"x" * 2000))])[-1])
         assert reply.result[0] == "value_too_large"

@@ -179,8 +179,7 @@ def test_cli_status_shows_term_and_votes(cluster):
     c = cluster()
     c.nodes[1].kill()
     assert c.wait_primary(10, among=(2, 3)) == 2
-    endpoints = ",".join(n.endpoint for n in list(c.nodes.values())[1:])
-    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", "--endpoints", endpoints, "status"],
+    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", *c.cli_args([2, 3]), "status"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

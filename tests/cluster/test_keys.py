@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from zmqstore import Client, Retry, ZmqstoreError, errors, protocol
+from zmqstore import Client, Retry, errors, protocol
 from zmqstore.keys import keygen, load_pair
 from zmqstore.testing.process import Cluster, wait_until
 

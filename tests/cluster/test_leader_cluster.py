@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from zmqstore import Client, Retry, errors
+from zmqstore import Retry, errors
 from zmqstore.testing.process import Writer, put_pipelined, wait_until
 
 
@@ -35,11 +35,11 @@ def test_writes_reach_every_secondary(cluster):
 
 def test_secondary_redirects_writes_and_reads(cluster):
     c = cluster()
-    with Client(c.nodes[2].endpoint) as db:       # talks to a secondary first
+    with c.nodes[2].client() as db:               # talks to a secondary first
         db.put("x", 1)                              # followed not_primary to node 1
         assert db.endpoint == c.nodes[1].endpoint
         assert db.get("x") == 1
-    with Client(c.nodes[3].endpoint, retry=Retry(max_tries=1)) as db:
+    with c.nodes[3].client(retry=Retry(max_tries=1)) as db:
         with pytest.raises(errors.NotPrimary) as info:
             db._call("PUT", b"y", b"\x01")
         assert info.value.details["primary_id"] == 1
@@ -100,7 +100,7 @@ def test_primary_without_a_majority_steps_down_and_acknowledges_nothing(cluster)
         db.put("before", 1)
     c.nodes[2].stop()
     c.nodes[3].stop()
-    with Client(c.nodes[1].endpoint, timeout=5.0, retry=Retry(max_tries=1)) as db:
+    with c.nodes[1].client(timeout=5.0, retry=Retry(max_tries=1)) as db:
         # Answered within 5 s, never acknowledged: the primary steps down after election_interval
         # without a majority and fails what it holds (or, if that came first, refuses the write).
         with pytest.raises((errors.ReplicationTimeout, errors.NotPrimary)):
@@ -160,7 +160,7 @@ def test_cli_status_table_shows_every_node(cluster):
     with c.client() as db:
         db.put("k", 1)
     wait_until(lambda: stale_get(c.nodes[3], "k") == 1, 10, message="node 3 caught up")
-    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", "--endpoints", ",".join(c.endpoints), "status"],
+    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", *c.cli_args(), "status"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -198,7 +198,7 @@ def test_primary_killed_mid_stream_loses_no_acknowledged_write(cluster):
 
 def test_timed_out_write_commits_once_a_majority_returns(cluster):
     c = cluster()
-    with Client(c.nodes[1].endpoint, timeout=5.0, retry=Retry(max_tries=1)) as db:
+    with c.nodes[1].client(timeout=5.0, retry=Retry(max_tries=1)) as db:
         db.ping()
         for node_id in (2, 3):
             c.nodes[node_id].signal(signal.SIGSTOP)    # at once: the write below reaches the primary first
@@ -219,7 +219,7 @@ def test_outcome_after_failover_committed_or_fenced(cluster):
     """A write acknowledged only by a primary that then dies is not_found on the new primary, and
     is fenced: it never appears, even when the old primary comes back with it in its log."""
     c = cluster()
-    db = Client(c.endpoints, timeout=2.0, retry=Retry(max_tries=1))
+    db = c.client(timeout=2.0, retry=Retry(max_tries=1))
     try:
         db.put("kept", 1)
         for node_id in (2, 3):

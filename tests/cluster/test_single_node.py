@@ -133,7 +133,7 @@ def test_client_times_out_on_a_dead_endpoint(tmp_path):
 def test_datastore_cli(node):
     def cli(*args):
         proc = subprocess.run([sys.executable, "-c", "from zmqstore.cli import cli_entry; cli_entry()",
-                               "--endpoints", node.endpoint, *args], capture_output=True, text=True, timeout=30)
+                               *node.cli_args(), *args], capture_output=True, text=True, timeout=30)
         return proc.returncode, proc.stdout.strip()
 
     assert cli("put", "greeting", "hello") == (0, "OK")

@@ -7,124 +7,22 @@ same shows that the test's own receive path works (the assertion can fail)."""
 import os
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 
-import msgpack
 import pytest
 import zmq
 
 from zmqstore import Retry, ZmqstoreError, errors, protocol
+from zmqstore.testing import abuse
+from zmqstore.testing.abuse import CID, STRANGER, Stranger, forged_role, received, send
 from zmqstore.testing.process import Cluster, wait_until
 
-STRANGER = "127.0.0.9"
-CID = b"stranger-client!"
 NO_RETRY = Retry(max_tries=1)
 
 
-class Stranger:
-    """Sockets that connect from `source` (127.0.0.9 unless told otherwise) to a node's ports."""
-
-    def __init__(self, source=STRANGER):
-        self.source = source
-        self.ctx = zmq.Context()
-        self.socks = []
-
-    def _sock(self, kind, host, port):
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(f"tcp://{self.source}:0;{host}:{port}")
-        self.socks.append(sock)
-        return sock
-
-    def dealer(self, host, port):
-        return self._sock(zmq.DEALER, host, port)
-
-    def sub(self, host, port):
-        sock = self._sock(zmq.SUB, host, port)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        return sock
-
-    def xsub(self, host, port):
-        return self._sock(zmq.XSUB, host, port)
-
-    def close(self):
-        for sock in self.socks:
-            sock.close(linger=0)
-        self.ctx.term()
-
-
-def send(sock, body):
-    """Send without ever blocking the test (a refused connection queues, then drops)."""
-    try:
-        sock.send(body, zmq.NOBLOCK)
-    except zmq.Again:
-        pass
-
-
-def received(sock, seconds):
-    """What arrives on `sock` within `seconds` (a bounded wait)."""
-    got = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if sock.poll(int(left * 1000) + 1):
-            got.append(sock.recv_multipart())
-    return got
-
-
-# A process that connects an XSUB from argv[1] to argv[2]:argv[3] and sends three 8 MiB subscriptions.
-SUBSCRIPTION_BOMB = """
-import os, sys, time, zmq
-ctx = zmq.Context()
-for _ in range(3):
-    sock = ctx.socket(zmq.XSUB)
-    sock.connect(f"tcp://{sys.argv[1]}:0;{sys.argv[2]}:{sys.argv[3]}")
-    sock.send(b"\\x01" + os.urandom(8 << 20))
-time.sleep(3)
-os._exit(0)
-"""
-
-# A process that floods PINGs from argv[1] to argv[2]:argv[3] for argv[4] seconds, 500 in flight,
-# reading the replies; it writes how many it got to the file argv[5] (first after 1,000 replies).
-PING_FLOOD = """
-import os, sys, time, zmq
-from zmqstore import protocol
-ctx = zmq.Context()
-sock = ctx.socket(zmq.DEALER)
-sock.connect(f"tcp://{sys.argv[1]}:0;{sys.argv[2]}:{sys.argv[3]}")
-end, rid, out, got = time.monotonic() + float(sys.argv[4]), 0, 0, 0
-def report():
-    with open(sys.argv[5] + ".tmp", "w") as f:
-        f.write(str(got))
-    os.replace(sys.argv[5] + ".tmp", sys.argv[5])
-while time.monotonic() < end:
-    while out < 500:
-        rid += 1
-        out += 1
-        sock.send(protocol.encode_request("PING", b"flooding-client!", rid, rid))
-    while sock.poll(0):
-        sock.recv()
-        out -= 1
-        got += 1
-        if got == 1000:
-            report()
-    if out >= 500 and sock.poll(100):
-        sock.recv()
-        out -= 1
-        got += 1
-report()
-os._exit(0)
-"""
-
-
 def rss_mb(node):
-    with open(f"/proc/{node.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return abuse.rss_mb(node.proc.pid)
 
 
 def terms(cluster):
@@ -154,11 +52,6 @@ def make_cluster(request, tmp_path):
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
         for c in made:
             print(c.logs())
-
-
-def forged_role(term, node_id=99, role="primary"):
-    return protocol.encode_peer("ROLE", node_id, term, role, node_id, 10**6, term, 10**6, False, True,
-                                f"{STRANGER}:1", f"{STRANGER}:2")
 
 
 def test_a_term_overflow_attempt_changes_nothing_and_survives_a_full_restart(make_cluster, stranger):
@@ -306,7 +199,7 @@ def test_decoding_bombs_do_not_stall_the_primary(make_cluster, stranger):
     c = make_cluster()
     primary = c.nodes[1]
     term = primary.status()["term"]
-    bomb = (b"\xdc" + (10_013).to_bytes(2, "big")) * 1000
+    bomb = abuse.nested_bomb()
     socks = [stranger.dealer(primary.host, primary.port), stranger.dealer(primary.host, primary.peer_port)]
     with c.client(timeout=1.0, retry=NO_RETRY) as db:
         for i in range(400):
@@ -335,7 +228,7 @@ def test_an_8_mib_subscription_is_dropped_without_growing_memory(make_cluster, s
     before = rss_mb(primary)
     # Each sender is a process of its own: pyzmq crashes closing an XSUB whose 8 MiB message the
     # other side refused, so the sender leaves with os._exit instead of closing.
-    senders = [subprocess.Popen([sys.executable, "-c", SUBSCRIPTION_BOMB, source, primary.host, str(primary.pub_port)])
+    senders = [abuse.subscription_bomb(primary.host, primary.pub_port, source)
                for source in (STRANGER, c.nodes[2].host)]
     try:
         with c.client(timeout=1.0, retry=NO_RETRY) as db:
@@ -422,8 +315,7 @@ def test_a_ping_flood_does_not_starve_another_client(make_cluster, tmp_path):
     c = make_cluster()
     primary = c.nodes[1]
     count = tmp_path / "flood-replies"
-    flood = subprocess.Popen([sys.executable, "-c", PING_FLOOD, STRANGER, primary.host, str(primary.port), "10",
-                              str(count)])
+    flood = abuse.ping_flood(primary.host, primary.port, 10, count)
     try:
         wait_until(count.exists, 10, message="the flood being answered")
         with c.client(timeout=1.0, retry=NO_RETRY) as db:
@@ -449,7 +341,7 @@ def test_connections_beyond_max_connections_are_refused(nodes, stranger, tmp_pat
     meanwhile, and the stranger's host is served again once its connections close."""
     conf = tmp_path / "cap.ini"
     conf.write_text("[cluster]\nmax_connections = 100\nmax_connections_per_host = 30\n")
-    node = nodes(args=["--config", str(conf)], host="127.0.0.2")
+    node = nodes(args=["--config", str(conf)], host="127.0.0.2", keys=False)     # a stranger without keys
     silent = []
     with node.client(timeout=1.0, retry=NO_RETRY) as early:
         early.put("early", 1)

@@ -43,13 +43,14 @@ NETWORK_FAULTS = ("isolate-primary", "isolate-random", "split", "bridge", "flap"
 
 # ---------------------------------------------------------------- workload
 
-def _worker(endpoints, process, seconds, seed, out_path):
+def _worker(endpoints, process, seconds, seed, out_path, client_keys):
     """One client process: random operations on KEYS until `seconds` pass; writes its history."""
     rng = random.Random(seed * 1000 + process)
     ops = []
     counter = 0
     end = time.monotonic() + seconds
-    with Client(endpoints, timeout=0.5, retry=Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0)) as db:
+    with Client(endpoints, timeout=0.5, retry=Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0),
+                **client_keys) as db:
         while time.monotonic() < end:
             key = rng.choice(KEYS)
             kind = rng.choices(("put", "get", "cas"), (3, 4, 3))[0]
@@ -81,14 +82,15 @@ def _worker(endpoints, process, seconds, seed, out_path):
     write_history(out_path, ops)
 
 
-def _dynamo_worker(endpoint, process, seconds, seed, out_path):
+def _dynamo_worker(endpoint, process, seconds, seed, out_path, client_keys):
     """One dynamo-mode client process, on one node (retries go to the same node, which applies a
     retried write once): writes and deletes made with the context just read, and reads."""
     rng = random.Random(seed * 1000 + process)
     ops, reads = [], 0
     counter = 0
     end = time.monotonic() + seconds
-    with Client(endpoint, timeout=0.5, retry=Retry(max_tries=6, delay=0.05, max_delay=0.2, deadline=2.0)) as db:
+    with Client(endpoint, timeout=0.5, retry=Retry(max_tries=6, delay=0.05, max_delay=0.2, deadline=2.0),
+                **client_keys) as db:
         while time.monotonic() < end:
             key = rng.choice(KEYS)
             kind = rng.choices(("put", "delete", "get"), (6, 1, 3))[0]
@@ -242,7 +244,8 @@ def format_summary(summary):
         verdict = "linearizable" if summary["ok_verdict"] else "NOT linearizable (report below)"
     rows = [
         ("campaign", f"{summary['mode']} mode, seed {summary['seed']}, {summary['seconds']:g} s, {summary['nodes']} "
-                     f"nodes, network faults {'on' if summary['network_faults'] else 'off (needs iptables and root)'}"),
+                     f"nodes, network faults {'on' if summary['network_faults'] else 'off (needs iptables and root)'}, "
+                     f"keys {'on' if summary.get('keys') else 'off'}"),
         ("operations", ops),
         ("faults", f"{summary['faults']}: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))),
         ("checker", verdict),
@@ -258,7 +261,7 @@ def format_summary(summary):
 
 
 def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None, nodes=3,
-             mode="leader", log_level="WARNING"):
+             mode="leader", log_level="WARNING", keys=None):
     """Run one campaign on `nodes` nodes; returns a summary dict (verdict included). network: use
     iptables partitions (None: when available, i.e. iptables present and root). faults: only these
     kinds. broken: run a deliberately broken build (node.py BROKEN_ENV) to show the checker
@@ -282,7 +285,8 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
     if faults and not network and set(faults) & set(NETWORK_FAULTS):
         raise ValueError("network faults need iptables and root (partition.available() is False)")
     lock = _campaign_lock()
-    c = Cluster(base_dir, size=nodes, args=args, env=env, mode=mode)
+    c = Cluster(base_dir, size=nodes, args=args, env=env, mode=mode, keys=keys)
+    client_keys = c.keys.client_kwargs() if c.keys is not None else {}
     histories = []
     partitioner = None
     try:
@@ -295,9 +299,9 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             path = os.path.join(base_dir, f"history-{p}.jsonl")
             histories.append(path)
             if mode == "dynamo":
-                target, worker_args = _dynamo_worker, (c.endpoints[p % nodes], p, seconds, seed, path)
+                target, worker_args = _dynamo_worker, (c.endpoints[p % nodes], p, seconds, seed, path, client_keys)
             else:
-                target, worker_args = _worker, (c.endpoints, p, seconds, seed, path)
+                target, worker_args = _worker, (c.endpoints, p, seconds, seed, path, client_keys)
             procs.append(ctx.Process(target=target, args=worker_args, daemon=True))
         for proc in procs:
             proc.start()
@@ -333,7 +337,8 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         except TimeoutError:
             to_converge = None
             extra = {"not_converged": _trace_convergence(c, done, 5 if broken else 90)}
-        summary = {"mode": mode, "seed": seed, "seconds": seconds, "nodes": nodes, "faults": len(nemesis.log),
+        summary = {"mode": mode, "keys": c.keys is not None, "seed": seed, "seconds": seconds, "nodes": nodes,
+                   "faults": len(nemesis.log),
                    "fault_log": nemesis.log, "network_faults": bool(network), "converged_after_last_op_s": to_converge,
                    **extra}
         if mode == "dynamo":
@@ -422,6 +427,7 @@ def main(argv=None):
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--nodes", type=int, default=3, choices=(3, 5))
     ap.add_argument("--mode", default="leader", choices=("leader", "dynamo"))
+    ap.add_argument("--keys", action="store_true", help="CurveZMQ keys on every socket (docs/SECURITY.md)")
     ap.add_argument("--json", action="store_true", help="also print the summary, fault log included, as JSON")
     ap.add_argument("--log-level", default="WARNING", help="the nodes' log level (their logs go to the campaign dir)")
     ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
@@ -441,7 +447,7 @@ def main(argv=None):
     summary = None
     try:
         summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
-                           nodes=opts.nodes, mode=opts.mode, log_level=opts.log_level)
+                           nodes=opts.nodes, mode=opts.mode, log_level=opts.log_level, keys=opts.keys or None)
     finally:
         if opts.dir is None and summary is not None and summary["passed"]:
             shutil.rmtree(d, ignore_errors=True)

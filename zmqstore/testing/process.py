@@ -74,6 +74,13 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+def cli_args(endpoints, keys):
+    if keys is None:
+        return ["--endpoints", endpoints]
+    kwargs = keys.client_kwargs()
+    return ["--endpoints", endpoints, "--secret-key", kwargs["secret_key"], "--node-keys", kwargs["node_keys"]]
+
+
 class NodeProcess:
     """One datastore-node process. `args` are extra command-line flags; output goes to `log_path`."""
 
@@ -95,7 +102,7 @@ class NodeProcess:
         self.proc = None
         if keys is None and keys_by_default():
             keys = TestKeys(os.path.join(os.path.dirname(os.path.abspath(self.data_dir)), "keys"))
-        self.keys = keys
+        self.keys = keys or None          # False: no keys, whatever the environment says
 
     @property
     def endpoint(self):
@@ -131,6 +138,10 @@ class NodeProcess:
             except ZmqstoreError:
                 return False
         wait_until(answers, timeout, interval=0.05, message=f"node {self.node_id} answering")
+
+    def cli_args(self):
+        """datastore-cli's --endpoints for this node, and its key flags when it has keys."""
+        return cli_args(self.named_endpoint if self.keys else self.endpoint, self.keys)
 
     def client(self, **kwargs):
         """A Client of this node alone (with the read-write test key when the node has keys)."""
@@ -213,7 +224,7 @@ class Cluster:
             self.nodes[node_id] = NodeProcess(
                 node_id, os.path.join(self.base_dir, f"node{node_id}"),
                 os.path.join(self.base_dir, f"node{node_id}.log"), host=host,
-                new_session=new_session, keys=self.keys)
+                new_session=new_session, keys=self.keys or False)
 
     def peers_json(self, node_id):
         return json.dumps([{"node_id": n.node_id, "host": n.host, "port": n.port, "pub_port": n.pub_port,
@@ -287,6 +298,12 @@ class Cluster:
     def endpoints(self):
         """Every node's client endpoint, named ID@host:port when the cluster has keys."""
         return [n.named_endpoint if self.keys else n.endpoint for n in self.nodes.values()]
+
+    def cli_args(self, node_ids=None):
+        """datastore-cli's --endpoints for these nodes (default all), and its key flags when the
+        cluster has keys."""
+        nodes = [self.nodes[i] for i in (node_ids or self.nodes)]
+        return cli_args(",".join(n.named_endpoint if self.keys else n.endpoint for n in nodes), self.keys)
 
     def client(self, **kwargs):
         if self.keys is None:
