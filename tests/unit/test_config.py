@@ -72,7 +72,25 @@ BAD = [
     ({"node_id": 1, "write_quorum": True}, "write_quorum"),
     ({"node_id": 1, "session_timeout": 0}, "session_timeout"),
     ({"node_id": 1, "peers": [{"node_id": 2, "host": 7, "port": 1}]}, "non-empty string"),
+    ({"node_id": 1, "port": 9000, "peer_port": 10000}, "peer_port 10000 equals port or pub_port"),
+    ({"node_id": 1, "peers": [{"node_id": 2, "host": "127.0.0.1", "port": 9001, "peer_port": 11000}]},
+     "already uses"),                                                  # this node's own peer port
+    ({"node_id": 1, "host": "10.1.2.3"}, "not a loopback address and no keys"),
+    ({"node_id": 1, "host": "0.0.0.0"}, "pass --insecure"),
+    ({"node_id": 1, "node_keys": "k"}, "need secret_key"),
+    ({"node_id": 1, "secret_key": "k"}, "needs node_keys"),
+    ({"node_id": 1, "client_output_limit": 1 << 20}, "client_output_limit"),
+    ({"node_id": 1, "max_connections": 0}, "max_connections"),
+    ({"node_id": 1, "max_connections": 10, "max_connections_per_host": 11}, "max_connections_per_host"),
 ]
+
+
+def test_peer_ports_and_protected_mode():
+    cfg = resolve(None, {"node_id": 1, "port": 9100, "peers": [{"node_id": 2, "host": "127.0.0.2", "port": 9001}]})
+    assert cfg.peer_port == 11100 and cfg.peers[0].peer_port == 11001 and not cfg.keys
+    assert cfg.max_connections_per_host == cfg.max_connections // 4
+    assert resolve(None, {"node_id": 1, "host": "10.1.2.3", "insecure": True}).host == "10.1.2.3"
+    assert resolve(None, {"node_id": 1, "host": "10.1.2.3", "secret_key": "s", "node_keys": "k"}).keys
 
 
 @pytest.mark.parametrize("flags,message", BAD)
@@ -106,6 +124,8 @@ def test_ini_peer_lines(tmp_path):
     f = tmp_path / "p.ini"
     f.write_text("[node]\nnode_id = 1\n[peers]\n2 = 10.0.0.2:9001:9501\n")
     assert resolve(load_file(f)).peers[0].pub_port == 9501
+    f.write_text("[node]\nnode_id = 1\n[peers]\n2 = 10.0.0.2:9001:9501:9601\n")
+    assert resolve(load_file(f)).peers[0].peer_port == 9601
     f.write_text("[node]\nnode_id = 1\n[peers]\n2 = nonsense\n")
     with pytest.raises(ConfigError, match="host:port"):
         load_file(f)
