@@ -237,10 +237,14 @@ class Node:
         gate = self.gate
         # Handshakes, then the peer plane: zmq_poll reports ready items in this order, so no client
         # load can delay heartbeats, votes or replication within an iteration.
-        poll_items = [(gate.zap, zmq.POLLIN), (gate.monitor, zmq.POLLIN), (peer_router, zmq.POLLIN)]
+        # (The monitor's events are read by gate.serve, before each ZAP decision and every second.)
+        poll_items = [(gate.zap, zmq.POLLIN), (peer_router, zmq.POLLIN)]
         poll_items.extend((s, zmq.POLLIN) for s in sub_peers)
         poll_items.extend((d, zmq.POLLIN) for d in dealer_peers)
         poll_items += [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
+        # The same, also waking when the client port can send: while a backlog of replies drains.
+        poll_draining = [(router, zmq.POLLIN | zmq.POLLOUT) if sock is router else (sock, ev) for sock, ev in poll_items]
+        outbox = self.outbox
         # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         zmq_poll = zmq.backend.zmq_poll
         now = time.monotonic()
@@ -263,10 +267,14 @@ class Node:
             if self.outbox.backlogs:
                 deadline = min(deadline, max(now + BACKLOG_RETRY, self.outbox.next_retry()))
             # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
-            for item, _ in zmq_poll(poll_items, max(0, int((deadline - now) * 1000)) + 1):
+            items = poll_draining if outbox.draining and outbox.backlogs else poll_items
+            for item, events in zmq_poll(items, max(0, int((deadline - now) * 1000)) + 1):
                 if item is router:
-                    self._serve_router(router)
-                elif item is gate.zap or item is gate.monitor:
+                    if events & zmq.POLLOUT:
+                        outbox.flush(time.monotonic())
+                    if events & zmq.POLLIN:
+                        self._serve_router(router)
+                elif item is gate.zap:
                     gate.serve()
                 elif item is peer_router:
                     self._serve_peer_router(peer_router)
@@ -279,6 +287,7 @@ class Node:
             self._end_iteration()
 
     def _housekeeping(self, now):
+        self.gate.serve()       # connections that closed since the last handshake
         self.engine.housekeeping(now)
         if self.peering is not None:
             self.peering.housekeeping(now)

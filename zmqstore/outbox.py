@@ -52,6 +52,10 @@ class Outbox:
         self.backlogs = {}      # identity -> _Backlog, only for connections whose queue is full
         self.total = 0          # bytes in every backlog
         self.dropped = 0        # replies dropped over a limit
+        # Some backlog is moving (new, or its last attempt sent something): the loop then also wakes
+        # when the socket can send (POLLOUT), not only on the retry timer. A stalled one never sets
+        # it, so a client that does not read cannot make the loop spin.
+        self.draining = False
 
     def send(self, frames):
         backlog = self.backlogs.get(frames[0])
@@ -61,6 +65,7 @@ class Outbox:
                 return
             except zmq.Again:
                 backlog = self.backlogs[frames[0]] = _Backlog()
+                self.draining = True
             except zmq.ZMQError as exc:
                 if exc.errno == errno.EHOSTUNREACH:
                     return      # the client has gone: its reply has nobody to go to
@@ -79,6 +84,7 @@ class Outbox:
 
     def flush(self, now):
         """Send what the backlogs hold, as far as each client's queue takes it."""
+        self.draining = False
         for identity, backlog in list(self.backlogs.items()):
             if backlog.retry_at > now:
                 continue
@@ -100,6 +106,7 @@ class Outbox:
                 continue
             if backlog.size < before:
                 backlog.delay = 0.0
+                self.draining = True
             else:
                 backlog.delay = min(RETRY_MAX, max(0.001, 2 * backlog.delay))
                 backlog.retry_at = now + backlog.delay

@@ -231,13 +231,16 @@ def _unpackb(data: bytes, max_bin_len, max_array_len, max_map_len, max_ext_len=0
     it passes, every declared item is present, so what unpackb allocates is proportional to len(data).
     """
     n = len(data)
+    if n <= _SMALL_INPUT:
+        # msgpack's own default caps every length at len(data): what matters at this size (the
+        # tighter caps below are checked again by the validators), and faster than passing them
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=use_list)
     caps = {"max_bin_len": min(max_bin_len, n), "max_str_len": min(max_bin_len, n),
             "max_array_len": min(max_array_len, n), "max_map_len": min(max_map_len, n),
             "max_ext_len": min(max_ext_len, n)}
-    if n > _SMALL_INPUT:
-        walker = msgpack.Unpacker(max_buffer_size=n, **caps)
-        walker.feed(data)
-        walker.skip()
+    walker = msgpack.Unpacker(max_buffer_size=n, **caps)
+    walker.feed(data)
+    walker.skip()
     return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=use_list, **caps)
 
 
