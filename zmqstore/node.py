@@ -81,8 +81,9 @@ class Node:
                                          config.max_connections_per_host, security)
             self.router = transport.bind_router(
                 self._ctx, config.host, config.port, config.max_request_size, self.gate.guard_client,
-                mandatory=True, send_hwm=send_hwm(config.client_output_limit, config.max_value_size), curve=own)
-            self.outbox = Outbox(self.router, config.client_output_limit)
+                mandatory=True, send_hwm=send_hwm(config.client_output_limit // 2, config.max_value_size), curve=own)
+            # half of client_output_limit in ZeroMQ's queue, half in the outbox's (outbox.py)
+            self.outbox = Outbox(self.router, config.client_output_limit // 2)
             self.peer_router = transport.bind_router(self._ctx, config.host, config.peer_port, peer_frame_max,
                                                      self.gate.guard_peer, what="peer_port", curve=own)
             self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port, self.gate.guard_peer, curve=own)

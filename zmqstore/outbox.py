@@ -2,17 +2,19 @@
 
 ZeroMQ bounds what a connection may queue in messages (SNDHWM), not bytes: 1,500 unread replies of
 1 MiB once held 1.5 GB. So the client port's SNDHWM is set (`send_hwm`) so that a full queue holds
-about `limit` bytes of the largest replies, and ROUTER_MANDATORY makes a send to a full queue fail
-instead of vanishing. Such a reply waits here, in the connection's backlog, and leaves as the client
+about `limit` bytes of the largest replies (the node gives each queue half of client_output_limit),
+and ROUTER_MANDATORY makes a send to a full queue fail instead of vanishing. Such a reply waits here, in the connection's backlog, and leaves as the client
 reads (`flush`, every loop iteration). A backlog that would pass `limit` bytes means the client is not
 reading: its further replies are dropped and its requests ignored (`refuses`) until the backlog has
 drained to half. A client that reads its replies never meets either bound. All backlogs together
-hold at most GLOBAL_LIMITS times `limit`; a stalled backlog is retried less and less often (up to
-every RETRY_MAX seconds), so many stalled clients cost the loop little.
+hold at most GLOBAL_LIMITS times `limit`. While a backlog moves, the loop also wakes when the socket
+can send (`draining`); one that sent nothing for STALLED_AFTER is retried less and less often (up
+to every RETRY_MAX seconds), so stalled clients cannot make the loop spin.
 """
 import collections
 import errno
 import logging
+import time
 
 import zmq
 
@@ -22,7 +24,8 @@ from . import transport
 REPLY_OVERHEAD = 64 << 10
 MIN_HWM = 16
 GLOBAL_LIMITS = 4           # every backlog together: this many times the per-connection limit
-RETRY_MAX = 0.1             # seconds between attempts on a backlog that made no progress, at most
+STALLED_AFTER = 0.05        # seconds without progress before a backlog counts as stalled ...
+RETRY_MAX = 0.1             # ... and is then retried less and less often, up to this interval
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +37,15 @@ def send_hwm(limit, max_value_size) -> int:
 
 
 class _Backlog:
-    __slots__ = ("queue", "size", "over", "retry_at", "delay")
+    __slots__ = ("queue", "size", "over", "retry_at", "delay", "progress_at")
 
-    def __init__(self):
+    def __init__(self, now):
         self.queue = collections.deque()
         self.size = 0
         self.over = False
         self.retry_at = 0.0     # when flush tries this backlog next
-        self.delay = 0.0        # grows while attempts make no progress
+        self.delay = 0.0        # grows while a stalled backlog's attempts make no progress
+        self.progress_at = now  # when it was made or last sent something
 
 
 class Outbox:
@@ -64,7 +68,7 @@ class Outbox:
                 transport.try_send_frames(self.sock, frames)
                 return
             except zmq.Again:
-                backlog = self.backlogs[frames[0]] = _Backlog()
+                backlog = self.backlogs[frames[0]] = _Backlog(time.monotonic())
                 self.draining = True
             except zmq.ZMQError as exc:
                 if exc.errno == errno.EHOSTUNREACH:
@@ -105,8 +109,10 @@ class Outbox:
                 del self.backlogs[identity]
                 continue
             if backlog.size < before:
-                backlog.delay = 0.0
+                backlog.delay, backlog.progress_at = 0.0, now
                 self.draining = True
+            elif now - backlog.progress_at < STALLED_AFTER:
+                self.draining = True            # its client is reading; ZeroMQ has not sent the queue yet
             else:
                 backlog.delay = min(RETRY_MAX, max(0.001, 2 * backlog.delay))
                 backlog.retry_at = now + backlog.delay
