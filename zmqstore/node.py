@@ -24,7 +24,6 @@ DRAIN_SECONDS = 0.01          # ... or for this long: then the iteration commits
 BACKLOG_RETRY = 0.001         # seconds between attempts to send replies a full connection queue held back
 HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and snapshot expiry)
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
-REFUSAL_LOG_INTERVAL = 1.0    # seconds between log lines about refused peer messages
 # What a read-only client key may not send: writes, and OUTCOME (it may log a fence entry).
 READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | {"OUTCOME"}
 # Test-only: drop this fraction of published change messages, to prove the repair path
@@ -59,7 +58,6 @@ class Node:
         self.router = self.peer_router = self.pub = self.storage = self.engine = self.roles = None
         self.subs = {}                  # peer id -> SUB connected to that peer's PUB
         self.gate = self.outbox = None
-        self._refused, self._refusal_logged = 0, 0.0
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = self.replication = None
         self._quorums = False
@@ -244,7 +242,8 @@ class Node:
         poll_items.extend((d, zmq.POLLIN) for d in dealer_peers)
         poll_items += [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
         # The same, also waking when the client port can send: while a backlog of replies drains.
-        poll_draining = [(router, zmq.POLLIN | zmq.POLLOUT) if sock is router else (sock, ev) for sock, ev in poll_items]
+        poll_draining = [(router, zmq.POLLIN | zmq.POLLOUT) if sock is router else (sock, ev)
+                         for sock, ev in poll_items]
         outbox = self.outbox
         # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         zmq_poll = zmq.backend.zmq_poll
@@ -479,10 +478,10 @@ class Node:
                 envelope, body = protocol.split_frames(frames)
                 message = protocol.decode_peer(body, self._peer_limits)
             except errors.RequestError as exc:
-                self._refuse(meta, f"a malformed peer message ({exc})")
+                gate.refuse_message(meta, f"a malformed peer message ({exc})")
                 continue
             if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, meta, envelope):
-                self._refuse(meta, f"{message.command} naming node {protocol.peer_sender(message)}")
+                gate.refuse_message(meta, f"{message.command} naming node {protocol.peer_sender(message)}")
             elif self.peering is not None:
                 self._handle_peer(self.peering.on_request, message, envelope)
 
@@ -498,7 +497,8 @@ class Node:
             if message is None:
                 continue
             if message.command not in commands or protocol.peer_sender(message) != peer_id:
-                self._refuse(f"node {peer_id}", f"{message.command} naming node {protocol.peer_sender(message)}")
+                self.gate.refuse_message(f"node {peer_id}",
+                                         f"{message.command} naming node {protocol.peer_sender(message)}")
             else:
                 self._handle_peer(self.peering.on_message, message)
 
@@ -506,7 +506,7 @@ class Node:
         try:
             return protocol.decode_peer(body, self._peer_limits)
         except errors.RequestError as exc:
-            self._refuse(source, f"a malformed peer message ({exc})")
+            self.gate.refuse_message(source, f"a malformed peer message ({exc})")
             return None
 
     def _handle_peer(self, handler, message, *args):
@@ -517,16 +517,7 @@ class Node:
         except errors.StorageError:
             raise
         except errors.RequestError as exc:     # refused on its content (a field this node cannot justify)
-            self._refuse(f"node {protocol.peer_sender(message)}", f"{message.command} ({exc})")
+            self.gate.refuse_message(f"node {protocol.peer_sender(message)}", f"{message.command} ({exc})")
         except Exception:
             log.exception("dropping a %s from node %s that could not be processed", message.command,
                           protocol.peer_sender(message))
-
-    def _refuse(self, source, what):
-        """Count a refused peer message; log at most one line per REFUSAL_LOG_INTERVAL (a flood of
-        them must not become a flood of log lines)."""
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
-            self._refusal_logged = now
-            log.warning("refused %s from %s (%d peer messages refused so far)", what, source, self._refused)

@@ -3,10 +3,10 @@
 ZeroMQ bounds what a connection may queue in messages (SNDHWM), not bytes: 1,500 unread replies of
 1 MiB once held 1.5 GB. So the client port's SNDHWM is set (`send_hwm`) so that a full queue holds
 about `limit` bytes of the largest replies (the node gives each queue half of client_output_limit),
-and ROUTER_MANDATORY makes a send to a full queue fail instead of vanishing. Such a reply waits here, in the connection's backlog, and leaves as the client
-reads (`flush`, every loop iteration). A backlog that would pass `limit` bytes means the client is not
-reading: its further replies are dropped and its requests ignored (`refuses`) until the backlog has
-drained to half. A client that reads its replies never meets either bound. All backlogs together
+and ROUTER_MANDATORY makes a send to a full queue fail instead of vanishing. Such a reply waits here,
+in the connection's backlog, and leaves as the client reads (`flush`, every loop iteration). A
+backlog that would pass `limit` bytes means the client is not reading: its further replies are
+dropped and its requests ignored (`refuses`) until the backlog has drained to half. A client that reads its replies never meets either bound. All backlogs together
 hold at most GLOBAL_LIMITS times `limit`. While a backlog moves, the loop also wakes when the socket
 can send (`draining`); one that sent nothing for STALLED_AFTER is retried less and less often (up
 to every RETRY_MAX seconds), so stalled clients cannot make the loop spin.

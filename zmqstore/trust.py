@@ -74,8 +74,8 @@ class Gatekeeper:
         self.open_from = collections.Counter()
         self.admitted = collections.Counter()
         self.admitted_total = 0
-        self.refused = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0}
-        self._logged = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0}
+        self.refused = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0, "message": 0}
+        self._logged = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0, "message": 0}
         self.monitor = None
         self.zap = ctx.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
@@ -185,12 +185,25 @@ class Gatekeeper:
         return None, "unknown ZAP domain"
 
     def _note_refusal(self, domain, address, why):
-        self.refused[domain] = self.refused.get(domain, 0) + 1
-        now = time.monotonic()
-        if now - self._logged.get(domain, 0) >= 1.0:      # a flood of refusals is not a flood of lines
-            self._logged[domain] = now
+        if self._count(domain):
             log.warning("refused a connection from %s to the %s plane: %s (%d refused so far)", address,
                         "peer" if domain == PEER_DOMAIN else "client", why, self.refused[domain])
+
+    def refuse_message(self, source, what):
+        """A peer message dropped (not admitted, malformed, or refused on its content): counted, and
+        logged at most once a second."""
+        if self._count("message"):
+            log.warning("refused %s from %s (%d peer messages refused so far)", what, source,
+                        self.refused["message"])
+
+    def _count(self, kind) -> bool:
+        """Count one refusal; True when it should be logged (a flood of refusals is not a flood of lines)."""
+        self.refused[kind] += 1
+        now = time.monotonic()
+        if now - self._logged[kind] >= 1.0:
+            self._logged[kind] = now
+            return True
+        return False
 
     def admits(self, message, meta, envelope) -> bool:
         """Whether a request (validated) on the peer port may be from the node it names: it arrived on a

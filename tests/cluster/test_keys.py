@@ -12,26 +12,17 @@ import zmq
 
 from zmqstore import Client, Retry, errors, protocol
 from zmqstore.keys import keygen, load_pair
-from zmqstore.testing.process import Cluster, wait_until
+from zmqstore.testing.process import wait_until
 
 NO_RETRY = Retry(max_tries=1)
 
 
 @pytest.fixture
-def make_cluster(request, tmp_path):
-    made = []
-
+def make_cluster(cluster):
+    """Clusters with keys unless told otherwise (tests/conftest.py stops them and prints their logs)."""
     def make(mode="leader", size=3, keys=True):
-        c = Cluster(tmp_path / f"c{len(made)}", size=size, mode=mode, keys=keys)
-        made.append(c)
-        return c.start_all()
-
-    yield make
-    for c in made:
-        c.stop_all()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        for c in made:
-            print(c.logs())
+        return cluster(size=size, mode=mode, keys=keys)
+    return make
 
 
 def terms(cluster):

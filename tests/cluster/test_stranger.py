@@ -16,7 +16,7 @@ import zmq
 from zmqstore import Retry, ZmqstoreError, errors, protocol
 from zmqstore.testing import abuse
 from zmqstore.testing.abuse import CID, STRANGER, Stranger, forged_role, received, send
-from zmqstore.testing.process import Cluster, wait_until
+from zmqstore.testing.process import wait_until
 
 NO_RETRY = Retry(max_tries=1)
 
@@ -37,21 +37,11 @@ def stranger():
 
 
 @pytest.fixture
-def make_cluster(request, tmp_path):
-    made = []
-
+def make_cluster(cluster):
+    """Clusters without keys: the stranger has none (tests/conftest.py stops them and prints their logs)."""
     def make(mode="leader", size=3):
-        c = Cluster(tmp_path / f"c{len(made)}", size=size, mode=mode, keys=False)   # a stranger without keys
-        os.makedirs(c.base_dir, exist_ok=True)
-        made.append(c)
-        return c.start_all()
-
-    yield make
-    for c in made:
-        c.stop_all()
-    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        for c in made:
-            print(c.logs())
+        return cluster(size=size, mode=mode, keys=False)
+    return make
 
 
 def test_a_term_overflow_attempt_changes_nothing_and_survives_a_full_restart(make_cluster, stranger):
