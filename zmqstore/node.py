@@ -236,11 +236,11 @@ class Node:
         gate = self.gate
         # Handshakes, then the peer plane: zmq_poll reports ready items in this order, so no client
         # load can delay heartbeats, votes or replication within an iteration.
-        # (The monitor's events are read by gate.serve, before each ZAP decision and every second.)
         poll_items = [(gate.zap, zmq.POLLIN), (peer_router, zmq.POLLIN)]
         poll_items.extend((s, zmq.POLLIN) for s in sub_peers)
         poll_items.extend((d, zmq.POLLIN) for d in dealer_peers)
-        poll_items += [(router, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
+        # The client port's monitor last: connections opened and closed (also read before each handshake).
+        poll_items += [(router, zmq.POLLIN), (gate.monitor, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
         # The same, also waking when the client port can send: while a backlog of replies drains.
         poll_draining = [(router, zmq.POLLIN | zmq.POLLOUT) if sock is router else (sock, ev)
                          for sock, ev in poll_items]
@@ -276,6 +276,8 @@ class Node:
                         self._serve_router(router)
                 elif item is gate.zap:
                     gate.serve()
+                elif item is gate.monitor:
+                    gate.count_connections()
                 elif item is peer_router:
                     self._serve_peer_router(peer_router)
                 elif item in sub_peers:
@@ -287,7 +289,7 @@ class Node:
             self._end_iteration()
 
     def _housekeeping(self, now):
-        self.gate.serve()       # connections that closed since the last handshake
+        self.gate.housekeeping()    # connections that closed since the last handshake
         self.engine.housekeeping(now)
         if self.peering is not None:
             self.peering.housekeeping(now)

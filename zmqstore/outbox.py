@@ -2,14 +2,16 @@
 
 ZeroMQ bounds what a connection may queue in messages (SNDHWM), not bytes: 1,500 unread replies of
 1 MiB once held 1.5 GB. So the client port's SNDHWM is set (`send_hwm`) so that a full queue holds
-about `limit` bytes of the largest replies (the node gives each queue half of client_output_limit),
+about `limit` bytes of the largest replies, and at least MIN_HWM of them (the node gives each queue
+half of client_output_limit),
 and ROUTER_MANDATORY makes a send to a full queue fail instead of vanishing. Such a reply waits here,
 in the connection's backlog, and leaves as the client reads (`flush`, every loop iteration). A
 backlog that would pass `limit` bytes means the client is not reading: its further replies are
-dropped and its requests ignored (`refuses`) until the backlog has drained to half. A client that reads its replies never meets either bound. All backlogs together
-hold at most GLOBAL_LIMITS times `limit`. While a backlog moves, the loop also wakes when the socket
-can send (`draining`); one that sent nothing for STALLED_AFTER is retried less and less often (up
-to every RETRY_MAX seconds), so stalled clients cannot make the loop spin.
+dropped and its requests ignored (`refuses`) until the backlog has drained to half. All backlogs together hold at most GLOBAL_LIMITS times `limit`; when they are full,
+the largest stalled one is emptied first, so clients that read keep their replies. After a flush
+that moved a backlog the loop also wakes when the socket can send (`draining`); otherwise it retries
+on a short timer, and a backlog that sent nothing for STALLED_AFTER less and less often (up to every
+RETRY_MAX seconds), so neither readers nor stalled clients can make the loop spin.
 """
 import collections
 import errno
@@ -22,7 +24,10 @@ from . import transport
 
 # The largest reply a node sends, beyond the value itself: a scan page is about 1 MiB of items.
 REPLY_OVERHEAD = 64 << 10
-MIN_HWM = 16
+# A queue holds at least this many replies whatever their size, so that a pipelining client (64 in
+# flight by default) never waits on the node's own queue: with 1 MiB values that queue may then hold
+# up to MIN_HWM MiB, more than half of client_output_limit.
+MIN_HWM = 128
 GLOBAL_LIMITS = 4           # every backlog together: this many times the per-connection limit
 STALLED_AFTER = 0.05        # seconds without progress before a backlog counts as stalled ...
 RETRY_MAX = 0.1             # ... and is then retried less and less often, up to this interval
@@ -75,6 +80,8 @@ class Outbox:
                     return      # the client has gone: its reply has nobody to go to
                 raise
         size = sum(map(len, frames))
+        if self.total + size > GLOBAL_LIMITS * self.limit:
+            self._evict_stalled(time.monotonic())
         if backlog.size + size > self.limit or self.total + size > GLOBAL_LIMITS * self.limit:
             if not backlog.over:
                 log.warning("a client is not reading its replies (%d bytes waiting, limit %d): dropping its "
@@ -85,6 +92,20 @@ class Outbox:
         backlog.queue.append(frames)
         backlog.size += size
         self.total += size
+
+    def _evict_stalled(self, now):
+        """All backlogs together are full: empty the largest one that is not moving (its client
+        stopped reading), rather than drop the replies of clients that read."""
+        stalled = [b for b in self.backlogs.values() if now - b.progress_at >= STALLED_AFTER and b.queue]
+        if stalled:
+            victim = max(stalled, key=lambda b: b.size)
+            self.dropped += len(victim.queue)
+            self.total -= victim.size
+            victim.queue.clear()
+            victim.size = 0
+            victim.over = True
+            log.warning("every client's reply queues are full: dropped a stalled client's %d waiting replies",
+                        self.dropped)
 
     def flush(self, now):
         """Send what the backlogs hold, as far as each client's queue takes it."""
@@ -112,7 +133,8 @@ class Outbox:
                 backlog.delay, backlog.progress_at = 0.0, now
                 self.draining = True
             elif now - backlog.progress_at < STALLED_AFTER:
-                self.draining = True            # its client is reading; ZeroMQ has not sent the queue yet
+                pass    # its client reads: tried again on the loop's short timer. (Not `draining`: POLLOUT
+                        # says only that *some* connection can take more, so it would make the loop spin.)
             else:
                 backlog.delay = min(RETRY_MAX, max(0.001, 2 * backlog.delay))
                 backlog.retry_at = now + backlog.delay

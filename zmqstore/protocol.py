@@ -523,8 +523,15 @@ def entry_term(data: bytes) -> int:
     return decode_entry(data).term
 
 
+def _fields(obj, n):
+    """`obj` as n fields: it must be an array of exactly n items (a map would unpack as its keys)."""
+    if type(obj) is not tuple or len(obj) != n:
+        raise ValueError(f"expected an array of {n}")
+    return obj
+
+
 def decode_entry(data: bytes) -> LogEntry:
-    term, client_id, request_id, ops = _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False)
+    term, client_id, request_id, ops = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 4)
     return LogEntry(term, client_id, request_id, ops)
 
 
@@ -547,11 +554,13 @@ def encode_dyn_entry(entry: DynEntry) -> bytes:
 def decode_dyn_entry(data: bytes) -> DynEntry:
     """An entry from a peer or the log. Raises MalformedMessage on anything but a well-formed entry."""
     try:
-        origin, seq, hlc, client_id, request_id, ops = _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False)
+        origin, seq, hlc, client_id, request_id, ops = _fields(
+            _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 6)
         if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc) and type(client_id) is bytes
                 and _is_uint(request_id) and type(ops) is tuple):
             raise ValueError
-        for key, ctx, value in ops:
+        for op in ops:
+            key, ctx, value = _fields(op, 3)
             if type(key) is not bytes or (value is not None and type(value) is not bytes):
                 raise ValueError
             _vector_dict(ctx)
@@ -561,8 +570,11 @@ def decode_dyn_entry(data: bytes) -> DynEntry:
 
 
 def _vector_dict(pairs) -> dict:
+    if type(pairs) not in (list, tuple):
+        raise ValueError
     out = {}
-    for node, seq in pairs:
+    for pair in pairs:
+        node, seq = _fields(tuple(pair) if type(pair) is list else pair, 2)
         if not (_is_uint(node) and _is_uint(seq)):
             raise ValueError
         out[node] = seq
@@ -598,9 +610,12 @@ def decode_key_state(data: bytes):
     """-> (ctx dict, [(node, seq, hlc, value or None), ...]). A state from a peer is checked like
     an entry: anything malformed raises MalformedMessage."""
     try:
-        pairs, siblings = _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False)
+        pairs, siblings = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 2)
         ctx = _vector_dict(pairs)
-        for origin, seq, hlc, value in siblings:
+        if type(siblings) is not tuple:
+            raise ValueError
+        for sibling in siblings:
+            origin, seq, hlc, value = _fields(sibling, 4)
             if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc)) or (
                     value is not None and type(value) is not bytes):
                 raise ValueError

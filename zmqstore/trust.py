@@ -39,6 +39,7 @@ _OK, _DENIED = b"200", b"400"
 # What the loop learns from the client port's monitor: connections opened and closed.
 _MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 ZAP_PER_PASS = 256      # handshakes decided per loop iteration, so a connection flood cannot hold the loop
+EVENTS_PER_PASS = 1024  # monitor events read per call, likewise
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,12 @@ class Gatekeeper:
     # ------------------------------------------------------------ the loop's side
 
     def serve(self):
-        """Note connections opened and closed, then answer every waiting ZAP request."""
-        if self.monitor is not None:
-            self._count_connections()
+        """Answer waiting ZAP requests, each after noting the connections opened and closed so far
+        (a connection's ACCEPTED event precedes its handshake)."""
         zap = self.zap
         for _ in range(ZAP_PER_PASS):
+            if self.monitor is not None:
+                self.count_connections()
             if not zap.poll(0):
                 return
             request = zap.recv_multipart()
@@ -125,9 +127,12 @@ class Gatekeeper:
                 reply = [b"1.0", request[1] if len(request) > 1 else b"", _DENIED, b"internal error", b"", b""]
             zap.send_multipart(reply)
 
-    def _count_connections(self):
+    def count_connections(self):
+        """Read the client port's monitor: connections opened and closed (at most EVENTS_PER_PASS)."""
         monitor = self.monitor
-        while monitor.poll(0):
+        for _ in range(EVENTS_PER_PASS):
+            if not monitor.poll(0):
+                break
             parsed = parse_monitor_message(monitor.recv_multipart())
             event, fd = parsed["event"], parsed["value"]
             if event == zmq.EVENT_ACCEPTED:
@@ -143,6 +148,16 @@ class Gatekeeper:
                     self.admitted[address] = still
                 if not still:
                     del self.open_from[address], self.admitted[address]
+
+    def housekeeping(self):
+        """Every second: closed connections noted, and admissions clamped to what is still open from
+        each address (an admission whose ACCEPTED event came after it, and whose connection closed
+        unseen, would otherwise hold its slot)."""
+        self.count_connections()
+        for address in list(self.admitted):
+            if self.admitted[address] > self.open_from[address]:
+                self.admitted_total -= self.admitted[address] - self.open_from[address]
+                self.admitted[address] = self.open_from[address]
 
     def _decide(self, request):
         """A ZAP request -> its reply: [version, request id, status, text, user id, metadata]."""

@@ -9,10 +9,10 @@ from zmqstore.outbox import MIN_HWM, Outbox, send_hwm
 
 
 def test_send_hwm_holds_about_the_limit_in_the_largest_replies():
-    assert send_hwm(64 << 20, 1 << 20) == 60
-    assert send_hwm(64 << 20, 4 << 10) == 60           # scan pages are up to 1 MiB whatever the values
+    assert send_hwm(256 << 20, 1 << 20) == 240
+    assert send_hwm(256 << 20, 4 << 10) == 240          # scan pages are up to 1 MiB whatever the values
     assert send_hwm(1 << 40, 1 << 20) == transport.ROUTER_HWM
-    assert send_hwm(1 << 20, 64 << 20) == MIN_HWM
+    assert send_hwm(32 << 20, 1 << 20) == MIN_HWM       # the default half of 64 MiB: a 64-deep pipeline fits
 
 
 def test_a_client_that_does_not_read_is_held_to_the_limit_then_served_again():
@@ -67,5 +67,46 @@ def test_a_reply_to_a_client_that_left_is_dropped_quietly():
         outbox.send([b"nobody", b"reply"])
         assert not outbox.backlogs
     finally:
+        router.close(linger=0)
+        ctx.term()
+
+
+def test_when_every_queue_is_full_a_stalled_client_loses_its_replies_not_a_reading_one():
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.SNDHWM, MIN_HWM)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    clients = []
+    try:
+        identities = []
+        for _ in range(5):
+            c = ctx.socket(zmq.DEALER)
+            c.setsockopt(zmq.LINGER, 0)
+            c.setsockopt(zmq.RCVHWM, 1)
+            c.setsockopt(zmq.RCVBUF, 1 << 14)
+            c.connect(f"tcp://127.0.0.1:{port}")
+            c.send(b"hello")
+            assert router.poll(5000)
+            identities.append(router.recv_multipart()[0])
+            clients.append(c)
+        limit = 1 << 20
+        outbox = Outbox(router, limit)
+        reply = b"x" * (64 << 10)
+        for identity in identities[:4]:             # four clients that do not read fill the shared budget
+            while identity not in outbox.backlogs or outbox.backlogs[identity].size + len(reply) <= limit:
+                outbox.send([identity, reply])
+        assert outbox.total > 3 * limit
+        time.sleep(0.06)                            # they have now sent nothing for STALLED_AFTER
+        reader = identities[4]
+        for _ in range(MIN_HWM + 10):               # the fifth client's replies overflow its queue
+            outbox.send([reader, reply])
+        assert reader in outbox.backlogs and not outbox.refuses(reader)
+        assert outbox.backlogs[reader].size == 10 * (len(reply) + len(reader))   # none of its replies dropped
+        assert sum(outbox.refuses(i) for i in identities[:4]) >= 1               # a stalled one was emptied
+    finally:
+        for c in clients:
+            c.close(linger=0)
         router.close(linger=0)
         ctx.term()

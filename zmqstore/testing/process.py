@@ -42,7 +42,9 @@ class TestKeys:
     def _pair(self, name, public_dir):
         if not os.path.exists(os.path.join(self.secret, name + ".key_secret")):
             public, _secret = keygen(self.secret, name)
-            shutil.copy(public, public_dir)
+            target = os.path.join(public_dir, os.path.basename(public))
+            shutil.copy(public, target + ".tmp")
+            os.replace(target + ".tmp", target)     # a node starting now reads a whole file or none
 
     def for_node(self, node_id):
         self._pair(f"node{node_id}", self.nodes)
@@ -214,6 +216,9 @@ class Cluster:
         if keys is None:
             keys = keys_by_default()
         self.keys = TestKeys(os.path.join(self.base_dir, "keys")) if keys else None
+        if self.keys is not None:
+            for node_id in range(1, size + 1):      # every node's key exists before any node starts
+                self.keys.for_node(node_id)
         self.mode = mode
         self.args = list(args)
         self.bootstrap = tuple(bootstrap) if mode == "leader" else ()
