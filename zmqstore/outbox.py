@@ -3,11 +3,11 @@
 ZeroMQ bounds what a connection may queue in messages (SNDHWM), not bytes: 1,500 unread replies of
 1 MiB once held 1.5 GB. So the client port's SNDHWM is set (`send_hwm`) so that a full queue holds
 about `limit` bytes of the largest replies, and at least MIN_HWM of them (the node gives each queue
-half of client_output_limit),
-and ROUTER_MANDATORY makes a send to a full queue fail instead of vanishing. Such a reply waits here,
-in the connection's backlog, and leaves as the client reads (`flush`, every loop iteration). A
-backlog that would pass `limit` bytes means the client is not reading: its further replies are
-dropped and its requests ignored (`refuses`) until the backlog has drained to half. All backlogs together hold at most GLOBAL_LIMITS times `limit`; when they are full,
+half of client_output_limit), and ROUTER_MANDATORY makes a send to a full queue fail instead of
+vanishing. Such a reply waits here, in the connection's backlog, and leaves as the client reads
+(`flush`, every loop iteration). A backlog that would pass `limit` bytes means the client is not
+reading: its further replies are dropped and its requests ignored (`refuses`) until the backlog has
+drained to half. All backlogs together hold at most GLOBAL_LIMITS times `limit`; when they are full,
 the largest stalled one is emptied first, so clients that read keep their replies. After a flush
 that moved a backlog the loop also wakes when the socket can send (`draining`); otherwise it retries
 on a short timer, and a backlog that sent nothing for STALLED_AFTER less and less often (up to every
