@@ -80,7 +80,8 @@ def _ping_flood(c, seconds, d):
     return stop
 
 
-def _looping(target):
+def _looping(target, *strangers):
+    """Run target(stop_event) in a thread; the returned stop() ends it and closes `strangers`."""
     stop_event = threading.Event()
     thread = threading.Thread(target=target, args=(stop_event,), daemon=True)
     thread.start()
@@ -88,6 +89,8 @@ def _looping(target):
     def stop():
         stop_event.set()
         thread.join(10)
+        for stranger in strangers:
+            stranger.close()
     return stop
 
 
@@ -105,13 +108,7 @@ def _bombs(c, seconds, d):
                 for sock in socks:
                     abuse.send(sock, bomb)
             abuse.received(socks[0], 0.05)      # read the malformed replies, so they do not pile up
-    stop = _looping(run)
-
-    def stop_all():
-        stop()
-        s.close()
-        member.close()
-    return stop_all
+    return _looping(run, s, member)
 
 
 def _unread_gets(c, seconds, d):
@@ -155,13 +152,7 @@ def _term_storm(c, seconds, d):
                 abuse.send(sock, abuse.forged_role(term, node_id=3))
                 abuse.send(sock, protocol.encode_peer("VOTE_REQUEST", term, 2, 10**6, term))
             stop_event.wait(0.2)
-    stop = _looping(run)
-
-    def stop_all():
-        stop()
-        s.close()
-        member.close()
-    return stop_all
+    return _looping(run, s, member)
 
 
 def _idle_connections(c, seconds, d):

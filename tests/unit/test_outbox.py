@@ -1,7 +1,9 @@
 """The outbox on real ZeroMQ sockets: replies to a client that does not read are held to a byte
 budget, beyond which they are dropped and the client's requests refused, until it reads."""
 import time
+import types
 
+import pytest
 import zmq
 
 from zmqstore import transport
@@ -15,98 +17,77 @@ def test_send_hwm_holds_about_the_limit_in_the_largest_replies():
     assert send_hwm(32 << 20, 1 << 20) == MIN_HWM       # the default half of 64 MiB: a 64-deep pipeline fits
 
 
-def test_a_client_that_does_not_read_is_held_to_the_limit_then_served_again():
+@pytest.fixture
+def ports():
+    """A client port's ROUTER as the node sets it up (ROUTER_MANDATORY, the send queue floor), and a
+    factory for clients that read nothing until told: connect() -> (socket, identity on the router)."""
     ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.setsockopt(zmq.SNDHWM, MIN_HWM)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    client = ctx.socket(zmq.DEALER)
-    client.setsockopt(zmq.LINGER, 0)
-    client.setsockopt(zmq.RCVHWM, 1)
-    client.setsockopt(zmq.RCVBUF, 1 << 14)
-    client.connect(f"tcp://127.0.0.1:{port}")
-    try:
-        client.send(b"hello")
-        assert router.poll(5000)
-        identity, _ = router.recv_multipart()
-        limit = 4 << 20
-        outbox = Outbox(router, limit)
-        filler = b"x" * (256 << 10)
-        for i in range(200):                    # 50 MiB, far more than the pipe and the limit hold
-            outbox.send([identity, i.to_bytes(4, "big") + filler])
-        assert outbox.backlogs[identity].size > limit // 2        # the backlog took what the pipe did not
-        assert outbox.dropped > 0 and outbox.refuses(identity)
-        got, deadline = [], time.monotonic() + 10
-        while outbox.backlogs and time.monotonic() < deadline:
-            while client.poll(10):
-                got.append(int.from_bytes(client.recv()[:4], "big"))
-            outbox.flush(time.monotonic() + 1.0)      # as if every retry delay had passed
-        assert not outbox.backlogs and not outbox.refuses(identity) and outbox.total == 0
-        while client.poll(200):
-            got.append(int.from_bytes(client.recv()[:4], "big"))
-        assert len(got) == 200 - outbox.dropped                 # every reply not dropped arrived, once
-        assert got == sorted(got) and got[0] == 0               # in the order they were sent
-        outbox.send([identity, b"again"])       # served again
-        assert client.poll(5000) and client.recv() == b"again"
-    finally:
-        client.close(linger=0)
-        router.close(linger=0)
-        ctx.term()
-
-
-def test_a_reply_to_a_client_that_left_is_dropped_quietly():
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.setsockopt(zmq.LINGER, 0)
-    try:
-        router.bind_to_random_port("tcp://127.0.0.1")
-        outbox = Outbox(router, 4 << 20)
-        outbox.send([b"nobody", b"reply"])
-        assert not outbox.backlogs
-    finally:
-        router.close(linger=0)
-        ctx.term()
-
-
-def test_when_every_queue_is_full_a_stalled_client_loses_its_replies_not_a_reading_one():
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.setsockopt(zmq.SNDHWM, MIN_HWM)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, MIN_HWM)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
     clients = []
-    try:
-        identities = []
-        for _ in range(5):
-            c = ctx.socket(zmq.DEALER)
-            c.setsockopt(zmq.LINGER, 0)
-            c.setsockopt(zmq.RCVHWM, 1)
-            c.setsockopt(zmq.RCVBUF, 1 << 14)
-            c.connect(f"tcp://127.0.0.1:{port}")
-            c.send(b"hello")
-            assert router.poll(5000)
-            identities.append(router.recv_multipart()[0])
-            clients.append(c)
-        limit = 1 << 20
-        outbox = Outbox(router, limit)
-        reply = b"x" * (64 << 10)
-        for identity in identities[:4]:             # four clients that do not read fill the shared budget
-            while identity not in outbox.backlogs or outbox.backlogs[identity].size + len(reply) <= limit:
-                outbox.send([identity, reply])
-        assert outbox.total > 3 * limit
-        time.sleep(0.06)                            # they have now sent nothing for STALLED_AFTER
-        reader = identities[4]
-        for _ in range(MIN_HWM + 10):               # the fifth client's replies overflow its queue
-            outbox.send([reader, reply])
-        assert reader in outbox.backlogs and not outbox.refuses(reader)
-        assert outbox.backlogs[reader].size == 10 * (len(reply) + len(reader))   # none of its replies dropped
-        assert sum(outbox.refuses(i) for i in identities[:4]) >= 1               # a stalled one was emptied
-    finally:
-        for c in clients:
-            c.close(linger=0)
-        router.close(linger=0)
-        ctx.term()
+
+    def connect():
+        client = ctx.socket(zmq.DEALER)
+        clients.append(client)
+        client.setsockopt(zmq.LINGER, 0)
+        client.setsockopt(zmq.RCVHWM, 1)
+        client.setsockopt(zmq.RCVBUF, 1 << 14)
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send(b"hello")
+        assert sock.poll(5000)
+        return client, sock.recv_multipart()[0]
+    yield types.SimpleNamespace(sock=sock, connect_client=connect)
+    for client in clients:
+        client.close(linger=0)
+    sock.close(linger=0)
+    ctx.term()
+
+
+def test_a_client_that_does_not_read_is_held_to_the_limit_then_served_again(ports):
+    client, identity = ports.connect_client()
+    limit = 4 << 20
+    outbox = Outbox(ports.sock, limit)
+    filler = b"x" * (256 << 10)
+    for i in range(200):                    # 50 MiB, far more than the pipe and the limit hold
+        outbox.send([identity, i.to_bytes(4, "big") + filler])
+    assert outbox.backlogs[identity].size > limit // 2        # the backlog took what the pipe did not
+    assert outbox.dropped > 0 and outbox.refuses(identity)
+    got, deadline = [], time.monotonic() + 10
+    while outbox.backlogs and time.monotonic() < deadline:
+        while client.poll(10):
+            got.append(int.from_bytes(client.recv()[:4], "big"))
+        outbox.flush(time.monotonic() + 1.0)      # as if every retry delay had passed
+    assert not outbox.backlogs and not outbox.refuses(identity) and outbox.total == 0
+    while client.poll(200):
+        got.append(int.from_bytes(client.recv()[:4], "big"))
+    assert len(got) == 200 - outbox.dropped                 # every reply not dropped arrived, once
+    assert got == sorted(got) and got[0] == 0               # in the order they were sent
+    outbox.send([identity, b"again"])       # served again
+    assert client.poll(5000) and client.recv() == b"again"
+
+
+def test_a_reply_to_a_client_that_left_is_dropped_quietly(ports):
+    outbox = Outbox(ports.sock, 4 << 20)
+    outbox.send([b"nobody", b"reply"])
+    assert not outbox.backlogs
+
+
+def test_when_every_queue_is_full_a_stalled_client_loses_its_replies_not_a_reading_one(ports):
+    identities = [ports.connect_client()[1] for _ in range(5)]
+    limit = 1 << 20
+    outbox = Outbox(ports.sock, limit)
+    reply = b"x" * (64 << 10)
+    for identity in identities[:4]:             # four clients that do not read fill the shared budget
+        while identity not in outbox.backlogs or outbox.backlogs[identity].size + len(reply) <= limit:
+            outbox.send([identity, reply])
+    assert outbox.total > 3 * limit
+    time.sleep(0.06)                            # they have now sent nothing for STALLED_AFTER
+    reader = identities[4]
+    for _ in range(MIN_HWM + 10):               # the fifth client's replies overflow its queue
+        outbox.send([reader, reply])
+    assert reader in outbox.backlogs and not outbox.refuses(reader)
+    assert outbox.backlogs[reader].size == 10 * (len(reply) + len(reader))   # none of its replies dropped
+    assert sum(outbox.refuses(i) for i in identities[:4]) >= 1               # a stalled one was emptied
