@@ -69,6 +69,19 @@ def wait_until(predicate, timeout, interval=0.02, message="condition"):
         time.sleep(interval)
 
 
+def free_ports(host, count):
+    """`count` distinct TCP ports free on `host` right now (held open together while picked, so the
+    kernel cannot hand out the same one twice)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port(host="127.0.0.1"):
     """A TCP port free on `host` right now (the kernel picks it, so parallel runs do not collide)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -93,9 +106,10 @@ class NodeProcess:
         one next to the data dir when ZMQSTORE_TEST_KEYS is set."""
         self.node_id = node_id
         self.host = host
-        self.port = port or free_port(host)
-        self.pub_port = pub_port or free_port(host)
-        self.peer_port = peer_port or free_port(host)
+        picked = free_ports(host, 3)    # a node's three ports must differ from each other
+        self.port = port or picked[0]
+        self.pub_port = pub_port or picked[1]
+        self.peer_port = peer_port or picked[2]
         self.data_dir = str(data_dir)
         self.log_path = str(log_path)
         self.args = list(args)
