@@ -8,6 +8,7 @@ from typing import NamedTuple
 import zmq
 
 from . import errors, keys, protocol, transport
+from .errors import ConfigError
 from .protocol import pack_value, unpack_value
 
 DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
@@ -140,6 +141,7 @@ class Client:
             if secret_key is None or node_keys is None:
                 raise ValueError("keys need both secret_key (this client's NAME.key_secret) and node_keys")
             self._keys = keys.load_client_keys(secret_key, node_keys)
+            self._node_keys_dir = node_keys
             unnamed = [e for e in self.endpoints if e not in self._node_ids]
             if unnamed:
                 raise ValueError(f"with keys every endpoint must name its node as ID@host:port: {unnamed}")
@@ -155,6 +157,7 @@ class Client:
         self._unresolved = []
         self._ctx = zmq.Context()
         self._sock = None
+        self._candidates = []       # sockets to a node whose key is rotated, one per key (_handshake)
         self._endpoint_index = 0
         self._connect()
 
@@ -165,27 +168,72 @@ class Client:
         return self.endpoints[self._endpoint_index]
 
     def _connect(self, endpoint=None):
-        if self._sock is not None:
-            self._sock.close(linger=0)
+        self._close_socket()
         if endpoint is not None:
             if endpoint not in self.endpoints:
                 self.endpoints.append(endpoint)
             self._endpoint_index = self.endpoints.index(endpoint)
+        if self._keys is None:
+            self._sock = self._socket()
+            return
+        # Read again at each connection: a node's next key added while this client runs (a rotation,
+        # docs/SECURITY.md) is then tried after the first timeout. A directory being changed keeps the last.
+        try:
+            self._keys = self._keys._replace(nodes=keys.load_node_keys(self._node_keys_dir))
+        except ConfigError:
+            pass
+        node_id = self._node_ids.get(self.endpoint)
+        node_keys = self._keys.nodes.get(node_id)
+        if not node_keys:
+            raise errors.ConnectionTimeout(f"no key for the node at {self.endpoint} (node {node_id}) in the "
+                                           f"node keys")
+        if len(node_keys) == 1:
+            self._sock = self._socket(node_keys[0])
+        else:
+            # The node's key is being rotated (docs/SECURITY.md): one socket per key it may hold;
+            # _handshake keeps the one that completes its handshake.
+            self._candidates = [self._socket(key, immediate=True) for key in node_keys]
+            self._sock = self._candidates[0]
+
+    def _socket(self, node_key=None, immediate=False):
+        """A DEALER connected to the current endpoint, expecting `node_key` when given (CurveZMQ).
+        immediate: it can send only once its handshake has completed."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout * 1000)))
         # A send to a node that is down queues up to SNDHWM messages, then blocks: bound that wait too.
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
         sock.setsockopt(zmq.SNDHWM, transport.ROUTER_HWM)
-        if self._keys is not None:
-            node_key = self._keys.nodes.get(self._node_ids.get(self.endpoint))
-            if node_key is None:
-                sock.close(linger=0)
-                raise errors.ConnectionTimeout(f"no key for the node at {self.endpoint} (node "
-                                               f"{self._node_ids.get(self.endpoint)}) in the node keys")
+        if immediate:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        if node_key is not None:
             transport.curve_client(sock, self._keys.own, node_key)
         sock.connect("tcp://" + self.endpoint)
-        self._sock = sock
+        return sock
+
+    def _handshake(self) -> bool:
+        """With a node whose key is being rotated: wait up to the timeout for the first of the sockets
+        (one per key) to complete its handshake, and keep that one. True at once otherwise."""
+        if not self._candidates:
+            return True
+        poller = zmq.Poller()
+        for sock in self._candidates:
+            poller.register(sock, zmq.POLLOUT)
+        ready = dict(poller.poll(self.timeout * 1000))
+        if not ready:
+            return False
+        self._sock = next(sock for sock in self._candidates if sock in ready)
+        for sock in self._candidates:
+            if sock is not self._sock:
+                sock.close(linger=0)
+        self._candidates = []
+        return True
+
+    def _close_socket(self):
+        for sock in self._candidates or [self._sock]:
+            if sock is not None:
+                sock.close(linger=0)
+        self._sock, self._candidates = None, []
 
     def _redirect(self, details) -> str:
         """The primary's address a not_primary reply names (None when it names none), learning its id."""
@@ -203,9 +251,7 @@ class Client:
             self._connect()
 
     def close(self):
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._close_socket()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -289,6 +335,8 @@ class Client:
         return state
 
     def _attempt(self, body, request_id):
+        if not self._handshake():
+            raise errors.ConnectionTimeout(f"no handshake with {self.endpoint} within {self.timeout} s")
         sock = self._sock
         try:
             transport.send(sock, body)

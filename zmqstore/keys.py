@@ -2,7 +2,9 @@
 
 A node's key pair is `NAME.key` (public) and `NAME.key_secret` (secret, 0600). The node key
 directory holds every node's public certificate as `node<ID>.key`: the file name binds the key to
-the node id. Client allow lists are directories of public certificates (any names): read-write
+the node id. While a node's key is rotated, the directory also holds its next key as
+`node<ID>.<LABEL>.key` (e.g. node2.next.key): either key is then that node's, and whoever connects
+to it tries `node<ID>.key` first, then the others (transport.ServerKeys). Client allow lists are directories of public certificates (any names): read-write
 (`client_keys`) and read-only (`readonly_keys`).
 """
 import os
@@ -13,7 +15,7 @@ import zmq.auth
 
 from .errors import ConfigError
 
-NODE_KEY_FILE = re.compile(r"^node(\d+)\.key$")
+NODE_KEY_FILE = re.compile(r"^node(\d+)(\.[A-Za-z0-9_-]+)?\.key$")
 READ_WRITE, READ_ONLY = "rw", "ro"
 
 
@@ -25,14 +27,14 @@ class KeyPair(NamedTuple):
 class NodeSecurity(NamedTuple):
     """What a node with keys needs: its own pair, every node's public key, the client allow lists."""
     own: KeyPair
-    nodes: dict             # node id -> public key (Z85)
+    nodes: dict             # node id -> its public keys (Z85), node<ID>.key first
     clients: dict           # public key (Z85) -> READ_WRITE or READ_ONLY
 
 
 class ClientKeys(NamedTuple):
     """What a client with keys needs: its own pair and the nodes' public keys, to follow a redirect."""
     own: KeyPair
-    nodes: dict             # node id -> public key (Z85)
+    nodes: dict             # node id -> its public keys (Z85), node<ID>.key first
 
 
 def keygen(directory, name) -> tuple:
@@ -61,14 +63,24 @@ def load_pair(path) -> KeyPair:
 
 
 def load_node_keys(directory) -> dict:
-    """{node id: public key} from the node<ID>.key files of `directory`."""
+    """{node id: (public key, ...)} from the node<ID>.key and node<ID>.<LABEL>.key files of
+    `directory`: node<ID>.key first, then the labelled ones by name. A key may belong to one node only."""
     if not os.path.isdir(directory):
         raise ConfigError(f"node_keys {directory} is not a directory")
-    keys = {}
-    for name in sorted(os.listdir(directory)):
+    keys, owner = {}, {}
+    # Sorted on (id, labelled, name): node2.key comes before node2.a.key whatever the labels.
+    found = []
+    for name in os.listdir(directory):
         match = NODE_KEY_FILE.match(name)
         if match:
-            keys[int(match.group(1))] = _public(os.path.join(directory, name))
+            found.append((int(match.group(1)), match.group(2) is not None, name))
+    for node_id, _labelled, name in sorted(found):
+        public = _public(os.path.join(directory, name))
+        if owner.setdefault(public, node_id) != node_id:
+            raise ConfigError(f"node_keys {directory}: {name} holds the key of node {owner[public]} too; "
+                              f"each node needs its own key pair")
+        if public not in keys.get(node_id, ()):
+            keys[node_id] = keys.get(node_id, ()) + (public,)
     return keys
 
 
@@ -95,9 +107,10 @@ def load_node_security(config) -> Optional[NodeSecurity]:
         return None
     own = load_pair(config.secret_key)
     nodes = load_node_keys(config.node_keys)
-    if nodes.get(config.node_id) != own.public:
-        raise ConfigError(f"node_keys {config.node_keys} must hold node{config.node_id}.key, the public half of "
-                          f"secret_key {config.secret_key}")
+    if own.public not in nodes.get(config.node_id, ()):
+        raise ConfigError(f"node_keys {config.node_keys} must hold node{config.node_id}.key (or, while the key is "
+                          f"rotated, node{config.node_id}.<LABEL>.key), the public half of secret_key "
+                          f"{config.secret_key}")
     missing = [p.node_id for p in config.peers if p.node_id not in nodes]
     if missing:
         raise ConfigError(f"node_keys {config.node_keys} has no key for peer(s) {missing} "

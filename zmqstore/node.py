@@ -1,5 +1,6 @@
 """The node process: one zmq.Poller loop owning every socket, the storage and all state; clean shutdown."""
 import collections
+import itertools
 import logging
 import os
 import random
@@ -56,13 +57,13 @@ class Node:
         self._stopping = False
         self._ctx = zmq.Context()
         self.router = self.peer_router = self.pub = self.storage = self.engine = self.roles = None
-        self.subs = {}                  # peer id -> SUB connected to that peer's PUB
+        self.subs = {}                  # peer id -> SUBs connected to that peer's PUB (one per key)
         self.gate = self.outbox = None
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = self.replication = None
         self._quorums = False
         self._peer_limits = None
-        self.dealers = {}
+        self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
         self._waiters = collections.deque()
         self._round_wanted = False
         self._drop_rate = float(os.environ.get(DROP_ENV, "0") or 0)
@@ -90,11 +91,16 @@ class Node:
             self.engine = (DynamoEngine if dynamo else Engine)(self.storage, config, __version__)
             self._peer_limits = self.engine.limits._replace(max_request_size=peer_frame_max)
             for peer in config.peers:
-                curve = (own, security.nodes[peer.node_id]) if security is not None else None
-                self.subs[peer.node_id] = transport.connect_sub(self._ctx, peer, config.host, peer_frame_max, curve)
-                self.dealers[peer.node_id] = transport.connect_dealer(
+                # One SUB and one DEALER per key the peer may hold: two while its key is rotated
+                # (docs/SECURITY.md). Only those expecting the key it holds complete a handshake:
+                # messages arrive on them, and sends go to them (the others refuse, IMMEDIATE).
+                curves = [(own, key) for key in security.nodes[peer.node_id]] if security is not None else [None]
+                self.subs[peer.node_id] = tuple(
+                    transport.connect_sub(self._ctx, peer, config.host, peer_frame_max, curve) for curve in curves)
+                self.dealers[peer.node_id] = tuple(transport.connect_dealer(
                     self._ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
                     source_host=config.host, max_msg_size=peer_frame_max, immediate=True, curve=curve)
+                    for curve in curves)
             # Dynamo mode: requests may ask for quorums (per request, or by the cluster's settings;
             # a standalone node refuses any above 1).
             self._quorums = dynamo
@@ -130,14 +136,13 @@ class Node:
 
     def send_to(self, node_id, body):
         """True if queued to a connected peer; False if dropped (the repair path resends)."""
-        dealer = self.dealers.get(node_id)
-        if dealer is None:
-            return False
-        try:
-            dealer.send(body, zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
+        for dealer in self.dealers.get(node_id, ()):
+            try:
+                dealer.send(body, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+        return False
 
     def send_to_all(self, body):
         for node_id in self.dealers:
@@ -213,7 +218,7 @@ class Node:
         if self.router is not None:
             # A short linger lets the last replies (already durable) leave; term() waits at most this.
             self.router.close(linger=SHUTDOWN_LINGER_MS)
-        for sock in (self.peer_router, self.pub, *self.subs.values(), *self.dealers.values()):
+        for sock in (self.peer_router, self.pub, *itertools.chain(*self.subs.values(), *self.dealers.values())):
             if sock is not None:
                 sock.close(linger=0)
         if self.peering is not None:
@@ -231,8 +236,8 @@ class Node:
     def _loop(self):
         router, peer_router = self.router, self.peer_router
         wake_fd = self._wake_r.fileno()
-        dealer_peers = {sock: node_id for node_id, sock in self.dealers.items()}
-        sub_peers = {sock: node_id for node_id, sock in self.subs.items()}
+        dealer_peers = {sock: node_id for node_id, socks in self.dealers.items() for sock in socks}
+        sub_peers = {sock: node_id for node_id, socks in self.subs.items() for sock in socks}
         gate = self.gate
         # Handshakes, then the peer plane: zmq_poll reports ready items in this order, so no client
         # load can delay heartbeats, votes or replication within an iteration.

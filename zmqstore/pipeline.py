@@ -102,6 +102,8 @@ class Pipeline:
 
     def _round(self, client, pending, bodies, index_of, ops, results):
         """Send `pending` with a sliding window; returns (indices to retry, redirect hint)."""
+        if not client._handshake():
+            return list(pending), None
         sock = client._sock
         send, recv = transport.send, transport.recv
         window = self.max_in_flight

@@ -54,7 +54,8 @@ class Gatekeeper:
             # A connection's User-Id is what _decide named its key: "node-<id>", or "rw"/"ro" for clients.
             # Only the peers' keys: not this node's own, nor keys in the directory of nodes not configured.
             self.meta = "User-Id"
-            self.node_of_key = {security.nodes[p.node_id]: p.node_id for p in peers}
+            # A node whose key is being rotated has two (keys.py): either is that node's.
+            self.node_of_key = {key: p.node_id for p in peers for key in security.nodes[p.node_id]}
             self.allowed = {p.node_id: frozenset({f"node-{p.node_id}"}) for p in peers}
         else:
             self.meta = "Peer-Address"

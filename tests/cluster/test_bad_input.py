@@ -22,7 +22,7 @@ class RawClient:
         self.sock.setsockopt(zmq.LINGER, 0)
         if node.keys is not None:
             own = load_pair(node.keys.client_kwargs()["secret_key"])
-            transport.curve_client(self.sock, own, load_node_keys(node.keys.nodes)[node.node_id])
+            transport.curve_client(self.sock, own, load_node_keys(node.keys.nodes)[node.node_id][0])
         self.sock.connect("tcp://" + node.endpoint)
 
     def ask(self, frames, timeout=5.0):

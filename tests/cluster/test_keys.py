@@ -166,6 +166,38 @@ def test_a_rogue_with_an_unknown_key_cannot_join_vote_listen_or_publish(make_clu
         rogue.close()
 
 
+def test_a_node_key_rotates_with_no_outage(make_cluster):
+    """docs/SECURITY.md's procedure: node 2's next key goes beside its current one, the other nodes
+    restart one at a time, then node 2 restarts with the next key. Those that connect to node 2 (its
+    peers, and clients) try both keys, so node 2 is a full member again at once: with node 1 killed, node 2 leads and node 3's acknowledgements reach it. Finally
+    node2.key is replaced by the next key, and a node restarted with only that one still follows."""
+    c = make_cluster()
+    with c.client(timeout=2.0) as db:
+        db.put("before", 0)
+        c.keys.add_next_key(2)
+        for node_id in (1, 3):
+            c.nodes[node_id].stop()
+            c.start(node_id)
+            c.wait_primary(10)
+            db.put(f"restarted-{node_id}", node_id)
+        c.keys.switch_key(2)
+        c.nodes[2].stop()
+        c.start(2)
+        db.put("rotated", 2)
+        with c.nodes[2].client(timeout=2.0) as on_2:         # the client tries node 2's next key
+            wait_until(lambda: on_2.get("rotated", stale=True) == 2, 5, message="node 2 applied the stream")
+        c.nodes[1].kill()
+        assert c.wait_primary(10, among=(2, 3)) == 2
+        db.put("led-by-2", 2)                   # committed: node 3's ACK reached node 2
+        assert db.get("before") == 0 and db.get("restarted-3") == 3
+        os.replace(os.path.join(c.keys.nodes, "node2.next.key"), os.path.join(c.keys.nodes, "node2.key"))
+        c.nodes[3].stop()
+        c.start(3)
+        db.put("after-rotation", 3)
+    with c.nodes[3].client(timeout=2.0) as on_3:
+        wait_until(lambda: on_3.get("after-rotation", stale=True) == 3, 5, message="node 3 follows node 2")
+
+
 class Capture:
     """Every frame on the loopback interface while active (AF_PACKET: needs root)."""
 

@@ -42,7 +42,7 @@ def test_a_node_checks_its_keys_at_start(key_dirs, tmp_path):
     secret, nodes, clients = key_dirs
     sec = keys.load_node_security(settings(secret, nodes, clients))
     assert set(sec.nodes) == {1, 2} and set(sec.clients.values()) == {keys.READ_WRITE}
-    with pytest.raises(ConfigError, match="node1.key, the public half"):
+    with pytest.raises(ConfigError, match=r"node1.key \(or, while the key is rotated, node1.<LABEL>.key\), the public half"):
         keys.load_node_security(settings(secret, nodes, clients, secret_key=str(secret / "app.key_secret")))
     os.remove(nodes / "node2.key")
     with pytest.raises(ConfigError, match=r"no key for peer\(s\) \[2\]"):
@@ -52,6 +52,37 @@ def test_a_node_checks_its_keys_at_start(key_dirs, tmp_path):
     empty.mkdir()
     with pytest.raises(ConfigError, match="no client can connect"):
         keys.load_node_security(settings(secret, nodes, empty))
+
+
+def test_a_node_being_rotated_has_two_keys(key_dirs):
+    """node<ID>.<LABEL>.key is a second key of node ID (docs/SECURITY.md, rotation): node<ID>.key
+    comes first whatever the label, a node may start with either, and the ZAP handler names either
+    as that node. One key file copied under two nodes' names is refused."""
+    secret, nodes, clients = key_dirs
+    for label in ("a", "next"):
+        public, _ = keys.keygen(secret, f"node2.{label}")
+        shutil.copy(public, nodes)
+    found = keys.load_node_keys(nodes)
+    assert found[2][0] == keys.load_pair(secret / "node2.key_secret").public and len(found[2]) == 3
+    assert found[2][1:] == tuple(keys.load_pair(secret / f"node2.{label}.key_secret").public
+                                 for label in ("a", "next"))
+    cfg = settings(secret, nodes, clients)
+    ctx = zmq.Context()
+    try:
+        gate = trust.Gatekeeper(ctx, cfg.peers, 10, 5, keys.load_node_security(cfg))
+        try:
+            for key in found[2]:
+                assert gate._decide(zap_request(trust.PEER_DOMAIN, "127.0.0.2", key))[2:5] == [b"200", b"OK", b"node-2"]
+        finally:
+            gate.close()
+    finally:
+        ctx.term()
+    public, _ = keys.keygen(secret, "node1.next")
+    shutil.copy(public, nodes)
+    assert keys.load_node_security(settings(secret, nodes, clients, secret_key=str(secret / "node1.next.key_secret")))
+    shutil.copy(nodes / "node2.key", nodes / "node3.key")
+    with pytest.raises(ConfigError, match="holds the key of node 2 too"):
+        keys.load_node_keys(nodes)
 
 
 def zap_request(domain, address, key=None):
@@ -68,7 +99,7 @@ def test_zap_decisions_with_and_without_keys(key_dirs):
         with_keys = trust.Gatekeeper(ctx, cfg.peers, 10, 5, sec)
         try:
             decide = with_keys._decide
-            peer2, own, app = sec.nodes[2], sec.nodes[1], keys.load_pair(secret / "app.key_secret").public
+            (peer2,), (own,), app = sec.nodes[2], sec.nodes[1], keys.load_pair(secret / "app.key_secret").public
             assert decide(zap_request(trust.PEER_DOMAIN, "127.0.0.9", peer2))[2:5] == [b"200", b"OK", b"node-2"]
             assert decide(zap_request(trust.PEER_DOMAIN, "127.0.0.2", own))[2] == b"400"    # not a peer's key
             assert decide(zap_request(trust.PEER_DOMAIN, "127.0.0.2", app))[2] == b"400"

@@ -36,6 +36,7 @@ class TestKeys:
         self.readonly = os.path.join(self.dir, "readonly")
         for d in (self.nodes, self.clients, self.readonly):
             os.makedirs(d, exist_ok=True)
+        self._secret_names = {}     # node id -> the name of its key pair, when not node<ID>
         self._pair("client", self.clients)
         self._pair("reader", self.readonly)
 
@@ -47,9 +48,19 @@ class TestKeys:
             os.replace(target + ".tmp", target)     # a node starting now reads a whole file or none
 
     def for_node(self, node_id):
-        self._pair(f"node{node_id}", self.nodes)
-        return ["--secret-key", os.path.join(self.secret, f"node{node_id}.key_secret"), "--node-keys", self.nodes,
+        """A node's key flags (its pair made when missing)."""
+        name = self._secret_names.get(node_id, f"node{node_id}")
+        self._pair(name, self.nodes)
+        return ["--secret-key", os.path.join(self.secret, f"{name}.key_secret"), "--node-keys", self.nodes,
                 "--client-keys", self.clients, "--readonly-keys", self.readonly]
+
+    def add_next_key(self, node_id, label="next"):
+        """Key rotation, first step (docs/SECURITY.md): node<ID>.<label>.key beside node<ID>.key."""
+        self._pair(f"node{node_id}.{label}", self.nodes)
+
+    def switch_key(self, node_id, label="next"):
+        """Key rotation, second step: the node starts with its next key from now on."""
+        self._secret_names[node_id] = f"node{node_id}.{label}"
 
     def client_kwargs(self, name="client"):
         """Client(...) arguments: the read-write key ("client"), the read-only one ("reader"), or any
