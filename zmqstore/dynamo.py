@@ -578,7 +578,12 @@ class DynamoEngine:
         if done:
             return done
         key, value, raw_ctx = req.args
-        return self._written(req, ((key, value, protocol.decode_context(raw_ctx)),))
+        ctx = protocol.decode_context(raw_ctx)
+        if ctx.get(self.origin, 0) > self.applied[self.origin]:
+            # No read could have returned it: this origin is this run's, and has made fewer writes.
+            raise errors.BadArgument(f"the context names write {ctx[self.origin]} of this node's origin, which "
+                                     f"has made {self.applied[self.origin]}: it is not one get_versions returned")
+        return self._written(req, ((key, value, ctx),))
 
     def _delete(self, req):
         done = self._check_write(req)

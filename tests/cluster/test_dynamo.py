@@ -82,11 +82,13 @@ def test_cas_is_refused_and_bad_contexts_change_nothing(cluster):
         with pytest.raises(errors.BadArgument, match="context"):
             db.put("k", 2, context=b"\x91\x92\xa1x\x01")        # [["x", 1]]: not [uint, uint]
         assert db.get("k") == 1 and len(db.get_versions("k").siblings) == 1
-        # A context claiming write 10000 of node 1's origin is capped at what node 1 has made: it
-        # supersedes the existing version, and cannot hide node 1's next writes.
+        # A context claiming write 10000 of node 1's origin, which node 1 never made, is refused
+        # (it would hide node 1's next writes); nothing changes, and the next write is no conflict.
         origin = db.get_versions("k").siblings[0].origin
         forged = bytes([0x91, 0x92, 0xcf]) + origin.to_bytes(8, "big") + bytes([0xcd, 0x27, 0x10])
-        db.put("k", 2, context=forged)
+        with pytest.raises(errors.BadArgument, match="never made|has made"):
+            db.put("k", 2, context=forged)
+        assert db.get("k") == 1 and len(db.get_versions("k").siblings) == 1
         db.put("k", 3)
         assert db.get("k", with_conflict=True) == (3, False)
 

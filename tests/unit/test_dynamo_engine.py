@@ -242,6 +242,11 @@ def test_a_forged_context_cannot_hide_other_writes_and_a_refused_write_changes_n
     b.flush()
     assert sorted(v[0] for v in call_b("GET_VERSIONS", b"k")[0]) == [V("from a"), V("from b")]
     assert a.digest == b.digest
+    # a context naming a write of the receiving node's own origin that it never made is refused
+    digest = b.digest
+    with pytest.raises(errors.BadArgument, match="never|has made"):
+        call_b("PUT_CTX", b"k", V("forged"), protocol.encode_context({b.origin: b.applied[b.origin] + 1}))
+    assert b._batch is None and b.digest == digest
     # a put_many whose second key would hold too many bytes of versions stages nothing at all
     a.state_limit = 100
     with pytest.raises(errors.ValueTooLarge):
