@@ -340,7 +340,7 @@ def report(r):
     if "failover" in r:
         f = r["failover"]
         rows += [
-            (f"failover: kill -9 primary -> first write acknowledged by the new one",
+            ("failover: kill -9 primary -> first write acknowledged by the new one",
              f"{f['median_s'] * 1000:,.0f} ms",
              f"median of {f['runs']}, max {f['max_s'] * 1000:.0f} ms (targets: < 1.0 s, < 1.5 s; election interval "
              f"{f['election_interval']} s); runs: " + ", ".join(f"{t * 1000:.0f}" for t in f["seconds"]) + " ms"),

@@ -22,6 +22,7 @@ import time
 from typing import NamedTuple
 
 from . import errors, protocol
+from .faults import NONE
 from .protocol import DynEntry, decode_dyn_entry, decode_key_state, encode_dyn_entry, encode_key_state
 from .sessions import STALE, Sessions
 from .versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
@@ -53,11 +54,6 @@ BUCKETS = 1 << (2 * GROUP_BITS)   # 4096
 GROUPS = 1 << GROUP_BITS          # 64, each of 64 buckets
 RANGE_MAX_ITEMS = 1000            # key states in one DRANGE_REPLY ...
 RANGE_MAX_BYTES = 1 << 20         # ... or about this many bytes
-
-# Test-only, deliberately broken (docs/TESTING.md): "dynamo-lww" keeps only the winner of
-# concurrent writes, silently dropping the others, so the fault campaigns can show the checker
-# catching lost writes. Never set in production (node.py BROKEN_ENV).
-BROKEN_ENV = "ZMQSTORE_TEST_BROKEN"
 
 _U64 = struct.Struct(">Q")
 _LOG_KEY = struct.Struct(">QQ")
@@ -104,7 +100,7 @@ class DynamoEngine:
 
     role = "peer"
 
-    def __init__(self, storage, config, version):
+    def __init__(self, storage, config, version, faults=NONE):
         self.storage = storage
         self.config = config
         self.version = version
@@ -158,10 +154,7 @@ class DynamoEngine:
         self.durable_digest = self.digest
         self._gc_cursor = b""
         self._recover_sessions()
-        self._lww = os.environ.get(BROKEN_ENV) == "dynamo-lww"
-        if self._lww:
-            log.warning("TEST-ONLY BROKEN BUILD (%s=dynamo-lww): concurrent writes are dropped, not kept as "
-                        "siblings", BROKEN_ENV)
+        self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
         self.leader_address = None
         self.last_write = None
         self._handlers = {

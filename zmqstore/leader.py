@@ -6,10 +6,9 @@ node loop gives them decoded peer messages and the time, and they act through `i
 `reply(envelope, body)` (ROUTER reply). Tests drive them with a fake io and real storage.
 """
 import logging
-import os
 from typing import NamedTuple
 
-from . import errors, protocol
+from . import errors, faults, protocol
 
 FETCH_MAX_ENTRIES = 5000          # entries in one ENTRIES reply ...
 FETCH_MAX_BYTES = 8 << 20         # ... or about this many bytes (under max_request_size, 16 MiB)
@@ -407,7 +406,7 @@ class Secondary:
             self.crash_after_chunks -= 1
             if self.crash_after_chunks <= 0 and next_cursor is not None:
                 log.warning("test switch: exiting in the middle of a snapshot install")
-                os._exit(70)   # like kill -9: no cleanup, no clean close of RocksDB
+                faults.crash()
         if next_cursor is not None:
             self._request_snapshot(snapshot_seq, next_cursor, now)
             return

@@ -2,7 +2,6 @@
 import collections
 import itertools
 import logging
-import os
 import random
 import signal
 import socket
@@ -11,7 +10,7 @@ import time
 
 import zmq
 
-from . import __version__, errors, keys, protocol, transport, trust
+from . import __version__, errors, faults, keys, protocol, transport, trust
 from .outbox import Outbox, send_hwm
 from .dynamo import DynamoEngine, Replication
 from .engine import Engine
@@ -27,13 +26,6 @@ HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and sna
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
 # What a read-only client key may not send: writes, and OUTCOME (it may log a fence entry).
 READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | {"OUTCOME"}
-# Test-only: drop this fraction of published change messages, to prove the repair path
-# (docs/TESTING.md). Never set in production.
-DROP_ENV = "ZMQSTORE_TEST_DROP_CHANGES"
-# Test-only, deliberately broken (docs/TESTING.md): "deposed-reads" makes a primary answer
-# linearizable reads without confirming its leadership and never step down, so the fault
-# campaigns can show the linearizability checker catching the stale reads that follow.
-BROKEN_ENV = "ZMQSTORE_TEST_BROKEN"
 
 log = logging.getLogger("zmqstore.node")
 
@@ -66,8 +58,7 @@ class Node:
         self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
         self._waiters = collections.deque()
         self._round_wanted = False
-        self._drop_rate = float(os.environ.get(DROP_ENV, "0") or 0)
-        self._unsafe_reads = os.environ.get(BROKEN_ENV) == "deposed-reads"
+        self.faults = faults.Faults.from_environment()     # test-only switches (faults.py)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -88,7 +79,8 @@ class Node:
             self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port, self.gate.guard_peer, curve=own)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             dynamo = config.mode == "dynamo"
-            self.engine = (DynamoEngine if dynamo else Engine)(self.storage, config, __version__)
+            self.engine = (DynamoEngine(self.storage, config, __version__, self.faults) if dynamo
+                           else Engine(self.storage, config, __version__))
             self._peer_limits = self.engine.limits._replace(max_request_size=peer_frame_max)
             for peer in config.peers:
                 # One SUB and one DEALER per key the peer may hold: two while its key is rotated
@@ -109,11 +101,7 @@ class Node:
                     self.peering = self.replication = Replication(self, self.engine, config, time.monotonic())
                     self.engine.extra_status = lambda: self.replication.status(time.monotonic())
             elif config.peers:
-                self.peering = self.roles = Roles(self, self.engine, config, time.monotonic())
-                if os.environ.get(BROKEN_ENV) == "deposed-reads":
-                    log.warning("TEST-ONLY BROKEN BUILD (%s=deposed-reads): reads without leadership "
-                                "confirmation, no step-down", BROKEN_ENV)
-                    self.roles.never_step_down = True
+                self.peering = self.roles = Roles(self, self.engine, config, time.monotonic(), self.faults)
                 self.engine.extra_status = lambda: self.roles.status(time.monotonic())
             else:
                 self.engine.become_primary(max(self.storage.term, 1))
@@ -130,7 +118,7 @@ class Node:
     # ------------------------------------------------------------ io for leader.py
 
     def publish(self, body):
-        if self._drop_rate and random.random() < self._drop_rate:
+        if self.faults.drop_changes and random.random() < self.faults.drop_changes:
             return
         transport.send(self.pub, body)
 
@@ -409,7 +397,7 @@ class Node:
             return
         wait_round = 0
         if (self.primary is not None and request.command in ("GET", "SCAN") and not request.args[-1]
-                and not self._unsafe_reads):
+                and not self.faults.deposed_reads):
             wait_round = self.primary.round + 1   # linearizable: a round started after this read arrived
             self._round_wanted = True
         if not self._waiters and wait_seq <= self.engine.commit_seq and not wait_round:

@@ -8,20 +8,17 @@ deposed primary still holds. The node loop calls `tick`, `on_request` (ROUTER) a
 (SUB and DEALER replies).
 """
 import logging
-import os
 
 from . import protocol
 from .election import Election
+from .faults import NONE
 from .leader import LogServer, Primary, Secondary
-
-# Test-only: a secondary dies like kill -9 after installing this many snapshot chunks (docs/TESTING.md).
-CRASH_IN_SNAPSHOT_ENV = "ZMQSTORE_TEST_CRASH_IN_SNAPSHOT"
 
 log = logging.getLogger(__name__)
 
 
 class Roles:
-    def __init__(self, node, engine, config, now):
+    def __init__(self, node, engine, config, now, faults=NONE):
         self.node = node                # io: publish, send_to, reply; and fail_waiters
         self.engine = engine
         self.storage = engine.storage
@@ -34,9 +31,8 @@ class Roles:
         self.primary = None
         self.secondary = None
         self.bootstrapping = False
-        self.never_step_down = False    # test-only, a deliberately broken build (node.py BROKEN_ENV)
+        self.faults = faults            # test-only switches (faults.py)
         self._learner_target = None     # (primary, its commit seq when first heard): a learner's goal
-        self._crash_after_chunks = int(os.environ.get(CRASH_IN_SNAPSHOT_ENV, "0") or 0)
         self._peer_handlers = {"ROLE": self._on_role_query, "VOTE_REQUEST": self._on_vote_request,
                                "ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}
         self._choose_role(now)
@@ -77,8 +73,8 @@ class Roles:
                            role="candidate" if syncing else "secondary")
         self.secondary = Secondary(self.engine, self.config, self.node, leader_id, sync_target)
         self._learner_target = None
-        if self._crash_after_chunks:
-            self.secondary.crash_after_chunks = self._crash_after_chunks
+        if self.faults.crash_in_snapshot:
+            self.secondary.crash_after_chunks = self.faults.crash_in_snapshot
         if leader_id and not syncing:
             self.bootstrapping = False     # someone leads: nothing left to bootstrap
             log.info("following primary %d in term %d", leader_id, term)
@@ -127,7 +123,7 @@ class Roles:
         st = self.storage
         if self.primary is not None:
             self.primary.heartbeat()
-            if not self.primary.has_majority(now) and not self.never_step_down:
+            if not self.primary.has_majority(now) and not self.faults.deposed_reads:
                 log.warning("primary of term %d heard from no majority within %.2f s: stepping down",
                             st.term, self.config.election_interval)
                 self._follow(st.term, 0, now)

@@ -264,7 +264,7 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
              mode="leader", log_level="WARNING", keys=None):
     """Run one campaign on `nodes` nodes; returns a summary dict (verdict included). network: use
     iptables partitions (None: when available, i.e. iptables present and root). faults: only these
-    kinds. broken: run a deliberately broken build (node.py BROKEN_ENV) to show the checker
+    kinds. broken: run a deliberately broken build (faults.py) to show the checker
     catches it."""
     args, env = ["--log-level", log_level], None
     if broken:

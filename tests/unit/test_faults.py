@@ -1,0 +1,18 @@
+"""Test-only fault switches (zmqstore/faults.py): read once from an environment, unknown builds refused."""
+import pytest
+
+from zmqstore import faults
+from zmqstore.errors import ConfigError
+
+
+def test_switches_are_off_unless_set_and_read_from_the_environment_given():
+    assert faults.Faults.from_environment({}) == faults.NONE
+    on = faults.Faults.from_environment({faults.DROP_CHANGES_ENV: "0.5", faults.CRASH_IN_SNAPSHOT_ENV: "3",
+                                         faults.BROKEN_ENV: "deposed-reads"})
+    assert (on.drop_changes, on.crash_in_snapshot, on.deposed_reads, on.dynamo_lww) == (0.5, 3, True, False)
+    assert faults.Faults.from_environment({faults.BROKEN_ENV: "dynamo-lww"}).dynamo_lww
+
+
+def test_an_unknown_broken_build_is_refused():
+    with pytest.raises(ConfigError, match="deposed-reads, dynamo-lww"):
+        faults.Faults.from_environment({faults.BROKEN_ENV: "deposed-read"})
