@@ -121,6 +121,8 @@ class RequestFenced(ZmqstoreError):
 
 
 class InternalError(ZmqstoreError):
+    """The node failed to serve a request: a bug, logged with its traceback on the node."""
+
     code = "internal"
 
 

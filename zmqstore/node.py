@@ -393,7 +393,8 @@ class Node:
         except Exception as exc:
             log.exception("internal error serving %s", request.command if request else "a message")
             rid = request.request_id if request else 0
-            outbox.send(envelope + [protocol.encode_error(rid, "internal", f"internal error: {type(exc).__name__}")])
+            outbox.send(envelope + [protocol.encode_exception(
+                rid, errors.InternalError(f"internal error: {type(exc).__name__}"))])
             return
         wait_round = 0
         if (self.primary is not None and request.command in ("GET", "SCAN") and not request.args[-1]

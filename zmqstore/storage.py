@@ -209,9 +209,9 @@ class Storage:
     def get_cf(self, cf: str, key: bytes):
         return self._cfs[cf].get(key)
 
-    def iter_cf(self, cf: str, start=b"", end=None, snapshot=None):
-        """(key, value) in key order from `start` up to `end` (exclusive), from a snapshot if given."""
-        it = (snapshot or self._cfs[cf]).iter()
+    def iter_cf(self, cf: str, start=b"", end=None):
+        """(key, value) in key order from `start` up to `end` (exclusive)."""
+        it = self._cfs[cf].iter()
         it.seek(start)
         while it.valid():
             key = it.key()
@@ -219,9 +219,6 @@ class Storage:
                 return
             yield key, it.value()
             it.next()
-
-    def snapshot_cf(self, cf: str):
-        return self._cfs[cf].snapshot()
 
     def term_at(self, seq):
         """The term of the entry at seq; None when seq is beyond the log or trimmed away."""
