@@ -274,8 +274,8 @@ def _cluster_status(db, args):
     """STATUS from every endpoint given (a row per node)."""
     from .client import Client, Retry
     rows = []
-    for endpoint in db.endpoints:
-        named = f"{db._node_ids[endpoint]}@{endpoint}" if endpoint in db._node_ids else endpoint
+    for named in db.connection.named_endpoints():
+        endpoint = named.rpartition("@")[2]
         try:
             with Client(named, timeout=float(args["--timeout"]), retry=Retry(max_tries=1),
                         **_client_keys(args)) as one:
@@ -286,7 +286,7 @@ def _cluster_status(db, args):
 
 
 def _print_status(args, db):
-    endpoints = db.endpoints
+    endpoints = db.connection.endpoints
     if len(endpoints) == 1:
         status = db.status()
         rows = [status] + [dict(peer, term="-", commit_seq=peer.get("commit_seq", "-"))

@@ -1,110 +1,108 @@
-"""Client-side pipelining: queue operations, keep many in flight, results in order (like redis-py)."""
+"""Client-side pipelining: queue operations, keep many in flight, results in order (like redis-py).
+Every operation of the client is available (api.Commands); only the sending differs."""
 import time
 
 import zmq
 
 from . import errors, protocol, transport
-from .client import RETRYABLE, encode_key
-from .protocol import pack_value, unpack_value
+from .api import Commands, ScanPage
+from .connection import RETRYABLE
 
 
-def _unpack_or(default):
-    return lambda result: default if result[0] is None else unpack_value(result[0])
-
-
-def _nothing(result):
-    return None
-
-
-def _first(result):
-    return result[0]
-
-
-class Pipeline:
+class Pipeline(Commands):
     """Operations are sent on `execute()`, up to `max_in_flight` at a time, each with its own request
     id. Not atomic: each operation is applied on its own, in order per key. Timed-out or redirected
-    operations are resent with the same request id, so none is applied twice."""
+    operations are resent with the same request id, so none is applied twice. Each queuing method
+    returns the pipeline, so calls chain. A scan's result is the list of its items: its first page
+    travels in the pipeline, any further pages are read after the pipeline, one at a time."""
 
     def __init__(self, client, max_in_flight=64):
         self._client = client
+        self.decode_keys = client.decode_keys
         self.max_in_flight = max_in_flight
-        self._ops = []   # (command, args, decode)
+        self._calls = []
+        self._scans = {}     # position in _calls -> (prefix, end, limit, stale) of a scan
 
     def __len__(self):
-        return len(self._ops)
+        return len(self._calls)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._ops.clear()
+        self._calls.clear()
+        self._scans.clear()
 
-    def get(self, key, default=None, stale=False):
-        self._ops.append(("GET", (encode_key(key), bool(stale)), _unpack_or(default)))
+    def _execute(self, call):
+        self._calls.append(call)
         return self
 
-    def put(self, key, value):
-        self._ops.append(("PUT", (encode_key(key), pack_value(value)), _nothing))
-        return self
-
-    def delete(self, key):
-        self._ops.append(("DEL", (encode_key(key),), _first))
-        return self
-
-    def cas(self, key, expected, new):
-        exp = None if expected is None else pack_value(expected)
-        self._ops.append(("CAS", (encode_key(key), exp, pack_value(new)), _first))
-        return self
-
-    def put_many(self, items):
-        pairs = items.items() if hasattr(items, "items") else items
-        self._ops.append(("PUT_MANY", ([[encode_key(k), pack_value(v)] for k, v in pairs],), _nothing))
-        return self
-
-    def ping(self):
-        self._ops.append(("PING", (), _first))
-        return self
+    def scan(self, prefix=None, start=None, end=None, limit=None, stale=False):
+        prefix, cursor, end = self._scan_range(prefix, start, end)
+        self._scans[len(self._calls)] = (prefix, end, limit, stale)
+        return self._execute(self._scan_call(prefix, cursor, end, limit, stale))
 
     def execute(self, raise_on_error=True):
         """Run every queued operation; returns their results in queue order. With raise_on_error, the
         first failed operation's exception is raised after all have finished; otherwise failed
         operations have their exception in place of a result."""
         client = self._client
-        ops, self._ops = self._ops, []
-        rids = [next(client._ids) for _ in ops]
+        calls, self._calls = self._calls, []
+        scans, self._scans = self._scans, {}
+        rids = [client.next_request_id() for _ in calls]
         open_from = rids[0] if rids else 0   # every earlier request of this client has finished
-        bodies = [client._encode(cmd, rid, args, open_from) for (cmd, args, _), rid in zip(ops, rids)]
-        index_of = {rid: i for i, rid in enumerate(rids)}
-        results = [None] * len(ops)
-        pending = list(range(len(ops)))
-        sleeps = client.retry.sleeps()
-        while pending:
-            retry, hint = self._round(client, pending, bodies, index_of, ops, results)
-            if not retry:
-                break
-            pause = next(sleeps, None)
-            if pause is None:
-                for i in retry:
-                    if not isinstance(results[i], errors.ZmqstoreError):
-                        results[i] = errors.ConnectionTimeout(f"no reply from {client.endpoint}")
-                    results[i].request_id = rids[i]
-                    if ops[i][0] in protocol.WRITE_COMMANDS:
-                        client._unresolve(rids[i])
-                break
-            time.sleep(pause)
-            client._next_endpoint(hint)
-            pending = retry
+        bodies = [client.encode(call, rid, open_from) for call, rid in zip(calls, rids)]
+        results = self._send(calls, rids, bodies)
+        for i, (prefix, end, limit, stale) in scans.items():
+            if isinstance(results[i], ScanPage):
+                results[i] = self._finish_scan(results[i], prefix, end, limit, stale)
         if raise_on_error:
             for r in results:
                 if isinstance(r, errors.ZmqstoreError):
                     raise r
         return results
 
-    def _round(self, client, pending, bodies, index_of, ops, results):
+    def _finish_scan(self, page, prefix, end, limit, stale):
+        items = list(page.items)
+        if page.cursor is not None and (limit is None or len(items) < limit):
+            try:
+                items.extend(self._client.scan(prefix, page.cursor, end, None if limit is None else limit - len(items),
+                                               stale))
+            except errors.ZmqstoreError as exc:
+                return exc
+        return items
+
+    def _send(self, calls, rids, bodies):
+        """Every request answered, in rounds: what timed out or was redirected goes again, with the
+        client's retry policy between rounds. -> results (or exceptions) in queue order."""
+        client, connection = self._client, self._client.connection
+        index_of = {rid: i for i, rid in enumerate(rids)}
+        results = [None] * len(calls)
+        pending = list(range(len(calls)))
+        sleeps = client.retry.sleeps()
+        while pending:
+            retry, hint = self._round(connection, pending, bodies, index_of, calls, results)
+            if not retry:
+                break
+            pause = next(sleeps, None)
+            if pause is None:
+                for i in retry:
+                    if not isinstance(results[i], errors.ZmqstoreError):
+                        results[i] = errors.ConnectionTimeout(f"no reply from {connection.endpoint}")
+                    results[i].request_id = rids[i]
+                    if calls[i].command in protocol.WRITE_COMMANDS:
+                        client.unresolve(rids[i])
+                break
+            time.sleep(pause)
+            connection.next_endpoint(hint)
+            pending = retry
+        return results
+
+    def _round(self, connection, pending, bodies, index_of, calls, results):
         """Send `pending` with a sliding window; returns (indices to retry, redirect hint)."""
-        if not client._handshake():
+        if not connection.handshake():
             return list(pending), None
-        sock = client._sock
+        sock = connection.sock
         send, recv = transport.send, transport.recv
         window = self.max_in_flight
         in_flight = set()
@@ -129,15 +127,15 @@ class Pipeline:
                 continue  # late reply to an earlier round
             in_flight.discard(i)
             if reply.ok:
-                results[i] = ops[i][2](reply.result)
+                results[i] = calls[i].decode(reply.result)
                 continue
             code, message, details = reply.result
             exc = errors.error_from_code(code, message, details)
             exc.request_id = reply.request_id
             if isinstance(exc, errors.ReplicationTimeout):
-                client._unresolve(reply.request_id)
+                self._client.unresolve(reply.request_id)
             results[i] = exc
             if isinstance(exc, RETRYABLE):
                 retry.append(i)
-                hint = hint or client._redirect(details)
+                hint = hint or connection.redirect(details)
         return sorted(retry), hint

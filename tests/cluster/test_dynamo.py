@@ -72,6 +72,19 @@ def test_every_node_accepts_writes_and_all_converge(cluster):
             db.close()
 
 
+def test_a_pipeline_offers_every_dynamo_operation(cluster):
+    """Pipelines share the client's operations: dots, get_versions, contexts, w and r."""
+    with cluster.nodes[1].client() as db, cluster.nodes[2].client() as other:
+        p = db.pipeline()
+        p.put("k", 1, w=3).put("j", 2).get_versions("k", r=2).get("k", with_conflict=True, r=2)
+        dot, _dot_j, versions, (value, conflict) = p.execute()
+        assert dot.node_id == 1 and [v.value for v in versions.siblings] == [1] and (value, conflict) == (1, False)
+        assert other.get("k", stale=True) == 1              # w=3: node 2 held it before the reply
+        replaced, deleted, after = db.pipeline().put("k", 3, context=versions.context).delete(
+            "j", w=2).get("k").execute()
+        assert replaced.seq > dot.seq and deleted is True and after == 3
+
+
 def test_cas_is_refused_and_bad_contexts_change_nothing(cluster):
     with cluster.nodes[1].client(retry=Retry(max_tries=1)) as db:
         db.put("k", 1)

@@ -119,7 +119,7 @@ def test_cas_retried_across_a_failover_applies_once(cluster):
     retry = protocol.encode_request("CAS", client_id, rid, rid, b"n", protocol.pack_value(0), protocol.pack_value(1))
     with c.nodes[2].client(timeout=2.0) as again:
         again.client_id = client_id
-        applied, _seq = again._attempt(retry, rid)
+        applied, _seq = again.connection.attempt(retry, rid)
         assert applied is True
         assert again.get("n") == 1
 

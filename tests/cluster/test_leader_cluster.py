@@ -41,7 +41,7 @@ def test_secondary_redirects_writes_and_reads(cluster):
         assert db.get("x") == 1
     with c.nodes[3].client(retry=Retry(max_tries=1)) as db:
         with pytest.raises(errors.NotPrimary) as info:
-            db._call("PUT", b"y", b"\x01")
+            db.put("y", 1)
         assert info.value.details["primary_id"] == 1
         assert info.value.details["primary_address"] == c.nodes[1].endpoint
 

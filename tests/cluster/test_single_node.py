@@ -58,6 +58,13 @@ def test_scan_pages_through_large_ranges(node):
         assert [k for k, _ in db.scan(prefix="big")] == [f"big{i:03d}" for i in range(60)]
         smalls = list(db.scan(prefix="small"))
         assert smalls == [(f"small{i:05d}", i) for i in range(2500)]
+        # In a pipeline a scan's first page travels with the rest and later pages follow: the
+        # result is every item, in order, within its limit; other results keep their places.
+        p = db.pipeline()
+        p.scan(prefix="small").get("big000").scan(prefix="small", limit=1500).scan(prefix="none").ping()
+        every, first_big, limited, empty, node_id = p.execute()
+        assert every == smalls and first_big == big and limited == smalls[:1500]
+        assert empty == [] and node_id == 1
         assert len(list(db.scan(prefix="small", limit=1234))) == 1234
         assert len(list(db.scan(limit=0))) == 0
 
@@ -112,12 +119,12 @@ def test_retry_after_lost_reply_is_applied_once(node):
     """A client that times out resends with the same request id; the node answers from its outcome table."""
     with node.client() as db:
         db.put("n", 1)
-        body_rid = next(db._ids)
+        body_rid = db.next_request_id()
         from zmqstore import protocol
         body = protocol.encode_request("CAS", db.client_id, body_rid, body_rid, b"n", protocol.pack_value(1),
                                        protocol.pack_value(2))
-        first = db._attempt(body, body_rid)
-        again = db._attempt(body, body_rid)
+        first = db.connection.attempt(body, body_rid)
+        again = db.connection.attempt(body, body_rid)
         assert first == again == (True, first[1])
         assert db.get("n") == 2 and db.status()["commit_seq"] == first[1]
 
