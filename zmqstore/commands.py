@@ -5,12 +5,10 @@ return (reply body, commit seq the reply waits for). The engine (engine.py) keep
 """
 import time
 
-from . import errors, protocol
+from . import errors, limits, protocol
 from .protocol import OP_DEL, OP_PUT
 from .sessions import STALE
 
-SCAN_PAGE_ITEMS = 1000          # a SCAN reply holds at most this many items ...
-SCAN_PAGE_BYTES = 1 << 20       # ... or about this many bytes; the client asks for the next page
 
 
 class Commands:
@@ -139,8 +137,8 @@ class Commands:
             self.engine.flush()
         elif self.engine.role == "primary" and self.storage.applied_seq < self.engine.commit_seq:
             self.engine.apply_committed(self.engine.commit_seq)   # written now: the scan reads RocksDB
-        page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
-        items, next_key = self.storage.scan(start, end, prefix, page, SCAN_PAGE_BYTES)
+        page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
+        items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes)
         if limit is not None and len(items) >= limit:
             next_key = None
         return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0

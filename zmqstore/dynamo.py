@@ -21,15 +21,14 @@ import struct
 import time
 from typing import NamedTuple
 
-from . import errors, protocol
+from . import errors, limits, protocol
 from .faults import NONE
 from .protocol import DynEntry, decode_dyn_entry, decode_key_state, encode_dyn_entry, encode_key_state
 from .sessions import STALE, Sessions
 from .versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                        merge, stable, winner)
 
-FETCH_MAX_ENTRIES = 1000          # entries in one DENTRIES reply ...
-FETCH_MAX_BYTES = 1 << 20         # ... or about this many bytes
+FETCH_PAGE = limits.FETCH["dynamo"]
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 REPAIR_TIMEOUT = 2.0              # seconds without a reply before a repair is abandoned (retried later)
@@ -37,8 +36,6 @@ REPAIR_IN_FLIGHT = 4              # bucket pages asked for at once
 GC_MAX_KEYS = 10_000              # tombstones looked at per housekeeping pass
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
 MAX_CLOCK_AHEAD = 600.0          # seconds a peer's clock (an entry's or sibling's HLC) may be ahead of ours
-SCAN_PAGE_ITEMS = 1000
-SCAN_PAGE_BYTES = 1 << 20
 
 # meta keys of dynamo mode (docs/STORAGE.md)
 META_APPLIED = b"d:applied:"      # + origin (u64): highest seq of that origin applied here
@@ -52,8 +49,6 @@ META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (
 GROUP_BITS = 6
 BUCKETS = 1 << (2 * GROUP_BITS)   # 4096
 GROUPS = 1 << GROUP_BITS          # 64, each of 64 buckets
-RANGE_MAX_ITEMS = 1000            # key states in one DRANGE_REPLY ...
-RANGE_MAX_BYTES = 1 << 20         # ... or about this many bytes
 
 _U64 = struct.Struct(">Q")
 _LOG_KEY = struct.Struct(">QQ")
@@ -361,7 +356,7 @@ class DynamoEngine:
         out, size = [], 0
         end = log_key(origin, self.durable_applied.get(origin, 0) + 1)
         for _key, raw in self.storage.iter_cf("log", log_key(origin, max(from_seq, first)), end):
-            if len(out) >= FETCH_MAX_ENTRIES or (out and size + len(raw) > FETCH_MAX_BYTES):
+            if len(out) >= FETCH_PAGE.items or (out and size + len(raw) > FETCH_PAGE.bytes):
                 break
             out.append(raw)
             size += len(raw)
@@ -422,7 +417,7 @@ class DynamoEngine:
         """A page of a bucket's durable key states: ([[key, state], ...], next cursor or None)."""
         items, size = [], 0
         for key in self._bucket_keys(bucket, cursor):
-            if len(items) >= RANGE_MAX_ITEMS or size >= RANGE_MAX_BYTES:
+            if len(items) >= limits.RANGE.items or size >= limits.RANGE.bytes:
                 return items, key
             raw = self.storage.get_cf("data", key)
             if raw is not None:
@@ -604,7 +599,7 @@ class DynamoEngine:
     def _scan(self, req):
         start, end, prefix, limit, _stale = req.args
         self.flush()    # a scan reads RocksDB: this iteration's writes first
-        page = SCAN_PAGE_ITEMS if limit is None else min(limit, SCAN_PAGE_ITEMS)
+        page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
         lower = start or b""
         if prefix and prefix > lower:
             lower = prefix
@@ -612,7 +607,7 @@ class DynamoEngine:
         for key, raw in self.storage.iter_cf("data", lower, end):
             if prefix and not key.startswith(prefix):
                 break
-            if len(items) >= page or size >= SCAN_PAGE_BYTES:
+            if len(items) >= page or size >= limits.SCAN.bytes:
                 next_key = key
                 break
             best = winner(_decode_state(raw))

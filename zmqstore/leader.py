@@ -8,13 +8,9 @@ node loop gives them decoded peer messages and the time, and they act through `i
 import logging
 from typing import NamedTuple
 
-from . import errors, faults, protocol
+from . import errors, faults, limits, protocol
 
-FETCH_MAX_ENTRIES = 5000          # entries in one ENTRIES reply ...
-FETCH_MAX_BYTES = 8 << 20         # ... or about this many bytes (under max_request_size, 16 MiB)
 FETCH_RETRY = 1.0                 # seconds before an unanswered FETCH or SNAPSHOT is sent again
-SNAPSHOT_PAGE_ITEMS = 1000        # items in one SNAPSHOT_CHUNK ...
-SNAPSHOT_PAGE_BYTES = 1 << 20     # ... or about this many bytes
 SNAPSHOT_IDLE = 60.0              # seconds an unused snapshot is kept for a secondary to come back
 
 log = logging.getLogger(__name__)
@@ -42,7 +38,7 @@ class LogServer:
             return
         from_seq = min(from_seq, st.last_seq + 1)
         self.counters["fetches_served"] += 1
-        entries = st.read_entries(from_seq, FETCH_MAX_ENTRIES, FETCH_MAX_BYTES)
+        entries = st.read_entries(from_seq, *limits.FETCH["leader"])
         self.io.reply_peer(envelope, protocol.encode_peer(
             "ENTRIES", st.term, self.node_id, from_seq - 1, st.term_at(from_seq - 1), entries,
             self.engine.commit_seq, st.last_seq))
@@ -66,7 +62,7 @@ class LogServer:
             cursor = None
             log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
         held[2] = now
-        items, next_cursor = self.storage.snapshot_page(held[0], cursor, SNAPSHOT_PAGE_ITEMS, SNAPSHOT_PAGE_BYTES)
+        items, next_cursor = self.storage.snapshot_page(held[0], cursor, *limits.SNAPSHOT)
         self.io.reply_peer(envelope, protocol.encode_peer(
             "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
             items, next_cursor))

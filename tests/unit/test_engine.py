@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from zmqstore import config, errors, protocol
-from zmqstore.commands import SCAN_PAGE_ITEMS
+from zmqstore.limits import SCAN
 from zmqstore.engine import Engine
 from zmqstore.storage import Storage
 
@@ -94,9 +94,9 @@ def test_put_many_is_one_entry(make_engine):
 def test_scan_sees_staged_writes_and_pages(make_engine):
     eng = make_engine()
     call = Caller(eng)
-    call("PUT_MANY", [[b"k%05d" % i, V(i)] for i in range(SCAN_PAGE_ITEMS + 5)])
+    call("PUT_MANY", [[b"k%05d" % i, V(i)] for i in range(SCAN.items + 5)])
     items, nxt = call("SCAN", None, None, b"k", None, False)
-    assert len(items) == SCAN_PAGE_ITEMS and nxt == b"k%05d" % SCAN_PAGE_ITEMS
+    assert len(items) == SCAN.items and nxt == b"k%05d" % SCAN.items
     items, nxt = call("SCAN", nxt, None, b"k", None, False)
     assert len(items) == 5 and nxt is None
     items, nxt = call("SCAN", None, None, b"k", 3, False)
