@@ -643,7 +643,10 @@ class DynamoEngine:
         }
 
 
-class PeerView:
+class PeerReport:
+    """What a peer last reported of itself (DSTATUS, DSTATUS_REPLY): applied vector, digest, counts.
+    (Leader mode's counterpart, what a peer said in ROLE, is election.PeerView.)"""
+
     __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard")
 
     def __init__(self):
@@ -704,7 +707,7 @@ class Replication:
         self.node = node                # io: publish, send_to, reply
         self.engine = engine
         self.config = config
-        self.views = {p.node_id: PeerView() for p in config.peers}
+        self.views = {p.node_id: PeerReport() for p in config.peers}
         self.addresses = {p.node_id: p.address for p in config.peers}
         self._fetching = {}             # origin -> (deadline, peer) of the fetch in flight
         self._unanswered = {}           # origin -> peers that left a fetch of it unanswered
