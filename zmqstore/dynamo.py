@@ -85,6 +85,12 @@ def _hash_key(bucket, key) -> bytes:
     return META_HASH + struct.pack(">H", bucket) + key
 
 
+def _winning_value(raw):
+    """A stored key state -> the value its winner shows (None: absent, its winner a tombstone)."""
+    best = winner(_decode_state(raw))
+    return None if best is None else best.value
+
+
 def _decode_state(raw) -> KeyState:
     ctx, siblings = decode_key_state(raw)
     return KeyState(ctx, tuple(Sibling(*s) for s in siblings))
@@ -600,23 +606,10 @@ class DynamoEngine:
         start, end, prefix, limit, _stale = req.args
         self.flush()    # a scan reads RocksDB: this iteration's writes first
         page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
-        lower = start or b""
-        if prefix and prefix > lower:
-            lower = prefix
-        items, size, next_key = [], 0, None
-        for key, raw in self.storage.iter_cf("data", lower, end):
-            if prefix and not key.startswith(prefix):
-                break
-            if len(items) >= page or size >= limits.SCAN.bytes:
-                next_key = key
-                break
-            best = winner(_decode_state(raw))
-            if best is not None and best.value is not None:
-                items.append([key, best.value])
-                size += len(key) + len(best.value)
+        items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes, _winning_value)
         if limit is not None and len(items) >= limit:
             next_key = None
-        return protocol.encode_ok(req.request_id, items, next_key), 0
+        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
 
     def _outcome(self, req):
         dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())

@@ -185,9 +185,11 @@ class Storage:
     def get(self, key: bytes):
         return self._data.get(key)
 
-    def scan(self, start, end, prefix, limit, max_bytes):
+    def scan(self, start, end, prefix, limit, max_bytes, value_of=None):
         """Keys in [start, end) with `prefix`, in order: at most `limit` items and about `max_bytes`.
-        Returns (items, next_key); next_key is where to continue when the page filled up, else None."""
+        Returns (items, next_key); next_key is where to continue when the page filled up, else None.
+        `value_of(stored)`: the value to return for a stored one, or None to skip the key (both modes
+        page the same way: dynamo mode stores key states and returns their winners)."""
         lower = start or b""
         if prefix and prefix > lower:
             lower = prefix
@@ -200,9 +202,10 @@ class Storage:
                 return items, None
             if len(items) >= limit or size >= max_bytes:
                 return items, key
-            value = it.value()
-            items.append((key, value))
-            size += len(key) + len(value)
+            value = it.value() if value_of is None else value_of(it.value())
+            if value is not None:
+                items.append((key, value))
+                size += len(key) + len(value)
             it.next()
         return items, None
 

@@ -4,6 +4,7 @@ import pytest
 
 from zmqstore import config, errors, protocol
 from zmqstore.dynamo import DynamoEngine, log_key
+from zmqstore.limits import SCAN
 from zmqstore.storage import Storage
 
 from test_engine import Caller
@@ -331,3 +332,23 @@ def test_forged_remote_states_and_entries_are_refused_and_change_nothing(make_en
     ok = protocol.encode_key_state({b.origin: 1}, [(b.origin, 1, now_hlc, V("fine"))])
     a.join_state(b"other", a.remote_state(ok))                                       # a fair state joins
     assert call("GET", b"other", False)[0] == V("fine")
+
+
+def test_a_scan_pages_over_winners_and_skips_deleted_keys(make_engine):
+    """Dynamo SCAN pages like leader mode's (limits.SCAN): each key's winning value, deleted keys
+    (tombstones) left out and not counted, a cursor when the page is full, none at the end or when
+    the limit is reached."""
+    eng = make_engine()
+    call = Caller(eng)
+    call("PUT_MANY", [[b"k%05d" % i, V(i)] for i in range(SCAN.items + 20)])
+    for i in range(0, 20, 2):
+        call("DEL", b"k%05d" % i)
+    eng.flush()
+    items, cursor = call("SCAN", None, None, b"k", None, False)
+    live = [i for i in range(SCAN.items + 20) if i >= 20 or i % 2]
+    assert [k for k, _ in items] == [b"k%05d" % i for i in live[:SCAN.items]] and cursor is not None
+    assert items[0][1] == V(1)
+    rest, end = call("SCAN", cursor, None, b"k", None, False)
+    assert [k for k, _ in rest] == [b"k%05d" % i for i in live[SCAN.items:]] and end is None
+    limited, after = call("SCAN", None, None, b"k", 3, False)
+    assert [k for k, _ in limited] == [b"k00001", b"k00003", b"k00005"] and after is None
