@@ -313,7 +313,8 @@ def _validate_request(msg, limits) -> Request:
         raise errors.MalformedMessage(
             "body must be an array [version, command, client_id, request_id, open_from, ...]")
     version, command, client_id, request_id, open_from = msg[0], msg[1], msg[2], msg[3], msg[4]
-    rid_ok = type(request_id) is int and 0 <= request_id <= UINT64_MAX
+    # request id 0 is reserved: it names, in an error reply, a request whose own id could not be read
+    rid_ok = type(request_id) is int and 0 < request_id <= UINT64_MAX
     try:
         if type(version) is not int or version != PROTOCOL_VERSION:
             raise errors.UnsupportedVersion(f"protocol version {version!r} not supported; this node speaks {PROTOCOL_VERSION}")
@@ -322,7 +323,7 @@ def _validate_request(msg, limits) -> Request:
         if type(client_id) is not bytes or not 0 < len(client_id) <= CLIENT_ID_MAX:
             raise errors.BadArgument(f"client_id must be 1..{CLIENT_ID_MAX} bytes")
         if not rid_ok:
-            raise errors.BadArgument("request_id must be an unsigned 64-bit integer")
+            raise errors.BadArgument("request_id must be an integer from 1 to 2**64 - 1 (0 is reserved)")
         if type(open_from) is not int or not 0 <= open_from <= request_id:
             raise errors.BadArgument("open_from must be an integer from 0 to request_id")
         validators = _VALIDATORS.get(command)

@@ -77,6 +77,8 @@ BAD = [
     (raw(1, "PING", "not-bytes", 1, 1), errors.BadArgument),
     (raw(1, "PING", CID, -1, 0), errors.BadArgument),
     (raw(1, "PING", CID, "1", 0), errors.BadArgument),
+    (raw(1, "PING", CID, 0, 0), errors.BadArgument),             # request id 0 is reserved
+    (raw(1, "PUT", CID, 0, 0, b"k", V(1)), errors.BadArgument),
     (raw(1, "GET", CID, 1, 1, b"k"), errors.BadArgument),           # missing stale flag
     (raw(1, "GET", CID, 1, 1, "k", False), errors.BadArgument),     # key must be bin
     (raw(1, "GET", CID, 1, 1, b"", False), errors.InvalidKey),
@@ -104,6 +106,17 @@ def test_bad_requests_are_classified(body, exc):
     with pytest.raises(exc) as info:
         protocol.decode_request(body)
     assert info.value.code in pathlib.Path(DOC).read_text()
+
+
+def test_request_id_zero_is_refused_like_other_header_errors():
+    """0 is what an error reply names when a request's id could not be read: a request may not use
+    it (its reply could not be told from such an error). The refusal itself carries request id 0."""
+    with pytest.raises(errors.BadArgument, match="request_id") as info:
+        protocol.decode_request(raw(1, "GET", CID, 0, 0, b"k", False))
+    assert info.value.request_id == 0
+    assert protocol.decode_request(raw(1, "GET", CID, 1, 0, b"k", False)).request_id == 1
+    top = (1 << 64) - 1
+    assert protocol.decode_request(raw(1, "PING", CID, top, top)).request_id == top
 
 
 def test_put_many_item_cap():
