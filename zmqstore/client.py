@@ -31,7 +31,6 @@ class Client(Commands):
     def __init__(self, endpoints, timeout=DEFAULT_TIMEOUT, retry=None, decode_keys=True,
                  max_request_size=16 << 20, secret_key=None, node_keys=None):
         self.connection = Connection(endpoints, timeout, secret_key, node_keys)
-        self.timeout = timeout
         self.retry = retry or Retry()
         self.decode_keys = decode_keys
         self.max_request_size = max_request_size
@@ -41,6 +40,15 @@ class Client(Commands):
         # Writes whose outcome is unknown (timeouts): open_from stays at or below them, so the node
         # keeps their outcomes for outcome() until asked (or its session_timeout passes).
         self._unresolved = []
+
+    @property
+    def timeout(self) -> float:
+        """Seconds per attempt (a change applies from the next connection)."""
+        return self.connection.timeout
+
+    @timeout.setter
+    def timeout(self, seconds):
+        self.connection.timeout = seconds
 
     @property
     def endpoint(self) -> str:

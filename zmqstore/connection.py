@@ -1,6 +1,7 @@
 """A client's connection to one node at a time: endpoints, CurveZMQ keys, the DEALER socket, sending
 a request and reading its reply, redirects and moving on to the next endpoint. No retries here: the
 Client and its Pipeline decide those (docs/CLIENT.md)."""
+import logging
 import random
 import time
 
@@ -8,6 +9,8 @@ import zmq
 
 from . import errors, keys, protocol, transport
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Refusals a retry on another node (or the same one later) may cure; timeouts are retried too.
 RETRYABLE = (errors.NotPrimary, errors.Unavailable)
@@ -84,7 +87,10 @@ class Connection:
         self.sock = None
         self._candidates = []       # sockets to a node whose key is rotated, one per key (handshake)
         self._endpoint_index = 0
-        self._connect()
+        try:
+            self._connect()
+        except errors.ConnectionTimeout:
+            pass            # the first attempt tries again and reports it
 
     @property
     def endpoint(self) -> str:
@@ -94,49 +100,71 @@ class Connection:
         """Every endpoint, as ID@host:port when its node id is known."""
         return [f"{self._node_ids[e]}@{e}" if e in self._node_ids else e for e in self.endpoints]
 
-    def _connect(self, endpoint=None):
+    def _connect(self):
+        """Open the socket(s) to the current endpoint in place of the old ones. When that fails (no key
+        for the node, a key ZeroMQ refuses) no socket is left and ConnectionTimeout is raised; the
+        next attempt tries again, so the caller's retry policy moves on as after a timeout."""
         self._close_socket()
-        if endpoint is not None:
-            if endpoint not in self.endpoints:
-                self.endpoints.append(endpoint)
-            self._endpoint_index = self.endpoints.index(endpoint)
+        opened = []
+        try:
+            server_keys = self._server_keys()
+            for key in server_keys:
+                opened.append(self._socket(key, immediate=len(server_keys) > 1))
+        except (zmq.ZMQError, ConfigError) as exc:
+            for sock in opened:
+                sock.close(linger=0)
+            raise errors.ConnectionTimeout(f"cannot connect to {self.endpoint}: {exc}") from None
+        if len(opened) > 1:
+            # The node's key is being rotated (docs/SECURITY.md): one socket per key it may hold;
+            # handshake() keeps the one that completes its handshake.
+            self._candidates = opened
+        self.sock = opened[0]
+
+    def _server_keys(self) -> tuple:
+        """The keys the current endpoint's node may hold; (None,) without keys. The node keys are
+        read again at each connection: a node's next key added while this client runs (a rotation,
+        docs/SECURITY.md) is then tried after the first timeout. A directory that cannot be read
+        (being changed) keeps the keys read before."""
         if self._keys is None:
-            self.sock = self._socket()
-            return
-        # Read again at each connection: a node's next key added while this client runs (a rotation,
-        # docs/SECURITY.md) is then tried after the first timeout. A directory being changed keeps the last.
+            return (None,)
         try:
             self._keys = self._keys._replace(nodes=keys.load_node_keys(self._node_keys_dir))
-        except ConfigError:
-            pass
+        except ConfigError as exc:
+            log.warning("keeping the node keys read before: %s", exc)
         node_id = self._node_ids.get(self.endpoint)
         node_keys = self._keys.nodes.get(node_id)
         if not node_keys:
-            raise errors.ConnectionTimeout(f"no key for the node at {self.endpoint} (node {node_id}) in the "
-                                           f"node keys")
-        if len(node_keys) == 1:
-            self.sock = self._socket(node_keys[0])
-        else:
-            # The node's key is being rotated (docs/SECURITY.md): one socket per key it may hold;
-            # handshake() keeps the one that completes its handshake.
-            self._candidates = [self._socket(key, immediate=True) for key in node_keys]
-            self.sock = self._candidates[0]
+            raise ConfigError(f"no key for node {node_id} in the node keys")
+        return node_keys
 
     def _socket(self, node_key=None, immediate=False):
         """A DEALER connected to the current endpoint, expecting `node_key` when given (CurveZMQ).
         immediate: it can send only once its handshake has completed."""
         sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout * 1000)))
-        # A send to a node that is down queues up to SNDHWM messages, then blocks: bound that wait too.
-        sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
-        sock.setsockopt(zmq.SNDHWM, transport.ROUTER_HWM)
-        if immediate:
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-        if node_key is not None:
-            transport.curve_client(sock, self._keys.own, node_key)
-        sock.connect("tcp://" + self.endpoint)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout * 1000)))
+            # A send to a node that is down queues up to SNDHWM messages, then blocks: bound that wait too.
+            sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
+            sock.setsockopt(zmq.SNDHWM, transport.ROUTER_HWM)
+            if immediate:
+                sock.setsockopt(zmq.IMMEDIATE, 1)
+            if node_key is not None:
+                transport.curve_client(sock, self._keys.own, node_key)
+            sock.connect("tcp://" + self.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
         return sock
+
+    def ready(self) -> bool:
+        """Connect when no socket is open, then handshake(); False when either failed."""
+        if self.sock is None:
+            try:
+                self._connect()
+            except errors.ConnectionTimeout:
+                return False
+        return self.handshake()
 
     def handshake(self) -> bool:
         """With a node whose key is being rotated: wait up to the timeout for the first of the sockets
@@ -170,16 +198,24 @@ class Connection:
         return address
 
     def next_endpoint(self, hint=None):
-        """Reconnect: to the primary a node named, else to the next endpoint in the list."""
+        """Reconnect: to the primary a node named, else to the next endpoint in the list. A failure
+        to connect is reported by the next attempt."""
         if hint and (self._keys is None or hint in self._node_ids):
-            self._connect(hint)
+            if hint not in self.endpoints:
+                self.endpoints.append(hint)
+            self._endpoint_index = self.endpoints.index(hint)
         else:
             self._endpoint_index = (self._endpoint_index + 1) % len(self.endpoints)
+        try:
             self._connect()
+        except errors.ConnectionTimeout:
+            pass
 
     def attempt(self, body, request_id):
         """Send one request body and return its OK reply's fields; raises the reply's error, or
         ConnectionTimeout when no handshake, send or reply happens within the timeout."""
+        if self.sock is None:
+            self._connect()             # raises ConnectionTimeout when it cannot
         if not self.handshake():
             raise errors.ConnectionTimeout(f"no handshake with {self.endpoint} within {self.timeout} s")
         sock = self.sock
@@ -203,5 +239,5 @@ class Connection:
     def close(self):
         self._close_socket()
         if self._ctx is not None:
-            self._ctx.term()
+            self._ctx.destroy(linger=0)     # closes any socket left open too: never waits
             self._ctx = None

@@ -44,8 +44,13 @@ class Faults(NamedTuple):
     def from_environment(cls, environ=None) -> "Faults":
         """The switches set in `environ` (default: this process's environment), logged when on."""
         environ = os.environ if environ is None else environ
-        faults = cls(float(environ.get(DROP_CHANGES_ENV) or 0), int(environ.get(CRASH_IN_SNAPSHOT_ENV) or 0),
-                     environ.get(BROKEN_ENV) or "")
+        try:
+            faults = cls(float(environ.get(DROP_CHANGES_ENV) or 0), int(environ.get(CRASH_IN_SNAPSHOT_ENV) or 0),
+                         environ.get(BROKEN_ENV) or "")
+        except ValueError as exc:
+            raise ConfigError(f"a test-only fault switch is not a number: {exc}") from None
+        if not 0 <= faults.drop_changes <= 1:
+            raise ConfigError(f"{DROP_CHANGES_ENV}={faults.drop_changes}: a fraction from 0 to 1")
         if faults.broken and faults.broken not in BROKEN_BUILDS:
             raise ConfigError(f"{BROKEN_ENV}={faults.broken!r}: expected one of {', '.join(BROKEN_BUILDS)}")
         for name, value in zip((DROP_CHANGES_ENV, CRASH_IN_SNAPSHOT_ENV, BROKEN_ENV), faults):

@@ -4,17 +4,22 @@ A node's key pair is `NAME.key` (public) and `NAME.key_secret` (secret, 0600). T
 directory holds every node's public certificate as `node<ID>.key`: the file name binds the key to
 the node id. While a node's key is rotated, the directory also holds its next key as
 `node<ID>.<LABEL>.key` (e.g. node2.next.key): either key is then that node's, and whoever connects
-to it tries `node<ID>.key` first, then the others (transport.ServerKeys). Client allow lists are directories of public certificates (any names): read-write
+to it tries both at once (docs/SECURITY.md). At most two keys per node. Client allow lists are directories of public certificates (any names): read-write
 (`client_keys`) and read-only (`readonly_keys`).
 """
+import logging
 import os
 import re
 from typing import NamedTuple, Optional
 
 import zmq.auth
+from zmq.utils import z85
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
+MAX_KEYS_PER_NODE = 2       # its key and, while that is rotated, the next one
 NODE_KEY_FILE = re.compile(r"^node(\d+)(\.[A-Za-z0-9_-]+)?\.key$")
 READ_WRITE, READ_ONLY = "rw", "ro"
 
@@ -81,6 +86,10 @@ def load_node_keys(directory) -> dict:
                               f"each node needs its own key pair")
         if public not in keys.get(node_id, ()):
             keys[node_id] = keys.get(node_id, ()) + (public,)
+        if len(keys[node_id]) > MAX_KEYS_PER_NODE:
+            raise ConfigError(f"node_keys {directory}: node {node_id} has more than {MAX_KEYS_PER_NODE} keys "
+                              f"(node{node_id}.key and one node{node_id}.<LABEL>.key while it is rotated); "
+                              f"delete the retired one")
     return keys
 
 
@@ -95,6 +104,8 @@ def load_allow_list(directory, what) -> set:
 def _public(path) -> bytes:
     try:
         public, _secret = zmq.auth.load_certificate(path)
+        if len(public) != 40 or len(z85.decode(public)) != 32:    # a truncated or half-copied file
+            raise ValueError("not a 40-character Z85 CurveZMQ public key")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the public key {path}: {exc}") from None
     return public
@@ -120,6 +131,13 @@ def load_node_security(config) -> Optional[NodeSecurity]:
         clients.update(dict.fromkeys(load_allow_list(config.readonly_keys, "readonly_keys"), READ_ONLY))
     if config.client_keys:
         clients.update(dict.fromkeys(load_allow_list(config.client_keys, "client_keys"), READ_WRITE))
+    if {key for node_keys in nodes.values() for key in node_keys} & set(clients):
+        raise ConfigError("a key is both a node's (node_keys) and a client's (client_keys or readonly_keys): "
+                          "each must have its own key pair")
+    for node_id, node_keys in nodes.items():
+        if len(node_keys) > 1:
+            log.warning("node %d has two keys while its key is rotated (docs/SECURITY.md): %s", node_id,
+                        ", ".join(k.decode() for k in node_keys))
     if not clients:
         raise ConfigError("with keys, client_keys or readonly_keys must name a directory holding client "
                           "public keys (datastore-cli keygen NAME); otherwise no client can connect")

@@ -58,13 +58,14 @@ class Node:
         self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
         self._waiters = collections.deque()
         self._round_wanted = False
-        self.faults = faults.Faults.from_environment()     # test-only switches (faults.py)
+        self.faults = faults.NONE
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         # What a peer may send: log entries and states each up to about max_request_size.
         peer_frame_max = 2 * config.max_request_size + (1 << 20)
         try:
+            self.faults = faults.Faults.from_environment()     # test-only switches (faults.py)
             security = keys.load_node_security(config)      # None without keys
             own = security.own if security is not None else None
             self.gate = trust.Gatekeeper(self._ctx, config.peers, config.max_connections,
@@ -215,7 +216,7 @@ class Node:
             self.storage.close()
         if self.gate is not None:
             self.gate.close()
-        self._ctx.term()
+        self._ctx.destroy(linger=0)     # and any socket a failed start left open: never waits
         self._wake_r.close()
         self._wake_w.close()
 

@@ -100,7 +100,7 @@ class Pipeline(Commands):
 
     def _round(self, connection, pending, bodies, index_of, calls, results):
         """Send `pending` with a sliding window; returns (indices to retry, redirect hint)."""
-        if not connection.handshake():
+        if not connection.ready():
             return list(pending), None
         sock = connection.sock
         send, recv = transport.send, transport.recv

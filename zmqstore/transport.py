@@ -98,9 +98,13 @@ def connect_sub(ctx, peer, source_host, max_msg_size, curve=None):
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    if curve is not None:
-        curve_client(sock, *curve)
-    sock.connect(f"tcp://{source_host}:0;{peer.host}:{peer.pub_port}")
+    try:
+        if curve is not None:
+            curve_client(sock, *curve)
+        sock.connect(f"tcp://{source_host}:0;{peer.host}:{peer.pub_port}")
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
     return sock
 
 
@@ -118,10 +122,14 @@ def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_siz
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
-    if curve is not None:
-        curve_client(sock, *curve)
     target = f"{host}:{port}"
-    sock.connect(f"tcp://{source_host}:0;{target}" if source_host else f"tcp://{target}")
+    try:
+        if curve is not None:
+            curve_client(sock, *curve)
+        sock.connect(f"tcp://{source_host}:0;{target}" if source_host else f"tcp://{target}")
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
     return sock
 
 

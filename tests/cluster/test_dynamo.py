@@ -83,6 +83,9 @@ def test_a_pipeline_offers_every_dynamo_operation(cluster):
         replaced, deleted, after = db.pipeline().put("k", 3, context=versions.context).delete(
             "j", w=2).get("k").execute()
         assert replaced.seq > dot.seq and deleted is True and after == 3
+        cluster.nodes[3].kill()                             # now w=3 cannot be met, w=2 can
+        short, met = db.pipeline().put("q", 1, w=3).put("q", 2, w=2).execute(raise_on_error=False)
+        assert isinstance(short, errors.ReplicationTimeout) and met.node_id == 1
 
 
 def test_cas_is_refused_and_bad_contexts_change_nothing(cluster):

@@ -166,6 +166,16 @@ def test_a_rogue_with_an_unknown_key_cannot_join_vote_listen_or_publish(make_clu
         rogue.close()
 
 
+def test_an_endpoint_without_a_key_is_skipped_like_a_dead_one(make_cluster):
+    """The first endpoint names a node with no key in node_keys: the client moves on to the next
+    endpoint as after a timeout, and stays usable."""
+    c = make_cluster()
+    primary = c.nodes[c.wait_primary(10)]
+    with Client(["9@127.0.0.1:1", primary.named_endpoint], timeout=1.0, **c.keys.client_kwargs()) as db:
+        db.put("k", 1)
+        assert db.get("k") == 1 and db.endpoint == primary.endpoint
+
+
 def test_a_node_key_rotates_with_no_outage(make_cluster):
     """docs/SECURITY.md's procedure: node 2's next key goes beside its current one, the other nodes
     restart one at a time, then node 2 restarts with the next key. Those that connect to node 2 (its

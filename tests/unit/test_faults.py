@@ -13,6 +13,10 @@ def test_switches_are_off_unless_set_and_read_from_the_environment_given():
     assert faults.Faults.from_environment({faults.BROKEN_ENV: "dynamo-lww"}).dynamo_lww
 
 
-def test_an_unknown_broken_build_is_refused():
+def test_an_unknown_broken_build_and_bad_numbers_are_refused():
     with pytest.raises(ConfigError, match="deposed-reads, dynamo-lww"):
         faults.Faults.from_environment({faults.BROKEN_ENV: "deposed-read"})
+    with pytest.raises(ConfigError, match="not a number"):
+        faults.Faults.from_environment({faults.CRASH_IN_SNAPSHOT_ENV: "three"})
+    with pytest.raises(ConfigError, match="fraction"):
+        faults.Faults.from_environment({faults.DROP_CHANGES_ENV: "50"})

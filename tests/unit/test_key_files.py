@@ -57,15 +57,14 @@ def test_a_node_checks_its_keys_at_start(key_dirs, tmp_path):
 def test_a_node_being_rotated_has_two_keys(key_dirs):
     """node<ID>.<LABEL>.key is a second key of node ID (docs/SECURITY.md, rotation): node<ID>.key
     comes first whatever the label, a node may start with either, and the ZAP handler names either
-    as that node. One key file copied under two nodes' names is refused."""
+    as that node. A third key, one key file under two nodes' names, a key that is also a client's,
+    and a truncated key file are refused."""
     secret, nodes, clients = key_dirs
-    for label in ("a", "next"):
-        public, _ = keys.keygen(secret, f"node2.{label}")
-        shutil.copy(public, nodes)
+    public, _ = keys.keygen(secret, "node2.a")
+    shutil.copy(public, nodes)
     found = keys.load_node_keys(nodes)
-    assert found[2][0] == keys.load_pair(secret / "node2.key_secret").public and len(found[2]) == 3
-    assert found[2][1:] == tuple(keys.load_pair(secret / f"node2.{label}.key_secret").public
-                                 for label in ("a", "next"))
+    assert found[2] == (keys.load_pair(secret / "node2.key_secret").public,
+                        keys.load_pair(secret / "node2.a.key_secret").public)
     cfg = settings(secret, nodes, clients)
     ctx = zmq.Context()
     try:
@@ -80,6 +79,20 @@ def test_a_node_being_rotated_has_two_keys(key_dirs):
     public, _ = keys.keygen(secret, "node1.next")
     shutil.copy(public, nodes)
     assert keys.load_node_security(settings(secret, nodes, clients, secret_key=str(secret / "node1.next.key_secret")))
+    public, _ = keys.keygen(secret, "node2.next")
+    shutil.copy(public, nodes)
+    with pytest.raises(ConfigError, match="node 2 has more than 2 keys"):
+        keys.load_node_keys(nodes)
+    os.remove(nodes / "node2.next.key")
+    shutil.copy(nodes / "node2.a.key", clients / "stolen.key")
+    with pytest.raises(ConfigError, match="both a node's"):
+        keys.load_node_security(settings(secret, nodes, clients))
+    os.remove(clients / "stolen.key")
+    text = (nodes / "node2.a.key").read_text()
+    (nodes / "node2.a.key").write_text(text[:text.index("public-key") + 30])      # a half-copied file
+    with pytest.raises(ConfigError, match="cannot read the public key"):
+        keys.load_node_keys(nodes)
+    os.remove(nodes / "node2.a.key")
     shutil.copy(nodes / "node2.key", nodes / "node3.key")
     with pytest.raises(ConfigError, match="holds the key of node 2 too"):
         keys.load_node_keys(nodes)
