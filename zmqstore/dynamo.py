@@ -960,7 +960,11 @@ class Replication:
             log.debug("fetch of %s from node %d unanswered for %.1f s", origin_name(origin), peer, FETCH_TIMEOUT)
         tried = self._unanswered.get(origin)
         if tried and node_id in tried:
-            if len(tried) < len(self.views):
+            # Skip it only while another peer that holds more of the origin has not been tried: the
+            # next report from that one fetches there. With none (often: only the origin's own node
+            # holds the entries) ask this one again; skipping it would wait forever.
+            mine = self.engine.applied.get(origin, 0)
+            if any(peer not in tried and view.applied.get(origin, 0) > mine for peer, view in self.views.items()):
                 return
             tried.clear()
         frm = self.engine.applied.get(origin, 0) + 1
