@@ -649,16 +649,6 @@ class PeerReport:
         self.heard = None
 
 
-class HeldWrite(NamedTuple):
-    request_id: int
-    envelope: list
-    reply: bytes
-    seq: int           # the entry of this run's origin that must reach `need` nodes
-    need: int
-    batch: int         # the batch that makes it durable here
-    deadline: float
-
-
 class QuorumRead(NamedTuple):
     request: object
     envelope: list
@@ -718,7 +708,6 @@ class Replication:
                                   "DENTRIES": self._on_entries, "DTREE_REPLY": self._on_tree_reply,
                                   "DRANGE_REPLY": self._on_range_reply, "DREAD_REPLY": self._on_read_reply}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
-        self._held = []                 # HeldWrite: replies waiting for write_quorum
         self._reads = {}                # read id -> QuorumRead
         self._read_ids = 0
         self.read_repairs = 0
@@ -734,8 +723,6 @@ class Replication:
 
     def tick(self, now):
         self.node.send_to_all(self._status_message("DSTATUS"))
-        if self._held:
-            self.release(now)
         if self._reads:
             for read_id, pending in list(self._reads.items()):
                 if now > pending.deadline:
@@ -778,7 +765,7 @@ class Replication:
 
     def publish_new(self):
         """After a flush: publish this origin's new durable entries (PUB; fetches repair losses),
-        tell each origin what this node now holds of its entries (DACK), release quorum writes."""
+        tell each origin what this node now holds of its entries (DACK), send read repairs."""
         entries, moved = self.engine.take_published()
         if entries:
             self.node.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
@@ -791,33 +778,13 @@ class Replication:
             if node_id in self.views:
                 self.node.send_to(node_id, protocol.encode_peer(
                     "DACK", self.engine.node_id, origin, self.engine.durable_applied[origin]))
-        if self._held:
-            self.release(time.monotonic())
 
     # ------------------------------------------------------------ quorums
 
-    def hold_write(self, request, envelope, reply, seq, need, now):
-        """Send `reply` once `need` nodes (this one included) hold entry `seq` of this run's origin."""
-        self._held.append(HeldWrite(request.request_id, envelope, reply, seq, need, self.engine.pending_batch,
-                                    now + self.config.replication_timeout))
-
-    def release(self, now):
-        if not self._held:
-            return
-        still = []
-        durable = self.engine.commit_seq
-        for h in self._held:
-            copies = 1 + sum(1 for s in self._acked.values() if s >= h.seq)
-            if h.batch <= durable and copies >= h.need:
-                self.node.reply(h.envelope, h.reply)
-            elif now > h.deadline:
-                self.node.reply(h.envelope, protocol.encode_error(
-                    h.request_id, "replication_timeout", f"write_quorum {h.need} not reached within "
-                    f"{self.config.replication_timeout} s ({copies} nodes hold it): the write is applied and "
-                    f"durable on this node and reaches the others when they can talk"))
-            else:
-                still.append(h)
-        self._held = still
+    def copies(self, seq) -> int:
+        """How many nodes (this one included) hold entry `seq` of this run's origin durably, as the
+        peers' DACKs and status reports said: what a write with w > 1 waits for (modes.DynamoMode)."""
+        return 1 + sum(1 for s in self._acked.values() if s >= seq)
 
     def _on_ack(self, fields, envelope, now):
         node_id, origin, seq = fields
@@ -828,8 +795,6 @@ class Replication:
     def _note_acked(self, node_id, seq, now):
         if seq > self._acked.get(node_id, 0):
             self._acked[node_id] = seq
-            if self._held:
-                self.release(now)
 
     def quorum_read(self, request, envelope, need, now):
         """Read a key from `need` nodes (this one and the first need - 1 peers to answer), join

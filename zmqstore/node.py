@@ -1,5 +1,4 @@
 """The node process: one zmq.Poller loop owning every socket, the storage and all state; clean shutdown."""
-import collections
 import itertools
 import logging
 import random
@@ -10,11 +9,9 @@ import time
 
 import zmq
 
-from . import __version__, errors, faults, keys, protocol, transport, trust
+from . import errors, faults, keys, modes, protocol, transport, trust
 from .outbox import Outbox, send_hwm
-from .dynamo import DynamoEngine, Replication
-from .engine import Engine
-from .roles import Roles
+from .replies import Replies
 from .storage import Storage
 
 MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit) ...
@@ -30,17 +27,6 @@ READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | {"OUTCOME"}
 log = logging.getLogger("zmqstore.node")
 
 
-class Waiter:
-    """A reply held until the commit seq it depends on is reached and, for a linearizable read on a
-    replicated primary, a heartbeat round started after it arrived is confirmed."""
-
-    __slots__ = ("seq", "round", "deadline", "envelope", "reply", "request_id", "is_write")
-
-    def __init__(self, seq, round_, deadline, envelope, reply, request_id, is_write):
-        self.seq, self.round, self.deadline = seq, round_, deadline
-        self.envelope, self.reply, self.request_id, self.is_write = envelope, reply, request_id, is_write
-
-
 class Node:
     """A running datastore-node. `run()` serves until `stop()` or SIGTERM/SIGINT."""
 
@@ -48,16 +34,14 @@ class Node:
         self.config = config
         self._stopping = False
         self._ctx = zmq.Context()
-        self.router = self.peer_router = self.pub = self.storage = self.engine = self.roles = None
+        self.router = self.peer_router = self.pub = self.storage = self.engine = self.mode = None
         self.subs = {}                  # peer id -> SUBs connected to that peer's PUB (one per key)
         self.gate = self.outbox = None
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
-        self.peering = self.replication = None
-        self._quorums = False
+        self.peering = None
+        self.replies = None
         self._peer_limits = None
         self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
-        self._waiters = collections.deque()
-        self._round_wanted = False
         self.faults = faults.NONE
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -75,48 +59,35 @@ class Node:
                 mandatory=True, send_hwm=send_hwm(config.client_output_limit // 2, config.max_value_size), curve=own)
             # half of client_output_limit in ZeroMQ's queue, half in the outbox's (outbox.py)
             self.outbox = Outbox(self.router, config.client_output_limit // 2)
+            self.replies = Replies(self.outbox.send)
             self.peer_router = transport.bind_router(self._ctx, config.host, config.peer_port, peer_frame_max,
                                                      self.gate.guard_peer, what="peer_port", curve=own)
             self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port, self.gate.guard_peer, curve=own)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
-            dynamo = config.mode == "dynamo"
-            self.engine = (DynamoEngine(self.storage, config, __version__, self.faults) if dynamo
-                           else Engine(self.storage, config, __version__))
+            # The peers' sockets first: a mode may talk to them as it starts.
+            self._connect_peers(config, security, own, peer_frame_max)
+            self.mode = modes.MODES[config.mode](self, self.storage, config, self.faults, time.monotonic())
+            self.engine, self.peering = self.mode.engine, self.mode.peering
             self._peer_limits = self.engine.limits._replace(max_request_size=peer_frame_max)
-            for peer in config.peers:
-                # One SUB and one DEALER per key the peer may hold: two while its key is rotated
-                # (docs/SECURITY.md). Only those expecting the key it holds complete a handshake:
-                # messages arrive on them, and sends go to them (the others refuse, IMMEDIATE).
-                curves = [(own, key) for key in security.nodes[peer.node_id]] if security is not None else [None]
-                self.subs[peer.node_id] = tuple(
-                    transport.connect_sub(self._ctx, peer, config.host, peer_frame_max, curve) for curve in curves)
-                self.dealers[peer.node_id] = tuple(transport.connect_dealer(
-                    self._ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
-                    source_host=config.host, max_msg_size=peer_frame_max, immediate=True, curve=curve)
-                    for curve in curves)
-            # Dynamo mode: requests may ask for quorums (per request, or by the cluster's settings;
-            # a standalone node refuses any above 1).
-            self._quorums = dynamo
-            if dynamo:
-                if config.peers:
-                    self.peering = self.replication = Replication(self, self.engine, config, time.monotonic())
-                    self.engine.extra_status = lambda: self.replication.status(time.monotonic())
-            elif config.peers:
-                self.peering = self.roles = Roles(self, self.engine, config, time.monotonic(), self.faults)
-                self.engine.extra_status = lambda: self.roles.status(time.monotonic())
-            else:
-                self.engine.become_primary(max(self.storage.term, 1))
         except BaseException:
             self.engine = None
             self._close()
             raise
 
-    @property
-    def primary(self):
-        """The Primary side while this node leads a replicated cluster, else None."""
-        return self.roles.primary if self.roles is not None else None
+    def _connect_peers(self, config, security, own, peer_frame_max):
+        for peer in config.peers:
+            # One SUB and one DEALER per key the peer may hold: two while its key is rotated
+            # (docs/SECURITY.md). Only those expecting the key it holds complete a handshake:
+            # messages arrive on them, and sends go to them (the others refuse, IMMEDIATE).
+            curves = [(own, key) for key in security.nodes[peer.node_id]] if security is not None else [None]
+            self.subs[peer.node_id] = tuple(
+                transport.connect_sub(self._ctx, peer, config.host, peer_frame_max, curve) for curve in curves)
+            self.dealers[peer.node_id] = tuple(transport.connect_dealer(
+                self._ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
+                source_host=config.host, max_msg_size=peer_frame_max, immediate=True, curve=curve)
+                for curve in curves)
 
-    # ------------------------------------------------------------ io for leader.py
+    # ------------------------------------------------------------ io for the modes (roles.py, leader.py, dynamo.py)
 
     def publish(self, body):
         if self.faults.drop_changes and random.random() < self.faults.drop_changes:
@@ -138,12 +109,16 @@ class Node:
             self.send_to(node_id, body)
 
     def reply_after(self, envelope, body, batch, request_id, is_write=False):
-        """Send `body` once batch number `batch` (dynamo mode; 0: none) is durable."""
-        if not self._waiters and batch <= self.engine.commit_seq:
+        """Send `body` once batch number `batch` is durable (a reply dynamo's Replication built)."""
+        self._reply_when(envelope, body, request_id, is_write, self.mode.until_durable(batch))
+
+    def _reply_when(self, envelope, body, request_id, is_write, until):
+        """Send `body` now (until None) or hold it until the mode's rule accepts `until`."""
+        if until is None:
             self.outbox.send(envelope + [body])
         else:
-            self._waiters.append(Waiter(batch, 0, time.monotonic() + self.config.replication_timeout, envelope,
-                                        body, request_id, is_write))
+            self.replies.hold(envelope, body, request_id, is_write, until,
+                              time.monotonic() + self.config.replication_timeout)
 
     def reply(self, envelope, body):
         self.outbox.send(envelope + [body])
@@ -156,7 +131,7 @@ class Node:
         """This node stopped being primary: no reply it holds may say its request succeeded. Writes
         get replication_timeout (their entries may still commit under the next primary), reads
         unavailable."""
-        self._release(time.monotonic(), fail_all=True)
+        self.replies.release(self.mode.ready(), self.mode.expired, time.monotonic(), fail_all=True)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -238,7 +213,7 @@ class Node:
         # The same, also waking when the client port can send: while a backlog of replies drains.
         poll_draining = [(router, zmq.POLLIN | zmq.POLLOUT) if sock is router else (sock, ev)
                          for sock, ev in poll_items]
-        outbox = self.outbox
+        outbox, replies = self.outbox, self.replies
         # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         zmq_poll = zmq.backend.zmq_poll
         now = time.monotonic()
@@ -255,9 +230,9 @@ class Node:
             if now >= next_beat:
                 self._beat(now)
                 next_beat = now + self.config.heartbeat_interval
-            if self._waiters:
+            if replies:
                 self._release(now)
-            deadline = min(next_chores, next_beat, self._waiters[0].deadline if self._waiters else next_chores)
+            deadline = min(next_chores, next_beat, replies.next_deadline or next_chores)
             if self.outbox.backlogs:
                 deadline = min(deadline, max(now + BACKLOG_RETRY, self.outbox.next_retry()))
             # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
@@ -299,40 +274,23 @@ class Node:
             pass
 
     def _end_iteration(self):
-        """Once per loop iteration: stream and commit what was staged, release the replies that are
-        ready, then apply what committed (data is read only by later requests)."""
-        engine, primary = self.engine, self.primary
-        if primary is not None:
-            if self._waiters:
-                # ACKs taken in this iteration may have committed earlier writes: their replies leave
-                # now, not after the fsync of what this iteration staged.
-                self._release(time.monotonic())
-            staged = engine.take_staged()
-            if staged is not None:
-                primary.publish_entries(*staged)
-                engine.apply_to_commit()   # joins the staged batch
-            engine.flush()
-            primary.advance_commit()
-            if self._round_wanted:
-                self._round_wanted = False
-                primary.heartbeat(start_round=True)
-            primary.publish_commit_if_moved()
-        else:
-            engine.flush()
-        if self._waiters:
-            self._release(time.monotonic())
+        """Once per loop iteration: the mode commits what was staged (releasing the replies that are
+        ready where it may), then the replies that are ready leave, then what follows them (leader
+        mode applies what committed: data is read only by later requests)."""
+        self.mode.end_iteration(self._release_ready)
         if self.outbox.backlogs:
             self.outbox.flush(time.monotonic())
-        if primary is not None:
-            engine.apply_to_commit()
-        elif self.replication is not None:
-            self.replication.publish_new()
+        self.mode.after_replies()
+
+    def _release_ready(self):
+        if self.replies:
+            self._release(time.monotonic())
 
     # ------------------------------------------------------------ requests on the ROUTER
 
     def _serve_router(self, router):
         """Take what is ready. Replies that depend on nothing unconfirmed leave at once; the others
-        wait (see Waiter) for the commit at the end of this iteration or later."""
+        are held (replies.py) until the mode's rule accepts them, at the end of this iteration or later."""
         recv_frames, noblock = transport.recv_routed, transport.NOBLOCK
         with_keys = self.config.keys
         user = None
@@ -382,9 +340,7 @@ class Node:
             request = protocol.decode_request(body, self.engine.limits)
             if user is not None and request.command in READ_ONLY_REFUSED and self.gate.read_only(user):
                 raise errors.Forbidden(f"{request.command} needs a read-write client key; this one is read-only")
-            if self._quorums and self._answer_quorum(request, envelope):
-                return
-            reply, wait_seq = self.engine.handle(request)
+            handled = self.mode.handle(request, envelope, time.monotonic())
         except errors.StorageError:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
         except errors.ZmqstoreError as exc:  # refused: bad input, not_primary, unavailable, ...
@@ -397,68 +353,13 @@ class Node:
             outbox.send(envelope + [protocol.encode_exception(
                 rid, errors.InternalError(f"internal error: {type(exc).__name__}"))])
             return
-        wait_round = 0
-        if (self.primary is not None and request.command in ("GET", "SCAN") and not request.args[-1]
-                and not self.faults.deposed_reads):
-            wait_round = self.primary.round + 1   # linearizable: a round started after this read arrived
-            self._round_wanted = True
-        if not self._waiters and wait_seq <= self.engine.commit_seq and not wait_round:
-            outbox.send(envelope + [reply])
-            return
-        is_write = request.command in protocol.WRITE_COMMANDS
-        self._waiters.append(Waiter(wait_seq, wait_round, time.monotonic() + self.config.replication_timeout,
-                                    envelope, reply, request.request_id, is_write))
+        if handled is not None:     # None: the mode answers later (a dynamo read from several nodes)
+            reply, until = handled
+            self._reply_when(envelope, reply, request.request_id, request.command in protocol.WRITE_COMMANDS, until)
 
-    def _answer_quorum(self, request, envelope):
-        """Dynamo mode with peers: a read with read_quorum > 1 goes to the peers; a write with
-        write_quorum > 1 is applied here and its reply held until enough nodes hold it. True when
-        the request is taken care of."""
-        cfg, command = self.config, request.command
-        if command in ("GET", "GET_VERSIONS"):
-            need = request.options.get("r", cfg.read_quorum)
-            if need <= 1:
-                return False
-            if need > cfg.cluster_size:
-                raise errors.BadArgument(f"r = {need} exceeds the cluster's {cfg.cluster_size} nodes")
-            self.replication.quorum_read(request, envelope, need, time.monotonic())
-            return True
-        if command not in protocol.WRITE_COMMANDS:
-            return False
-        need = request.options.get("w", cfg.write_quorum)
-        if need > cfg.cluster_size:
-            raise errors.BadArgument(f"w = {need} exceeds the cluster's {cfg.cluster_size} nodes")
-        reply, wait = self.engine.handle(request)
-        if need > 1 and self.engine.last_write is not None:
-            self.replication.hold_write(request, envelope, reply, self.engine.last_write, need, time.monotonic())
-        else:
-            self.reply_after(envelope, reply, wait, request.request_id, is_write=True)
-        return True
-
-    def _release(self, now, fail_all=False):
-        """Send the waiting replies that are ready, in arrival order; time out the expired ones
-        (with fail_all: every one not ready)."""
-        waiters = self._waiters
-        commit = self.engine.commit_seq
-        primary = self.primary
-        confirmed = primary.confirmed_round() if primary is not None else 0
-        send = self.outbox.send
-        while waiters:
-            w = waiters[0]
-            if w.seq <= commit and w.round <= confirmed and not fail_all:
-                send(w.envelope + [w.reply])
-            elif w.deadline <= now or fail_all:
-                if w.is_write:
-                    body = protocol.encode_error(
-                        w.request_id, "replication_timeout", f"not confirmed by write_quorum = "
-                        f"{self.config.write_quorum} nodes within {self.config.replication_timeout} s; "
-                        f"the outcome is unknown")
-                else:
-                    body = protocol.encode_error(
-                        w.request_id, "unavailable", "leadership or commit not confirmed in time")
-                send(w.envelope + [body])
-            else:
-                break
-            waiters.popleft()
+    def _release(self, now):
+        """Send the held replies that are ready; time out the expired ones (replies.py)."""
+        self.replies.release(self.mode.ready(), self.mode.expired, now)
 
     # ------------------------------------------------------------ peer messages
 

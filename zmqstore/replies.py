@@ -1,0 +1,51 @@
+"""Replies held until what they report is true, for both modes: one queue, one readiness rule, one
+timeout path (docs/ARCHITECTURE.md).
+
+A reply is held with `until`, a condition only the mode reads (leader mode: the commit seq and the
+read round it needs; dynamo mode: the batch that makes it durable and how many nodes must hold the
+write). At the end of each loop iteration the node asks the mode for its rule (`ready()`, a
+predicate on `until` for this moment) and releases, in arrival order, every held reply the rule
+accepts; one past its deadline gets the mode's error instead (`expired(held)`), so no client waits
+longer than `replication_timeout`.
+"""
+
+
+class Held:
+    __slots__ = ("envelope", "body", "request_id", "is_write", "until", "deadline")
+
+    def __init__(self, envelope, body, request_id, is_write, until, deadline):
+        self.envelope, self.body, self.request_id = envelope, body, request_id
+        self.is_write, self.until, self.deadline = is_write, until, deadline
+
+
+class Replies:
+    def __init__(self, send):
+        self._send = send           # frames -> None: the outbox's send
+        self._held = []             # Held, in arrival order (so also in deadline order)
+
+    def __bool__(self):
+        return bool(self._held)
+
+    def __len__(self):
+        return len(self._held)
+
+    @property
+    def next_deadline(self):
+        """The earliest deadline of a held reply (every reply waits the same timeout), or None."""
+        return self._held[0].deadline if self._held else None
+
+    def hold(self, envelope, body, request_id, is_write, until, deadline):
+        self._held.append(Held(envelope, body, request_id, is_write, until, deadline))
+
+    def release(self, ready, expired, now, fail_all=False):
+        """Send every held reply `ready(until)` accepts, in arrival order; answer those past their
+        deadline (with fail_all: every one not sent) with `expired(held)`; keep the rest."""
+        kept, send = [], self._send
+        for h in self._held:
+            if not fail_all and ready(h.until):
+                send(h.envelope + [h.body])
+            elif fail_all or h.deadline <= now:
+                send(h.envelope + [expired(h)])
+            else:
+                kept.append(h)
+        self._held = kept
