@@ -132,7 +132,7 @@ class DynamoEngine:
         raw_hlc = storage.get_cf("meta", META_HLC)
         self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
         # commit_seq counts flushed batches: a reply that depends on the open batch waits for its
-        # number (node.py's Waiter), so nothing is acknowledged before it is durable.
+        # number (replies.py, modes.DynamoMode), so nothing is acknowledged before it is durable.
         self.commit_seq = 0
         self._batch = None
         self._dirty = {}           # key -> KeyState written in the open batch (EMPTY: removed)
@@ -786,13 +786,18 @@ class Replication:
         peers' DACKs and status reports said: what a write with w > 1 waits for (modes.DynamoMode)."""
         return 1 + sum(1 for s in self._acked.values() if s >= seq)
 
+    @property
+    def acked(self) -> tuple:
+        """What the peers hold of this run's origin, as they said: it only grows."""
+        return tuple(self._acked.values())
+
     def _on_ack(self, fields, envelope, now):
         node_id, origin, seq = fields
         if origin == self.engine.origin and node_id in self.views:
             self.engine.check_remote(0, ({origin: seq},))    # no peer holds writes this run never made
-            self._note_acked(node_id, seq, now)
+            self._note_acked(node_id, seq)
 
-    def _note_acked(self, node_id, seq, now):
+    def _note_acked(self, node_id, seq):
         if seq > self._acked.get(node_id, 0):
             self._acked[node_id] = seq
 
@@ -884,7 +889,7 @@ class Replication:
         view.applied = applied
         view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
         view.heard = now
-        self._note_acked(node_id, view.applied.get(self.engine.origin, 0), now)
+        self._note_acked(node_id, view.applied.get(self.engine.origin, 0))
         mine = self.engine.applied
         behind = False
         for origin, seq in view.applied.items():

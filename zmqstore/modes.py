@@ -7,11 +7,13 @@ What the loop asks of a mode:
   (a dynamo read from several nodes).
 - `end_iteration(release)`: the iteration's commit (stream, one batch and fsync, commit counting),
   calling `release()` where held replies may go;
-- `ready()`: the readiness rule for held replies at this moment; `expired(held)`: a held reply's
-  error body at its deadline;
+- `ready()`: the readiness rule for held replies at this moment, `progress()`: a value that changes
+  whenever that rule may accept more (so an unchanged one saves the queue a pass), and
+  `expired(held)`: a held reply's error body at its deadline;
 - `after_replies()`: what follows the replies (leader: apply what committed; dynamo: send what the
   flush made durable);
 - `engine` (the node's state and client commands) and `peering` (peer traffic; None standalone).
+Dynamo mode also has `until_durable(batch)`, for the replies its Replication builds (node.reply_after).
 """
 import time
 
@@ -70,6 +72,10 @@ class LeaderMode:
         primary = self.primary
         confirmed = primary.confirmed_round() if primary is not None else 0
         return lambda until: until[0] <= commit and until[1] <= confirmed
+
+    def progress(self):
+        primary = self.primary
+        return self.engine.commit_seq, primary.confirmed_round() if primary is not None else 0
 
     def expired(self, held):
         return not_confirmed(held, self.config)
@@ -146,6 +152,9 @@ class DynamoMode:
         copies = self.replication.copies if self.replication is not None else (lambda seq: 1)
         return lambda until: until[0] <= durable and (until[2] <= 1 or copies(until[1]) >= until[2])
 
+    def progress(self):
+        return self.engine.commit_seq, self.replication.acked if self.replication is not None else ()
+
     def expired(self, held):
         batch, seq, need = held.until
         if held.is_write and need > 1:
@@ -157,6 +166,9 @@ class DynamoMode:
         return not_confirmed(held, self.config)
 
     def end_iteration(self, release):
+        # DACKs taken in this iteration may have completed earlier writes' quorums: their replies
+        # leave now, not after the fsync of what this iteration staged (the rule reads what is durable).
+        release()
         self.engine.flush()
         release()
 

@@ -109,7 +109,8 @@ class Node:
             self.send_to(node_id, body)
 
     def reply_after(self, envelope, body, batch, request_id, is_write=False):
-        """Send `body` once batch number `batch` is durable (a reply dynamo's Replication built)."""
+        """Send `body` once batch number `batch` is durable: a reply dynamo's Replication built (a
+        quorum read's), so dynamo mode only (modes.DynamoMode.until_durable)."""
         self._reply_when(envelope, body, request_id, is_write, self.mode.until_durable(batch))
 
     def _reply_when(self, envelope, body, request_id, is_write, until):
@@ -359,7 +360,8 @@ class Node:
 
     def _release(self, now):
         """Send the held replies that are ready; time out the expired ones (replies.py)."""
-        self.replies.release(self.mode.ready(), self.mode.expired, now)
+        mode = self.mode
+        self.replies.release(mode.ready(), mode.expired, now, progress=mode.progress())
 
     # ------------------------------------------------------------ peer messages
 

@@ -3,10 +3,13 @@ timeout path (docs/ARCHITECTURE.md).
 
 A reply is held with `until`, a condition only the mode reads (leader mode: the commit seq and the
 read round it needs; dynamo mode: the batch that makes it durable and how many nodes must hold the
-write). At the end of each loop iteration the node asks the mode for its rule (`ready()`, a
-predicate on `until` for this moment) and releases, in arrival order, every held reply the rule
-accepts; one past its deadline gets the mode's error instead (`expired(held)`), so no client waits
-longer than `replication_timeout`.
+write). At the top of each loop iteration and where the mode's commit allows (before and after its
+fsync), the node asks the mode for its rule (`ready()`, a predicate on `until` for this moment) and
+releases, in arrival order, every held reply the rule accepts; one past its deadline gets the
+mode's error instead (`expired(held)`): a reply waits at most `replication_timeout` once held.
+Every reply is held for the same timeout, so arrival order is deadline order. A pass is skipped
+when the mode's `progress()` has not moved and no deadline has passed: a node holding many replies
+it cannot release yet (a primary that lost its majority) does not scan them all every iteration.
 """
 
 
@@ -22,6 +25,7 @@ class Replies:
     def __init__(self, send):
         self._send = send           # frames -> None: the outbox's send
         self._held = []             # Held, in arrival order (so also in deadline order)
+        self._progress = None       # the mode's progress at the last pass that kept replies
 
     def __bool__(self):
         return bool(self._held)
@@ -37,9 +41,14 @@ class Replies:
     def hold(self, envelope, body, request_id, is_write, until, deadline):
         self._held.append(Held(envelope, body, request_id, is_write, until, deadline))
 
-    def release(self, ready, expired, now, fail_all=False):
+    def release(self, ready, expired, now, fail_all=False, progress=None):
         """Send every held reply `ready(until)` accepts, in arrival order; answer those past their
-        deadline (with fail_all: every one not sent) with `expired(held)`; keep the rest."""
+        deadline (with fail_all: every one not sent) with `expired(held)`; keep the rest.
+        `progress`: the mode's progress; when it equals the last pass's and no deadline has passed,
+        nothing can have become ready and the pass is skipped."""
+        if (progress is not None and progress == self._progress and not fail_all and self._held
+                and now < self._held[0].deadline):
+            return
         kept, send = [], self._send
         for h in self._held:
             if not fail_all and ready(h.until):
@@ -49,3 +58,4 @@ class Replies:
             else:
                 kept.append(h)
         self._held = kept
+        self._progress = progress
