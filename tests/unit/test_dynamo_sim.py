@@ -16,6 +16,7 @@ from zmqstore import config, protocol
 from zmqstore.dynamo import DynamoEngine, Replication
 from zmqstore.storage import Storage
 from zmqstore.testing.convergence import WriteOp, check
+from zmqstore.testing.simnet import SimNetwork
 
 IDS = (1, 2, 3)
 PEERS = [{"node_id": n, "host": f"127.0.0.{n + 1}", "port": 9000} for n in IDS]
@@ -33,7 +34,7 @@ class SimNode:
                                          "peers": [p for p in PEERS if p["node_id"] != node_id]})
         self.storage = Storage.open(data_dir, node_id, "dynamo", fsync=False)
         self.engine = DynamoEngine(self.storage, self.cfg, "sim")
-        self.rep = Replication(self, self.engine, self.cfg, net.now)
+        self.rep = self.peering = Replication(self, self.engine, self.cfg, net.now)
         self.next_tick = net.now + random.Random(node_id).uniform(0, 0.1)
         self.next_chores = net.now + 1.0
 
@@ -67,20 +68,12 @@ class SimNode:
         self.rep.publish_new()
 
 
-class SimNet:
+class SimNet(SimNetwork):
     def __init__(self, tmp_path, seed):
-        self.rng = random.Random(seed)
-        self.now = 0.0
-        self.queue = []
-        self.cut = set()            # frozenset({a, b}) pairs that cannot talk
-        self.drop_rate = 0.0
-        self.base = tmp_path
+        super().__init__(seed)
         self.nodes = {n: SimNode(self, n, str(tmp_path / f"n{n}")) for n in IDS}
         self.history = []           # WriteOp of every acknowledged write
         self.values = 0
-
-    def send(self, src, dst, kind, body):
-        self.queue.append((src, dst, kind, body))
 
     def run(self, seconds, writes_per_step=0.5):
         end = self.now + seconds
@@ -95,23 +88,9 @@ class SimNet:
                     node.engine.housekeeping(self.now)
                     node.rep.housekeeping(self.now)
                 node.end_iteration()
-            self._deliver()
+            self.deliver()
             if self.rng.random() < writes_per_step:
                 self._write()
-
-    def _deliver(self):
-        batch, self.queue = self.queue, []
-        self.rng.shuffle(batch)     # any order: PUB and DEALER paths race
-        for src, dst, kind, body in batch:
-            if frozenset((src, dst)) in self.cut or self.rng.random() < self.drop_rate:
-                continue
-            node = self.nodes[dst]
-            msg = protocol.decode_peer(body)
-            if kind == "req":
-                node.rep.on_request(msg, src, self.now)
-            else:
-                node.rep.on_message(msg, self.now)
-            node.end_iteration()
 
     def _call(self, node, command, *args):
         self.values += 1
@@ -138,10 +117,7 @@ class SimNet:
     def restart(self, node_id):
         """Crash and restart a node between steps (what it acknowledged was flushed): messages in
         flight to it are lost, and it comes back from its data dir with a new origin."""
-        old = self.nodes[node_id]
-        old.storage.close()
-        self.queue = [m for m in self.queue if m[1] != node_id]
-        self.nodes[node_id] = SimNode(self, node_id, old.storage.path)
+        self.nodes[node_id] = SimNode(self, node_id, self.crash(node_id).storage.path)
 
     def finals(self):
         out = {}
@@ -201,12 +177,6 @@ def test_random_partitions_drops_and_restarts_converge_without_losing_a_write(ne
     sim = net(seed)
     rng = random.Random(2000 + seed)
     sim.run(0.5)
-    for _ in range(6):
-        a, b = rng.sample(IDS, 2)
-        sim.cut = {frozenset((a, b))} if rng.random() < 0.6 else {frozenset((a, x)) for x in IDS if x != a}
-        sim.drop_rate = rng.choice((0.0, 0.1, 0.3))
-        if rng.random() < 0.4:
-            sim.restart(rng.choice(IDS))
-        sim.run(rng.uniform(0.3, 1.5))
+    sim.random_phases(rng, 6)
     verdict = settle_and_check(sim)
     assert verdict.acknowledged > 50

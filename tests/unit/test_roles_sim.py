@@ -13,6 +13,7 @@ from zmqstore import config, protocol
 from zmqstore.engine import Engine
 from zmqstore.roles import Roles
 from zmqstore.storage import Storage
+from zmqstore.testing.simnet import SimNetwork
 
 IDS = (1, 2, 3)
 PEERS = [{"node_id": n, "host": f"127.0.0.{n + 1}", "port": 9000} for n in IDS]
@@ -27,7 +28,7 @@ class SimNode:
                                     "peers": [p for p in PEERS if p["node_id"] != node_id]})
         self.storage = Storage.open(data_dir, node_id, "leader")
         self.engine = Engine(self.storage, cfg, "sim")
-        self.roles = Roles(self, self.engine, cfg, net.now)
+        self.roles = self.peering = Roles(self, self.engine, cfg, net.now)
         self.tick_phase = random.Random(node_id).uniform(0, 0.1)
         self.next_tick = net.now + self.tick_phase
 
@@ -63,22 +64,15 @@ class SimNode:
             eng.flush()
 
 
-class SimNet:
+class SimNet(SimNetwork):
     def __init__(self, tmp_path, seed, bootstrap=(1,)):
-        self.rng = random.Random(seed)
-        self.now = 0.0
-        self.queue = []
-        self.cut = set()            # frozenset({a, b}) pairs that cannot talk
-        self.drop_rate = 0.0
+        super().__init__(seed)
         self.nodes = {n: SimNode(self, n, str(tmp_path / f"n{n}"), "primary" if n in bootstrap else None)
                       for n in IDS}
         self.leaders = {}           # term -> node id that led it
         self.acked = {}             # key -> value, acknowledged by a primary
         self._writes = 0
         self._waiting = []          # (node id, term, seq, key, value)
-
-    def send(self, src, dst, kind, body):
-        self.queue.append((src, dst, kind, body))
 
     def run(self, seconds, write_every=0.05):
         end = self.now + seconds
@@ -91,26 +85,12 @@ class SimNet:
                     node.next_tick += 0.1
                     node.roles.tick(self.now)
                     node.end_iteration()
-            self._deliver()
+            self.deliver()
             if self.now >= next_write:
                 next_write = self.now + write_every
                 self._write()
             self._collect_acks()
             self._check_one_leader_per_term()
-
-    def _deliver(self):
-        batch, self.queue = self.queue, []
-        self.rng.shuffle(batch)     # any order: PUB and DEALER paths race
-        for src, dst, kind, body in batch:
-            if frozenset((src, dst)) in self.cut or self.rng.random() < self.drop_rate:
-                continue
-            node = self.nodes[dst]
-            msg = protocol.decode_peer(body)
-            if kind == "req":
-                node.roles.on_request(msg, src, self.now)
-            else:
-                node.roles.on_message(msg, self.now)
-            node.end_iteration()
 
     def _write(self):
         for node in self.nodes.values():
@@ -145,9 +125,7 @@ class SimNet:
     def restart(self, node_id):
         """Crash and restart a node between steps (everything it acknowledged was synced): messages
         in flight to it are lost, and it comes back from its data dir."""
-        old = self.nodes[node_id]
-        old.storage.close()
-        self.queue = [m for m in self.queue if m[1] != node_id]
+        old = self.crash(node_id)
         self.nodes[node_id] = SimNode(self, node_id, old.storage.path, "primary" if node_id == 1 else None)
 
     def primaries(self):
@@ -217,12 +195,6 @@ def test_random_partitions_and_drops_keep_one_leader_per_term_and_every_acked_wr
     sim = net(seed)
     rng = random.Random(1000 + seed)
     sim.run(1.0)
-    for _ in range(8):
-        a, b = rng.sample(IDS, 2)
-        sim.cut = {frozenset((a, b))} if rng.random() < 0.6 else {frozenset((a, x)) for x in IDS if x != a}
-        sim.drop_rate = rng.choice((0.0, 0.1, 0.3))
-        if rng.random() < 0.4:
-            sim.restart(rng.choice(IDS))      # a crash and restart, often of the primary
-        sim.run(rng.uniform(0.3, 1.5))
+    sim.random_phases(rng, 8)       # crashes and restarts often hit the primary
     settle_and_check(sim)
     assert len(sim.acked) > 20

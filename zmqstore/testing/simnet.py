@@ -1,0 +1,60 @@
+"""A simulated network for the state-machine simulations (tests/unit/test_roles_sim.py,
+test_dynamo_sim.py, docs/TESTING.md): nodes in one process, a fake clock, and messages that queue,
+arrive in random order, are dropped at `drop_rate` and never cross a cut link. Seeded by its
+caller, so a failing run replays.
+
+A node in `nodes` has `peering` (what takes peer messages: `on_request(message, sender, now)` and
+`on_message(message, now)`) and `end_iteration()` (what its loop does after each message).
+"""
+import random
+
+from .. import protocol
+
+
+class SimNetwork:
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.queue = []             # (src, dst, kind, body); kind "req" (to a peer port) or "msg"
+        self.cut = set()            # frozenset({a, b}) pairs that cannot talk
+        self.drop_rate = 0.0
+        self.nodes = {}
+
+    def send(self, src, dst, kind, body):
+        self.queue.append((src, dst, kind, body))
+
+    def deliver(self):
+        """Every message queued so far, in random order (PUB and DEALER paths race)."""
+        batch, self.queue = self.queue, []
+        self.rng.shuffle(batch)
+        for src, dst, kind, body in batch:
+            if frozenset((src, dst)) in self.cut or self.rng.random() < self.drop_rate:
+                continue
+            node = self.nodes[dst]
+            message = protocol.decode_peer(body)
+            if kind == "req":
+                node.peering.on_request(message, src, self.now)
+            else:
+                node.peering.on_message(message, self.now)
+            node.end_iteration()
+
+    def crash(self, node_id):
+        """A crash between steps: the node's storage closes, messages in flight to it are lost.
+        Returns the old node (its data dir restarts it)."""
+        old = self.nodes[node_id]
+        old.storage.close()
+        self.queue = [m for m in self.queue if m[1] != node_id]
+        return old
+
+    def random_phases(self, rng, phases):
+        """`phases` rounds of faults, each run for 0.3-1.5 simulated seconds: one link cut (60%) or one
+        node cut off from the others, 0-30% of messages dropped, and often (40%) a crash and restart
+        of a node. Needs the subclass's `run(seconds)` and `restart(node_id)`."""
+        ids = sorted(self.nodes)
+        for _ in range(phases):
+            a, b = rng.sample(ids, 2)
+            self.cut = {frozenset((a, b))} if rng.random() < 0.6 else {frozenset((a, x)) for x in ids if x != a}
+            self.drop_rate = rng.choice((0.0, 0.1, 0.3))
+            if rng.random() < 0.4:
+                self.restart(rng.choice(ids))
+            self.run(rng.uniform(0.3, 1.5))
