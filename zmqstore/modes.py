@@ -3,8 +3,8 @@
 
 What the loop asks of a mode:
 - `handle(request, envelope, now)`: a client request -> (reply, until), `until` being what the
-  reply waits for (None: it may leave at once); or None when the mode answers it later itself
-  (a dynamo read from several nodes).
+  reply waits for, never something already true (None: it leaves at once; replies.py relies on
+  that); or None when the mode answers it later itself (a dynamo read from several nodes).
 - `end_iteration(release)`: the iteration's commit (stream, one batch and fsync, commit counting),
   calling `release()` where held replies may go;
 - `ready()`: the readiness rule for held replies at this moment, `progress()`: a value that changes
@@ -141,6 +141,8 @@ class DynamoMode:
         seq = self.engine.last_write if need > 1 else None
         if seq is None:
             return reply, (None if batch <= self.engine.commit_seq else (batch, 0, 1))
+        if batch <= self.engine.commit_seq and self.replication.copies(seq) >= need:
+            return reply, None      # a retry whose write is durable and held by enough nodes already
         return reply, (batch, seq, need)
 
     def until_durable(self, batch):

@@ -10,6 +10,8 @@ mode's error instead (`expired(held)`): a reply waits at most `replication_timeo
 Every reply is held for the same timeout, so arrival order is deadline order. A pass is skipped
 when the mode's `progress()` has not moved and no deadline has passed: a node holding many replies
 it cannot release yet (a primary that lost its majority) does not scan them all every iteration.
+That is sound because a mode holds only replies its rule does not accept yet (it sends the others
+at once), so one held since the last pass cannot be ready until the progress moves.
 """
 
 
