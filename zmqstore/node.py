@@ -87,7 +87,7 @@ class Node:
                 source_host=config.host, max_msg_size=peer_frame_max, immediate=True, curve=curve)
                 for curve in curves)
 
-    # ------------------------------------------------------------ io for the modes (roles.py, leader.py, dynamo.py)
+    # ------------------------------------------------------------ io for the modes (roles.py, leader.py, dynamo/)
 
     def publish(self, body):
         if self.faults.drop_changes and random.random() < self.faults.drop_changes:

@@ -1,0 +1,561 @@
+"""DynamoEngine: this node's data and origin logs in dynamo mode (docs/DYNAMO.md). Each local write
+gets the next seq of this node's origin, its versions are computed (versions.py), and entry, key
+states and bookkeeping go to RocksDB in the loop iteration's one batch (one fsync) before any reply
+leaves. Entries from other origins are applied in each origin's seq order, and every entry applied
+is kept in the log, so any node can serve any origin's entries."""
+import logging
+import os
+import struct
+import time
+
+from .. import errors, limits, protocol
+from ..faults import NONE
+from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
+from ..sessions import STALE, Sessions
+from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
+                        merge, stable, winner)
+from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, GROUPS, MAX_CLOCK_AHEAD, META_APPLIED, META_FIRST, META_HASH,
+                     META_HLC, META_TOMB, META_TOMB_END, _U64, _decode_state, _hash_key, _state_hash, _winning_value,
+                     bucket_of, log_key, origin_name, origin_node)
+
+log = logging.getLogger("zmqstore.dynamo")
+
+
+class DynamoEngine:
+    """This node's dynamo-mode data, logs and client commands."""
+
+    role = "peer"
+
+    def __init__(self, storage, config, version, faults=NONE):
+        self.storage = storage
+        self.config = config
+        self.version = version
+        self.node_id = config.node_id
+        self.started = time.monotonic()
+        self.limits = protocol.Limits(config.max_key_size, config.max_value_size,
+                                      config.max_batch_items, config.max_request_size)
+        self.replicated = bool(config.peers)
+        self.extra_status = None
+        self.sessions = Sessions(config.session_timeout)
+        # An entry must fit in one DCHANGE or DENTRIES a peer accepts; a key's versions (written
+        # here) in one DRANGE_REPLY or DREAD_REPLY (peers take up to 2 * max_request_size + 1 MiB
+        # from their DEALER and SUB sockets: node.py).
+        self.entry_limit = config.max_request_size - 4096
+        self.state_limit = 2 * config.max_request_size
+        self.applied = {}          # origin -> highest seq applied here (staged included)
+        self.first = {}            # origin -> lowest seq still in the log
+        for key, raw in storage.iter_cf("meta", META_APPLIED, META_APPLIED + b"\xff" * 9):
+            self.applied[_U64.unpack(key[len(META_APPLIED):])[0]] = _U64.unpack(raw)[0]
+        for key, raw in storage.iter_cf("meta", META_FIRST, META_FIRST + b"\xff" * 9):
+            self.first[_U64.unpack(key[len(META_FIRST):])[0]] = _U64.unpack(raw)[0]
+        while True:   # a new origin for this run, never one an earlier run used
+            self.origin = (self.node_id << 32) | int.from_bytes(os.urandom(4), "big")
+            if self.origin not in self.applied and self.origin & 0xFFFFFFFF:
+                break
+        self.applied[self.origin] = 0
+        self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
+        raw_hlc = storage.get_cf("meta", META_HLC)
+        self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
+        # commit_seq counts flushed batches: a reply that depends on the open batch waits for its
+        # number (replies.py, modes.DynamoMode), so nothing is acknowledged before it is durable.
+        self.commit_seq = 0
+        self._batch = None
+        self._dirty = {}           # key -> KeyState written in the open batch (EMPTY: removed)
+        self._raw = {}             # key -> the encoding of its current state, as loaded or staged
+        self._moved = set()        # origins whose applied seq this batch moves
+        self._announce = set()     # other origins whose durable applied seq moved, not yet acknowledged
+        self._published = []       # this origin's entries flushed but not yet published
+        self._staged_own = []
+        self.digest = 0            # XOR of every key's state hash = XOR of the bucket hashes
+        self.buckets = [0] * BUCKETS
+        self.conflicts = 0         # keys with more than one sibling
+        self.tombstones = 0        # keys holding tombstones only
+        for key, raw in storage.iter_cf("data"):
+            h = _state_hash(key, raw)
+            self.digest ^= h
+            self.buckets[bucket_of(key)] ^= h
+            state = _decode_state(raw)
+            self.conflicts += len(state.siblings) > 1
+            self.tombstones += is_tombstone_only(state)
+        self.durable_digest = self.digest
+        self._gc_cursor = b""
+        self._recover_sessions()
+        self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
+        self.leader_address = None
+        self.last_write = None
+        self._handlers = {
+            "PING": self._ping, "GET": self._get, "GET_VERSIONS": self._get_versions, "PUT": self._put,
+            "PUT_CTX": self._put_ctx, "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas,
+            "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
+        }
+        log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
+                 origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
+
+    def _recover_sessions(self):
+        """A client that retries a write after this node restarted must get the first outcome, not
+        a second version: the (client, request id) of this node's earlier runs' retained entries
+        are recorded again (as leader mode does from its log)."""
+        now = time.monotonic()
+        for origin in self.applied:
+            if origin_node(origin) != self.node_id or origin == self.origin:
+                continue
+            for _key, raw in self.storage.iter_cf("log", log_key(origin, 0), log_key(origin + 1, 0)):
+                entry = decode_dyn_entry(raw)
+                if entry.client_id:
+                    self.sessions.record(entry.client_id, entry.request_id, (entry.origin, entry.seq), now)
+
+    # ------------------------------------------------------------ state of keys
+
+    def load(self, key) -> KeyState:
+        state = self._dirty.get(key)
+        if state is not None:
+            return state
+        raw = self.storage.get_cf("data", key)
+        if raw is None:
+            return EMPTY
+        self._raw[key] = raw          # _store needs the old bytes for the digest: not encoded again
+        return _decode_state(raw)
+
+    def _store(self, key, old, new, raw=None):
+        """Stage `new` as key's state (EMPTY: remove the key), keeping digest and counters. `raw`:
+        new's encoding, when the caller has it already."""
+        batch = self._staging()
+        if self._lww and len(new.siblings) > 1:
+            new, raw = KeyState(new.ctx, (winner(new),)), None
+        old_raw = None
+        if old.siblings:
+            old_raw = self._raw.get(key) or encode_key_state(old.ctx, old.siblings)
+        bucket = bucket_of(key)
+        if new.siblings:
+            raw = raw or encode_key_state(new.ctx, new.siblings)
+            self._raw[key] = raw
+            batch.put_cf("data", key, raw)
+            new_hash = _state_hash(key, raw)
+            batch.put_cf("meta", _hash_key(bucket, key), _U64.pack(new_hash))
+        else:
+            new_hash = 0
+            self._raw.pop(key, None)
+            batch.delete_cf("data", key)
+            batch.delete_cf("meta", _hash_key(bucket, key))
+        change = _state_hash(key, old_raw) ^ new_hash
+        self.digest ^= change
+        self.buckets[bucket] ^= change
+        self.conflicts += (len(new.siblings) > 1) - (len(old.siblings) > 1)
+        was_tomb = bool(old.siblings) and is_tombstone_only(old)
+        is_tomb = bool(new.siblings) and is_tombstone_only(new)
+        if is_tomb != was_tomb:
+            self.tombstones += is_tomb - was_tomb
+            if is_tomb:
+                batch.put_cf("meta", META_TOMB + key, b"")
+            else:
+                batch.delete_cf("meta", META_TOMB + key)
+        self._dirty[key] = new
+
+    def _staging(self):
+        if self._batch is None:
+            self._batch = self.storage.batch()
+        return self._batch
+
+    def _set_applied(self, origin, seq):
+        """The flush writes the applied seq once per origin per batch (not once per entry)."""
+        self._staging()
+        self.applied[origin] = seq
+        self._moved.add(origin)
+        if origin not in self.first:
+            self.first[origin] = seq
+            self._batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(seq))
+
+    @property
+    def pending_batch(self) -> int:
+        """What a reply that depends on this iteration's writes waits for: the number the open batch
+        will have once flushed; 0 (nothing) when no batch is open."""
+        return 0 if self._batch is None else self.commit_seq + 1
+
+    # ------------------------------------------------------------ writes
+
+    def write(self, request, ops):
+        """Apply a client's write at this origin: ops are (key, value or None, context or None: the
+        key's state here). Every new state is computed and checked before any is staged, so a
+        refused write changes nothing. Returns the new entry's seq."""
+        seq = self.applied[self.origin] + 1
+        hlc = self.hlc.peek(int(time.time() * 1000))
+        logged, staged = [], []
+        for key, value, ctx in ops:
+            state = self.load(key)
+            write_ctx = state.ctx if ctx is None else self._cap(ctx)
+            new = apply_write(state, Sibling(self.origin, seq, hlc, value), write_ctx)
+            if new is None:   # only a context naming this run's future writes could do this; _cap prevents it
+                raise errors.BadArgument("the context names a write of this node that it has not made")
+            encoded = encode_key_state(new.ctx, new.siblings)
+            if len(encoded) > self.state_limit:
+                raise errors.ValueTooLarge(
+                    f"key {key[:40]!r} would hold {len(encoded)} bytes of versions (limit {self.state_limit}): "
+                    f"resolve its siblings first (get_versions, then put with that context)")
+            staged.append((key, state, new, encoded))
+            logged.append((key, protocol.vector_pairs(write_ctx), value))
+        raw = encode_dyn_entry(DynEntry(self.origin, seq, hlc, request.client_id, request.request_id,
+                                        tuple(logged)))
+        if len(raw) > self.entry_limit:
+            raise errors.RequestTooLarge(f"the write's log entry of {len(raw)} bytes would exceed what peers "
+                                         f"accept ({self.entry_limit}); write fewer items at once")
+        self.hlc.observe(hlc)
+        for key, state, new, encoded in staged:
+            self._store(key, state, new, encoded)
+        self._staging().put_cf("log", log_key(self.origin, seq), raw)
+        self._set_applied(self.origin, seq)
+        self._staged_own.append(raw)
+        self.sessions.record(request.client_id, request.request_id, (self.origin, seq), time.monotonic())
+        self.last_write = seq
+        return seq
+
+    def _cap(self, ctx):
+        """A client's context, each pair capped at what this node has applied of that origin: it
+        may only supersede writes that exist here (a larger claim, from a bad or forged context,
+        would hide other nodes' writes, or this node's own future ones). Capping only keeps more
+        siblings, never fewer."""
+        return {o: min(s, self.applied.get(o, 0)) for o, s in ctx.items() if self.applied.get(o, 0)}
+
+    def apply_remote(self, origin, raws):
+        """Apply another origin's entries, in seq order from the first one not applied yet. Returns
+        (entries applied, True when one was missing: a gap to fetch)."""
+        if origin == self.origin:
+            return 0, False
+        entries = [decode_dyn_entry(raw) for raw in raws]
+        for entry in entries:     # all checked before any is applied: a refused batch changes nothing
+            if entry.origin != origin:
+                raise errors.MalformedMessage(f"entry of origin {entry.origin} in a batch of origin {origin}")
+            self.check_remote(entry.hlc, (protocol.vector_from_pairs(ctx) for _k, ctx, _v in entry.ops))
+        done = 0
+        for raw, entry in zip(raws, entries):
+            have = self.applied.get(origin, 0)
+            if entry.seq <= have:
+                continue
+            if entry.seq != have + 1:
+                return done, True
+            for key, ctx_pairs, value in entry.ops:
+                state = self.load(key)
+                new = apply_write(state, Sibling(origin, entry.seq, entry.hlc, value),
+                                  protocol.vector_from_pairs(ctx_pairs))
+                if new is not None:
+                    self._store(key, state, new)
+            self._staging().put_cf("log", log_key(origin, entry.seq), raw)
+            self._set_applied(origin, entry.seq)
+            self.hlc.observe(entry.hlc)
+            done += 1
+        return done, False
+
+    def take_published(self):
+        """What flushes since the last call made durable: this origin's new entries (to publish)
+        and the other origins whose applied seq moved (to acknowledge)."""
+        out, self._published = self._published, []
+        moved, self._announce = self._announce, set()
+        return out, moved
+
+    def flush(self):
+        """Write the open batch (fsync per setting). Raises StorageError on failure: the node stops."""
+        batch = self._batch
+        if batch is None:
+            return
+        try:
+            batch.put_cf("meta", META_HLC, _U64.pack(self.hlc.last))
+            for origin in self._moved:
+                batch.put_cf("meta", META_APPLIED + _U64.pack(origin), _U64.pack(self.applied[origin]))
+            self.storage.commit(batch)
+        except errors.StorageError:
+            raise
+        except Exception as exc:
+            raise errors.StorageError(f"commit failed: {type(exc).__name__}: {exc}") from exc
+        self._batch = None
+        self._dirty.clear()
+        self._raw.clear()
+        self._announce |= self._moved
+        self._announce.discard(self.origin)
+        self._moved.clear()
+        self.commit_seq += 1
+        self.durable_applied = dict(self.applied)
+        self.durable_digest = self.digest
+        self._published.extend(self._staged_own)
+        self._staged_own = []
+
+    # ------------------------------------------------------------ serving peers
+
+    def read_entries(self, origin, from_seq):
+        """Durable entries of `origin` from from_seq on (at most a page), and the lowest seq kept."""
+        first = self.first.get(origin, 1)
+        if from_seq < first:
+            return [], first     # trimmed: a range starting later would leave the asker a hole
+        out, size = [], 0
+        end = log_key(origin, self.durable_applied.get(origin, 0) + 1)
+        for _key, raw in self.storage.iter_cf("log", log_key(origin, max(from_seq, first)), end):
+            if len(out) >= FETCH_PAGE.items or (out and size + len(raw) > FETCH_PAGE.bytes):
+                break
+            out.append(raw)
+            size += len(raw)
+        return out, first
+
+    def collect_garbage(self, vector):
+        """Drop tombstone-only keys whose writes `vector` covers, and log entries every node has
+        applied. `vector` (Replication.gc_vector) is covered by every node's applied vector, and
+        every node had applied every write made before it became so: no write concurrent with a
+        collected tombstone can arrive afterwards. Looks at up to GC_MAX_KEYS tombstones per call,
+        resuming where the last call stopped. Returns keys dropped."""
+        dropped = 0
+        looked = 0
+        start = META_TOMB + self._gc_cursor
+        self._gc_cursor = b""
+        for tomb_key, _ in self.storage.iter_cf("meta", start, META_TOMB_END):
+            key = tomb_key[len(META_TOMB):]
+            looked += 1
+            if looked > GC_MAX_KEYS:
+                self._gc_cursor = key      # the next call resumes here
+                break
+            state = self.load(key)
+            if state.siblings and is_tombstone_only(state) and stable(state, vector):
+                self._store(key, state, EMPTY)
+                dropped += 1
+        retention = self.config.log_retention
+        for origin, first in list(self.first.items()):
+            keep_from = min(vector.get(origin, 0), self.applied.get(origin, 0) - retention) + 1
+            if keep_from > first:
+                batch = self._staging()
+                batch.delete_range_cf("log", log_key(origin, first), log_key(origin, keep_from))
+                batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(keep_from))
+                self.first[origin] = keep_from
+        return dropped
+
+    # ------------------------------------------------------------ anti-entropy (docs/DYNAMO.md)
+
+    def tree_hashes(self, group=None):
+        """The GROUPS group hashes, or the hashes of the buckets of one group."""
+        if group is None:
+            out = []
+            for g in range(GROUPS):
+                h = 0
+                for b in self.buckets[g * GROUPS:(g + 1) * GROUPS]:
+                    h ^= b
+                out.append(h)
+            return out
+        return self.buckets[group * GROUPS:(group + 1) * GROUPS]
+
+    def _bucket_keys(self, bucket, cursor, end=None):
+        """Durable keys of a bucket from `cursor` (inclusive) up to `end` (exclusive), in order."""
+        prefix = META_HASH + struct.pack(">H", bucket)
+        upper = prefix + end if end is not None else META_HASH + struct.pack(">H", bucket + 1)
+        for index_key, _ in self.storage.iter_cf("meta", prefix + (cursor or b""), upper):
+            yield index_key[len(prefix):]
+
+    def range_items(self, bucket, cursor):
+        """A page of a bucket's durable key states: ([[key, state], ...], next cursor or None)."""
+        items, size = [], 0
+        for key in self._bucket_keys(bucket, cursor):
+            if len(items) >= limits.RANGE.items or size >= limits.RANGE.bytes:
+                return items, key
+            raw = self.storage.get_cf("data", key)
+            if raw is not None:
+                items.append([key, raw])
+                size += len(key) + len(raw)
+        return items, None
+
+    def merge_range(self, bucket, cursor, next_cursor, items, remote_applied):
+        """Join a peer's page of a bucket into our data: each of its key states, and for our keys in
+        the same span that it lacks, what its applied vector says it has seen. Returns keys changed."""
+        self.check_remote(0, (remote_applied,))
+        states = []
+        for key, raw in items:   # all checked before any is joined
+            if bucket_of(key) != bucket:
+                raise errors.MalformedMessage(f"key outside bucket {bucket} in a range reply")
+            states.append((key, self.remote_state(raw)))
+        changed = 0
+        remote_keys = set()
+        for key, state in states:
+            remote_keys.add(key)
+            local = self.load(key)
+            merged = merge(local, state, self.applied, remote_applied)
+            if merged != local:
+                self._store(key, local, merged)
+                changed += 1
+        for key in list(self._bucket_keys(bucket, cursor, next_cursor)):
+            if key in remote_keys:
+                continue
+            local = self.load(key)
+            merged = merge(local, EMPTY, self.applied, remote_applied)
+            if merged != local:
+                self._store(key, local, merged)
+                changed += 1
+        return changed
+
+    def adopt_applied(self, vector):
+        """After a full resync from a peer whose applied vector was `vector` when it began: our data
+        now holds every entry up to it, so our applied vector moves up; the log entries we hold
+        below the new seq are dropped (a fetch must never be served a range with a hole)."""
+        for origin, seq in vector.items():
+            if origin == self.origin or seq <= self.applied.get(origin, 0):
+                continue
+            batch = self._staging()
+            batch.delete_range_cf("log", log_key(origin, 0), log_key(origin, seq + 1))
+            self.applied[origin] = seq
+            self._moved.add(origin)
+            self.first[origin] = seq + 1
+            batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(seq + 1))
+
+    def housekeeping(self, now):
+        self.sessions.expire(now)
+
+    # ------------------------------------------------------------ client commands (docs/PROTOCOL.md)
+
+    def handle(self, request):
+        """One decoded request -> (reply body, batch number it waits for; 0: none). After a write
+        that made a new version, `last_write` is its seq (else None)."""
+        self.last_write = None
+        return self._handlers[request.command](request)
+
+    def read_reply(self, req, state):
+        """The reply to GET or GET_VERSIONS from a key state (a quorum read's merge)."""
+        if req.command == "GET":
+            best = winner(state)
+            return protocol.encode_ok(req.request_id, None if best is None else best.value, len(state.siblings) > 1)
+        siblings = [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
+        return protocol.encode_ok(req.request_id, siblings, protocol.encode_context(state.ctx))
+
+    def durable_state(self, key):
+        """The key's state as stored (bytes or None), for a peer's quorum read."""
+        return self.storage.get_cf("data", key)
+
+    def check_remote(self, hlc, vectors=()):
+        """Refuse what came from a peer that this node cannot justify (docs/SECURITY.md): a clock more
+        than MAX_CLOCK_AHEAD ahead of ours (adopted, it would win every key and overflow our clock),
+        or a context or applied vector claiming writes of this node's own origin beyond those it made
+        (it would make this node's next writes look superseded)."""
+        if hlc > (int((time.time() + MAX_CLOCK_AHEAD) * 1000) << HLC_LOGICAL_BITS):
+            raise errors.MalformedMessage(f"a clock of {hlc >> HLC_LOGICAL_BITS} ms is more than "
+                                          f"{MAX_CLOCK_AHEAD:.0f} s ahead of this node's")
+        own = self.applied[self.origin]
+        for vector in vectors:
+            if vector.get(self.origin, 0) > own:
+                raise errors.MalformedMessage(f"a context claims write {vector[self.origin]} of this node's "
+                                              f"origin, which has made {own}")
+
+    def remote_state(self, raw) -> KeyState:
+        """A key state from a peer, decoded and checked (check_remote) for each sibling."""
+        state = _decode_state(raw)
+        own = self.applied[self.origin]
+        for sib in state.siblings:
+            self.check_remote(sib.hlc)
+            if sib.node == self.origin and sib.seq > own:
+                raise errors.MalformedMessage(f"a sibling claims write {sib.seq} of this node's origin, "
+                                              f"which has made {own}")
+        self.check_remote(0, (state.ctx,))
+        return state
+
+    def join_state(self, key, remote, remote_applied=None):
+        """Join a key state from a peer into ours (read repair). Returns our new state."""
+        local = self.load(key)
+        merged = merge(local, remote, self.applied, remote_applied)
+        if merged != local:
+            self._store(key, local, merged)
+        return merged
+
+    def _wait_for(self, key):
+        return self.pending_batch if key in self._dirty else 0
+
+    def _ping(self, req):
+        return protocol.encode_ok(req.request_id, self.node_id), 0
+
+    def _get(self, req):
+        key = req.args[0]
+        return self.read_reply(req, self.load(key)), self._wait_for(key)
+
+    _get_versions = _get
+
+    def _check_write(self, req):
+        """A retried write already applied here: its reply. None: apply it."""
+        dot = self.sessions.lookup(req.client_id, req.request_id, req.open_from, time.monotonic())
+        if dot is None:
+            return None
+        if dot is STALE:
+            raise errors.RequestFenced(f"request {req.request_id} is below an open_from this client already "
+                                       f"sent: a late copy, not applied")
+        origin, seq = dot
+        if origin == self.origin:
+            self.last_write = seq      # a quorum write's retry waits for the quorum too
+        return protocol.encode_ok(req.request_id, True, seq, origin), self.pending_batch
+
+    def _written(self, req, ops, result=True):
+        """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot."""
+        seq = self.write(req, ops)
+        return protocol.encode_ok(req.request_id, result, seq, self.origin), self.pending_batch
+
+    def _put(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key, value = req.args
+        return self._written(req, ((key, value, None),))
+
+    def _put_ctx(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key, value, raw_ctx = req.args
+        ctx = protocol.decode_context(raw_ctx)
+        if ctx.get(self.origin, 0) > self.applied[self.origin]:
+            # No read could have returned it: this origin is this run's, and has made fewer writes.
+            raise errors.BadArgument(f"the context names write {ctx[self.origin]} of this node's origin, which "
+                                     f"has made {self.applied[self.origin]}: it is not one get_versions returned")
+        return self._written(req, ((key, value, ctx),))
+
+    def _delete(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key = req.args[0]
+        state = self.load(key)
+        existed = any(s.value is not None for s in state.siblings)
+        if not existed:
+            return protocol.encode_ok(req.request_id, False, 0, 0), self._wait_for(key)
+        return self._written(req, ((key, None, None),), result=True)
+
+    def _put_many(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        items = dict(req.args[0])     # a key given twice: the last value, as a sequence of puts would leave
+        return self._written(req, tuple((k, v, None) for k, v in items.items()))
+
+    def _cas(self, req):
+        raise errors.UnsupportedOperation("cas is not offered in dynamo mode: another node may accept a write to "
+                                          "the same key at the same moment; use get_versions and put with "
+                                          "its context instead")
+
+    def _scan(self, req):
+        start, end, prefix, limit, _stale = req.args
+        self.flush()    # a scan reads RocksDB: this iteration's writes first
+        page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
+        items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes, _winning_value)
+        if limit is not None and len(items) >= limit:
+            next_key = None
+        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
+
+    def _outcome(self, req):
+        dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
+        if dot is None:
+            return protocol.encode_ok(req.request_id, "unknown", 0), 0
+        return protocol.encode_ok(req.request_id, "committed", dot[1]), self.pending_batch
+
+    def _status(self, req):
+        return protocol.encode_ok(req.request_id, self.status()), 0
+
+    def status(self) -> dict:
+        cfg = self.config
+        return {
+            "node_id": cfg.node_id, "mode": "dynamo", "role": "peer", "term": 0, "primary_id": 0,
+            "last_seq": self.applied[self.origin], "commit_seq": self.applied[self.origin],
+            "origin": origin_name(self.origin),
+            "applied": {origin_name(o): s for o, s in sorted(self.durable_applied.items()) if s},
+            "keys_estimate": self.storage.approximate_keys(), "conflicts": self.conflicts,
+            "tombstones": self.tombstones, "digest": f"{self.durable_digest:016x}",
+            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
+            "fsync": cfg.fsync,
+            "uptime": round(time.monotonic() - self.started, 3), "version": self.version, "peers": [],
+            **(self.extra_status() if self.extra_status else {}),
+        }

@@ -1,0 +1,69 @@
+"""Dynamo mode's layout and shared rules: RocksDB keys of its bookkeeping (meta column family),
+anti-entropy buckets, origins and log keys, page and clock limits (docs/DYNAMO.md, docs/STORAGE.md)."""
+import hashlib
+import struct
+
+from .. import limits
+from ..protocol import decode_key_state
+from ..versions import KeyState, Sibling, winner
+
+FETCH_PAGE = limits.FETCH["dynamo"]
+GC_MAX_KEYS = 10_000              # tombstones looked at per housekeeping pass
+MAX_CLOCK_AHEAD = 600.0          # seconds a peer's clock (an entry's or sibling's HLC) may be ahead of ours
+
+# meta keys of dynamo mode (docs/STORAGE.md)
+META_APPLIED = b"d:applied:"      # + origin (u64): highest seq of that origin applied here
+META_FIRST = b"d:first:"          # + origin (u64): lowest seq of that origin still in the log
+META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
+META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
+META_TOMB_END = b"d:tomb;"        # just above every META_TOMB key
+META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (anti-entropy index)
+
+# Anti-entropy (docs/DYNAMO.md): keys fall in BUCKETS buckets by hash, GROUPS groups of buckets.
+GROUP_BITS = 6
+BUCKETS = 1 << (2 * GROUP_BITS)   # 4096
+GROUPS = 1 << GROUP_BITS          # 64, each of 64 buckets
+
+_U64 = struct.Struct(">Q")
+_LOG_KEY = struct.Struct(">QQ")
+
+
+def origin_node(origin) -> int:
+    return origin >> 32
+
+
+def origin_name(origin) -> str:
+    """How status shows an origin: node id and incarnation."""
+    return f"{origin >> 32}:{origin & 0xFFFFFFFF:08x}"
+
+
+def log_key(origin, seq) -> bytes:
+    return _LOG_KEY.pack(origin, seq)
+
+
+def _state_hash(key, raw) -> int:
+    """A key's contribution to the data digest (0 for an absent key): XOR-ed over all keys, so one
+    write updates the digest in O(1) and equal data gives equal digests on every node."""
+    if raw is None:
+        return 0
+    h = hashlib.blake2b(struct.pack(">I", len(key)) + key + raw, digest_size=8)
+    return int.from_bytes(h.digest(), "big")
+
+
+def bucket_of(key) -> int:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=2).digest(), "big") & (BUCKETS - 1)
+
+
+def _hash_key(bucket, key) -> bytes:
+    return META_HASH + struct.pack(">H", bucket) + key
+
+
+def _winning_value(raw):
+    """A stored key state -> the value its winner shows (None: absent, its winner a tombstone)."""
+    best = winner(_decode_state(raw))
+    return None if best is None else best.value
+
+
+def _decode_state(raw) -> KeyState:
+    ctx, siblings = decode_key_state(raw)
+    return KeyState(ctx, tuple(Sibling(*s) for s in siblings))

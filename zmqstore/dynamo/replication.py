@@ -1,0 +1,463 @@
+"""Replication: dynamo mode's peer traffic (docs/DYNAMO.md, "Replication"). DSTATUS (applied vector
+and data digest) to every peer each heartbeat, fetches of what a peer has and this node lacks,
+quorum reads and read repair, anti-entropy exchanges, and tombstone collection once every
+configured node has applied them."""
+import logging
+from typing import NamedTuple
+
+from .. import protocol
+from ..protocol import encode_key_state
+from ..versions import EMPTY
+from .layout import BUCKETS, GROUPS, origin_name, origin_node
+
+FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
+REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
+REPAIR_TIMEOUT = 2.0              # seconds without a reply before a repair is abandoned (retried later)
+REPAIR_IN_FLIGHT = 4              # bucket pages asked for at once
+GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
+
+log = logging.getLogger("zmqstore.dynamo")
+
+
+class PeerReport:
+    """What a peer last reported of itself (DSTATUS, DSTATUS_REPLY): applied vector, digest, counts.
+    (Leader mode's counterpart, what a peer said in ROLE, is election.PeerView.)"""
+
+    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard")
+
+    def __init__(self):
+        self.applied = {}
+        self.digest = None
+        self.keys = self.conflicts = self.tombstones = 0
+        self.heard = None
+
+
+class QuorumRead(NamedTuple):
+    request: object
+    envelope: list
+    need: int
+    replies: list      # (peer, KeyState, applied vector)
+    deadline: float
+
+
+class Repair:
+    """One anti-entropy exchange with a peer: compare group hashes, then the buckets of differing
+    groups, then pull the differing buckets page by page and join them into our data. Every
+    message of the exchange carries its id: a late reply to an abandoned exchange is ignored. With
+    `resync_origins` (our log cannot be completed from the peer's: it trimmed entries of those
+    origins that we lack), our applied seq of those origins moves up to the peer's as its first
+    reply stated, once every differing bucket is joined."""
+
+    def __init__(self, repair_id, peer, now, resync_origins=None):
+        self.id = repair_id
+        self.peer = peer
+        self.started = now
+        self.deadline = now + REPAIR_TIMEOUT
+        self.resync_origins = resync_origins or set()
+        self.peer_applied = None       # the peer's durable applied vector with its group hashes
+        self.groups = set()            # groups asked for, not answered
+        self.queue = []                # buckets to pull
+        self.pulling = {}              # bucket -> cursor asked for
+        self.buckets_pulled = 0
+        self.keys_changed = 0
+
+    @property
+    def done(self):
+        return self.peer_applied is not None and not self.groups and not self.queue and not self.pulling
+
+
+class Replication:
+    """Dynamo-mode peer traffic (docs/DYNAMO.md, "Replication")."""
+
+    def __init__(self, node, engine, config, now):
+        self.node = node                # io: publish, send_to, reply
+        self.engine = engine
+        self.config = config
+        self.views = {p.node_id: PeerReport() for p in config.peers}
+        self.addresses = {p.node_id: p.address for p in config.peers}
+        self._fetching = {}             # origin -> (deadline, peer) of the fetch in flight
+        self._unanswered = {}           # origin -> peers that left a fetch of it unanswered
+        self._gaps = 0
+        self._mismatch = {}             # peer -> consecutive reports with equal applied, other digest
+        self._resync_from = {}          # peer -> {origin: its first seq}: it trimmed entries we lack
+        self._repair_ids = 0
+        self._checkpoints = []          # (stable vector, max vector) at recent housekeeping passes
+        self.repair = None              # the Repair under way (one at a time)
+        self.repairs = []               # summaries of the latest repairs, for status
+        self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": self._on_tree,
+                          "DRANGE": self._on_range, "DACK": self._on_ack, "DREAD": self._on_read,
+                          "DPUSH": self._on_push}
+        self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status,
+                                  "DENTRIES": self._on_entries, "DTREE_REPLY": self._on_tree_reply,
+                                  "DRANGE_REPLY": self._on_range_reply, "DREAD_REPLY": self._on_read_reply}
+        self._acked = {}                # peer -> highest seq of this run's origin it applied durably
+        self._reads = {}                # read id -> QuorumRead
+        self._read_ids = 0
+        self.read_repairs = 0
+        self._pushes = []               # read repairs, sent after the flush
+
+    def close(self):
+        pass
+
+    def note_loop(self, now):
+        pass
+
+    # ------------------------------------------------------------ timers
+
+    def tick(self, now):
+        self.node.send_to_all(self._status_message("DSTATUS"))
+        if self._reads:
+            for read_id, pending in list(self._reads.items()):
+                if now > pending.deadline:
+                    del self._reads[read_id]
+                    self.node.reply(pending.envelope, protocol.encode_error(
+                        pending.request.request_id, "unavailable", f"read_quorum {pending.need} not reached: "
+                        f"{1 + len(pending.replies)} nodes answered within {self.config.replication_timeout} s"))
+        if self.repair is not None and now > self.repair.deadline:
+            log.warning("anti-entropy with node %d abandoned: no reply for %.1f s", self.repair.peer, REPAIR_TIMEOUT)
+            self.repair = None
+
+    def housekeeping(self, now):
+        vector = self.gc_vector()
+        if vector is not None:
+            dropped = self.engine.collect_garbage(vector)
+            if dropped:
+                log.debug("garbage-collected %d tombstones every node has applied", dropped)
+
+    def gc_vector(self):
+        """What garbage collection may go by: the stable vector S of an earlier housekeeping pass c
+        (every node had applied every write it covers), chosen as the latest pass whose *maximum*
+        vector M (elementwise maximum of every node's applied vector then) the current stable
+        vector covers. A write concurrent with a tombstone that was stable at c was made by its
+        origin before that origin applied the tombstone, so before c, so M_c covers it; now that
+        every node has applied M_c, every node holds that write, and a key collected from here on
+        cannot receive a write it did not see (on one node collected, on another a sibling)."""
+        stable_now = self.stable_vector()
+        if stable_now is None:
+            return None
+        most = dict(self.engine.durable_applied)
+        for view in self.views.values():
+            for o, seq in view.applied.items():
+                if seq > most.get(o, 0):
+                    most[o] = seq
+        self._checkpoints = (self._checkpoints + [(stable_now, most)])[-GC_CHECKPOINTS:]
+        for stable_c, most_c in reversed(self._checkpoints[:-1]):
+            if all(stable_now.get(o, 0) >= seq for o, seq in most_c.items()):
+                return stable_c
+        return None
+
+    def publish_new(self):
+        """After a flush: publish this origin's new durable entries (PUB; fetches repair losses),
+        tell each origin what this node now holds of its entries (DACK), send read repairs."""
+        entries, moved = self.engine.take_published()
+        if entries:
+            self.node.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
+        if self._pushes:
+            for peer, body in self._pushes:
+                self.node.send_to(peer, body)
+            self._pushes = []
+        for origin in moved:      # a lost DACK is made up for by the next DSTATUS
+            node_id = origin_node(origin)
+            if node_id in self.views:
+                self.node.send_to(node_id, protocol.encode_peer(
+                    "DACK", self.engine.node_id, origin, self.engine.durable_applied[origin]))
+
+    # ------------------------------------------------------------ quorums
+
+    def copies(self, seq) -> int:
+        """How many nodes (this one included) hold entry `seq` of this run's origin durably, as the
+        peers' DACKs and status reports said: what a write with w > 1 waits for (modes.DynamoMode)."""
+        return 1 + sum(1 for s in self._acked.values() if s >= seq)
+
+    @property
+    def acked(self) -> tuple:
+        """What the peers hold of this run's origin, as they said: it only grows."""
+        return tuple(self._acked.values())
+
+    def _on_ack(self, fields, envelope, now):
+        node_id, origin, seq = fields
+        if origin == self.engine.origin and node_id in self.views:
+            self.engine.check_remote(0, ({origin: seq},))    # no peer holds writes this run never made
+            self._note_acked(node_id, seq)
+
+    def _note_acked(self, node_id, seq):
+        if seq > self._acked.get(node_id, 0):
+            self._acked[node_id] = seq
+
+    def quorum_read(self, request, envelope, need, now):
+        """Read a key from `need` nodes (this one and the first need - 1 peers to answer), join
+        their states, repair the stale ones, reply with the joined state."""
+        self._read_ids += 1
+        self._reads[self._read_ids] = QuorumRead(request, envelope, need, [],
+                                                  now + self.config.replication_timeout)
+        self.node.send_to_all(protocol.encode_peer("DREAD", self.engine.node_id, self._read_ids, request.args[0]))
+
+    def _on_read(self, fields, envelope, now):
+        _node_id, read_id, key = fields
+        self.node.reply_peer(envelope, protocol.encode_peer(
+            "DREAD_REPLY", self.engine.node_id, read_id, self.engine.durable_state(key),
+            protocol.vector_pairs(self.engine.durable_applied)))
+
+    def _on_read_reply(self, fields, now):
+        sender, read_id, raw, applied = fields
+        pending = self._reads.get(read_id)
+        if pending is None or sender not in self.views or any(r[0] == sender for r in pending.replies):
+            return
+        state = EMPTY if raw is None else self.engine.remote_state(raw)
+        remote_applied = protocol.vector_from_pairs(applied)
+        self.engine.check_remote(0, (remote_applied,))
+        pending.replies.append((sender, state, remote_applied))
+        if 1 + len(pending.replies) < pending.need:
+            return
+        del self._reads[read_id]
+        key = pending.request.args[0]
+        merged = self.engine.load(key)
+        for _peer, remote, remote_applied in pending.replies:
+            merged = self.engine.join_state(key, remote, remote_applied)
+        raw_merged = encode_key_state(merged.ctx, merged.siblings) if merged.siblings else None
+        for peer, remote, _applied in pending.replies:
+            if remote != merged and raw_merged is not None and len(raw_merged) <= self.config.max_request_size - 4096:
+                # sent after this iteration's flush, like the reply: never a state this node could lose
+                self.read_repairs += 1
+                self._pushes.append((peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged)))
+        self.node.reply_after(pending.envelope, self.engine.read_reply(pending.request, merged),
+                              self.engine.pending_batch, pending.request.request_id)
+
+    def _on_push(self, fields, envelope, now):
+        node_id, key, raw = fields
+        if node_id in self.views:
+            self.engine.join_state(key, self.engine.remote_state(raw))
+
+    def stable_vector(self):
+        """Elementwise minimum of every configured node's applied vector, or None while a peer has
+        not reported since this node started (its applied vector is unknown)."""
+        vector = dict(self.engine.durable_applied)
+        for view in self.views.values():
+            if view.heard is None:
+                return None
+            vector = {o: min(s, view.applied.get(o, 0)) for o, s in vector.items()}
+        return vector
+
+    # ------------------------------------------------------------ messages
+
+    def _status_message(self, command):
+        e = self.engine
+        return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(e.durable_applied), e.durable_digest,
+                                    e.storage.approximate_keys(), e.conflicts, e.tombstones, e.config.address)
+
+    def on_request(self, message, envelope, now):
+        handler = self._handlers.get(message.command)
+        if handler is None:
+            log.debug("ignoring %s in dynamo mode", message.command)
+            return
+        handler(message.fields, envelope, now)
+
+    def on_message(self, message, now):
+        """A message from the SUB socket or a reply on a DEALER."""
+        handler = self._message_handlers.get(message.command)
+        if handler is not None:
+            handler(message.fields, now)
+
+    def _on_status_query(self, fields, envelope, now):
+        self._on_status(fields, now)
+        self.node.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
+
+    def _on_status(self, fields, now):
+        node_id, applied, digest, keys, conflicts, tombstones, _address = fields
+        view = self.views.get(node_id)
+        if view is None:
+            return
+        applied = protocol.vector_from_pairs(applied)
+        self.engine.check_remote(0, (applied,))
+        view.applied = applied
+        view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
+        view.heard = now
+        self._note_acked(node_id, view.applied.get(self.engine.origin, 0))
+        mine = self.engine.applied
+        behind = False
+        for origin, seq in view.applied.items():
+            if seq > mine.get(origin, 0) and origin != self.engine.origin:
+                behind = True
+                self._fetch(origin, node_id, now)
+        # Divergence the logs cannot explain: same entries applied, different data (a node restored
+        # from an old data dir, or an entry lost with a disk): repair, once it has lasted a while.
+        same = not behind and all(view.applied.get(o, 0) >= s for o, s in self.engine.durable_applied.items() if s)
+        if same and digest != self.engine.durable_digest:
+            self._mismatch[node_id] = self._mismatch.get(node_id, 0) + 1
+            if self._mismatch[node_id] >= REPAIR_AFTER and self.repair is None:
+                self._mismatch[node_id] = 0
+                self._start_repair(node_id, now)
+        else:
+            self._mismatch[node_id] = 0
+        trimmed = self._resync_from.get(node_id)
+        if trimmed:
+            # still lacking entries the peer holds only as data: resync those origins from it
+            needed = {o for o, first in trimmed.items() if mine.get(o, 0) < first - 1}
+            if not needed:
+                del self._resync_from[node_id]
+            elif self.repair is None:
+                del self._resync_from[node_id]
+                self._start_repair(node_id, now, resync_origins=needed)
+
+    def _fetch(self, origin, node_id, now):
+        """Ask node_id for origin's entries we lack, unless a fetch is in flight. A peer that left a
+        fetch unanswered is skipped while other peers have not been tried: the next status report
+        to arrive would otherwise often come from the same peer (heartbeats keep their phase)."""
+        pending = self._fetching.get(origin)
+        if pending is not None:
+            deadline, peer = pending
+            if deadline > now:
+                return
+            del self._fetching[origin]
+            self._unanswered.setdefault(origin, set()).add(peer)
+            log.debug("fetch of %s from node %d unanswered for %.1f s", origin_name(origin), peer, FETCH_TIMEOUT)
+        tried = self._unanswered.get(origin)
+        if tried and node_id in tried:
+            # Skip it only while another peer that holds more of the origin has not been tried: the
+            # next report from that one fetches there. With none (often: only the origin's own node
+            # holds the entries) ask this one again; skipping it would wait forever.
+            mine = self.engine.applied.get(origin, 0)
+            if any(peer not in tried and view.applied.get(origin, 0) > mine for peer, view in self.views.items()):
+                return
+            tried.clear()
+        frm = self.engine.applied.get(origin, 0) + 1
+        if self.node.send_to(node_id, protocol.encode_peer("DFETCH", self.engine.node_id, origin, frm)):
+            self._fetching[origin] = (now + FETCH_TIMEOUT, node_id)
+
+    def _on_fetch(self, fields, envelope, now):
+        _node_id, origin, from_seq = fields
+        entries, first = self.engine.read_entries(origin, from_seq)
+        self.node.reply_peer(envelope, protocol.encode_peer("DENTRIES", self.engine.node_id, origin, from_seq,
+                                                       entries, first))
+
+    def _on_entries(self, fields, now):
+        sender, origin, from_seq, entries, first = fields
+        self._fetching.pop(origin, None)
+        self._unanswered.pop(origin, None)
+        if not entries:
+            if from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and \
+                    origin not in self._resync_from.get(sender, {}):
+                self._resync_from.setdefault(sender, {})[origin] = first
+                log.warning("node %d no longer holds entries %d.. of origin %s (trimmed below %d, applied by "
+                            "every node): resyncing from it by anti-entropy", sender, from_seq,
+                            origin_name(origin), first)
+            return
+        self.engine.apply_remote(origin, entries)
+        view = self.views.get(sender)
+        if view is not None and view.applied.get(origin, 0) > self.engine.applied.get(origin, 0):
+            self._fetch(origin, sender, now)   # more to catch up: the next page at once
+
+    def _on_change(self, fields, now):
+        origin, entries = fields
+        _done, gap = self.engine.apply_remote(origin, entries)
+        if gap:
+            self._gaps += 1
+            node_id = origin_node(origin)
+            if node_id in self.views:
+                self._fetch(origin, node_id, now)
+
+    # ------------------------------------------------------------ anti-entropy
+
+    def _start_repair(self, peer, now, resync_origins=None):
+        self._repair_ids += 1
+        self.repair = Repair(self._repair_ids, peer, now, resync_origins)
+        log.info("anti-entropy with node %d: %s", peer, "full resync (it trimmed entries we lack)" if resync_origins
+                 else "same entries applied, different data digests")
+        if not self.node.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, self.repair.id, None)):
+            self.repair = None
+
+    def _on_tree(self, fields, envelope, now):
+        _node_id, repair_id, group = fields
+        if group is not None and group >= GROUPS:
+            return
+        self.node.reply_peer(envelope, protocol.encode_peer(
+            "DTREE_REPLY", self.engine.node_id, repair_id, group, self.engine.tree_hashes(group),
+            protocol.vector_pairs(self.engine.durable_applied)))
+
+    def _on_range(self, fields, envelope, now):
+        _node_id, repair_id, bucket, cursor = fields
+        if bucket >= BUCKETS:
+            return
+        items, next_cursor = self.engine.range_items(bucket, cursor)
+        self.node.reply_peer(envelope, protocol.encode_peer(
+            "DRANGE_REPLY", self.engine.node_id, repair_id, bucket, cursor, items, next_cursor,
+            protocol.vector_pairs(self.engine.durable_applied)))
+
+    def _on_tree_reply(self, fields, now):
+        sender, repair_id, group, hashes, applied = fields
+        r = self.repair
+        if r is None or sender != r.peer or repair_id != r.id or len(hashes) != GROUPS:
+            return
+        r.deadline = now + REPAIR_TIMEOUT
+        mine = self.engine.tree_hashes(group)
+        if group is None:
+            if r.peer_applied is not None:
+                return
+            # The hashes and this vector were taken together: every differing bucket, pulled from
+            # now on, reflects at least every entry this vector counts.
+            r.peer_applied = protocol.vector_from_pairs(applied)
+            for g in range(GROUPS):
+                if hashes[g] != mine[g]:
+                    r.groups.add(g)
+                    self.node.send_to(r.peer, protocol.encode_peer("DTREE", self.engine.node_id, r.id, g))
+        elif group in r.groups:
+            r.groups.discard(group)
+            r.queue.extend(group * GROUPS + i for i in range(GROUPS) if hashes[i] != mine[i])
+        self._pump(now)
+
+    def _pump(self, now):
+        r = self.repair
+        while r.queue and len(r.pulling) < REPAIR_IN_FLIGHT:
+            bucket = r.queue.pop()
+            r.pulling[bucket] = None
+            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket, None))
+        if r.done:
+            self._finish_repair(now)
+
+    def _on_range_reply(self, fields, now):
+        sender, repair_id, bucket, cursor, items, next_cursor, applied = fields
+        r = self.repair
+        if (r is None or sender != r.peer or repair_id != r.id or bucket not in r.pulling
+                or r.pulling[bucket] != cursor):
+            return
+        r.deadline = now + REPAIR_TIMEOUT
+        r.keys_changed += self.engine.merge_range(bucket, cursor, next_cursor, items,
+                                                  protocol.vector_from_pairs(applied))
+        if next_cursor is not None:
+            r.pulling[bucket] = next_cursor
+            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket,
+                                                           next_cursor))
+        else:
+            del r.pulling[bucket]
+            r.buckets_pulled += 1
+        self._pump(now)
+
+    def _finish_repair(self, now):
+        r, self.repair = self.repair, None
+        if r.resync_origins:
+            self.engine.adopt_applied({o: s for o, s in r.peer_applied.items() if o in r.resync_origins})
+        took = now - r.started
+        log.info("anti-entropy with node %d done in %.3f s: %d buckets pulled, %d keys changed%s", r.peer, took,
+                 r.buckets_pulled, r.keys_changed, "; applied seqs of the trimmed origins adopted"
+                 if r.resync_origins else "")
+        self.repairs = (self.repairs + [{"peer": r.peer, "seconds": round(took, 3), "buckets": r.buckets_pulled,
+                                         "keys_changed": r.keys_changed, "resync": bool(r.resync_origins)}])[-5:]
+
+    # ------------------------------------------------------------ status
+
+    def status(self, now):
+        mine = self.engine.durable_applied
+        peers = []
+        converged = True
+        for node_id, view in sorted(self.views.items()):
+            alive = view.heard is not None and now - view.heard < self.config.election_interval
+            behind = sum(max(0, s - view.applied.get(o, 0)) for o, s in mine.items())
+            ahead = sum(max(0, s - mine.get(o, 0)) for o, s in view.applied.items())
+            converged &= view.digest == self.engine.durable_digest and alive and not behind and not ahead
+            peers.append({"node_id": node_id, "address": self.addresses[node_id], "alive": alive,
+                          "behind": behind, "ahead": ahead, "digest": None if view.digest is None else
+                          f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,
+                          "last_heard": None if view.heard is None else round(now - view.heard, 3)})
+        return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps, "repairs": self.repairs,
+                "read_repairs": self.read_repairs,
+                "repairing": None if self.repair is None else self.repair.peer}
