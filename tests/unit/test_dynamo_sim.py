@@ -16,7 +16,7 @@ from zmqstore import config, protocol
 from zmqstore.dynamo import DynamoEngine, Replication
 from zmqstore.storage import Storage
 from zmqstore.testing.convergence import WriteOp, check
-from zmqstore.testing.simnet import SimNetwork
+from zmqstore.testing.simnet import SimNetwork, simulations
 
 IDS = (1, 2, 3)
 PEERS = [{"node_id": n, "host": f"127.0.0.{n + 1}", "port": 9000} for n in IDS]
@@ -137,30 +137,15 @@ class SimNet(SimNetwork):
         return (len({e.durable_digest for e in engines}) == 1
                 and all(e.durable_applied == engines[0].durable_applied for e in engines))
 
-    def close(self):
-        for node in self.nodes.values():
-            node.storage.close()
-
-
 @pytest.fixture
 def net(tmp_path):
-    made = []
-
-    def make(seed):
-        random.seed(seed)
-        base = tmp_path / f"seed{seed}"
-        base.mkdir()
-        made.append(SimNet(base, seed))
-        return made[-1]
-    yield make
-    for n in made:
-        n.close()
+    with simulations(tmp_path, SimNet) as start:
+        yield start
 
 
 def settle_and_check(sim):
     """Heal, let anti-entropy and the logs bring every node level, then check the end state."""
-    sim.cut.clear()
-    sim.drop_rate = 0.0
+    sim.heal()
     for _ in range(40):
         sim.run(0.5, writes_per_step=0)
         if sim.converged():

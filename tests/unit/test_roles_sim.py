@@ -13,7 +13,7 @@ from zmqstore import config, protocol
 from zmqstore.engine import Engine
 from zmqstore.roles import Roles
 from zmqstore.storage import Storage
-from zmqstore.testing.simnet import SimNetwork
+from zmqstore.testing.simnet import SimNetwork, simulations
 
 IDS = (1, 2, 3)
 PEERS = [{"node_id": n, "host": f"127.0.0.{n + 1}", "port": 9000} for n in IDS]
@@ -131,31 +131,15 @@ class SimNet(SimNetwork):
     def primaries(self):
         return [n for n, node in self.nodes.items() if node.roles.primary is not None]
 
-    def close(self):
-        for node in self.nodes.values():
-            node.storage.close()
-
-
 @pytest.fixture
-def net(tmp_path, request):
-    made = []
-
-    def make(seed, bootstrap=(1,)):
-        random.seed(seed)           # election.py's jitter and back-off: a failing seed replays exactly
-        base = tmp_path / f"seed{seed}"
-        base.mkdir()
-        n = SimNet(base, seed, bootstrap)
-        made.append(n)
-        return n
-    yield make
-    for n in made:
-        n.close()
+def net(tmp_path):
+    with simulations(tmp_path, SimNet) as start:
+        yield start
 
 
 def settle_and_check(sim):
     """Heal the network, let it settle, then check the end state."""
-    sim.cut.clear()
-    sim.drop_rate = 0.0
+    sim.heal()
     sim.run(3.0)
     primaries = sim.primaries()
     assert len(primaries) == 1, f"after healing: primaries {primaries}"

@@ -6,9 +6,30 @@ caller, so a failing run replays.
 A node in `nodes` has `peering` (what takes peer messages: `on_request(message, sender, now)` and
 `on_message(message, now)`) and `end_iteration()` (what its loop does after each message).
 """
+import contextlib
 import random
 
 from .. import protocol
+
+
+@contextlib.contextmanager
+def simulations(tmp_path, make):
+    """A pytest fixture's body: yields `start(seed, ...)`, which seeds `random` (the code under test
+    draws from it, so a failing seed replays exactly) and returns `make(directory, seed, ...)` in a
+    directory of its own; every simulation started is closed at the end, even when the test fails."""
+    made = []
+
+    def start(seed, *args, **kwargs):
+        random.seed(seed)
+        base = tmp_path / f"seed{seed}"
+        base.mkdir()
+        made.append(make(base, seed, *args, **kwargs))
+        return made[-1]
+    try:
+        yield start
+    finally:
+        for sim in made:
+            sim.close()
 
 
 class SimNetwork:
@@ -37,6 +58,15 @@ class SimNetwork:
             else:
                 node.peering.on_message(message, self.now)
             node.end_iteration()
+
+    def heal(self):
+        """Every link back, nothing dropped."""
+        self.cut.clear()
+        self.drop_rate = 0.0
+
+    def close(self):
+        for node in self.nodes.values():
+            node.storage.close()
 
     def crash(self, node_id):
         """A crash between steps: the node's storage closes, messages in flight to it are lost.
