@@ -1,9 +1,9 @@
 """Leader-mode replication: the primary's and the secondaries' side of the log stream.
 
 docs/REPLICATION.md describes the protocol. These classes decide and keep replication state; the
-node loop gives them decoded peer messages and the time, and they act through `io`, an object with
-`publish(body)` (PUB), `send_to(node_id, body)` (DEALER to a peer's ROUTER) and
-`reply(envelope, body)` (ROUTER reply). Tests drive them with a fake io and real storage.
+node loop gives them decoded peer messages and the time, and what they send goes into `out`, the
+iteration's Sends (sends.py), which the loop sends after the iteration's commit. Tests read those
+values with real storage and no sockets.
 """
 import logging
 from typing import NamedTuple
@@ -20,11 +20,11 @@ class LogServer:
     """Serves FETCH and SNAPSHOT from this node's own log and data, whatever its role: secondaries
     fetch from the primary, a candidate that won fetches the log it adopts from a voter."""
 
-    def __init__(self, engine, config, io):
+    def __init__(self, engine, config, out):
         self.engine = engine
         self.storage = engine.storage
         self.node_id = config.node_id
-        self.io = io
+        self.out = out
         self._snapshots = {}            # snapshot seq -> [snapshot, term, last used]
         self.counters = {"fetches_served": 0, "snapshots_served": 0}
 
@@ -34,12 +34,12 @@ class LogServer:
         if st.restoring:
             return      # our log and data are being replaced: nothing to serve (the asker retries)
         if from_seq < st.first_seq:
-            self.io.reply_peer(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
+            self.out.reply_peer(envelope, protocol.encode_peer("NEED_SNAPSHOT", st.term, self.node_id, st.first_seq))
             return
         from_seq = min(from_seq, st.last_seq + 1)
         self.counters["fetches_served"] += 1
         entries = st.read_entries(from_seq, *limits.FETCH["leader"])
-        self.io.reply_peer(envelope, protocol.encode_peer(
+        self.out.reply_peer(envelope, protocol.encode_peer(
             "ENTRIES", st.term, self.node_id, from_seq - 1, st.term_at(from_seq - 1), entries,
             self.engine.commit_seq, st.last_seq))
 
@@ -63,7 +63,7 @@ class LogServer:
             log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
         held[2] = now
         items, next_cursor = self.storage.snapshot_page(held[0], cursor, *limits.SNAPSHOT)
-        self.io.reply_peer(envelope, protocol.encode_peer(
+        self.out.reply_peer(envelope, protocol.encode_peer(
             "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
             items, next_cursor))
 
@@ -79,11 +79,11 @@ class Primary:
     """The primary's side: publishes the log and counts acknowledgements (LogServer answers FETCH
     and SNAPSHOT)."""
 
-    def __init__(self, engine, config, io, now):
+    def __init__(self, engine, config, out, now):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
-        self.io = io
+        self.out = out
         self.node_id = config.node_id
         self.match = {p.node_id: 0 for p in config.peers}        # highest seq each peer holds durably
         self.voter = {p.node_id: False for p in config.peers}    # learners' copies do not count toward commit
@@ -100,7 +100,7 @@ class Primary:
         """Stream entries staged in this iteration. Sent before our own flush, so the secondaries'
         fsyncs overlap ours; advance_commit() never counts an entry we do not hold durably."""
         last_seq = prev_seq + len(entries)
-        self.io.publish(protocol.encode_peer(
+        self.out.publish_early(protocol.encode_peer(
             "CHANGE", self.storage.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq,
             last_seq))
         self._published_commit = self.engine.commit_seq
@@ -110,7 +110,7 @@ class Primary:
         if start_round:
             self.round += 1
         st = self.storage
-        self.io.publish(protocol.encode_peer(
+        self.out.publish(protocol.encode_peer(
             "HEARTBEAT", st.term, self.node_id, self.round, self.engine.commit_seq, st.last_seq))
         self._published_commit = self.engine.commit_seq
 
@@ -217,11 +217,11 @@ class Secondary:
     With `sync_target` set, this is a candidate that won and adopts the log of voter `leader_id`
     up to seq `sync_target` through FETCH (and SNAPSHOT): the same repair path, without ACKs."""
 
-    def __init__(self, engine, config, io, leader_id, sync_target=None):
+    def __init__(self, engine, config, out, leader_id, sync_target=None):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
-        self.io = io
+        self.out = out
         self.node_id = config.node_id
         self.leader_id = leader_id
         self.sync_target = sync_target
@@ -290,7 +290,7 @@ class Secondary:
             return  # our log is being replaced, or we adopt a voter's log: nothing to report
         self._last_ack = (self.matched, now)
         st = self.storage
-        self.io.send_to(self.leader_id, protocol.encode_peer(
+        self.out.send_to(self.leader_id, protocol.encode_peer(
             "ACK", self.node_id, st.term, self.matched, self._round_acked, not (st.learner or st.restoring)))
 
     def on_leader_progress(self, leader_last, leader_commit, now):
@@ -384,7 +384,7 @@ class Secondary:
     def _send_request(self, kind, body, now, key):
         """Send a FETCH or SNAPSHOT and remember it until answered. Not connected to the primary
         (just started, or it is down): the next tick sends it, instead of waiting FETCH_RETRY."""
-        sent = self.io.send_to(self.leader_id, body)
+        sent = self.out.send_to(self.leader_id, body)
         self._outstanding = (kind, body, now if sent else float("-inf"), key)
 
     def _on_snapshot_chunk(self, command, fields, now):

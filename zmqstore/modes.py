@@ -5,14 +5,15 @@ What the loop asks of a mode:
 - `handle(request, envelope, now)`: a client request -> (reply, until), `until` being what the
   reply waits for, never something already true (None: it leaves at once; replies.py relies on
   that); or None when the mode answers it later itself (a dynamo read from several nodes).
-- `end_iteration(release)`: the iteration's commit (stream, one batch and fsync, commit counting),
-  calling `release()` where held replies may go;
+- `end_iteration(send, release)`: the end of every loop iteration, the same for both modes and
+  for the simulations: the iteration's single commit, what it decided to send (sends.py) after
+  that commit, and the held replies released where they may go (see the method);
 - `ready()`: the readiness rule for held replies at this moment, `progress()`: a value that changes
   whenever that rule may accept more (so an unchanged one saves the queue a pass), and
   `expired(held)`: a held reply's error body at its deadline;
-- `after_replies()`: what follows the replies (leader: apply what committed; dynamo: send what the
-  flush made durable);
 - `engine` (the node's state and client commands) and `peering` (peer traffic; None standalone).
+A mode is built with `out`, the Sends its peer traffic fills, and `client`, what answers clients
+later (dynamo quorum reads: `reply(envelope, body)`, `reply_after(envelope, body, batch, ...)`).
 Dynamo mode also has `until_durable(batch)`, for the replies its Replication builds (node.reply_after).
 """
 import time
@@ -34,18 +35,57 @@ def not_confirmed(held, config):
     return protocol.encode_error(held.request_id, "unavailable", "leadership or commit not confirmed in time")
 
 
-class LeaderMode:
+class Mode:
+    """What both modes share: the end of a loop iteration, in one place."""
+
+    out = None
+
+    def end_iteration(self, send, release):
+        """Release the replies that this iteration's acknowledgements (ACK, DACK) made ready, or
+        fail every held one when this node stopped leading; send what may leave before the commit
+        (`prepare`: the primary's new entries); commit (one batch, one fsync: `commit`); send what
+        the iteration decided, now persisted; release again; then what follows the replies
+        (`after_replies`) and what it decided. `send(items)` takes Sends items, `release(fail_all)`
+        releases held replies."""
+        out = self.out
+        release(self.take_failed())
+        self.prepare()
+        if out.early:
+            send(out.take_early())
+        self.commit()
+        if out:
+            send(out.take())
+        release(False)
+        self.after_replies()
+        if out:
+            send(out.take())
+
+    def take_failed(self) -> bool:
+        """Whether every held reply must fail now (leader mode: this node stopped leading)."""
+        return False
+
+    def prepare(self):
+        """Before the commit: stage what may leave before it."""
+
+    def commit(self):
+        raise NotImplementedError
+
+    def after_replies(self):
+        """After the replies left."""
+
+
+class LeaderMode(Mode):
     """One primary orders every write (docs/REPLICATION.md): `Engine`, and `Roles` when replicated.
     A reply waits for (commit seq, read round): its write's entry committed, and for a linearizable
     read on a replicated primary, a heartbeat round started after it arrived confirmed."""
 
-    def __init__(self, node, storage, config, faults, now):
-        self.config, self.faults = config, faults
+    def __init__(self, out, client, storage, config, faults, now):
+        self.out, self.config, self.faults = out, config, faults
         self.engine = Engine(storage, config, __version__)
         self.roles = self.peering = None
         self._round_wanted = False
         if config.peers:
-            self.roles = self.peering = Roles(node, self.engine, config, now, faults)
+            self.roles = self.peering = Roles(out, self.engine, config, now, faults)
             self.engine.extra_status = lambda: self.roles.status(time.monotonic())
         else:
             self.engine.become_primary(max(storage.term, 1))
@@ -80,27 +120,30 @@ class LeaderMode:
     def expired(self, held):
         return not_confirmed(held, self.config)
 
-    def end_iteration(self, release):
-        """Stream and commit what was staged: a replicated primary publishes the staged entries,
-        writes the batch with one fsync, then counts what a quorum holds."""
-        engine, primary = self.engine, self.primary
+    def take_failed(self):
+        return self.roles is not None and self.roles.take_deposed()
+
+    def prepare(self):
+        """A replicated primary streams the entries staged in this iteration before its own fsync
+        (Sends.publish_early), so the secondaries' fsyncs overlap it."""
+        primary = self.primary
         if primary is not None:
-            # ACKs taken in this iteration may have committed earlier writes: their replies leave
-            # now, not after the fsync of what this iteration staged.
-            release()
-            staged = engine.take_staged()
+            staged = self.engine.take_staged()
             if staged is not None:
                 primary.publish_entries(*staged)
-                engine.apply_to_commit()   # joins the staged batch
-            engine.flush()
+                self.engine.apply_to_commit()   # joins the staged batch
+
+    def commit(self):
+        """Write what was staged with one fsync; a replicated primary then counts what a quorum
+        holds, starts the read round a linearizable read asked for, and says where the commit is."""
+        engine, primary = self.engine, self.primary
+        engine.flush()
+        if primary is not None:
             primary.advance_commit()
             if self._round_wanted:
                 self._round_wanted = False
                 primary.heartbeat(start_round=True)
             primary.publish_commit_if_moved()
-        else:
-            engine.flush()
-        release()
 
     def after_replies(self):
         """Apply what committed (after the replies: data is read only by later requests)."""
@@ -108,17 +151,17 @@ class LeaderMode:
             self.engine.apply_to_commit()
 
 
-class DynamoMode:
+class DynamoMode(Mode):
     """Every node accepts writes (docs/DYNAMO.md): `DynamoEngine`, and `Replication` with peers. A
     reply waits for (batch, seq, need): the batch that makes it durable here and, for a write with
     w = need > 1, need nodes holding entry seq of this run's origin."""
 
-    def __init__(self, node, storage, config, faults, now):
-        self.config = config
+    def __init__(self, out, client, storage, config, faults, now):
+        self.out, self.config = out, config
         self.engine = DynamoEngine(storage, config, __version__, faults)
         self.replication = self.peering = None
         if config.peers:
-            self.replication = self.peering = Replication(node, self.engine, config, now)
+            self.replication = self.peering = Replication(out, client, self.engine, config, now)
             self.engine.extra_status = lambda: self.replication.status(time.monotonic())
 
     def handle(self, request, envelope, now):
@@ -167,12 +210,8 @@ class DynamoMode:
                 f"durable on this node and reaches the others when they can talk")
         return not_confirmed(held, self.config)
 
-    def end_iteration(self, release):
-        # DACKs taken in this iteration may have completed earlier writes' quorums: their replies
-        # leave now, not after the fsync of what this iteration staged (the rule reads what is durable).
-        release()
+    def commit(self):
         self.engine.flush()
-        release()
 
     def after_replies(self):
         """Publish this origin's new durable entries, tell each origin what this node holds, send

@@ -12,6 +12,7 @@ import zmq
 from . import errors, faults, keys, modes, protocol, transport, trust
 from .outbox import Outbox, send_hwm
 from .replies import Replies
+from .sends import PUBLISH, REPLY, TO_PEER, Sends
 from .storage import Storage
 
 MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit) ...
@@ -34,7 +35,7 @@ class Node:
         self.config = config
         self._stopping = False
         self._ctx = zmq.Context()
-        self.router = self.peer_router = self.pub = self.storage = self.engine = self.mode = None
+        self.router = self.peer_router = self.pub = self.storage = self.engine = self.mode = self.sends = None
         self.subs = {}                  # peer id -> SUBs connected to that peer's PUB (one per key)
         self.gate = self.outbox = None
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
@@ -66,7 +67,9 @@ class Node:
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             # The peers' sockets first: a mode may talk to them as it starts.
             self._connect_peers(config, security, own, peer_frame_max)
-            self.mode = modes.MODES[config.mode](self, self.storage, config, self.faults, time.monotonic())
+            self.sends = Sends(self._reachable)
+            self.mode = modes.MODES[config.mode](self.sends, self, self.storage, config, self.faults,
+                                                 time.monotonic())
             self.engine, self.peering = self.mode.engine, self.mode.peering
             self._peer_limits = self.engine.limits._replace(max_request_size=peer_frame_max)
         except BaseException:
@@ -87,26 +90,38 @@ class Node:
                 source_host=config.host, max_msg_size=peer_frame_max, immediate=True, curve=curve)
                 for curve in curves)
 
-    # ------------------------------------------------------------ io for the modes (roles.py, leader.py, dynamo/)
+    # ------------------------------------------------------------ sending what the modes decided
 
-    def publish(self, body):
-        if self.faults.drop_changes and random.random() < self.faults.drop_changes:
-            return
-        transport.send(self.pub, body)
+    def _send(self, items):
+        """Send an iteration's peer messages (sends.py). A message to a peer that cannot take it
+        now (not connected, or its queue full) is dropped: every one is resent or made up for
+        (FETCH and DFETCH retries, the next heartbeat or status report)."""
+        for kind, target, body in items:
+            if kind is TO_PEER:
+                self._send_to(target, body)
+            elif kind is REPLY:
+                transport.send_frames(self.peer_router, target + [body])
+            elif kind is PUBLISH:
+                if not (self.faults.drop_changes and random.random() < self.faults.drop_changes):
+                    transport.send(self.pub, body)
+            else:
+                for node_id in self.dealers:
+                    self._send_to(node_id, body)
 
-    def send_to(self, node_id, body):
-        """True if queued to a connected peer; False if dropped (the repair path resends)."""
+    def _send_to(self, node_id, body):
         for dealer in self.dealers.get(node_id, ()):
             try:
                 dealer.send(body, zmq.NOBLOCK)
-                return True
+                return
             except zmq.Again:
                 pass
-        return False
 
-    def send_to_all(self, body):
-        for node_id in self.dealers:
-            self.send_to(node_id, body)
+    def _reachable(self, node_id):
+        """Whether a message to that peer would be taken now: a DEALER with a completed connection
+        (IMMEDIATE) and room in its queue."""
+        return any(dealer.get(zmq.EVENTS) & zmq.POLLOUT for dealer in self.dealers.get(node_id, ()))
+
+    # ------------------------------------------------------------ replies the modes build later (dynamo quorum reads)
 
     def reply_after(self, envelope, body, batch, request_id, is_write=False):
         """Send `body` once batch number `batch` is durable: a reply dynamo's Replication built (a
@@ -123,16 +138,6 @@ class Node:
 
     def reply(self, envelope, body):
         self.outbox.send(envelope + [body])
-
-    def reply_peer(self, envelope, body):
-        """Answer a peer request (it came on the peer port)."""
-        transport.send_frames(self.peer_router, envelope + [body])
-
-    def fail_waiters(self):
-        """This node stopped being primary: no reply it holds may say its request succeeded. Writes
-        get replication_timeout (their entries may still commit under the next primary), reads
-        unavailable."""
-        self.replies.release(self.mode.ready(), self.mode.expired, time.monotonic(), fail_all=True)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -223,16 +228,6 @@ class Node:
         peering = self.peering
         while not self._stopping:
             now = time.monotonic()
-            if peering is not None:
-                peering.note_loop(now)
-            if now >= next_chores:
-                self._housekeeping(now)
-                next_chores = now + HOUSEKEEPING_INTERVAL
-            if now >= next_beat:
-                self._beat(now)
-                next_beat = now + self.config.heartbeat_interval
-            if replies:
-                self._release(now)
             deadline = min(next_chores, next_beat, replies.next_deadline or next_chores)
             if self.outbox.backlogs:
                 deadline = min(deadline, max(now + BACKLOG_RETRY, self.outbox.next_retry()))
@@ -256,7 +251,20 @@ class Node:
                     self._serve_peer_socket(item, dealer_peers[item], protocol.PEER_REPLIES)
                 else:
                     self._drain_wakeups()
-            self._end_iteration()
+            # The timers due, then the end of the iteration: whatever the messages and the timers
+            # decided is committed once, then sent (modes.Mode.end_iteration).
+            now = time.monotonic()
+            if peering is not None:
+                peering.note_loop(now)
+            if now >= next_chores:
+                self._housekeeping(now)
+                next_chores = now + HOUSEKEEPING_INTERVAL
+            if now >= next_beat:
+                self.peering.tick(now)
+                next_beat = now + self.config.heartbeat_interval
+            self.mode.end_iteration(self._send, self._release)
+            if outbox.backlogs:
+                outbox.flush(time.monotonic())
 
     def _housekeeping(self, now):
         self.gate.housekeeping()    # connections that closed since the last handshake
@@ -264,28 +272,12 @@ class Node:
         if self.peering is not None:
             self.peering.housekeeping(now)
 
-    def _beat(self, now):
-        self.peering.tick(now)
-
     def _drain_wakeups(self):
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-
-    def _end_iteration(self):
-        """Once per loop iteration: the mode commits what was staged (releasing the replies that are
-        ready where it may), then the replies that are ready leave, then what follows them (leader
-        mode applies what committed: data is read only by later requests)."""
-        self.mode.end_iteration(self._release_ready)
-        if self.outbox.backlogs:
-            self.outbox.flush(time.monotonic())
-        self.mode.after_replies()
-
-    def _release_ready(self):
-        if self.replies:
-            self._release(time.monotonic())
 
     # ------------------------------------------------------------ requests on the ROUTER
 
@@ -358,10 +350,14 @@ class Node:
             reply, until = handled
             self._reply_when(envelope, reply, request.request_id, request.command in protocol.WRITE_COMMANDS, until)
 
-    def _release(self, now):
-        """Send the held replies that are ready; time out the expired ones (replies.py)."""
-        mode = self.mode
-        self.replies.release(mode.ready(), mode.expired, now, progress=mode.progress())
+    def _release(self, fail_all=False):
+        """Send the held replies that are ready; time out the expired ones (replies.py). With
+        fail_all (this node stopped leading), none may say its request succeeded: writes get
+        replication_timeout (their entries may still commit under the next primary), reads unavailable."""
+        if self.replies:
+            mode = self.mode
+            self.replies.release(mode.ready(), mode.expired, time.monotonic(), fail_all=fail_all,
+                                 progress=mode.progress())
 
     # ------------------------------------------------------------ peer messages
 

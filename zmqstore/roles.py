@@ -2,10 +2,11 @@
 those roles, and the peer messages that drive them (docs/REPLICATION.md).
 
 `election.py` judges (views, losing the primary, standing, counting votes), `leader.py` replicates
-(Primary, Secondary, LogServer); this module wires them to the node's io and carries out their
-decisions: persisting terms and votes before anything leaves, switching roles, failing the replies a
-deposed primary still holds. The node loop calls `tick`, `on_request` (ROUTER) and `on_message`
-(SUB and DEALER replies).
+(Primary, Secondary, LogServer); this module carries out their decisions: persisting terms and
+votes (synced at once: nothing decided in an iteration leaves before the iteration's commit, see
+sends.py), switching roles, and saying when this node stopped leading (`take_deposed`: the replies
+it holds must then fail). What it sends goes into `out`, the iteration's Sends. The node loop calls
+`tick`, `on_request` (ROUTER) and `on_message` (SUB and DEALER replies).
 """
 import logging
 
@@ -18,8 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Roles:
-    def __init__(self, node, engine, config, now, faults=NONE):
-        self.node = node                # io: publish, send_to, reply; and fail_waiters
+    def __init__(self, out, engine, config, now, faults=NONE):
+        self.out = out                  # the iteration's Sends (sends.py)
         self.engine = engine
         self.storage = engine.storage
         self.config = config
@@ -27,10 +28,11 @@ class Roles:
         self.peers = {p.node_id: p for p in config.peers}
         self.majority = config.cluster_size // 2 + 1
         self.election = Election(config, now)
-        self.log_server = LogServer(engine, config, node)
+        self.log_server = LogServer(engine, config, out)
         self.primary = None
         self.secondary = None
         self.bootstrapping = False
+        self.deposed = False            # stopped leading since take_deposed() last asked
         self.faults = faults            # test-only switches (faults.py)
         self._learner_target = None     # (primary, its commit seq when first heard): a learner's goal
         self._peer_handlers = {"ROLE": self._on_role_query, "VOTE_REQUEST": self._on_vote_request,
@@ -66,12 +68,12 @@ class Roles:
         if self.primary is not None:
             self.engine.flush()   # what this iteration staged belongs to our term, not the next one
             self.primary = None
-            self.node.fail_waiters()
+            self.deposed = True
         syncing = sync_target is not None
         peer = self.peers.get(leader_id)
         self.engine.follow(term, 0 if syncing else leader_id, None if syncing or peer is None else peer.address,
                            role="candidate" if syncing else "secondary")
-        self.secondary = Secondary(self.engine, self.config, self.node, leader_id, sync_target)
+        self.secondary = Secondary(self.engine, self.config, self.out, leader_id, sync_target)
         self._learner_target = None
         if self.faults.crash_in_snapshot:
             self.secondary.crash_after_chunks = self.faults.crash_in_snapshot
@@ -85,9 +87,15 @@ class Roles:
         self.bootstrapping = False
         self.engine.become_primary(term)
         self.secondary = None
-        self.primary = Primary(self.engine, self.config, self.node, now)
+        self.primary = Primary(self.engine, self.config, self.out, now)
         self.election.heard_leader(now)
         log.info("serving as primary of term %d (log at seq %d)", term, self.engine.last_seq)
+
+    def take_deposed(self) -> bool:
+        """Whether this node stopped leading since the last call: no reply it held as primary may
+        then say its request succeeded (modes.LeaderMode fails them)."""
+        deposed, self.deposed = self.deposed, False
+        return deposed
 
     def observe(self, term, leader_id, now):
         """The term of any peer message. A higher one is adopted: this node becomes a secondary, of
@@ -141,7 +149,7 @@ class Roles:
             self._maybe_stand(now)
         body = protocol.encode_peer("ROLE", *self._role_fields(now))
         for peer_id in self.peers:
-            self.node.send_to(peer_id, body)
+            self.out.send_to(peer_id, body)
 
     def _role_fields(self, now):
         st, cfg = self.storage, self.config
@@ -215,12 +223,12 @@ class Roles:
         # voting in it does (a crash before winning must not leave only learners behind).
         self.engine.record_vote(term, self.node_id, learner=False if self.bootstrapping else None)
         self.engine.role = "candidate"
-        self.secondary = Secondary(self.engine, self.config, self.node, 0)
+        self.secondary = Secondary(self.engine, self.config, self.out, 0)
         log.info("starting an election for term %d: %s; voters alive: %s", term, reason,
                  sorted([self.node_id, *election.peers_heard(now)]))
         body = protocol.encode_peer("VOTE_REQUEST", term, self.node_id, st.last_seq, st.last_term)
         for peer_id in self.peers:
-            self.node.send_to(peer_id, body)
+            self.out.send_to(peer_id, body)
         if len(election.candidacy.votes) >= self.majority:
             self._won(now)
 
@@ -254,7 +262,7 @@ class Roles:
 
     def _on_role_query(self, fields, envelope, now):
         self._on_role(fields, now)
-        self.node.reply_peer(envelope, protocol.encode_peer("ROLE_REPLY", *self._role_fields(now)))
+        self.out.reply_peer(envelope, protocol.encode_peer("ROLE_REPLY", *self._role_fields(now)))
 
     def _on_role(self, fields, now):
         view = self.election.on_role(fields, now)
@@ -293,7 +301,7 @@ class Roles:
             log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,
                      term, st.term, st.voted_for, "learner" if st.learner else
                      "primary lost" if self._lost_primary(now) else "primary still heard")
-        self.node.reply_peer(envelope, protocol.encode_peer(
+        self.out.reply_peer(envelope, protocol.encode_peer(
             "VOTE", st.term, self.node_id, granted, st.last_seq, st.last_term, st.first_seq))
 
     def _on_ack(self, fields, envelope, now):

@@ -2,9 +2,10 @@
 commit, entries of other origins applied in order, restart, garbage collection."""
 import pytest
 
-from zmqstore import config, errors, protocol
+from zmqstore import config, errors, faults, protocol, sends
 from zmqstore.dynamo import DynamoEngine, log_key
 from zmqstore.limits import SCAN
+from zmqstore.sends import Sends
 from zmqstore.storage import Storage
 
 from test_engine import Caller
@@ -162,27 +163,6 @@ def test_anti_entropy_repairs_what_the_logs_cannot_and_resurrects_nothing(make_e
     assert a.digest == b.digest and Caller(a)("GET_VERSIONS", b"doomed")[0] == []
 
 
-class FakeIo:
-    def __init__(self):
-        self.sent = []
-
-    def send_to(self, node_id, body):
-        self.sent.append((node_id, body))
-        return True
-
-    def send_to_all(self, body):
-        self.sent.append((None, body))
-
-    def reply(self, envelope, body):
-        pass
-
-    def reply_peer(self, envelope, body):
-        pass
-
-    def publish(self, body):
-        pass
-
-
 def test_a_tombstone_is_not_collected_while_a_concurrent_write_may_still_arrive(tmp_path):
     """Node 1 holds only a tombstone for k, and node 2 has applied it; but node 2 made a write to k
     before it saw the delete, which node 1 has not received yet. The stable vector alone covers the
@@ -209,7 +189,7 @@ def test_a_tombstone_is_not_collected_while_a_concurrent_write_may_still_arrive(
         a.flush()
         b.apply_remote(a.origin, entries_of(a, a.origin))
         b.flush()
-        rep = Replication(FakeIo(), a, cfgs[1], 0.0)
+        rep = Replication(Sends(), None, a, cfgs[1], 0.0)
         view = rep.views[2]
         view.applied, view.heard = dict(b.durable_applied), 0.0
         assert rep.stable_vector()[a.origin] == 2       # the tombstone is stable ...
@@ -259,43 +239,50 @@ def test_a_forged_context_cannot_hide_other_writes_and_a_refused_write_changes_n
 def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_path):
     """r = 2 on node 1: node 2's newer version arrives in DREAD_REPLY; the reply shows the join,
     node 1 stores it, and node 2 (whose state lacked node 1's version) gets a DPUSH, but only once
-    the batch is flushed."""
-    from zmqstore.dynamo import Replication
-    engines, cfgs = {}, {}
+    the batch is flushed: the mode's end of iteration sends it after its commit."""
+    from zmqstore.modes import DynamoMode
+    cfgs, modes = {}, {}
+    replies = []
+
+    class Client:
+        def reply_after(self, envelope, body, batch, rid):
+            replies.append((body, batch))
+
     for node_id, other in ((1, 2), (2, 1)):
         cfgs[node_id] = config.resolve(None, {
             "node_id": node_id, "mode": "dynamo", "data_dir": str(tmp_path / f"n{node_id}"),
             "peers": [{"node_id": other, "host": "127.0.0.1", "port": 9000 + other}]})
-        engines[node_id] = DynamoEngine(Storage.open(cfgs[node_id].data_dir, node_id, "dynamo"), cfgs[node_id], "t")
-    a, b = engines[1], engines[2]
+        modes[node_id] = DynamoMode(Sends(), Client(), Storage.open(cfgs[node_id].data_dir, node_id, "dynamo"),
+                                    cfgs[node_id], faults.NONE, 0.0)
+    a, b = modes[1].engine, modes[2].engine
     try:
         Caller(a)("PUT", b"k", V("a"))
         Caller(b)("PUT", b"k", V("b"))
         a.flush()
         b.flush()
-        io = FakeIo()
-        replies = []
-        io.reply_after = lambda envelope, body, batch, rid: replies.append((body, batch))
-        rep = Replication(io, a, cfgs[1], 0.0)
+        rep, out = modes[1].replication, modes[1].out
+        out.take()
         body = protocol.encode_request("GET", b"c", 7, 7, b"k", False, {"r": 2})
         request = protocol.decode_request(body)
         rep.quorum_read(request, [b"env"], 2, 0.0)
-        assert any(b"DREAD" in sent for _peer, sent in io.sent)
+        assert [kind for kind, _to, sent in out.take() if b"DREAD" in sent] == [sends.TO_ALL]
         rep.on_message(protocol.PeerMessage("DREAD_REPLY", (2, 1, b.durable_state(b"k"),
                                                             protocol.vector_pairs(b.durable_applied))), 0.0)
         (reply_body, batch), = replies
         value, conflict = protocol.decode_reply(reply_body).result
         assert conflict is True and value in (V("a"), V("b"))      # both versions, joined
-        assert batch == a.pending_batch and batch > 0               # the reply waits for the stored join
+        assert batch == a.pending_batch and batch > a.commit_seq    # the reply waits for the stored join
         assert len(a.load(b"k").siblings) == 2
-        assert not [s for peer, s in io.sent if peer == 2 and b"DPUSH" in s]   # not before the flush
-        a.flush()
-        rep.publish_new()
-        pushes = [s for peer, s in io.sent if peer == 2 and b"DPUSH" in s]
-        assert len(pushes) == 1 and rep.read_repairs == 1
+        sent = []
+
+        def send(items):
+            sent.extend((to, body, a.commit_seq >= batch) for _kind, to, body in items)
+        modes[1].end_iteration(send, lambda fail_all: None)
+        pushes = [(to, flushed) for to, body, flushed in sent if b"DPUSH" in body]
+        assert pushes == [(2, True)] and rep.read_repairs == 1      # sent once, after the join was durable
     finally:
-        for e in engines.values():
-            e.storage.close()
+        for m in modes.values():
+            m.engine.storage.close()
 
 
 def test_forged_remote_states_and_entries_are_refused_and_change_nothing(make_engine):

@@ -12,8 +12,9 @@ import random
 
 import pytest
 
-from zmqstore import config, protocol
-from zmqstore.dynamo import DynamoEngine, Replication
+from zmqstore import config, faults, protocol
+from zmqstore.modes import DynamoMode
+from zmqstore.sends import Sends
 from zmqstore.storage import Storage
 from zmqstore.testing.convergence import WriteOp, check
 from zmqstore.testing.simnet import SimNetwork, simulations
@@ -25,7 +26,7 @@ KEYS = [b"k%d" % i for i in range(6)]     # few keys: concurrent writes to one k
 
 
 class SimNode:
-    """A node without its loop: what node.py hands Replication (the io), and its end of iteration."""
+    """A node without its loop: its real DynamoMode, and what node.py does around it."""
 
     def __init__(self, net, node_id, data_dir):
         self.net, self.node_id = net, node_id
@@ -33,39 +34,22 @@ class SimNode:
                                          "port": 9000, "data_dir": data_dir, "fsync": False,
                                          "peers": [p for p in PEERS if p["node_id"] != node_id]})
         self.storage = Storage.open(data_dir, node_id, "dynamo", fsync=False)
-        self.engine = DynamoEngine(self.storage, self.cfg, "sim")
-        self.rep = self.peering = Replication(self, self.engine, self.cfg, net.now)
+        self.mode = DynamoMode(Sends(), self, self.storage, self.cfg, faults.NONE, net.now)
+        self.engine, self.rep, self.peering = self.mode.engine, self.mode.replication, self.mode.peering
         self.next_tick = net.now + random.Random(node_id).uniform(0, 0.1)
         self.next_chores = net.now + 1.0
 
-    # io for dynamo.Replication
-    def publish(self, body):
-        for peer in IDS:
-            if peer != self.node_id:
-                self.net.send(self.node_id, peer, "msg", body)
-
-    def send_to(self, peer, body):
-        self.net.send(self.node_id, peer, "req", body)
-        return True
-
-    def send_to_all(self, body):
-        for peer in IDS:
-            if peer != self.node_id:
-                self.send_to(peer, body)
-
-    def reply_peer(self, envelope, body):
-        self.net.send(self.node_id, envelope, "msg", body)
-
+    # replies to clients that Replication builds later: the simulated clients read and write with r = w = 1
     def reply(self, envelope, body):
-        pass            # quorum replies: the simulated clients write with w = r = 1
+        pass
 
     def reply_after(self, envelope, body, batch, request_id, is_write=False):
         pass
 
     def end_iteration(self):
-        """node.py's end of an iteration in dynamo mode: one flush, then what it made durable goes out."""
-        self.engine.flush()
-        self.rep.publish_new()
+        """node.py's end of an iteration (modes.Mode.end_iteration): one flush, then what it made
+        durable goes out."""
+        self.mode.end_iteration(lambda items: self.net.send_all(self.node_id, items), lambda fail_all: None)
 
 
 class SimNet(SimNetwork):

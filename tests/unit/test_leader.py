@@ -11,12 +11,16 @@ PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3
 
 
 class FakeIO:
+    """What the loop would send (sends.Sends' interface), decoded at once."""
+
     def __init__(self):
         self.published, self.sent, self.replies = [], [], []
         self.connected = True
 
     def publish(self, body):
         self.published.append(protocol.decode_peer(body))
+
+    publish_early = publish
 
     def send_to(self, node_id, body):
         if not self.connected:

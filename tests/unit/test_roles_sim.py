@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from zmqstore import config, protocol
-from zmqstore.engine import Engine
-from zmqstore.roles import Roles
+from zmqstore import config, faults, protocol
+from zmqstore.modes import LeaderMode
+from zmqstore.sends import Sends
 from zmqstore.storage import Storage
 from zmqstore.testing.simnet import SimNetwork, simulations
 
@@ -27,41 +27,15 @@ class SimNode:
                                     "data_dir": data_dir, "role": role,
                                     "peers": [p for p in PEERS if p["node_id"] != node_id]})
         self.storage = Storage.open(data_dir, node_id, "leader")
-        self.engine = Engine(self.storage, cfg, "sim")
-        self.roles = self.peering = Roles(self, self.engine, cfg, net.now)
+        self.mode = LeaderMode(Sends(), None, self.storage, cfg, faults.NONE, net.now)
+        self.engine, self.roles, self.peering = self.mode.engine, self.mode.roles, self.mode.peering
         self.tick_phase = random.Random(node_id).uniform(0, 0.1)
         self.next_tick = net.now + self.tick_phase
 
-    # io for roles.py and leader.py
-    def publish(self, body):
-        for peer in IDS:
-            if peer != self.node_id:
-                self.net.send(self.node_id, peer, "msg", body)
-
-    def send_to(self, peer, body):
-        self.net.send(self.node_id, peer, "req", body)
-        return True
-
-    def reply_peer(self, envelope, body):
-        self.net.send(self.node_id, envelope, "msg", body)
-
-    def fail_waiters(self):
-        pass
-
     def end_iteration(self):
-        """What node.py does after each batch of input, minus the sockets and replies."""
-        eng, primary = self.engine, self.roles.primary
-        if primary is not None:
-            staged = eng.take_staged()
-            if staged is not None:
-                primary.publish_entries(*staged)
-                eng.apply_to_commit()
-            eng.flush()
-            primary.advance_commit()
-            primary.publish_commit_if_moved()
-            eng.apply_to_commit()
-        else:
-            eng.flush()
+        """What node.py does after each batch of input (modes.Mode.end_iteration), minus the
+        sockets and the client replies (_collect_acks reads the commit seq instead)."""
+        self.mode.end_iteration(lambda items: self.net.send_all(self.node_id, items), lambda fail_all: None)
 
 
 class SimNet(SimNetwork):

@@ -69,8 +69,9 @@ class Repair:
 class Replication:
     """Dynamo-mode peer traffic (docs/DYNAMO.md, "Replication")."""
 
-    def __init__(self, node, engine, config, now):
-        self.node = node                # io: publish, send_to, reply
+    def __init__(self, out, client, engine, config, now):
+        self.out = out                  # the iteration's Sends (sends.py): sent after its commit
+        self.client = client            # replies to clients: reply(envelope, body), reply_after(...)
         self.engine = engine
         self.config = config
         self.views = {p.node_id: PeerReport() for p in config.peers}
@@ -94,7 +95,6 @@ class Replication:
         self._reads = {}                # read id -> QuorumRead
         self._read_ids = 0
         self.read_repairs = 0
-        self._pushes = []               # read repairs, sent after the flush
 
     def close(self):
         pass
@@ -105,12 +105,12 @@ class Replication:
     # ------------------------------------------------------------ timers
 
     def tick(self, now):
-        self.node.send_to_all(self._status_message("DSTATUS"))
+        self.out.send_to_all(self._status_message("DSTATUS"))
         if self._reads:
             for read_id, pending in list(self._reads.items()):
                 if now > pending.deadline:
                     del self._reads[read_id]
-                    self.node.reply(pending.envelope, protocol.encode_error(
+                    self.client.reply(pending.envelope, protocol.encode_error(
                         pending.request.request_id, "unavailable", f"read_quorum {pending.need} not reached: "
                         f"{1 + len(pending.replies)} nodes answered within {self.config.replication_timeout} s"))
         if self.repair is not None and now > self.repair.deadline:
@@ -148,18 +148,14 @@ class Replication:
 
     def publish_new(self):
         """After a flush: publish this origin's new durable entries (PUB; fetches repair losses),
-        tell each origin what this node now holds of its entries (DACK), send read repairs."""
+        tell each origin what this node now holds of its entries (DACK)."""
         entries, moved = self.engine.take_published()
         if entries:
-            self.node.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
-        if self._pushes:
-            for peer, body in self._pushes:
-                self.node.send_to(peer, body)
-            self._pushes = []
+            self.out.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
         for origin in moved:      # a lost DACK is made up for by the next DSTATUS
             node_id = origin_node(origin)
             if node_id in self.views:
-                self.node.send_to(node_id, protocol.encode_peer(
+                self.out.send_to(node_id, protocol.encode_peer(
                     "DACK", self.engine.node_id, origin, self.engine.durable_applied[origin]))
 
     # ------------------------------------------------------------ quorums
@@ -190,11 +186,11 @@ class Replication:
         self._read_ids += 1
         self._reads[self._read_ids] = QuorumRead(request, envelope, need, [],
                                                   now + self.config.replication_timeout)
-        self.node.send_to_all(protocol.encode_peer("DREAD", self.engine.node_id, self._read_ids, request.args[0]))
+        self.out.send_to_all(protocol.encode_peer("DREAD", self.engine.node_id, self._read_ids, request.args[0]))
 
     def _on_read(self, fields, envelope, now):
         _node_id, read_id, key = fields
-        self.node.reply_peer(envelope, protocol.encode_peer(
+        self.out.reply_peer(envelope, protocol.encode_peer(
             "DREAD_REPLY", self.engine.node_id, read_id, self.engine.durable_state(key),
             protocol.vector_pairs(self.engine.durable_applied)))
 
@@ -217,11 +213,11 @@ class Replication:
         raw_merged = encode_key_state(merged.ctx, merged.siblings) if merged.siblings else None
         for peer, remote, _applied in pending.replies:
             if remote != merged and raw_merged is not None and len(raw_merged) <= self.config.max_request_size - 4096:
-                # sent after this iteration's flush, like the reply: never a state this node could lose
+                # sent after this iteration's commit (sends.py), like the reply: never a state this node could lose
                 self.read_repairs += 1
-                self._pushes.append((peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged)))
-        self.node.reply_after(pending.envelope, self.engine.read_reply(pending.request, merged),
-                              self.engine.pending_batch, pending.request.request_id)
+                self.out.send_to(peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged))
+        self.client.reply_after(pending.envelope, self.engine.read_reply(pending.request, merged),
+                                self.engine.pending_batch, pending.request.request_id)
 
     def _on_push(self, fields, envelope, now):
         node_id, key, raw = fields
@@ -260,7 +256,7 @@ class Replication:
 
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
-        self.node.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
+        self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
 
     def _on_status(self, fields, now):
         node_id, applied, digest, keys, conflicts, tombstones, _address = fields
@@ -321,14 +317,14 @@ class Replication:
                 return
             tried.clear()
         frm = self.engine.applied.get(origin, 0) + 1
-        if self.node.send_to(node_id, protocol.encode_peer("DFETCH", self.engine.node_id, origin, frm)):
+        if self.out.send_to(node_id, protocol.encode_peer("DFETCH", self.engine.node_id, origin, frm)):
             self._fetching[origin] = (now + FETCH_TIMEOUT, node_id)
 
     def _on_fetch(self, fields, envelope, now):
         _node_id, origin, from_seq = fields
         entries, first = self.engine.read_entries(origin, from_seq)
-        self.node.reply_peer(envelope, protocol.encode_peer("DENTRIES", self.engine.node_id, origin, from_seq,
-                                                       entries, first))
+        self.out.reply_peer(envelope, protocol.encode_peer("DENTRIES", self.engine.node_id, origin, from_seq,
+                                                          entries, first))
 
     def _on_entries(self, fields, now):
         sender, origin, from_seq, entries, first = fields
@@ -363,14 +359,14 @@ class Replication:
         self.repair = Repair(self._repair_ids, peer, now, resync_origins)
         log.info("anti-entropy with node %d: %s", peer, "full resync (it trimmed entries we lack)" if resync_origins
                  else "same entries applied, different data digests")
-        if not self.node.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, self.repair.id, None)):
+        if not self.out.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, self.repair.id, None)):
             self.repair = None
 
     def _on_tree(self, fields, envelope, now):
         _node_id, repair_id, group = fields
         if group is not None and group >= GROUPS:
             return
-        self.node.reply_peer(envelope, protocol.encode_peer(
+        self.out.reply_peer(envelope, protocol.encode_peer(
             "DTREE_REPLY", self.engine.node_id, repair_id, group, self.engine.tree_hashes(group),
             protocol.vector_pairs(self.engine.durable_applied)))
 
@@ -379,7 +375,7 @@ class Replication:
         if bucket >= BUCKETS:
             return
         items, next_cursor = self.engine.range_items(bucket, cursor)
-        self.node.reply_peer(envelope, protocol.encode_peer(
+        self.out.reply_peer(envelope, protocol.encode_peer(
             "DRANGE_REPLY", self.engine.node_id, repair_id, bucket, cursor, items, next_cursor,
             protocol.vector_pairs(self.engine.durable_applied)))
 
@@ -399,7 +395,7 @@ class Replication:
             for g in range(GROUPS):
                 if hashes[g] != mine[g]:
                     r.groups.add(g)
-                    self.node.send_to(r.peer, protocol.encode_peer("DTREE", self.engine.node_id, r.id, g))
+                    self.out.send_to(r.peer, protocol.encode_peer("DTREE", self.engine.node_id, r.id, g))
         elif group in r.groups:
             r.groups.discard(group)
             r.queue.extend(group * GROUPS + i for i in range(GROUPS) if hashes[i] != mine[i])
@@ -410,7 +406,7 @@ class Replication:
         while r.queue and len(r.pulling) < REPAIR_IN_FLIGHT:
             bucket = r.queue.pop()
             r.pulling[bucket] = None
-            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket, None))
+            self.out.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket, None))
         if r.done:
             self._finish_repair(now)
 
@@ -425,7 +421,7 @@ class Replication:
                                                   protocol.vector_from_pairs(applied))
         if next_cursor is not None:
             r.pulling[bucket] = next_cursor
-            self.node.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket,
+            self.out.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket,
                                                            next_cursor))
         else:
             del r.pulling[bucket]

@@ -4,12 +4,13 @@ arrive in random order, are dropped at `drop_rate` and never cross a cut link. S
 caller, so a failing run replays.
 
 A node in `nodes` has `peering` (what takes peer messages: `on_request(message, sender, now)` and
-`on_message(message, now)`) and `end_iteration()` (what its loop does after each message).
+`on_message(message, now)`) and `end_iteration()` (what its loop does after each message: its
+mode's end_iteration, with `send_all` carrying what the mode decided to send).
 """
 import contextlib
 import random
 
-from .. import protocol
+from .. import protocol, sends
 
 
 @contextlib.contextmanager
@@ -43,6 +44,19 @@ class SimNetwork:
 
     def send(self, src, dst, kind, body):
         self.queue.append((src, dst, kind, body))
+
+    def send_all(self, src, items):
+        """A node's Sends items (sends.py) onto the network; a reply's envelope here is the node id
+        the request came from."""
+        for kind, target, body in items:
+            if kind is sends.TO_PEER:
+                self.send(src, target, "req", body)
+            elif kind is sends.REPLY:
+                self.send(src, target, "msg", body)
+            else:       # PUBLISH (its subscribers) and TO_ALL (its DEALERs): every other node
+                for dst in self.nodes:
+                    if dst != src:
+                        self.send(src, dst, "msg" if kind is sends.PUBLISH else "req", body)
 
     def deliver(self):
         """Every message queued so far, in random order (PUB and DEALER paths race)."""
