@@ -136,7 +136,7 @@ class Commands:
         if not self.engine.replicated:
             self.engine.flush()
         elif self.engine.role == "primary" and self.storage.applied_seq < self.engine.commit_seq:
-            self.engine.apply_committed(self.engine.commit_seq)   # written now: the scan reads RocksDB
+            self.engine.apply_committed(self.engine.commit_seq, now=True)   # the scan reads RocksDB
         page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
         items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes)
         if limit is not None and len(items) >= limit:

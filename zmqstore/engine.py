@@ -11,7 +11,14 @@ read of a key with an uncommitted write waits for that write; everything else ma
   (leader.py) reports them committed (`apply_committed`). Requests are judged against committed
   data plus the uncommitted writes (`_pending`), so outcomes follow log order.
 - Secondary: writes and non-stale reads are refused with `not_primary`; entries arrive through
-  `append_entries` and are applied up to the commit seq the primary announced.
+  `append_entries` and are applied up to the commit seq the primary announced. They are staged like
+  a primary's: every CHANGE of an iteration goes to RocksDB in the iteration's one batch, and the
+  ACKs leave after it (sends.py).
+
+`last_seq`, `last_term`, `applied_seq` and `term_at` describe the log as the iteration's commit
+will leave it (staged entries included); `storage`'s fields describe what is durable now. What a
+message reports is sent after the commit, so it may report the former; an election decision
+(vote, candidacy) reads the storage after the staged batch is written (`flush`, roles.py).
 
 A write's outcome is remembered per client (sessions.py), so a client that retries after a lost
 reply gets the first outcome, not a second apply.
@@ -46,9 +53,12 @@ class Engine:
         self.term_first_seq = 0       # on a replicated primary: the seq of its term's first (empty) entry
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
+        self._staged_terms = {}       # seq -> term of each entry staged since the last flush
         self._pending = {}            # key -> (value or None, seq): the latest write not yet applied
         self._unapplied = {}          # seq -> ops of log entries above applied_seq
         self._next_seq = storage.last_seq + 1
+        self._last_term = storage.last_term
+        self._applied = storage.applied_seq
         self.sessions = Sessions(config.session_timeout)
         # Since when every write this node holds is recorded in sessions: always, when its log
         # reaches back to seq 1; else from start-up (the trimmed entries' records are gone).
@@ -112,14 +122,16 @@ class Engine:
         self._set_term(term, st.leader_id if term == st.term else 0, candidate_id, learner)
 
     def _set_term(self, term, leader_id, voted_for, learner=None):
-        """term, its primary and our vote in it (and, when given, the learner flag) in one synced batch."""
-        batch = self.storage.batch()
+        """term, its primary and our vote in it (and, when given, the learner flag), synced at once
+        with whatever this iteration staged (a secondary's entries: a vote or a new term never
+        leaves behind entries this node already matched)."""
+        batch = self._staging()
         batch.set_meta(META_TERM, term)
         batch.set_meta(META_LEADER, leader_id)
         batch.set_meta(META_VOTED_FOR, voted_for)
         if learner is not None:
             batch.set_meta(META_LEARNER, int(learner))
-        self.storage.commit(batch)
+        self.flush()
 
     def become_voter(self):
         """A learner that caught up with the primary of this term votes from now on. It counts as
@@ -132,6 +144,19 @@ class Engine:
     @property
     def last_seq(self):
         return self._next_seq - 1
+
+    @property
+    def last_term(self):
+        return self._last_term
+
+    @property
+    def applied_seq(self):
+        return self._applied
+
+    def term_at(self, seq):
+        """The term of the entry at seq, staged or durable; None beyond the log or trimmed away."""
+        term = self._staged_terms.get(seq)
+        return term if term is not None else self.storage.term_at(seq)
 
     def take_staged(self):
         """The entries staged since the last flush as (prev_seq, prev_term, [entry bytes]), for the
@@ -149,10 +174,11 @@ class Engine:
             return
         st = self.storage
         self._staged = []
+        self._staged_terms.clear()
         try:
             last_seq = self._next_seq - 1
             batch.set_meta(META_LAST_SEQ, last_seq)
-            batch.set_meta(META_LAST_TERM, st.term)
+            batch.set_meta(META_LAST_TERM, self._last_term)
             if not self.replicated:
                 batch.set_meta(META_APPLIED_SEQ, last_seq)
             self._maybe_trim(batch, last_seq)
@@ -163,29 +189,31 @@ class Engine:
             raise errors.StorageError(f"commit failed: {type(exc).__name__}: {exc}") from exc
         self._batch = None
         if not self.replicated:
-            self.commit_seq = last_seq
+            self.commit_seq = self._applied = last_seq
             self._pending.clear()
             self._unapplied.clear()
 
     def apply_to_commit(self):
         """Apply what the primary has committed but not yet applied (done after the replies left).
         When a batch is staged, the apply joins it: one RocksDB write instead of two."""
-        if self.storage.applied_seq < self.commit_seq:
-            self.apply_committed(self.commit_seq, self._batch)
+        if self._applied < self.commit_seq:
+            self.apply_committed(self.commit_seq)
 
-    def apply_committed(self, commit_seq, batch=None):
-        """Apply log entries up to commit_seq to data (in `batch`, or a batch of its own written
-        without fsync: the entries themselves are durable in the log)."""
+    def apply_committed(self, commit_seq, now=False):
+        """Apply log entries up to commit_seq to data: in the staged batch when there is one (the
+        entries and their effect are written together), else, or with `now` (a scan is about to
+        read RocksDB), in a batch of its own written at once without fsync: the entries themselves
+        are durable in the log."""
         st = self.storage
-        start = st.applied_seq + 1
+        start = self._applied + 1
+        staged = self._batch
+        join = staged is not None and not now
         # Only entries durable in the log (or written in the same batch) are applied.
-        commit_seq = min(commit_seq, st.last_seq if batch is None else self.last_seq)
+        commit_seq = min(commit_seq, self.last_seq if join else st.last_seq)
         if commit_seq < start:
-            self.commit_seq = max(self.commit_seq, min(commit_seq, st.applied_seq))
+            self.commit_seq = max(self.commit_seq, min(commit_seq, self._applied))
             return
-        own = batch is None
-        if own:
-            batch = st.batch()
+        batch = staged if join else st.batch()
         pending = self._pending
         for seq in range(start, commit_seq + 1):
             ops = self._unapplied.pop(seq, None)
@@ -200,8 +228,11 @@ class Engine:
                 if pending.get(key, (None, 0))[1] == seq:
                     del pending[key]
         batch.set_meta(META_APPLIED_SEQ, commit_seq)
-        if own:
+        self._applied = commit_seq
+        if not join:
             st.commit(batch, sync=False)
+            if staged is not None:      # the staged batch must not set applied_seq back when it is written
+                staged.set_meta(META_APPLIED_SEQ, commit_seq)
         self.commit_seq = max(self.commit_seq, commit_seq)
 
     def _maybe_trim(self, batch, last_seq):
@@ -217,50 +248,28 @@ class Engine:
 
     # ------------------------------------------------------------ secondaries: the log from the primary
 
-    def append_entries(self, first_seq, raw_entries, leader_commit):
-        """Append entries first_seq.. (already checked to follow our log) and apply what is committed,
-        in one synced batch. Returns the new last seq."""
-        st = self.storage
-        batch = st.batch()
+    def append_entries(self, first_seq, raw_entries):
+        """Stage entries first_seq.. (already checked to follow our log) in this iteration's batch:
+        written with the iteration's commit (`flush`, one fsync for every CHANGE of the iteration),
+        and applied once committed (`apply_committed` joins the same batch). Returns the new last seq."""
+        batch = self._staging()
         seq = first_seq
-        term = st.last_term
-        # Catching up, everything before these entries is applied and most of them are committed:
-        # apply those straight into the batch instead of tracking them as pending.
-        direct = st.applied_seq == first_seq - 1
-        applied = st.applied_seq
         now = time.monotonic()
         for raw in raw_entries:
             entry = protocol.decode_entry(raw)
             batch.append(seq, raw)
             self._record_session(entry, seq, now)   # a retry after failover must find it
-            if direct and seq <= leader_commit:
-                for op in entry.ops or ():
-                    if op[0] == OP_PUT:
-                        batch.put(op[1], op[2])
-                    else:
-                        batch.delete(op[1])
-                applied = seq
-            else:
-                direct = False
-                self._stage_pending(seq, entry.ops)
-            term = entry.term
+            self._stage_pending(seq, entry.ops)
+            self._staged_terms[seq] = self._last_term = entry.term
             seq += 1
-        last_seq = seq - 1
-        batch.set_meta(META_LAST_SEQ, last_seq)
-        batch.set_meta(META_LAST_TERM, term)
-        self._next_seq = last_seq + 1
-        if applied > st.applied_seq:
-            batch.set_meta(META_APPLIED_SEQ, applied)   # the rest is beyond leader_commit
-            self.commit_seq = max(self.commit_seq, applied)
-        else:
-            self.apply_committed(min(leader_commit, last_seq), batch)
-        self._maybe_trim(batch, last_seq)
-        st.commit(batch)
-        return last_seq
+        self._next_seq = seq
+        return seq - 1
 
     def truncate_from(self, seq):
         """Drop our entries from seq on: they conflict with the primary's log, so they were never
-        committed. Refuses to drop an applied entry."""
+        committed. Refuses to drop an applied entry. (Rare: what this iteration staged is written
+        first, and the truncation in a batch of its own.)"""
+        self.flush()
         st = self.storage
         if seq <= st.applied_seq:
             raise errors.StorageError(f"refusing to truncate applied entry {seq} (applied {st.applied_seq})")
@@ -270,6 +279,7 @@ class Engine:
         for s in range(seq, self._next_seq):
             self._unapplied.pop(s, None)
         self.sessions.forget_from(seq)
+        self._last_term = st.last_term
         self._pending = {}
         for s in sorted(self._unapplied):   # the latest remaining write per key, in log order
             for op in self._unapplied[s]:
@@ -278,7 +288,8 @@ class Engine:
 
     def install_snapshot_chunk(self, snapshot_seq, snapshot_term, items, first, last):
         """Write one snapshot chunk; the first one empties data and log, the last one makes the
-        snapshot the new base of the log."""
+        snapshot the new base of the log. (What this iteration staged is written first.)"""
+        self.flush()
         st = self.storage
         batch = st.batch()
         if first:
@@ -304,10 +315,12 @@ class Engine:
         st.commit(batch)
         if last:
             self._next_seq = snapshot_seq + 1
-            self.commit_seq = snapshot_seq
+            self.commit_seq = self._applied = snapshot_seq
+            self._last_term = snapshot_term
         elif first:
             self._next_seq = 1
-            self.commit_seq = 0
+            self.commit_seq = self._applied = 0
+            self._last_term = 0
 
     # ------------------------------------------------------------ helpers
 
@@ -347,8 +360,10 @@ class Engine:
         batch = self._staging()
         seq = self._next_seq
         self._next_seq = seq + 1
-        raw = protocol.encode_entry(LogEntry(self.storage.term, client_id, request_id, ops))
+        term = self.storage.term
+        raw = protocol.encode_entry(LogEntry(term, client_id, request_id, ops))
         batch.append(seq, raw)
+        self._staged_terms[seq] = self._last_term = term
         if self.replicated:
             self._staged.append(raw)
             self._stage_pending(seq, ops)

@@ -184,19 +184,20 @@ class Plan(NamedTuple):
     truncate: bool = False  # append: drop our entries from seq on first
 
 
-def plan_append(storage, prev_seq, prev_term, entries):
-    """Match a batch (prev_seq, prev_term, entries) against our log (docs/REPLICATION.md)."""
-    last = storage.last_seq
+def plan_append(log_, prev_seq, prev_term, entries):
+    """Match a batch (prev_seq, prev_term, entries) against our log (docs/REPLICATION.md): `log_`
+    has `last_seq` and `term_at(seq)` (the engine: staged entries included)."""
+    last = log_.last_seq
     if prev_seq > last:
         return Plan("fetch", last + 1)
-    ours = storage.term_at(prev_seq)
+    ours = log_.term_at(prev_seq)
     if ours is not None and ours != prev_term:
         # Our entry at prev_seq is not the primary's: everything from it on is an uncommitted
         # leftover. Drop it and ask again from there.
         return Plan("fetch", prev_seq, truncate=True)
     seq, i = prev_seq + 1, 0
     while i < len(entries) and seq <= last:
-        ours = storage.term_at(seq)
+        ours = log_.term_at(seq)
         if ours is not None and ours != protocol.entry_term(entries[i]):
             return Plan("append", seq, tuple(entries[i:]), truncate=True)
         i, seq = i + 1, seq + 1
@@ -228,7 +229,7 @@ class Secondary:
         self.leader_commit = 0
         self.leader_last = 0
         self.last_heard = None
-        self.matched = self.storage.applied_seq   # a new primary vouches for nothing yet
+        self.matched = engine.applied_seq   # a new primary vouches for nothing yet
         self._last_ack = (None, 0.0)    # (matched, time) of the last ACK sent
         self._round_acked = 0           # the last HEARTBEAT round answered, in this primary's term
         self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
@@ -253,7 +254,7 @@ class Secondary:
     def synced(self):
         """A candidate holds the adopted log: up to the voter's last seq, and nothing else."""
         return (not self.installing and self.matched >= self.sync_target
-                and self.storage.last_seq == self.sync_target)
+                and self.engine.last_seq == self.sync_target)
 
     def start(self, now):
         """Begin following: a candidate asks for the adopted log at once."""
@@ -271,7 +272,7 @@ class Secondary:
         if handler is None or fields[0] != self.storage.term or fields[1] != self.leader_id or not self.leader_id:
             return False
         leader_last = fields[-1] if msg.command in ("CHANGE", "ENTRIES", "HEARTBEAT") else None
-        if leader_last is not None and leader_last < self.storage.applied_seq and not self.storage.restoring:
+        if leader_last is not None and leader_last < self.engine.applied_seq and not self.storage.restoring:
             # Its log is shorter than what we applied: it lost its data dir. Following it would
             # silently diverge (a node with a new data dir neither bootstraps nor stands; see
             # docs/REPLICATION.md), so refuse loudly.
@@ -279,7 +280,7 @@ class Secondary:
                 self._refusal_logged = True
                 log.error("node %d's log ends at seq %d, below our applied seq %d: it lost data, or entries "
                           "were acknowledged without a majority (write_quorum below a majority); not following",
-                          self.leader_id, leader_last, self.storage.applied_seq)
+                          self.leader_id, leader_last, self.engine.applied_seq)
             return False
         self.last_heard = now
         handler(msg.command, fields, now)
@@ -322,7 +323,7 @@ class Secondary:
         self.leader_commit, self.leader_last = commit_seq, leader_last
         if self.installing:
             return  # the snapshot comes first
-        plan = plan_append(self.storage, prev_seq, prev_term, entries)
+        plan = plan_append(self.engine, prev_seq, prev_term, entries)
         if plan.kind == "fetch":
             if plan.truncate:
                 # Our entry at prev_seq is not the primary's: drop every unverified entry at once
@@ -335,14 +336,14 @@ class Secondary:
             if plan.truncate:
                 self._truncate(plan.seq)
             if plan.kind == "append":
-                self.engine.append_entries(plan.seq, plan.entries, commit_seq)
+                self.engine.append_entries(plan.seq, plan.entries)   # written at the iteration's commit
             self.matched = max(self.matched, prev_seq + len(entries))
             self._ack(now)
         self._apply_commit()
         self._catch_up(now)
 
     def _truncate(self, seq):
-        if seq > self.storage.last_seq:
+        if seq > self.engine.last_seq:
             return
         log.info("dropping our entries from seq %d: they are not in primary %d's log", seq, self.leader_id)
         self.engine.truncate_from(seq)
@@ -352,12 +353,12 @@ class Secondary:
         if self.installing:
             return
         target = min(self.leader_commit, self.matched)
-        if target > self.storage.applied_seq:
+        if target > self.engine.applied_seq:
             self.engine.apply_committed(target)
 
     def _catch_up(self, now):
         """Behind the primary, or holding entries it has not vouched for: ask from the last match."""
-        if not self.installing and (self.matched < self.leader_last or self.matched < self.storage.last_seq):
+        if not self.installing and (self.matched < self.leader_last or self.matched < self.engine.last_seq):
             self._fetch(self.matched + 1, now)
 
     def _fetch(self, from_seq, now, force=False):

@@ -218,6 +218,7 @@ class Roles:
 
     def _stand(self, now, reason, term=None):
         st, election = self.storage, self.election
+        self.engine.flush()     # an election decision reads the durable log, with what this iteration staged
         term = election.stand(now, st.term, st.last_term, st.last_seq, reason, term)
         # Synced before any request leaves. Standing in the bootstrap makes a founding voter, like
         # voting in it does (a crash before winning must not leave only learners behind).
@@ -284,6 +285,8 @@ class Roles:
     def _on_vote_request(self, fields, envelope, now):
         term, candidate, _last_seq, _last_term = fields
         st = self.storage
+        if self.primary is None:
+            self.engine.flush()     # an election decision reads the durable log, with what this iteration staged
         granted = candidate in self.peers and Election.grants(term, candidate, st, self._lost_primary(now))
         if granted:
             if term > st.term:

@@ -53,6 +53,13 @@ def follow(eng, cfg, io, term, leader_id=1):
     return Secondary(eng, cfg, io, leader_id)
 
 
+def step(sec, message, now):
+    """A message to a secondary, then the end of the loop iteration: its commit (engine.flush)."""
+    handled = sec.on_message(message, now)
+    sec.engine.flush()
+    return handled
+
+
 def cycle(eng, primary):
     """What the node does at the end of a loop iteration, minus the sockets."""
     staged = eng.take_staged()
@@ -69,7 +76,10 @@ def entry(term, key, value=1):
 def test_plan_append(make):
     eng, _ = make(2)
     eng.follow(1, 1, "127.0.0.1:9001")
-    eng.append_entries(1, [entry(1, b"a"), entry(1, b"b"), entry(2, b"c")], leader_commit=1)
+    eng.append_entries(1, [entry(1, b"a"), entry(1, b"b"), entry(2, b"c")])
+    eng.apply_committed(1)
+    assert eng.storage.last_seq == 0 and (eng.last_seq, eng.term_at(3)) == (3, 2)   # staged until the commit
+    eng.flush()
     st = eng.storage
     assert (st.last_seq, st.last_term, st.applied_seq) == (3, 2, 1)
     assert plan_append(st, 5, 2, [entry(2, b"x")]) == Plan("fetch", 4)                  # a gap
@@ -160,34 +170,51 @@ def test_secondary_appends_acks_and_repairs_gaps(make):
     eng, cfg = make(2)
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
-    sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 1, 2)), now=0.0)
+    step(sec, PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 1, 2)), now=0.0)
     assert eng.storage.term == 1 and eng.storage.leader_id == 1 and eng.role == "secondary"
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 2, 0, False)))
     assert eng.storage.applied_seq == 1 and eng.storage.get(b"a") is not None and eng.storage.get(b"b") is None
-    sec.on_message(PeerMessage("CHANGE", (1, 1, 5, 1, [entry(1, b"f")], 2, 6)), now=0.1)   # seqs 3-5 lost
+    step(sec, PeerMessage("CHANGE", (1, 1, 5, 1, [entry(1, b"f")], 2, 6)), now=0.1)   # seqs 3-5 lost
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 3)))
     n = len(io.sent)
     sec.tick(0.2)
     assert len(io.sent) == n                              # not yet: the FETCH may still be answered
     sec.tick(0.1 + FETCH_RETRY)
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 3)))
-    sec.on_message(PeerMessage("ENTRIES", (1, 1, 2, 1, [entry(1, b"c"), entry(1, b"d"), entry(1, b"e"),
+    step(sec, PeerMessage("ENTRIES", (1, 1, 2, 1, [entry(1, b"c"), entry(1, b"d"), entry(1, b"e"),
                                                          entry(1, b"f")], 6, 6)), now=1.5)
     assert eng.storage.last_seq == 6 and eng.storage.applied_seq == 6
-    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 4, 6, 6)), now=1.6)
+    step(sec, PeerMessage("HEARTBEAT", (1, 1, 4, 6, 6)), now=1.6)
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 6, 4, False)))
-    assert not sec.on_message(PeerMessage("HEARTBEAT", (0, 3, 1, 0, 0)), now=1.7)    # a lower term: ignored
-    assert not sec.on_message(PeerMessage("HEARTBEAT", (1, 3, 1, 0, 0)), now=1.7)    # not its primary
+    assert not step(sec, PeerMessage("HEARTBEAT", (0, 3, 1, 0, 0)), now=1.7)    # a lower term: ignored
+    assert not step(sec, PeerMessage("HEARTBEAT", (1, 3, 1, 0, 0)), now=1.7)    # not its primary
     assert eng.storage.leader_id == 1
+
+
+def test_a_secondary_writes_an_iterations_changes_in_one_batch(make):
+    """Two CHANGEs in one loop iteration are staged, matched and acknowledged (the ACKs leave after
+    the iteration's commit, modes.Mode.end_iteration), and written together by the one flush."""
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = follow(eng, cfg, io, 1)
+    sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 1, 2)), now=0.0)
+    sec.on_message(PeerMessage("CHANGE", (1, 1, 2, 1, [entry(1, b"c")], 2, 3)), now=0.0)
+    st = eng.storage
+    assert (st.last_seq, st.applied_seq, st.get(b"a")) == (0, 0, None)      # nothing written yet
+    assert (eng.last_seq, eng.applied_seq, sec.matched) == (3, 2, 3)
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 3, 0, False)))
+    eng.flush()
+    assert (st.last_seq, st.last_term, st.applied_seq) == (3, 1, 2) and st.get(b"b") is not None
+    assert st.get(b"c") is None                                                # not committed yet
 
 
 def test_secondary_refuses_a_primary_that_lost_its_log(make):
     eng, cfg = make(2)
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
-    sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 2, 2)), now=0.0)
+    step(sec, PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 2, 2)), now=0.0)
     sent = len(io.sent)
-    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 0, 0, 0)), now=1.0)   # its log now ends at 0
+    step(sec, PeerMessage("HEARTBEAT", (1, 1, 0, 0, 0)), now=1.0)   # its log now ends at 0
     assert len(io.sent) == sent and eng.storage.applied_seq == 2
 
 
@@ -197,16 +224,16 @@ def test_secondary_never_acks_or_applies_entries_the_primary_did_not_vouch_for(m
     eng, cfg = make(2)
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
-    sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"k", "old%d" % i) for i in range(5)], 2, 5)),
+    step(sec, PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"k", "old%d" % i) for i in range(5)], 2, 5)),
                    now=0.0)
     assert eng.storage.last_seq == 5 and eng.storage.applied_seq == 2
     io.sent.clear()
     sec = follow(eng, cfg, io, 2)
-    sec.on_message(PeerMessage("HEARTBEAT", (2, 1, 1, 4, 4)), now=1.0)    # term 2; its first CHANGE was lost
+    step(sec, PeerMessage("HEARTBEAT", (2, 1, 1, 4, 4)), now=1.0)    # term 2; its first CHANGE was lost
     assert (1, PeerMessage("ACK", (2, 2, 2, 1, False))) in io.sent                # matched is 2, not 5
     assert (1, PeerMessage("FETCH", (2, 2, 3))) in io.sent                 # verify from the last match
     assert eng.storage.applied_seq == 2                                     # nothing unverified applied
-    sec.on_message(PeerMessage("ENTRIES", (2, 1, 2, 1, [entry(2, b"noop"), entry(2, b"k", "new")], 4, 4)), now=1.1)
+    step(sec, PeerMessage("ENTRIES", (2, 1, 2, 1, [entry(2, b"noop"), entry(2, b"k", "new")], 4, 4)), now=1.1)
     st = eng.storage
     assert (st.last_seq, st.last_term, st.applied_seq) == (4, 2, 4)
     assert protocol.unpack_value(st.get(b"k")) == "new"
@@ -218,14 +245,14 @@ def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
     eng, cfg = make(2)
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
-    sec.on_message(PeerMessage("NEED_SNAPSHOT", (1, 1, 10)), now=0.0)
+    step(sec, PeerMessage("NEED_SNAPSHOT", (1, 1, 10)), now=0.0)
     assert io.sent[-1] == (1, PeerMessage("SNAPSHOT", (2, 1, 0, None)))
-    sec.on_message(PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 50, 1, [[b"a", b"\x01"]], b"b")), now=0.1)
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 50, 1, [[b"a", b"\x01"]], b"b")), now=0.1)
     assert io.sent[-1] == (1, PeerMessage("SNAPSHOT", (2, 1, 50, b"b")))
     # A duplicate of the first request is answered again, with a newer snapshot: ignored.
-    sec.on_message(PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 51, 1, [[b"z", b"\x01"]], b"zz")), now=0.2)
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 51, 1, [[b"z", b"\x01"]], b"zz")), now=0.2)
     assert eng.storage.restoring and eng.storage.get(b"a") == b"\x01"
-    sec.on_message(PeerMessage("SNAPSHOT_CHUNK", (1, 1, 50, b"b", 50, 1, [[b"b", b"\x02"]], None)), now=0.4)
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 50, b"b", 50, 1, [[b"b", b"\x02"]], None)), now=0.4)
     st = eng.storage
     assert not st.restoring and (st.last_seq, st.applied_seq, st.first_seq) == (50, 50, 51)
     assert st.get(b"a") == b"\x01" and st.get(b"b") == b"\x02" and st.get(b"z") is None
@@ -245,10 +272,10 @@ def test_secondary_numbers_rounds_afresh_for_a_new_primary_term(make):
     eng, cfg = make(2)
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
-    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 57, 0, 0)), now=0.0)
+    step(sec, PeerMessage("HEARTBEAT", (1, 1, 57, 0, 0)), now=0.0)
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 0, 57, False)))
     sec = follow(eng, cfg, io, 2)
-    sec.on_message(PeerMessage("CHANGE", (2, 1, 0, 0, [entry(2, b"noop")], 0, 1)), now=0.1)   # new term
+    step(sec, PeerMessage("CHANGE", (2, 1, 0, 0, [entry(2, b"noop")], 0, 1)), now=0.1)   # new term
     assert io.sent[-1] == (1, PeerMessage("ACK", (2, 2, 1, 0, False)))
 
 
@@ -257,7 +284,7 @@ def test_a_fetch_that_could_not_be_sent_goes_at_the_next_tick(make):
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
     io.connected = False                       # the link to the primary is not up yet
-    sec.on_message(PeerMessage("HEARTBEAT", (1, 1, 0, 0, 5)), now=0.0)
+    step(sec, PeerMessage("HEARTBEAT", (1, 1, 0, 0, 5)), now=0.0)
     assert io.sent == []
     io.connected = True
     sec.tick(0.1)                              # well before FETCH_RETRY
