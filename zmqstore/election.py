@@ -1,11 +1,12 @@
 """Leader-mode failure detection, terms and votes (docs/REPLICATION.md, "Roles, elections and failover").
 
-No I/O and no storage writes: the node gives this the role queries, votes and the time it receives;
-this keeps the views of the peers and decides when the primary is lost, when to stand, whether a
-vote is won and whose log to adopt. The node persists terms and votes and sends the messages.
+No I/O and no storage writes: the node gives this the role queries, votes and the time it receives,
+and `draw` (a callable returning a float in [0, 1): the node's random numbers, seeded in the
+simulations); this keeps the views of the peers and decides when the primary is lost, when to
+stand, whether a vote is won and whose log to adopt. The node persists terms and votes and sends
+the messages.
 """
 import logging
-import random
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,16 @@ class Candidacy:
 
 
 class Election:
-    def __init__(self, config, now):
+    def __init__(self, config, now, draw):
         self.node_id = config.node_id
+        self.draw = draw
         self.interval = config.election_interval
         self.cluster_size = config.cluster_size
         self.majority = config.cluster_size // 2 + 1
         self.views = {p.node_id: PeerView() for p in config.peers}
         self.leader_heard = now         # the last word from the primary of our term (start-up counts)
         self.leaderless_since = now     # since when no primary is known or heard (None: one is)
-        self._open_field_jitter = random.uniform(0, self.interval)
+        self._open_field_jitter = draw() * self.interval
         self.backoff_until = 0.0
         self.candidacy = None
         self.last_loop = now
@@ -187,7 +189,7 @@ class Election:
             log.info("won the election for term %d in %.0f ms (votes from %s)", c.term,
                      (now - c.started) * 1000, sorted(c.votes))
         else:
-            self.backoff_until = now + random.uniform(0, self.interval)
+            self.backoff_until = now + self.draw() * self.interval
             log.info("election for term %d failed after %.0f ms with votes from %s; backing off",
                      c.term, (now - c.started) * 1000, sorted(c.votes))
 

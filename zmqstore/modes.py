@@ -16,6 +16,7 @@ A mode is built with `out`, the Sends its peer traffic fills, and `client`, what
 later (dynamo quorum reads: `reply(envelope, body)`, `reply_after(envelope, body, batch, ...)`).
 Dynamo mode also has `until_durable(batch)`, for the replies its Replication builds (node.reply_after).
 """
+import random
 import time
 
 from . import __version__, errors, protocol
@@ -85,7 +86,7 @@ class LeaderMode(Mode):
         self.roles = self.peering = None
         self._round_wanted = False
         if config.peers:
-            self.roles = self.peering = Roles(out, self.engine, config, now, faults)
+            self.roles = self.peering = Roles(out, self.engine, config, now, random.random, faults)
             self.engine.extra_status = lambda: self.roles.status(time.monotonic())
         else:
             self.engine.become_primary(max(storage.term, 1))
@@ -180,25 +181,25 @@ class DynamoMode(Mode):
             need = request.options.get("w", cfg.write_quorum)
             if need > cfg.cluster_size:
                 raise errors.BadArgument(f"w = {need} exceeds the cluster's {cfg.cluster_size} nodes")
-        reply, batch = self.engine.handle(request)
-        seq = self.engine.last_write if need > 1 else None
-        if seq is None:
-            return reply, (None if batch <= self.engine.commit_seq else (batch, 0, 1))
-        if batch <= self.engine.commit_seq and self.replication.copies(seq) >= need:
+        reply, (batch, seq) = self.engine.handle(request)
+        durable = self.engine.durable_batches
+        if need <= 1 or not seq:
+            return reply, (None if batch <= durable else (batch, 0, 1))
+        if batch <= durable and self.replication.copies(seq) >= need:
             return reply, None      # a retry whose write is durable and held by enough nodes already
         return reply, (batch, seq, need)
 
     def until_durable(self, batch):
         """What a reply built later (a quorum read's) waits for: its batch."""
-        return None if batch <= self.engine.commit_seq else (batch, 0, 1)
+        return None if batch <= self.engine.durable_batches else (batch, 0, 1)
 
     def ready(self):
-        durable = self.engine.commit_seq
+        durable = self.engine.durable_batches
         copies = self.replication.copies if self.replication is not None else (lambda seq: 1)
         return lambda until: until[0] <= durable and (until[2] <= 1 or copies(until[1]) >= until[2])
 
     def progress(self):
-        return self.engine.commit_seq, self.replication.acked if self.replication is not None else ()
+        return self.engine.durable_batches, self.replication.acked if self.replication is not None else ()
 
     def expired(self, held):
         batch, seq, need = held.until

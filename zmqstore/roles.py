@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class Roles:
-    def __init__(self, out, engine, config, now, faults=NONE):
+    def __init__(self, out, engine, config, now, draw, faults=NONE):
         self.out = out                  # the iteration's Sends (sends.py)
         self.engine = engine
         self.storage = engine.storage
@@ -27,7 +27,7 @@ class Roles:
         self.node_id = config.node_id
         self.peers = {p.node_id: p for p in config.peers}
         self.majority = config.cluster_size // 2 + 1
-        self.election = Election(config, now)
+        self.election = Election(config, now, draw)
         self.log_server = LogServer(engine, config, out)
         self.primary = None
         self.secondary = None

@@ -37,14 +37,14 @@ def test_writes_wait_for_their_batch_and_reads_see_them(make_engine):
     eng = make_engine()
     call = Caller(eng)
     assert call("PUT", b"k", V(1)) == (True, 1, eng.origin)    # the reply names the version's dot
-    assert call.wait_seq == 1 and eng.commit_seq == 0          # the reply waits for the flush
-    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == 1
+    assert call.wait_seq == (1, 1) and eng.durable_batches == 0     # waits for the flush (batch 1); write seq 1
+    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == (1, 0)
     assert call("PUT", b"k", V(2), request_id=1) == (True, 1, eng.origin)  # a retry: first outcome
     eng.flush()
-    assert eng.commit_seq == 1 and eng.durable_applied[eng.origin] == 1
+    assert eng.durable_batches == 1 and eng.durable_applied[eng.origin] == 1
     entries, moved = eng.take_published()
     assert len(entries) == 1 and moved == set() and eng.take_published() == ([], set())
-    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == 0
+    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == (0, 0)
     with pytest.raises(errors.UnsupportedOperation, match="dynamo"):
         call("CAS", b"k", None, V(3))
     assert call("DEL", b"nothing") == (False, 0, 0)
@@ -271,12 +271,12 @@ def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_pat
         (reply_body, batch), = replies
         value, conflict = protocol.decode_reply(reply_body).result
         assert conflict is True and value in (V("a"), V("b"))      # both versions, joined
-        assert batch == a.pending_batch and batch > a.commit_seq    # the reply waits for the stored join
+        assert batch == a.pending_batch and batch > a.durable_batches    # the reply waits for the stored join
         assert len(a.load(b"k").siblings) == 2
         sent = []
 
         def send(items):
-            sent.extend((to, body, a.commit_seq >= batch) for _kind, to, body in items)
+            sent.extend((to, body, a.durable_batches >= batch) for _kind, to, body in items)
         modes[1].end_iteration(send, lambda fail_all: None)
         pushes = [(to, flushed) for to, body, flushed in sent if b"DPUSH" in body]
         assert pushes == [(2, True)] and rep.read_repairs == 1      # sent once, after the join was durable

@@ -1,4 +1,5 @@
 """Failure detection, standing and vote counting (election.py) with a fake clock."""
+import random
 from types import SimpleNamespace
 
 from zmqstore import config
@@ -10,7 +11,7 @@ PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3
 def make(node_id, size=3):
     peers = [p for p in PEERS[:size] if p["node_id"] != node_id]
     cfg = config.resolve(None, {"node_id": node_id, "port": 9100 + node_id, "data_dir": "/tmp/unused", "peers": peers})
-    return Election(cfg, now=0.0)
+    return Election(cfg, now=0.0, draw=random.Random(1).random)
 
 
 def role(node_id, term=1, role_="secondary", leader_id=1, lost=False, voter=True, last_seq=10):

@@ -7,6 +7,7 @@ import logging
 import os
 import struct
 import time
+from typing import NamedTuple
 
 from .. import errors, limits, protocol
 from ..faults import NONE
@@ -19,6 +20,17 @@ from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, GROUPS, MAX_CLOCK_AHEAD, 
                      bucket_of, log_key, origin_name, origin_node)
 
 log = logging.getLogger("zmqstore.dynamo")
+
+
+class Wait(NamedTuple):
+    """What a reply waits for on this node (modes.DynamoMode): the batch that makes it durable (0:
+    nothing) and, for a write this run made, its `seq` of this run's origin (0: none), which a write
+    with w > 1 also waits to see held by w nodes."""
+    batch: int
+    seq: int = 0
+
+
+NO_WAIT = Wait(0)
 
 
 class DynamoEngine:
@@ -56,9 +68,10 @@ class DynamoEngine:
         self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
         raw_hlc = storage.get_cf("meta", META_HLC)
         self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
-        # commit_seq counts flushed batches: a reply that depends on the open batch waits for its
-        # number (replies.py, modes.DynamoMode), so nothing is acknowledged before it is durable.
-        self.commit_seq = 0
+        # Batches flushed so far: a reply that depends on the open batch waits for its number
+        # (replies.py, modes.DynamoMode), so nothing is acknowledged before it is durable. (Not a
+        # log position: this node's log position is applied[origin], which STATUS reports.)
+        self.durable_batches = 0
         self._batch = None
         self._dirty = {}           # key -> KeyState written in the open batch (EMPTY: removed)
         self._raw = {}             # key -> the encoding of its current state, as loaded or staged
@@ -82,7 +95,6 @@ class DynamoEngine:
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
         self.leader_address = None
-        self.last_write = None
         self._handlers = {
             "PING": self._ping, "GET": self._get, "GET_VERSIONS": self._get_versions, "PUT": self._put,
             "PUT_CTX": self._put_ctx, "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas,
@@ -169,7 +181,7 @@ class DynamoEngine:
     def pending_batch(self) -> int:
         """What a reply that depends on this iteration's writes waits for: the number the open batch
         will have once flushed; 0 (nothing) when no batch is open."""
-        return 0 if self._batch is None else self.commit_seq + 1
+        return 0 if self._batch is None else self.durable_batches + 1
 
     # ------------------------------------------------------------ writes
 
@@ -205,7 +217,6 @@ class DynamoEngine:
         self._set_applied(self.origin, seq)
         self._staged_own.append(raw)
         self.sessions.record(request.client_id, request.request_id, (self.origin, seq), time.monotonic())
-        self.last_write = seq
         return seq
 
     def _cap(self, ctx):
@@ -271,7 +282,7 @@ class DynamoEngine:
         self._announce |= self._moved
         self._announce.discard(self.origin)
         self._moved.clear()
-        self.commit_seq += 1
+        self.durable_batches += 1
         self.durable_applied = dict(self.applied)
         self.durable_digest = self.digest
         self._published.extend(self._staged_own)
@@ -403,10 +414,8 @@ class DynamoEngine:
 
     # ------------------------------------------------------------ client commands (docs/PROTOCOL.md)
 
-    def handle(self, request):
-        """One decoded request -> (reply body, batch number it waits for; 0: none). After a write
-        that made a new version, `last_write` is its seq (else None)."""
-        self.last_write = None
+    def handle(self, request) -> tuple:
+        """One decoded request -> (reply body, Wait: what the reply waits for on this node)."""
         return self._handlers[request.command](request)
 
     def read_reply(self, req, state):
@@ -456,10 +465,10 @@ class DynamoEngine:
         return merged
 
     def _wait_for(self, key):
-        return self.pending_batch if key in self._dirty else 0
+        return Wait(self.pending_batch) if key in self._dirty else NO_WAIT
 
     def _ping(self, req):
-        return protocol.encode_ok(req.request_id, self.node_id), 0
+        return protocol.encode_ok(req.request_id, self.node_id), NO_WAIT
 
     def _get(self, req):
         key = req.args[0]
@@ -476,14 +485,14 @@ class DynamoEngine:
             raise errors.RequestFenced(f"request {req.request_id} is below an open_from this client already "
                                        f"sent: a late copy, not applied")
         origin, seq = dot
-        if origin == self.origin:
-            self.last_write = seq      # a quorum write's retry waits for the quorum too
-        return protocol.encode_ok(req.request_id, True, seq, origin), self.pending_batch
+        # a quorum write's retry waits for the quorum too (when this run made it)
+        return (protocol.encode_ok(req.request_id, True, seq, origin),
+                Wait(self.pending_batch, seq if origin == self.origin else 0))
 
     def _written(self, req, ops, result=True):
         """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot."""
         seq = self.write(req, ops)
-        return protocol.encode_ok(req.request_id, result, seq, self.origin), self.pending_batch
+        return protocol.encode_ok(req.request_id, result, seq, self.origin), Wait(self.pending_batch, seq)
 
     def _put(self, req):
         done = self._check_write(req)
@@ -534,16 +543,16 @@ class DynamoEngine:
         items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes, _winning_value)
         if limit is not None and len(items) >= limit:
             next_key = None
-        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
+        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), NO_WAIT
 
     def _outcome(self, req):
         dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
         if dot is None:
-            return protocol.encode_ok(req.request_id, "unknown", 0), 0
-        return protocol.encode_ok(req.request_id, "committed", dot[1]), self.pending_batch
+            return protocol.encode_ok(req.request_id, "unknown", 0), NO_WAIT
+        return protocol.encode_ok(req.request_id, "committed", dot[1]), Wait(self.pending_batch)
 
     def _status(self, req):
-        return protocol.encode_ok(req.request_id, self.status()), 0
+        return protocol.encode_ok(req.request_id, self.status()), NO_WAIT
 
     def status(self) -> dict:
         cfg = self.config
