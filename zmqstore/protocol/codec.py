@@ -1,0 +1,162 @@
+"""Encoding and decoding: frames, requests, peer messages, replies, log entries and dynamo
+states, each decoded with bounded cost (values.py) and validated (checks.py)."""
+from typing import NamedTuple
+
+import msgpack
+
+from .. import errors
+from .checks import _validate_peer, _validate_request
+from .schema import ERR, HEADER_FIELDS, OK, PEER_ARRAY_MAX, PEER_MESSAGES, PROTOCOL_VERSION, UINT64_MAX, Limits, LogEntry, PeerMessage, Reply, Request
+from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
+
+
+# ---------------------------------------------------------------- frames
+
+def split_frames(frames):
+    """ROUTER input -> (envelope, body). The envelope is echoed back unchanged with the reply.
+
+    A DEALER client sends one body frame ([identity, body]); a REQ client adds an empty delimiter
+    ([identity, b"", body]). Anything else is malformed.
+    """
+    if len(frames) == 2:
+        return frames[:1], frames[1]
+    if len(frames) == 3 and not frames[1]:
+        return frames[:2], frames[2]
+    raise errors.MalformedMessage(f"expected 1 body frame after the identity, got {len(frames) - 1} frames")
+
+# ---------------------------------------------------------------- requests
+
+def encode_request(command: str, client_id: bytes, request_id: int, open_from: int, *args) -> bytes:
+    return _pack([PROTOCOL_VERSION, command, client_id, request_id, open_from, *args])
+
+
+def _unpack_body(body: bytes, limits: Limits):
+    try:
+        # peer messages carry up to a few thousand entries or snapshot items
+        return _unpackb(body, limits.max_request_size,
+                        max(limits.max_batch_items, PEER_ARRAY_MAX) + HEADER_FIELDS + 8, 64)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise errors.MalformedMessage(f"body is not valid msgpack: {type(exc).__name__}") from None
+
+
+def encode_peer(command: str, *fields) -> bytes:
+    return _pack([PROTOCOL_VERSION, command, *fields])
+
+
+def decode_peer(body: bytes, limits: Limits = Limits()) -> PeerMessage:
+    """Parse and validate one peer message; raises a RequestError subclass on bad input."""
+    msg = _unpack_body(body, limits)
+    if type(msg) is not list or len(msg) < 2 or msg[0] != PROTOCOL_VERSION or type(msg[1]) is not str:
+        raise errors.MalformedMessage("peer message must be [version, command, ...]")
+    return _validate_peer(msg, limits)
+
+
+def decode_request(body: bytes, limits: Limits = Limits()) -> Request:
+    """Parse and fully validate one request body, as a client port receives it. Raises a RequestError
+    subclass on any bad input; the exception carries `request_id` (0 when it could not be read) so
+    the reply can name it. A peer message gets WrongPort: peers talk on the peer port."""
+    msg = _unpack_body(body, limits)
+    if type(msg) is list and len(msg) >= 2 and type(msg[1]) is str and msg[1] in PEER_MESSAGES:
+        raise errors.WrongPort(f"{msg[1]} is a peer message; this is a client port (peers use the peer port)")
+    return _validate_request(msg, limits)
+
+# ---------------------------------------------------------------- replies
+
+def encode_ok(request_id: int, *result) -> bytes:
+    return _pack([PROTOCOL_VERSION, OK, request_id, *result])
+
+
+def encode_error(request_id: int, code: str, message: str, details=None) -> bytes:
+    return _pack([PROTOCOL_VERSION, ERR, request_id, code, message, details or {}])
+
+
+def encode_exception(request_id: int, exc: errors.ZmqstoreError) -> bytes:
+    return encode_error(request_id, exc.code, exc.message or str(exc), exc.details)
+
+
+def decode_reply(body: bytes) -> Reply:
+    """A node's reply (client side). Values of any configured size are accepted: msgpack bounds what
+    a frame may claim by the frame's own length."""
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise errors.MalformedMessage(f"reply is not valid msgpack: {type(exc).__name__}") from None
+    if type(msg) is list and len(msg) >= 3 and msg[0] == PROTOCOL_VERSION:
+        status = msg[1]
+        if status == OK:
+            return Reply(msg[2], True, tuple(msg[3:]))
+        if status == ERR and len(msg) == 6:
+            return Reply(msg[2], False, tuple(msg[3:]))
+    raise errors.MalformedMessage("reply must be [version, OK, request_id, ...] or "
+                                  "[version, ERR, request_id, code, message, details]")
+
+# ---------------------------------------------------------------- log entries (stored and, later, streamed)
+
+def encode_entry(entry: LogEntry) -> bytes:
+    return _pack(entry)
+
+
+def entry_term(data: bytes) -> int:
+    """The term of a stored log entry (its first field)."""
+    return decode_entry(data).term
+
+
+def decode_entry(data: bytes) -> LogEntry:
+    term, client_id, request_id, ops = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 4)
+    return LogEntry(term, client_id, request_id, ops)
+
+# ---------------------------------------------------------------- dynamo mode (docs/DYNAMO.md)
+
+class DynEntry(NamedTuple):
+    """One write in an origin's log: ops are ((key, context pairs, value or None), ...)."""
+    origin: int
+    seq: int
+    hlc: int
+    client_id: bytes
+    request_id: int
+    ops: tuple
+
+
+def encode_dyn_entry(entry: DynEntry) -> bytes:
+    return _pack(entry)
+
+
+def decode_dyn_entry(data: bytes) -> DynEntry:
+    """An entry from a peer or the log. Raises MalformedMessage on anything but a well-formed entry."""
+    try:
+        origin, seq, hlc, client_id, request_id, ops = _fields(
+            _unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 6)
+        if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc) and type(client_id) is bytes
+                and _is_uint(request_id) and type(ops) is tuple):
+            raise ValueError
+        for op in ops:
+            key, ctx, value = _fields(op, 3)
+            if type(key) is not bytes or (value is not None and type(value) is not bytes):
+                raise ValueError
+            _vector_dict(ctx)
+    except Exception:
+        raise errors.MalformedMessage("malformed dynamo log entry") from None
+    return DynEntry(origin, seq, hlc, client_id, request_id, ops)
+
+
+def encode_key_state(ctx: dict, siblings) -> bytes:
+    """A dynamo key's stored state: [context pairs, [[node, seq, hlc, value or nil], ...]]."""
+    return _pack([vector_pairs(ctx), [list(s) for s in siblings]])
+
+
+def decode_key_state(data: bytes):
+    """-> (ctx dict, [(node, seq, hlc, value or None), ...]). A state from a peer is checked like
+    an entry: anything malformed raises MalformedMessage."""
+    try:
+        pairs, siblings = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 2)
+        ctx = _vector_dict(pairs)
+        if type(siblings) is not tuple:
+            raise ValueError
+        for sibling in siblings:
+            origin, seq, hlc, value = _fields(sibling, 4)
+            if not (_is_uint(origin) and _is_uint(seq) and _is_uint(hlc)) or (
+                    value is not None and type(value) is not bytes):
+                raise ValueError
+    except Exception:
+        raise errors.MalformedMessage("malformed dynamo key state") from None
+    return ctx, siblings

@@ -1,0 +1,183 @@
+"""The wire protocol's vocabulary (docs/PROTOCOL.md): every client request and peer message
+defined once as a table of typed fields, the limits, and the tuples messages decode to. No
+msgpack here."""
+from typing import NamedTuple
+
+PROTOCOL_VERSION = 1
+
+# Field types of request messages; each has a checker in _CHECKERS.
+KEY = "key"                # bin, 1..max_key_size bytes
+OPT_KEY = "opt_key"        # bin (may be empty) or nil
+VALUE = "value"            # bin holding exactly one msgpack object, <= max_value_size bytes
+OPT_VALUE = "opt_value"    # VALUE or nil
+BOOL = "bool"
+OPT_UINT = "opt_uint"      # non-negative int or nil
+ITEMS = "items"            # array of [KEY, VALUE], 1..max_batch_items entries
+UINT = "uint"              # unsigned 64-bit int
+TERM = "term"              # a leader-mode term: uint up to TERM_MAX, so one more always fits in 64 bits
+STR = "str"                # str of at most STR_MAX characters (peer messages: roles, addresses)
+CONTEXT = "context"        # bin: an opaque causal context from GET_VERSIONS (dynamo mode)
+
+# Client requests: command -> ((field name, field type), ...). See docs/PROTOCOL.md section "Commands".
+REQUESTS = {
+    "PING": (),
+    "GET": (("key", KEY), ("stale", BOOL)),
+    "PUT": (("key", KEY), ("value", VALUE)),
+    "DEL": (("key", KEY),),
+    "CAS": (("key", KEY), ("expected", OPT_VALUE), ("new", VALUE)),
+    "PUT_MANY": (("items", ITEMS),),
+    "SCAN": (("start", OPT_KEY), ("end", OPT_KEY), ("prefix", OPT_KEY), ("limit", OPT_UINT), ("stale", BOOL)),
+    "STATUS": (),
+    "OUTCOME": (("request_id", UINT),),
+    # dynamo mode (docs/DYNAMO.md): every sibling with the key's context; a write with a context
+    # (value nil: a delete) replaces exactly the versions that context covers
+    "GET_VERSIONS": (("key", KEY),),
+    "PUT_CTX": (("key", KEY), ("value", OPT_VALUE), ("context", CONTEXT)),
+}
+WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY", "PUT_CTX"})
+# Commands that take a trailing map of per-request options (docs/PROTOCOL.md): dynamo-mode quorums,
+# "w" (nodes holding a write before its reply) and "r" (nodes consulted by a read).
+OPTION_COMMANDS = {"GET": ("r",), "GET_VERSIONS": ("r",), "PUT": ("w",), "PUT_CTX": ("w",), "DEL": ("w",),
+                   "PUT_MANY": ("w",)}
+QUORUM_MAX = 64
+
+# Peer messages (leader mode, docs/REPLICATION.md). Layout: [version, command, field...].
+BIN_LIST = "bin_list"      # array of bin (log entries as stored)
+PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
+VECTOR = "vector"          # array of [uint, uint]: {node id: seq} (dynamo applied vectors)
+UINT_LIST = "uint_list"    # array of uint (anti-entropy hashes)
+BIN = "bin"                # bin of any length up to the frame limit
+OPT_BIN = "opt_bin"        # BIN or nil
+# sender_id: the node sending; for CHANGE and HEARTBEAT that is the primary of `term`.
+_LOG_BATCH = (("term", TERM), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", TERM),
+              ("entries", BIN_LIST), ("commit_seq", UINT), ("sender_last_seq", UINT))
+# A node's state as ROLE and ROLE_REPLY carry it (election.py).
+_ROLE = (("node_id", UINT), ("term", TERM), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
+         ("last_term", TERM), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
+         ("address", STR), ("pub_address", STR))
+_DSTATUS = (("node_id", UINT), ("applied", VECTOR), ("digest", UINT), ("keys", UINT), ("conflicts", UINT),
+            ("tombstones", UINT), ("address", STR))
+PEER_MESSAGES = {
+    # secondary -> primary, DEALER -> ROUTER
+    "ACK": (("node_id", UINT), ("term", TERM), ("last_seq", UINT), ("round", UINT), ("voter", BOOL)),
+    # any node -> any node (a secondary to its primary, a candidate to the voter whose log it adopts)
+    "FETCH": (("node_id", UINT), ("term", TERM), ("from_seq", UINT)),
+    "SNAPSHOT": (("node_id", UINT), ("term", TERM), ("snapshot_seq", UINT), ("cursor", OPT_KEY)),
+    # primary -> secondaries: PUB
+    "CHANGE": _LOG_BATCH,
+    "HEARTBEAT": (("term", TERM), ("sender_id", UINT), ("round", UINT), ("commit_seq", UINT),
+                  ("sender_last_seq", UINT)),
+    # answers to FETCH and SNAPSHOT: ROUTER replies
+    "ENTRIES": _LOG_BATCH,
+    "NEED_SNAPSHOT": (("term", TERM), ("sender_id", UINT), ("first_seq", UINT)),
+    "SNAPSHOT_CHUNK": (("term", TERM), ("sender_id", UINT), ("asked_seq", UINT), ("asked_cursor", OPT_KEY),
+                       ("snapshot_seq", UINT), ("snapshot_term", TERM), ("items", PAIR_LIST),
+                       ("next_cursor", OPT_KEY)),
+    # every node <-> every node: role queries (DEALER -> ROUTER) and their replies are the heartbeats
+    "ROLE": _ROLE,
+    "ROLE_REPLY": _ROLE,
+    # elections: a candidate asks (DEALER -> ROUTER), each node answers (ROUTER reply)
+    "VOTE_REQUEST": (("term", TERM), ("candidate_id", UINT), ("last_seq", UINT), ("last_term", TERM)),
+    "VOTE": (("term", TERM), ("node_id", UINT), ("granted", BOOL), ("last_seq", UINT), ("last_term", TERM),
+             ("first_seq", UINT)),
+    # dynamo mode (docs/DYNAMO.md). An origin publishes its own new entries (PUB):
+    "DCHANGE": (("origin", UINT), ("entries", BIN_LIST)),
+    # every node <-> every node, every election_interval / 5: what each has applied, and a digest
+    # of its data (DEALER -> ROUTER, and the ROUTER reply)
+    "DSTATUS": _DSTATUS,
+    "DSTATUS_REPLY": _DSTATUS,
+    # a node lacking an origin's entries asks a peer that has them, and gets them in order
+    "DFETCH": (("node_id", UINT), ("origin", UINT), ("from_seq", UINT)),
+    "DENTRIES": (("sender_id", UINT), ("origin", UINT), ("from_seq", UINT), ("entries", BIN_LIST),
+                 ("first_seq", UINT)),
+    # anti-entropy: hashes of key buckets (group nil: the group hashes), then a bucket's key states
+    "DTREE": (("node_id", UINT), ("repair_id", UINT), ("group", OPT_UINT)),
+    "DTREE_REPLY": (("sender_id", UINT), ("repair_id", UINT), ("group", OPT_UINT), ("hashes", UINT_LIST),
+                    ("applied", VECTOR)),
+    "DRANGE": (("node_id", UINT), ("repair_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY)),
+    "DRANGE_REPLY": (("sender_id", UINT), ("repair_id", UINT), ("bucket", UINT), ("cursor", OPT_KEY),
+                     ("items", PAIR_LIST), ("next_cursor", OPT_KEY), ("applied", VECTOR)),
+    # quorums: a node that applied an origin's entries durably tells that origin (write_quorum > 1)
+    "DACK": (("node_id", UINT), ("origin", UINT), ("seq", UINT)),
+    # a read with read_quorum > 1 asks peers for their state of a key; stale replicas get the merge
+    "DREAD": (("node_id", UINT), ("read_id", UINT), ("key", KEY)),
+    "DREAD_REPLY": (("sender_id", UINT), ("read_id", UINT), ("state", OPT_BIN), ("applied", VECTOR)),
+    "DPUSH": (("node_id", UINT), ("key", KEY), ("state", BIN)),
+}
+
+# Where each peer message names the node that sent it: the index of that field (DCHANGE names its
+# origin, whose node id is origin >> 32). A node accepts a peer message only from the connection of
+# the node it names (docs/SECURITY.md).
+PEER_REQUESTS = frozenset({"ACK", "FETCH", "SNAPSHOT", "ROLE", "VOTE_REQUEST", "DSTATUS", "DFETCH", "DTREE",
+                           "DRANGE", "DACK", "DREAD", "DPUSH"})       # sent to a peer port
+PEER_STREAM = frozenset({"CHANGE", "HEARTBEAT", "DCHANGE"})          # published on a PUB
+PEER_REPLIES = frozenset(PEER_MESSAGES) - PEER_REQUESTS - PEER_STREAM   # back on the DEALER that asked
+PEER_SENDER_FIELD = {cmd: 0 for cmd in PEER_MESSAGES}
+PEER_SENDER_FIELD.update({"VOTE_REQUEST": 1, "CHANGE": 1, "HEARTBEAT": 1, "ENTRIES": 1, "NEED_SNAPSHOT": 1,
+                          "SNAPSHOT_CHUNK": 1, "VOTE": 1})
+
+
+def peer_sender(message) -> int:
+    """The node id a validated peer message says sent it."""
+    if message.command == "DCHANGE":
+        return message.fields[0] >> 32
+    return message.fields[PEER_SENDER_FIELD[message.command]]
+
+
+# Reply status words.
+OK = "OK"
+ERR = "ERR"
+
+# Operations inside a log entry.
+OP_PUT = 0
+OP_DEL = 1
+
+HEADER_FIELDS = 5  # version, command, client_id, request_id, open_from
+PEER_ARRAY_MAX = 10_000  # entries or snapshot items in one peer message
+
+CLIENT_ID_MAX = 64
+TERM_MAX = (1 << 63) - 1
+CONTEXT_MAX = 64 << 10
+STR_MAX = 256
+UINT64_MAX = (1 << 64) - 1
+
+
+class Limits(NamedTuple):
+    """Size limits a node enforces on requests (settings max_key_size, max_value_size, max_batch_items)."""
+
+    max_key_size: int = 1024
+    max_value_size: int = 1 << 20
+    max_batch_items: int = 10_000
+    max_request_size: int = 16 << 20
+
+
+class Request(NamedTuple):
+    command: str
+    client_id: bytes
+    request_id: int
+    open_from: int       # the lowest request id this client still waits for (docs/PROTOCOL.md)
+    args: tuple
+    options: dict = {}   # per-request options (a trailing map): "w", "r" (dynamo quorums)
+
+
+class Reply(NamedTuple):
+    request_id: int
+    ok: bool
+    result: tuple        # the OK fields, or (code, message, details) for ERR
+
+
+class PeerMessage(NamedTuple):
+    command: str
+    fields: tuple
+
+
+class LogEntry(NamedTuple):
+    term: int
+    client_id: bytes
+    request_id: int
+    ops: tuple           # ((OP_PUT, key, value) | (OP_DEL, key), ...); None: a fence (see FENCE)
+
+
+# A log entry whose ops are FENCE (nil) applies nothing: it records that the client's request id
+# was declared not_found by OUTCOME and must never be applied (docs/REPLICATION.md).
+FENCE = None

@@ -1,0 +1,95 @@
+"""msgpack with bounded cost, and the small values every message is built from: user values,
+unsigned ints, fixed-size arrays, version vectors and dynamo contexts (docs/SECURITY.md, "Bounded
+cost"). It and codec.py (replies) are the only modules that import msgpack."""
+import msgpack
+
+from .. import errors
+from .schema import PEER_ARRAY_MAX, UINT64_MAX, Limits
+
+# One shared Packer: packb() builds a new Packer per call, which costs more than the packing itself
+# for small messages. Sharing is safe under the GIL: pack() runs in C without calling back into
+# Python (no `default` hook) and resets its buffer on error.
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+def pack_value(obj) -> bytes:
+    """A user value as stored and sent: one msgpack object."""
+    try:
+        return _pack(obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise errors.BadArgument(f"value cannot be encoded as msgpack: {exc}") from None
+
+
+def unpack_value(data: bytes, limits: Limits = None):
+    """A stored or received value -> the Python object. Without `limits` (the client, reading what a
+    node sends) msgpack's own bounds apply: nothing may claim more than the input's length."""
+    try:
+        if limits is None:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return _unpackb(data, limits.max_value_size, limits.max_value_size, limits.max_value_size,
+                        max_ext_len=limits.max_value_size)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise errors.MalformedMessage(f"value is not one msgpack object: {type(exc).__name__}") from None
+
+
+# Below this many bytes a message is decoded directly: with every length capped by the input's size,
+# the worst nesting costs little. Above it, decoding walks the structure first without building it.
+_SMALL_INPUT = 256
+
+
+def _unpackb(data: bytes, max_bin_len, max_array_len, max_map_len, max_ext_len=0, use_list=True):
+    """msgpack.unpackb whose cost is bounded by what was received (docs/SECURITY.md).
+
+    msgpack allocates a container as soon as its header is read, at the declared length: 3 KB of
+    nested headers each declaring 10,000 items would allocate 80 MB before failing. So every length is
+    capped by the input's size, and an input above _SMALL_INPUT bytes is first walked with
+    Unpacker.skip, which builds nothing and fails on a container whose items are not all there. Once
+    it passes, every declared item is present, so what unpackb allocates is proportional to len(data).
+    """
+    n = len(data)
+    if n <= _SMALL_INPUT:
+        # msgpack's own default caps every length at len(data): what matters at this size (the
+        # tighter caps below are checked again by the validators), and faster than passing them
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=use_list)
+    caps = {"max_bin_len": min(max_bin_len, n), "max_str_len": min(max_bin_len, n),
+            "max_array_len": min(max_array_len, n), "max_map_len": min(max_map_len, n),
+            "max_ext_len": min(max_ext_len, n)}
+    walker = msgpack.Unpacker(max_buffer_size=n, **caps)
+    walker.feed(data)
+    walker.skip()
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=use_list, **caps)
+
+def _is_uint(x) -> bool:
+    return type(x) is int and 0 <= x <= UINT64_MAX
+
+def _fields(obj, n):
+    """`obj` as n fields: it must be an array of exactly n items (a map would unpack as its keys)."""
+    if type(obj) is not tuple or len(obj) != n:
+        raise ValueError(f"expected an array of {n}")
+    return obj
+
+def _vector_dict(pairs) -> dict:
+    if type(pairs) not in (list, tuple):
+        raise ValueError
+    out = {}
+    for pair in pairs:
+        node, seq = _fields(tuple(pair) if type(pair) is list else pair, 2)
+        if not (_is_uint(node) and _is_uint(seq)):
+            raise ValueError
+        out[node] = seq
+    return out
+
+def vector_pairs(vector: dict) -> list:
+    """{node: seq} -> sorted [[node, seq], ...] (one canonical form)."""
+    return [[n, vector[n]] for n in sorted(vector)]
+
+def vector_from_pairs(pairs) -> dict:
+    return {n: s for n, s in pairs}
+
+def encode_context(ctx: dict) -> bytes:
+    return _pack(vector_pairs(ctx))
+
+def decode_context(data: bytes) -> dict:
+    try:
+        return _vector_dict(_unpackb(data, 0, PEER_ARRAY_MAX, 0, use_list=False))
+    except Exception:
+        raise errors.BadArgument("context is not one returned by get_versions") from None
