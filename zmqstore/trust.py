@@ -81,7 +81,11 @@ class Gatekeeper:
         self.monitor = None
         self.zap = ctx.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
-        self.zap.bind(ZAP_ENDPOINT)
+        try:
+            self.zap.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError:
+            self.zap.close()    # an open socket would make the context's term() wait forever
+            raise
 
     # ------------------------------------------------------------ sockets
 
