@@ -1,30 +1,25 @@
 """What each client command means: checks, reads, writes and their replies (docs/PROTOCOL.md).
 
 Commands are judged against the engine's committed data plus its writes not yet applied, and
-return (reply body, commit seq the reply waits for). The engine (engine.py) keeps the log.
+return (reply body, commit seq the reply waits for; 0: it may leave now). The engine (engine.py)
+keeps the log; command_table.py what both modes share.
 """
 import time
 
-from . import errors, limits, protocol
+from . import errors, protocol
+from .command_table import CommandTable
 from .protocol import OP_DEL, OP_PUT
-from .sessions import STALE
 
 
-
-class Commands:
+class Commands(CommandTable):
     def __init__(self, engine):
-        self.engine = engine
-        self.storage = engine.storage
-        self.config = engine.config
-        self.sessions = engine.sessions
-        self._handlers = {
-            "PING": self._ping, "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
-            "PUT_MANY": self._put_many, "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
+        super().__init__(engine, {
+            "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
+            "PUT_MANY": self._put_many, "SCAN": self._scan, "OUTCOME": self._outcome,
             "GET_VERSIONS": self._dynamo_only, "PUT_CTX": self._dynamo_only,
-        }
+        })
 
     def handle(self, request):
-        """One decoded request -> (reply body, commit seq it waits for). 0: it may leave now."""
         if request.options:
             raise errors.UnsupportedOperation("per-request quorum options (w, r) are for dynamo mode; in leader "
                                               "mode every write waits for write_quorum and reads for the primary")
@@ -33,12 +28,9 @@ class Commands:
     def _check_writable(self, request):
         if self.engine.role != "primary":
             raise self._not_primary()
-        seq = self.sessions.lookup(request.client_id, request.request_id, request.open_from, time.monotonic())
+        seq = self._retried(request)
         if seq is None:
             return None
-        if seq is STALE:
-            raise errors.RequestFenced(f"request {request.request_id} is below an open_from this client already "
-                                       f"sent: a late copy, not applied")
         if seq < 0:   # the answer waits for the fence to commit, as OUTCOME's not_found does
             return protocol.encode_error(request.request_id, "request_fenced", f"request {request.request_id} "
                                          f"was declared not_found by an OUTCOME query; it was not applied and "
@@ -70,9 +62,6 @@ class Commands:
             raise errors.Unavailable(f"node {self.config.node_id} is installing a snapshot")
 
     # ------------------------------------------------------------ commands (reply layouts: docs/PROTOCOL.md)
-
-    def _ping(self, req):
-        return protocol.encode_ok(req.request_id, self.config.node_id), 0
 
     def _get(self, req):
         key, stale = req.args
@@ -122,7 +111,7 @@ class Commands:
         return self._logged(req, ops)
 
     def _scan(self, req):
-        start, end, prefix, limit, stale = req.args
+        stale = req.args[4]
         self._check_readable(stale)
         engine = self.engine
         if not stale and engine.replicated and engine.commit_seq < engine.term_first_seq:
@@ -137,11 +126,7 @@ class Commands:
             self.engine.flush()
         elif self.engine.role == "primary" and self.storage.applied_seq < self.engine.commit_seq:
             self.engine.apply_committed(self.engine.commit_seq, now=True)   # the scan reads RocksDB
-        page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
-        items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes)
-        if limit is not None and len(items) >= limit:
-            next_key = None
-        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), 0
+        return self._scan_page(req)
 
     def _outcome(self, req):
         """What became of this client's write `request_id` (docs/PROTOCOL.md, OUTCOME): "committed"
@@ -165,9 +150,6 @@ class Commands:
         if seq < 0:
             return protocol.encode_ok(req.request_id, "not_found", -seq), -seq
         return protocol.encode_ok(req.request_id, "committed", seq), seq
-
-    def _status(self, req):
-        return protocol.encode_ok(req.request_id, self.status()), 0
 
     def status(self) -> dict:
         s = self.storage

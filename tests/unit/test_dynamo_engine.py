@@ -4,6 +4,7 @@ import pytest
 
 from zmqstore import config, errors, faults, protocol, sends
 from zmqstore.dynamo import DynamoEngine, log_key
+from zmqstore.dynamo.antientropy import range_items, tree_hashes
 from zmqstore.limits import SCAN
 from zmqstore.sends import Sends
 from zmqstore.storage import Storage
@@ -120,13 +121,13 @@ def test_tombstones_and_log_go_once_every_node_applied_them(make_engine):
 
 def repair(dst, src):
     """What Replication does over the wire: compare hashes, pull differing buckets page by page."""
-    mine, theirs = dst.tree_hashes(), src.tree_hashes()
+    mine, theirs = tree_hashes(dst.buckets), tree_hashes(src.buckets)
     for g in (g for g in range(len(theirs)) if theirs[g] != mine[g]):
-        ours, remote = dst.tree_hashes(g), src.tree_hashes(g)
+        ours, remote = tree_hashes(dst.buckets, g), tree_hashes(src.buckets, g)
         for i in (i for i in range(len(remote)) if remote[i] != ours[i]):
             bucket, cursor = g * len(remote) + i, None
             while True:
-                items, nxt = src.range_items(bucket, cursor)
+                items, nxt = range_items(src.storage, bucket, cursor)
                 dst.merge_range(bucket, cursor, nxt, items, src.durable_applied)
                 if nxt is None:
                     break

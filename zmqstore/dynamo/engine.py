@@ -5,32 +5,22 @@ leaves. Entries from other origins are applied in each origin's seq order, and e
 is kept in the log, so any node can serve any origin's entries."""
 import logging
 import os
-import struct
 import time
-from typing import NamedTuple
 
-from .. import errors, limits, protocol
+from .. import errors, protocol
 from ..faults import NONE
 from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
-from ..sessions import STALE, Sessions
+from ..sessions import Sessions
 from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                         merge, stable, winner)
-from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, GROUPS, MAX_CLOCK_AHEAD, META_APPLIED, META_FIRST, META_HASH,
-                     META_HLC, META_TOMB, META_TOMB_END, _U64, _decode_state, _hash_key, _state_hash, _winning_value,
-                     bucket_of, log_key, origin_name, origin_node)
+from .antientropy import bucket_keys
+from .commands import DynamoCommands
+from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, MAX_CLOCK_AHEAD, META_APPLIED, META_FIRST, META_HLC,
+                     META_TOMB, META_TOMB_END, _U64, _decode_state, _hash_key, _state_hash, bucket_of, log_key,
+                     origin_name, origin_node)
 
 log = logging.getLogger("zmqstore.dynamo")
 
-
-class Wait(NamedTuple):
-    """What a reply waits for on this node (modes.DynamoMode): the batch that makes it durable (0:
-    nothing) and, for a write this run made, its `seq` of this run's origin (0: none), which a write
-    with w > 1 also waits to see held by w nodes."""
-    batch: int
-    seq: int = 0
-
-
-NO_WAIT = Wait(0)
 
 
 class DynamoEngine:
@@ -95,11 +85,7 @@ class DynamoEngine:
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
         self.leader_address = None
-        self._handlers = {
-            "PING": self._ping, "GET": self._get, "GET_VERSIONS": self._get_versions, "PUT": self._put,
-            "PUT_CTX": self._put_ctx, "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas,
-            "SCAN": self._scan, "STATUS": self._status, "OUTCOME": self._outcome,
-        }
+        self.handle = DynamoCommands(self).handle   # request -> (reply body, Wait), dynamo/commands.py
         log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
                  origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
 
@@ -336,37 +322,6 @@ class DynamoEngine:
 
     # ------------------------------------------------------------ anti-entropy (docs/DYNAMO.md)
 
-    def tree_hashes(self, group=None):
-        """The GROUPS group hashes, or the hashes of the buckets of one group."""
-        if group is None:
-            out = []
-            for g in range(GROUPS):
-                h = 0
-                for b in self.buckets[g * GROUPS:(g + 1) * GROUPS]:
-                    h ^= b
-                out.append(h)
-            return out
-        return self.buckets[group * GROUPS:(group + 1) * GROUPS]
-
-    def _bucket_keys(self, bucket, cursor, end=None):
-        """Durable keys of a bucket from `cursor` (inclusive) up to `end` (exclusive), in order."""
-        prefix = META_HASH + struct.pack(">H", bucket)
-        upper = prefix + end if end is not None else META_HASH + struct.pack(">H", bucket + 1)
-        for index_key, _ in self.storage.iter_cf("meta", prefix + (cursor or b""), upper):
-            yield index_key[len(prefix):]
-
-    def range_items(self, bucket, cursor):
-        """A page of a bucket's durable key states: ([[key, state], ...], next cursor or None)."""
-        items, size = [], 0
-        for key in self._bucket_keys(bucket, cursor):
-            if len(items) >= limits.RANGE.items or size >= limits.RANGE.bytes:
-                return items, key
-            raw = self.storage.get_cf("data", key)
-            if raw is not None:
-                items.append([key, raw])
-                size += len(key) + len(raw)
-        return items, None
-
     def merge_range(self, bucket, cursor, next_cursor, items, remote_applied):
         """Join a peer's page of a bucket into our data: each of its key states, and for our keys in
         the same span that it lacks, what its applied vector says it has seen. Returns keys changed."""
@@ -385,7 +340,7 @@ class DynamoEngine:
             if merged != local:
                 self._store(key, local, merged)
                 changed += 1
-        for key in list(self._bucket_keys(bucket, cursor, next_cursor)):
+        for key in list(bucket_keys(self.storage, bucket, cursor, next_cursor)):
             if key in remote_keys:
                 continue
             local = self.load(key)
@@ -412,19 +367,7 @@ class DynamoEngine:
     def housekeeping(self, now):
         self.sessions.expire(now)
 
-    # ------------------------------------------------------------ client commands (docs/PROTOCOL.md)
-
-    def handle(self, request) -> tuple:
-        """One decoded request -> (reply body, Wait: what the reply waits for on this node)."""
-        return self._handlers[request.command](request)
-
-    def read_reply(self, req, state):
-        """The reply to GET or GET_VERSIONS from a key state (a quorum read's merge)."""
-        if req.command == "GET":
-            best = winner(state)
-            return protocol.encode_ok(req.request_id, None if best is None else best.value, len(state.siblings) > 1)
-        siblings = [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
-        return protocol.encode_ok(req.request_id, siblings, protocol.encode_context(state.ctx))
+    # ------------------------------------------------------------ what peers send (checked) and read
 
     def durable_state(self, key):
         """The key's state as stored (bytes or None), for a peer's quorum read."""
@@ -464,95 +407,9 @@ class DynamoEngine:
             self._store(key, local, merged)
         return merged
 
-    def _wait_for(self, key):
-        return Wait(self.pending_batch) if key in self._dirty else NO_WAIT
-
-    def _ping(self, req):
-        return protocol.encode_ok(req.request_id, self.node_id), NO_WAIT
-
-    def _get(self, req):
-        key = req.args[0]
-        return self.read_reply(req, self.load(key)), self._wait_for(key)
-
-    _get_versions = _get
-
-    def _check_write(self, req):
-        """A retried write already applied here: its reply. None: apply it."""
-        dot = self.sessions.lookup(req.client_id, req.request_id, req.open_from, time.monotonic())
-        if dot is None:
-            return None
-        if dot is STALE:
-            raise errors.RequestFenced(f"request {req.request_id} is below an open_from this client already "
-                                       f"sent: a late copy, not applied")
-        origin, seq = dot
-        # a quorum write's retry waits for the quorum too (when this run made it)
-        return (protocol.encode_ok(req.request_id, True, seq, origin),
-                Wait(self.pending_batch, seq if origin == self.origin else 0))
-
-    def _written(self, req, ops, result=True):
-        """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot."""
-        seq = self.write(req, ops)
-        return protocol.encode_ok(req.request_id, result, seq, self.origin), Wait(self.pending_batch, seq)
-
-    def _put(self, req):
-        done = self._check_write(req)
-        if done:
-            return done
-        key, value = req.args
-        return self._written(req, ((key, value, None),))
-
-    def _put_ctx(self, req):
-        done = self._check_write(req)
-        if done:
-            return done
-        key, value, raw_ctx = req.args
-        ctx = protocol.decode_context(raw_ctx)
-        if ctx.get(self.origin, 0) > self.applied[self.origin]:
-            # No read could have returned it: this origin is this run's, and has made fewer writes.
-            raise errors.BadArgument(f"the context names write {ctx[self.origin]} of this node's origin, which "
-                                     f"has made {self.applied[self.origin]}: it is not one get_versions returned")
-        return self._written(req, ((key, value, ctx),))
-
-    def _delete(self, req):
-        done = self._check_write(req)
-        if done:
-            return done
-        key = req.args[0]
-        state = self.load(key)
-        existed = any(s.value is not None for s in state.siblings)
-        if not existed:
-            return protocol.encode_ok(req.request_id, False, 0, 0), self._wait_for(key)
-        return self._written(req, ((key, None, None),), result=True)
-
-    def _put_many(self, req):
-        done = self._check_write(req)
-        if done:
-            return done
-        items = dict(req.args[0])     # a key given twice: the last value, as a sequence of puts would leave
-        return self._written(req, tuple((k, v, None) for k, v in items.items()))
-
-    def _cas(self, req):
-        raise errors.UnsupportedOperation("cas is not offered in dynamo mode: another node may accept a write to "
-                                          "the same key at the same moment; use get_versions and put with "
-                                          "its context instead")
-
-    def _scan(self, req):
-        start, end, prefix, limit, _stale = req.args
-        self.flush()    # a scan reads RocksDB: this iteration's writes first
-        page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
-        items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes, _winning_value)
-        if limit is not None and len(items) >= limit:
-            next_key = None
-        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), NO_WAIT
-
-    def _outcome(self, req):
-        dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
-        if dot is None:
-            return protocol.encode_ok(req.request_id, "unknown", 0), NO_WAIT
-        return protocol.encode_ok(req.request_id, "committed", dot[1]), Wait(self.pending_batch)
-
-    def _status(self, req):
-        return protocol.encode_ok(req.request_id, self.status()), NO_WAIT
+    def batch_of(self, key) -> int:
+        """The batch a read of `key` waits for: the open one when this iteration wrote the key, else 0."""
+        return self.pending_batch if key in self._dirty else 0
 
     def status(self) -> dict:
         cfg = self.config

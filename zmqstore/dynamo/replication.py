@@ -1,19 +1,19 @@
 """Replication: dynamo mode's peer traffic (docs/DYNAMO.md, "Replication"). DSTATUS (applied vector
 and data digest) to every peer each heartbeat, fetches of what a peer has and this node lacks,
-quorum reads and read repair, anti-entropy exchanges, and tombstone collection once every
-configured node has applied them."""
+quorum reads and read repair, starting anti-entropy exchanges (antientropy.py), and tombstone
+collection once every configured node has applied them."""
 import logging
 from typing import NamedTuple
 
 from .. import protocol
 from ..protocol import encode_key_state
 from ..versions import EMPTY
-from .layout import BUCKETS, GROUPS, origin_name, origin_node
+from .antientropy import AntiEntropy
+from .commands import read_reply
+from .layout import origin_name, origin_node
 
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
-REPAIR_TIMEOUT = 2.0              # seconds without a reply before a repair is abandoned (retried later)
-REPAIR_IN_FLIGHT = 4              # bucket pages asked for at once
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
 
 log = logging.getLogger("zmqstore.dynamo")
@@ -40,32 +40,6 @@ class QuorumRead(NamedTuple):
     deadline: float
 
 
-class Repair:
-    """One anti-entropy exchange with a peer: compare group hashes, then the buckets of differing
-    groups, then pull the differing buckets page by page and join them into our data. Every
-    message of the exchange carries its id: a late reply to an abandoned exchange is ignored. With
-    `resync_origins` (our log cannot be completed from the peer's: it trimmed entries of those
-    origins that we lack), our applied seq of those origins moves up to the peer's as its first
-    reply stated, once every differing bucket is joined."""
-
-    def __init__(self, repair_id, peer, now, resync_origins=None):
-        self.id = repair_id
-        self.peer = peer
-        self.started = now
-        self.deadline = now + REPAIR_TIMEOUT
-        self.resync_origins = resync_origins or set()
-        self.peer_applied = None       # the peer's durable applied vector with its group hashes
-        self.groups = set()            # groups asked for, not answered
-        self.queue = []                # buckets to pull
-        self.pulling = {}              # bucket -> cursor asked for
-        self.buckets_pulled = 0
-        self.keys_changed = 0
-
-    @property
-    def done(self):
-        return self.peer_applied is not None and not self.groups and not self.queue and not self.pulling
-
-
 class Replication:
     """Dynamo-mode peer traffic (docs/DYNAMO.md, "Replication")."""
 
@@ -81,16 +55,14 @@ class Replication:
         self._gaps = 0
         self._mismatch = {}             # peer -> consecutive reports with equal applied, other digest
         self._resync_from = {}          # peer -> {origin: its first seq}: it trimmed entries we lack
-        self._repair_ids = 0
         self._checkpoints = []          # (stable vector, max vector) at recent housekeeping passes
-        self.repair = None              # the Repair under way (one at a time)
-        self.repairs = []               # summaries of the latest repairs, for status
-        self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": self._on_tree,
-                          "DRANGE": self._on_range, "DACK": self._on_ack, "DREAD": self._on_read,
+        self.anti_entropy = ae = AntiEntropy(out, engine)     # antientropy.py
+        self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
+                          "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": self._on_read,
                           "DPUSH": self._on_push}
         self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status,
-                                  "DENTRIES": self._on_entries, "DTREE_REPLY": self._on_tree_reply,
-                                  "DRANGE_REPLY": self._on_range_reply, "DREAD_REPLY": self._on_read_reply}
+                                  "DENTRIES": self._on_entries, "DTREE_REPLY": ae.on_tree_reply,
+                                  "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": self._on_read_reply}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
         self._reads = {}                # read id -> QuorumRead
         self._read_ids = 0
@@ -113,9 +85,7 @@ class Replication:
                     self.client.reply(pending.envelope, protocol.encode_error(
                         pending.request.request_id, "unavailable", f"read_quorum {pending.need} not reached: "
                         f"{1 + len(pending.replies)} nodes answered within {self.config.replication_timeout} s"))
-        if self.repair is not None and now > self.repair.deadline:
-            log.warning("anti-entropy with node %d abandoned: no reply for %.1f s", self.repair.peer, REPAIR_TIMEOUT)
-            self.repair = None
+        self.anti_entropy.tick(now)
 
     def housekeeping(self, now):
         vector = self.gc_vector()
@@ -216,7 +186,7 @@ class Replication:
                 # sent after this iteration's commit (sends.py), like the reply: never a state this node could lose
                 self.read_repairs += 1
                 self.out.send_to(peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged))
-        self.client.reply_after(pending.envelope, self.engine.read_reply(pending.request, merged),
+        self.client.reply_after(pending.envelope, read_reply(pending.request, merged),
                                 self.engine.pending_batch, pending.request.request_id)
 
     def _on_push(self, fields, envelope, now):
@@ -280,9 +250,9 @@ class Replication:
         same = not behind and all(view.applied.get(o, 0) >= s for o, s in self.engine.durable_applied.items() if s)
         if same and digest != self.engine.durable_digest:
             self._mismatch[node_id] = self._mismatch.get(node_id, 0) + 1
-            if self._mismatch[node_id] >= REPAIR_AFTER and self.repair is None:
+            if self._mismatch[node_id] >= REPAIR_AFTER and self.anti_entropy.repair is None:
                 self._mismatch[node_id] = 0
-                self._start_repair(node_id, now)
+                self.anti_entropy.start(node_id, now)
         else:
             self._mismatch[node_id] = 0
         trimmed = self._resync_from.get(node_id)
@@ -291,9 +261,9 @@ class Replication:
             needed = {o for o, first in trimmed.items() if mine.get(o, 0) < first - 1}
             if not needed:
                 del self._resync_from[node_id]
-            elif self.repair is None:
+            elif self.anti_entropy.repair is None:
                 del self._resync_from[node_id]
-                self._start_repair(node_id, now, resync_origins=needed)
+                self.anti_entropy.start(node_id, now, resync_origins=needed)
 
     def _fetch(self, origin, node_id, now):
         """Ask node_id for origin's entries we lack, unless a fetch is in flight. A peer that left a
@@ -352,93 +322,6 @@ class Replication:
             if node_id in self.views:
                 self._fetch(origin, node_id, now)
 
-    # ------------------------------------------------------------ anti-entropy
-
-    def _start_repair(self, peer, now, resync_origins=None):
-        self._repair_ids += 1
-        self.repair = Repair(self._repair_ids, peer, now, resync_origins)
-        log.info("anti-entropy with node %d: %s", peer, "full resync (it trimmed entries we lack)" if resync_origins
-                 else "same entries applied, different data digests")
-        if not self.out.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, self.repair.id, None)):
-            self.repair = None
-
-    def _on_tree(self, fields, envelope, now):
-        _node_id, repair_id, group = fields
-        if group is not None and group >= GROUPS:
-            return
-        self.out.reply_peer(envelope, protocol.encode_peer(
-            "DTREE_REPLY", self.engine.node_id, repair_id, group, self.engine.tree_hashes(group),
-            protocol.vector_pairs(self.engine.durable_applied)))
-
-    def _on_range(self, fields, envelope, now):
-        _node_id, repair_id, bucket, cursor = fields
-        if bucket >= BUCKETS:
-            return
-        items, next_cursor = self.engine.range_items(bucket, cursor)
-        self.out.reply_peer(envelope, protocol.encode_peer(
-            "DRANGE_REPLY", self.engine.node_id, repair_id, bucket, cursor, items, next_cursor,
-            protocol.vector_pairs(self.engine.durable_applied)))
-
-    def _on_tree_reply(self, fields, now):
-        sender, repair_id, group, hashes, applied = fields
-        r = self.repair
-        if r is None or sender != r.peer or repair_id != r.id or len(hashes) != GROUPS:
-            return
-        r.deadline = now + REPAIR_TIMEOUT
-        mine = self.engine.tree_hashes(group)
-        if group is None:
-            if r.peer_applied is not None:
-                return
-            # The hashes and this vector were taken together: every differing bucket, pulled from
-            # now on, reflects at least every entry this vector counts.
-            r.peer_applied = protocol.vector_from_pairs(applied)
-            for g in range(GROUPS):
-                if hashes[g] != mine[g]:
-                    r.groups.add(g)
-                    self.out.send_to(r.peer, protocol.encode_peer("DTREE", self.engine.node_id, r.id, g))
-        elif group in r.groups:
-            r.groups.discard(group)
-            r.queue.extend(group * GROUPS + i for i in range(GROUPS) if hashes[i] != mine[i])
-        self._pump(now)
-
-    def _pump(self, now):
-        r = self.repair
-        while r.queue and len(r.pulling) < REPAIR_IN_FLIGHT:
-            bucket = r.queue.pop()
-            r.pulling[bucket] = None
-            self.out.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket, None))
-        if r.done:
-            self._finish_repair(now)
-
-    def _on_range_reply(self, fields, now):
-        sender, repair_id, bucket, cursor, items, next_cursor, applied = fields
-        r = self.repair
-        if (r is None or sender != r.peer or repair_id != r.id or bucket not in r.pulling
-                or r.pulling[bucket] != cursor):
-            return
-        r.deadline = now + REPAIR_TIMEOUT
-        r.keys_changed += self.engine.merge_range(bucket, cursor, next_cursor, items,
-                                                  protocol.vector_from_pairs(applied))
-        if next_cursor is not None:
-            r.pulling[bucket] = next_cursor
-            self.out.send_to(r.peer, protocol.encode_peer("DRANGE", self.engine.node_id, r.id, bucket,
-                                                           next_cursor))
-        else:
-            del r.pulling[bucket]
-            r.buckets_pulled += 1
-        self._pump(now)
-
-    def _finish_repair(self, now):
-        r, self.repair = self.repair, None
-        if r.resync_origins:
-            self.engine.adopt_applied({o: s for o, s in r.peer_applied.items() if o in r.resync_origins})
-        took = now - r.started
-        log.info("anti-entropy with node %d done in %.3f s: %d buckets pulled, %d keys changed%s", r.peer, took,
-                 r.buckets_pulled, r.keys_changed, "; applied seqs of the trimmed origins adopted"
-                 if r.resync_origins else "")
-        self.repairs = (self.repairs + [{"peer": r.peer, "seconds": round(took, 3), "buckets": r.buckets_pulled,
-                                         "keys_changed": r.keys_changed, "resync": bool(r.resync_origins)}])[-5:]
-
     # ------------------------------------------------------------ status
 
     def status(self, now):
@@ -454,6 +337,7 @@ class Replication:
                           "behind": behind, "ahead": ahead, "digest": None if view.digest is None else
                           f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,
                           "last_heard": None if view.heard is None else round(now - view.heard, 3)})
-        return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps, "repairs": self.repairs,
-                "read_repairs": self.read_repairs,
-                "repairing": None if self.repair is None else self.repair.peer}
+        repair = self.anti_entropy.repair
+        return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps,
+                "repairs": self.anti_entropy.repairs, "read_repairs": self.read_repairs,
+                "repairing": None if repair is None else repair.peer}

@@ -1,0 +1,48 @@
+"""What both modes' client command tables share (commands.py for leader mode, dynamo/commands.py):
+dispatch through one table, PING and STATUS, the exactly-once check of a retried write, and one
+scan page. Each handler returns (reply body, what the reply waits for); `no_wait` is the mode's
+"nothing" (modes.py reads the rest)."""
+import time
+
+from . import errors, limits, protocol
+from .sessions import STALE
+
+
+class CommandTable:
+    no_wait = 0
+
+    def __init__(self, engine, handlers):
+        self.engine = engine
+        self.storage = engine.storage
+        self.config = engine.config
+        self.sessions = engine.sessions
+        self._handlers = {"PING": self._ping, "STATUS": self._status, **handlers}
+
+    def handle(self, request):
+        """One decoded request -> (reply body, what it waits for)."""
+        return self._handlers[request.command](request)
+
+    def _ping(self, req):
+        return protocol.encode_ok(req.request_id, self.config.node_id), self.no_wait
+
+    def _status(self, req):
+        return protocol.encode_ok(req.request_id, self.engine.status()), self.no_wait
+
+    def _retried(self, req):
+        """The record of this client's request when it was applied already (a retry: it gets the
+        first outcome, not a second apply), else None. A request below an open_from the client sent
+        since is a late copy: refused."""
+        record = self.sessions.lookup(req.client_id, req.request_id, req.open_from, time.monotonic())
+        if record is STALE:
+            raise errors.RequestFenced(f"request {req.request_id} is below an open_from this client already "
+                                       f"sent: a late copy, not applied")
+        return record
+
+    def _scan_page(self, req, value_of=None):
+        """One page of a scan from RocksDB (limits.SCAN), with the cursor of the next page (None: done)."""
+        start, end, prefix, limit, _stale = req.args
+        page = limits.SCAN.items if limit is None else min(limit, limits.SCAN.items)
+        items, next_key = self.storage.scan(start, end, prefix, page, limits.SCAN.bytes, value_of)
+        if limit is not None and len(items) >= limit:
+            next_key = None
+        return protocol.encode_ok(req.request_id, [list(item) for item in items], next_key), self.no_wait

@@ -1,0 +1,114 @@
+"""What each client command means in dynamo mode (docs/PROTOCOL.md, docs/DYNAMO.md), against the
+node's DynamoEngine: reads of a key's versions, writes that make a new version at this node's
+origin, exactly once per client request. Each returns (reply body, Wait); the rest of the table
+(PING, STATUS, the retry check, a scan page) is shared with leader mode (command_table.py)."""
+import time
+from typing import NamedTuple
+
+from .. import errors, protocol
+from ..command_table import CommandTable
+from ..versions import winner
+from .layout import _winning_value
+
+
+class Wait(NamedTuple):
+    """What a reply waits for on this node (modes.DynamoMode): the batch that makes it durable (0:
+    nothing) and, for a write this run made, its `seq` of this run's origin (0: none), which a write
+    with w > 1 also waits to see held by w nodes."""
+    batch: int
+    seq: int = 0
+
+
+NO_WAIT = Wait(0)
+
+
+def read_reply(req, state):
+    """The reply to GET or GET_VERSIONS from a key state (also a quorum read's merge)."""
+    if req.command == "GET":
+        best = winner(state)
+        return protocol.encode_ok(req.request_id, None if best is None else best.value, len(state.siblings) > 1)
+    siblings = [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
+    return protocol.encode_ok(req.request_id, siblings, protocol.encode_context(state.ctx))
+
+
+class DynamoCommands(CommandTable):
+    no_wait = NO_WAIT
+
+    def __init__(self, engine):
+        super().__init__(engine, {
+            "GET": self._get, "GET_VERSIONS": self._get, "PUT": self._put, "PUT_CTX": self._put_ctx,
+            "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas, "SCAN": self._scan,
+            "OUTCOME": self._outcome,
+        })
+
+    def _get(self, req):
+        key = req.args[0]
+        return read_reply(req, self.engine.load(key)), Wait(self.engine.batch_of(key))
+
+    def _check_write(self, req):
+        """A retried write already applied here: its reply. None: apply it."""
+        dot = self._retried(req)
+        if dot is None:
+            return None
+        origin, seq = dot
+        # a quorum write's retry waits for the quorum too (when this run made it)
+        return (protocol.encode_ok(req.request_id, True, seq, origin),
+                Wait(self.engine.pending_batch, seq if origin == self.engine.origin else 0))
+
+    def _written(self, req, ops, result=True):
+        """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot."""
+        engine = self.engine
+        seq = engine.write(req, ops)
+        return protocol.encode_ok(req.request_id, result, seq, engine.origin), Wait(engine.pending_batch, seq)
+
+    def _put(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key, value = req.args
+        return self._written(req, ((key, value, None),))
+
+    def _put_ctx(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key, value, raw_ctx = req.args
+        ctx = protocol.decode_context(raw_ctx)
+        origin, made = self.engine.origin, self.engine.applied[self.engine.origin]
+        if ctx.get(origin, 0) > made:
+            # No read could have returned it: this origin is this run's, and has made fewer writes.
+            raise errors.BadArgument(f"the context names write {ctx[origin]} of this node's origin, which "
+                                     f"has made {made}: it is not one get_versions returned")
+        return self._written(req, ((key, value, ctx),))
+
+    def _delete(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        key = req.args[0]
+        if not any(s.value is not None for s in self.engine.load(key).siblings):
+            return protocol.encode_ok(req.request_id, False, 0, 0), Wait(self.engine.batch_of(key))
+        return self._written(req, ((key, None, None),), result=True)
+
+    def _put_many(self, req):
+        done = self._check_write(req)
+        if done:
+            return done
+        items = dict(req.args[0])     # a key given twice: the last value, as a sequence of puts would leave
+        return self._written(req, tuple((k, v, None) for k, v in items.items()))
+
+    @staticmethod
+    def _cas(req):
+        raise errors.UnsupportedOperation("cas is not offered in dynamo mode: another node may accept a write to "
+                                          "the same key at the same moment; use get_versions and put with "
+                                          "its context instead")
+
+    def _scan(self, req):
+        self.engine.flush()    # a scan reads RocksDB: this iteration's writes first
+        return self._scan_page(req, _winning_value)
+
+    def _outcome(self, req):
+        dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
+        if dot is None:
+            return protocol.encode_ok(req.request_id, "unknown", 0), NO_WAIT
+        return protocol.encode_ok(req.request_id, "committed", dot[1]), Wait(self.engine.pending_batch)
