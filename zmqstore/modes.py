@@ -21,8 +21,7 @@ import time
 
 from . import __version__, errors, protocol
 from .dynamo import DynamoEngine, Replication
-from .engine import Engine
-from .roles import Roles
+from .leader import Engine, Roles
 
 LINEARIZABLE_READS = ("GET", "SCAN")
 

@@ -3,7 +3,7 @@ import random
 from types import SimpleNamespace
 
 from zmqstore import config
-from zmqstore.election import OPEN_FIELD_AFTER, Election
+from zmqstore.leader.election import OPEN_FIELD_AFTER, Election
 
 PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3)]
 

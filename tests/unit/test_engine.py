@@ -6,7 +6,7 @@ import pytest
 
 from zmqstore import config, errors, protocol
 from zmqstore.limits import SCAN
-from zmqstore.engine import Engine
+from zmqstore.leader import Engine
 from zmqstore.storage import Storage
 
 V = protocol.pack_value

@@ -2,8 +2,8 @@
 import pytest
 
 from zmqstore import config, errors, protocol
-from zmqstore.engine import Engine
-from zmqstore.leader import FETCH_RETRY, LogServer, Plan, Primary, Secondary, plan_append
+from zmqstore.leader import Engine, LogServer, Primary
+from zmqstore.leader.secondary import FETCH_RETRY, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
 from zmqstore.storage import Storage
 

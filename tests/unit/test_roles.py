@@ -1,6 +1,6 @@
 """Roles' decisions on real storage in tmp_path, read from the iteration's Sends (no sockets)."""
 from zmqstore import config, faults, protocol
-from zmqstore.election import Vote
+from zmqstore.leader.election import Vote
 from zmqstore.modes import LeaderMode
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
 from zmqstore.sends import TO_PEER, Sends

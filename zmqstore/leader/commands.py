@@ -6,9 +6,9 @@ keeps the log; command_table.py what both modes share.
 """
 import time
 
-from . import errors, protocol
-from .command_table import CommandTable
-from .protocol import OP_DEL, OP_PUT
+from .. import errors, protocol
+from ..command_table import CommandTable
+from ..protocol import OP_DEL, OP_PUT
 
 
 class Commands(CommandTable):

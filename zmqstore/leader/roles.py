@@ -10,10 +10,12 @@ it holds must then fail). What it sends goes into `out`, the iteration's Sends. 
 """
 import logging
 
-from . import protocol
+from .. import protocol
 from .election import Election
-from .faults import NONE
-from .leader import LogServer, Primary, Secondary
+from ..faults import NONE
+from .log_server import LogServer
+from .primary import Primary
+from .secondary import Secondary
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ reply gets the first outcome, not a second apply.
 import logging
 import time
 
-from . import errors, protocol
+from .. import errors, protocol
 from .commands import Commands
-from .protocol import OP_PUT, LogEntry
-from .sessions import Sessions
-from .storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
+from ..protocol import OP_PUT, LogEntry
+from ..sessions import Sessions
+from ..storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
                       META_RESTORING, META_TERM, META_VOTED_FOR)
 
 TRIM_SLACK = 0.1                # trim the log once it exceeds log_retention by 10% (amortises the delete)
