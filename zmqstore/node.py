@@ -1,7 +1,5 @@
 """The node process: one zmq.Poller loop owning every socket, the storage and all state; clean shutdown."""
-import itertools
 import logging
-import random
 import signal
 import socket
 import threading
@@ -12,7 +10,8 @@ import zmq
 from . import errors, faults, keys, modes, protocol, transport, trust
 from .outbox import Outbox, send_hwm
 from .replies import Replies
-from .sends import PUBLISH, REPLY, TO_PEER, Sends
+from .peers import PeerPlane
+from .sends import Sends
 from .storage import Storage
 
 MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit) ...
@@ -35,20 +34,15 @@ class Node:
         self.config = config
         self._stopping = False
         self._ctx = zmq.Context()
-        self.router = self.peer_router = self.pub = self.storage = self.engine = self.mode = self.sends = None
-        self.subs = {}                  # peer id -> SUBs connected to that peer's PUB (one per key)
+        self.router = self.peers = self.storage = self.engine = self.mode = self.sends = None
         self.gate = self.outbox = None
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = None
         self.replies = None
-        self._peer_limits = None
-        self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
         self.faults = faults.NONE
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        # What a peer may send: log entries and states each up to about max_request_size.
-        peer_frame_max = 2 * config.max_request_size + (1 << 20)
         try:
             self.faults = faults.Faults.from_environment()     # test-only switches (faults.py)
             security = keys.load_node_security(config)      # None without keys
@@ -61,65 +55,17 @@ class Node:
             # half of client_output_limit in ZeroMQ's queue, half in the outbox's (outbox.py)
             self.outbox = Outbox(self.router, config.client_output_limit // 2)
             self.replies = Replies(self.outbox.send)
-            self.peer_router = transport.bind_router(self._ctx, config.host, config.peer_port, peer_frame_max,
-                                                     self.gate.guard_peer, what="peer_port", curve=own)
-            self.pub = transport.bind_pub(self._ctx, config.host, config.pub_port, self.gate.guard_peer, curve=own)
+            self.peers = PeerPlane(self._ctx, config, self.gate, security, self.faults)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
-            # The peers' sockets first: a mode may talk to them as it starts.
-            self._connect_peers(config, security, own, peer_frame_max)
-            self.sends = Sends(self._reachable)
+            self.sends = Sends(self.peers.reachable)
             self.mode = modes.MODES[config.mode](self.sends, self, self.storage, config, self.faults,
                                                  time.monotonic())
             self.engine, self.peering = self.mode.engine, self.mode.peering
-            self._peer_limits = self.engine.limits._replace(max_request_size=peer_frame_max)
+            self.peers.attach(self.peering, self.engine.limits)
         except BaseException:
             self.engine = None
             self._close()
             raise
-
-    def _connect_peers(self, config, security, own, peer_frame_max):
-        for peer in config.peers:
-            # One SUB and one DEALER per key the peer may hold: two while its key is rotated
-            # (docs/SECURITY.md). Only those expecting the key it holds complete a handshake:
-            # messages arrive on them, and sends go to them (the others refuse, IMMEDIATE).
-            curves = [(own, key) for key in security.nodes[peer.node_id]] if security is not None else [None]
-            self.subs[peer.node_id] = tuple(
-                transport.connect_sub(self._ctx, peer, config.host, peer_frame_max, curve) for curve in curves)
-            self.dealers[peer.node_id] = tuple(transport.connect_dealer(
-                self._ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
-                source_host=config.host, max_msg_size=peer_frame_max, immediate=True, curve=curve)
-                for curve in curves)
-
-    # ------------------------------------------------------------ sending what the modes decided
-
-    def _send(self, items):
-        """Send an iteration's peer messages (sends.py). A message to a peer that cannot take it
-        now (not connected, or its queue full) is dropped: every one is resent or made up for
-        (FETCH and DFETCH retries, the next heartbeat or status report)."""
-        for kind, target, body in items:
-            if kind is TO_PEER:
-                self._send_to(target, body)
-            elif kind is REPLY:
-                transport.send_frames(self.peer_router, target + [body])
-            elif kind is PUBLISH:
-                if not (self.faults.drop_changes and random.random() < self.faults.drop_changes):
-                    transport.send(self.pub, body)
-            else:
-                for node_id in self.dealers:
-                    self._send_to(node_id, body)
-
-    def _send_to(self, node_id, body):
-        for dealer in self.dealers.get(node_id, ()):
-            try:
-                dealer.send(body, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                pass
-
-    def _reachable(self, node_id):
-        """Whether a message to that peer would be taken now: a DEALER with a completed connection
-        (IMMEDIATE) and room in its queue."""
-        return any(dealer.get(zmq.EVENTS) & zmq.POLLOUT for dealer in self.dealers.get(node_id, ()))
 
     # ------------------------------------------------------------ replies the modes build later (dynamo quorum reads)
 
@@ -188,9 +134,8 @@ class Node:
         if self.router is not None:
             # A short linger lets the last replies (already durable) leave; term() waits at most this.
             self.router.close(linger=SHUTDOWN_LINGER_MS)
-        for sock in (self.peer_router, self.pub, *itertools.chain(*self.subs.values(), *self.dealers.values())):
-            if sock is not None:
-                sock.close(linger=0)
+        if self.peers is not None:
+            self.peers.close()
         if self.peering is not None:
             self.peering.close()
         if self.storage is not None:
@@ -204,16 +149,14 @@ class Node:
     # ------------------------------------------------------------ the loop
 
     def _loop(self):
-        router, peer_router = self.router, self.peer_router
+        router, peers = self.router, self.peers
         wake_fd = self._wake_r.fileno()
-        dealer_peers = {sock: node_id for node_id, socks in self.dealers.items() for sock in socks}
-        sub_peers = {sock: node_id for node_id, socks in self.subs.items() for sock in socks}
+        peer_sockets = frozenset(peers.sockets)
         gate = self.gate
         # Handshakes, then the peer plane: zmq_poll reports ready items in this order, so no client
         # load can delay heartbeats, votes or replication within an iteration.
-        poll_items = [(gate.zap, zmq.POLLIN), (peer_router, zmq.POLLIN)]
-        poll_items.extend((s, zmq.POLLIN) for s in sub_peers)
-        poll_items.extend((d, zmq.POLLIN) for d in dealer_peers)
+        poll_items = [(gate.zap, zmq.POLLIN)]
+        poll_items.extend((s, zmq.POLLIN) for s in peers.sockets)
         # The client port's monitor last: connections opened and closed (also read before each handshake).
         poll_items += [(router, zmq.POLLIN), (gate.monitor, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
         # The same, also waking when the client port can send: while a backlog of replies drains.
@@ -243,12 +186,8 @@ class Node:
                     gate.serve()
                 elif item is gate.monitor:
                     gate.count_connections()
-                elif item is peer_router:
-                    self._serve_peer_router(peer_router)
-                elif item in sub_peers:
-                    self._serve_peer_socket(item, sub_peers[item], protocol.PEER_STREAM)
-                elif item in dealer_peers:
-                    self._serve_peer_socket(item, dealer_peers[item], protocol.PEER_REPLIES)
+                elif item in peer_sockets:
+                    peers.serve(item)
                 else:
                     self._drain_wakeups()
             # The timers due, then the end of the iteration: whatever the messages and the timers
@@ -262,7 +201,7 @@ class Node:
             if now >= next_beat:
                 self.peering.tick(now)
                 next_beat = now + self.config.heartbeat_interval
-            self.mode.end_iteration(self._send, self._release)
+            self.mode.end_iteration(peers.send, self._release)
             if outbox.backlogs:
                 outbox.flush(time.monotonic())
 
@@ -359,61 +298,3 @@ class Node:
             self.replies.release(mode.ready(), mode.expired, time.monotonic(), fail_all=fail_all,
                                  progress=mode.progress())
 
-    # ------------------------------------------------------------ peer messages
-
-    def _serve_peer_router(self, sock):
-        """Requests on the peer port: each must name a member, and come on that member's connection
-        (its key with keys, its host without)."""
-        gate = self.gate
-        for _ in range(MAX_DRAIN):
-            try:
-                frames, meta = transport.recv_with_meta(sock, gate.meta, transport.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                envelope, body = protocol.split_frames(frames)
-                message = protocol.decode_peer(body, self._peer_limits)
-            except errors.RequestError as exc:
-                gate.refuse_message(meta, f"a malformed peer message ({exc})")
-                continue
-            if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, meta, envelope):
-                gate.refuse_message(meta, f"{message.command} naming node {protocol.peer_sender(message)}")
-            elif self.peering is not None:
-                self._handle_peer(self.peering.on_request, message, envelope)
-
-    def _serve_peer_socket(self, sock, peer_id, commands):
-        """What one peer sends on the sockets this node connected to it: its change stream (a SUB)
-        or its replies (a DEALER). Each message must be one of `commands` and name that peer."""
-        for _ in range(MAX_DRAIN):
-            try:
-                body = transport.recv_frames(sock, transport.NOBLOCK)[-1]
-            except zmq.Again:
-                return
-            message = self._decode_peer(body, f"node {peer_id}")
-            if message is None:
-                continue
-            if message.command not in commands or protocol.peer_sender(message) != peer_id:
-                self.gate.refuse_message(f"node {peer_id}",
-                                         f"{message.command} naming node {protocol.peer_sender(message)}")
-            else:
-                self._handle_peer(self.peering.on_message, message)
-
-    def _decode_peer(self, body, source):
-        try:
-            return protocol.decode_peer(body, self._peer_limits)
-        except errors.RequestError as exc:
-            self.gate.refuse_message(source, f"a malformed peer message ({exc})")
-            return None
-
-    def _handle_peer(self, handler, message, *args):
-        """A handler that raises drops its message and logs the sender; it never ends the node
-        (storage failures stay fail-stop)."""
-        try:
-            handler(message, *args, time.monotonic())
-        except errors.StorageError:
-            raise
-        except errors.RequestError as exc:     # refused on its content (a field this node cannot justify)
-            self.gate.refuse_message(f"node {protocol.peer_sender(message)}", f"{message.command} ({exc})")
-        except Exception:
-            log.exception("dropping a %s from node %s that could not be processed", message.command,
-                          protocol.peer_sender(message))

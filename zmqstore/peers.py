@@ -1,0 +1,163 @@
+"""The peer plane's sockets (docs/ARCHITECTURE.md, "One process, one loop"): the peer port
+(ROUTER), this node's change stream (PUB), and for each peer one SUB on its stream and one DEALER
+to its peer port (per key it may hold). Messages in are checked against the connection they came
+on (trust.py) and handed to the mode's peer side (`peering`: Roles or Replication); messages out
+are an iteration's Sends items, sent after its commit (sends.py)."""
+import itertools
+import logging
+import random
+import time
+
+import zmq
+
+from . import errors, protocol, transport
+from .sends import PUBLISH, REPLY, TO_PEER
+
+PEER_DRAIN = 4096             # messages taken from one peer socket per loop iteration
+
+log = logging.getLogger("zmqstore.node")
+
+
+class PeerPlane:
+    def __init__(self, ctx, config, gate, security, faults):
+        own = security.own if security is not None else None
+        self.gate, self.faults = gate, faults
+        # What a peer may send: log entries and states each up to about max_request_size.
+        self.frame_max = 2 * config.max_request_size + (1 << 20)
+        self.limits = None              # set by attach(): the engine's limits with frame_max
+        self.peering = None             # the mode's peer side (None standalone)
+        self.subs = {}                  # peer id -> SUBs connected to that peer's PUB (one per key)
+        self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
+        self.router = self.pub = None
+        try:
+            self.router = transport.bind_router(ctx, config.host, config.peer_port, self.frame_max, gate.guard_peer,
+                                                what="peer_port", curve=own)
+            self.pub = transport.bind_pub(ctx, config.host, config.pub_port, gate.guard_peer, curve=own)
+            self._connect(ctx, config, security, own)
+        except BaseException:
+            self.close()
+            raise
+        self._sub_peers = {sock: node_id for node_id, socks in self.subs.items() for sock in socks}
+        self._dealer_peers = {sock: node_id for node_id, socks in self.dealers.items() for sock in socks}
+
+    def attach(self, peering, limits):
+        self.peering = peering
+        self.limits = limits._replace(max_request_size=self.frame_max)
+
+    @property
+    def sockets(self) -> list:
+        """What the loop polls for input, the peer port first."""
+        return [self.router, *self._sub_peers, *self._dealer_peers]
+
+    def serve(self, sock):
+        """Take what one of `sockets` holds."""
+        if sock is self.router:
+            self._serve_router(sock)
+        elif sock in self._sub_peers:
+            self._serve_socket(sock, self._sub_peers[sock], protocol.PEER_STREAM)
+        else:
+            self._serve_socket(sock, self._dealer_peers[sock], protocol.PEER_REPLIES)
+
+    def close(self):
+        for sock in (self.router, self.pub, *itertools.chain(*self.subs.values(), *self.dealers.values())):
+            if sock is not None:
+                sock.close(linger=0)
+
+    def _connect(self, ctx, config, security, own):
+        for peer in config.peers:
+            # One SUB and one DEALER per key the peer may hold: two while its key is rotated
+            # (docs/SECURITY.md). Only those expecting the key it holds complete a handshake:
+            # messages arrive on them, and sends go to them (the others refuse, IMMEDIATE).
+            curves = [(own, key) for key in security.nodes[peer.node_id]] if security is not None else [None]
+            self.subs[peer.node_id] = tuple(
+                transport.connect_sub(ctx, peer, config.host, self.frame_max, curve) for curve in curves)
+            self.dealers[peer.node_id] = tuple(transport.connect_dealer(
+                ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
+                source_host=config.host, max_msg_size=self.frame_max, immediate=True, curve=curve)
+                for curve in curves)
+
+    def send(self, items):
+        """Send an iteration's peer messages (sends.py). A message to a peer that cannot take it
+        now (not connected, or its queue full) is dropped: every one is resent or made up for
+        (FETCH and DFETCH retries, the next heartbeat or status report)."""
+        for kind, target, body in items:
+            if kind is TO_PEER:
+                self._send_to(target, body)
+            elif kind is REPLY:
+                transport.send_frames(self.router, target + [body])
+            elif kind is PUBLISH:
+                if not (self.faults.drop_changes and random.random() < self.faults.drop_changes):
+                    transport.send(self.pub, body)
+            else:
+                for node_id in self.dealers:
+                    self._send_to(node_id, body)
+
+    def _send_to(self, node_id, body):
+        for dealer in self.dealers.get(node_id, ()):
+            try:
+                dealer.send(body, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+
+    def reachable(self, node_id):
+        """Whether a message to that peer would be taken now: a DEALER with a completed connection
+        (IMMEDIATE) and room in its queue."""
+        return any(dealer.get(zmq.EVENTS) & zmq.POLLOUT for dealer in self.dealers.get(node_id, ()))
+
+    def _serve_router(self, sock):
+        """Requests on the peer port: each must name a member, and come on that member's connection
+        (its key with keys, its host without)."""
+        gate = self.gate
+        for _ in range(PEER_DRAIN):
+            try:
+                frames, meta = transport.recv_with_meta(sock, gate.meta, transport.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                envelope, body = protocol.split_frames(frames)
+                message = protocol.decode_peer(body, self.limits)
+            except errors.RequestError as exc:
+                gate.refuse_message(meta, f"a malformed peer message ({exc})")
+                continue
+            if message.command not in protocol.PEER_REQUESTS or not gate.admits(message, meta, envelope):
+                gate.refuse_message(meta, f"{message.command} naming node {protocol.peer_sender(message)}")
+            elif self.peering is not None:
+                self._handle(self.peering.on_request, message, envelope)
+
+    def _serve_socket(self, sock, peer_id, commands):
+        """What one peer sends on the sockets this node connected to it: its change stream (a SUB)
+        or its replies (a DEALER). Each message must be one of `commands` and name that peer."""
+        for _ in range(PEER_DRAIN):
+            try:
+                body = transport.recv_frames(sock, transport.NOBLOCK)[-1]
+            except zmq.Again:
+                return
+            message = self._decode(body, f"node {peer_id}")
+            if message is None:
+                continue
+            if message.command not in commands or protocol.peer_sender(message) != peer_id:
+                self.gate.refuse_message(f"node {peer_id}",
+                                         f"{message.command} naming node {protocol.peer_sender(message)}")
+            else:
+                self._handle(self.peering.on_message, message)
+
+    def _decode(self, body, source):
+        try:
+            return protocol.decode_peer(body, self.limits)
+        except errors.RequestError as exc:
+            self.gate.refuse_message(source, f"a malformed peer message ({exc})")
+            return None
+
+    def _handle(self, handler, message, *args):
+        """A handler that raises drops its message and logs the sender; it never ends the node
+        (storage failures stay fail-stop)."""
+        try:
+            handler(message, *args, time.monotonic())
+        except errors.StorageError:
+            raise
+        except errors.RequestError as exc:     # refused on its content (a field this node cannot justify)
+            self.gate.refuse_message(f"node {protocol.peer_sender(message)}", f"{message.command} ({exc})")
+        except Exception:
+            log.exception("dropping a %s from node %s that could not be processed", message.command,
+                          protocol.peer_sender(message))
