@@ -4,7 +4,7 @@
 What the loop asks of a mode:
 - `handle(request, envelope, now)`: a client request -> (reply, until), `until` being what the
   reply waits for, never something already true (None: it leaves at once; replies.py relies on
-  that); or None when the mode answers it later itself (a dynamo read from several nodes).
+  that). A dynamo read from several nodes is (None, its QuorumRead): the body comes with it.
 - `end_iteration(send, release)`: the end of every loop iteration, the same for both modes and
   for the simulations: the iteration's single commit, what it decided to send (sends.py) after
   that commit, and the held replies released where they may go (see the method);
@@ -12,15 +12,14 @@ What the loop asks of a mode:
   whenever that rule may accept more (so an unchanged one saves the queue a pass), and
   `expired(held)`: a held reply's error body at its deadline;
 - `engine` (the node's state and client commands) and `peering` (peer traffic; None standalone).
-A mode is built with `out`, the Sends its peer traffic fills, and `client`, what answers clients
-later (dynamo quorum reads: `reply(envelope, body)`, `reply_after(envelope, body, batch, ...)`).
-Dynamo mode also has `until_durable(batch)`, for the replies its Replication builds (node.reply_after).
+A mode is built with `out`, the Sends its peer traffic fills. It never sends a reply itself: every
+reply it does not answer at once is held in the one queue (replies.py), a dynamo quorum read too.
 """
 import random
 import time
 
 from . import __version__, errors, protocol
-from .dynamo import DynamoEngine, Replication
+from .dynamo import DynamoEngine, QuorumRead, Replication
 from .leader import Engine, Roles
 
 LINEARIZABLE_READS = ("GET", "SCAN")
@@ -79,7 +78,7 @@ class LeaderMode(Mode):
     A reply waits for (commit seq, read round): its write's entry committed, and for a linearizable
     read on a replicated primary, a heartbeat round started after it arrived confirmed."""
 
-    def __init__(self, out, client, storage, config, faults, now):
+    def __init__(self, out, storage, config, faults, now):
         self.out, self.config, self.faults = out, config, faults
         self.engine = Engine(storage, config, __version__)
         self.roles = self.peering = None
@@ -156,25 +155,25 @@ class DynamoMode(Mode):
     reply waits for (batch, seq, need): the batch that makes it durable here and, for a write with
     w = need > 1, need nodes holding entry seq of this run's origin."""
 
-    def __init__(self, out, client, storage, config, faults, now):
+    def __init__(self, out, storage, config, faults, now):
         self.out, self.config = out, config
         self.engine = DynamoEngine(storage, config, __version__, faults)
         self.replication = self.peering = None
         if config.peers:
-            self.replication = self.peering = Replication(out, client, self.engine, config, now)
+            self.replication = self.peering = Replication(out, self.engine, config, now)
             self.engine.extra_status = lambda: self.replication.status(time.monotonic())
 
     def handle(self, request, envelope, now):
-        """A read with r > 1 goes to the peers (None: Replication answers it); a write with w > 1
-        waits until w nodes hold it. A standalone node refuses quorums above 1."""
+        """A read with r > 1 goes to the peers and is held, body and all, as a QuorumRead until its
+        answers are in and joined; a write with w > 1 waits until w nodes hold it. A standalone node
+        refuses quorums above 1."""
         cfg, command = self.config, request.command
         if command in ("GET", "GET_VERSIONS"):
             need = request.options.get("r", cfg.read_quorum)
             if need > 1:
                 if need > cfg.cluster_size:
                     raise errors.BadArgument(f"r = {need} exceeds the cluster's {cfg.cluster_size} nodes")
-                self.replication.quorum_read(request, envelope, need, now)
-                return None
+                return None, self.replication.quorum_read(request, need)
         need = 1
         if command in protocol.WRITE_COMMANDS:
             need = request.options.get("w", cfg.write_quorum)
@@ -188,19 +187,29 @@ class DynamoMode(Mode):
             return reply, None      # a retry whose write is durable and held by enough nodes already
         return reply, (batch, seq, need)
 
-    def until_durable(self, batch):
-        """What a reply built later (a quorum read's) waits for: its batch."""
-        return None if batch <= self.engine.durable_batches else (batch, 0, 1)
-
     def ready(self):
         durable = self.engine.durable_batches
         copies = self.replication.copies if self.replication is not None else (lambda seq: 1)
-        return lambda until: until[0] <= durable and (until[2] <= 1 or copies(until[1]) >= until[2])
+
+        def rule(until):
+            if until.__class__ is QuorumRead:
+                return until.reply is not None and until.batch <= durable
+            return until[0] <= durable and (until[2] <= 1 or copies(until[1]) >= until[2])
+        return rule
 
     def progress(self):
-        return self.engine.durable_batches, self.replication.acked if self.replication is not None else ()
+        rep = self.replication
+        return self.engine.durable_batches, (rep.acked, rep.reads_done) if rep is not None else ()
 
     def expired(self, held):
+        if held.until.__class__ is QuorumRead:
+            read = held.until
+            self.replication.forget(read)
+            if read.reply is None:
+                return protocol.encode_error(
+                    held.request_id, "unavailable", f"read_quorum {read.need} not reached: {1 + len(read.replies)} "
+                    f"nodes answered within {self.config.replication_timeout} s")
+            return not_confirmed(held, self.config)
         batch, seq, need = held.until
         if held.is_write and need > 1:
             copies = self.replication.copies(seq)

@@ -58,32 +58,13 @@ class Node:
             self.peers = PeerPlane(self._ctx, config, self.gate, security, self.faults)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             self.sends = Sends(self.peers.reachable)
-            self.mode = modes.MODES[config.mode](self.sends, self, self.storage, config, self.faults,
-                                                 time.monotonic())
+            self.mode = modes.MODES[config.mode](self.sends, self.storage, config, self.faults, time.monotonic())
             self.engine, self.peering = self.mode.engine, self.mode.peering
             self.peers.attach(self.peering, self.engine.limits)
         except BaseException:
             self.engine = None
             self._close()
             raise
-
-    # ------------------------------------------------------------ replies the modes build later (dynamo quorum reads)
-
-    def reply_after(self, envelope, body, batch, request_id, is_write=False):
-        """Send `body` once batch number `batch` is durable: a reply dynamo's Replication built (a
-        quorum read's), so dynamo mode only (modes.DynamoMode.until_durable)."""
-        self._reply_when(envelope, body, request_id, is_write, self.mode.until_durable(batch))
-
-    def _reply_when(self, envelope, body, request_id, is_write, until):
-        """Send `body` now (until None) or hold it until the mode's rule accepts `until`."""
-        if until is None:
-            self.outbox.send(envelope + [body])
-        else:
-            self.replies.hold(envelope, body, request_id, is_write, until,
-                              time.monotonic() + self.config.replication_timeout)
-
-    def reply(self, envelope, body):
-        self.outbox.send(envelope + [body])
 
     # ------------------------------------------------------------ lifecycle
 
@@ -285,9 +266,12 @@ class Node:
             outbox.send(envelope + [protocol.encode_exception(
                 rid, errors.InternalError(f"internal error: {type(exc).__name__}"))])
             return
-        if handled is not None:     # None: the mode answers later (a dynamo read from several nodes)
-            reply, until = handled
-            self._reply_when(envelope, reply, request.request_id, request.command in protocol.WRITE_COMMANDS, until)
+        reply, until = handled
+        if until is None:
+            outbox.send(envelope + [reply])
+        else:   # held until the mode's rule accepts `until` (replies.py)
+            self.replies.hold(envelope, reply, request.request_id, request.command in protocol.WRITE_COMMANDS, until,
+                              time.monotonic() + self.config.replication_timeout)
 
     def _release(self, fail_all=False):
         """Send the held replies that are ready; time out the expired ones (replies.py). With

@@ -7,7 +7,9 @@ write). At the top of each loop iteration and where the mode's commit allows (be
 fsync), the node asks the mode for its rule (`ready()`, a predicate on `until` for this moment) and
 releases, in arrival order, every held reply the rule accepts; one past its deadline gets the
 mode's error instead (`expired(held)`): a reply waits at most `replication_timeout` once held.
-Every reply is held for the same timeout, so arrival order is deadline order. A pass is skipped
+Every reply is held for the same timeout, so arrival order is deadline order. A reply whose body
+is not known when it is held (a dynamo quorum read, built once its peers have answered) is held
+with body None; its `until` then carries the body (`until.reply`) by the time the rule accepts it. A pass is skipped
 when the mode's `progress()` has not moved and no deadline has passed: a node holding many replies
 it cannot release yet (a primary that lost its majority) does not scan them all every iteration.
 That is sound because a mode holds only replies its rule does not accept yet (it sends the others
@@ -54,7 +56,7 @@ class Replies:
         kept, send = [], self._send
         for h in self._held:
             if not fail_all and ready(h.until):
-                send(h.envelope + [h.body])
+                send(h.envelope + [h.body if h.body is not None else h.until.reply])
             elif fail_all or h.deadline <= now:
                 send(h.envelope + [expired(h)])
             else:

@@ -190,7 +190,7 @@ def test_a_tombstone_is_not_collected_while_a_concurrent_write_may_still_arrive(
         a.flush()
         b.apply_remote(a.origin, entries_of(a, a.origin))
         b.flush()
-        rep = Replication(Sends(), None, a, cfgs[1], 0.0)
+        rep = Replication(Sends(), a, cfgs[1], 0.0)
         view = rep.views[2]
         view.applied, view.heard = dict(b.durable_applied), 0.0
         assert rep.stable_vector()[a.origin] == 2       # the tombstone is stable ...
@@ -238,22 +238,18 @@ def test_a_forged_context_cannot_hide_other_writes_and_a_refused_write_changes_n
 
 
 def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_path):
-    """r = 2 on node 1: node 2's newer version arrives in DREAD_REPLY; the reply shows the join,
-    node 1 stores it, and node 2 (whose state lacked node 1's version) gets a DPUSH, but only once
-    the batch is flushed: the mode's end of iteration sends it after its commit."""
+    """r = 2 on node 1: the read is held in the reply queue; node 2's newer version arrives in
+    DREAD_REPLY; the reply shows the join, node 1 stores it, and node 2 (whose state lacked node 1's
+    version) gets a DPUSH, both only once the join is durable: the mode's end of iteration sends
+    and releases them after its commit."""
     from zmqstore.modes import DynamoMode
+    from zmqstore.replies import Replies
     cfgs, modes = {}, {}
-    replies = []
-
-    class Client:
-        def reply_after(self, envelope, body, batch, rid):
-            replies.append((body, batch))
-
     for node_id, other in ((1, 2), (2, 1)):
         cfgs[node_id] = config.resolve(None, {
             "node_id": node_id, "mode": "dynamo", "data_dir": str(tmp_path / f"n{node_id}"),
             "peers": [{"node_id": other, "host": "127.0.0.1", "port": 9000 + other}]})
-        modes[node_id] = DynamoMode(Sends(), Client(), Storage.open(cfgs[node_id].data_dir, node_id, "dynamo"),
+        modes[node_id] = DynamoMode(Sends(), Storage.open(cfgs[node_id].data_dir, node_id, "dynamo"),
                                     cfgs[node_id], faults.NONE, 0.0)
     a, b = modes[1].engine, modes[2].engine
     try:
@@ -261,26 +257,30 @@ def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_pat
         Caller(b)("PUT", b"k", V("b"))
         a.flush()
         b.flush()
-        rep, out = modes[1].replication, modes[1].out
+        mode, out = modes[1], modes[1].out
         out.take()
-        body = protocol.encode_request("GET", b"c", 7, 7, b"k", False, {"r": 2})
-        request = protocol.decode_request(body)
-        rep.quorum_read(request, [b"env"], 2, 0.0)
+        answered = []       # (frames, whether the join was durable when they were sent)
+        queue = Replies(lambda frames: answered.append((frames, a.durable_batches >= read.batch)))
+        request = protocol.decode_request(protocol.encode_request("GET", b"c", 7, 7, b"k", False, {"r": 2}))
+        body, read = mode.handle(request, [b"env"], 0.0)
+        queue.hold([b"env"], body, 7, False, read, deadline=10.0)
         assert [kind for kind, _to, sent in out.take() if b"DREAD" in sent] == [sends.TO_ALL]
-        rep.on_message(protocol.PeerMessage("DREAD_REPLY", (2, 1, b.durable_state(b"k"),
-                                                            protocol.vector_pairs(b.durable_applied))), 0.0)
-        (reply_body, batch), = replies
-        value, conflict = protocol.decode_reply(reply_body).result
-        assert conflict is True and value in (V("a"), V("b"))      # both versions, joined
-        assert batch == a.pending_batch and batch > a.durable_batches    # the reply waits for the stored join
+        mode.replication.on_message(protocol.PeerMessage("DREAD_REPLY", (2, 1, b.durable_state(b"k"),
+                                                                          protocol.vector_pairs(b.durable_applied))), 0.0)
+        value, conflict = protocol.decode_reply(read.reply).result
+        assert conflict is True and value in (V("a"), V("b"))          # both versions, joined
+        assert read.batch == a.pending_batch and read.batch > a.durable_batches   # waits for the stored join
         assert len(a.load(b"k").siblings) == 2
         sent = []
 
         def send(items):
-            sent.extend((to, body, a.durable_batches >= batch) for _kind, to, body in items)
-        modes[1].end_iteration(send, lambda fail_all: None)
+            sent.extend((to, body, a.durable_batches >= read.batch) for _kind, to, body in items)
+
+        mode.end_iteration(send, lambda fail_all: queue.release(mode.ready(), mode.expired, 0.0, fail_all,
+                                                                 mode.progress()))
+        assert answered == [([b"env", read.reply], True)]             # released once, after the commit
         pushes = [(to, flushed) for to, body, flushed in sent if b"DPUSH" in body]
-        assert pushes == [(2, True)] and rep.read_repairs == 1      # sent once, after the join was durable
+        assert pushes == [(2, True)] and mode.replication.read_repairs == 1      # once, after the join was durable
     finally:
         for m in modes.values():
             m.engine.storage.close()

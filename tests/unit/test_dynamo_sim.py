@@ -34,17 +34,10 @@ class SimNode:
                                          "port": 9000, "data_dir": data_dir, "fsync": False,
                                          "peers": [p for p in PEERS if p["node_id"] != node_id]})
         self.storage = Storage.open(data_dir, node_id, "dynamo", fsync=False)
-        self.mode = DynamoMode(Sends(), self, self.storage, self.cfg, faults.NONE, net.now)
+        self.mode = DynamoMode(Sends(), self.storage, self.cfg, faults.NONE, net.now)
         self.engine, self.rep, self.peering = self.mode.engine, self.mode.replication, self.mode.peering
         self.next_tick = net.now + random.Random(node_id).uniform(0, 0.1)
         self.next_chores = net.now + 1.0
-
-    # replies to clients that Replication builds later: the simulated clients read and write with r = w = 1
-    def reply(self, envelope, body):
-        pass
-
-    def reply_after(self, envelope, body, batch, request_id, is_write=False):
-        pass
 
     def end_iteration(self):
         """node.py's end of an iteration (modes.Mode.end_iteration): one flush, then what it made

@@ -22,7 +22,7 @@ def test_a_candidacy_counts_the_entries_staged_in_the_same_iteration(tmp_path):
     storage = Storage.open(cfg.data_dir, 2, "leader")
     try:
         out = Sends()
-        mode = LeaderMode(out, None, storage, cfg, faults.NONE, 0.0)
+        mode = LeaderMode(out, storage, cfg, faults.NONE, 0.0)
         mode.engine.record_vote(1, 1, learner=False)         # a founding voter, following node 1 in term 1
         roles = mode.roles
         roles.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 0, 2)), 0.0)

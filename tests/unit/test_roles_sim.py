@@ -27,7 +27,7 @@ class SimNode:
                                     "data_dir": data_dir, "role": role,
                                     "peers": [p for p in PEERS if p["node_id"] != node_id]})
         self.storage = Storage.open(data_dir, node_id, "leader")
-        self.mode = LeaderMode(Sends(), None, self.storage, cfg, faults.NONE, net.now)
+        self.mode = LeaderMode(Sends(), self.storage, cfg, faults.NONE, net.now)
         self.engine, self.roles, self.peering = self.mode.engine, self.mode.roles, self.mode.peering
         self.tick_phase = random.Random(node_id).uniform(0, 0.1)
         self.next_tick = net.now + self.tick_phase

@@ -1,6 +1,6 @@
 """Dynamo mode inside a node: every node accepts writes; replicas exchange their origin logs and
-converge (docs/DYNAMO.md). No sockets: the node loop gives this module requests and peer messages
-and sends what it returns or asks for.
+converge (docs/DYNAMO.md). No sockets: the node loop gives this package requests and peer messages;
+what it sends goes into the iteration's Sends (sends.py), and replies wait in the node's one queue.
 
 - `DynamoEngine` keeps this node's data and logs: each local write gets the next seq of this node's
   origin, its versions are computed (versions.py), and entry, key states and bookkeeping go to
@@ -12,13 +12,14 @@ and sends what it returns or asks for.
   collects tombstones and log entries once every configured node has applied them.
 
 The package: `layout.py` (meta keys, buckets, origins, log keys, limits), `engine.py`
-(`DynamoEngine`) and `replication.py` (`Replication`).
+(`DynamoEngine`), `commands.py` (client commands), `replication.py` (`Replication`, `QuorumRead`)
+and `antientropy.py` (hash trees, bucket pages, exchanges).
 
 Origins: a node takes a new origin id at every start, (node id << 32) | 32 random bits, so a seq
 is never reused, even by a node that lost or restored its data dir (docs/DYNAMO.md).
 """
 from .engine import DynamoEngine
 from .layout import MAX_CLOCK_AHEAD, log_key, origin_name, origin_node
-from .replication import Replication
+from .replication import QuorumRead, Replication
 
-__all__ = ["DynamoEngine", "Replication", "MAX_CLOCK_AHEAD", "log_key", "origin_name", "origin_node"]
+__all__ = ["DynamoEngine", "QuorumRead", "Replication", "MAX_CLOCK_AHEAD", "log_key", "origin_name", "origin_node"]

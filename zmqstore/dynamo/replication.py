@@ -3,7 +3,6 @@ and data digest) to every peer each heartbeat, fetches of what a peer has and th
 quorum reads and read repair, starting anti-entropy exchanges (antientropy.py), and tombstone
 collection once every configured node has applied them."""
 import logging
-from typing import NamedTuple
 
 from .. import protocol
 from ..protocol import encode_key_state
@@ -32,20 +31,26 @@ class PeerReport:
         self.heard = None
 
 
-class QuorumRead(NamedTuple):
-    request: object
-    envelope: list
-    need: int
-    replies: list      # (peer, KeyState, applied vector)
-    deadline: float
+class QuorumRead:
+    """A read with r = need > 1. It is held in the node's one reply queue (replies.py) as its own
+    `until`: ready once `need` nodes (this one included) have answered and their joined state is
+    durable here (batch `batch`), `reply` being then the reply's body. The queue's deadline is its
+    timeout (modes.DynamoMode.expired)."""
+
+    __slots__ = ("id", "request", "need", "replies", "reply", "batch")
+
+    def __init__(self, read_id, request, need):
+        self.id, self.request, self.need = read_id, request, need
+        self.replies = []       # (peer, KeyState, applied vector)
+        self.reply = None
+        self.batch = 0
 
 
 class Replication:
     """Dynamo-mode peer traffic (docs/DYNAMO.md, "Replication")."""
 
-    def __init__(self, out, client, engine, config, now):
+    def __init__(self, out, engine, config, now):
         self.out = out                  # the iteration's Sends (sends.py): sent after its commit
-        self.client = client            # replies to clients: reply(envelope, body), reply_after(...)
         self.engine = engine
         self.config = config
         self.views = {p.node_id: PeerReport() for p in config.peers}
@@ -64,8 +69,9 @@ class Replication:
                                   "DENTRIES": self._on_entries, "DTREE_REPLY": ae.on_tree_reply,
                                   "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": self._on_read_reply}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
-        self._reads = {}                # read id -> QuorumRead
+        self._reads = {}                # read id -> QuorumRead still gathering answers
         self._read_ids = 0
+        self.reads_done = 0             # quorum reads whose answers are all in (modes.DynamoMode.progress)
         self.read_repairs = 0
 
     def close(self):
@@ -78,13 +84,6 @@ class Replication:
 
     def tick(self, now):
         self.out.send_to_all(self._status_message("DSTATUS"))
-        if self._reads:
-            for read_id, pending in list(self._reads.items()):
-                if now > pending.deadline:
-                    del self._reads[read_id]
-                    self.client.reply(pending.envelope, protocol.encode_error(
-                        pending.request.request_id, "unavailable", f"read_quorum {pending.need} not reached: "
-                        f"{1 + len(pending.replies)} nodes answered within {self.config.replication_timeout} s"))
         self.anti_entropy.tick(now)
 
     def housekeeping(self, now):
@@ -150,13 +149,18 @@ class Replication:
         if seq > self._acked.get(node_id, 0):
             self._acked[node_id] = seq
 
-    def quorum_read(self, request, envelope, need, now):
+    def quorum_read(self, request, need):
         """Read a key from `need` nodes (this one and the first need - 1 peers to answer), join
-        their states, repair the stale ones, reply with the joined state."""
+        their states, repair the stale ones, reply with the joined state. Returns the QuorumRead,
+        which the reply queue holds until it is ready."""
         self._read_ids += 1
-        self._reads[self._read_ids] = QuorumRead(request, envelope, need, [],
-                                                  now + self.config.replication_timeout)
-        self.out.send_to_all(protocol.encode_peer("DREAD", self.engine.node_id, self._read_ids, request.args[0]))
+        read = self._reads[self._read_ids] = QuorumRead(self._read_ids, request, need)
+        self.out.send_to_all(protocol.encode_peer("DREAD", self.engine.node_id, read.id, request.args[0]))
+        return read
+
+    def forget(self, read):
+        """The reply queue timed the read out: answers that arrive later are ignored."""
+        self._reads.pop(read.id, None)
 
     def _on_read(self, fields, envelope, now):
         _node_id, read_id, key = fields
@@ -186,8 +190,9 @@ class Replication:
                 # sent after this iteration's commit (sends.py), like the reply: never a state this node could lose
                 self.read_repairs += 1
                 self.out.send_to(peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged))
-        self.client.reply_after(pending.envelope, read_reply(pending.request, merged),
-                                self.engine.pending_batch, pending.request.request_id)
+        # the reply leaves once the join is durable here (the queue's next release after the commit)
+        pending.reply, pending.batch = read_reply(pending.request, merged), self.engine.pending_batch
+        self.reads_done += 1
 
     def _on_push(self, fields, envelope, now):
         node_id, key, raw = fields
