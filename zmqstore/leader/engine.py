@@ -248,20 +248,36 @@ class Engine:
 
     # ------------------------------------------------------------ secondaries: the log from the primary
 
-    def append_entries(self, first_seq, raw_entries):
+    def append_entries(self, first_seq, raw_entries, leader_commit=0):
         """Stage entries first_seq.. (already checked to follow our log) in this iteration's batch:
         written with the iteration's commit (`flush`, one fsync for every CHANGE of the iteration),
-        and applied once committed (`apply_committed` joins the same batch). Returns the new last seq."""
+        and applied once committed (`apply_committed` joins the same batch). Returns the new last seq.
+        Catching up, everything before these entries is applied and most of them are committed
+        (up to `leader_commit`): those are applied straight into the batch, not tracked as pending."""
         batch = self._staging()
         seq = first_seq
         now = time.monotonic()
+        before = self._applied
+        direct = before == first_seq - 1
         for raw in raw_entries:
             entry = protocol.decode_entry(raw)
             batch.append(seq, raw)
             self._record_session(entry, seq, now)   # a retry after failover must find it
-            self._stage_pending(seq, entry.ops)
+            if direct and seq <= leader_commit:
+                for op in entry.ops or ():
+                    if op[0] == OP_PUT:
+                        batch.put(op[1], op[2])
+                    else:
+                        batch.delete(op[1])
+                self._applied = seq
+            else:
+                direct = False
+                self._stage_pending(seq, entry.ops)
             self._staged_terms[seq] = self._last_term = entry.term
             seq += 1
+        if self._applied > before:
+            batch.set_meta(META_APPLIED_SEQ, self._applied)
+            self.commit_seq = max(self.commit_seq, self._applied)
         self._next_seq = seq
         return seq - 1
 

@@ -172,7 +172,7 @@ class Secondary:
             if plan.truncate:
                 self._truncate(plan.seq)
             if plan.kind == "append":
-                self.engine.append_entries(plan.seq, plan.entries)   # written at the iteration's commit
+                self.engine.append_entries(plan.seq, plan.entries, commit_seq)   # written at the iteration's commit
             self.matched = max(self.matched, prev_seq + len(entries))
             self._ack(now)
         self._apply_commit()
