@@ -157,7 +157,13 @@ class Node:
                 deadline = min(deadline, max(now + BACKLOG_RETRY, self.outbox.next_retry()))
             # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
             items = poll_draining if outbox.draining and outbox.backlogs else poll_items
-            for item, events in zmq_poll(items, max(0, int((deadline - now) * 1000)) + 1):
+            ready = zmq_poll(items, max(0, int((deadline - now) * 1000)) + 1)
+            if peering is not None:
+                # Before any message is judged: a pause of this process (SIGSTOP, an overloaded
+                # machine) shows as a gap here, and every "last heard" must restart from now, not
+                # make what arrived during the pause look like the peers' silence.
+                peering.note_loop(time.monotonic())
+            for item, events in ready:
                 if item is router:
                     if events & zmq.POLLOUT:
                         outbox.flush(time.monotonic())
@@ -174,8 +180,6 @@ class Node:
             # The timers due, then the end of the iteration: whatever the messages and the timers
             # decided is committed once, then sent (modes.Mode.end_iteration).
             now = time.monotonic()
-            if peering is not None:
-                peering.note_loop(now)
             if now >= next_chores:
                 self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_INTERVAL

@@ -63,7 +63,7 @@ class Election:
     # ------------------------------------------------------------ hearing
 
     def note_loop(self, now):
-        """Called at the top of every loop iteration. A long gap means this node was not running (a
+        """Called as each loop iteration's poll returns, before any message is handled. A long gap means this node was not running (a
         GC pause, SIGSTOP, an overloaded machine): it heard nothing because it did not listen, so
         every "last heard" restarts now instead of being judged against its own pause. Returns
         True when it found such a gap."""
