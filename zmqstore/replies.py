@@ -3,8 +3,8 @@ timeout path (docs/ARCHITECTURE.md).
 
 A reply is held with `until`, a condition only the mode reads (leader mode: the commit seq and the
 read round it needs; dynamo mode: the batch that makes it durable and how many nodes must hold the
-write). At the top of each loop iteration and where the mode's commit allows (before and after its
-fsync), the node asks the mode for its rule (`ready()`, a predicate on `until` for this moment) and
+write, or a quorum read itself). At the end of each loop iteration (modes.Mode.end_iteration:
+before the iteration's fsync, for what earlier commits made ready, and after it), the node asks the mode for its rule (`ready()`, a predicate on `until` for this moment) and
 releases, in arrival order, every held reply the rule accepts; one past its deadline gets the
 mode's error instead (`expired(held)`): a reply waits at most `replication_timeout` once held.
 Every reply is held for the same timeout, so arrival order is deadline order. A reply whose body

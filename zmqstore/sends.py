@@ -1,7 +1,7 @@
 """The peer messages a loop iteration decides to send, kept as values until the loop sends them
-(docs/ARCHITECTURE.md, "One iteration").
+(docs/ARCHITECTURE.md, "The shape both modes are moving to").
 
-The modes' logic (roles.py, leader.py, dynamo/replication.py) never touches a socket: it appends
+The modes' logic (leader/, dynamo/) never touches a socket: it appends
 what must leave here, and the loop sends it after the iteration's commit, so what a message says
 (an ACK's durable seq, a vote, a DACK) is persisted before it leaves by construction, not by the
 order of two calls in a handler. The one exception is `publish_early`: the primary's stream of the
@@ -21,7 +21,7 @@ class Sends:
     """One iteration's outgoing peer messages, as (kind, target, body) in the order decided.
 
     `reachable(node_id)`: whether a message to that peer would be taken now (a completed
-    connection with room in its queue), which `send_to` returns so that a request sent to a peer
+    connection with room in its queue), which `request` returns so that a request sent to a peer
     that is down is retried on the next timer instead of after a reply timeout."""
 
     __slots__ = ("early", "queue", "reachable")
@@ -41,7 +41,11 @@ class Sends:
         """The primary's new entries: may leave before this iteration's commit (see above)."""
         self.early.append((PUBLISH, None, body))
 
-    def send_to(self, node_id, body) -> bool:
+    def send_to(self, node_id, body):
+        self.queue.append((TO_PEER, node_id, body))
+
+    def request(self, node_id, body) -> bool:
+        """send_to for a request that waits for its answer: False when the peer cannot take it now."""
         self.queue.append((TO_PEER, node_id, body))
         return self.reachable(node_id)
 

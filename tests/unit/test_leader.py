@@ -1,4 +1,5 @@
-"""Replication decisions (leader.py) on real storage in tmp_path, with a fake io instead of sockets."""
+"""The log stream's decisions (leader/primary.py, secondary.py, log_server.py) on real storage in
+tmp_path, with a fake Sends that records what would be sent."""
 import pytest
 
 from zmqstore import config, errors, protocol
@@ -23,6 +24,9 @@ class FakeIO:
     publish_early = publish
 
     def send_to(self, node_id, body):
+        self.request(node_id, body)
+
+    def request(self, node_id, body):
         if not self.connected:
             return False
         self.sent.append((node_id, protocol.decode_peer(body)))
@@ -206,6 +210,22 @@ def test_a_secondary_writes_an_iterations_changes_in_one_batch(make):
     eng.flush()
     assert (st.last_seq, st.last_term, st.applied_seq) == (3, 1, 2) and st.get(b"b") is not None
     assert st.get(b"c") is None                                                # not committed yet
+
+
+def test_a_change_with_a_malformed_entry_stages_nothing(make):
+    """Every entry is checked before any is staged: a CHANGE whose second entry is malformed (a put
+    without its value) is refused whole, and the iteration's batch holds nothing of it."""
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = follow(eng, cfg, io, 1)
+    bad = protocol.encode_entry(LogEntry(1, b"c", 2, ((OP_PUT, b"k"),)))
+    with pytest.raises(errors.MalformedMessage):
+        sec.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), bad], 1, 2)), now=0.0)
+    eng.flush()
+    assert (eng.last_seq, eng.applied_seq, eng.storage.last_seq, eng.storage.applied_seq) == (0, 0, 0, 0)
+    assert eng.storage.get(b"a") is None and io.sent == []
+    step(sec, PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a")], 1, 1)), now=0.1)   # the stream goes on
+    assert eng.storage.applied_seq == 1 and io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 1, 0, False)))
 
 
 def test_secondary_refuses_a_primary_that_lost_its_log(make):

@@ -96,7 +96,7 @@ class AntiEntropy:
         self.repair = Repair(self._ids, peer, now, resync_origins)
         log.info("anti-entropy with node %d: %s", peer, "full resync (it trimmed entries we lack)" if resync_origins
                  else "same entries applied, different data digests")
-        if not self.out.send_to(peer, protocol.encode_peer("DTREE", self.engine.node_id, self.repair.id, None)):
+        if not self.out.request(peer, protocol.encode_peer("DTREE", self.engine.node_id, self.repair.id, None)):
             self.repair = None
 
     def on_tree(self, fields, envelope, now):

@@ -292,7 +292,7 @@ class Replication:
                 return
             tried.clear()
         frm = self.engine.applied.get(origin, 0) + 1
-        if self.out.send_to(node_id, protocol.encode_peer("DFETCH", self.engine.node_id, origin, frm)):
+        if self.out.request(node_id, protocol.encode_peer("DFETCH", self.engine.node_id, origin, frm)):
             self._fetching[origin] = (now + FETCH_TIMEOUT, node_id)
 
     def _on_fetch(self, fields, envelope, now):

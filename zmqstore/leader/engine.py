@@ -8,7 +8,7 @@ read of a key with an uncommitted write waits for that write; everything else ma
 - Standalone (no peers): an entry is committed as soon as it is durable, so data is written in the
   same batch as the log and commit_seq = last_seq after every flush.
 - Replicated primary: flush writes the log only; entries are applied to data once the primary
-  (leader.py) reports them committed (`apply_committed`). Requests are judged against committed
+  (primary.py) reports them committed (`apply_committed`). Requests are judged against committed
   data plus the uncommitted writes (`_pending`), so outcomes follow log order.
 - Secondary: writes and non-stale reads are refused with `not_primary`; entries arrive through
   `append_entries` and are applied up to the commit seq the primary announced. They are staged like
@@ -253,14 +253,15 @@ class Engine:
         written with the iteration's commit (`flush`, one fsync for every CHANGE of the iteration),
         and applied once committed (`apply_committed` joins the same batch). Returns the new last seq.
         Catching up, everything before these entries is applied and most of them are committed
-        (up to `leader_commit`): those are applied straight into the batch, not tracked as pending."""
+        (up to `leader_commit`): those are applied straight into the batch, not tracked as pending.
+        Every entry is decoded before any is staged: a malformed one leaves nothing in the batch."""
+        entries = [protocol.decode_peer_entry(raw) for raw in raw_entries]
         batch = self._staging()
         seq = first_seq
         now = time.monotonic()
         before = self._applied
         direct = before == first_seq - 1
-        for raw in raw_entries:
-            entry = protocol.decode_entry(raw)
+        for raw, entry in zip(raw_entries, entries):
             batch.append(seq, raw)
             self._record_session(entry, seq, now)   # a retry after failover must find it
             if direct and seq <= leader_commit:

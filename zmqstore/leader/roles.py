@@ -1,8 +1,8 @@
 """Leader mode inside a node: who this node is (primary, secondary, candidate), the moves between
 those roles, and the peer messages that drive them (docs/REPLICATION.md).
 
-`election.py` judges (views, losing the primary, standing, counting votes), `leader.py` replicates
-(Primary, Secondary, LogServer); this module carries out their decisions: persisting terms and
+`election.py` judges (views, losing the primary, standing, counting votes), `primary.py`,
+`secondary.py` and `log_server.py` replicate; this module carries out their decisions: persisting terms and
 votes (synced at once: nothing decided in an iteration leaves before the iteration's commit, see
 sends.py), switching roles, and saying when this node stopped leading (`take_deposed`: the replies
 it holds must then fail). What it sends goes into `out`, the iteration's Sends. The node loop calls

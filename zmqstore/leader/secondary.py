@@ -221,7 +221,7 @@ class Secondary:
     def _send_request(self, kind, body, now, key):
         """Send a FETCH or SNAPSHOT and remember it until answered. Not connected to the primary
         (just started, or it is down): the next tick sends it, instead of waiting FETCH_RETRY."""
-        sent = self.out.send_to(self.leader_id, body)
+        sent = self.out.request(self.leader_id, body)
         self._outstanding = (kind, body, now if sent else float("-inf"), key)
 
     def _on_snapshot_chunk(self, command, fields, now):

@@ -15,5 +15,5 @@ from .schema import (BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, E
                      peer_sender)  # noqa: F401
 from .values import decode_context, encode_context, pack_value, unpack_value, vector_from_pairs, vector_pairs  # noqa: F401
 from .codec import (DynEntry, decode_dyn_entry, decode_entry, decode_key_state, decode_peer, decode_reply,
-                    decode_request, encode_dyn_entry, encode_entry, encode_error, encode_exception,
+                    decode_peer_entry, decode_request, encode_dyn_entry, encode_entry, encode_error, encode_exception,
                     encode_key_state, encode_ok, encode_peer, encode_request, entry_term, split_frames)  # noqa: F401

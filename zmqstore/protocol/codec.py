@@ -6,7 +6,8 @@ import msgpack
 
 from .. import errors
 from .checks import _validate_peer, _validate_request
-from .schema import ERR, HEADER_FIELDS, OK, PEER_ARRAY_MAX, PEER_MESSAGES, PROTOCOL_VERSION, UINT64_MAX, Limits, LogEntry, PeerMessage, Reply, Request
+from .schema import (ERR, HEADER_FIELDS, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES, PROTOCOL_VERSION,
+                     UINT64_MAX, Limits, LogEntry, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
 
@@ -104,6 +105,26 @@ def entry_term(data: bytes) -> int:
 def decode_entry(data: bytes) -> LogEntry:
     term, client_id, request_id, ops = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 4)
     return LogEntry(term, client_id, request_id, ops)
+
+
+def decode_peer_entry(data: bytes) -> LogEntry:
+    """A log entry from a peer (CHANGE, ENTRIES), decoded and checked field by field: anything but a
+    well-formed entry raises MalformedMessage."""
+    try:
+        entry = decode_entry(data)
+        if not (_is_uint(entry.term) and type(entry.client_id) is bytes and _is_uint(entry.request_id)):
+            raise ValueError
+        if entry.ops is not None:
+            if type(entry.ops) is not tuple:
+                raise ValueError
+            for op in entry.ops:
+                if not (type(op) is tuple and type(op[1]) is bytes and (
+                        (len(op) == 3 and op[0] == OP_PUT and type(op[2]) is bytes)
+                        or (len(op) == 2 and op[0] == OP_DEL))):
+                    raise ValueError
+    except Exception:
+        raise errors.MalformedMessage("malformed log entry") from None
+    return entry
 
 # ---------------------------------------------------------------- dynamo mode (docs/DYNAMO.md)
 
