@@ -1,5 +1,6 @@
-"""A fault campaign against a real cluster: workload processes record a history on a few keys while
-a seeded nemesis kills, pauses and cuts off nodes; then a checker judges it (docs/TESTING.md).
+"""A fault campaign against a real cluster: workload processes (workload.py) record a history on a
+few keys while a seeded nemesis (nemesis.py) kills, pauses and cuts off nodes; then a checker
+judges it (docs/TESTING.md).
 
 - leader mode: put, get and cas; the linearizability checker (linearizability.py).
 - dynamo mode: writes and deletes with contexts, and reads, each client on its own node; after the
@@ -26,197 +27,12 @@ import tempfile
 import threading
 import time
 
-from .. import errors, protocol
-from ..client import Client, Retry
 from . import convergence, partition
-from .linearizability import Op, check, read_history, write_history
+from .linearizability import check, read_history
+from .nemesis import NETWORK_FAULTS, PROCESS_FAULTS, Nemesis
 from .process import Cluster, wait_until
+from .workload import dynamo_finals, dynamo_worker, leader_worker
 
-KEYS = ("a", "b", "c")
-PROCESS_FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
-# Need iptables (root): partition.py. isolate cuts one node off from all others; split cuts the
-# cluster into a random majority and minority (in 3 nodes, like isolate-random); bridge splits the
-# others into two sides that only one node, the bridge, still sees both of; a flapping link is cut
-# and restored every 0.1-0.3 s.
-NETWORK_FAULTS = ("isolate-primary", "isolate-random", "split", "bridge", "flap")
-
-
-# ---------------------------------------------------------------- workload
-
-def _worker(endpoints, process, seconds, seed, out_path, client_keys):
-    """One client process: random operations on KEYS until `seconds` pass; writes its history."""
-    rng = random.Random(seed * 1000 + process)
-    ops = []
-    counter = 0
-    end = time.monotonic() + seconds
-    with Client(endpoints, timeout=0.5, retry=Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0),
-                **client_keys) as db:
-        while time.monotonic() < end:
-            key = rng.choice(KEYS)
-            kind = rng.choices(("put", "get", "cas"), (3, 4, 3))[0]
-            counter += 1
-            value = process * 1_000_000_000 + counter      # every written value is unique
-            expected = None
-            invoke = time.monotonic()
-            try:
-                if kind == "put":
-                    db.put(key, value)
-                    op = Op(process, "put", key, value, invoke, time.monotonic(), "ok")
-                elif kind == "get":
-                    result = db.get(key)
-                    op = Op(process, "get", key, None, invoke, time.monotonic(), "ok", result)
-                else:
-                    expected = rng.choice([None] + [o.value for o in ops[-5:] if o.kind == "put"]
-                                          + [o.result for o in ops[-5:] if o.kind == "get"])
-                    applied = db.cas(key, expected, value)
-                    op = Op(process, "cas", key, (expected, value), invoke, time.monotonic(), "ok", applied)
-            except errors.RequestError:
-                args = None if kind == "get" else (value if kind == "put" else (expected, value))
-                op = Op(process, kind, key, args, invoke, time.monotonic(), "fail")
-            except errors.ZmqstoreError:
-                # A read that failed changed nothing; a write that failed may still have been
-                # applied by an earlier attempt (or may commit later): unknown.
-                args = None if kind == "get" else (value if kind == "put" else (expected, value))
-                op = Op(process, kind, key, args, invoke, float("inf"), "fail" if kind == "get" else "info")
-            ops.append(op)
-    write_history(out_path, ops)
-
-
-def _dynamo_worker(endpoint, process, seconds, seed, out_path, client_keys):
-    """One dynamo-mode client process, on one node (retries go to the same node, which applies a
-    retried write once): writes and deletes made with the context just read, and reads."""
-    rng = random.Random(seed * 1000 + process)
-    ops, reads = [], 0
-    counter = 0
-    end = time.monotonic() + seconds
-    with Client(endpoint, timeout=0.5, retry=Retry(max_tries=6, delay=0.05, max_delay=0.2, deadline=2.0),
-                **client_keys) as db:
-        while time.monotonic() < end:
-            key = rng.choice(KEYS)
-            kind = rng.choices(("put", "delete", "get"), (6, 1, 3))[0]
-            if kind == "get":
-                try:
-                    db.get(key)
-                    reads += 1
-                except errors.ZmqstoreError:
-                    pass
-                continue
-            counter += 1
-            value = process * 1_000_000_000 + counter if kind == "put" else None
-            invoke = time.monotonic()
-            try:
-                versions = db.get_versions(key)
-            except errors.ZmqstoreError:
-                continue          # nothing was written
-            ctx = protocol.decode_context(versions.context)
-            seen = tuple((v.origin, v.seq, v.value) for v in versions.siblings)
-            try:
-                if kind == "put":
-                    dot = db.put(key, value, context=versions.context)
-                else:
-                    dot = db.delete(key, context=versions.context)
-                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, time.monotonic(), "ok",
-                                               (dot.origin, dot.seq), seen))
-            except errors.RequestError:
-                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, time.monotonic(), "fail",
-                                               None, seen))
-            except errors.ZmqstoreError:
-                ops.append(convergence.WriteOp(process, kind, key, value, ctx, invoke, None, "info", None, seen))
-    convergence.write_history(out_path, ops)
-    with open(out_path + ".reads", "w") as f:
-        f.write(str(reads))
-
-
-def _dynamo_finals(cluster):
-    """{node id: {key: (siblings, ctx)}} read from every node."""
-    finals = {}
-    for node_id, node in cluster.nodes.items():
-        with node.client(timeout=2.0, retry=Retry(max_tries=3)) as db:
-            finals[node_id] = {}
-            for key in KEYS:
-                v = db.get_versions(key, r=1)       # this node's own data, whatever read_quorum says
-                if v.siblings:
-                    finals[node_id][key] = (sorted(((s.value, s.origin, s.seq, s.deleted) for s in v.siblings),
-                                                   key=lambda t: (t[1], t[2])),
-                                            protocol.decode_context(v.context))
-    return finals
-
-
-# ---------------------------------------------------------------- nemesis
-
-class Nemesis:
-    """Injects one fault at a time from a seeded schedule: kill -9 (then restart) or SIGSTOP (then
-    SIGCONT) of the primary or of a random node and, with a Partitioner, network partitions."""
-
-    def __init__(self, cluster, seed, partitioner=None):
-        self.cluster = cluster
-        self.rng = random.Random(seed)
-        self.partitioner = partitioner
-        self.faults = PROCESS_FAULTS + (NETWORK_FAULTS if partitioner is not None else ())
-        self.log = []            # (time, fault, node)
-
-    def run(self, seconds):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            time.sleep(self.rng.uniform(0.5, 1.5))
-            if time.monotonic() >= end:
-                break
-            fault = self.rng.choice(self.faults)
-            nodes = sorted(self.cluster.nodes)
-            # Every draw happens whatever the cluster looks like, so a seed replays its schedule.
-            target = self.rng.choice(nodes)
-            duration = self.rng.uniform(0.5, 2.0)
-            sub = random.Random(self.rng.random())     # draws whose count depends on timing
-            if fault.endswith("primary"):
-                found = self.cluster.primaries()
-                target = min(found) if found else target
-            self.log.append((round(time.monotonic(), 3), fault, target))
-            node = self.cluster.nodes[target]
-            if fault.startswith("kill"):
-                node.kill()
-                time.sleep(duration)
-                self.cluster.start(target, wait=False)
-            elif fault.startswith("pause"):
-                node.signal(signal.SIGSTOP)
-                time.sleep(duration)
-                node.signal(signal.SIGCONT)
-            elif fault.startswith("isolate"):
-                self.partitioner.isolate(target)
-                time.sleep(duration)
-            elif fault == "split":
-                shuffled = sub.sample(nodes, len(nodes))
-                minority = sub.randint(1, (len(nodes) - 1) // 2)
-                self.partitioner.split(shuffled[:minority], shuffled[minority:])
-                time.sleep(duration)
-            elif fault == "bridge":
-                others = sub.sample([n for n in nodes if n != target], len(nodes) - 1)
-                half = len(others) // 2
-                self.partitioner.split(others[:half], others[half:])
-                time.sleep(duration)
-            elif fault == "flap":
-                other = sub.choice([n for n in nodes if n != target])
-                until = time.monotonic() + duration
-                while time.monotonic() < until:
-                    self.partitioner.cut(target, other)
-                    time.sleep(sub.uniform(0.1, 0.3))
-                    self.partitioner.heal()
-                    time.sleep(sub.uniform(0.1, 0.3))
-            else:
-                raise ValueError(f"unknown fault {fault!r}")
-            if self.partitioner is not None:
-                self.partitioner.heal()
-
-    def heal(self):
-        if self.partitioner is not None:
-            self.partitioner.heal()
-        for node_id, node in self.cluster.nodes.items():
-            if node.alive():
-                node.signal(signal.SIGCONT)
-            else:
-                self.cluster.start(node_id, wait=False)
-
-
-# ---------------------------------------------------------------- campaign
 
 def _converged(cluster):
     """One primary, and every node holding and having committed the same log."""
@@ -299,9 +115,9 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             path = os.path.join(base_dir, f"history-{p}.jsonl")
             histories.append(path)
             if mode == "dynamo":
-                target, worker_args = _dynamo_worker, (c.endpoints[p % nodes], p, seconds, seed, path, client_keys)
+                target, worker_args = dynamo_worker, (c.endpoints[p % nodes], p, seconds, seed, path, client_keys)
             else:
-                target, worker_args = _worker, (c.endpoints, p, seconds, seed, path, client_keys)
+                target, worker_args = leader_worker, (c.endpoints, p, seconds, seed, path, client_keys)
             procs.append(ctx.Process(target=target, args=worker_args, daemon=True))
         for proc in procs:
             proc.start()
@@ -411,7 +227,7 @@ def _judge_dynamo(cluster, history):
     node between the reads (the data is equal once collection has run everywhere)."""
     deadline = time.monotonic() + 10
     while True:
-        verdict = convergence.check(history, _dynamo_finals(cluster))
+        verdict = convergence.check(history, dynamo_finals(cluster))
         if verdict.identical or time.monotonic() > deadline:
             if not verdict.identical:
                 log_states = {i: n.status() for i, n in cluster.nodes.items()}

@@ -1,0 +1,87 @@
+"""The fault campaigns' nemesis (chaos.py): one fault at a time from a seeded schedule, each healed
+before the next (docs/TESTING.md)."""
+import random
+import signal
+import time
+
+PROCESS_FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
+# Need iptables (root): partition.py. isolate cuts one node off from all others; split cuts the
+# cluster into a random majority and minority (in 3 nodes, like isolate-random); bridge splits the
+# others into two sides that only one node, the bridge, still sees both of; a flapping link is cut
+# and restored every 0.1-0.3 s.
+NETWORK_FAULTS = ("isolate-primary", "isolate-random", "split", "bridge", "flap")
+
+
+class Nemesis:
+    """Injects one fault at a time from a seeded schedule: kill -9 (then restart) or SIGSTOP (then
+    SIGCONT) of the primary or of a random node and, with a Partitioner, network partitions."""
+
+    def __init__(self, cluster, seed, partitioner=None):
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.partitioner = partitioner
+        self.faults = PROCESS_FAULTS + (NETWORK_FAULTS if partitioner is not None else ())
+        self.log = []            # (time, fault, node)
+
+    def run(self, seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(self.rng.uniform(0.5, 1.5))
+            if time.monotonic() >= end:
+                break
+            fault = self.rng.choice(self.faults)
+            nodes = sorted(self.cluster.nodes)
+            # Every draw happens whatever the cluster looks like, so a seed replays its schedule.
+            target = self.rng.choice(nodes)
+            duration = self.rng.uniform(0.5, 2.0)
+            sub = random.Random(self.rng.random())     # draws whose count depends on timing
+            if fault.endswith("primary"):
+                found = self.cluster.primaries()
+                target = min(found) if found else target
+            self.log.append((round(time.monotonic(), 3), fault, target))
+            node = self.cluster.nodes[target]
+            if fault.startswith("kill"):
+                node.kill()
+                time.sleep(duration)
+                self.cluster.start(target, wait=False)
+            elif fault.startswith("pause"):
+                node.signal(signal.SIGSTOP)
+                time.sleep(duration)
+                node.signal(signal.SIGCONT)
+            elif fault.startswith("isolate"):
+                self.partitioner.isolate(target)
+                time.sleep(duration)
+            elif fault == "split":
+                shuffled = sub.sample(nodes, len(nodes))
+                minority = sub.randint(1, (len(nodes) - 1) // 2)
+                self.partitioner.split(shuffled[:minority], shuffled[minority:])
+                time.sleep(duration)
+            elif fault == "bridge":
+                others = sub.sample([n for n in nodes if n != target], len(nodes) - 1)
+                half = len(others) // 2
+                self.partitioner.split(others[:half], others[half:])
+                time.sleep(duration)
+            elif fault == "flap":
+                other = sub.choice([n for n in nodes if n != target])
+                until = time.monotonic() + duration
+                while time.monotonic() < until:
+                    self.partitioner.cut(target, other)
+                    time.sleep(sub.uniform(0.1, 0.3))
+                    self.partitioner.heal()
+                    time.sleep(sub.uniform(0.1, 0.3))
+            else:
+                raise ValueError(f"unknown fault {fault!r}")
+            if self.partitioner is not None:
+                self.partitioner.heal()
+
+    def heal(self):
+        if self.partitioner is not None:
+            self.partitioner.heal()
+        for node_id, node in self.cluster.nodes.items():
+            if node.alive():
+                node.signal(signal.SIGCONT)
+            else:
+                self.cluster.start(node_id, wait=False)
+
+
+# ---------------------------------------------------------------- campaign
