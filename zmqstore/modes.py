@@ -1,5 +1,5 @@
 """The two modes behind one interface, so that the loop (node.py) never asks which one it runs
-(docs/ARCHITECTURE.md, "The shape both modes are moving to").
+(docs/ARCHITECTURE.md, "One shape for both modes").
 
 What the loop asks of a mode:
 - `handle(request, envelope, now)`: a client request -> (reply, until), `until` being what the

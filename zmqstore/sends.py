@@ -1,5 +1,5 @@
 """The peer messages a loop iteration decides to send, kept as values until the loop sends them
-(docs/ARCHITECTURE.md, "The shape both modes are moving to").
+(docs/ARCHITECTURE.md, "One shape for both modes").
 
 The modes' logic (leader/, dynamo/) never touches a socket: it appends
 what must leave here, and the loop sends it after the iteration's commit, so what a message says

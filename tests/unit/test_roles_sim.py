@@ -26,7 +26,7 @@ class SimNode:
         cfg = config.resolve(None, {"node_id": node_id, "host": f"127.0.0.{node_id + 1}", "port": 9000,
                                     "data_dir": data_dir, "role": role,
                                     "peers": [p for p in PEERS if p["node_id"] != node_id]})
-        self.storage = Storage.open(data_dir, node_id, "leader")
+        self.storage = Storage.open(data_dir, node_id, "leader", fsync=False)   # a crash here is a process exit, not a power loss
         self.mode = LeaderMode(Sends(), self.storage, cfg, faults.NONE, net.now)
         self.engine, self.roles, self.peering = self.mode.engine, self.mode.roles, self.mode.peering
         self.tick_phase = random.Random(node_id).uniform(0, 0.1)
