@@ -8,7 +8,7 @@ from typing import NamedTuple
 from .. import errors, protocol
 from ..command_table import CommandTable
 from ..versions import winner
-from .layout import _winning_value
+from .layout import _winning_value, origin_name
 
 
 class Wait(NamedTuple):
@@ -112,3 +112,18 @@ class DynamoCommands(CommandTable):
         if dot is None:
             return protocol.encode_ok(req.request_id, "unknown", 0), NO_WAIT
         return protocol.encode_ok(req.request_id, "committed", dot[1]), Wait(self.engine.pending_batch)
+
+    def status(self) -> dict:
+        cfg, e = self.config, self.engine
+        return {
+            "node_id": cfg.node_id, "mode": "dynamo", "role": "peer", "term": 0, "primary_id": 0,
+            "last_seq": e.applied[e.origin], "commit_seq": e.applied[e.origin],
+            "origin": origin_name(e.origin),
+            "applied": {origin_name(o): s for o, s in sorted(e.durable_applied.items()) if s},
+            "keys_estimate": e.storage.approximate_keys(), "conflicts": e.conflicts,
+            "tombstones": e.tombstones, "digest": f"{e.durable_digest:016x}",
+            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
+            "fsync": cfg.fsync,
+            "uptime": round(time.monotonic() - e.started, 3), "version": e.version, "peers": [],
+            **(e.extra_status() if e.extra_status else {}),
+        }

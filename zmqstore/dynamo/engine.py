@@ -85,7 +85,9 @@ class DynamoEngine:
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
         self.leader_address = None
-        self.handle = DynamoCommands(self).handle   # request -> (reply body, Wait), dynamo/commands.py
+        commands = DynamoCommands(self)             # dynamo/commands.py
+        self.handle = commands.handle               # request -> (reply body, Wait)
+        self.status = commands.status
         log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
                  origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
 
@@ -410,18 +412,3 @@ class DynamoEngine:
     def batch_of(self, key) -> int:
         """The batch a read of `key` waits for: the open one when this iteration wrote the key, else 0."""
         return self.pending_batch if key in self._dirty else 0
-
-    def status(self) -> dict:
-        cfg = self.config
-        return {
-            "node_id": cfg.node_id, "mode": "dynamo", "role": "peer", "term": 0, "primary_id": 0,
-            "last_seq": self.applied[self.origin], "commit_seq": self.applied[self.origin],
-            "origin": origin_name(self.origin),
-            "applied": {origin_name(o): s for o, s in sorted(self.durable_applied.items()) if s},
-            "keys_estimate": self.storage.approximate_keys(), "conflicts": self.conflicts,
-            "tombstones": self.tombstones, "digest": f"{self.durable_digest:016x}",
-            "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
-            "fsync": cfg.fsync,
-            "uptime": round(time.monotonic() - self.started, 3), "version": self.version, "peers": [],
-            **(self.extra_status() if self.extra_status else {}),
-        }
