@@ -36,6 +36,23 @@ _META_ATTRS = {
     META_LEADER: "leader_id", META_RESTORING: "restoring", META_VOTED_FOR: "voted_for",
     META_LEARNER: "learner",
 }
+# Dynamo mode's keys (docs/STORAGE.md, "Dynamo mode"): its bookkeeping in meta, and its log keyed
+# by origin and seq. Dynamo mode writes them through Batch.put_cf and reads them through iter_cf;
+# dynamo/layout.py adds what is computed from them (buckets, hashes, origins).
+META_APPLIED = b"d:applied:"      # + origin (u64): highest seq of that origin applied here
+META_FIRST = b"d:first:"          # + origin (u64): lowest seq of that origin still in the log
+META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
+META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
+META_TOMB_END = b"d:tomb;"        # just above every META_TOMB key
+META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (anti-entropy index)
+_LOG_KEY = struct.Struct(">QQ")
+
+
+def log_key(origin, seq) -> bytes:
+    """A dynamo log entry's key: origin and seq, big-endian, so each origin's entries are in order."""
+    return _LOG_KEY.pack(origin, seq)
+
+
 # An upper bound for every key (keys are at most 65,536 bytes), for range deletes of all data.
 _ALL_KEYS_END = b"\xff" * 65537
 _U64 = struct.Struct(">Q")

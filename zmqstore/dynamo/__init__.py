@@ -19,7 +19,8 @@ Origins: a node takes a new origin id at every start, (node id << 32) | 32 rando
 is never reused, even by a node that lost or restored its data dir (docs/DYNAMO.md).
 """
 from .engine import DynamoEngine
-from .layout import MAX_CLOCK_AHEAD, log_key, origin_name, origin_node
+from ..storage import log_key
+from .layout import MAX_CLOCK_AHEAD, origin_name, origin_node
 from .replication import QuorumRead, Replication
 
 __all__ = ["DynamoEngine", "QuorumRead", "Replication", "MAX_CLOCK_AHEAD", "log_key", "origin_name", "origin_node"]

@@ -11,13 +11,13 @@ from .. import errors, protocol
 from ..faults import NONE
 from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
 from ..sessions import Sessions
+from ..storage import META_APPLIED, META_FIRST, META_HLC, META_TOMB, META_TOMB_END, log_key
 from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                         merge, stable, winner)
 from .antientropy import bucket_keys
 from .commands import DynamoCommands
-from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, MAX_CLOCK_AHEAD, META_APPLIED, META_FIRST, META_HLC,
-                     META_TOMB, META_TOMB_END, _U64, _decode_state, _hash_key, _state_hash, bucket_of, log_key,
-                     origin_name, origin_node)
+from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, MAX_CLOCK_AHEAD, _U64, _decode_state, _hash_key, _state_hash,
+                     bucket_of, origin_name, origin_node)
 
 log = logging.getLogger("zmqstore.dynamo")
 

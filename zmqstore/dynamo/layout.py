@@ -1,23 +1,16 @@
-"""Dynamo mode's layout and shared rules: RocksDB keys of its bookkeeping (meta column family),
-anti-entropy buckets, origins and log keys, page and clock limits (docs/DYNAMO.md, docs/STORAGE.md)."""
+"""Dynamo mode's shared rules: anti-entropy buckets and hashes, origins, page and clock limits
+(docs/DYNAMO.md). Its RocksDB keys are storage.py's (docs/STORAGE.md), re-exported here."""
 import hashlib
 import struct
 
 from .. import limits
 from ..protocol import decode_key_state
+from ..storage import META_HASH
 from ..versions import KeyState, Sibling, winner
 
 FETCH_PAGE = limits.FETCH["dynamo"]
 GC_MAX_KEYS = 10_000              # tombstones looked at per housekeeping pass
 MAX_CLOCK_AHEAD = 600.0          # seconds a peer's clock (an entry's or sibling's HLC) may be ahead of ours
-
-# meta keys of dynamo mode (docs/STORAGE.md)
-META_APPLIED = b"d:applied:"      # + origin (u64): highest seq of that origin applied here
-META_FIRST = b"d:first:"          # + origin (u64): lowest seq of that origin still in the log
-META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
-META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
-META_TOMB_END = b"d:tomb;"        # just above every META_TOMB key
-META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (anti-entropy index)
 
 # Anti-entropy (docs/DYNAMO.md): keys fall in BUCKETS buckets by hash, GROUPS groups of buckets.
 GROUP_BITS = 6
@@ -25,7 +18,6 @@ BUCKETS = 1 << (2 * GROUP_BITS)   # 4096
 GROUPS = 1 << GROUP_BITS          # 64, each of 64 buckets
 
 _U64 = struct.Struct(">Q")
-_LOG_KEY = struct.Struct(">QQ")
 
 
 def origin_node(origin) -> int:
@@ -35,10 +27,6 @@ def origin_node(origin) -> int:
 def origin_name(origin) -> str:
     """How status shows an origin: node id and incarnation."""
     return f"{origin >> 32}:{origin & 0xFFFFFFFF:08x}"
-
-
-def log_key(origin, seq) -> bytes:
-    return _LOG_KEY.pack(origin, seq)
 
 
 def _state_hash(key, raw) -> int:
