@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 from zmqstore import config
 from zmqstore.leader.election import OPEN_FIELD_AFTER, Election
+from zmqstore.leader.membership import Membership
 
 PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3)]
 
@@ -11,7 +12,7 @@ PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3
 def make(node_id, size=3):
     peers = [p for p in PEERS[:size] if p["node_id"] != node_id]
     cfg = config.resolve(None, {"node_id": node_id, "port": 9100 + node_id, "data_dir": "/tmp/unused", "peers": peers})
-    return Election(cfg, now=0.0, draw=random.Random(1).random)
+    return Election(cfg, Membership.from_config(cfg), now=0.0, draw=random.Random(1).random)
 
 
 def role(node_id, term=1, role_="secondary", leader_id=1, lost=False, voter=True, last_seq=10):
@@ -129,3 +130,12 @@ def test_vote_granting_rules():
     assert Election.grants(1, 2, fresh, lost_primary=True)      # ... except to bootstrap a new cluster
     fresh.last_seq = 1
     assert not Election.grants(1, 2, fresh, lost_primary=True)  # not once it holds anything
+
+
+def test_the_membership_value_gives_the_peers_and_the_majority():
+    for size, majority in ((1, 1), (2, 2), (3, 2), (4, 3), (5, 3)):
+        peers = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + 10 * n} for n in range(2, size + 1)]
+        cfg = config.resolve(None, {"node_id": 1, "port": 9100, "data_dir": "/tmp/unused", "peers": peers})
+        m = Membership.from_config(cfg)
+        assert (sorted(m.peers), sorted(m.voters), m.majority) == (list(range(2, size + 1)), list(range(1, size + 1)),
+                                                                    majority)

@@ -4,6 +4,7 @@ import pytest
 
 from zmqstore import config, errors, protocol
 from zmqstore.leader import Engine, LogServer, Primary
+from zmqstore.leader.membership import Membership
 from zmqstore.leader.secondary import FETCH_RETRY, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
 from zmqstore.storage import Storage
@@ -102,7 +103,7 @@ def test_primary_commits_at_quorum_and_applies(make):
     eng, cfg = make(1)
     eng.become_primary(1)                      # stages the term's empty entry, seq 1
     io = FakeIO()
-    primary = Primary(eng, cfg, io, 0.0)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
     call = protocol.encode_request("PUT", b"c", 1, 1, b"k", protocol.pack_value(7))
     reply, wait_seq = eng.handle(protocol.decode_request(call))
     assert wait_seq == 2
@@ -123,7 +124,7 @@ def test_primary_never_counts_what_it_does_not_hold(make):
     """Entries go out before the primary's own fsync: secondaries holding them is not enough."""
     eng, cfg = make(1)
     eng.become_primary(1)
-    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
     primary.publish_entries(*eng.take_staged())          # published, not yet flushed
     primary.on_ack((2, 1, 1, 0, True), now=1.0)
     primary.on_ack((3, 1, 1, 0, True), now=1.0)
@@ -136,7 +137,7 @@ def test_primary_never_counts_what_it_does_not_hold(make):
 def test_primary_read_rounds_need_a_majority(make):
     eng, cfg = make(1)
     eng.become_primary(1)
-    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
     primary.heartbeat(start_round=True)
     assert primary.round == 1 and primary.confirmed_round() == 0
     primary.on_ack((3, 1, 0, 1, True), now=1.0)
@@ -149,7 +150,7 @@ def test_log_server_answers_fetch_and_snapshot(make):
     eng, cfg = make(1, log_retention=3)
     eng.become_primary(1)
     io = FakeIO()
-    primary = Primary(eng, cfg, io, 0.0)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
     for i in range(10):
         eng.handle(protocol.decode_request(protocol.encode_request(
             "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
@@ -282,7 +283,7 @@ def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
 def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):
     eng, cfg = make(1)
     eng.become_primary(2)
-    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
     primary.on_ack((2, 2, 0, 57, True), now=1.0)   # round 57 of an old run
     primary.heartbeat(start_round=True)
     assert primary.round == 1 and primary.confirmed_round() == 0
@@ -318,7 +319,7 @@ def test_a_new_primary_scans_only_after_its_terms_first_entry_commits(make):
     not read data from before them (a get waits on the pending entry instead)."""
     eng, cfg = make(1)
     eng.become_primary(2)
-    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
     scan = protocol.encode_request("SCAN", b"c", 1, 1, None, None, None, None, False)
     with pytest.raises(errors.Unavailable):
         eng.handle(protocol.decode_request(scan))
@@ -335,7 +336,7 @@ def test_copies_on_learners_do_not_count_toward_commit(make):
     """A learner (a new data dir) may have lost a vote it gave: the primary does not count its ACKs."""
     eng, cfg = make(1)
     eng.become_primary(1)
-    primary = Primary(eng, cfg, FakeIO(), 0.0)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
     cycle(eng, primary)
     primary.on_ack((2, 1, 1, 0, False), now=1.0)
     assert eng.commit_seq == 0

@@ -44,13 +44,12 @@ class Candidacy:
 
 
 class Election:
-    def __init__(self, config, now, draw):
+    def __init__(self, config, membership, now, draw):
         self.node_id = config.node_id
         self.draw = draw
         self.interval = config.election_interval
-        self.cluster_size = config.cluster_size
-        self.majority = config.cluster_size // 2 + 1
-        self.views = {p.node_id: PeerView() for p in config.peers}
+        self.majority = membership.majority
+        self.views = {node_id: PeerView() for node_id in membership.peers}
         self.leader_heard = now         # the last word from the primary of our term (start-up counts)
         self.leaderless_since = now     # since when no primary is known or heard (None: one is)
         self._open_field_jitter = draw() * self.interval

@@ -8,17 +8,18 @@ class Primary:
     """The primary's side: publishes the log and counts acknowledgements (LogServer answers FETCH
     and SNAPSHOT)."""
 
-    def __init__(self, engine, config, out, now):
+    def __init__(self, engine, config, membership, out, now):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
         self.out = out
         self.node_id = config.node_id
-        self.match = {p.node_id: 0 for p in config.peers}        # highest seq each peer holds durably
-        self.voter = {p.node_id: False for p in config.peers}    # learners' copies do not count toward commit
-        self.acked_round = {p.node_id: 0 for p in config.peers}  # highest heartbeat round each answered
-        self.last_heard = {p.node_id: now for p in config.peers}  # a grace period from the start of the term
-        self.majority = config.cluster_size // 2 + 1
+        peers = membership.peers
+        self.match = {pid: 0 for pid in peers}          # highest seq each peer holds durably
+        self.voter = {pid: False for pid in peers}      # learners' copies do not count toward commit
+        self.acked_round = {pid: 0 for pid in peers}    # highest heartbeat round each answered
+        self.last_heard = {pid: now for pid in peers}   # a grace period from the start of the term
+        self.majority = membership.majority
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
         self.counters = {}

@@ -14,6 +14,7 @@ from .. import protocol
 from .election import Election
 from ..faults import NONE
 from .log_server import LogServer
+from .membership import Membership
 from .primary import Primary
 from .secondary import Secondary
 
@@ -27,9 +28,10 @@ class Roles:
         self.storage = engine.storage
         self.config = config
         self.node_id = config.node_id
-        self.peers = {p.node_id: p for p in config.peers}
-        self.majority = config.cluster_size // 2 + 1
-        self.election = Election(config, now, draw)
+        self.membership = Membership.from_config(config)
+        self.peers = self.membership.peers
+        self.majority = self.membership.majority
+        self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
         self.primary = None
         self.secondary = None
@@ -89,7 +91,7 @@ class Roles:
         self.bootstrapping = False
         self.engine.become_primary(term)
         self.secondary = None
-        self.primary = Primary(self.engine, self.config, self.out, now)
+        self.primary = Primary(self.engine, self.config, self.membership, self.out, now)
         self.election.heard_leader(now)
         log.info("serving as primary of term %d (log at seq %d)", term, self.engine.last_seq)
 
