@@ -26,7 +26,11 @@ class CommandTable:
         return protocol.encode_ok(req.request_id, self.config.node_id), self.no_wait
 
     def _status(self, req):
-        return protocol.encode_ok(req.request_id, self.engine.status()), self.no_wait
+        return protocol.encode_ok(req.request_id, self.status()), self.no_wait
+
+    def status(self) -> dict:
+        """The STATUS reply's map (docs/PROTOCOL.md), each mode's own."""
+        raise NotImplementedError
 
     def _retried(self, req):
         """The record of this client's request when it was applied already (a retry: it gets the

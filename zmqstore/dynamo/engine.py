@@ -85,9 +85,7 @@ class DynamoEngine:
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
         self.leader_address = None
-        commands = DynamoCommands(self)             # dynamo/commands.py
-        self.handle = commands.handle               # request -> (reply body, Wait)
-        self.status = commands.status
+        self.handle = DynamoCommands(self).handle   # request -> (reply body, Wait), dynamo/commands.py
         log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
                  origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
 

@@ -64,9 +64,7 @@ class Engine:
         # reaches back to seq 1; else from start-up (the trimmed entries' records are gone).
         self.sessions_complete_since = float("-inf") if storage.first_seq <= 1 else self.started
         self._recover()
-        commands = Commands(self)
-        self.handle = commands.handle   # request -> (reply body, commit seq it waits for; 0: none)
-        self.status = commands.status
+        self.handle = Commands(self).handle   # request -> (reply body, commit seq it waits for; 0: none)
 
     def _recover(self):
         """Rebuild in-memory state from the log: client outcomes, and the entries not yet applied."""

@@ -7,14 +7,13 @@ from typing import NamedTuple
 
 
 class Membership(NamedTuple):
-    own_id: int
     peers: dict             # node id -> config.Peer, every member but this node
     voters: frozenset       # node ids that vote, this node's included when it is a voting member
 
     @classmethod
     def from_config(cls, config) -> "Membership":
         peers = {p.node_id: p for p in config.peers}
-        return cls(config.node_id, peers, frozenset(peers) | {config.node_id})
+        return cls(peers, frozenset(peers) | {config.node_id})
 
     @property
     def majority(self) -> int:
