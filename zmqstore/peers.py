@@ -109,7 +109,9 @@ class PeerPlane:
         """Requests on the peer port: each must name a member, and come on that member's connection
         (its key with keys, its host without)."""
         gate = self.gate
-        for _ in range(PEER_DRAIN):
+        for taken in range(PEER_DRAIN):
+            if taken and not transport.has_input(sock):    # as in _serve_socket
+                return
             try:
                 frames, meta = transport.recv_with_meta(sock, gate.meta, transport.NOBLOCK)
             except zmq.Again:
