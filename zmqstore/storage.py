@@ -28,6 +28,7 @@ META_LEADER = b"leader_id"      # the primary this node knows for `term` (0: unk
 META_RESTORING = b"restoring"   # 1 while a snapshot is being installed: data is incomplete
 META_VOTED_FOR = b"voted_for"   # the node this node voted for in `term` (0: none)
 META_LEARNER = b"learner"       # 1: a new data dir that has not caught up yet; it must not vote
+META_MEMBERS = b"members"       # the membership applied (committed) here, protocol.encode_members (not a u64)
 
 # meta key -> Storage attribute holding its value in memory
 _META_ATTRS = {
@@ -71,11 +72,12 @@ class Batch:
     """The changes of one atomic write: data, log entries and bookkeeping (`meta`, applied to the
     Storage's in-memory copy once written)."""
 
-    __slots__ = ("wb", "meta", "_cf")
+    __slots__ = ("wb", "meta", "members", "_cf")
 
     def __init__(self, cfs):
         self.wb = rocksdict.WriteBatch(raw_mode=True)
         self.meta = {}
+        self.members = None
         self._cf = cfs
 
     def put(self, key: bytes, value: bytes):
@@ -118,6 +120,11 @@ class Batch:
         self.wb.put(name, _U64.pack(value), self._cf["meta"])
         self.meta[name] = value
 
+    def set_members(self, encoded: bytes):
+        """The membership applied with this batch (leader mode, docs/MEMBERSHIP.md)."""
+        self.wb.put(META_MEMBERS, encoded, self._cf["meta"])
+        self.members = encoded
+
 
 class Storage:
     """One node's RocksDB. Open with `Storage.open`; single-threaded use by the node loop."""
@@ -140,6 +147,7 @@ class Storage:
         for name, attr in _META_ATTRS.items():
             setattr(self, attr, _u64(self._meta.get(name)))
         self.first_seq = self.first_seq or 1
+        self.members = self._meta.get(META_MEMBERS)     # encoded; None: never recorded
         self.created = False          # True when open() made this data dir just now
         self._closed = False
 
@@ -319,6 +327,8 @@ class Storage:
         batch.wb = batch._cf = None  # consumed; a live handle would keep RocksDB open after close()
         for name, value in batch.meta.items():
             setattr(self, _META_ATTRS[name], value)
+        if batch.members is not None:
+            self.members = batch.members
 
     def approximate_keys(self) -> int:
         try:

@@ -2,7 +2,7 @@
 and peer message is checked before anything acts on it; bad input raises a RequestError subclass."""
 from .. import errors
 from .schema import (BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, HEADER_FIELDS, ITEMS, KEY, OPT_BIN,
-                     OPT_KEY, OPT_UINT, OPT_VALUE, OPTION_COMMANDS, PAIR_LIST, PEER_ARRAY_MAX, PEER_MESSAGES,
+                     OPT_KEY, OPT_STR, OPT_UINT, OPT_VALUE, OPTION_COMMANDS, PAIR_LIST, PEER_ARRAY_MAX, PEER_MESSAGES,
                      PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX, UINT_LIST,
                      VALUE, VECTOR, PeerMessage, Request)
 from .values import _is_uint, decode_context, unpack_value
@@ -133,6 +133,11 @@ def _check_str(command, name, value, limits):
         raise errors.BadArgument(f"{command}.{name} must be a string of at most {STR_MAX} characters")
 
 
+def _check_opt_str(command, name, value, limits):
+    if value is not None:
+        _check_str(command, name, value, limits)
+
+
 def _check_bin_list(command, name, value, limits):
     if type(value) is not list or any(type(v) is not bytes for v in value):
         raise errors.BadArgument(f"{command}.{name} must be an array of bin")
@@ -179,7 +184,7 @@ _CHECKERS = {
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
     UINT: _check_uint, TERM: _check_term, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
     VECTOR: _check_vector, CONTEXT: _check_context, UINT_LIST: _check_uint_list, BIN: _check_bin,
-    OPT_BIN: _check_opt_bin,
+    OPT_BIN: _check_opt_bin, OPT_STR: _check_opt_str,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}

@@ -6,8 +6,8 @@ import msgpack
 
 from .. import errors
 from .checks import _validate_peer, _validate_request
-from .schema import (ERR, HEADER_FIELDS, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES, PROTOCOL_VERSION,
-                     UINT64_MAX, Limits, LogEntry, PeerMessage, Reply, Request)
+from .schema import (ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
+                     PROTOCOL_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
 
@@ -103,8 +103,64 @@ def entry_term(data: bytes) -> int:
 
 
 def decode_entry(data: bytes) -> LogEntry:
-    term, client_id, request_id, ops = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 0, use_list=False), 4)
+    term, client_id, request_id, ops = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 1, use_list=False), 4)
     return LogEntry(term, client_id, request_id, ops)
+
+
+def members_ops(members) -> dict:
+    """The `ops` of a membership entry: the complete new membership."""
+    return {"members": [list(m) for m in members]}
+
+
+def entry_members(entry: LogEntry):
+    """The members a membership entry records (a tuple of Member), or None for any other entry."""
+    if type(entry.ops) is not dict:
+        return None
+    return tuple(Member(*m) for m in entry.ops["members"])
+
+
+def data_ops(entry: LogEntry) -> tuple:
+    """What an entry applies to data: its ops; nothing for a fence or a membership change."""
+    return entry.ops if type(entry.ops) is tuple else ()
+
+
+def encode_members(seq: int, members) -> bytes:
+    """A membership as a node stores it and a snapshot carries it: [seq of its entry, [member, ...]]."""
+    return _pack([seq, [list(m) for m in members]])
+
+
+def decode_members(data: bytes):
+    """-> (seq, tuple of Member), checked like a peer's entry: MalformedMessage on anything else."""
+    try:
+        seq, members = _fields(_unpackb(data, STR_MAX, PEER_ARRAY_MAX, 0, use_list=False), 2)
+        if not _is_uint(seq):
+            raise ValueError
+        return seq, check_members(members)
+    except errors.MalformedMessage:
+        raise
+    except Exception:
+        raise errors.MalformedMessage("malformed membership") from None
+
+
+def check_members(members) -> tuple:
+    """A membership from the network or the disk -> a tuple of Member; anything but distinct node ids
+    with well-formed addresses, at least one voter, raises MalformedMessage."""
+    try:
+        if type(members) not in (list, tuple) or not 1 <= len(members) <= MEMBERS_MAX:
+            raise ValueError
+        out = tuple(Member(*_fields(tuple(m) if type(m) is list else m, 7)) for m in members)
+        for m in out:
+            if not (_is_uint(m.node_id) and m.node_id > 0 and type(m.host) is str and 0 < len(m.host) <= STR_MAX
+                    and all(type(p) is int and 0 < p < 65536 for p in (m.port, m.pub_port, m.peer_port))
+                    and type(m.voter) is bool
+                    and (m.key is None or (type(m.key) is str and len(m.key) == KEY_Z85_LEN))):
+                raise ValueError
+        if len({m.node_id for m in out}) != len(out) or not any(m.voter for m in out):
+            raise ValueError
+    except Exception:
+        raise errors.MalformedMessage("malformed membership (members must be distinct node ids with host, "
+                                      "ports, voter and key, at least one voter)") from None
+    return out
 
 
 def decode_peer_entry(data: bytes) -> LogEntry:
@@ -114,7 +170,11 @@ def decode_peer_entry(data: bytes) -> LogEntry:
         entry = decode_entry(data)
         if not (_is_uint(entry.term) and type(entry.client_id) is bytes and _is_uint(entry.request_id)):
             raise ValueError
-        if entry.ops is not None:
+        if type(entry.ops) is dict:
+            if set(entry.ops) != {"members"}:
+                raise ValueError
+            check_members(entry.ops["members"])
+        elif entry.ops is not None:
             if type(entry.ops) is not tuple:
                 raise ValueError
             for op in entry.ops:

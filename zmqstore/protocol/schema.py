@@ -16,6 +16,7 @@ ITEMS = "items"            # array of [KEY, VALUE], 1..max_batch_items entries
 UINT = "uint"              # unsigned 64-bit int
 TERM = "term"              # a leader-mode term: uint up to TERM_MAX, so one more always fits in 64 bits
 STR = "str"                # str of at most STR_MAX characters (peer messages: roles, addresses)
+OPT_STR = "opt_str"        # STR or nil
 CONTEXT = "context"        # bin: an opaque causal context from GET_VERSIONS (dynamo mode)
 
 # Client requests: command -> ((field name, field type), ...). See docs/PROTOCOL.md section "Commands".
@@ -33,8 +34,15 @@ REQUESTS = {
     # (value nil: a delete) replaces exactly the versions that context covers
     "GET_VERSIONS": (("key", KEY),),
     "PUT_CTX": (("key", KEY), ("value", OPT_VALUE), ("context", CONTEXT)),
+    # membership (leader mode, docs/MEMBERSHIP.md): the members as the node sees them; add a learner
+    # (pub_port, peer_port nil: port + 1000, port + 2000; key: its public key, Z85, with keys); remove one
+    "MEMBERS": (),
+    "ADD_MEMBER": (("node_id", UINT), ("host", STR), ("port", UINT), ("pub_port", OPT_UINT), ("peer_port", OPT_UINT),
+                   ("key", OPT_STR)),
+    "REMOVE_MEMBER": (("node_id", UINT),),
 }
 WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY", "PUT_CTX"})
+MEMBERSHIP_CHANGES = frozenset({"ADD_MEMBER", "REMOVE_MEMBER"})    # logged like writes; read-write keys only
 # Commands that take a trailing map of per-request options (docs/PROTOCOL.md): dynamo-mode quorums,
 # "w" (nodes holding a write before its reply) and "r" (nodes consulted by a read).
 OPTION_COMMANDS = {"GET": ("r",), "GET_VERSIONS": ("r",), "PUT": ("w",), "PUT_CTX": ("w",), "DEL": ("w",),
@@ -72,7 +80,7 @@ PEER_MESSAGES = {
     "NEED_SNAPSHOT": (("term", TERM), ("sender_id", UINT), ("first_seq", UINT)),
     "SNAPSHOT_CHUNK": (("term", TERM), ("sender_id", UINT), ("asked_seq", UINT), ("asked_cursor", OPT_KEY),
                        ("snapshot_seq", UINT), ("snapshot_term", TERM), ("items", PAIR_LIST),
-                       ("next_cursor", OPT_KEY)),
+                       ("next_cursor", OPT_KEY), ("members", OPT_BIN)),
     # every node <-> every node: role queries (DEALER -> ROUTER) and their replies are the heartbeats
     "ROLE": _ROLE,
     "ROLE_REPLY": _ROLE,
@@ -175,8 +183,27 @@ class LogEntry(NamedTuple):
     term: int
     client_id: bytes
     request_id: int
-    ops: tuple           # ((OP_PUT, key, value) | (OP_DEL, key), ...); None: a fence (see FENCE)
+    ops: tuple           # ((OP_PUT, key, value) | (OP_DEL, key), ...); None: a fence (see FENCE);
+                         # {"members": (member, ...)}: a membership change (codec.entry_members)
 
+
+class Member(NamedTuple):
+    """One member of a leader-mode cluster as its membership records it (docs/MEMBERSHIP.md)."""
+    node_id: int
+    host: str
+    port: int
+    pub_port: int
+    peer_port: int
+    voter: bool = True
+    key: str = None      # its public key (Z85), with keys
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+MEMBERS_MAX = 64            # members of one cluster
+KEY_Z85_LEN = 40            # a CurveZMQ public key in Z85
 
 # A log entry whose ops are FENCE (nil) applies nothing: it records that the client's request id
 # was declared not_found by OUTCOME and must never be applied (docs/REPLICATION.md).
