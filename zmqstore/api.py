@@ -77,6 +77,10 @@ def _first(result):
     return result[0]
 
 
+def _second(result):
+    return result[1]
+
+
 def _nothing(result):
     return None
 
@@ -145,6 +149,25 @@ class Commands:
         pairs = items.items() if hasattr(items, "items") else items
         return self._execute(Call("PUT_MANY", ([[encode_key(k), pack_value(v)] for k, v in pairs], *_option("w", w)),
                                   _nothing))
+
+    # ------------------------------------------------------------ membership (docs/MEMBERSHIP.md)
+
+    def members(self):
+        """The cluster's members as the node talked to sees them: [{"node_id", "host", "port",
+        "pub_port", "peer_port", "voter"(, "key")}, ...] by node id."""
+        return self._execute(Call("MEMBERS", (), _first))
+
+    def add_member(self, node_id, host, port, pub_port=None, peer_port=None, key=None):
+        """Add a node as a learner (leader mode); the primary makes it a voter once it has caught up.
+        Ports default to port + 1000 (change stream) and port + 2000 (peer port); `key`: its public
+        key (Z85 text), required with keys. Returns the seq of the membership entry that holds it
+        (adding a member already there with the same addresses changes nothing)."""
+        return self._execute(Call("ADD_MEMBER", (node_id, host, port, pub_port, peer_port, key), _second))
+
+    def remove_member(self, node_id):
+        """Remove a node (leader mode). Removing the primary makes it hand over to the lowest remaining
+        voter once the change is committed. Returns the seq of the membership entry without it."""
+        return self._execute(Call("REMOVE_MEMBER", (node_id,), _second))
 
     def status(self):
         """The node talked to: node_id, mode, role, term, seqs, peers (docs/PROTOCOL.md, STATUS)."""

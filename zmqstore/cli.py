@@ -26,6 +26,7 @@ Options:
   --role ROLE                 primary|secondary; only bootstraps an empty leader-mode cluster.
   --mode MODE                 leader|dynamo [file or leader].
   --data-dir DIR              Data directory [file or ./data/node<N>].
+  --join LIST                 Leader mode: ask these members (host:port,...) to add this node; no --peers.
   --peers JSON                Peers as '[{"node_id":2,"host":"127.0.0.1","port":9001}, ...]'.
   --election-interval SEC     Seconds without a primary before an election [file or 0.5].
   --replication-timeout SEC   Seconds a write waits for its quorum [file or 2.0].
@@ -49,6 +50,9 @@ Usage:
   datastore-cli [options] versions KEY
   datastore-cli [options] status
   datastore-cli [options] ping
+  datastore-cli [options] members
+  datastore-cli [options] add-member ID HOST:PORT [--pub-port P] [--peer-port P] [--key FILE]
+  datastore-cli [options] remove-member ID
   datastore-cli keygen NAME [--dir DIR]
   datastore-cli -h | --help
   datastore-cli --version
@@ -66,6 +70,9 @@ Options:
   --end E               Scan up to key E (exclusive).
   --limit N             Return at most N items.
   --timeout SEC         Seconds to wait for each reply [default: 3.0].
+  --pub-port P          add-member: the new node's change stream port (default PORT + 1000).
+  --peer-port P         add-member: the new node's peer port (default PORT + 2000).
+  --key FILE            add-member: the new node's public key file (NAME.key), with keys.
   -h --help             Show this help.
   --version             Show the version.
 
@@ -77,7 +84,7 @@ _FLAG_TO_SETTING = {
     "--peer-port": "peer_port", "--role": "role", "--secret-key": "secret_key", "--node-keys": "node_keys",
     "--client-keys": "client_keys", "--readonly-keys": "readonly_keys",
     "--mode": "mode", "--data-dir": "data_dir", "--election-interval": "election_interval",
-    "--replication-timeout": "replication_timeout", "--log-level": "log_level",
+    "--replication-timeout": "replication_timeout", "--log-level": "log_level", "--join": "join",
 }
 
 
@@ -267,7 +274,45 @@ def _run_command(db, args):
         node_id = db.ping()
         _show(args, {"node_id": node_id, "endpoint": db.endpoint} if args["--json"] else
               f"PONG from node {node_id} at {db.endpoint}")
+    elif args["members"]:
+        members = db.members()
+        if args["--json"]:
+            _show(args, members)
+        else:
+            for m in members:
+                print(f"{m['node_id']}\t{m['host']}:{m['port']}\t{'voter' if m['voter'] else 'learner'}\t"
+                      f"pub {m['pub_port']}, peer {m['peer_port']}{', key ' + m['key'] if m.get('key') else ''}")
+    elif args["add-member"] or args["remove-member"]:
+        return _change_members(db, args)
     return 0
+
+
+def _change_members(db, args):
+    """add-member and remove-member: the membership entry's seq once committed."""
+    node_id = _int_arg("ID", args["ID"])
+    if args["remove-member"]:
+        seq = db.remove_member(node_id)
+        _show(args, {"removed": node_id, "seq": seq} if args["--json"] else f"node {node_id} removed (entry {seq})")
+        return 0
+    host, _, port = args["HOST:PORT"].rpartition(":")
+    if not host:
+        raise ValueError(f"HOST:PORT {args['HOST:PORT']!r} is not host:port")
+    ports = {flag: None if args[flag] is None else _int_arg(flag, args[flag]) for flag in ("--pub-port", "--peer-port")}
+    key = None
+    if args["--key"]:
+        from .keys import load_public
+        key = load_public(args["--key"]).decode()
+    seq = db.add_member(node_id, host, _int_arg("PORT", port), ports["--pub-port"], ports["--peer-port"], key)
+    _show(args, {"added": node_id, "seq": seq} if args["--json"] else
+          f"node {node_id} added as a learner (entry {seq}); the primary makes it a voter once it has caught up")
+    return 0
+
+
+def _int_arg(name, text) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, not {text!r}") from None
 
 
 def _cluster_status(db, args):

@@ -121,7 +121,7 @@ class Client(Commands):
                 sleeps = self.retry.sleeps(started)
             pause = next(sleeps, None)
             if pause is None:
-                if call.command in protocol.WRITE_COMMANDS:
+                if call.command in protocol.WRITE_COMMANDS or call.command in protocol.MEMBERSHIP_CHANGES:
                     self.unresolve(request_id)
                 failure.request_id = request_id
                 raise failure

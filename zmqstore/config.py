@@ -33,6 +33,7 @@ NODE_DEFAULTS = {
     "node_keys": None,        # directory of every node's public key, node<ID>.key
     "client_keys": None,      # directory of public keys of read-write clients
     "readonly_keys": None,    # directory of public keys of read-only clients
+    "join": None,             # leader mode: host:port[,host:port...] of members to ask for admission (no peers needed)
 }
 
 # [cluster] settings: must agree on every node.
@@ -105,6 +106,8 @@ class Config:
     max_connections: int
     max_connections_per_host: int
     peers: tuple = ()
+    majority_quorum: bool = False   # write_quorum is "majority" (the default): it follows the membership
+    join: tuple = ()                # --join: client endpoints of members to ask for admission (docs/MEMBERSHIP.md)
 
     @property
     def cluster_size(self) -> int:
@@ -322,6 +325,13 @@ def _check(s) -> Config:
     if s["data_dir"] is None:
         s["data_dir"] = os.path.join("data", f"node{s['node_id']}")
     _check_peers(s)
+    s["join"] = tuple(e.strip() for e in (s["join"] or "").split(",") if e.strip())
+    for endpoint in s["join"]:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"join endpoint {endpoint!r} is not host:port")
+    if s["join"] and s["peers"]:
+        raise ConfigError("give --join (the cluster tells a joining node its peers) or --peers, not both")
     n = 1 + len(s["peers"])
     if not 0.05 <= s["election_interval"] <= 60:
         raise ConfigError(f"election_interval = {s['election_interval']} s; use 0.05 to 60 seconds")
@@ -332,6 +342,7 @@ def _check(s) -> Config:
                           f"(election_interval / 5 = {s['election_interval'] / 5} s); raise it")
     if s["write_quorum"] is None:
         s["write_quorum"] = 1 if s["mode"] == "dynamo" else "majority"
+    s["majority_quorum"] = s["write_quorum"] == "majority"
     if s["write_quorum"] == "majority":
         s["write_quorum"] = n // 2 + 1
     if not 1 <= s["write_quorum"] <= n:

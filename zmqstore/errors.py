@@ -108,6 +108,13 @@ class Unavailable(ZmqstoreError):
     code = "unavailable"
 
 
+class ChangeInProgress(Unavailable):
+    """A membership change waits for the previous one (or the new primary's first entry) to commit;
+    retrying shortly works (docs/MEMBERSHIP.md)."""
+
+    code = "change_in_progress"
+
+
 class ReplicationTimeout(ZmqstoreError):
     """The write was not confirmed in time; its outcome is unknown (ask by request id)."""
 
@@ -139,7 +146,7 @@ ERRORS_BY_CODE = {
     for cls in (
         ConfigError, DataDirError, StorageError, RequestError, MalformedMessage, UnsupportedVersion,
         UnknownCommand, WrongPort, Forbidden, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
-        UnsupportedOperation, NotPrimary, Unavailable, ReplicationTimeout, RequestFenced, InternalError,
+        UnsupportedOperation, NotPrimary, Unavailable, ChangeInProgress, ReplicationTimeout, RequestFenced, InternalError,
         ConnectionTimeout,
     )
 }

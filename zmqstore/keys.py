@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import zmq.auth
 from zmq.utils import z85
 
-from .errors import ConfigError
+from .errors import BadArgument, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,11 @@ def load_allow_list(directory, what) -> set:
             if name.endswith(".key")}
 
 
+def load_public(path) -> bytes:
+    """A public key file (NAME.key) -> its key, Z85 (ConfigError when it is not one)."""
+    return _public(path)
+
+
 def _public(path) -> bytes:
     try:
         public, _secret = zmq.auth.load_certificate(path)
@@ -109,6 +114,18 @@ def _public(path) -> bytes:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the public key {path}: {exc}") from None
     return public
+
+
+def check_public(key: str) -> bytes:
+    """A public key (Z85 text) given in a request -> bytes; BadArgument unless it is one."""
+    try:
+        raw = key.encode("ascii")
+        if len(raw) != 40 or len(z85.decode(raw)) != 32:
+            raise ValueError
+    except (ValueError, UnicodeError, TypeError):
+        raise BadArgument("key must be a 40-character Z85 CurveZMQ public key (the first line of NAME.key "
+                          "after public-key = )") from None
+    return raw
 
 
 def load_node_security(config) -> Optional[NodeSecurity]:

@@ -11,7 +11,8 @@ What the loop asks of a mode:
 - `ready()`: the readiness rule for held replies at this moment, `progress()`: a value that changes
   whenever that rule may accept more (so an unchanged one saves the queue a pass), and
   `expired(held)`: a held reply's error body at its deadline;
-- `engine` (the node's state and client commands) and `peering` (peer traffic; None standalone).
+- `engine` (the node's state and client commands) and `peering` (peer traffic; None standalone);
+- `peer_list()`: the peers to connect to and admit, an unchanged tuple until the membership changes.
 A mode is built with `out`, the Sends its peer traffic fills. It never sends a reply itself: every
 reply it does not answer at once is held in the one queue (replies.py), a dynamo quorum read too.
 """
@@ -83,11 +84,15 @@ class LeaderMode(Mode):
         self.engine = Engine(storage, config, __version__)
         self.roles = self.peering = None
         self._round_wanted = False
-        if config.peers:
+        if self.engine.replicated:     # peers by its flags, or by the membership its data records
             self.roles = self.peering = Roles(out, self.engine, config, now, random.random, faults)
             self.engine.extra_status = lambda: self.roles.status(time.monotonic())
         else:
             self.engine.become_primary(max(storage.term, 1))
+
+    def peer_list(self) -> tuple:
+        """The peers to connect to and admit (the same tuple until the membership changes)."""
+        return self.roles.membership.peer_list if self.roles is not None else ()
 
     @property
     def primary(self):
@@ -162,6 +167,9 @@ class DynamoMode(Mode):
         if config.peers:
             self.replication = self.peering = Replication(out, self.engine, config, now)
             self.engine.extra_status = lambda: self.replication.status(time.monotonic())
+
+    def peer_list(self) -> tuple:
+        return self.config.peers
 
     def handle(self, request, envelope, now):
         """A read with r > 1 goes to the peers and is held, body and all, as a QuorumRead until its

@@ -7,7 +7,7 @@ import time
 
 import zmq
 
-from . import errors, faults, keys, modes, protocol, transport, trust
+from . import errors, faults, join, keys, modes, protocol, transport, trust
 from .outbox import Outbox, send_hwm
 from .replies import Replies
 from .peers import PeerPlane
@@ -21,8 +21,9 @@ DRAIN_SECONDS = 0.01          # ... or for this long: then the iteration commits
 BACKLOG_RETRY = 0.001         # seconds between attempts to send replies a full connection queue held back
 HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and snapshot expiry)
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
-# What a read-only client key may not send: writes, and OUTCOME (it may log a fence entry).
-READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | {"OUTCOME"}
+# What a read-only client key may not send: writes, membership changes, and OUTCOME (it may log a fence entry).
+READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | protocol.MEMBERSHIP_CHANGES | {"OUTCOME"}
+LOGGED = protocol.WRITE_COMMANDS | protocol.MEMBERSHIP_CHANGES   # a held reply's outcome is unknown at its deadline
 
 log = logging.getLogger("zmqstore.node")
 
@@ -57,10 +58,14 @@ class Node:
             self.replies = Replies(self.outbox.send)
             self.peers = PeerPlane(self._ctx, config, self.gate, security, self.faults)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
+            if config.join:
+                join.join_cluster(config, self.storage, lambda: self._stopping)
             self.sends = Sends(self.peers.reachable)
             self.mode = modes.MODES[config.mode](self.sends, self.storage, config, self.faults, time.monotonic())
             self.engine, self.peering = self.mode.engine, self.mode.peering
             self.peers.attach(self.peering, self.engine.limits)
+            self._peer_list = None
+            self._follow_membership()
         except BaseException:
             self.engine = None
             self._close()
@@ -81,7 +86,8 @@ class Node:
         cfg = self.config
         log.info("serving %s mode as %s on tcp://%s:%d (peer port %d, change stream %d), data dir %s, "
                  "last_seq %d, fsync %s, %d peers", cfg.mode, self.engine.role, cfg.host, cfg.port, cfg.peer_port,
-                 cfg.pub_port, self.storage.path, self.storage.last_seq, "on" if cfg.fsync else "off", len(cfg.peers))
+                 cfg.pub_port, self.storage.path, self.storage.last_seq, "on" if cfg.fsync else "off",
+                 len(self._peer_list))
         try:
             self._loop()
         except errors.StorageError as exc:
@@ -127,29 +133,42 @@ class Node:
         self._wake_r.close()
         self._wake_w.close()
 
+    def _follow_membership(self):
+        """Connect to and admit the mode's peers when they changed (docs/MEMBERSHIP.md)."""
+        peer_list = self.mode.peer_list()
+        if peer_list is not self._peer_list:
+            self._peer_list = peer_list
+            self.peers.set_peers(peer_list)
+            self.gate.set_peers(peer_list)
+
     # ------------------------------------------------------------ the loop
 
-    def _loop(self):
-        router, peers = self.router, self.peers
-        wake_fd = self._wake_r.fileno()
-        peer_sockets = frozenset(peers.sockets)
-        gate = self.gate
+    def _poll_lists(self):
+        """What the loop polls: (items, items while replies drain, the peer sockets)."""
+        router, peers, gate = self.router, self.peers, self.gate
         # Handshakes, then the peer plane: zmq_poll reports ready items in this order, so no client
         # load can delay heartbeats, votes or replication within an iteration.
         poll_items = [(gate.zap, zmq.POLLIN)]
         poll_items.extend((s, zmq.POLLIN) for s in peers.sockets)
         # The client port's monitor last: connections opened and closed (also read before each handshake).
-        poll_items += [(router, zmq.POLLIN), (gate.monitor, zmq.POLLIN), (wake_fd, zmq.POLLIN)]
+        poll_items += [(router, zmq.POLLIN), (gate.monitor, zmq.POLLIN), (self._wake_r.fileno(), zmq.POLLIN)]
         # The same, also waking when the client port can send: while a backlog of replies drains.
         poll_draining = [(router, zmq.POLLIN | zmq.POLLOUT) if sock is router else (sock, ev)
                          for sock, ev in poll_items]
+        return poll_items, poll_draining, frozenset(peers.sockets)
+
+    def _loop(self):
+        router, peers = self.router, self.peers
+        gate = self.gate
+        poll_items, poll_draining, peer_sockets = self._poll_lists()
+        plane_version = peers.version
         outbox, replies = self.outbox, self.replies
         # zmq_poll directly: zmq.Poller.poll wraps the same call in per-iteration list and dict work.
         zmq_poll = zmq.backend.zmq_poll
         now = time.monotonic()
         next_chores = now + HOUSEKEEPING_INTERVAL
-        next_beat = now if self.config.peers else float("inf")
         peering = self.peering
+        next_beat = now if peering is not None else float("inf")
         while not self._stopping:
             now = time.monotonic()
             deadline = min(next_chores, next_beat, replies.next_deadline or next_chores)
@@ -187,6 +206,10 @@ class Node:
                 self.peering.tick(now)
                 next_beat = now + self.config.heartbeat_interval
             self.mode.end_iteration(peers.send, self._release)
+            self._follow_membership()
+            if peers.version != plane_version:
+                poll_items, poll_draining, peer_sockets = self._poll_lists()
+                plane_version = peers.version
             if outbox.backlogs:
                 outbox.flush(time.monotonic())
 
@@ -274,7 +297,7 @@ class Node:
         if until is None:
             outbox.send(envelope + [reply])
         else:   # held until the mode's rule accepts `until` (replies.py)
-            self.replies.hold(envelope, reply, request.request_id, request.command in protocol.WRITE_COMMANDS, until,
+            self.replies.hold(envelope, reply, request.request_id, request.command in LOGGED, until,
                               time.monotonic() + self.config.replication_timeout)
 
     def _release(self, fail_all=False):

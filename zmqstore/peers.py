@@ -29,16 +29,17 @@ class PeerPlane:
         self.subs = {}                  # peer id -> SUBs connected to that peer's PUB (one per key)
         self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
         self.router = self.pub = None
+        self._ctx, self._config, self._security, self._own = ctx, config, security, own
+        self._where = {}                # peer id -> (host, pub port, peer port, key) its sockets were made for
+        self._sub_peers, self._dealer_peers = {}, {}
+        self.version = 0                # changes whenever the sockets do (the loop then polls the new list)
         try:
             self.router = transport.bind_router(ctx, config.host, config.peer_port, self.frame_max, gate.guard_peer,
                                                 what="peer_port", curve=own)
             self.pub = transport.bind_pub(ctx, config.host, config.pub_port, gate.guard_peer, curve=own)
-            self._connect(ctx, config, security, own)
         except BaseException:
             self.close()
             raise
-        self._sub_peers = {sock: node_id for node_id, socks in self.subs.items() for sock in socks}
-        self._dealer_peers = {sock: node_id for node_id, socks in self.dealers.items() for sock in socks}
 
     def attach(self, peering, limits):
         self.peering = peering
@@ -63,18 +64,41 @@ class PeerPlane:
             if sock is not None:
                 sock.close(linger=0)
 
-    def _connect(self, ctx, config, security, own):
-        for peer in config.peers:
-            # One SUB and one DEALER per key the peer may hold: two while its key is rotated
-            # (docs/SECURITY.md). Only those expecting the key it holds complete a handshake:
-            # messages arrive on them, and sends go to them (the others refuse, IMMEDIATE).
-            curves = [(own, key) for key in security.nodes[peer.node_id]] if security is not None else [None]
-            self.subs[peer.node_id] = tuple(
-                transport.connect_sub(ctx, peer, config.host, self.frame_max, curve) for curve in curves)
-            self.dealers[peer.node_id] = tuple(transport.connect_dealer(
-                ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
-                source_host=config.host, max_msg_size=self.frame_max, immediate=True, curve=curve)
-                for curve in curves)
+    def set_peers(self, peers):
+        """Connect to the peers (config.Peer or protocol.Member: the membership's) that are new or
+        moved; close the sockets of those that left (docs/MEMBERSHIP.md)."""
+        wanted = {p.node_id: p for p in peers}
+        where = {nid: (p.host, p.pub_port, p.peer_port, getattr(p, "key", None)) for nid, p in wanted.items()}
+        for nid in [nid for nid in self._where if where.get(nid) != self._where[nid]]:
+            for sock in (*self.subs.pop(nid, ()), *self.dealers.pop(nid, ())):
+                sock.close(linger=0)
+            del self._where[nid]
+        for nid, peer in wanted.items():
+            if nid not in self._where:
+                self._connect(peer)
+                self._where[nid] = where[nid]
+        self._sub_peers = {sock: node_id for node_id, socks in self.subs.items() for sock in socks}
+        self._dealer_peers = {sock: node_id for node_id, socks in self.dealers.items() for sock in socks}
+        self.version += 1
+
+    def _connect(self, peer):
+        ctx, config, security, own = self._ctx, self._config, self._security, self._own
+        # One SUB and one DEALER per key the peer may hold: two while its key is rotated
+        # (docs/SECURITY.md). Only those expecting the key it holds complete a handshake:
+        # messages arrive on them, and sends go to them (the others refuse, IMMEDIATE).
+        curves = [None]
+        if security is not None:
+            keys = list(security.nodes.get(peer.node_id, ()))
+            key = getattr(peer, "key", None)
+            if key is not None and key.encode() not in keys:
+                keys.append(key.encode())
+            curves = [(own, key) for key in keys]
+        self.subs[peer.node_id] = tuple(
+            transport.connect_sub(ctx, peer, config.host, self.frame_max, curve) for curve in curves)
+        self.dealers[peer.node_id] = tuple(transport.connect_dealer(
+            ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
+            source_host=config.host, max_msg_size=self.frame_max, immediate=True, curve=curve)
+            for curve in curves)
 
     def send(self, items):
         """Send an iteration's peer messages (sends.py). A message to a peer that cannot take it

@@ -50,21 +50,9 @@ class Gatekeeper:
 
     def __init__(self, ctx, peers, max_connections, max_per_host, security=None):
         self.security = security
-        if security is not None:
-            # A connection's User-Id is what _decide named its key: "node-<id>", or "rw"/"ro" for clients.
-            # Only the peers' keys: not this node's own, nor keys in the directory of nodes not configured.
-            self.meta = "User-Id"
-            # A node whose key is being rotated has two (keys.py): either is that node's.
-            self.node_of_key = {key: p.node_id for p in peers for key in security.nodes[p.node_id]}
-            self.allowed = {p.node_id: frozenset({f"node-{p.node_id}"}) for p in peers}
-        else:
-            self.meta = "Peer-Address"
-            self.allowed = {p.node_id: host_addresses(p.host) for p in peers}
-            for peer in peers:
-                if not self.allowed[peer.node_id]:
-                    log.warning("peer %d's host %r does not resolve: its connections will be refused",
-                                peer.node_id, peer.host)
-        self.member_hosts = frozenset().union(*self.allowed.values()) if security is None else frozenset()
+        # A connection's User-Id is what _decide named its key: "node-<id>", or "rw"/"ro" for clients.
+        self.meta = "User-Id" if security is not None else "Peer-Address"
+        self.set_peers(peers)
         self.max_connections, self.max_per_host = max_connections, max_per_host
         # The client port's connections. `open_from` counts every open one per address, exactly (the
         # monitor gives each one's file descriptor when it is accepted and when it closes). Admission
@@ -86,6 +74,29 @@ class Gatekeeper:
         except zmq.ZMQError:
             self.zap.close()    # an open socket would make the context's term() wait forever
             raise
+
+    def set_peers(self, peers):
+        """Admit the peers given (config.Peer, or protocol.Member as the membership records them) and
+        no one else, from the next handshake and message on (docs/MEMBERSHIP.md)."""
+        security = self.security
+        if security is not None:
+            # Only the peers' keys: not this node's own, nor keys in the directory of nodes not members.
+            # A node whose key is being rotated has two (keys.py): either is that node's. A member
+            # added at runtime brings its key in its membership record.
+            self.node_of_key = {key: p.node_id for p in peers for key in security.nodes.get(p.node_id, ())}
+            for p in peers:
+                key = getattr(p, "key", None)
+                if key is not None:
+                    self.node_of_key[key.encode()] = p.node_id
+            self.allowed = {p.node_id: frozenset({f"node-{p.node_id}"}) for p in peers}
+            self.member_hosts = frozenset()
+        else:
+            self.allowed = {p.node_id: host_addresses(p.host) for p in peers}
+            for peer in peers:
+                if not self.allowed[peer.node_id]:
+                    log.warning("peer %d's host %r does not resolve: its connections will be refused",
+                                peer.node_id, peer.host)
+            self.member_hosts = frozenset().union(*self.allowed.values())
 
     # ------------------------------------------------------------ sockets
 

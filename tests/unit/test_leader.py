@@ -1,15 +1,12 @@
 """The log stream's decisions (leader/primary.py, secondary.py, log_server.py) on real storage in
-tmp_path, with a fake Sends that records what would be sent."""
+tmp_path (the `make` fixture: conftest.py), with a fake Sends that records what would be sent."""
 import pytest
 
-from zmqstore import config, errors, protocol
-from zmqstore.leader import Engine, LogServer, Primary
+from zmqstore import errors, protocol
+from zmqstore.leader import LogServer, Primary
 from zmqstore.leader.membership import Membership
 from zmqstore.leader.secondary import FETCH_RETRY, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
-from zmqstore.storage import Storage
-
-PEERS = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (1, 2, 3)]
 
 
 class FakeIO:
@@ -35,21 +32,6 @@ class FakeIO:
 
     def reply_peer(self, envelope, body):
         self.replies.append(protocol.decode_peer(body))
-
-
-@pytest.fixture
-def make(tmp_path):
-    opened = []
-
-    def make_engine(node_id, peers=PEERS, **settings):
-        cfg = config.resolve(None, {"node_id": node_id, "port": 9200 + node_id, "data_dir": str(tmp_path / f"n{node_id}"),
-                                    "peers": [p for p in peers if p["node_id"] != node_id], **settings})
-        st = Storage.open(cfg.data_dir, node_id, "leader")
-        opened.append(st)
-        return Engine(st, cfg, "test"), cfg
-    yield make_engine
-    for st in opened:
-        st.close()
 
 
 def follow(eng, cfg, io, term, leader_id=1):
@@ -110,7 +92,9 @@ def test_primary_commits_at_quorum_and_applies(make):
     cycle(eng, primary)
     change = io.published[-1]
     assert change.command == "CHANGE" and change.fields[2:4] == (0, 0) and len(change.fields[4]) == 2
-    assert protocol.decode_entry(change.fields[4][0]).ops == ()
+    # the term's first entry records the membership, which came from the flags until now
+    first = protocol.decode_entry(change.fields[4][0])
+    assert [m.node_id for m in protocol.entry_members(first)] == [1, 2, 3] and protocol.data_ops(first) == ()
     assert eng.commit_seq == 0 and eng.storage.get(b"k") is None       # durable on one node of three
     primary.on_ack((2, 1, 2, 0, True), now=1.0)
     assert eng.commit_seq == 2
@@ -268,14 +252,20 @@ def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
     sec = follow(eng, cfg, io, 1)
     step(sec, PeerMessage("NEED_SNAPSHOT", (1, 1, 10)), now=0.0)
     assert io.sent[-1] == (1, PeerMessage("SNAPSHOT", (2, 1, 0, None)))
-    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 50, 1, [[b"a", b"\x01"]], b"b")), now=0.1)
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 50, 1, [[b"a", b"\x01"]], b"b", None)), now=0.1)
     assert io.sent[-1] == (1, PeerMessage("SNAPSHOT", (2, 1, 50, b"b")))
     # A duplicate of the first request is answered again, with a newer snapshot: ignored.
-    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 51, 1, [[b"z", b"\x01"]], b"zz")), now=0.2)
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 0, None, 51, 1, [[b"z", b"\x01"]], b"zz", None)), now=0.2)
     assert eng.storage.restoring and eng.storage.get(b"a") == b"\x01"
-    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 50, b"b", 50, 1, [[b"b", b"\x02"]], None)), now=0.4)
+    # The last chunk carries the membership at the snapshot's seq: this node now follows it.
+    members = [protocol.Member(1, "127.0.0.1", 9000, 10000, 11000), protocol.Member(2, "127.0.0.1", 9001, 10001, 11001),
+               protocol.Member(5, "127.0.0.1", 9004, 10004, 11004, False)]
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (1, 1, 50, b"b", 50, 1, [[b"b", b"\x02"]], None,
+                                             protocol.encode_members(40, members))), now=0.4)
     st = eng.storage
     assert not st.restoring and (st.last_seq, st.applied_seq, st.first_seq) == (50, 50, 51)
+    assert eng.membership.seq == 40 and sorted(eng.membership.members) == [1, 2, 5]
+    assert eng.membership.voters == {1, 2} and protocol.decode_members(st.members) == (40, tuple(members))
     assert st.get(b"a") == b"\x01" and st.get(b"b") == b"\x02" and st.get(b"z") is None
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 51)))
 

@@ -24,6 +24,9 @@ VALID = {
     "OUTCOME": (5,),
     "GET_VERSIONS": (b"k",),
     "PUT_CTX": (b"k", None, protocol.encode_context({(1 << 32) + 7: 3})),
+    "MEMBERS": (),
+    "ADD_MEMBER": (4, "127.0.0.5", 9003, None, None, None),
+    "REMOVE_MEMBER": (4,),
 }
 
 
@@ -167,7 +170,7 @@ PEER_VALID = {
     "HEARTBEAT": (1, 1, 7, 5, 6),
     "ENTRIES": (1, 1, 4, 1, [], 5, 6),
     "NEED_SNAPSHOT": (1, 1, 100),
-    "SNAPSHOT_CHUNK": (1, 1, 0, None, 50, 1, [[b"k", b"v"]], b"next"),
+    "SNAPSHOT_CHUNK": (1, 1, 0, None, 50, 1, [[b"k", b"v"]], b"next", None),
     "ROLE": (2, 3, "secondary", 1, 40, 3, 39, False, True, "127.0.0.3:9001", "127.0.0.3:10001"),
     "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000"),
     "VOTE_REQUEST": (4, 2, 41, 3),
@@ -301,7 +304,8 @@ def test_a_value_is_one_complete_msgpack_object():
     raw(1, "ACK", 2, 1, 10, 3),                    # a field missing
     raw(1, "ACK", 2, 1, -10, 0, True),             # negative seq
     raw(1, "CHANGE", 1, 1, 4, 1, ["str"], 5, 6),   # entries must be bin
-    raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None),
+    raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None, None),
+    raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [], None, "members"),   # members must be bin
     raw(1, "HEARTBEAT", 1, 1, 7, 5, "6"),
     raw(1, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, "no", True, "a", "b"),    # leader_lost must be bool
     raw(1, "ROLE", 2, 3, "x" * 300, 1, 40, 3, 39, False, True, "a", "b"),     # over 256 characters

@@ -38,7 +38,8 @@ class DynamoCommands(CommandTable):
         super().__init__(engine, {
             "GET": self._get, "GET_VERSIONS": self._get, "PUT": self._put, "PUT_CTX": self._put_ctx,
             "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas, "SCAN": self._scan,
-            "OUTCOME": self._outcome,
+            "OUTCOME": self._outcome, "MEMBERS": self._members, "ADD_MEMBER": self._membership_change,
+            "REMOVE_MEMBER": self._membership_change,
         })
 
     def _get(self, req):
@@ -106,6 +107,19 @@ class DynamoCommands(CommandTable):
     def _scan(self, req):
         self.engine.flush()    # a scan reads RocksDB: this iteration's writes first
         return self._scan_page(req, _winning_value)
+
+    def _members(self, req):
+        cfg = self.config
+        members = [(cfg.node_id, cfg.host, cfg.port, cfg.pub_port, cfg.peer_port), *(
+            (p.node_id, p.host, p.port, p.pub_port, p.peer_port) for p in cfg.peers)]
+        return protocol.encode_ok(req.request_id, [
+            {"node_id": n, "host": h, "port": p, "pub_port": pub, "peer_port": peer, "voter": True}
+            for n, h, p, pub, peer in sorted(members)]), NO_WAIT
+
+    @staticmethod
+    def _membership_change(req):
+        raise errors.UnsupportedOperation("dynamo mode's membership is its peer list (--peers) for now; runtime "
+                                          "changes are leader mode's (docs/MEMBERSHIP.md)")
 
     def _outcome(self, req):
         dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())

@@ -6,7 +6,7 @@ keeps the log; command_table.py what both modes share.
 """
 import time
 
-from .. import errors, protocol
+from .. import errors, keys, protocol
 from ..command_table import CommandTable
 from ..protocol import OP_DEL, OP_PUT
 
@@ -17,6 +17,7 @@ class Commands(CommandTable):
             "GET": self._get, "PUT": self._put, "DEL": self._delete, "CAS": self._cas,
             "PUT_MANY": self._put_many, "SCAN": self._scan, "OUTCOME": self._outcome,
             "GET_VERSIONS": self._dynamo_only, "PUT_CTX": self._dynamo_only,
+            "MEMBERS": self._members, "ADD_MEMBER": self._add_member, "REMOVE_MEMBER": self._remove_member,
         })
 
     def handle(self, request):
@@ -28,6 +29,11 @@ class Commands(CommandTable):
     def _check_writable(self, request):
         if self.engine.role != "primary":
             raise self._not_primary()
+        membership = self.engine.membership
+        if self.config.node_id not in membership.members:
+            # Leaving: what was logged before the change commits with it; nothing more is taken.
+            raise errors.NotPrimary(f"node {self.config.node_id} is leaving the cluster (entry {membership.seq}) and "
+                                    f"hands over once that commits; retry on another member")
         seq = self._retried(request)
         if seq is None:
             return None
@@ -48,6 +54,10 @@ class Commands(CommandTable):
         return protocol.encode_ok(req.request_id, False, 0), depends_on
 
     def _not_primary(self):
+        removed = self.engine.removed_by
+        if removed is not None:
+            return errors.NotPrimary(f"node {self.config.node_id} was removed from the cluster by entry {removed}; "
+                                     f"it serves no requests")
         leader = self.storage.leader_id
         details = {"primary_id": leader, "primary_address": self.engine.leader_address} if leader else {}
         where = f"node {leader} at {self.engine.leader_address}" if leader else "not known yet"
@@ -56,6 +66,8 @@ class Commands(CommandTable):
     def _check_readable(self, stale):
         if self.engine.role == "primary":
             return
+        if self.engine.removed_by is not None:
+            raise self._not_primary()
         if not stale:
             raise self._not_primary()
         if self.storage.restoring:
@@ -151,6 +163,51 @@ class Commands(CommandTable):
             return protocol.encode_ok(req.request_id, "not_found", -seq), -seq
         return protocol.encode_ok(req.request_id, "committed", seq), seq
 
+    # ------------------------------------------------------------ membership (docs/MEMBERSHIP.md)
+
+    def _members(self, req):
+        """The membership this node uses (on the primary: the latest, committed or not)."""
+        return protocol.encode_ok(req.request_id, self.engine.membership.records()), 0
+
+    def _change_members(self, req, change):
+        """A membership change: one at a time, on the primary of a replicated cluster; the reply
+        waits for its entry to commit. `change(membership)` gives the new members, None for no change."""
+        done = self._check_writable(req)
+        if done:
+            return done
+        engine = self.engine
+        if not engine.replicated:
+            raise errors.UnsupportedOperation(f"node {self.config.node_id} runs standalone (no peers); start the "
+                                              f"cluster's nodes with --peers to change its membership at runtime")
+        if not engine.membership_settled():
+            raise errors.ChangeInProgress(
+                "a membership change is in progress (or this primary's first entry is not committed yet); retry")
+        members = change(engine.membership)
+        if members is None:     # already so, by a committed entry
+            membership = engine.membership
+            return protocol.encode_ok(req.request_id, False, membership.seq, membership.records()), 0
+        seq = engine.append_membership(members, req.client_id, req.request_id)
+        return protocol.encode_ok(req.request_id, True, seq, engine.membership.records()), seq
+
+    def _add_member(self, req):
+        node_id, host, port, pub_port, peer_port, key = req.args
+        if not node_id or not host or not 0 < port < 65536:
+            raise errors.BadArgument("ADD_MEMBER needs a node id above 0, a host and a port (1-65535)")
+        pub_port = port + 1000 if pub_port is None else pub_port
+        peer_port = port + 2000 if peer_port is None else peer_port
+        if not (0 < pub_port < 65536 and 0 < peer_port < 65536) or len({port, pub_port, peer_port}) < 3:
+            raise errors.BadArgument(f"ports {port}, {pub_port} and {peer_port} must be three distinct TCP ports")
+        if self.config.keys and key is None:
+            raise errors.BadArgument("this cluster uses keys: add the member with its public key (add-member --key)")
+        if key is not None:
+            keys.check_public(key)
+        member = protocol.Member(node_id, host, port, pub_port, peer_port, False, key)
+        return self._change_members(req, lambda m: m.adding(member))
+
+    def _remove_member(self, req):
+        node_id = req.args[0]
+        return self._change_members(req, lambda m: m.removing(node_id))
+
     def status(self) -> dict:
         s = self.storage
         cfg = self.config
@@ -161,6 +218,7 @@ class Commands(CommandTable):
             "first_seq": s.first_seq, "keys_estimate": s.approximate_keys(), "restoring": bool(s.restoring),
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
             "fsync": cfg.fsync, "uptime": round(time.monotonic() - self.engine.started, 3),
-            "version": self.engine.version, "peers": [],
+            "version": self.engine.version, "peers": [], "members": self.engine.membership.records(),
+            "membership_seq": self.engine.membership.seq,
             **(self.engine.extra_status() if self.engine.extra_status else {}),
         }

@@ -49,6 +49,7 @@ class Election:
         self.draw = draw
         self.interval = config.election_interval
         self.majority = membership.majority
+        self.voters = membership.voters
         self.views = {node_id: PeerView() for node_id in membership.peers}
         self.leader_heard = now         # the last word from the primary of our term (start-up counts)
         self.leaderless_since = now     # since when no primary is known or heard (None: one is)
@@ -58,6 +59,14 @@ class Election:
         self.last_loop = now
         self.latest = None              # the latest election this node stood in, for STATUS
         self.counters = {"elections_started": 0, "elections_won": 0, "pauses_detected": 0}
+
+    def set_membership(self, membership):
+        """Views of the members only (a new member's starts empty); majorities of the voters."""
+        self.majority, self.voters = membership.majority, membership.voters
+        self.views = {nid: self.views.get(nid) or PeerView() for nid in membership.peers}
+        c = self.candidacy
+        if c is not None:
+            c.votes = {nid: vote for nid, vote in c.votes.items() if nid in self.voters}
 
     # ------------------------------------------------------------ hearing
 
@@ -123,7 +132,7 @@ class Election:
         for a while)."""
         if self.candidacy is not None or now < self.backoff_until:
             return False
-        alive = [pid for pid in self.views if self.alive(pid, now) and self.views[pid].voter]
+        alive = [pid for pid in self.views if pid in self.voters and self.alive(pid, now) and self.views[pid].voter]
         lost = 1 + sum(1 for pid in alive if self.views[pid].leader_lost)
         if lost < self.majority:
             return False
@@ -147,7 +156,7 @@ class Election:
     def on_vote(self, term, node_id, granted, last_seq, last_term, now):
         """A VOTE for our candidacy. Returns True when it makes a majority (the election is won)."""
         c = self.candidacy
-        if c is None or term != c.term or c.won_at is not None or node_id not in self.views:
+        if c is None or term != c.term or c.won_at is not None or node_id not in self.voters:
             return False
         if not granted:
             return False

@@ -28,7 +28,8 @@ import time
 
 from .. import errors, protocol
 from .commands import Commands
-from ..protocol import OP_PUT, LogEntry
+from .membership import Membership
+from ..protocol import OP_PUT, LogEntry, Member
 from ..sessions import Sessions
 from ..storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
                       META_RESTORING, META_TERM, META_VOTED_FOR)
@@ -46,7 +47,13 @@ class Engine:
         self.started = time.monotonic()
         self.limits = protocol.Limits(config.max_key_size, config.max_value_size,
                                       config.max_batch_items, config.max_request_size)
-        self.replicated = bool(config.peers)
+        # The membership (membership.py): the latest membership entry in the log, else the one the
+        # data holds, else the flags. `on_membership` (set by Roles) hears of every change.
+        self.membership = None
+        self.on_membership = None
+        self._member_entries = {}     # seq -> members (tuple of Member): membership entries above applied_seq
+        self._members_applied = protocol.decode_members(storage.members) if storage.members else None
+        self._flags_membership = Membership.from_config(config)
         self.role = "primary"
         self.leader_address = None
         self.extra_status = None      # set by the node: a callable giving replication fields for STATUS
@@ -64,6 +71,13 @@ class Engine:
         # reaches back to seq 1; else from start-up (the trimmed entries' records are gone).
         self.sessions_complete_since = float("-inf") if storage.first_seq <= 1 else self.started
         self._recover()
+        self._update_membership()
+        # Standalone or replicated is decided at start: a node that has peers, by its flags or its records.
+        self.replicated = bool(self.membership.peers)
+        if not self.replicated and storage.last_seq > storage.applied_seq:
+            # A standalone node commits what is durable: apply what a crash left unapplied.
+            self.apply_committed(storage.last_seq)
+        self.commit_seq = storage.applied_seq
         self.handle = Commands(self).handle   # request -> (reply body, commit seq it waits for; 0: none)
 
     def _recover(self):
@@ -75,10 +89,6 @@ class Engine:
             self._record_session(entry, seq, now)
             if seq > st.applied_seq:
                 self._stage_pending(seq, entry.ops)
-        if not self.replicated and st.last_seq > st.applied_seq:
-            # A standalone node commits what is durable: apply what a crash left unapplied.
-            self.apply_committed(st.last_seq)
-        self.commit_seq = st.applied_seq
         if self.sessions.clients:
             log.info("recovered %d write outcomes of %d clients from the retained log",
                      len(self.sessions), self.sessions.clients)
@@ -100,7 +110,9 @@ class Engine:
         if self.storage.term != term or self.storage.leader_id != self.config.node_id or self.storage.learner:
             self._set_term(term, self.config.node_id, self.config.node_id, learner=False)
             if self.replicated:
-                self.term_first_seq = self._append_entry(b"", 0, ())
+                # A cluster that never recorded its membership (it comes from the flags) records it now.
+                ops = () if self.membership.seq else protocol.members_ops(self.membership.member_list)
+                self.term_first_seq = self._append_entry(b"", 0, ops)
 
     def follow(self, term, leader_id, leader_address, role="secondary"):
         """Follow `leader_id` (0: not known yet) in `term`; persisted before anything is sent in that
@@ -215,8 +227,12 @@ class Engine:
         pending = self._pending
         for seq in range(start, commit_seq + 1):
             ops = self._unapplied.pop(seq, None)
+            members = self._member_entries.pop(seq, None)
             if ops is None:
-                ops = protocol.decode_entry(next(st.log_entries(seq, seq))[1]).ops or ()
+                entry = protocol.decode_entry(next(st.log_entries(seq, seq))[1])
+                ops, members = protocol.data_ops(entry), protocol.entry_members(entry)
+            if members is not None:
+                self._apply_members(batch, seq, members)
             for op in ops:
                 key = op[1]
                 if op[0] == OP_PUT:
@@ -263,11 +279,14 @@ class Engine:
             batch.append(seq, raw)
             self._record_session(entry, seq, now)   # a retry after failover must find it
             if direct and seq <= leader_commit:
-                for op in entry.ops or ():
+                for op in protocol.data_ops(entry):
                     if op[0] == OP_PUT:
                         batch.put(op[1], op[2])
                     else:
                         batch.delete(op[1])
+                members = protocol.entry_members(entry)
+                if members is not None:
+                    self._apply_members(batch, seq, members)
                 self._applied = seq
             else:
                 direct = False
@@ -278,6 +297,7 @@ class Engine:
             batch.set_meta(META_APPLIED_SEQ, self._applied)
             self.commit_seq = max(self.commit_seq, self._applied)
         self._next_seq = seq
+        self._update_membership()
         return seq - 1
 
     def truncate_from(self, seq):
@@ -293,6 +313,7 @@ class Engine:
         st.commit(batch)
         for s in range(seq, self._next_seq):
             self._unapplied.pop(s, None)
+            self._member_entries.pop(s, None)
         self.sessions.forget_from(seq)
         self._last_term = st.last_term
         self._pending = {}
@@ -300,10 +321,12 @@ class Engine:
             for op in self._unapplied[s]:
                 self._pending[op[1]] = (op[2] if op[0] == OP_PUT else None, s)
         self._next_seq = seq
+        self._update_membership()
 
-    def install_snapshot_chunk(self, snapshot_seq, snapshot_term, items, first, last):
+    def install_snapshot_chunk(self, snapshot_seq, snapshot_term, items, first, last, members=None):
         """Write one snapshot chunk; the first one empties data and log, the last one makes the
-        snapshot the new base of the log. (What this iteration staged is written first.)"""
+        snapshot the new base of the log, with `members` ((seq, members) or None), the membership
+        at its seq. (What this iteration staged is written first.)"""
         self.flush()
         st = self.storage
         batch = st.batch()
@@ -319,6 +342,7 @@ class Engine:
             batch.set_meta(META_APPLIED_SEQ, 0)
             self._pending.clear()
             self._unapplied.clear()
+            self._member_entries.clear()
         for key, value in items:
             batch.put(key, value)
         if last:
@@ -327,6 +351,8 @@ class Engine:
             batch.set_meta(META_LAST_SEQ, snapshot_seq)
             batch.set_meta(META_LAST_TERM, snapshot_term)
             batch.set_meta(META_APPLIED_SEQ, snapshot_seq)
+            if members is not None:
+                self._apply_members(batch, *members)
         st.commit(batch)
         if last:
             self._next_seq = snapshot_seq + 1
@@ -336,6 +362,51 @@ class Engine:
             self._next_seq = 1
             self.commit_seq = self._applied = 0
             self._last_term = 0
+        self._update_membership()
+
+    # ------------------------------------------------------------ membership
+
+    def _apply_members(self, batch, seq, members):
+        """A committed membership is recorded with the batch that applies it (a newer one, from a
+        join's reply, is kept)."""
+        if self._members_applied is None or seq >= self._members_applied[0]:
+            batch.set_members(protocol.encode_members(seq, members))
+            self._members_applied = (seq, members)
+
+    def _update_membership(self):
+        """Recompute the membership in use after the log changed; tell Roles when it did."""
+        seq = max(self._member_entries, default=0)
+        applied = self._members_applied
+        if seq and (applied is None or seq > applied[0]):
+            new = Membership(self.config.node_id, self._member_entries[seq], seq)
+        elif applied is not None:
+            new = Membership(self.config.node_id, applied[1], applied[0])
+        else:
+            new = self._flags_membership
+        old = self.membership
+        if old is not None and old.seq == new.seq and old.members == new.members:
+            return
+        self.membership = new
+        if self.on_membership is not None:
+            self.on_membership(new)
+
+    @property
+    def removed_by(self):
+        """The seq of the committed membership entry this node is not in (None: it is a member, or
+        no membership was recorded)."""
+        applied = self._members_applied
+        if applied is None or any(m.node_id == self.config.node_id for m in applied[1]):
+            return None
+        return applied[0]
+
+    def append_membership(self, members, client_id=b"", request_id=0):
+        """Stage a membership entry (the primary; membership.py checked the change). Returns its seq."""
+        return self._append_entry(client_id, request_id, protocol.members_ops(members))
+
+    def membership_settled(self) -> bool:
+        """Whether a membership change may start: this term's first entry is committed (so every
+        change of an earlier term is), and so is the latest membership entry."""
+        return self.commit_seq >= max(self.term_first_seq, max(self._member_entries, default=0))
 
     # ------------------------------------------------------------ helpers
 
@@ -345,6 +416,10 @@ class Engine:
         return self._batch
 
     def _stage_pending(self, seq, ops):
+        if type(ops) is dict:   # a membership change: tracked apart, applies nothing to data
+            self._member_entries[seq] = tuple(Member(*m) for m in ops["members"])
+            self._update_membership()
+            ops = ()
         ops = ops or ()       # a fence applies nothing
         self._unapplied[seq] = ops
         for op in ops:

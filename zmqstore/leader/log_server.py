@@ -18,7 +18,7 @@ class LogServer:
         self.storage = engine.storage
         self.node_id = config.node_id
         self.out = out
-        self._snapshots = {}            # snapshot seq -> [snapshot, term, last used]
+        self._snapshots = {}            # snapshot seq -> [snapshot, term, last used, membership at its seq]
         self.counters = {"fetches_served": 0, "snapshots_served": 0}
 
     def on_fetch(self, fields, envelope, now):
@@ -49,7 +49,7 @@ class LogServer:
         if held is None:
             # Taken between loop iterations, data is exactly at applied_seq.
             snapshot_seq = self.storage.applied_seq
-            held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now]
+            held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now, self.storage.members]
             self._snapshots[snapshot_seq] = held
             self.counters["snapshots_served"] += 1
             cursor = None
@@ -58,7 +58,7 @@ class LogServer:
         items, next_cursor = self.storage.snapshot_page(held[0], cursor, *limits.SNAPSHOT)
         self.out.reply_peer(envelope, protocol.encode_peer(
             "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
-            items, next_cursor))
+            items, next_cursor, held[3] if next_cursor is None else None))
 
     def housekeeping(self, now):
         for seq in [s for s, held in self._snapshots.items() if now - held[2] > SNAPSHOT_IDLE]:

@@ -14,15 +14,31 @@ class Primary:
         self.config = config
         self.out = out
         self.node_id = config.node_id
-        peers = membership.peers
-        self.match = {pid: 0 for pid in peers}          # highest seq each peer holds durably
-        self.voter = {pid: False for pid in peers}      # learners' copies do not count toward commit
-        self.acked_round = {pid: 0 for pid in peers}    # highest heartbeat round each answered
-        self.last_heard = {pid: now for pid in peers}   # a grace period from the start of the term
-        self.majority = membership.majority
+        self.match = {}                 # peer id -> highest seq it holds durably
+        self.voter = {}                 # peer id -> its data dir votes (an ACK's flag): else its copy does not count
+        self.acked_round = {}           # peer id -> highest heartbeat round it answered
+        self.last_heard = {}            # peer id -> when it last answered (a grace period from the start)
+        self._latest = now              # the latest time this was told (the grace period of a new member)
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
         self.counters = {}
+        self.set_membership(membership)
+
+    def set_membership(self, membership):
+        """Count the members' copies, answers and rounds, and the voters' only toward quorums (a
+        learner's copy never counts; neither does this node's once the membership leaves it out)."""
+        for pid in membership.peers:
+            if pid not in self.match:
+                self.match[pid], self.voter[pid], self.acked_round[pid] = 0, False, 0
+                self.last_heard[pid] = self._latest
+        for table in (self.match, self.voter, self.acked_round, self.last_heard):
+            for pid in [pid for pid in table if pid not in membership.peers]:
+                del table[pid]
+        self.voters = membership.voters
+        self.own_counts = self.node_id in membership.voters
+        self.majority = membership.majority
+        cfg = self.config
+        self.write_quorum = membership.majority if cfg.majority_quorum else cfg.write_quorum
 
     # ------------------------------------------------------------ the stream
 
@@ -53,18 +69,22 @@ class Primary:
         before our own flush may be on secondaries first), if it is of this term. The engine
         applies it to data after the replies that waited for it have left (Engine.apply_to_commit)."""
         own = self.storage.last_seq
-        voter = self.voter
-        values = sorted([own, *(seq for pid, seq in self.match.items() if voter[pid])], reverse=True)
-        if len(values) < self.config.write_quorum:
+        voter, voters = self.voter, self.voters
+        values = sorted([*((own,) if self.own_counts else ()),
+                         *(seq for pid, seq in self.match.items() if voter[pid] and pid in voters)], reverse=True)
+        quorum = self.write_quorum
+        if len(values) < quorum:
             return
-        candidate = min(values[self.config.write_quorum - 1], own)
+        candidate = min(values[quorum - 1], own)
         if candidate > self.engine.commit_seq and self.storage.term_at(candidate) == self.storage.term:
             self.engine.commit_seq = candidate
 
     def confirmed_round(self):
         """The latest round a majority (this node included) has answered in this term."""
-        values = sorted([self.round, *self.acked_round.values()], reverse=True)
-        return values[self.majority - 1]
+        voters = self.voters
+        values = sorted([*((self.round,) if self.own_counts else ()),
+                         *(r for pid, r in self.acked_round.items() if pid in voters)], reverse=True)
+        return values[self.majority - 1] if len(values) >= self.majority else 0
 
     def heard(self, node_id, now):
         """A peer of this term answered (an ACK, a role query or reply)."""
@@ -78,9 +98,10 @@ class Primary:
 
     def has_majority(self, now):
         """Whether a majority (this node included) was heard from within election_interval."""
-        window = self.config.election_interval
-        heard = sum(1 for t in self.last_heard.values() if now - t < window)
-        return heard + 1 >= self.majority
+        self._latest = now
+        window, voters = self.config.election_interval, self.voters
+        heard = sum(1 for pid, t in self.last_heard.items() if pid in voters and now - t < window)
+        return heard + self.own_counts >= self.majority
 
     # ------------------------------------------------------------ acknowledgements
 
@@ -92,7 +113,7 @@ class Primary:
             # no copy can hold entries this primary never sent (a forged or broken ACK would count toward commit)
             raise errors.BadArgument(f"ACK from node {node_id} claims seq {last_seq}; this primary's log ends at "
                                      f"{self.engine.last_seq}")
-        self.last_heard[node_id] = now
+        self.last_heard[node_id] = self._latest = now
         self.match[node_id] = last_seq          # its latest report: it may have lost data and restarted
         self.voter[node_id] = voter
         if self.acked_round[node_id] < round_ <= self.round:   # a round from another run means nothing
@@ -101,6 +122,6 @@ class Primary:
 
     def status(self, now):
         window = self.config.election_interval
-        return [{"node_id": pid, "role": "secondary", "last_seq": self.match[pid],
+        return [{"node_id": pid, "role": "secondary" if pid in self.voters else "learner", "last_seq": self.match[pid],
                  "alive": now - self.last_heard[pid] < window}
                 for pid in sorted(self.match)]

@@ -14,11 +14,12 @@ from .. import protocol
 from .election import Election
 from ..faults import NONE
 from .log_server import LogServer
-from .membership import Membership
 from .primary import Primary
 from .secondary import Secondary
 
 log = logging.getLogger(__name__)
+
+PROMOTE_LAG = 1000      # a learner within this many entries of the commit seq is made a voter
 
 
 class Roles:
@@ -28,9 +29,11 @@ class Roles:
         self.storage = engine.storage
         self.config = config
         self.node_id = config.node_id
-        self.membership = Membership.from_config(config)
+        self.membership = engine.membership
         self.peers = self.membership.peers
         self.majority = self.membership.majority
+        self.removed = False            # a committed membership left this node out: it serves nothing
+        self.promote_lag = PROMOTE_LAG
         self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
         self.primary = None
@@ -42,10 +45,28 @@ class Roles:
         self._peer_handlers = {"ROLE": self._on_role_query, "VOTE_REQUEST": self._on_vote_request,
                                "ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}
         self._choose_role(now)
+        engine.on_membership = self._membership_changed
+        if self.membership.seq:
+            flags = engine._flags_membership
+            differences = self.membership.differs_from(flags) if flags.peers else []
+            if differences:
+                log.warning("the flags' peers differ from the cluster's membership (entry %d), which is followed: %s",
+                            self.membership.seq, "; ".join(differences))
+
+    def _membership_changed(self, membership):
+        """The membership in use changed (an entry appended or applied, a truncation, a snapshot):
+        quorums, views and the primary's bookkeeping follow it at once (docs/MEMBERSHIP.md)."""
+        old = self.membership
+        self.membership, self.peers, self.majority = membership, membership.peers, membership.majority
+        self.election.set_membership(membership)
+        if self.primary is not None:
+            self.primary.set_membership(membership)
+        log.info("membership of entry %d: voters %s, learners %s (was entry %d)", membership.seq,
+                 sorted(membership.voters), sorted(set(membership.members) - membership.voters), old.seq)
 
     def _choose_role(self, now):
         cfg, st = self.config, self.storage
-        if cfg.write_quorum < self.majority:
+        if not cfg.majority_quorum and cfg.write_quorum < self.majority:
             log.warning("write_quorum = %d is below a majority (%d): a write is acknowledged before a majority "
                         "holds it, so a failover can lose acknowledged writes", cfg.write_quorum, self.majority)
         # Empty log, at most term 1: a new cluster (a bootstrap interrupted by a crash goes on).
@@ -133,8 +154,11 @@ class Roles:
     def tick(self, now):
         """Every election_interval / 5: heartbeat, judge the primary, stand, send role queries."""
         st = self.storage
+        if self._check_removed(now):
+            return
         if self.primary is not None:
             self.primary.heartbeat()
+            self._maybe_promote()
             if not self.primary.has_majority(now) and not self.faults.deposed_reads:
                 log.warning("primary of term %d heard from no majority within %.2f s: stepping down",
                             st.term, self.config.election_interval)
@@ -154,6 +178,41 @@ class Roles:
         body = protocol.encode_peer("ROLE", *self._role_fields(now))
         for peer_id in self.peers:
             self.out.send_to(peer_id, body)
+
+    def _check_removed(self, now) -> bool:
+        """Whether a committed membership left this node out: a primary hands over (it steps down,
+        and the lowest remaining voter stands); any node then stops serving and talking to the peers
+        (docs/MEMBERSHIP.md)."""
+        removed_by = self.engine.removed_by
+        if removed_by is None:
+            if self.removed:
+                self.removed = False
+                log.info("a member again (membership of entry %d)", self.membership.seq)
+            return False
+        if not self.removed:
+            self.removed = True
+            log.warning("removed from the cluster by entry %d: serving no requests and no longer taking part; "
+                        "stop this node (or add it again and restart it with --join)", removed_by)
+            if self.primary is not None:
+                self._follow(self.storage.term, 0, now)
+            if self.election.candidacy is not None:
+                self.election.finish(now, won=False)
+        self.engine.role = "removed"
+        return True
+
+    def _maybe_promote(self):
+        """The primary makes a learner a voter once it holds the log up to within promote_lag entries of
+        the commit seq, durably, with a data dir that has caught up (its ACKs say it votes)."""
+        primary, engine = self.primary, self.engine
+        learners = [nid for nid, m in self.membership.peers.items() if not m.voter]
+        if not learners or not engine.membership_settled():
+            return
+        for nid in learners:
+            if primary.voter.get(nid) and primary.match.get(nid, 0) + self.promote_lag >= engine.commit_seq:
+                seq = engine.append_membership(self.membership.promoting(nid))
+                log.info("promoting learner %d to voter (it holds seq %d, commit seq %d): entry %d", nid,
+                         primary.match[nid], engine.commit_seq, seq)
+                return
 
     def _role_fields(self, now):
         st, cfg = self.storage, self.config
@@ -212,7 +271,7 @@ class Roles:
     def _maybe_stand(self, now):
         st, election = self.storage, self.election
         if (self.primary is not None or election.candidacy is not None or st.learner or st.restoring
-                or self.bootstrapping
+                or self.bootstrapping or self.removed or self.node_id not in self.membership.voters
                 or not election.leader_lost(now)
                 or not election.should_stand(now, st.term)):
             return
@@ -259,6 +318,8 @@ class Roles:
     # ------------------------------------------------------------ messages on the ROUTER
 
     def on_request(self, msg, envelope, now):
+        if self.removed:
+            return
         handler = self._peer_handlers.get(msg.command)
         if handler is None:
             log.debug("ignoring %s on the ROUTER", msg.command)
@@ -291,7 +352,9 @@ class Roles:
         st = self.storage
         if self.primary is None:
             self.engine.flush()     # an election decision reads the durable log, with what this iteration staged
-        granted = candidate in self.peers and Election.grants(term, candidate, st, self._lost_primary(now))
+        voters = self.membership.voters
+        granted = (candidate in voters and self.node_id in voters and not self.removed
+                   and Election.grants(term, candidate, st, self._lost_primary(now)))
         if granted:
             if term > st.term:
                 if self.election.candidacy is not None:
@@ -306,7 +369,8 @@ class Roles:
             log.info("voted for node %d in term %d", candidate, term)
         else:
             log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,
-                     term, st.term, st.voted_for, "learner" if st.learner else
+                     term, st.term, st.voted_for, "not both voting members" if candidate not in voters or
+                     self.node_id not in voters or self.removed else "learner" if st.learner else
                      "primary lost" if self._lost_primary(now) else "primary still heard")
         self.out.reply_peer(envelope, protocol.encode_peer(
             "VOTE", st.term, self.node_id, granted, st.last_seq, st.last_term, st.first_seq))
@@ -327,6 +391,8 @@ class Roles:
     # ------------------------------------------------------------ messages on SUB and DEALERs
 
     def on_message(self, msg, now):
+        if self.removed:
+            return
         command, fields = msg.command, msg.fields
         if command == "ROLE_REPLY":
             self._on_role(fields, now)
@@ -358,7 +424,7 @@ class Roles:
         for row in peers:
             peer = self.peers.get(row["node_id"])
             row["address"] = peer.address if peer else None
-        return {"peers": peers, "write_quorum": self.config.write_quorum, **side.counters,
+        return {"peers": peers, "write_quorum": self.primary.write_quorum if self.primary else self.config.write_quorum, **side.counters,
                 **self.log_server.counters, **self.election.status(now, self.storage)}
 
     def housekeeping(self, now):

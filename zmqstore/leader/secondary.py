@@ -225,16 +225,18 @@ class Secondary:
         self._outstanding = (kind, body, now if sent else float("-inf"), key)
 
     def _on_snapshot_chunk(self, command, fields, now):
-        _term, _leader, asked_seq, asked_cursor, snapshot_seq, snapshot_term, items, next_cursor = fields
+        _term, _leader, asked_seq, asked_cursor, snapshot_seq, snapshot_term, items, next_cursor, members = fields
         out = self._outstanding
         if out is None or out[0] != "snapshot" or out[3] != (asked_seq, asked_cursor):
             return  # answers a request that is no longer outstanding (late, or a duplicate)
+        # The membership at the snapshot's seq comes with its last chunk; checked before anything changes.
+        members = protocol.decode_members(members) if members is not None and next_cursor is None else None
         self._outstanding = None
         # A chunk from the start: a new snapshot, or one replacing ours after it expired on the primary.
         first = snapshot_seq != asked_seq or asked_cursor is None
         if first:
             self.matched = 0    # the log is about to be emptied
-        self.engine.install_snapshot_chunk(snapshot_seq, snapshot_term, items, first, next_cursor is None)
+        self.engine.install_snapshot_chunk(snapshot_seq, snapshot_term, items, first, next_cursor is None, members)
         if self.crash_after_chunks is not None:
             self.crash_after_chunks -= 1
             if self.crash_after_chunks <= 0 and next_cursor is not None:

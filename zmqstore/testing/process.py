@@ -248,6 +248,7 @@ class Cluster:
         self.args = list(args)
         self.bootstrap = tuple(bootstrap) if mode == "leader" else ()
         self.env = env
+        self.new_session = new_session
         self.nodes = {}
         for node_id in range(1, size + 1):
             host = f"127.0.0.{node_id + 1}"
@@ -261,6 +262,9 @@ class Cluster:
                             "peer_port": n.peer_port} for n in self.nodes.values() if n.node_id != node_id])
 
     def node_args(self, node_id):
+        join = getattr(self.nodes[node_id], "join", None)
+        if join:
+            return ["--join", join, *self.args]
         if self.mode == "dynamo":
             return ["--peers", self.peers_json(node_id), "--mode", "dynamo", *self.args]
         role = "primary" if node_id in self.bootstrap else "secondary"
@@ -273,6 +277,18 @@ class Cluster:
         node.args = self.node_args(node_id)
         node.env = env if env is not None else self.env
         node.start(wait=wait)
+        return node
+
+    def add_node(self, node_id, join=True):
+        """A new node on 127.0.0.(node_id + 1), not started; with `join`, started with --join naming
+        the current members' client ports (docs/MEMBERSHIP.md)."""
+        assert node_id not in self.nodes
+        others = list(self.nodes.values())
+        node = self.nodes[node_id] = NodeProcess(
+            node_id, os.path.join(self.base_dir, f"node{node_id}"), os.path.join(self.base_dir, f"node{node_id}.log"),
+            host=f"127.0.0.{node_id + 1}", new_session=self.new_session, keys=self.keys or False)
+        if join:
+            node.join = ",".join(n.endpoint for n in others)
         return node
 
     def start_all(self, timeout=20.0):
