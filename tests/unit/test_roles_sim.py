@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from zmqstore import config, faults, protocol
+from zmqstore import config, errors, faults, protocol
 from zmqstore.modes import LeaderMode
 from zmqstore.sends import Sends
 from zmqstore.storage import Storage
@@ -17,15 +17,16 @@ from zmqstore.testing.simnet import SimNetwork, simulations
 
 IDS = (1, 2, 3)
 PEERS = [{"node_id": n, "host": f"127.0.0.{n + 1}", "port": 9000} for n in IDS]
+SPARES = (4, 5)    # started only when a membership change adds them (as --join would)
 STEP = 0.01        # simulated seconds per step
 
 
 class SimNode:
     def __init__(self, net, node_id, data_dir, role):
         self.net, self.node_id = net, node_id
+        peers = [] if node_id in SPARES else [p for p in PEERS if p["node_id"] != node_id]
         cfg = config.resolve(None, {"node_id": node_id, "host": f"127.0.0.{node_id + 1}", "port": 9000,
-                                    "data_dir": data_dir, "role": role,
-                                    "peers": [p for p in PEERS if p["node_id"] != node_id]})
+                                    "data_dir": data_dir, "role": role, "peers": peers})
         self.storage = Storage.open(data_dir, node_id, "leader", fsync=False)   # a crash here is a process exit, not a power loss
         self.mode = LeaderMode(Sends(), self.storage, cfg, faults.NONE, net.now)
         self.engine, self.roles, self.peering = self.mode.engine, self.mode.roles, self.mode.peering
@@ -73,7 +74,10 @@ class SimNet(SimNetwork):
                 key = b"k%d" % self._writes
                 req = protocol.decode_request(protocol.encode_request(
                     "PUT", b"sim", self._writes, self._writes, key, protocol.pack_value(self._writes)))
-                _reply, seq = node.engine.handle(req)
+                try:
+                    _reply, seq = node.engine.handle(req)
+                except errors.NotPrimary:
+                    continue        # leaving the cluster: a client would go to another node
                 self._waiting.append((node.node_id, node.storage.term, seq, key, self._writes))
                 node.end_iteration()
 
@@ -156,3 +160,133 @@ def test_random_partitions_and_drops_keep_one_leader_per_term_and_every_acked_wr
     sim.random_phases(rng, 8)       # crashes and restarts often hit the primary
     settle_and_check(sim)
     assert len(sim.acked) > 20
+
+
+class MembershipSim(SimNet):
+    """SimNet with membership changes (docs/MEMBERSHIP.md): the primary adds a spare (started once
+    the change commits, its data dir given the committed membership, as --join does) or removes a
+    member (which stays running, removed, until a later change adds it back)."""
+
+    def __init__(self, tmp_path, seed):
+        super().__init__(tmp_path, seed)
+        self.tmp_path = tmp_path
+        self.changes = []           # (kind, node id, seq) of every change a primary accepted
+        self._joins = []            # (node id, primary id, term, seq, membership): start it once seq commits there
+        self._rejoin = set()        # nodes whose join's outcome is unknown: --join asks again
+        self._runs = 0
+
+    def change_membership(self, rng):
+        primaries = self.primaries()
+        if not primaries:
+            return
+        leader = self.nodes[primaries[0]]
+        members = leader.engine.membership.members
+        absent = [n for n in (*IDS, *SPARES) if n not in members]
+        rejoining = bool(self._rejoin)
+        if rejoining:
+            node_id = self._rejoin.pop()
+            args = ("ADD_MEMBER", node_id, f"127.0.0.{node_id + 1}", 9000, None, None, None)
+        elif absent and (rng.random() < 0.5 or len(members) <= 2):
+            node_id = rng.choice(absent)
+            args = ("ADD_MEMBER", node_id, f"127.0.0.{node_id + 1}", 9000, None, None, None)
+        else:
+            node_id = rng.choice(sorted(members))
+            args = ("REMOVE_MEMBER", node_id)
+        self._writes += 1
+        req = protocol.decode_request(protocol.encode_request(args[0], b"admin", self._writes, self._writes, *args[1:]))
+        try:
+            _reply, seq = leader.engine.handle(req)
+        except (errors.ChangeInProgress, errors.BadArgument, errors.NotPrimary):
+            if rejoining:
+                self._rejoin.add(node_id)       # a join asks until it is answered
+            return
+        leader.end_iteration()
+        self.changes.append((args[0], node_id, seq))
+        if args[0] == "ADD_MEMBER":
+            # the membership the change made, as the reply to --join carries it
+            self._joins.append((node_id, leader.node_id, leader.storage.term, seq, leader.engine.membership))
+
+    def _collect_acks(self):
+        super()._collect_acks()
+        waiting = []
+        for join in self._joins:
+            node_id, leader_id, term, seq, membership = join
+            leader = self.nodes.get(leader_id)
+            if leader is None or leader.roles.primary is None or leader.storage.term != term:
+                self._rejoin.add(node_id)       # its outcome is unknown: --join asks again
+                continue
+            if leader.engine.commit_seq < seq:
+                waiting.append(join)
+                continue
+            self._start_joined(node_id, membership)
+        self._joins = waiting
+
+    def finish_joins(self, rng):
+        """What --join keeps doing until it has an answer: ask again for every join left unknown."""
+        for _ in range(20):
+            if not self._rejoin and not self._joins:
+                return
+            if self._rejoin:
+                self.change_membership(rng)
+            self.run(0.3)
+        raise AssertionError(f"joins never answered: {sorted(self._rejoin)}, {self._joins}")
+
+    def _start_joined(self, node_id, membership):
+        """What --join does once the cluster committed the change: record that membership in a data
+        dir (a new one; a removed node that is still running is stopped first), then start."""
+        if node_id in self.nodes:
+            self.crash(node_id)
+        self._runs += 1
+        data_dir = str(self.tmp_path / f"n{node_id}-joined{self._runs}")
+        storage = Storage.open(data_dir, node_id, "leader", fsync=False)
+        batch = storage.batch()
+        batch.set_members(protocol.encode_members(membership.seq, membership.member_list))
+        storage.commit(batch)
+        storage.close()
+        self.nodes[node_id] = SimNode(self, node_id, data_dir, None)
+
+    def restart(self, node_id):
+        old = self.crash(node_id)
+        self.nodes[node_id] = SimNode(self, node_id, old.storage.path, None)
+
+
+@pytest.fixture
+def membership_net(tmp_path):
+    with simulations(tmp_path, MembershipSim) as start:
+        yield start
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_membership_changes_under_faults_keep_one_leader_per_term_and_every_acked_write(membership_net, seed):
+    sim = membership_net(seed)
+    rng = random.Random(2000 + seed)
+    sim.run(1.0)
+    for _ in range(10):
+        ids = sorted(sim.nodes)
+        a, b = rng.sample(ids, 2)
+        sim.cut = {frozenset((a, b))} if rng.random() < 0.5 else set()
+        sim.drop_rate = rng.choice((0.0, 0.1))
+        if rng.random() < 0.3:
+            sim.restart(rng.choice(ids))
+        sim.change_membership(rng)
+        if rng.random() < 0.4:
+            sim.change_membership(rng)      # at once: refused while the first is not committed
+        sim.run(rng.uniform(0.3, 1.2))
+    sim.heal()
+    sim.run(3.0)
+    sim.finish_joins(rng)
+    primaries = sim.primaries()
+    assert len(primaries) == 1, f"after healing: primaries {primaries}"
+    leader = sim.nodes[primaries[0]]
+    sim.run(1.5, write_every=10.0)
+    for key, value in sim.acked.items():
+        got, _ = leader.engine.lookup(key)
+        assert got is not None and protocol.unpack_value(got) == value, f"acknowledged {key!r} lost"
+    membership = leader.engine.membership
+    for node_id, node in sim.nodes.items():
+        if node_id in membership.members:
+            assert node.engine.membership.seq == membership.seq, f"node {node_id} uses another membership"
+            assert node.storage.applied_seq == leader.storage.applied_seq, f"node {node_id} did not converge"
+        else:
+            assert node.roles.removed or node.engine.membership.seq < membership.seq
+    assert len(sim.changes) >= 3 and len(sim.acked) > 20

@@ -29,7 +29,7 @@ import time
 
 from . import convergence, partition
 from .linearizability import check, read_history
-from .nemesis import NETWORK_FAULTS, PROCESS_FAULTS, Nemesis
+from .nemesis import MEMBERSHIP_FAULTS, NETWORK_FAULTS, PROCESS_FAULTS, Nemesis
 from .process import Cluster, wait_until
 from .workload import dynamo_finals, dynamo_worker, leader_worker
 
@@ -93,7 +93,7 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             with open(conf, "w") as f:
                 f.write("[cluster]\nwrite_quorum = 1\n")
             args += ["--config", conf]
-    known = PROCESS_FAULTS + NETWORK_FAULTS
+    known = PROCESS_FAULTS + NETWORK_FAULTS + MEMBERSHIP_FAULTS
     if faults and set(faults) - set(known):
         raise ValueError(f"unknown fault kinds {sorted(set(faults) - set(known))}; known: {', '.join(known)}")
     if network is None:
@@ -121,7 +121,9 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             procs.append(ctx.Process(target=target, args=worker_args, daemon=True))
         for proc in procs:
             proc.start()
-        nemesis = Nemesis(c, seed, partitioner)
+        nemesis = Nemesis(c, seed, partitioner, client_keys)
+        if mode == "leader" and c.keys is None:
+            nemesis.faults += MEMBERSHIP_FAULTS     # --join needs no keys (docs/MEMBERSHIP.md)
         if faults:
             nemesis.faults = tuple(faults)
         elif mode == "dynamo":     # no primary: its faults would hit a random node anyway
@@ -248,7 +250,7 @@ def main(argv=None):
     ap.add_argument("--log-level", default="WARNING", help="the nodes' log level (their logs go to the campaign dir)")
     ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
     ap.add_argument("--faults", help="comma-separated fault kinds to use (default: all available): "
-                    + ", ".join(PROCESS_FAULTS + NETWORK_FAULTS))
+                    + ", ".join(PROCESS_FAULTS + NETWORK_FAULTS + MEMBERSHIP_FAULTS))
     ap.add_argument("--broken", choices=("deposed-reads", "early-acks", "dynamo-lww"),
                     help="run a deliberately broken build")
     opts = ap.parse_args(argv)

@@ -4,7 +4,12 @@ import random
 import signal
 import time
 
+from ..errors import ZmqstoreError
+
 PROCESS_FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
+# Leader mode: remove a node (the primary or another) from the membership, then stop it and start it
+# again with --join, which adds it back as a learner that the primary promotes once caught up.
+MEMBERSHIP_FAULTS = ("remove-primary", "remove-random")
 # Need iptables (root): partition.py. isolate cuts one node off from all others; split cuts the
 # cluster into a random majority and minority (in 3 nodes, like isolate-random); bridge splits the
 # others into two sides that only one node, the bridge, still sees both of; a flapping link is cut
@@ -16,11 +21,12 @@ class Nemesis:
     """Injects one fault at a time from a seeded schedule: kill -9 (then restart) or SIGSTOP (then
     SIGCONT) of the primary or of a random node and, with a Partitioner, network partitions."""
 
-    def __init__(self, cluster, seed, partitioner=None):
+    def __init__(self, cluster, seed, partitioner=None, client_keys=None):
         self.cluster = cluster
         self.rng = random.Random(seed)
         self.partitioner = partitioner
         self.faults = PROCESS_FAULTS + (NETWORK_FAULTS if partitioner is not None else ())
+        self.client_keys = client_keys or {}
         self.log = []            # (time, fault, node)
 
     def run(self, seconds):
@@ -61,6 +67,8 @@ class Nemesis:
                 half = len(others) // 2
                 self.partitioner.split(others[:half], others[half:])
                 time.sleep(duration)
+            elif fault.startswith("remove"):
+                self._remove_and_rejoin(target, duration)
             elif fault == "flap":
                 other = sub.choice([n for n in nodes if n != target])
                 until = time.monotonic() + duration
@@ -73,6 +81,24 @@ class Nemesis:
                 raise ValueError(f"unknown fault {fault!r}")
             if self.partitioner is not None:
                 self.partitioner.heal()
+
+    def _remove_and_rejoin(self, target, duration):
+        """remove_member(target) through any node (its outcome may stay unknown: a fault may be under
+        way), then after `duration` restart the node with --join, which asks to be added again (or
+        finds itself still a member)."""
+        from ..client import Client, Retry     # the nemesis of process faults needs no client
+        nodes = self.cluster.nodes
+        try:
+            with Client(self.cluster.endpoints, timeout=1.0, retry=Retry(max_tries=20, deadline=5.0),
+                        **self.client_keys) as db:
+                db.remove_member(target)
+        except ZmqstoreError:
+            pass
+        time.sleep(duration)
+        node = nodes[target]
+        node.kill()
+        node.join = ",".join(n.endpoint for i, n in sorted(nodes.items()) if i != target)
+        self.cluster.start(target, wait=False)
 
     def heal(self):
         if self.partitioner is not None:

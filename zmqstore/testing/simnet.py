@@ -65,7 +65,9 @@ class SimNetwork:
         for src, dst, kind, body in batch:
             if frozenset((src, dst)) in self.cut or self.rng.random() < self.drop_rate:
                 continue
-            node = self.nodes[dst]
+            node = self.nodes.get(dst)
+            if node is None:
+                continue    # a member that is not running (added, not started yet)
             message = protocol.decode_peer(body)
             if kind == "req":
                 node.peering.on_request(message, src, self.now)
