@@ -24,6 +24,7 @@ from zmqstore.testing.process import Cluster, NodeProcess, wait_until  # noqa: E
 
 from dynamo_bench import dynamo  # noqa: E402
 from failover import failover  # noqa: E402  (bench/ is on sys.path as the script's directory)
+from membership import membership, report_rows as membership_rows  # noqa: E402
 from security import report_rows as security_rows, security  # noqa: E402
 
 PIPELINE_DEPTH = 64
@@ -271,7 +272,7 @@ def leader_cluster(results, N, rounds, catch_up_writes):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
-    ap.add_argument("--only", choices=("single", "leader", "failover", "dynamo", "security"),
+    ap.add_argument("--only", choices=("single", "leader", "failover", "membership", "dynamo", "security"),
                     help="run one part only")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
@@ -288,6 +289,8 @@ def main():
         leader_cluster(results, N, rounds, N(100_000))
     if opts.only in (None, "failover"):
         failover(results, 2 if opts.quick else 7)
+    if opts.only in (None, "membership"):
+        membership(results, N(1_000_000))
     if opts.only in (None, "dynamo"):
         dynamo(results, N(40_000), 30 if opts.quick else 300, N(10_000))
     if opts.only in (None, "security"):
@@ -362,7 +365,9 @@ def report(r):
             rows.append(("dynamo 3 nodes: converge after a partition heals",
                          f"{r['dynamo_partition_converge_s']:.2f} s",
                          f"{r['dynamo_partition_writes_each']:,} writes on each side (target < 3 s)"))
-    rows += security_rows(r)
+    rows += security_rows(r) + membership_rows(r)
+    if not rows:
+        return
     width = max(len(row[0]) for row in rows)
     print()
     for name, value, note in rows:

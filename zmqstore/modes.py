@@ -92,7 +92,7 @@ class LeaderMode(Mode):
 
     def peer_list(self) -> tuple:
         """The peers to connect to and admit (the same tuple until the membership changes)."""
-        return self.roles.membership.peer_list if self.roles is not None else ()
+        return self.roles.contacts if self.roles is not None else ()
 
     @property
     def primary(self):

@@ -168,3 +168,38 @@ def test_membership_requests_are_checked(cluster):
         assert {m["node_id"]: m["voter"] for m in db.members()}[7] is False    # a learner until caught up
         db.remove_member(7)
         assert [m["node_id"] for m in db.members()] == [1, 2, 3]
+
+
+def test_a_member_that_missed_the_changes_finds_the_cluster_through_its_flags(cluster):
+    """Node 3 is down while nodes 4 and 5 join and nodes 1 and 2 leave. Its data dir records the
+    membership {1, 2, 3}; none of those serve any more. Restarted with flags naming the current
+    nodes (what an operator does), it connects to them as contacts, follows node 4's stream (a
+    primary is followed whether or not it is a member here yet, as in Raft), catches up, and uses the
+    membership that names node 4; node 4 counts it again."""
+    c = cluster()
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.put("before", 0)
+        c.nodes[3].stop()
+        for node_id in (4, 5):
+            c.add_node(node_id)
+            c.start(node_id, wait=False)
+            wait_until(lambda: members_of(c.nodes[1]).get(node_id) is True, 20, message=f"node {node_id} a voter")
+        db.remove_member(1)
+        assert c.wait_primary(10, among=(2, 4, 5)) == 2
+        for i in range(100):
+            db.put(f"k{i}", i)
+    # Node 2 leaves too: node 4 leads, a node node 3 has never heard of.
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.remove_member(2)
+    assert c.wait_primary(10, among=(4, 5)) == 4
+    c.nodes[2].stop()
+    c.start(3, wait=False)
+    c.nodes[3].wait_ready(15)
+    wait_until(lambda: status_of(c.nodes[3]).get("primary_id") == 4 and caught_up(c.nodes[3], c.nodes[4]), 20,
+               message="node 3 following node 4, caught up")
+    assert sorted(members_of(c.nodes[3])) == [3, 4, 5]
+    with c.client(retry=FAILOVER_RETRY) as db:
+        assert db.get("k99") == 99
+    c.nodes[5].kill()                     # nodes 3 and 4 are a majority of {3, 4, 5}
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.put("after", 1)

@@ -4,6 +4,7 @@ import pytest
 
 from zmqstore import errors, protocol
 from zmqstore.leader import LogServer, Primary
+from zmqstore.leader.log_server import SNAPSHOT_TRIM_HOLD
 from zmqstore.leader.membership import Membership
 from zmqstore.leader.secondary import FETCH_RETRY, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
@@ -153,6 +154,19 @@ def test_log_server_answers_fetch_and_snapshot(make):
     chunk = io.replies[-1]
     assert chunk.command == "SNAPSHOT_CHUNK" and chunk.fields[2:5] == (0, None, 11) and len(chunk.fields[6]) == 10
     assert chunk.fields[7] is None                                   # the last chunk
+    # The log keeps the entries after a snapshot in use, however many come, so its receiver can go
+    # on with FETCH; once the snapshot is unused for SNAPSHOT_TRIM_HOLD, trimming resumes.
+    for i in range(10, 30):
+        eng.handle(protocol.decode_request(protocol.encode_request(
+            "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
+        cycle(eng, primary)
+        primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=3.0)
+        eng.apply_to_commit()
+    assert eng.storage.first_seq == 12 and eng.storage.last_seq == 31
+    server.housekeeping(2.0 + SNAPSHOT_TRIM_HOLD)
+    eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", 99, 99, b"x", protocol.pack_value(1))))
+    cycle(eng, primary)
+    assert eng.storage.first_seq > 12
 
 
 def test_secondary_appends_acks_and_repairs_gaps(make):

@@ -104,6 +104,12 @@ class Election:
         self.leader_heard = now
         self.leaderless_since = None
 
+    def leader_gone(self, now):
+        """Our primary is leaving the cluster (a committed membership left it out): lost from now."""
+        self.leader_heard = min(self.leader_heard, now - self.interval)
+        if self.leaderless_since is None:
+            self.leaderless_since = now
+
     def alive(self, node_id, now):
         view = self.views[node_id]
         return view.heard is not None and now - view.heard < self.interval

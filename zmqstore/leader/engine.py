@@ -57,6 +57,7 @@ class Engine:
         self.role = "primary"
         self.leader_address = None
         self.extra_status = None      # set by the node: a callable giving replication fields for STATUS
+        self.trim_floor = None        # set by LogServer: a callable giving the lowest seq the log must keep
         self.term_first_seq = 0       # on a replicated primary: the seq of its term's first (empty) entry
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
@@ -256,6 +257,9 @@ class Engine:
         if last_seq - st.first_seq + 1 <= retention * (1 + TRIM_SLACK):
             return
         new_first = min(last_seq - retention + 1, st.applied_seq + 1)
+        floor = self.trim_floor() if self.trim_floor is not None else None
+        if floor is not None:
+            new_first = min(new_first, floor)
         if new_first <= st.first_seq:
             return
         batch.trim_log(st.first_seq, new_first, st.term_at(new_first - 1))
@@ -372,9 +376,16 @@ class Engine:
         if self._members_applied is None or seq >= self._members_applied[0]:
             batch.set_members(protocol.encode_members(seq, members))
             self._members_applied = (seq, members)
+            self._update_membership(applied_changed=True)
 
-    def _update_membership(self):
-        """Recompute the membership in use after the log changed; tell Roles when it did."""
+    @property
+    def committed_members(self) -> tuple:
+        """The members of the membership applied here (committed), () when none is recorded."""
+        return self._members_applied[1] if self._members_applied is not None else ()
+
+    def _update_membership(self, applied_changed=False):
+        """Recompute the membership in use after the log changed; tell Roles when it did (or when
+        the committed one did: Roles keeps talking to its members until the next one commits)."""
         seq = max(self._member_entries, default=0)
         applied = self._members_applied
         if seq and (applied is None or seq > applied[0]):
@@ -384,7 +395,7 @@ class Engine:
         else:
             new = self._flags_membership
         old = self.membership
-        if old is not None and old.seq == new.seq and old.members == new.members:
+        if old is not None and old.seq == new.seq and old.members == new.members and not applied_changed:
             return
         self.membership = new
         if self.on_membership is not None:

@@ -5,6 +5,8 @@ import logging
 from .. import limits, protocol
 
 SNAPSHOT_IDLE = 60.0              # seconds an unused snapshot is kept for a secondary to come back
+SNAPSHOT_TRIM_HOLD = 10.0         # seconds after a snapshot's last use during which the log keeps the
+                                  # entries after it, so its receiver can go on with FETCH
 
 log = logging.getLogger("zmqstore.leader")
 
@@ -19,7 +21,16 @@ class LogServer:
         self.node_id = config.node_id
         self.out = out
         self._snapshots = {}            # snapshot seq -> [snapshot, term, last used, membership at its seq]
+        self._now = float("-inf")       # the latest time this was told
         self.counters = {"fetches_served": 0, "snapshots_served": 0}
+        engine.trim_floor = self.trim_floor
+
+    def trim_floor(self):
+        """The lowest seq the log must keep (None: no limit): the entry after every snapshot in use.
+        Without it, a snapshot that takes longer to install than the primary takes to write
+        log_retention entries would be followed by NEED_SNAPSHOT again, for ever."""
+        recent = [seq for seq, held in self._snapshots.items() if self._now - held[2] < SNAPSHOT_TRIM_HOLD]
+        return min(recent) + 1 if recent else None
 
     def on_fetch(self, fields, envelope, now):
         node_id, _term, from_seq = fields
@@ -38,6 +49,7 @@ class LogServer:
 
     def on_snapshot(self, fields, envelope, now):
         node_id, _term, asked_seq, asked_cursor = fields
+        self._now = now
         eng = self.engine
         if self.storage.restoring or (eng.role == "primary" and eng.commit_seq < eng.term_first_seq):
             # Restoring: nothing to serve. A new primary: its applied data may lag entries its
@@ -61,6 +73,7 @@ class LogServer:
             items, next_cursor, held[3] if next_cursor is None else None))
 
     def housekeeping(self, now):
+        self._now = now
         for seq in [s for s, held in self._snapshots.items() if now - held[2] > SNAPSHOT_IDLE]:
             del self._snapshots[seq]
 

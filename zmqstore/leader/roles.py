@@ -32,6 +32,8 @@ class Roles:
         self.membership = engine.membership
         self.peers = self.membership.peers
         self.majority = self.membership.majority
+        self.contacts = self._contacts()
+        self._leader_was_member = False   # the primary we follow was a member when we began (or became one)
         self.removed = False            # a committed membership left this node out: it serves nothing
         self.promote_lag = PROMOTE_LAG
         self.election = Election(config, self.membership, now, draw)
@@ -58,11 +60,29 @@ class Roles:
         quorums, views and the primary's bookkeeping follow it at once (docs/MEMBERSHIP.md)."""
         old = self.membership
         self.membership, self.peers, self.majority = membership, membership.peers, membership.majority
+        self.contacts = self._contacts()
+        if self.secondary is not None and self.secondary.leader_id in membership.peers:
+            self._leader_was_member = True
         self.election.set_membership(membership)
         if self.primary is not None:
             self.primary.set_membership(membership)
         log.info("membership of entry %d: voters %s, learners %s (was entry %d)", membership.seq,
                  sorted(membership.voters), sorted(set(membership.members) - membership.voters), old.seq)
+
+    def _contacts(self) -> tuple:
+        """Whom this node connects to and admits: the members; those of the committed membership
+        until the next one commits (a member being removed still hears its removal commit, and its
+        followers still hear it hand over); and the peers its flags name (the operator's word: a
+        node that was down while the members it knows left finds the cluster through them). Only
+        members vote, count, and move this node's term, but the stream of a primary (CHANGE,
+        HEARTBEAT) is followed from whoever leads, as in Raft."""
+        membership = self.membership
+        extra, seen = [], set(membership.members) | {self.node_id}
+        for p in (*self.engine.committed_members, *self.config.peers):
+            if p.node_id not in seen:
+                seen.add(p.node_id)
+                extra.append(p)
+        return membership.peer_list + tuple(extra) if extra else membership.peer_list
 
     def _choose_role(self, now):
         cfg, st = self.config, self.storage
@@ -99,6 +119,7 @@ class Roles:
         self.engine.follow(term, 0 if syncing else leader_id, None if syncing or peer is None else peer.address,
                            role="candidate" if syncing else "secondary")
         self.secondary = Secondary(self.engine, self.config, self.out, leader_id, sync_target)
+        self._leader_was_member = leader_id in self.peers
         self._learner_target = None
         if self.faults.crash_in_snapshot:
             self.secondary.crash_after_chunks = self.faults.crash_in_snapshot
@@ -178,6 +199,17 @@ class Roles:
         body = protocol.encode_peer("ROLE", *self._role_fields(now))
         for peer_id in self.peers:
             self.out.send_to(peer_id, body)
+
+    def _heard_leader(self, now):
+        """Word from our primary. Once the membership this node uses, committed and applied here,
+        has left it out, it is handing over (it steps down at its next tick): treat it as lost
+        now, so the lowest remaining voter stands without waiting out election_interval."""
+        membership = self.membership
+        if (self._leader_was_member and self.secondary.leader_id not in membership.members
+                and membership.seq <= self.engine.applied_seq):
+            self.election.leader_gone(now)
+        else:
+            self.election.heard_leader(now)
 
     def _check_removed(self, now) -> bool:
         """Whether a committed membership left this node out: a primary hands over (it steps down,
@@ -340,7 +372,7 @@ class Roles:
             if self.primary is not None:
                 self.primary.heard(sender, now)
             elif view.role == "primary" and sender == self.secondary.leader_id:
-                self.election.heard_leader(now)
+                self._heard_leader(now)
                 # Also over DEALER: if the change stream (PUB) is cut, this is how a secondary
                 # learns it is behind, and FETCH repairs it.
                 self.secondary.on_leader_progress(view.last_seq, view.commit_seq, now)
@@ -375,17 +407,24 @@ class Roles:
         self.out.reply_peer(envelope, protocol.encode_peer(
             "VOTE", st.term, self.node_id, granted, st.last_seq, st.last_term, st.first_seq))
 
+    def _from_member(self, node_id) -> bool:
+        return node_id in self.peers
+
     def _on_ack(self, fields, envelope, now):
+        if not self._from_member(fields[0]):
+            return
         self.observe(fields[1], 0, now)
         if self.primary is not None:
             self.primary.on_ack(fields, now)
 
     def _on_fetch(self, fields, envelope, now):
-        self.observe(fields[1], 0, now)
+        if self._from_member(fields[0]):
+            self.observe(fields[1], 0, now)
         self.log_server.on_fetch(fields, envelope, now)
 
     def _on_snapshot(self, fields, envelope, now):
-        self.observe(fields[1], 0, now)
+        if self._from_member(fields[0]):
+            self.observe(fields[1], 0, now)
         self.log_server.on_snapshot(fields, envelope, now)
 
     # ------------------------------------------------------------ messages on SUB and DEALERs
@@ -398,17 +437,24 @@ class Roles:
             self._on_role(fields, now)
         elif command == "VOTE":
             term, node_id, granted, last_seq, last_term, _first_seq = fields
+            if not self._from_member(node_id):
+                return
             self.observe(term, 0, now)
             if self.election.on_vote(term, node_id, granted, last_seq, last_term, now):
                 self._won(now)
         elif command in ("CHANGE", "HEARTBEAT", "ENTRIES", "NEED_SNAPSHOT", "SNAPSHOT_CHUNK"):
-            # CHANGE and HEARTBEAT come only from the primary of their term; the others may come from a voter.
-            self.observe(fields[0], fields[1] if command in ("CHANGE", "HEARTBEAT") else 0, now)
+            # CHANGE and HEARTBEAT come only from the primary of their term (followed whether or not it
+            # is a member here yet); the others may come from a voter.
+            stream = command in ("CHANGE", "HEARTBEAT")
+            sec = self.secondary
+            if not (stream or self._from_member(fields[1]) or (sec is not None and fields[1] == sec.leader_id)):
+                return
+            self.observe(fields[0], fields[1] if stream else 0, now)
             sec = self.secondary
             if sec is None or not sec.on_message(msg, now):
                 return
             if sec.sync_target is None:
-                self.election.heard_leader(now)
+                self._heard_leader(now)
                 self._check_learner()
             else:
                 self.election.extend(now)
