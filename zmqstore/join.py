@@ -36,6 +36,8 @@ def join_cluster(config, storage, stopping=lambda: False):
     with Client(list(config.join), timeout=2.0, retry=Retry(max_tries=5, deadline=5.0)) as client:
         while time.monotonic() < deadline and not stopping():
             try:
+                # The whole reply, not add_member()'s seq: its members are the membership that
+                # committed with this node in it, which is what this node may record.
                 result = client._execute(Call("ADD_MEMBER", me, lambda r: r))
             except (errors.Unavailable, errors.NotPrimary, errors.ConnectionTimeout,
                     errors.ReplicationTimeout) as exc:

@@ -93,6 +93,9 @@ class PeerPlane:
             if key is not None and key.encode() not in keys:
                 keys.append(key.encode())
             curves = [(own, key) for key in keys]
+            if not curves:
+                log.warning("no public key for node %d (not in node_keys, none in its membership record): "
+                            "not connecting to it", peer.node_id)
         self.subs[peer.node_id] = tuple(
             transport.connect_sub(ctx, peer, config.host, self.frame_max, curve) for curve in curves)
         self.dealers[peer.node_id] = tuple(transport.connect_dealer(

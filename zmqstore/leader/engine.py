@@ -50,6 +50,7 @@ class Engine:
         # The membership (membership.py): the latest membership entry in the log, else the one the
         # data holds, else the flags. `on_membership` (set by Roles) hears of every change.
         self.membership = None
+        self._membership_source = None    # (seq, members) the membership was made from (None: the flags)
         self.on_membership = None
         self._member_entries = {}     # seq -> members (tuple of Member): membership entries above applied_seq
         self._members_applied = protocol.decode_members(storage.members) if storage.members else None
@@ -301,7 +302,6 @@ class Engine:
             batch.set_meta(META_APPLIED_SEQ, self._applied)
             self.commit_seq = max(self.commit_seq, self._applied)
         self._next_seq = seq
-        self._update_membership()
         return seq - 1
 
     def truncate_from(self, seq):
@@ -389,14 +389,15 @@ class Engine:
         seq = max(self._member_entries, default=0)
         applied = self._members_applied
         if seq and (applied is None or seq > applied[0]):
-            new = Membership(self.config.node_id, self._member_entries[seq], seq)
+            source = (seq, self._member_entries[seq])
         elif applied is not None:
-            new = Membership(self.config.node_id, applied[1], applied[0])
+            source = (applied[0], applied[1])
         else:
-            new = self._flags_membership
-        old = self.membership
-        if old is not None and old.seq == new.seq and old.members == new.members and not applied_changed:
+            source = None
+        if source == self._membership_source and self.membership is not None and not applied_changed:
             return
+        self._membership_source = source
+        new = Membership(self.config.node_id, source[1], source[0]) if source else self._flags_membership
         self.membership = new
         if self.on_membership is not None:
             self.on_membership(new)

@@ -66,8 +66,9 @@ class Roles:
         self.election.set_membership(membership)
         if self.primary is not None:
             self.primary.set_membership(membership)
-        log.info("membership of entry %d: voters %s, learners %s (was entry %d)", membership.seq,
-                 sorted(membership.voters), sorted(set(membership.members) - membership.voters), old.seq)
+        if membership.seq != old.seq:   # (also called when the committed one changes: not news here)
+            log.info("membership of entry %d: voters %s, learners %s (was entry %d)", membership.seq,
+                     sorted(membership.voters), sorted(set(membership.members) - membership.voters), old.seq)
 
     def _contacts(self) -> tuple:
         """Whom this node connects to and admits: the members; those of the committed membership
@@ -470,8 +471,9 @@ class Roles:
         for row in peers:
             peer = self.peers.get(row["node_id"])
             row["address"] = peer.address if peer else None
-        return {"peers": peers, "write_quorum": self.primary.write_quorum if self.primary else self.config.write_quorum, **side.counters,
-                **self.log_server.counters, **self.election.status(now, self.storage)}
+        quorum = self.primary.write_quorum if self.primary else self.config.write_quorum
+        return {"peers": peers, "write_quorum": quorum, **side.counters, **self.log_server.counters,
+                **self.election.status(now, self.storage)}
 
     def housekeeping(self, now):
         self.log_server.housekeeping(now)
