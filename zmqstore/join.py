@@ -5,7 +5,7 @@ members, catches up (snapshot, then the stream) and is promoted to voter by the 
 import logging
 import time
 
-from . import errors, protocol
+from . import errors, keys, protocol
 from .api import Call
 from .client import Client, Retry
 
@@ -20,20 +20,24 @@ def join_cluster(config, storage, stopping=lambda: False):
     the cluster refuses or cannot be reached within JOIN_TIMEOUT."""
     if config.mode != "leader":
         raise errors.ConfigError("--join is for leader mode; a dynamo-mode node is given its peers with --peers")
-    if config.keys:
-        raise errors.ConfigError("with keys, add the node with `datastore-cli add-member ID HOST:PORT --key FILE` and "
-                                 "start it with --peers naming the members (docs/MEMBERSHIP.md); --join needs no keys")
     if storage.members is not None:
         seq, members = protocol.decode_members(storage.members)
         if any(m.node_id == config.node_id for m in members):
             log.info("--join: already a member by entry %d; not asking again", seq)
             return
-    me = (config.node_id, config.host, config.port, config.pub_port, config.peer_port, None)
+    # With keys, the node's own key: the cluster admits it only if `add-member --key` recorded it.
+    own_key = keys.load_pair(config.secret_key).public.decode() if config.keys else None
+    credentials = {"secret_key": config.secret_key, "node_keys": config.node_keys} if config.keys else {}
+    me = (config.node_id, config.host, config.port, config.pub_port, config.peer_port, own_key)
     log.info("--join: asking %s to add node %d (%s:%d) as a learner", ",".join(config.join), config.node_id,
              config.host, config.port)
     deadline = time.monotonic() + JOIN_TIMEOUT
     last = None
-    with Client(list(config.join), timeout=2.0, retry=Retry(max_tries=5, deadline=5.0)) as client:
+    try:
+        client = Client(list(config.join), timeout=2.0, retry=Retry(max_tries=5, deadline=5.0), **credentials)
+    except ValueError as exc:
+        raise errors.ConfigError(f"--join: {exc}") from None
+    with client:
         while time.monotonic() < deadline and not stopping():
             try:
                 # The whole reply, not add_member()'s seq: its members are the membership that
@@ -56,5 +60,7 @@ def join_cluster(config, storage, stopping=lambda: False):
             storage.commit(batch)
             log.info("--join: added by entry %d; members %s", seq, sorted(m.node_id for m in members))
             return
+    hint = (" With keys, a member admits this node's key only once `datastore-cli add-member "
+            f"{config.node_id} {config.host}:{config.port} --key <its public key file>` added it.") if config.keys else ""
     raise errors.ConfigError(f"--join: no member of {','.join(config.join)} added this node within "
-                             f"{JOIN_TIMEOUT:.0f} s (last answer: {last})")
+                             f"{JOIN_TIMEOUT:.0f} s (last answer: {last}).{hint}")

@@ -280,6 +280,8 @@ class Node:
             request = protocol.decode_request(body, self.engine.limits)
             if user is not None and request.command in READ_ONLY_REFUSED and self.gate.read_only(user):
                 raise errors.Forbidden(f"{request.command} needs a read-write client key; this one is read-only")
+            if user and not self.gate.node_may(user, request):
+                raise errors.Forbidden(f"{request.command} needs a client key; a node's key may only ask to join")
             handled = self.mode.handle(request, envelope, time.monotonic())
         except errors.StorageError:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged

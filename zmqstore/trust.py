@@ -208,6 +208,10 @@ class Gatekeeper:
             if self.admitted_total >= self.max_connections:
                 return None, f"max_connections = {self.max_connections} reached"
             role = "" if security is None else security.clients.get(key)
+            if role is None and key in self.node_of_key:
+                # A member's node key: a node admitted by `add-member --key` asks for its membership
+                # (--join); it may do that and nothing else (node_may).
+                role = f"node-{self.node_of_key[key]}"
             if role is None:
                 return None, "not an allowed client key"
             self.admitted[address] += 1
@@ -248,6 +252,16 @@ class Gatekeeper:
     def read_only(user) -> bool:
         """Whether a client connection's User-Id is a read-only key's."""
         return user == READ_ONLY
+
+    @staticmethod
+    def node_may(user, request) -> bool:
+        """What a node's key may ask on a client port (with keys): PING, STATUS, MEMBERS, and
+        ADD_MEMBER for itself (--join). A client key may ask anything its role allows."""
+        if not user.startswith("node-"):
+            return True
+        if request.command in ("PING", "STATUS", "MEMBERS"):
+            return True
+        return request.command == "ADD_MEMBER" and user == f"node-{request.args[0]}"
 
 
 def _peer_address(fd) -> str:

@@ -203,3 +203,42 @@ def test_a_member_that_missed_the_changes_finds_the_cluster_through_its_flags(cl
     c.nodes[5].kill()                     # nodes 3 and 4 are a majority of {3, 4, 5}
     with c.client(retry=FAILOVER_RETRY) as db:
         db.put("after", 1)
+
+
+def test_with_keys_only_a_node_whose_key_was_admitted_can_join(cluster):
+    """With keys (CurveZMQ), add-member --key records the new node's public key; the members then
+    admit that key on the peer plane, and on the client port for asking to join (nothing else). A
+    node with a key pair nobody admitted is refused at the handshake and never becomes a member."""
+    c = cluster(keys=True)
+    for node_id in (4, 5):
+        c.keys.for_node(node_id)                   # its key pair, as datastore-cli keygen node<ID> makes it
+        c.add_node(node_id)
+    with open(f"{c.keys.nodes}/node4.key") as f:
+        key4 = next(line.split('"')[1] for line in f if "public-key" in line)
+    n4 = c.nodes[4]
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.put("k", 1)
+        db.add_member(4, n4.host, n4.port, n4.pub_port, n4.peer_port, key=key4)
+        c.start(4, wait=False)
+        wait_until(lambda: {m["node_id"]: m["voter"] for m in db.members()}.get(4) is True, 30,
+                   message="node 4 a voter")
+        assert {m["node_id"]: m.get("key") for m in db.members()}[4] == key4
+        c.start(5, wait=False)                     # never admitted
+        wait_until(lambda: "not an allowed client key" in c.nodes[1].log() + c.nodes[2].log() + c.nodes[3].log(),
+                   15, message="node 5's handshake refused")
+        assert sorted(m["node_id"] for m in db.members()) == [1, 2, 3, 4]
+        assert "--join: added by entry" not in c.nodes[5].log()
+        c.nodes[5].kill()
+    wait_until(lambda: caught_up(c.nodes[4], c.nodes[1]), 10, message="caught up")
+    with c.nodes[4].client(retry=Retry(max_tries=1)) as db4:
+        assert db4.get("k", stale=True) == 1
+    # A node's key on a client port may ask to join, and nothing else.
+    node_key = c.keys.client_kwargs("node4")
+    with c.nodes[1].client(retry=Retry(max_tries=1), **node_key) as as_node4:
+        assert [m["node_id"] for m in as_node4.members()] == [1, 2, 3, 4]
+        for call in (lambda: as_node4.put("k", 2), lambda: as_node4.get("k"), lambda: as_node4.remove_member(2)):
+            try:
+                call()
+                raise AssertionError("a node's key was allowed more than joining")
+            except errors.Forbidden as exc:
+                assert "a node's key may only ask to join" in str(exc)

@@ -288,7 +288,7 @@ class Cluster:
             node_id, os.path.join(self.base_dir, f"node{node_id}"), os.path.join(self.base_dir, f"node{node_id}.log"),
             host=f"127.0.0.{node_id + 1}", new_session=self.new_session, keys=self.keys or False)
         if join:
-            node.join = ",".join(n.endpoint for n in others)
+            node.join = ",".join(n.named_endpoint if self.keys else n.endpoint for n in others)
         return node
 
     def start_all(self, timeout=20.0):
