@@ -7,7 +7,7 @@ import pytest
 import zmq
 from zmq.utils import z85
 
-from zmqstore import config, keys, trust
+from zmqstore import config, keys, protocol, trust
 from zmqstore.errors import ConfigError
 
 
@@ -118,7 +118,14 @@ def test_zap_decisions_with_and_without_keys(key_dirs):
             assert decide(zap_request(trust.PEER_DOMAIN, "127.0.0.2", app))[2] == b"400"
             assert decide(zap_request(trust.PEER_DOMAIN, "127.0.0.2"))[2] == b"400"         # NULL: keys required
             assert decide(zap_request(trust.CLIENT_DOMAIN, "127.0.0.1", app))[2:5] == [b"200", b"OK", b"rw"]
-            assert decide(zap_request(trust.CLIENT_DOMAIN, "127.0.0.1", peer2))[2] == b"400"
+            # A member's node key on the client port: admitted as that node, which may only ask to join.
+            assert decide(zap_request(trust.CLIENT_DOMAIN, "127.0.0.7", peer2))[2:5] == [b"200", b"OK", b"node-2"]
+            assert decide(zap_request(trust.CLIENT_DOMAIN, "127.0.0.7", own))[2] == b"400"    # not a member's
+            join, put = (protocol.decode_request(protocol.encode_request(*r)) for r in (
+                ("ADD_MEMBER", b"c", 1, 1, 2, "127.0.0.3", 9001, None, None, None),
+                ("PUT", b"c", 2, 2, b"k", protocol.pack_value(1))))
+            assert trust.Gatekeeper.node_may("node-2", join) and not trust.Gatekeeper.node_may("node-3", join)
+            assert not trust.Gatekeeper.node_may("node-2", put) and trust.Gatekeeper.node_may("rw", put)
             assert decide([b"1.0"])[2] == b"400"                                            # malformed
             for _ in range(3):                       # 1 admitted above; per-host cap 5
                 decide(zap_request(trust.CLIENT_DOMAIN, "127.0.0.1", app))
