@@ -148,6 +148,8 @@ def test_a_removed_node_restarted_with_its_old_flags_cannot_disturb_the_cluster(
 
 def test_membership_requests_are_checked(cluster):
     c = cluster()
+    # With keys (ZMQSTORE_TEST_KEYS) a member is added with its public key, and only so.
+    key = {"key": c.keys.public_key(7)} if c.keys is not None else {}
     with c.client(retry=FAILOVER_RETRY) as db:
         members = db.members()
         assert [m["node_id"] for m in members] == [1, 2, 3] and all(m["voter"] for m in members)
@@ -156,15 +158,21 @@ def test_membership_requests_are_checked(cluster):
                          ((7, taken["host"], taken["port"]), "already used by node 2"),
                          ((7, "127.0.0.9", 9000, 9000), "three distinct TCP ports")):
             try:
-                db.add_member(*bad)
+                db.add_member(*bad, **key)
                 raise AssertionError(f"{bad} was accepted")
             except errors.BadArgument as exc:
                 assert why in str(exc)
+        if c.keys is not None:
+            try:
+                db.add_member(7, "127.0.0.9", 9000)
+                raise AssertionError("a member without a key was added to a cluster with keys")
+            except errors.BadArgument as exc:
+                assert "this cluster uses keys" in str(exc)
         # Removing a node that is not a member changes nothing; adding the same member twice neither.
         seq = db.remove_member(9)
         assert seq == status_of(c.nodes[1])["membership_seq"]
-        first = db.add_member(7, "127.0.0.9", 9000)
-        assert db.add_member(7, "127.0.0.9", 9000) == first
+        first = db.add_member(7, "127.0.0.9", 9000, **key)
+        assert db.add_member(7, "127.0.0.9", 9000, **key) == first
         assert {m["node_id"]: m["voter"] for m in db.members()}[7] is False    # a learner until caught up
         db.remove_member(7)
         assert [m["node_id"] for m in db.members()] == [1, 2, 3]
@@ -211,10 +219,8 @@ def test_with_keys_only_a_node_whose_key_was_admitted_can_join(cluster):
     node with a key pair nobody admitted is refused at the handshake and never becomes a member."""
     c = cluster(keys=True)
     for node_id in (4, 5):
-        c.keys.for_node(node_id)                   # its key pair, as datastore-cli keygen node<ID> makes it
-        c.add_node(node_id)
-    with open(f"{c.keys.nodes}/node4.key") as f:
-        key4 = next(line.split('"')[1] for line in f if "public-key" in line)
+        c.add_node(node_id, admit=False)           # its key pair, as datastore-cli keygen node<ID> makes it
+    key4 = c.keys.public_key(4)
     n4 = c.nodes[4]
     with c.client(retry=FAILOVER_RETRY) as db:
         db.put("k", 1)

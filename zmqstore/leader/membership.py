@@ -4,7 +4,7 @@ their addresses, which of them vote, and the majority that commits, confirms rea
 the node's log, else the one its data holds (applied, or from a snapshot), else its flags
 (`from_config`, every member a voter). No I/O."""
 from .. import errors
-from ..protocol import Member
+from ..protocol import MEMBERS_MAX, Member
 
 
 class Membership:
@@ -60,6 +60,8 @@ class Membership:
             raise errors.BadArgument(f"node {member.node_id} is already a member at {old.address} (peer port "
                                      f"{old.peer_port}, change stream {old.pub_port}); remove it first to change "
                                      f"its addresses or key")
+        if len(self.members) >= MEMBERS_MAX:
+            raise errors.BadArgument(f"a cluster holds at most {MEMBERS_MAX} members")
         taken = {(m.host, p): m.node_id for m in self.members.values() for p in (m.port, m.pub_port, m.peer_port)}
         for port in (member.port, member.pub_port, member.peer_port):
             if (member.host, port) in taken:

@@ -30,7 +30,7 @@ import time
 from . import convergence, partition
 from .linearizability import check, read_history
 from .nemesis import MEMBERSHIP_FAULTS, NETWORK_FAULTS, PROCESS_FAULTS, Nemesis
-from .process import Cluster, wait_until
+from .process import Cluster, keys_by_default, wait_until
 from .workload import dynamo_finals, dynamo_worker, leader_worker
 
 
@@ -96,6 +96,9 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
     known = PROCESS_FAULTS + NETWORK_FAULTS + MEMBERSHIP_FAULTS
     if faults and set(faults) - set(known):
         raise ValueError(f"unknown fault kinds {sorted(set(faults) - set(known))}; known: {', '.join(known)}")
+    with_keys = keys if keys is not None else keys_by_default()
+    if faults and set(faults) & set(MEMBERSHIP_FAULTS) and (mode != "leader" or with_keys):
+        raise ValueError("membership faults are leader mode's, without keys (the nemesis rejoins nodes with --join)")
     if network is None:
         network = partition.available()
     if faults and not network and set(faults) & set(NETWORK_FAULTS):

@@ -11,7 +11,7 @@ import time
 
 from ..client import Client, Retry
 from ..errors import ZmqstoreError
-from ..keys import keygen
+from ..keys import keygen, load_public
 
 # Set to 1 to run every test cluster with keys (CurveZMQ on every socket; docs/TESTING.md).
 KEYS_ENV = "ZMQSTORE_TEST_KEYS"
@@ -53,6 +53,12 @@ class TestKeys:
         self._pair(name, self.nodes)
         return ["--secret-key", os.path.join(self.secret, f"{name}.key_secret"), "--node-keys", self.nodes,
                 "--client-keys", self.clients, "--readonly-keys", self.readonly]
+
+    def public_key(self, node_id) -> str:
+        """A node's public key (Z85), its pair made when missing."""
+        self.for_node(node_id)
+        name = self._secret_names.get(node_id, f"node{node_id}")
+        return load_public(os.path.join(self.nodes, f"{name}.key")).decode()
 
     def add_next_key(self, node_id, label="next"):
         """Key rotation, first step (docs/SECURITY.md): node<ID>.<label>.key beside node<ID>.key."""
@@ -279,9 +285,11 @@ class Cluster:
         node.start(wait=wait)
         return node
 
-    def add_node(self, node_id, join=True):
+    def add_node(self, node_id, join=True, admit=True):
         """A new node on 127.0.0.(node_id + 1), not started; with `join`, started with --join naming
-        the current members' client ports (docs/MEMBERSHIP.md)."""
+        the current members' client ports (docs/MEMBERSHIP.md). With keys its key pair is made, and
+        with `admit` (and `join`) the running cluster admits its key first (`add-member --key`, as an
+        operator would): a node with keys may join only so."""
         assert node_id not in self.nodes
         others = list(self.nodes.values())
         node = self.nodes[node_id] = NodeProcess(
@@ -289,6 +297,10 @@ class Cluster:
             host=f"127.0.0.{node_id + 1}", new_session=self.new_session, keys=self.keys or False)
         if join:
             node.join = ",".join(n.named_endpoint if self.keys else n.endpoint for n in others)
+            if self.keys and admit:
+                key = self.keys.public_key(node_id)
+                with self.client(retry=Retry(max_tries=40, deadline=20)) as db:
+                    db.add_member(node_id, node.host, node.port, node.pub_port, node.peer_port, key=key)
         return node
 
     def start_all(self, timeout=20.0):
