@@ -152,3 +152,17 @@ def test_hostile_memberships_are_refused():
     assert protocol.decode_members(protocol.encode_members(3, [member(1)])) == (3, (member(1),))
     with pytest.raises(errors.MalformedMessage):
         protocol.decode_members(b"\x92\x03\xc0")
+
+
+def test_a_numeric_write_quorum_is_kept_and_no_change_may_leave_fewer_voters(make):
+    eng, cfg = make(1, write_quorum=3)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, eng.membership, io, 0.0)
+    eng.on_membership = primary.set_membership
+    cycle(eng, primary)
+    for pid in (2, 3):
+        primary.on_ack((pid, 1, 1, 0, True), 0.1)
+    assert eng.commit_seq == 1 and primary.write_quorum == 3
+    with pytest.raises(errors.BadArgument, match="write_quorum = 3 needs that many voters"):
+        eng.handle(request("REMOVE_MEMBER", 3))

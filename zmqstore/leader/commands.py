@@ -186,6 +186,10 @@ class Commands(CommandTable):
         if members is None:     # already so, by a committed entry
             membership = engine.membership
             return protocol.encode_ok(req.request_id, False, membership.seq, membership.records()), 0
+        voters = sum(1 for m in members if m.voter)
+        if not self.config.majority_quorum and voters < self.config.write_quorum:
+            raise errors.BadArgument(f"write_quorum = {self.config.write_quorum} needs that many voters; this change "
+                                     f"would leave {voters}, and nothing could commit")
         seq = engine.append_membership(members, req.client_id, req.request_id)
         return protocol.encode_ok(req.request_id, True, seq, engine.membership.records()), seq
 
