@@ -27,6 +27,18 @@ def request(command, *args, rid=1):
     return protocol.decode_request(protocol.encode_request(command, b"admin", rid, rid, *args))
 
 
+def primary_of(eng, cfg, acks=(2, 3)):
+    """Node 1 as primary of term 1 (its first entry, seq 1, records the flags' membership) with a
+    Primary that follows the membership as Roles does; `acks`: the peers that ACK seq 1 (committed)."""
+    eng.become_primary(1)
+    primary = Primary(eng, cfg, eng.membership, FakeIO(), 0.0)
+    eng.on_membership = primary.set_membership
+    cycle(eng, primary)
+    for pid in acks:
+        primary.on_ack((pid, 1, 1, 0, True), 0.1)
+    return primary
+
+
 def test_a_secondary_uses_a_membership_entry_when_it_holds_it_and_forgets_it_when_truncated(make):
     eng, cfg = make(2)
     io = FakeIO()
@@ -82,13 +94,7 @@ def test_a_node_left_out_by_a_committed_membership_is_removed(make):
 
 def test_the_primary_counts_voters_only_and_not_itself_once_it_leaves(make):
     eng, cfg = make(1)
-    eng.become_primary(1)                  # seq 1 records the flags' membership
-    io = FakeIO()
-    primary = Primary(eng, cfg, eng.membership, io, 0.0)
-    eng.on_membership = primary.set_membership
-    cycle(eng, primary)
-    for pid in (2, 3):
-        primary.on_ack((pid, 1, 1, 0, True), 0.1)
+    primary = primary_of(eng, cfg)
     assert eng.commit_seq == 1
     eng.apply_to_commit()
     # Add a learner: its ACKs alone never commit anything.
@@ -114,14 +120,10 @@ def test_the_primary_counts_voters_only_and_not_itself_once_it_leaves(make):
 
 def test_one_change_at_a_time_and_the_checks_of_a_change(make):
     eng, cfg = make(1)
-    eng.become_primary(1)
-    io = FakeIO()
-    primary = Primary(eng, cfg, eng.membership, io, 0.0)
-    eng.on_membership = primary.set_membership
+    primary = primary_of(eng, cfg, acks=())
     # The term's first entry is not committed yet: no change.
     with pytest.raises(errors.ChangeInProgress):
         eng.handle(request("ADD_MEMBER", 4, "127.0.0.5", 9004, None, None, None))
-    cycle(eng, primary)
     primary.on_ack((2, 1, 1, 0, True), 0.1)
     eng.handle(request("ADD_MEMBER", 4, "127.0.0.5", 9004, None, None, None, rid=2))
     with pytest.raises(errors.ChangeInProgress):
@@ -156,13 +158,7 @@ def test_hostile_memberships_are_refused():
 
 def test_a_numeric_write_quorum_is_kept_and_no_change_may_leave_fewer_voters(make):
     eng, cfg = make(1, write_quorum=3)
-    eng.become_primary(1)
-    io = FakeIO()
-    primary = Primary(eng, cfg, eng.membership, io, 0.0)
-    eng.on_membership = primary.set_membership
-    cycle(eng, primary)
-    for pid in (2, 3):
-        primary.on_ack((pid, 1, 1, 0, True), 0.1)
+    primary = primary_of(eng, cfg)
     assert eng.commit_seq == 1 and primary.write_quorum == 3
     with pytest.raises(errors.BadArgument, match="write_quorum = 3 needs that many voters"):
         eng.handle(request("REMOVE_MEMBER", 3))
