@@ -1,6 +1,7 @@
 """Start, stop, kill and inspect real datastore-node processes on loopback (used by tests and bench)."""
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -86,24 +87,67 @@ def wait_until(predicate, timeout, interval=0.02, message="condition"):
         time.sleep(interval)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as an outgoing connection's source port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_PORTS_FROM = 10000
+_given = set()                  # ports this process handed out already
+_pick = random.SystemRandom()
+
+
 def free_ports(host, count):
-    """`count` distinct TCP ports free on `host` right now (held open together while picked, so the
-    kernel cannot hand out the same one twice)."""
+    """`count` distinct TCP ports free on `host` right now, below the kernel's ephemeral range: the
+    source port of some outgoing connection (a client, a DEALER) cannot take one between this pick
+    and the node's bind, which binding to port 0 (a port from that very range) could not promise.
+    Each is held open while the others are picked, and none is handed out twice by this process."""
+    if _EPHEMERAL_LOW - _PORTS_FROM < 1000:     # an unusual ip_local_port_range: let the kernel pick
+        return _kernel_ports(host, count)
+    picked, socks = [], []
+    try:
+        for _ in range(10000):
+            if len(picked) == count:
+                break
+            port = _pick.randrange(_PORTS_FROM, _EPHEMERAL_LOW)
+            if port in _given or port in picked:
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            socks.append(sock)
+            picked.append(port)
+        if len(picked) < count:
+            raise RuntimeError(f"no {count} free ports on {host} between {_PORTS_FROM} and {_EPHEMERAL_LOW}")
+        _given.update(picked)
+        return picked
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _kernel_ports(host, count):
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
-        for s in socks:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
     finally:
-        for s in socks:
-            s.close()
+        for sock in socks:
+            sock.close()
 
 
 def free_port(host="127.0.0.1"):
-    """A TCP port free on `host` right now (the kernel picks it, so parallel runs do not collide)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port free on `host` right now (see free_ports)."""
+    return free_ports(host, 1)[0]
 
 
 def cli_args(endpoints, keys):
