@@ -87,7 +87,6 @@ class Nemesis:
         way), then after `duration` restart the node with --join, which asks to be added again (or
         finds itself still a member)."""
         from ..client import Client, Retry     # the nemesis of process faults needs no client
-        nodes = self.cluster.nodes
         try:
             with Client(self.cluster.endpoints, timeout=1.0, retry=Retry(max_tries=20, deadline=5.0),
                         **self.client_keys) as db:
@@ -95,10 +94,15 @@ class Nemesis:
         except ZmqstoreError:
             pass
         time.sleep(duration)
-        node = nodes[target]
+        self._rejoin(target)
+
+    def _rejoin(self, node_id):
+        """Kill the node and start it again with --join naming the others' client ports."""
+        nodes = self.cluster.nodes
+        node = nodes[node_id]
         node.kill()
-        node.join = ",".join(n.endpoint for i, n in sorted(nodes.items()) if i != target)
-        self.cluster.start(target, wait=False)
+        node.join = ",".join(n.endpoint for i, n in sorted(nodes.items()) if i != node_id)
+        self.cluster.start(node_id, wait=False)
 
     def heal(self):
         if self.partitioner is not None:
@@ -108,6 +112,19 @@ class Nemesis:
                 node.signal(signal.SIGCONT)
             else:
                 self.cluster.start(node_id, wait=False)
+        # A removal whose request timed out may still have committed later (under another fault), after
+        # its node had rejoined: that node is removed now, as an operator would see in its status. It is
+        # brought back as they would bring it back: restarted with --join.
+        if any(kind.startswith("remove") for kind in self.faults):
+            deadline, quiet = time.monotonic() + 10.0, 0
+            while time.monotonic() < deadline and quiet < 2:
+                roles = [(i, (n.status() or {}).get("role")) for i, n in self.cluster.nodes.items()]
+                removed = [i for i, role in roles if role == "removed"]
+                for node_id in removed:
+                    self.log.append((round(time.monotonic(), 3), "rejoin-removed", node_id))
+                    self._rejoin(node_id)
+                quiet = quiet + 1 if not removed and any(role == "primary" for _i, role in roles) else 0
+                time.sleep(0.5)
 
 
 # ---------------------------------------------------------------- campaign
