@@ -54,7 +54,7 @@ class Engine:
         self.on_membership = None
         self._member_entries = {}     # seq -> members (tuple of Member): membership entries above applied_seq
         self._members_applied = protocol.decode_members(storage.members) if storage.members else None
-        self._flags_membership = Membership.from_config(config)
+        self.flags_membership = Membership.from_config(config)   # what the flags say (Roles logs how the record differs)
         self.role = "primary"
         self.leader_address = None
         self.extra_status = None      # set by the node: a callable giving replication fields for STATUS
@@ -397,7 +397,7 @@ class Engine:
         if source == self._membership_source and self.membership is not None and not applied_changed:
             return
         self._membership_source = source
-        new = Membership(self.config.node_id, source[1], source[0]) if source else self._flags_membership
+        new = Membership(self.config.node_id, source[1], source[0]) if source else self.flags_membership
         self.membership = new
         if self.on_membership is not None:
             self.on_membership(new)

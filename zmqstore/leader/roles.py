@@ -49,7 +49,7 @@ class Roles:
         self._choose_role(now)
         engine.on_membership = self._membership_changed
         if self.membership.seq:
-            flags = engine._flags_membership
+            flags = engine.flags_membership
             differences = self.membership.differs_from(flags) if flags.peers else []
             if differences:
                 log.warning("the flags' peers differ from the cluster's membership (entry %d), which is followed: %s",
