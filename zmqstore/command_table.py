@@ -4,7 +4,7 @@ scan page. Each handler returns (reply body, what the reply waits for); `no_wait
 "nothing" (modes.py reads the rest)."""
 import time
 
-from . import errors, limits, protocol
+from . import errors, keys, limits, protocol
 from .sessions import STALE
 
 
@@ -31,6 +31,22 @@ class CommandTable:
     def status(self) -> dict:
         """The STATUS reply's map (docs/PROTOCOL.md), each mode's own."""
         raise NotImplementedError
+
+    def _member_to_add(self, req):
+        """ADD_MEMBER's arguments, checked, as the protocol.Member to add (a learner: leader mode
+        promotes it; dynamo mode has only voters). Unset ports are port + 1000 and port + 2000."""
+        node_id, host, port, pub_port, peer_port, key = req.args
+        if not 0 < node_id < 1 << 32 or not host or not 0 < port < 65536:
+            raise errors.BadArgument("ADD_MEMBER needs a node id from 1 to 2^32 - 1, a host and a port (1-65535)")
+        pub_port = port + 1000 if pub_port is None else pub_port
+        peer_port = port + 2000 if peer_port is None else peer_port
+        if not (0 < pub_port < 65536 and 0 < peer_port < 65536) or len({port, pub_port, peer_port}) < 3:
+            raise errors.BadArgument(f"ports {port}, {pub_port} and {peer_port} must be three distinct TCP ports")
+        if self.config.keys and key is None:
+            raise errors.BadArgument("this cluster uses keys: add the member with its public key (add-member --key)")
+        if key is not None:
+            keys.check_public(key)
+        return protocol.Member(node_id, host, port, pub_port, peer_port, False, key)
 
     def _retried(self, req):
         """The record of this client's request when it was applied already (a retry: it gets the

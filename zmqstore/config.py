@@ -12,6 +12,7 @@ import socket
 from typing import Optional
 
 from .errors import ConfigError
+from .protocol import MEMBERS_MAX
 
 MODES = ("leader", "dynamo")
 ROLES = ("primary", "secondary")
@@ -33,7 +34,7 @@ NODE_DEFAULTS = {
     "node_keys": None,        # directory of every node's public key, node<ID>.key
     "client_keys": None,      # directory of public keys of read-write clients
     "readonly_keys": None,    # directory of public keys of read-only clients
-    "join": None,             # leader mode: host:port[,host:port...] of members to ask for admission (no peers needed)
+    "join": None,             # host:port[,host:port...] of members to ask for admission (no peers needed)
 }
 
 # [cluster] settings: must agree on every node.
@@ -345,9 +346,11 @@ def _check(s) -> Config:
     s["majority_quorum"] = s["write_quorum"] == "majority"
     if s["write_quorum"] == "majority":
         s["write_quorum"] = n // 2 + 1
-    if not 1 <= s["write_quorum"] <= n:
+    # A joining node learns its cluster's size only once admitted: its quorums are checked then.
+    top = MEMBERS_MAX if s["join"] else n
+    if not 1 <= s["write_quorum"] <= top:
         raise ConfigError(f"write_quorum = {s['write_quorum']} must be 1..{n} (cluster of {n}) or 'majority'")
-    if not 1 <= s["read_quorum"] <= n:
+    if not 1 <= s["read_quorum"] <= top:
         raise ConfigError(f"read_quorum = {s['read_quorum']} must be 1..{n} (cluster of {n})")
     if not 1 <= s["session_timeout"] <= 86400:
         raise ConfigError(f"session_timeout = {s['session_timeout']} s; use 1 to 86400 seconds")

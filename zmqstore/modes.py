@@ -164,29 +164,33 @@ class DynamoMode(Mode):
         self.out, self.config = out, config
         self.engine = DynamoEngine(storage, config, __version__, faults)
         self.replication = self.peering = None
-        if config.peers:
+        if self.engine.replicated:     # peers by its flags, or by the membership its data records
             self.replication = self.peering = Replication(out, self.engine, config, now)
             self.engine.extra_status = lambda: self.replication.status(time.monotonic())
 
     def peer_list(self) -> tuple:
-        return self.config.peers
+        return self.replication.contacts if self.replication is not None else ()
 
     def handle(self, request, envelope, now):
         """A read with r > 1 goes to the peers and is held, body and all, as a QuorumRead until its
         answers are in and joined; a write with w > 1 waits until w nodes hold it. A standalone node
         refuses quorums above 1."""
         cfg, command = self.config, request.command
+        size = self.engine.membership.size
         if command in ("GET", "GET_VERSIONS"):
             need = request.options.get("r", cfg.read_quorum)
             if need > 1:
-                if need > cfg.cluster_size:
-                    raise errors.BadArgument(f"r = {need} exceeds the cluster's {cfg.cluster_size} nodes")
-                return None, self.replication.quorum_read(request, need)
+                if need > size:
+                    raise errors.BadArgument(f"r = {need} exceeds the cluster's {size} nodes")
+                if self.engine.membership.removed_by is None:    # else the engine refuses it
+                    return None, self.replication.quorum_read(request, need)
         need = 1
         if command in protocol.WRITE_COMMANDS:
             need = request.options.get("w", cfg.write_quorum)
-            if need > cfg.cluster_size:
-                raise errors.BadArgument(f"w = {need} exceeds the cluster's {cfg.cluster_size} nodes")
+            if need > size:
+                raise errors.BadArgument(f"w = {need} exceeds the cluster's {size} nodes")
+        elif command == "REMOVE_MEMBER" and self.replication is not None and self.engine.membership.removed_by is None:
+            self.replication.check_removal(request.args[0], now)
         reply, (batch, seq) = self.engine.handle(request)
         durable = self.engine.durable_batches
         if need <= 1 or not seq:

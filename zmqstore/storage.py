@@ -46,6 +46,7 @@ META_HLC = b"d:hlc"               # the hybrid clock's last timestamp
 META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits for garbage collection)
 META_TOMB_END = b"d:tomb;"        # just above every META_TOMB key
 META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (anti-entropy index)
+META_DMEMBERS = b"d:members"      # the membership, protocol.encode_dynamo_members (docs/MEMBERSHIP.md)
 _LOG_KEY = struct.Struct(">QQ")
 
 

@@ -176,8 +176,9 @@ PEER_VALID = {
     "VOTE_REQUEST": (4, 2, 41, 3),
     "VOTE": (4, 3, True, 40, 3, 1),
     "DCHANGE": ((1 << 32) + 5, [b"e1"]),
-    "DSTATUS": (2, [[(1 << 32) + 5, 10], [(2 << 32) + 9, 3]], (1 << 64) - 1, 100, 2, 1, "127.0.0.3:9001"),
-    "DSTATUS_REPLY": (1, [], 0, 0, 0, 0, "127.0.0.2:9000"),
+    "DSTATUS": (2, [[(1 << 32) + 5, 10], [(2 << 32) + 9, 3]], (1 << 64) - 1, 100, 2, 1, "127.0.0.3:9001",
+                (1 << 64) - 1),
+    "DSTATUS_REPLY": (1, [], 0, 0, 0, 0, "127.0.0.2:9000", 0),
     "DFETCH": (2, (1 << 32) + 5, 11),
     "DENTRIES": (1, (1 << 32) + 5, 11, [b"e11"], 1),
     "DTREE": (2, 1, None),
@@ -188,7 +189,28 @@ PEER_VALID = {
     "DREAD": (2, 99, b"k"),
     "DREAD_REPLY": (1, 99, None, []),
     "DPUSH": (2, b"k", b"state"),
+    "DMEMBERS": (2, b"records"),
 }
+
+
+def test_dynamo_memberships_round_trip_and_bad_ones_are_refused():
+    record = protocol.DynamoMember(3, "127.0.0.3", 9000, 10000, 11000, None, 2, True, 1)
+    keyed = protocol.DynamoMember(4, "h", 1, 2, 3, "k" * protocol.KEY_Z85_LEN, 0, False, 0)
+    assert protocol.decode_dynamo_members(protocol.encode_dynamo_members([record, keyed])) == (record, keyed)
+    bad = [
+        b"\xc1", msgpack.packb([]), msgpack.packb({"a": 1}), msgpack.packb([list(record)[:8]]),
+        msgpack.packb([list(record), list(record)]),                       # the same node id twice
+        msgpack.packb([list(record._replace(node_id=0))]), msgpack.packb([list(record._replace(node_id=1 << 32))]),
+        msgpack.packb([list(record._replace(port=65536))]), msgpack.packb([list(record._replace(host=""))]),
+        msgpack.packb([list(record._replace(host="h" * 257))]), msgpack.packb([list(record._replace(key="short"))]),
+        msgpack.packb([list(record._replace(counter=-1))]), msgpack.packb([list(record._replace(removed=1))]),
+        msgpack.packb([list(record._replace(node_id=n)) for n in range(1, protocol.DYNAMO_RECORDS_MAX + 2)]),
+        msgpack.packb([list(record._replace(node_id=n, removed=False, port=n, pub_port=n + 1000, peer_port=n + 2000))
+                       for n in range(1, protocol.MEMBERS_MAX + 2)]),            # 65 members
+    ]
+    for raw in bad:
+        with pytest.raises(errors.MalformedMessage):
+            protocol.decode_dynamo_members(raw)
 
 
 def test_dynamo_entries_and_contexts_round_trip_and_bad_ones_are_refused():

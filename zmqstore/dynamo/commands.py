@@ -20,6 +20,7 @@ class Wait(NamedTuple):
 
 
 NO_WAIT = Wait(0)
+SERVED_WHEN_REMOVED = frozenset({"PING", "STATUS", "MEMBERS"})    # what a removed node still answers
 
 
 def read_reply(req, state):
@@ -38,9 +39,16 @@ class DynamoCommands(CommandTable):
         super().__init__(engine, {
             "GET": self._get, "GET_VERSIONS": self._get, "PUT": self._put, "PUT_CTX": self._put_ctx,
             "DEL": self._delete, "PUT_MANY": self._put_many, "CAS": self._cas, "SCAN": self._scan,
-            "OUTCOME": self._outcome, "MEMBERS": self._members, "ADD_MEMBER": self._membership_change,
-            "REMOVE_MEMBER": self._membership_change,
+            "OUTCOME": self._outcome, "MEMBERS": self._members, "ADD_MEMBER": self._add_member,
+            "REMOVE_MEMBER": self._remove_member,
         })
+
+    def handle(self, request):
+        removed_by = self.engine.membership.removed_by
+        if removed_by is not None and request.command not in SERVED_WHEN_REMOVED:
+            raise errors.Unavailable(f"node {self.config.node_id} was removed from the cluster (by node {removed_by}); "
+                                     f"ask another member")
+        return super().handle(request)
 
     def _get(self, req):
         key = req.args[0]
@@ -108,18 +116,32 @@ class DynamoCommands(CommandTable):
         self.engine.flush()    # a scan reads RocksDB: this iteration's writes first
         return self._scan_page(req, _winning_value)
 
-    def _members(self, req):
-        cfg = self.config
-        members = [(cfg.node_id, cfg.host, cfg.port, cfg.pub_port, cfg.peer_port), *(
-            (p.node_id, p.host, p.port, p.pub_port, p.peer_port) for p in cfg.peers)]
-        return protocol.encode_ok(req.request_id, [
-            {"node_id": n, "host": h, "port": p, "pub_port": pub, "peer_port": peer, "voter": True}
-            for n, h, p, pub, peer in sorted(members)]), NO_WAIT
+    # ------------------------------------------------------------ membership (docs/MEMBERSHIP.md)
 
-    @staticmethod
-    def _membership_change(req):
-        raise errors.UnsupportedOperation("dynamo mode's membership is its peer list (--peers) for now; runtime "
-                                          "changes are leader mode's (docs/MEMBERSHIP.md)")
+    def _members(self, req):
+        return protocol.encode_ok(req.request_id, self.engine.membership.member_records()), NO_WAIT
+
+    def _changed(self, req, membership):
+        """A membership change's reply, [changed, counter of the node's record, members]: it leaves
+        once the change is durable here; the peers hear it at once and by every status exchange."""
+        engine = self.engine
+        if not engine.replicated:
+            raise errors.UnsupportedOperation(f"node {self.config.node_id} runs standalone (no peers); start the "
+                                              f"cluster's nodes with --peers to change its membership at runtime")
+        node_id = req.args[0]
+        changed = membership is not None
+        if changed:
+            engine.set_membership(membership)
+        record = engine.membership.records.get(node_id)
+        return (protocol.encode_ok(req.request_id, changed, 0 if record is None else record.counter,
+                                   engine.membership.member_records()), Wait(engine.pending_batch))
+
+    def _add_member(self, req):
+        member = self._member_to_add(req)
+        return self._changed(req, self.engine.membership.adding(member, self.config.node_id))
+
+    def _remove_member(self, req):
+        return self._changed(req, self.engine.membership.removing(req.args[0], self.config.node_id))
 
     def _outcome(self, req):
         dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
@@ -130,7 +152,7 @@ class DynamoCommands(CommandTable):
     def status(self) -> dict:
         cfg, e = self.config, self.engine
         return {
-            "node_id": cfg.node_id, "mode": "dynamo", "role": "peer", "term": 0, "primary_id": 0,
+            "node_id": cfg.node_id, "mode": "dynamo", "role": self.engine.role, "term": 0, "primary_id": 0,
             "last_seq": e.applied[e.origin], "commit_seq": e.applied[e.origin],
             "origin": origin_name(e.origin),
             "applied": {origin_name(o): s for o, s in sorted(e.durable_applied.items()) if s},
@@ -139,5 +161,6 @@ class DynamoCommands(CommandTable):
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
             "fsync": cfg.fsync,
             "uptime": round(time.monotonic() - e.started, 3), "version": e.version, "peers": [],
+            "members": e.membership.member_records(),
             **(e.extra_status() if e.extra_status else {}),
         }

@@ -11,11 +11,12 @@ from .. import errors, protocol
 from ..faults import NONE
 from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
 from ..sessions import Sessions
-from ..storage import META_APPLIED, META_FIRST, META_HLC, META_TOMB, META_TOMB_END, log_key
+from ..storage import META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_TOMB, META_TOMB_END, log_key
 from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                         merge, stable, winner)
 from .antientropy import bucket_keys
 from .commands import DynamoCommands
+from .membership import DynamoMembership
 from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, MAX_CLOCK_AHEAD, _U64, _decode_state, _hash_key, _state_hash,
                      bucket_of, origin_name, origin_node)
 
@@ -26,8 +27,6 @@ log = logging.getLogger("zmqstore.dynamo")
 class DynamoEngine:
     """This node's dynamo-mode data, logs and client commands."""
 
-    role = "peer"
-
     def __init__(self, storage, config, version, faults=NONE):
         self.storage = storage
         self.config = config
@@ -36,7 +35,8 @@ class DynamoEngine:
         self.started = time.monotonic()
         self.limits = protocol.Limits(config.max_key_size, config.max_value_size,
                                       config.max_batch_items, config.max_request_size)
-        self.replicated = bool(config.peers)
+        self.membership = load_membership(storage, config)
+        self.on_membership = None      # called with each new membership (Replication)
         self.extra_status = None
         self.sessions = Sessions(config.session_timeout)
         # An entry must fit in one DCHANGE or DENTRIES a peer accepts; a key's versions (written
@@ -88,6 +88,31 @@ class DynamoEngine:
         self.handle = DynamoCommands(self).handle   # request -> (reply body, Wait), dynamo/commands.py
         log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
                  origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
+
+    @property
+    def role(self) -> str:
+        return "peer" if self.membership.removed_by is None else "removed"
+
+    @property
+    def replicated(self) -> bool:
+        """Whether this node has (or had) peers: a node started alone stays alone."""
+        return len(self.membership.records) > 1
+
+    def set_membership(self, membership):
+        """Adopt a new membership (a change made here, or one merged from a peer): it is written
+        with this iteration's batch, so before anything that follows from it is sent."""
+        self._staging().put_cf("meta", META_DMEMBERS, membership.encoded)
+        old, self.membership = self.membership, membership
+        gone = sorted(set(old.members) - set(membership.members))
+        came = sorted(set(membership.members) - set(old.members))
+        if came or gone:
+            log.info("membership: added %s, removed %s; members %s", came, gone, sorted(membership.members))
+        if membership.removed_by is not None and old.removed_by is None:
+            log.warning("node %d was removed from the cluster by node %d: it serves no requests and sends nothing; "
+                        "to join again, start it with an empty data dir and --join", self.node_id,
+                        membership.removed_by)
+        if self.on_membership is not None:
+            self.on_membership(old, membership)
 
     def _recover_sessions(self):
         """A client that retries a write after this node restarted must get the first outcome, not
@@ -410,3 +435,16 @@ class DynamoEngine:
     def batch_of(self, key) -> int:
         """The batch a read of `key` waits for: the open one when this iteration wrote the key, else 0."""
         return self.pending_batch if key in self._dirty else 0
+
+
+def load_membership(storage, config) -> DynamoMembership:
+    """The membership the data dir records, else the flags' (docs/MEMBERSHIP.md, "Dynamo mode"). A
+    node whose flags differ from the record says so once and follows the record."""
+    flags = DynamoMembership.from_config(config)
+    raw = storage.get_cf("meta", META_DMEMBERS)
+    if raw is None:
+        return flags
+    recorded = DynamoMembership.decode(config.node_id, raw)
+    for line in recorded.differs_from(flags):
+        log.warning("membership: %s (the record wins; it changes by add-member and remove-member)", line)
+    return recorded

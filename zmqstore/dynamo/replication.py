@@ -1,10 +1,11 @@
-"""Replication: dynamo mode's peer traffic (docs/DYNAMO.md, "Replication"). DSTATUS (applied vector
-and data digest) to every peer each heartbeat, fetches of what a peer has and this node lacks,
-quorum reads and read repair, starting anti-entropy exchanges (antientropy.py), and tombstone
-collection once every configured node has applied them."""
+"""Replication: dynamo mode's peer traffic (docs/DYNAMO.md, "Replication"). DSTATUS (applied vector,
+data digest, membership digest) to every member each heartbeat, fetches of what a peer has and this
+node lacks, quorum reads and read repair, starting anti-entropy exchanges (antientropy.py), the
+exchange of membership records (DMEMBERS, docs/MEMBERSHIP.md), and tombstone collection once every
+member has applied them."""
 import logging
 
-from .. import protocol
+from .. import errors, protocol
 from ..protocol import encode_key_state
 from ..versions import EMPTY
 from .antientropy import AntiEntropy
@@ -14,6 +15,7 @@ from .layout import origin_name, origin_node
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
+LEAVING_GRACE = 10.0              # seconds a removed node stays connected, to hear that it was removed
 
 log = logging.getLogger("zmqstore.dynamo")
 
@@ -53,8 +55,12 @@ class Replication:
         self.out = out                  # the iteration's Sends (sends.py): sent after its commit
         self.engine = engine
         self.config = config
-        self.views = {p.node_id: PeerReport() for p in config.peers}
-        self.addresses = {p.node_id: p.address for p in config.peers}
+        self.views = {}                 # member id -> PeerReport, every member but this node
+        self.addresses = {}             # member id -> its client address
+        self.contacts = ()              # the peers to connect to and admit: members, and the leaving
+        self._leaving = {}              # removed node id -> (Member, until when it stays connected)
+        self._members_sent = {}         # node id -> when it was last sent DMEMBERS for a digest mismatch
+        self._now = now
         self._fetching = {}             # origin -> (deadline, peer) of the fetch in flight
         self._unanswered = {}           # origin -> peers that left a fetch of it unanswered
         self._gaps = 0
@@ -64,7 +70,7 @@ class Replication:
         self.anti_entropy = ae = AntiEntropy(out, engine)     # antientropy.py
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
                           "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": self._on_read,
-                          "DPUSH": self._on_push}
+                          "DPUSH": self._on_push, "DMEMBERS": self._on_members}
         self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status,
                                   "DENTRIES": self._on_entries, "DTREE_REPLY": ae.on_tree_reply,
                                   "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": self._on_read_reply}
@@ -73,17 +79,26 @@ class Replication:
         self._read_ids = 0
         self.reads_done = 0             # quorum reads whose answers are all in (modes.DynamoMode.progress)
         self.read_repairs = 0
+        self._follow(engine.membership)
+        engine.on_membership = self._membership_changed
 
     def close(self):
         pass
 
     def note_loop(self, now):
-        pass
+        self._now = now
 
     # ------------------------------------------------------------ timers
 
     def tick(self, now):
-        self.out.send_to_all(self._status_message("DSTATUS"))
+        if self._leaving and any(until <= now for _m, until in self._leaving.values()):
+            self._leaving = {nid: v for nid, v in self._leaving.items() if v[1] > now}
+            self._set_contacts()
+        if self.engine.membership.removed_by is not None:
+            return      # removed: it only answers status queries, with its membership, while leaving
+        status = self._status_message("DSTATUS")
+        for node_id in self.views:
+            self.out.send_to(node_id, status)
         self.anti_entropy.tick(now)
 
     def housekeeping(self, now):
@@ -155,7 +170,9 @@ class Replication:
         which the reply queue holds until it is ready."""
         self._read_ids += 1
         read = self._reads[self._read_ids] = QuorumRead(self._read_ids, request, need)
-        self.out.send_to_all(protocol.encode_peer("DREAD", self.engine.node_id, read.id, request.args[0]))
+        message = protocol.encode_peer("DREAD", self.engine.node_id, read.id, request.args[0])
+        for node_id in self.views:
+            self.out.send_to(node_id, message)
         return read
 
     def forget(self, read):
@@ -200,8 +217,8 @@ class Replication:
             self.engine.join_state(key, self.engine.remote_state(raw))
 
     def stable_vector(self):
-        """Elementwise minimum of every configured node's applied vector, or None while a peer has
-        not reported since this node started (its applied vector is unknown)."""
+        """Elementwise minimum of every member's applied vector, or None while a member has not
+        reported since this node started or since it became a member (its applied vector is unknown)."""
         vector = dict(self.engine.durable_applied)
         for view in self.views.values():
             if view.heard is None:
@@ -214,9 +231,12 @@ class Replication:
     def _status_message(self, command):
         e = self.engine
         return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(e.durable_applied), e.durable_digest,
-                                    e.storage.approximate_keys(), e.conflicts, e.tombstones, e.config.address)
+                                    e.storage.approximate_keys(), e.conflicts, e.tombstones, e.config.address,
+                                    e.membership.digest)
 
     def on_request(self, message, envelope, now):
+        if self.engine.membership.removed_by is not None and message.command != "DSTATUS":
+            return      # removed: it sends nothing but its membership (_on_status)
         handler = self._handlers.get(message.command)
         if handler is None:
             log.debug("ignoring %s in dynamo mode", message.command)
@@ -231,10 +251,18 @@ class Replication:
 
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
-        self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
+        if self.engine.membership.removed_by is None:
+            self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
 
     def _on_status(self, fields, now):
-        node_id, applied, digest, keys, conflicts, tombstones, _address = fields
+        node_id, applied, digest, keys, conflicts, tombstones, _address, members_digest = fields
+        if members_digest != self.engine.membership.digest:
+            # Different records: send ours (it merges them, and sends its own when ours lack
+            # some), at most once a heartbeat. A node removed a moment ago learns so here.
+            if node_id in self.views or node_id in self._leaving:
+                if now - self._members_sent.get(node_id, -1e9) >= self.config.heartbeat_interval:
+                    self._members_sent[node_id] = now
+                    self.out.send_to(node_id, self._members_message())
         view = self.views.get(node_id)
         if view is None:
             return
@@ -326,6 +354,81 @@ class Replication:
             node_id = origin_node(origin)
             if node_id in self.views:
                 self._fetch(origin, node_id, now)
+
+    # ------------------------------------------------------------ membership (docs/MEMBERSHIP.md)
+
+    def _members_message(self):
+        return protocol.encode_peer("DMEMBERS", self.engine.node_id, self.engine.membership.encoded)
+
+    def _on_members(self, fields, envelope, now):
+        """A member's records: merged into ours; when that changes ours, the engine adopts it."""
+        node_id, raw = fields
+        if node_id not in self.views:
+            return
+        try:
+            merged = self.engine.membership.merge(protocol.decode_dynamo_members(raw))
+        except errors.MalformedMessage as exc:
+            log.warning("membership from node %d refused: %s", node_id, exc)
+            return
+        if merged is not None:
+            self.engine.set_membership(merged)
+
+    def _membership_changed(self, old, new):
+        """The engine adopted a new membership (made here, or merged): tell every node of the old and
+        the new one (after this iteration's commit), and follow it. A removed member stays connected
+        for LEAVING_GRACE seconds, so that it can hear that it was removed; while it is removed,
+        this node keeps its old peers so, then goes quiet."""
+        body = self._members_message()
+        for node_id in sorted(set(old.peers) | set(new.peers)):
+            self.out.send_to(node_id, body)
+        until = self._now + LEAVING_GRACE
+        gone = old.peers if new.removed_by is not None else {n: m for n, m in old.peers.items() if n not in new.peers}
+        for node_id, member in gone.items():
+            self._leaving[node_id] = (member, until)
+        for node_id in new.peers:
+            self._leaving.pop(node_id, None)
+        self._follow(new)
+
+    def _follow(self, membership):
+        """Views for the members (a new member's applied vector is unknown until it reports, which
+        holds tombstone collection back); nothing kept of those that left."""
+        peers = membership.peers if membership.removed_by is None else {}
+        for node_id in [n for n in self.views if n not in peers]:
+            del self.views[node_id]
+            for kept in (self._acked, self._mismatch, self._resync_from, self._members_sent):
+                kept.pop(node_id, None)
+            for origin in [o for o, (_d, peer) in self._fetching.items() if peer == node_id]:
+                del self._fetching[origin]
+            for tried in self._unanswered.values():
+                tried.discard(node_id)
+        for node_id in peers:
+            self.views.setdefault(node_id, PeerReport())
+        self.addresses = {node_id: m.address for node_id, m in peers.items()}
+        self._checkpoints = []      # collection starts its argument again over the new members
+        self._set_contacts()
+
+    def _set_contacts(self):
+        peers = {} if self.engine.membership.removed_by is not None else dict(self.engine.membership.peers)
+        for node_id, (member, _until) in self._leaving.items():
+            peers.setdefault(node_id, member)
+        contacts = tuple(peers[n] for n in sorted(peers))
+        if contacts != self.contacts:
+            self.contacts = contacts
+
+    def check_removal(self, node_id, now):
+        """Refuse (Unavailable, retryable) to remove a node while it may hold writes no other member
+        holds: this node, unless a member that reported lately has applied all it has; another
+        node that reported lately, while it has applied writes this node has not."""
+        mine = self.engine.durable_applied
+        fresh = {n: v for n, v in self.views.items()
+                 if v.heard is not None and now - v.heard < self.config.election_interval}
+        if node_id == self.engine.node_id:
+            if not any(all(v.applied.get(o, 0) >= s for o, s in mine.items() if s) for v in fresh.values()):
+                raise errors.Unavailable(f"no member has applied every write node {node_id} holds yet; retry once "
+                                         f"the cluster has converged (datastore-cli status)")
+        elif node_id in fresh and any(s > mine.get(o, 0) for o, s in fresh[node_id].applied.items()):
+            raise errors.Unavailable(f"node {node_id} holds writes this node has not applied yet; retry in a moment, "
+                                     f"or ask a node that has caught up with it")
 
     # ------------------------------------------------------------ status
 

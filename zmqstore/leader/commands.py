@@ -6,7 +6,7 @@ keeps the log; command_table.py what both modes share.
 """
 import time
 
-from .. import errors, keys, protocol
+from .. import errors, protocol
 from ..command_table import CommandTable
 from ..protocol import OP_DEL, OP_PUT
 
@@ -194,18 +194,7 @@ class Commands(CommandTable):
         return protocol.encode_ok(req.request_id, True, seq, engine.membership.records()), seq
 
     def _add_member(self, req):
-        node_id, host, port, pub_port, peer_port, key = req.args
-        if not node_id or not host or not 0 < port < 65536:
-            raise errors.BadArgument("ADD_MEMBER needs a node id above 0, a host and a port (1-65535)")
-        pub_port = port + 1000 if pub_port is None else pub_port
-        peer_port = port + 2000 if peer_port is None else peer_port
-        if not (0 < pub_port < 65536 and 0 < peer_port < 65536) or len({port, pub_port, peer_port}) < 3:
-            raise errors.BadArgument(f"ports {port}, {pub_port} and {peer_port} must be three distinct TCP ports")
-        if self.config.keys and key is None:
-            raise errors.BadArgument("this cluster uses keys: add the member with its public key (add-member --key)")
-        if key is not None:
-            keys.check_public(key)
-        member = protocol.Member(node_id, host, port, pub_port, peer_port, False, key)
+        member = self._member_to_add(req)
         return self._change_members(req, lambda m: m.adding(member))
 
     def _remove_member(self, req):

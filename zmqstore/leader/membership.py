@@ -60,12 +60,7 @@ class Membership:
             raise errors.BadArgument(f"node {member.node_id} is already a member at {old.address} (peer port "
                                      f"{old.peer_port}, change stream {old.pub_port}); remove it first to change "
                                      f"its addresses or key")
-        if len(self.members) >= MEMBERS_MAX:
-            raise errors.BadArgument(f"a cluster holds at most {MEMBERS_MAX} members")
-        taken = {(m.host, p): m.node_id for m in self.members.values() for p in (m.port, m.pub_port, m.peer_port)}
-        for port in (member.port, member.pub_port, member.peer_port):
-            if (member.host, port) in taken:
-                raise errors.BadArgument(f"{member.host}:{port} is already used by node {taken[member.host, port]}")
+        check_new_member(self.members.values(), member)
         return (*self.member_list, member)
 
     def removing(self, node_id) -> tuple:
@@ -81,6 +76,18 @@ class Membership:
     def promoting(self, node_id) -> tuple:
         """The members after learner node_id becomes a voter."""
         return tuple(m._replace(voter=True) if m.node_id == node_id else m for m in self.member_list)
+
+
+def check_new_member(members, member):
+    """Raises BadArgument when `member` (not one of `members`) would make too many members or take
+    an address one of them uses. Both modes' additions go through it (dynamo/membership.py too)."""
+    members = list(members)
+    if len(members) >= MEMBERS_MAX:
+        raise errors.BadArgument(f"a cluster holds at most {MEMBERS_MAX} members")
+    taken = {(m.host, p): m.node_id for m in members for p in (m.port, m.pub_port, m.peer_port)}
+    for port in (member.port, member.pub_port, member.peer_port):
+        if (member.host, port) in taken:
+            raise errors.BadArgument(f"{member.host}:{port} is already used by node {taken[member.host, port]}")
 
 
 def _describe(member):

@@ -7,7 +7,7 @@ contexts), `checks` (every field checked against the tables) and `codec` (frames
 messages, replies, log entries, dynamo states). No module outside it imports msgpack. Values travel
 and are stored as msgpack-encoded bytes (`pack_value`), so a node never re-encodes a value it stores.
 """
-from .schema import (KEY_Z85_LEN, MEMBERS_MAX, MEMBERSHIP_CHANGES, OPT_STR, Member, BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, ERR, FENCE, HEADER_FIELDS, ITEMS,
+from .schema import (DYNAMO_RECORDS_MAX, DynamoMember, KEY_Z85_LEN, MEMBERS_MAX, MEMBERSHIP_CHANGES, OPT_STR, Member, BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, ERR, FENCE, HEADER_FIELDS, ITEMS,
                      KEY, OK, OPTION_COMMANDS, OPT_BIN, OPT_KEY, OPT_UINT, OPT_VALUE, OP_DEL, OP_PUT, PAIR_LIST,
                      PEER_ARRAY_MAX, PEER_MESSAGES, PEER_REPLIES, PEER_REQUESTS, PEER_SENDER_FIELD, PEER_STREAM,
                      PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX,
@@ -15,6 +15,7 @@ from .schema import (KEY_Z85_LEN, MEMBERS_MAX, MEMBERSHIP_CHANGES, OPT_STR, Memb
                      peer_sender)  # noqa: F401
 from .values import decode_context, encode_context, pack_value, unpack_value, vector_from_pairs, vector_pairs  # noqa: F401
 from .codec import (DynEntry, decode_dyn_entry, decode_entry, decode_key_state, decode_peer, decode_reply,
-                    decode_peer_entry, check_members, data_ops, decode_members, encode_members, entry_members,
+                    decode_peer_entry, check_members, data_ops, decode_members, encode_members, decode_dynamo_members,
+                    encode_dynamo_members, entry_members,
                     members_ops, decode_request, encode_dyn_entry, encode_entry, encode_error, encode_exception,
                     encode_key_state, encode_ok, encode_peer, encode_request, entry_term, split_frames)  # noqa: F401

@@ -6,7 +6,7 @@ import msgpack
 
 from .. import errors
 from .checks import _validate_peer, _validate_request
-from .schema import (ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
+from .schema import (DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
                      PROTOCOL_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
@@ -142,6 +142,13 @@ def decode_members(data: bytes):
         raise errors.MalformedMessage("malformed membership") from None
 
 
+def _addresses_ok(m) -> bool:
+    """A member record's node id, host, ports and key are well-formed."""
+    return (_is_uint(m.node_id) and 0 < m.node_id < 1 << 32 and type(m.host) is str and 0 < len(m.host) <= STR_MAX
+            and all(type(p) is int and 0 < p < 65536 for p in (m.port, m.pub_port, m.peer_port))
+            and (m.key is None or (type(m.key) is str and len(m.key) == KEY_Z85_LEN)))
+
+
 def check_members(members) -> tuple:
     """A membership from the network or the disk -> a tuple of Member; anything but distinct node ids
     with well-formed addresses, at least one voter, raises MalformedMessage."""
@@ -150,16 +157,37 @@ def check_members(members) -> tuple:
             raise ValueError
         out = tuple(Member(*_fields(tuple(m) if type(m) is list else m, 7)) for m in members)
         for m in out:
-            if not (_is_uint(m.node_id) and m.node_id > 0 and type(m.host) is str and 0 < len(m.host) <= STR_MAX
-                    and all(type(p) is int and 0 < p < 65536 for p in (m.port, m.pub_port, m.peer_port))
-                    and type(m.voter) is bool
-                    and (m.key is None or (type(m.key) is str and len(m.key) == KEY_Z85_LEN))):
+            if not (_addresses_ok(m) and type(m.voter) is bool):
                 raise ValueError
         if len({m.node_id for m in out}) != len(out) or not any(m.voter for m in out):
             raise ValueError
     except Exception:
         raise errors.MalformedMessage("malformed membership (members must be distinct node ids with host, "
                                       "ports, voter and key, at least one voter)") from None
+    return out
+
+
+def encode_dynamo_members(records) -> bytes:
+    """A dynamo membership as DMEMBERS carries it and a node stores it: [[DynamoMember fields], ...]."""
+    return _pack([list(r) for r in records])
+
+
+def decode_dynamo_members(data: bytes) -> tuple:
+    """-> a tuple of DynamoMember: distinct node ids, well-formed addresses and stamps, at most
+    DYNAMO_RECORDS_MAX records of which at most MEMBERS_MAX not removed; MalformedMessage otherwise."""
+    try:
+        records = _unpackb(data, STR_MAX, DYNAMO_RECORDS_MAX, 0, use_list=False)
+        if type(records) is not tuple or not 1 <= len(records) <= DYNAMO_RECORDS_MAX:
+            raise ValueError
+        out = tuple(DynamoMember(*_fields(r, 9)) for r in records)
+        for r in out:
+            if not (_addresses_ok(r) and _is_uint(r.counter) and type(r.removed) is bool and _is_uint(r.changer)):
+                raise ValueError
+        if len({r.node_id for r in out}) != len(out) or sum(not r.removed for r in out) > MEMBERS_MAX:
+            raise ValueError
+    except Exception:
+        raise errors.MalformedMessage(f"malformed dynamo membership (at most {DYNAMO_RECORDS_MAX} records of "
+                                      f"distinct node ids with host, ports, key and stamp)") from None
     return out
 
 

@@ -63,8 +63,10 @@ _LOG_BATCH = (("term", TERM), ("sender_id", UINT), ("prev_seq", UINT), ("prev_te
 _ROLE = (("node_id", UINT), ("term", TERM), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
          ("last_term", TERM), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
          ("address", STR), ("pub_address", STR))
+# `members`: a digest of the sender's membership (dynamo/membership.py); a peer whose own differs
+# sends it DMEMBERS.
 _DSTATUS = (("node_id", UINT), ("applied", VECTOR), ("digest", UINT), ("keys", UINT), ("conflicts", UINT),
-            ("tombstones", UINT), ("address", STR))
+            ("tombstones", UINT), ("address", STR), ("members", UINT))
 PEER_MESSAGES = {
     # secondary -> primary, DEALER -> ROUTER
     "ACK": (("node_id", UINT), ("term", TERM), ("last_seq", UINT), ("round", UINT), ("voter", BOOL)),
@@ -111,13 +113,16 @@ PEER_MESSAGES = {
     "DREAD": (("node_id", UINT), ("read_id", UINT), ("key", KEY)),
     "DREAD_REPLY": (("sender_id", UINT), ("read_id", UINT), ("state", OPT_BIN), ("applied", VECTOR)),
     "DPUSH": (("node_id", UINT), ("key", KEY), ("state", BIN)),
+    # membership (docs/MEMBERSHIP.md, "Dynamo mode"): the sender's whole membership, every record
+    # stamped (codec.encode_dynamo_members); the receiver merges it into its own
+    "DMEMBERS": (("node_id", UINT), ("members", BIN)),
 }
 
 # Where each peer message names the node that sent it: the index of that field (DCHANGE names its
 # origin, whose node id is origin >> 32). A node accepts a peer message only from the connection of
 # the node it names (docs/SECURITY.md).
 PEER_REQUESTS = frozenset({"ACK", "FETCH", "SNAPSHOT", "ROLE", "VOTE_REQUEST", "DSTATUS", "DFETCH", "DTREE",
-                           "DRANGE", "DACK", "DREAD", "DPUSH"})       # sent to a peer port
+                           "DRANGE", "DACK", "DREAD", "DPUSH", "DMEMBERS"})   # sent to a peer port
 PEER_STREAM = frozenset({"CHANGE", "HEARTBEAT", "DCHANGE"})          # published on a PUB
 PEER_REPLIES = frozenset(PEER_MESSAGES) - PEER_REQUESTS - PEER_STREAM   # back on the DEALER that asked
 PEER_SENDER_FIELD = {cmd: 0 for cmd in PEER_MESSAGES}
@@ -202,7 +207,34 @@ class Member(NamedTuple):
         return f"{self.host}:{self.port}"
 
 
+class DynamoMember(NamedTuple):
+    """One record of a dynamo-mode membership (docs/MEMBERSHIP.md, "Dynamo mode"): a node's
+    addresses and key, and the stamp (counter, removed, changer) by which concurrent records of
+    the same node id are ordered; the highest wins everywhere."""
+    node_id: int
+    host: str
+    port: int
+    pub_port: int
+    peer_port: int
+    key: str            # its public key (Z85), with keys; else None
+    counter: int        # 0: from the flags; each change of this node id's record adds one
+    removed: bool
+    changer: int        # the node that made the change (0: the flags)
+
+    @property
+    def member(self) -> Member:
+        return Member(self.node_id, self.host, self.port, self.pub_port, self.peer_port, True, self.key)
+
+    @property
+    def stamp(self) -> tuple:
+        """The merge order: counter, then a removal over an addition, then the changer; the record
+        itself last, so that two records always compare the same way on every node."""
+        return (self.counter, self.removed, self.changer, self.host, self.port, self.pub_port, self.peer_port,
+                self.key or "")
+
+
 MEMBERS_MAX = 64            # members of one cluster
+DYNAMO_RECORDS_MAX = 256    # records of a dynamo membership, removed nodes' included
 KEY_Z85_LEN = 40            # a CurveZMQ public key in Z85
 
 # A log entry whose ops are FENCE (nil) applies nothing: it records that the client's request id

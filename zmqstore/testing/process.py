@@ -314,7 +314,7 @@ class Cluster:
     def node_args(self, node_id):
         join = getattr(self.nodes[node_id], "join", None)
         if join:
-            return ["--join", join, *self.args]
+            return ["--join", join, *(["--mode", "dynamo"] if self.mode == "dynamo" else []), *self.args]
         if self.mode == "dynamo":
             return ["--peers", self.peers_json(node_id), "--mode", "dynamo", *self.args]
         role = "primary" if node_id in self.bootstrap else "secondary"
@@ -386,10 +386,10 @@ class Cluster:
             return found[0] if found else None
         return wait_until(one, timeout, interval=0.05, message="a primary elected")
 
-    def dynamo_converged(self):
-        """Dynamo mode: every node answers with the same data digest and applied vector, and sees
-        every peer alive with the same (its status's `converged`)."""
-        sts = [n.status() for n in self.nodes.values()]
+    def dynamo_converged(self, among=None):
+        """Dynamo mode: every node (of `among`, default all) answers with the same data digest and
+        applied vector, and sees every peer alive with the same (its status's `converged`)."""
+        sts = [self.nodes[i].status() for i in (among or self.nodes)]
         if any(st is None for st in sts):
             return False
         return (len({st["digest"] for st in sts}) == 1 and len({json.dumps(st["applied"], sort_keys=True)
@@ -463,7 +463,7 @@ class Writer:
                 for k in keys:
                     p.put(k, i)
                 for k, r in zip(keys, p.execute(raise_on_error=False)):
-                    if r is None:
+                    if not isinstance(r, ZmqstoreError):     # None; in dynamo mode the version
                         self.acked[k] = i
                     else:
                         self.errors += 1
