@@ -74,3 +74,15 @@ def test_membership_changes_under_faults_are_linearizable(tmp_path):
     assert summary["operations"] > 1000
     assert summary["linearizable"], summary.get("report")
     assert summary["passed"], summary.get("not_converged") or summary.get("broken_workers")
+
+
+def test_dynamo_membership_changes_under_faults_lose_nothing(tmp_path):
+    """Issue 13, dynamo mode: nodes removed through another node and brought back with --join from
+    an empty data dir while clients write everywhere and nodes are killed; no acknowledged write may
+    be lost, and the members converge."""
+    summary = campaign(str(tmp_path), seconds=15, seed=20261202, clients=3, mode="dynamo", keys=False,
+                       faults=["remove-random", "kill-random"])
+    kinds = [kind for _t, kind, _node in summary["fault_log"]]
+    assert summary["faults"] >= 5 and "remove-random" in kinds
+    assert summary["acknowledged"] > 1000
+    assert summary["passed"], summary.get("report") or summary.get("not_converged") or summary.get("broken_workers")

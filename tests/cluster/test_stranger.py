@@ -261,6 +261,40 @@ def test_dynamo_forged_push_and_ack_change_nothing(make_cluster, stranger):
     assert one.alive()
 
 
+def test_a_forged_dynamo_membership_changes_nothing(make_cluster, stranger):
+    """A DMEMBERS claiming node 2, removing nodes 1 and 2 and adding the stranger, from 127.0.0.9:
+    refused with the connection; the membership stays. The same message from node 2's address (a
+    member's host, without keys) is heard: the membership changes, so the test can fail."""
+    c = make_cluster(mode="dynamo", size=2)
+    one = c.nodes[1]
+    own = [protocol.DynamoMember(n.node_id, n.host, n.port, n.pub_port, n.peer_port, None, 9, True, 2)
+           for n in c.nodes.values()]
+    forged = protocol.encode_peer("DMEMBERS", 2, protocol.encode_dynamo_members(
+        [*own, protocol.DynamoMember(9, STRANGER, 9000, 10000, 11000, None, 9, False, 2)]))
+    sock = stranger.dealer(one.host, one.peer_port)
+    send(sock, forged)
+    wait_until(lambda: f"refused a connection from {STRANGER}" in one.log(), 10, message="the stranger refused")
+    with one.client(retry=NO_RETRY) as db:
+        assert [m["node_id"] for m in db.members()] == [1, 2]
+        db.put("still", "writable")
+    # From a member's host the forgery is taken for node 2's word (hosts are the trust rule without
+    # keys, docs/SECURITY.md): node 9 becomes a member of node 1's view.
+    member = Stranger(source=c.nodes[2].host)
+    try:
+        control = member.ctx.socket(zmq.DEALER)
+        member.socks.append(control)
+        control.setsockopt(zmq.LINGER, 0)
+        control.setsockopt(zmq.IDENTITY, b"node-2")
+        control.connect(f"tcp://{c.nodes[2].host}:0;{one.host}:{one.peer_port}")
+        send(control, protocol.encode_peer("DMEMBERS", 2, protocol.encode_dynamo_members(
+            [protocol.DynamoMember(9, "127.0.0.10", 9000, 10000, 11000, None, 1, False, 2)])))
+        wait_until(lambda: 9 in [m["node_id"] for m in (one.status() or {}).get("members", [])], 10,
+                   message="a member's DMEMBERS heard")
+    finally:
+        member.close()
+    assert one.alive()
+
+
 def test_data_dirs_are_private(make_cluster):
     """Row 12: data dirs were created 0755 and their files 0644. No file or dir in a data dir may be
     readable by group or others."""

@@ -445,6 +445,10 @@ def load_membership(storage, config) -> DynamoMembership:
     if raw is None:
         return flags
     recorded = DynamoMembership.decode(config.node_id, raw)
-    for line in recorded.differs_from(flags):
+    for line in recorded.differs_from(flags) if flags.peers else ():     # no --peers (--join): nothing to compare
         log.warning("membership: %s (the record wins; it changes by add-member and remove-member)", line)
+    if recorded.removed_by is not None:
+        log.warning("node %d was removed from the cluster by node %d (its data dir records it): it serves no "
+                    "requests and sends nothing; to join again, start it with an empty data dir and --join",
+                    config.node_id, recorded.removed_by)
     return recorded

@@ -97,8 +97,8 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
     if faults and set(faults) - set(known):
         raise ValueError(f"unknown fault kinds {sorted(set(faults) - set(known))}; known: {', '.join(known)}")
     with_keys = keys if keys is not None else keys_by_default()
-    if faults and set(faults) & set(MEMBERSHIP_FAULTS) and (mode != "leader" or with_keys):
-        raise ValueError("membership faults are leader mode's, without keys (the nemesis rejoins nodes with --join)")
+    if faults and set(faults) & set(MEMBERSHIP_FAULTS) and with_keys:
+        raise ValueError("membership faults run without keys (the nemesis rejoins nodes with --join)")
     if network is None:
         network = partition.available()
     if faults and not network and set(faults) & set(NETWORK_FAULTS):
@@ -125,7 +125,7 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         for proc in procs:
             proc.start()
         nemesis = Nemesis(c, seed, partitioner, client_keys)
-        if mode == "leader" and c.keys is None:
+        if c.keys is None:
             nemesis.faults += MEMBERSHIP_FAULTS     # --join needs no keys (docs/MEMBERSHIP.md)
         if faults:
             nemesis.faults = tuple(faults)

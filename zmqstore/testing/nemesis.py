@@ -7,8 +7,9 @@ import time
 from ..errors import ZmqstoreError
 
 PROCESS_FAULTS = ("kill-primary", "kill-random", "pause-primary", "pause-random")
-# Leader mode: remove a node (the primary or another) from the membership, then stop it and start it
-# again with --join, which adds it back as a learner that the primary promotes once caught up.
+# Remove a node (the primary or another) from the membership, then stop it and start it again with
+# --join: in leader mode it comes back as a learner that the primary promotes once caught up; in
+# dynamo mode (no primary: remove-random only) from an empty data dir, as a removed node must.
 MEMBERSHIP_FAULTS = ("remove-primary", "remove-random")
 # Need iptables (root): partition.py. isolate cuts one node off from all others; split cuts the
 # cluster into a random majority and minority (in 3 nodes, like isolate-random); bridge splits the
@@ -28,6 +29,7 @@ class Nemesis:
         self.faults = PROCESS_FAULTS + (NETWORK_FAULTS if partitioner is not None else ())
         self.client_keys = client_keys or {}
         self.log = []            # (time, fault, node)
+        self._fresh = 0          # data dirs made for dynamo rejoins
 
     def run(self, seconds):
         end = time.monotonic() + seconds
@@ -97,12 +99,33 @@ class Nemesis:
         self._rejoin(target)
 
     def _rejoin(self, node_id):
-        """Kill the node and start it again with --join naming the others' client ports."""
+        """Kill the node and start it again with --join naming the others' client ports. A dynamo
+        node that was removed starts from an empty data dir (its old one is refused); one whose
+        removal did not happen keeps its data dir, which may hold writes no other node has."""
         nodes = self.cluster.nodes
         node = nodes[node_id]
         node.kill()
         node.join = ",".join(n.endpoint for i, n in sorted(nodes.items()) if i != node_id)
-        self.cluster.start(node_id, wait=False)
+        data_dir = None
+        if self.cluster.mode == "dynamo" and self._removed_by_the_others(node_id):
+            self._fresh += 1
+            data_dir = f"{node.data_dir.rstrip('/').split('-again')[0]}-again{self._fresh}"
+        self.cluster.start(node_id, wait=False, data_dir=data_dir)
+
+    def _removed_by_the_others(self, node_id, timeout=10.0):
+        """Dynamo mode: whether the other nodes that answer agree that node_id is no member (they
+        exchange their records within a heartbeat or two; asked until they agree, up to `timeout`).
+        When they never agree it counts as a member: its data dir is kept."""
+        deadline = time.monotonic() + timeout
+        while True:
+            views = set()
+            for i, other in self.cluster.nodes.items():
+                st = other.status() if i != node_id else None
+                if st is not None and st.get("role") != "removed":
+                    views.add(node_id in {m["node_id"] for m in st.get("members", [])})
+            if len(views) == 1 or time.monotonic() >= deadline:
+                return views == {False}
+            time.sleep(0.1)
 
     def heal(self):
         if self.partitioner is not None:
@@ -123,7 +146,8 @@ class Nemesis:
                 for node_id in removed:
                     self.log.append((round(time.monotonic(), 3), "rejoin-removed", node_id))
                     self._rejoin(node_id)
-                quiet = quiet + 1 if not removed and any(role == "primary" for _i, role in roles) else 0
+                led = self.cluster.mode == "dynamo" or any(role == "primary" for _i, role in roles)
+                quiet = quiet + 1 if not removed and led else 0
                 time.sleep(0.5)
 
 
