@@ -88,12 +88,69 @@ def membership(results, keys):
             c.stop_all()
 
 
+def dynamo_join(results, keys):
+    """Dynamo mode: a 3-node cluster holding `keys` keys, one client writing sequentially to node 1;
+    node 4 starts with --join and an empty data dir. Measured: the time until every member lists it,
+    the time until it has applied everything the cluster held when it started (the logs fetched, or
+    anti-entropy where they were trimmed), and the longest gap between two acknowledged writes
+    meanwhile. Then, the writer stopped, all four must converge."""
+    with tempfile.TemporaryDirectory() as d:
+        c = Cluster(d, size=3, mode="dynamo", args=["--log-level", "WARNING"], new_session=False, keys=False)
+        try:
+            c.start_all()
+            started = time.monotonic()
+            with c.nodes[1].client(timeout=30, retry=Retry(max_tries=3)) as db:
+                value = "v" * 16
+                for base in range(0, keys, LOAD_BATCH):
+                    db.put_many({f"key{i:08d}": value for i in range(base, min(keys, base + LOAD_BATCH))})
+            results["dynamo_join_keys"] = keys
+            wait_until(lambda: c.dynamo_converged(), 120, interval=0.1, message="loaded cluster converged")
+            results["dynamo_join_load_s"] = round(time.monotonic() - started, 1)
+            print(f"  dynamo: loaded {keys:,} keys in {results['dynamo_join_load_s']} s", flush=True)
+            writer = Writer([c.nodes[1].endpoint])
+            writer.start()
+            try:
+                wait_until(lambda: len(writer.acks) > 300, 30, message="writes flowing")
+                c.add_node(4)
+                target = c.nodes[1].status()["applied"]      # what the cluster held when node 4 started
+                t0 = time.monotonic()
+                c.start(4, wait=False)
+                wait_until(lambda: all(4 in [m["node_id"] for m in (c.nodes[i].status() or {}).get("members", [])]
+                                       for i in (1, 2, 3)), 60, interval=0.05, message="node 4 a member everywhere")
+                t1 = time.monotonic()
+
+                def holds_target():
+                    applied = (c.nodes[4].status() or {}).get("applied", {})
+                    return all(applied.get(origin, 0) >= seq for origin, seq in target.items())
+                wait_until(holds_target, 600, interval=0.05, message="node 4 holding what the cluster held")
+                t2 = time.monotonic()
+                results["dynamo_join_gap_ms"] = round(_longest_gap(writer.acks, t0, t2) * 1000, 1)
+            finally:
+                writer.stop.set()
+                writer.join(10)
+            wait_until(lambda: c.dynamo_converged(), 600, interval=0.2, message="four nodes converged")
+            results["dynamo_join_member_s"] = round(t1 - t0, 2)
+            results["dynamo_join_caught_up_s"] = round(t2 - t0, 2)
+            results["dynamo_join_write_failures"] = writer.failures
+        finally:
+            c.stop_all()
+
+
 def report_rows(r) -> list:
     """(name, value, note) rows for bench/run.py's table."""
     if "membership_join_to_voter_s" not in r:
-        return []
+        return []      # the dynamo rows come with the leader ones (one --only membership run)
     keys = f"{r['membership_keys']:,} keys"
-    return [
+    rows = []
+    if "dynamo_join_caught_up_s" in r:
+        rows = [
+            (f"dynamo 3 nodes, {r['dynamo_join_keys']:,} keys: --join to member everywhere / to holding them",
+             f"{r['dynamo_join_member_s']:.2f} s",
+             f"/ {r['dynamo_join_caught_up_s']:.1f} s (origin logs fetched under a sequential writer on node 1)"),
+            ("dynamo: longest write gap on node 1 during the join", f"{r['dynamo_join_gap_ms']:.0f} ms",
+             f"{r['dynamo_join_write_failures']} writes failed"),
+        ]
+    return rows + [
         (f"leader 3 nodes, {keys}: --join to voter", f"{r['membership_join_to_voter_s']:.2f} s",
          f"snapshot install under a sequential writer (target < 10 s); load took {r['membership_load_s']} s"),
         ("leader: longest write gap, quiet / join / remove secondary",

@@ -24,7 +24,7 @@ from zmqstore.testing.process import Cluster, NodeProcess, wait_until  # noqa: E
 
 from dynamo_bench import dynamo  # noqa: E402
 from failover import failover  # noqa: E402  (bench/ is on sys.path as the script's directory)
-from membership import membership, report_rows as membership_rows  # noqa: E402
+from membership import dynamo_join, membership, report_rows as membership_rows  # noqa: E402
 from security import report_rows as security_rows, security  # noqa: E402
 
 PIPELINE_DEPTH = 64
@@ -291,6 +291,7 @@ def main():
         failover(results, 2 if opts.quick else 7)
     if opts.only in (None, "membership"):
         membership(results, N(1_000_000))
+        dynamo_join(results, N(1_000_000))
     if opts.only in (None, "dynamo"):
         dynamo(results, N(40_000), 30 if opts.quick else 300, N(10_000))
     if opts.only in (None, "security"):

@@ -158,15 +158,18 @@ class Commands:
         return self._execute(Call("MEMBERS", (), _first))
 
     def add_member(self, node_id, host, port, pub_port=None, peer_port=None, key=None):
-        """Add a node as a learner (leader mode); the primary makes it a voter once it has caught up.
+        """Add a node. Leader mode: as a learner, which the primary makes a voter once it has caught
+        up; returns the seq of the membership entry that holds it. Dynamo mode: on the node talked
+        to, spreading from there; returns the counter of the node's record (docs/MEMBERSHIP.md).
         Ports default to port + 1000 (change stream) and port + 2000 (peer port); `key`: its public
-        key (Z85 text), required with keys. Returns the seq of the membership entry that holds it
-        (adding a member already there with the same addresses changes nothing)."""
+        key (Z85 text), required with keys. Adding a member already there with the same addresses
+        changes nothing."""
         return self._execute(Call("ADD_MEMBER", (node_id, host, port, pub_port, peer_port, key), _second))
 
     def remove_member(self, node_id):
-        """Remove a node (leader mode). Removing the primary makes it hand over to the lowest remaining
-        voter once the change is committed. Returns the seq of the membership entry without it."""
+        """Remove a node. Leader mode: removing the primary makes it hand over to the lowest remaining
+        voter once the change is committed; returns the seq of the membership entry without it.
+        Dynamo mode: returns the counter of the node's (removed) record."""
         return self._execute(Call("REMOVE_MEMBER", (node_id,), _second))
 
     def status(self):
