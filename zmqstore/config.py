@@ -19,7 +19,7 @@ ROLES = ("primary", "secondary")
 
 # [node] settings: who this node is. None means "derived" (see resolve()).
 NODE_DEFAULTS = {
-    "node_id": None,          # required: a positive integer, unique in the cluster
+    "node_id": None,          # required: an integer from 1 to 2^32 - 1, unique in the cluster
     "host": "127.0.0.1",      # address the ROUTER and PUB sockets bind to, and the source address of outgoing links
     "port": 9000,             # client ROUTER port (client requests only)
     "pub_port": None,         # PUB port for the change stream (peer plane); default port + 1000
@@ -59,6 +59,7 @@ CLUSTER_DEFAULTS = {
 _INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "log_retention", "max_key_size",
              "max_value_size", "max_batch_items", "max_request_size", "client_output_limit", "max_connections",
              "max_connections_per_host"}
+NODE_ID_END = 1 << 32     # node ids fit in 32 bits: a dynamo origin is node id << 32 | incarnation
 _FLOAT_KEYS = {"election_interval", "replication_timeout", "session_timeout"}
 _BOOL_KEYS = {"fsync", "insecure"}
 
@@ -267,6 +268,8 @@ def _convert_peer(raw) -> Peer:
         raise ConfigError(f"peer {raw!r} needs node_id, host and port (optional pub_port, peer_port) and "
                           f"nothing else")
     node_id = _convert("node_id", raw["node_id"])
+    if not 1 <= node_id < NODE_ID_END:
+        raise ConfigError(f"peer node_id = {node_id} must be an integer from 1 to {NODE_ID_END - 1}")
     port = _convert("port", raw["port"])
     pub_port = _convert("pub_port", raw.get("pub_port"))
     peer_port = _convert("peer_port", raw.get("peer_port"))
@@ -289,8 +292,8 @@ def _check_port(name, port):
 def _check(s) -> Config:
     if s["node_id"] is None:
         raise ConfigError("node_id is required: pass --node-id N or set node_id in [node]")
-    if s["node_id"] < 1:
-        raise ConfigError(f"node_id = {s['node_id']} must be a positive integer")
+    if not 1 <= s["node_id"] < NODE_ID_END:
+        raise ConfigError(f"node_id = {s['node_id']} must be an integer from 1 to {NODE_ID_END - 1}")
     if s["mode"] not in MODES:
         raise ConfigError(f"mode = {s['mode']!r}; use one of {', '.join(MODES)}")
     if s["role"] is not None and s["role"] not in ROLES:

@@ -82,6 +82,15 @@ def test_removing_a_dead_node_lets_tombstone_collection_proceed(cluster):
             db.put("x", 1, w=3)
         db.put("x", 1, w=2)
         assert db.get("k1") is None
+    # Node 3, restarted with its old flags, hears of its removal from the others (they keep asking
+    # it until it says it knows) and takes no writes that would reach no one.
+    c.start(3, wait=False)
+    c.nodes[3].wait_ready(15)
+    wait_until(lambda: status(c.nodes[3]).get("role") == "removed", 15, message="node 3 learned of its removal")
+    with c.nodes[3].client(retry=ONCE) as db:
+        with pytest.raises(errors.Unavailable, match="removed from the cluster"):
+            db.put("lost", 1)
+    wait_until(lambda: [p["node_id"] for p in status(c.nodes[1])["peers"]] == [2], 5, message="node 1's peers")
 
 
 def test_a_removed_node_learns_it_refuses_requests_and_rejoins_only_from_an_empty_data_dir(cluster, tmp_path):

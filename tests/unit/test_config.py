@@ -46,7 +46,9 @@ def test_peers_json_flag():
 
 BAD = [
     ({}, "node_id is required"),
-    ({"node_id": 0}, "positive"),
+    ({"node_id": 0}, "from 1 to 4294967295"),
+    ({"node_id": 1 << 32}, "from 1 to 4294967295"),
+    ({"node_id": 1, "peers": [{"node_id": 1 << 32, "host": "h", "port": 1}]}, "peer node_id"),
     ({"node_id": "x"}, "not an integer"),
     ({"node_id": 1, "mode": "raft"}, "mode"),
     ({"node_id": 1, "role": "boss"}, "role"),

@@ -107,7 +107,13 @@ def test_a_remove_waits_while_the_node_may_hold_writes_no_other_member_holds(tmp
         mode.commit()
         sent = [(to, body) for _kind, to, body in mode.out.take()]
         assert sorted(to for to, body in sent if b"DMEMBERS" in body) == [2, 3]
-        rep.tick(10.1 + 11)                     # LEAVING_GRACE later: no longer connected
+        # Node 3 stays connected, for status queries only, until it says it knows it was removed.
+        rep.tick(30.0)
+        assert sorted(to for _kind, to, body in mode.out.take() if b"DSTATUS" in body) == [2, 3]
+        fetch = protocol.PeerMessage("DFETCH", (3, engine.origin, 1))
+        rep.on_request(fetch, [b"node-3"], 30.0)
+        assert mode.out.take() == []            # nothing served to a removed node
+        rep.on_request(protocol.PeerMessage("DMEMBERS", (3, engine.membership.encoded)), [b"node-3"], 30.0)
         assert [m.node_id for m in mode.peer_list()] == [2]
     finally:
         mode.engine.storage.close()

@@ -15,7 +15,7 @@ from .layout import origin_name, origin_node
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
-LEAVING_GRACE = 10.0              # seconds a removed node stays connected, to hear that it was removed
+LEAVING_MAX = 3600.0              # seconds a removed node stays connected at most, until it says it knows
 
 log = logging.getLogger("zmqstore.dynamo")
 
@@ -58,7 +58,7 @@ class Replication:
         self.views = {}                 # member id -> PeerReport, every member but this node
         self.addresses = {}             # member id -> its client address
         self.contacts = ()              # the peers to connect to and admit: members, and the leaving
-        self._leaving = {}              # removed node id -> (Member, until when it stays connected)
+        self._leaving = {}              # removed node id -> (Member, until when it stays connected at most)
         self._members_sent = {}         # node id -> when it was last sent DMEMBERS for a digest mismatch
         self._now = now
         self._fetching = {}             # origin -> (deadline, peer) of the fetch in flight
@@ -79,6 +79,8 @@ class Replication:
         self._read_ids = 0
         self.reads_done = 0             # quorum reads whose answers are all in (modes.DynamoMode.progress)
         self.read_repairs = 0
+        if engine.membership.removed_by is not None:     # removed: its old peers may ask whether it knows
+            self._leaving = {n: (m, now + LEAVING_MAX) for n, m in engine.membership.peers.items()}
         self._follow(engine.membership)
         engine.on_membership = self._membership_changed
 
@@ -95,9 +97,9 @@ class Replication:
             self._leaving = {nid: v for nid, v in self._leaving.items() if v[1] > now}
             self._set_contacts()
         if self.engine.membership.removed_by is not None:
-            return      # removed: it only answers status queries, with its membership, while leaving
+            return      # removed: it only answers status queries, with its membership
         status = self._status_message("DSTATUS")
-        for node_id in self.views:
+        for node_id in (*self.views, *self._leaving):    # the leaving: until they say they know
             self.out.send_to(node_id, status)
         self.anti_entropy.tick(now)
 
@@ -235,8 +237,9 @@ class Replication:
                                     e.membership.digest)
 
     def on_request(self, message, envelope, now):
-        if self.engine.membership.removed_by is not None and message.command != "DSTATUS":
-            return      # removed: it sends nothing but its membership (_on_status)
+        if message.command not in ("DSTATUS", "DMEMBERS") and (
+                self.engine.membership.removed_by is not None or message.fields[0] not in self.views):
+            return      # removed, or from a removed node: only memberships are exchanged (_on_status)
         handler = self._handlers.get(message.command)
         if handler is None:
             log.debug("ignoring %s in dynamo mode", message.command)
@@ -256,9 +259,10 @@ class Replication:
 
     def _on_status(self, fields, now):
         node_id, applied, digest, keys, conflicts, tombstones, _address, members_digest = fields
-        if members_digest != self.engine.membership.digest:
-            # Different records: send ours (it merges them, and sends its own when ours lack
-            # some), at most once a heartbeat. A node removed a moment ago learns so here.
+        # Different records: send ours (it merges them, and sends its own when ours lack some), at
+        # most once a heartbeat. A removed node learns so here; a node that knows it was removed
+        # answers every status query with its records, which tells the asker that it knows.
+        if members_digest != self.engine.membership.digest or self.engine.membership.removed_by is not None:
             if node_id in self.views or node_id in self._leaving:
                 if now - self._members_sent.get(node_id, -1e9) >= self.config.heartbeat_interval:
                     self._members_sent[node_id] = now
@@ -361,27 +365,37 @@ class Replication:
         return protocol.encode_peer("DMEMBERS", self.engine.node_id, self.engine.membership.encoded)
 
     def _on_members(self, fields, envelope, now):
-        """A member's records: merged into ours; when that changes ours, the engine adopts it."""
+        """A member's records: merged into ours; when that changes ours, the engine adopts it. A
+        removed node's records are not merged: they only say whether it knows it was removed
+        (then it is let go)."""
         node_id, raw = fields
-        if node_id not in self.views:
+        if node_id not in self.views and node_id not in self._leaving:
             return
         try:
-            merged = self.engine.membership.merge(protocol.decode_dynamo_members(raw))
+            records = protocol.decode_dynamo_members(raw)
         except errors.MalformedMessage as exc:
             log.warning("membership from node %d refused: %s", node_id, exc)
             return
+        if node_id not in self.views:
+            if any(r.node_id == node_id and r.removed for r in records):
+                del self._leaving[node_id]
+                self._members_sent.pop(node_id, None)
+                self._set_contacts()
+            return
+        merged = self.engine.membership.merge(records)
         if merged is not None:
             self.engine.set_membership(merged)
 
     def _membership_changed(self, old, new):
         """The engine adopted a new membership (made here, or merged): tell every node of the old and
         the new one (after this iteration's commit), and follow it. A removed member stays connected
-        for LEAVING_GRACE seconds, so that it can hear that it was removed; while it is removed,
-        this node keeps its old peers so, then goes quiet."""
+        (status queries and its change stream only) until it says it knows it was removed, or for
+        LEAVING_MAX; a node that was removed itself keeps its old peers so, answering their status
+        queries with its records."""
         body = self._members_message()
         for node_id in sorted(set(old.peers) | set(new.peers)):
             self.out.send_to(node_id, body)
-        until = self._now + LEAVING_GRACE
+        until = self._now + LEAVING_MAX
         gone = old.peers if new.removed_by is not None else {n: m for n, m in old.peers.items() if n not in new.peers}
         for node_id, member in gone.items():
             self._leaving[node_id] = (member, until)
