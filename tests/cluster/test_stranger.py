@@ -270,7 +270,7 @@ def test_a_forged_dynamo_membership_changes_nothing(make_cluster, stranger):
     own = [protocol.DynamoMember(n.node_id, n.host, n.port, n.pub_port, n.peer_port, None, 9, True, 2)
            for n in c.nodes.values()]
     forged = protocol.encode_peer("DMEMBERS", 2, protocol.encode_dynamo_members(
-        [*own, protocol.DynamoMember(9, STRANGER, 9000, 10000, 11000, None, 9, False, 2)]))
+        [*own, protocol.DynamoMember(9, STRANGER, 9000, 10000, 11000, None, 9, False, 2)]), [])
     sock = stranger.dealer(one.host, one.peer_port)
     send(sock, forged)
     wait_until(lambda: f"refused a connection from {STRANGER}" in one.log(), 10, message="the stranger refused")
@@ -287,7 +287,7 @@ def test_a_forged_dynamo_membership_changes_nothing(make_cluster, stranger):
         control.setsockopt(zmq.IDENTITY, b"node-2")
         control.connect(f"tcp://{c.nodes[2].host}:0;{one.host}:{one.peer_port}")
         send(control, protocol.encode_peer("DMEMBERS", 2, protocol.encode_dynamo_members(
-            [protocol.DynamoMember(9, "127.0.0.10", 9000, 10000, 11000, None, 1, False, 2)])))
+            [protocol.DynamoMember(9, "127.0.0.10", 9000, 10000, 11000, None, 1, False, 2)]), []))
         wait_until(lambda: 9 in [m["node_id"] for m in (one.status() or {}).get("members", [])], 10,
                    message="a member's DMEMBERS heard")
     finally:

@@ -113,7 +113,14 @@ def test_a_remove_waits_while_the_node_may_hold_writes_no_other_member_holds(tmp
         fetch = protocol.PeerMessage("DFETCH", (3, engine.origin, 1))
         rep.on_request(fetch, [b"node-3"], 30.0)
         assert mode.out.take() == []            # nothing served to a removed node
-        rep.on_request(protocol.PeerMessage("DMEMBERS", (3, engine.membership.encoded)), [b"node-3"], 30.0)
+        # Its records say it was removed, and it holds writes this node lacks: still connected, and
+        # they are fetched from it.
+        knows = protocol.PeerMessage("DMEMBERS", (3, engine.membership.encoded, [[other, 5]]))
+        rep.on_request(knows, [b"node-3"], 30.0)
+        assert [m.node_id for m in mode.peer_list()] == [2, 3]
+        assert [to for _kind, to, body in mode.out.take() if b"DFETCH" in body] == [3]
+        engine.applied[other] = engine.durable_applied[other] = 5     # as if fetched and flushed
+        rep.on_request(knows, [b"node-3"], 30.5)
         assert [m.node_id for m in mode.peer_list()] == [2]
     finally:
         mode.engine.storage.close()

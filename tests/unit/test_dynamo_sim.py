@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from zmqstore import config, faults, protocol
+from zmqstore import config, errors, faults, join, protocol
 from zmqstore.modes import DynamoMode
 from zmqstore.sends import Sends
 from zmqstore.storage import Storage
@@ -28,12 +28,15 @@ KEYS = [b"k%d" % i for i in range(6)]     # few keys: concurrent writes to one k
 class SimNode:
     """A node without its loop: its real DynamoMode, and what node.py does around it."""
 
-    def __init__(self, net, node_id, data_dir):
+    def __init__(self, net, node_id, data_dir, joined=None):
+        """joined: (counter, members) of the ADD_MEMBER reply that added this node (--join)."""
         self.net, self.node_id = net, node_id
+        flags = {"join": "127.0.0.2:9000"} if joined else {"peers": [p for p in PEERS if p["node_id"] != node_id]}
         self.cfg = config.resolve(None, {"node_id": node_id, "mode": "dynamo", "host": f"127.0.0.{node_id + 1}",
-                                         "port": 9000, "data_dir": data_dir, "fsync": False,
-                                         "peers": [p for p in PEERS if p["node_id"] != node_id]})
+                                         "port": 9000, "data_dir": data_dir, "fsync": False, **flags})
         self.storage = Storage.open(data_dir, node_id, "dynamo", fsync=False)
+        if joined:
+            join._record(self.cfg, self.storage, *joined)     # what join_cluster records
         self.mode = DynamoMode(Sends(), self.storage, self.cfg, faults.NONE, net.now)
         self.engine, self.rep, self.peering = self.mode.engine, self.mode.replication, self.mode.peering
         self.next_tick = net.now + random.Random(node_id).uniform(0, 0.1)
@@ -77,8 +80,10 @@ class SimNet(SimNetwork):
 
     def _write(self):
         """Read a key's versions on one node, then put (or delete) with that context there. The
-        write is acknowledged once its batch is flushed: at once, here."""
-        node = self.nodes[self.rng.choice(IDS)]
+        write is acknowledged once its batch is flushed: at once, here. A removed node refuses."""
+        node = self.nodes[self.rng.choice(sorted(self.nodes))]
+        if node.engine.membership.removed_by is not None:
+            return
         key = self.rng.choice(KEYS)
         siblings, raw_ctx = self._call(node, "GET_VERSIONS", key)
         seen = tuple((origin, seq, None if value is None else protocol.unpack_value(value))
@@ -96,6 +101,27 @@ class SimNet(SimNetwork):
         flight to it are lost, and it comes back from its data dir with a new origin."""
         self.nodes[node_id] = SimNode(self, node_id, self.crash(node_id).storage.path)
 
+    def change(self, via, command, *args):
+        """ADD_MEMBER or REMOVE_MEMBER on node `via`, as a client sends it (modes.DynamoMode.handle,
+        its removal check included); the reply's result, or the error raised."""
+        node = self.nodes[via]
+        self.values += 1
+        body = protocol.encode_request(command, b"sim-admin", self.values, self.values, *args)
+        try:
+            reply, _until = node.mode.handle(protocol.decode_request(body), [b"admin"], self.now)
+        except errors.ZmqstoreError as exc:
+            return exc
+        node.end_iteration()
+        return protocol.decode_reply(reply).result
+
+    def join(self, node_id, via, tmp_path):
+        """A new node started with --join through `via`."""
+        result = self.change(via, "ADD_MEMBER", node_id, f"127.0.0.{node_id + 1}", 9000, None, None, None)
+        counter, records = result[1], result[2]
+        members = [protocol.Member(r["node_id"], r["host"], r["port"], r["pub_port"], r["peer_port"], True, None)
+                   for r in records]
+        self.nodes[node_id] = SimNode(self, node_id, str(tmp_path / f"n{node_id}"), joined=(counter, members))
+
     def finals(self):
         out = {}
         for node_id, node in self.nodes.items():
@@ -111,6 +137,8 @@ class SimNet(SimNetwork):
 
     def converged(self):
         engines = [n.engine for n in self.nodes.values()]
+        if len({e.membership.encoded for e in engines}) != 1:
+            return False
         return (len({e.durable_digest for e in engines}) == 1
                 and all(e.durable_applied == engines[0].durable_applied for e in engines))
 
@@ -142,3 +170,45 @@ def test_random_partitions_drops_and_restarts_converge_without_losing_a_write(ne
     sim.random_phases(rng, 6)
     verdict = settle_and_check(sim)
     assert verdict.acknowledged > 50
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_membership_changes_under_faults_converge_without_losing_a_write(net, seed, tmp_path):
+    """Node 4 joins through a random member and a random node is removed through another while
+    links are cut, messages dropped and nodes restarted. The removal is asked until the asked node
+    takes it (it refuses while the target holds writes it lacks, and a node that has not heard of
+    node 4 yet answers that it is no member); the removed node learns it and
+    stops taking writes. At the end every node holds the same membership, the removed node out, and
+    the remaining nodes the same data, with no acknowledged write lost."""
+    sim = net(seed)
+    rng = random.Random(3000 + seed)
+    sim.run(0.5)
+    sim.random_phases(rng, 2)
+    sim.join(4, rng.choice(IDS), tmp_path / f"seed{seed}")
+    sim.random_phases(rng, 2)
+    target = rng.choice((1, 2, 3, 4))
+    via = rng.choice([n for n in (1, 2, 3, 4) if n != target])
+    for _ in range(200):
+        # Unavailable while the target holds writes `via` lacks; "not a member" while `via` has not
+        # heard of node 4 yet: asked again once the records have spread.
+        result = sim.change(via, "REMOVE_MEMBER", target)
+        if not isinstance(result, errors.ZmqstoreError) and result[0]:
+            break
+        assert isinstance(result, errors.Unavailable) or target not in sim.nodes[via].engine.membership.members
+        sim.heal()
+        sim.run(0.1)
+    assert result[0] is True, result
+    sim.random_phases(rng, 2)
+    sim.heal()
+    for _ in range(40):
+        sim.run(0.5, writes_per_step=0)
+        if sim.nodes[target].engine.role == "removed":
+            break
+    assert sim.nodes[target].engine.role == "removed"
+    removed = sim.nodes.pop(target)
+    try:
+        verdict = settle_and_check(sim)
+    finally:
+        removed.storage.close()
+    assert sorted(sim.nodes[via].engine.membership.members) == sorted((set(IDS) | {4}) - {target})
+    assert verdict.acknowledged > 30

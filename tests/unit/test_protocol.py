@@ -189,7 +189,7 @@ PEER_VALID = {
     "DREAD": (2, 99, b"k"),
     "DREAD_REPLY": (1, 99, None, []),
     "DPUSH": (2, b"k", b"state"),
-    "DMEMBERS": (2, b"records"),
+    "DMEMBERS": (2, b"records", [[(2 << 32) + 9, 3]]),
 }
 
 

@@ -15,7 +15,7 @@ from .layout import origin_name, origin_node
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
-LEAVING_MAX = 3600.0              # seconds a removed node stays connected at most, until it says it knows
+LEAVING_MAX = 3600.0              # seconds a removed node stays connected at most (Leaving)
 
 log = logging.getLogger("zmqstore.dynamo")
 
@@ -31,6 +31,18 @@ class PeerReport:
         self.digest = None
         self.keys = self.conflicts = self.tombstones = 0
         self.heard = None
+
+
+class Leaving:
+    """A node removed lately, kept connected until it knows (its DMEMBERS says it was removed) and
+    this node has applied every write it reported holding, or for LEAVING_MAX."""
+
+    __slots__ = ("member", "until", "knows", "applied")
+
+    def __init__(self, member, until):
+        self.member, self.until = member, until
+        self.knows = False
+        self.applied = {}
 
 
 class QuorumRead:
@@ -58,7 +70,7 @@ class Replication:
         self.views = {}                 # member id -> PeerReport, every member but this node
         self.addresses = {}             # member id -> its client address
         self.contacts = ()              # the peers to connect to and admit: members, and the leaving
-        self._leaving = {}              # removed node id -> (Member, until when it stays connected at most)
+        self._leaving = {}              # removed node id -> Leaving
         self._members_sent = {}         # node id -> when it was last sent DMEMBERS for a digest mismatch
         self._now = now
         self._fetching = {}             # origin -> (deadline, peer) of the fetch in flight
@@ -80,7 +92,7 @@ class Replication:
         self.reads_done = 0             # quorum reads whose answers are all in (modes.DynamoMode.progress)
         self.read_repairs = 0
         if engine.membership.removed_by is not None:     # removed: its old peers may ask whether it knows
-            self._leaving = {n: (m, now + LEAVING_MAX) for n, m in engine.membership.peers.items()}
+            self._leaving = {n: Leaving(m, now + LEAVING_MAX) for n, m in engine.membership.peers.items()}
         self._follow(engine.membership)
         engine.on_membership = self._membership_changed
 
@@ -93,13 +105,13 @@ class Replication:
     # ------------------------------------------------------------ timers
 
     def tick(self, now):
-        if self._leaving and any(until <= now for _m, until in self._leaving.values()):
-            self._leaving = {nid: v for nid, v in self._leaving.items() if v[1] > now}
+        if self._leaving and any(v.until <= now for v in self._leaving.values()):
+            self._leaving = {nid: v for nid, v in self._leaving.items() if v.until > now}
             self._set_contacts()
         if self.engine.membership.removed_by is not None:
             return      # removed: it only answers status queries, with its membership
         status = self._status_message("DSTATUS")
-        for node_id in (*self.views, *self._leaving):    # the leaving: until they say they know
+        for node_id in (*self.views, *self._leaving):    # the leaving: until released (Leaving)
             self.out.send_to(node_id, status)
         self.anti_entropy.tick(now)
 
@@ -237,10 +249,13 @@ class Replication:
                                     e.membership.digest)
 
     def on_request(self, message, envelope, now):
-        if message.command not in ("DSTATUS", "DMEMBERS") and (
-                self.engine.membership.removed_by is not None or message.fields[0] not in self.views):
-            return      # removed, or from a removed node: only memberships are exchanged (_on_status)
-        handler = self._handlers.get(message.command)
+        command = message.command
+        if self.engine.membership.removed_by is not None:
+            if command not in ("DSTATUS", "DFETCH"):
+                return      # removed: it answers status queries and serves its writes, nothing else
+        elif command not in ("DSTATUS", "DMEMBERS") and message.fields[0] not in self.views:
+            return          # from a removed node: memberships and status only
+        handler = self._handlers.get(command)
         if handler is None:
             log.debug("ignoring %s in dynamo mode", message.command)
             return
@@ -254,8 +269,7 @@ class Replication:
 
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
-        if self.engine.membership.removed_by is None:
-            self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
+        self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
 
     def _on_status(self, fields, now):
         node_id, applied, digest, keys, conflicts, tombstones, _address, members_digest = fields
@@ -269,6 +283,8 @@ class Replication:
                     self.out.send_to(node_id, self._members_message())
         view = self.views.get(node_id)
         if view is None:
+            if node_id in self._leaving and self.engine.membership.removed_by is None:
+                self._on_leaving_status(node_id, protocol.vector_from_pairs(applied), now)
             return
         applied = protocol.vector_from_pairs(applied)
         self.engine.check_remote(0, (applied,))
@@ -346,8 +362,8 @@ class Replication:
                             origin_name(origin), first)
             return
         self.engine.apply_remote(origin, entries)
-        view = self.views.get(sender)
-        if view is not None and view.applied.get(origin, 0) > self.engine.applied.get(origin, 0):
+        reported = self._reported(sender)
+        if reported.get(origin, 0) > self.engine.applied.get(origin, 0):
             self._fetch(origin, sender, now)   # more to catch up: the next page at once
 
     def _on_change(self, fields, now):
@@ -356,19 +372,20 @@ class Replication:
         if gap:
             self._gaps += 1
             node_id = origin_node(origin)
-            if node_id in self.views:
+            if node_id in self.views or node_id in self._leaving:
                 self._fetch(origin, node_id, now)
 
     # ------------------------------------------------------------ membership (docs/MEMBERSHIP.md)
 
     def _members_message(self):
-        return protocol.encode_peer("DMEMBERS", self.engine.node_id, self.engine.membership.encoded)
+        e = self.engine
+        return protocol.encode_peer("DMEMBERS", e.node_id, e.membership.encoded, protocol.vector_pairs(e.durable_applied))
 
     def _on_members(self, fields, envelope, now):
         """A member's records: merged into ours; when that changes ours, the engine adopts it. A
         removed node's records are not merged: they only say whether it knows it was removed
         (then it is let go)."""
-        node_id, raw = fields
+        node_id, raw, applied = fields
         if node_id not in self.views and node_id not in self._leaving:
             return
         try:
@@ -377,10 +394,10 @@ class Replication:
             log.warning("membership from node %d refused: %s", node_id, exc)
             return
         if node_id not in self.views:
-            if any(r.node_id == node_id and r.removed for r in records):
-                del self._leaving[node_id]
-                self._members_sent.pop(node_id, None)
-                self._set_contacts()
+            if any(r.node_id == node_id and r.removed for r in records) and self.engine.membership.removed_by is None:
+                # It knows, so it takes no more writes: what it holds now is all it will hold.
+                self._leaving[node_id].knows = True
+                self._on_leaving_status(node_id, protocol.vector_from_pairs(applied), now)
             return
         merged = self.engine.membership.merge(records)
         if merged is not None:
@@ -398,7 +415,10 @@ class Replication:
         until = self._now + LEAVING_MAX
         gone = old.peers if new.removed_by is not None else {n: m for n, m in old.peers.items() if n not in new.peers}
         for node_id, member in gone.items():
-            self._leaving[node_id] = (member, until)
+            leaving = self._leaving[node_id] = Leaving(member, until)
+            view = self.views.get(node_id)
+            if view is not None:
+                leaving.applied = view.applied
         for node_id in new.peers:
             self._leaving.pop(node_id, None)
         self._follow(new)
@@ -423,11 +443,39 @@ class Replication:
 
     def _set_contacts(self):
         peers = {} if self.engine.membership.removed_by is not None else dict(self.engine.membership.peers)
-        for node_id, (member, _until) in self._leaving.items():
-            peers.setdefault(node_id, member)
+        for node_id, leaving in self._leaving.items():
+            peers.setdefault(node_id, leaving.member)
         contacts = tuple(peers[n] for n in sorted(peers))
         if contacts != self.contacts:
             self.contacts = contacts
+
+    def _reported(self, node_id) -> dict:
+        """The applied vector a member or a leaving node last reported ({}: none)."""
+        view = self.views.get(node_id)
+        if view is not None:
+            return view.applied
+        leaving = self._leaving.get(node_id)
+        return leaving.applied if leaving is not None else {}
+
+    def _on_leaving_status(self, node_id, applied, now):
+        """A removed node's status: fetch the writes it holds and this node lacks (it may have taken
+        some before it heard of its removal); let it go once it knows and nothing is left."""
+        self.engine.check_remote(0, (applied,))
+        leaving = self._leaving[node_id]
+        leaving.applied = {o: max(s, leaving.applied.get(o, 0)) for o, s in applied.items()}
+        mine = self.engine.applied
+        for origin, seq in applied.items():
+            if seq > mine.get(origin, 0) and origin != self.engine.origin:
+                self._fetch(origin, node_id, now)
+        self._release(node_id)
+
+    def _release(self, node_id):
+        leaving = self._leaving[node_id]
+        mine = self.engine.durable_applied
+        if leaving.knows and all(seq <= mine.get(o, 0) for o, seq in leaving.applied.items()):
+            del self._leaving[node_id]
+            self._members_sent.pop(node_id, None)
+            self._set_contacts()
 
     def check_removal(self, node_id, now):
         """Refuse (Unavailable, retryable) to remove a node while it may hold writes no other member

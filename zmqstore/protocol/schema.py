@@ -114,8 +114,9 @@ PEER_MESSAGES = {
     "DREAD_REPLY": (("sender_id", UINT), ("read_id", UINT), ("state", OPT_BIN), ("applied", VECTOR)),
     "DPUSH": (("node_id", UINT), ("key", KEY), ("state", BIN)),
     # membership (docs/MEMBERSHIP.md, "Dynamo mode"): the sender's whole membership, every record
-    # stamped (codec.encode_dynamo_members); the receiver merges it into its own
-    "DMEMBERS": (("node_id", UINT), ("members", BIN)),
+    # stamped (codec.encode_dynamo_members), which the receiver merges into its own; and its durable
+    # applied vector (what a removed node holds, for the nodes that let it go)
+    "DMEMBERS": (("node_id", UINT), ("members", BIN), ("applied", VECTOR)),
 }
 
 # Where each peer message names the node that sent it: the index of that field (DCHANGE names its
