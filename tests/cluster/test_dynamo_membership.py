@@ -6,20 +6,12 @@ import pytest
 
 from zmqstore import errors
 from zmqstore.client import Retry
-from zmqstore.testing.process import Cluster, Writer, wait_until
+from zmqstore.testing.process import Writer, wait_until
+
+from test_dynamo import cluster  # noqa: F401 (the fixture: a started 3-node dynamo cluster)
 
 ONCE = Retry(max_tries=1)
 PATIENT = Retry(max_tries=50, deadline=20.0)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, size=3, mode="dynamo", args=["--log-level", "DEBUG"])
-    try:
-        c.start_all()
-        yield c
-    finally:
-        c.stop_all()
 
 
 def status(node):

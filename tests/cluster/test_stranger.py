@@ -119,11 +119,7 @@ def test_forged_acks_do_not_acknowledge_a_write_without_its_quorum(make_cluster,
     c.nodes[3].kill()
     member = Stranger(source=c.nodes[3].host)
     try:
-        control = member.ctx.socket(zmq.DEALER)
-        member.socks.append(control)
-        control.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.IDENTITY, b"node-3")
-        control.connect(f"tcp://{c.nodes[3].host}:0;{primary.host}:{primary.peer_port}")
+        control = member.dealer(primary.host, primary.peer_port, identity=b"node-3")
         stop = threading.Event()
         entry = primary.status()["last_seq"] + 1        # the seq the control's write will get
 
@@ -281,11 +277,7 @@ def test_a_forged_dynamo_membership_changes_nothing(make_cluster, stranger):
     # keys, docs/SECURITY.md): node 9 becomes a member of node 1's view.
     member = Stranger(source=c.nodes[2].host)
     try:
-        control = member.ctx.socket(zmq.DEALER)
-        member.socks.append(control)
-        control.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.IDENTITY, b"node-2")
-        control.connect(f"tcp://{c.nodes[2].host}:0;{one.host}:{one.peer_port}")
+        control = member.dealer(one.host, one.peer_port, identity=b"node-2")
         send(control, protocol.encode_peer("DMEMBERS", 2, protocol.encode_dynamo_members(
             [protocol.DynamoMember(9, "127.0.0.10", 9000, 10000, 11000, None, 1, False, 2)]), []))
         wait_until(lambda: 9 in [m["node_id"] for m in (one.status() or {}).get("members", [])], 10,

@@ -192,7 +192,7 @@ def test_a_tombstone_is_not_collected_while_a_concurrent_write_may_still_arrive(
         b.flush()
         rep = Replication(Sends(), a, cfgs[1], 0.0)
         view = rep.views[2]
-        view.applied, view.heard = dict(b.durable_applied), 0.0
+        view.applied, view.heard, view.members = dict(b.durable_applied), 0.0, a.membership.digest
         assert rep.stable_vector()[a.origin] == 2       # the tombstone is stable ...
         for _ in range(3):
             rep.housekeeping(0.0)

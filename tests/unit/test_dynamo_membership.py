@@ -130,3 +130,30 @@ def test_a_remove_waits_while_the_node_may_hold_writes_no_other_member_holds(tmp
         assert sorted(load_membership(storage, cfg).members) == [1, 2]
     finally:
         storage.close()
+
+
+def test_nothing_is_collected_while_a_member_reports_another_membership(tmp_path):
+    """A node added elsewhere and not heard of here may be writing: while any member's status
+    carries another membership digest, no tombstone is collected; once they agree, it is."""
+    cfg = config.resolve(None, {"node_id": 1, "mode": "dynamo", "data_dir": str(tmp_path / "n1"), "peers": [
+        {"node_id": 2, "host": "127.0.0.1", "port": 9002}]})
+    mode = DynamoMode(Sends(), Storage.open(cfg.data_dir, 1, "dynamo"), cfg, faults.NONE, 0.0)
+    try:
+        rep, engine = mode.replication, mode.engine
+        for rid, command, args in ((8, "PUT", (b"k", protocol.pack_value(1))), (9, "DEL", (b"k",))):
+            engine.handle(protocol.decode_request(protocol.encode_request(command, b"c", rid, rid, *args)))
+            engine.flush()
+        assert engine.tombstones == 1
+        view = rep.views[2]
+        view.applied, view.heard, view.members = dict(engine.durable_applied), 0.0, engine.membership.digest ^ 1
+        for t in range(5):
+            rep.housekeeping(float(t))
+            engine.flush()
+        assert engine.tombstones == 1           # node 2 knows another membership: nothing collected
+        view.members = engine.membership.digest
+        for t in range(5, 10):
+            rep.housekeeping(float(t))
+            engine.flush()
+        assert engine.tombstones == 0
+    finally:
+        engine.storage.close()

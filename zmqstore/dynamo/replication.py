@@ -24,11 +24,12 @@ class PeerReport:
     """What a peer last reported of itself (DSTATUS, DSTATUS_REPLY): applied vector, digest, counts.
     (Leader mode's counterpart, what a peer said in ROLE, is election.PeerView.)"""
 
-    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard")
+    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members")
 
     def __init__(self):
         self.applied = {}
         self.digest = None
+        self.members = None     # the digest of its membership
         self.keys = self.conflicts = self.tombstones = 0
         self.heard = None
 
@@ -78,7 +79,7 @@ class Replication:
         self._gaps = 0
         self._mismatch = {}             # peer -> consecutive reports with equal applied, other digest
         self._resync_from = {}          # peer -> {origin: its first seq}: it trimmed entries we lack
-        self._checkpoints = []          # (stable vector, max vector) at recent housekeeping passes
+        self._checkpoints = []          # (stable vector, max vector, membership digest) at recent housekeeping passes
         self.anti_entropy = ae = AntiEntropy(out, engine)     # antientropy.py
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
                           "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": self._on_read,
@@ -129,18 +130,22 @@ class Replication:
         vector covers. A write concurrent with a tombstone that was stable at c was made by its
         origin before that origin applied the tombstone, so before c, so M_c covers it; now that
         every node has applied M_c, every node holds that write, and a key collected from here on
-        cannot receive a write it did not see (on one node collected, on another a sibling)."""
+        cannot receive a write it did not see (on one node collected, on another a sibling).
+        That needs "every node" to be every node that can write: so nothing is collected while a
+        member reports another membership than this node's (a node added elsewhere, not heard of
+        here yet, may be writing), and only checkpoints taken under the current one count."""
         stable_now = self.stable_vector()
-        if stable_now is None:
+        digest = self.engine.membership.digest
+        if stable_now is None or any(view.members != digest for view in self.views.values()):
             return None
         most = dict(self.engine.durable_applied)
         for view in self.views.values():
             for o, seq in view.applied.items():
                 if seq > most.get(o, 0):
                     most[o] = seq
-        self._checkpoints = (self._checkpoints + [(stable_now, most)])[-GC_CHECKPOINTS:]
-        for stable_c, most_c in reversed(self._checkpoints[:-1]):
-            if all(stable_now.get(o, 0) >= seq for o, seq in most_c.items()):
+        self._checkpoints = (self._checkpoints + [(stable_now, most, digest)])[-GC_CHECKPOINTS:]
+        for stable_c, most_c, digest_c in reversed(self._checkpoints[:-1]):
+            if digest_c == digest and all(stable_now.get(o, 0) >= seq for o, seq in most_c.items()):
                 return stable_c
         return None
 
@@ -290,7 +295,7 @@ class Replication:
         self.engine.check_remote(0, (applied,))
         view.applied = applied
         view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
-        view.heard = now
+        view.heard, view.members = now, members_digest
         self._note_acked(node_id, view.applied.get(self.engine.origin, 0))
         mine = self.engine.applied
         behind = False

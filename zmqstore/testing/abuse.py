@@ -22,15 +22,18 @@ class Stranger:
         self.ctx = zmq.Context()
         self.socks = []
 
-    def _sock(self, kind, host, port):
+    def _sock(self, kind, host, port, identity=None):
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            sock.setsockopt(zmq.IDENTITY, identity)
         sock.connect(f"tcp://{self.source}:0;{host}:{port}")
         self.socks.append(sock)
         return sock
 
-    def dealer(self, host, port):
-        return self._sock(zmq.DEALER, host, port)
+    def dealer(self, host, port, identity=None):
+        """A DEALER to host:port; `identity` (e.g. b"node-3") as a node's DEALER names itself."""
+        return self._sock(zmq.DEALER, host, port, identity)
 
     def sub(self, host, port):
         sock = self._sock(zmq.SUB, host, port)
