@@ -75,9 +75,11 @@ def test_changes_are_checked():
     assert m.removing(9, changer=1) is None
     with pytest.raises(errors.BadArgument, match="last member"):
         flags(1, (1,)).removing(1, changer=1)
+    with pytest.raises(errors.BadArgument, match="has had 256 node ids"):
+        flags(1, range(1, protocol.DYNAMO_IDS_MAX + 1)).adding(member(999), changer=1)
     too_many = flags(1, range(1, protocol.DYNAMO_RECORDS_MAX + 1))
     with pytest.raises(errors.MalformedMessage):
-        flags(1, (1,)).merge(too_many.records.values()).merge(flags(1, (300,)).records.values())
+        flags(1, (1,)).merge(too_many.records.values()).merge(flags(1, (600,)).records.values())
     assert m.removing(1, changer=1).removed_by == 1
 
 
@@ -115,19 +117,24 @@ def test_a_remove_waits_while_the_node_may_hold_writes_no_other_member_holds(tmp
         assert mode.out.take() == []            # nothing served to a removed node
         # Its records say it was removed, and it holds writes this node lacks: still connected, and
         # they are fetched from it.
-        knows = protocol.PeerMessage("DMEMBERS", (3, engine.membership.encoded, [[other, 5]]))
+        # (It had added node 9 while cut off: its records are merged, node 9 becomes a member here.)
+        records = engine.membership.adding(member(9), changer=3).encoded
+        knows = protocol.PeerMessage("DMEMBERS", (3, records, [[other, 5]]))
         rep.on_request(knows, [b"node-3"], 30.0)
-        assert [m.node_id for m in mode.peer_list()] == [2, 3]
+        assert sorted(engine.membership.members) == [1, 2, 9]
+        assert [m.node_id for m in mode.peer_list()] == [2, 3, 9]
         assert [to for _kind, to, body in mode.out.take() if b"DFETCH" in body] == [3]
         engine.applied[other] = engine.durable_applied[other] = 5     # as if fetched and flushed
         rep.on_request(knows, [b"node-3"], 30.5)
-        assert [m.node_id for m in mode.peer_list()] == [2]
+        assert [m.node_id for m in mode.peer_list()] == [2, 9]
+        assert rep.status(31.0)["leaving"] == []
+        mode.commit()
     finally:
         mode.engine.storage.close()
     # The record outlives a restart and beats the flags (which still name node 3).
     storage = Storage.open(cfg.data_dir, 1, "dynamo")
     try:
-        assert sorted(load_membership(storage, cfg).members) == [1, 2]
+        assert sorted(load_membership(storage, cfg).members) == [1, 2, 9]
     finally:
         storage.close()
 

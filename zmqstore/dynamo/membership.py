@@ -8,7 +8,7 @@ import hashlib
 
 from .. import errors, protocol
 from ..leader.membership import check_new_member
-from ..protocol import DYNAMO_RECORDS_MAX, DynamoMember
+from ..protocol import DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember
 
 
 class DynamoMembership:
@@ -83,8 +83,8 @@ class DynamoMembership:
             raise errors.BadArgument(f"node {member.node_id} is already a member at {old.member.address} (peer "
                                      f"port {old.peer_port}, change stream {old.pub_port}); remove it first to "
                                      f"change its addresses or key")
-        if old is None and len(self.records) >= DYNAMO_RECORDS_MAX:
-            raise errors.BadArgument(f"this cluster has had {DYNAMO_RECORDS_MAX} node ids; reuse a removed one")
+        if old is None and len(self.records) >= DYNAMO_IDS_MAX:
+            raise errors.BadArgument(f"this cluster has had {DYNAMO_IDS_MAX} node ids; reuse a removed one")
         check_new_member(self.members.values(), member)
         counter = old.counter + 1 if old is not None else 1
         return self._with(DynamoMember(member.node_id, member.host, member.port, member.pub_port, member.peer_port,

@@ -15,7 +15,7 @@ from .layout import origin_name, origin_node
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
-LEAVING_MAX = 3600.0              # seconds a removed node stays connected at most (Leaving)
+LEAVING_MAX = 86400.0             # seconds a removed node stays connected at most (Leaving)
 
 log = logging.getLogger("zmqstore.dynamo")
 
@@ -94,6 +94,9 @@ class Replication:
         self.read_repairs = 0
         if engine.membership.removed_by is not None:     # removed: its old peers may ask whether it knows
             self._leaving = {n: Leaving(m, now + LEAVING_MAX) for n, m in engine.membership.peers.items()}
+        else:       # every removed node is asked again after a restart (what was let go is not kept)
+            self._leaving = {r.node_id: Leaving(r.member, now + LEAVING_MAX)
+                             for r in engine.membership.records.values() if r.removed}
         self._follow(engine.membership)
         engine.on_membership = self._membership_changed
 
@@ -117,6 +120,8 @@ class Replication:
         self.anti_entropy.tick(now)
 
     def housekeeping(self, now):
+        if self.engine.membership.removed_by is not None:
+            return      # removed: its log may hold writes its old peers still fetch
         vector = self.gc_vector()
         if vector is not None:
             dropped = self.engine.collect_garbage(vector)
@@ -267,7 +272,9 @@ class Replication:
         handler(message.fields, envelope, now)
 
     def on_message(self, message, now):
-        """A message from the SUB socket or a reply on a DEALER."""
+        """A message from the SUB socket or a reply on a DEALER (none taken while removed)."""
+        if self.engine.membership.removed_by is not None:
+            return
         handler = self._message_handlers.get(message.command)
         if handler is not None:
             handler(message.fields, now)
@@ -383,13 +390,15 @@ class Replication:
     # ------------------------------------------------------------ membership (docs/MEMBERSHIP.md)
 
     def _members_message(self):
+        # engine.applied: staged writes included (they are durable by the time this leaves, after
+        # the iteration's commit): for a node that knows it was removed, all it will ever hold.
         e = self.engine
-        return protocol.encode_peer("DMEMBERS", e.node_id, e.membership.encoded, protocol.vector_pairs(e.durable_applied))
+        return protocol.encode_peer("DMEMBERS", e.node_id, e.membership.encoded, protocol.vector_pairs(e.applied))
 
     def _on_members(self, fields, envelope, now):
-        """A member's records: merged into ours; when that changes ours, the engine adopts it. A
-        removed node's records are not merged: they only say whether it knows it was removed
-        (then it is let go)."""
+        """A member's or a removed node's records: merged into ours; when that changes ours, the
+        engine adopts it. From a removed node whose records say so, also: it knows it was removed,
+        and `applied` is all it holds (it is let go once this node holds that too)."""
         node_id, raw, applied = fields
         if node_id not in self.views and node_id not in self._leaving:
             return
@@ -398,12 +407,14 @@ class Replication:
         except errors.MalformedMessage as exc:
             log.warning("membership from node %d refused: %s", node_id, exc)
             return
-        if node_id not in self.views:
-            if any(r.node_id == node_id and r.removed for r in records) and self.engine.membership.removed_by is None:
-                # It knows, so it takes no more writes: what it holds now is all it will hold.
-                self._leaving[node_id].knows = True
-                self._on_leaving_status(node_id, protocol.vector_from_pairs(applied), now)
-            return
+        leaving = node_id not in self.views
+        if leaving and any(r.node_id == node_id and r.removed for r in records) and \
+                self.engine.membership.removed_by is None:
+            # It knows, so it takes no more writes: what it holds now is all it will hold.
+            self._leaving[node_id].knows = True
+            self._on_leaving_status(node_id, protocol.vector_from_pairs(applied), now)
+        # A removed node's records are merged too (a merge never undoes its removal): it may have
+        # added a node while it was cut off, which only it knows of.
         merged = self.engine.membership.merge(records)
         if merged is not None:
             self.engine.set_membership(merged)
@@ -515,4 +526,6 @@ class Replication:
         repair = self.anti_entropy.repair
         return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps,
                 "repairs": self.anti_entropy.repairs, "read_repairs": self.read_repairs,
-                "repairing": None if repair is None else repair.peer}
+                "repairing": None if repair is None else repair.peer,
+                # removed nodes not yet let go (docs/MEMBERSHIP.md): wipe one only once no member lists it
+                "leaving": [] if self.engine.membership.removed_by is not None else sorted(self._leaving)}

@@ -235,7 +235,8 @@ class DynamoMember(NamedTuple):
 
 
 MEMBERS_MAX = 64            # members of one cluster
-DYNAMO_RECORDS_MAX = 256    # records of a dynamo membership, removed nodes' included
+DYNAMO_IDS_MAX = 256        # node ids a dynamo cluster may have had (ADD_MEMBER refuses more)
+DYNAMO_RECORDS_MAX = 512    # records of a dynamo membership a node takes: room for concurrent additions
 KEY_Z85_LEN = 40            # a CurveZMQ public key in Z85
 
 # A log entry whose ops are FENCE (nil) applies nothing: it records that the client's request id

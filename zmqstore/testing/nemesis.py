@@ -104,13 +104,26 @@ class Nemesis:
         removal did not happen keeps its data dir, which may hold writes no other node has."""
         nodes = self.cluster.nodes
         node = nodes[node_id]
-        node.kill()
-        node.join = ",".join(n.endpoint for i, n in sorted(nodes.items()) if i != node_id)
         data_dir = None
         if self.cluster.mode == "dynamo" and self._removed_by_the_others(node_id):
+            # As an operator would: its old data dir is dropped only once no member still fetches
+            # from it (it may hold writes it took before it heard of its removal).
+            self._wait_let_go(node_id)
             self._fresh += 1
             data_dir = f"{node.data_dir.rstrip('/').split('-again')[0]}-again{self._fresh}"
+        node.kill()
+        node.join = ",".join(n.endpoint for i, n in sorted(nodes.items()) if i != node_id)
         self.cluster.start(node_id, wait=False, data_dir=data_dir)
+
+    def _wait_let_go(self, node_id, timeout=30.0):
+        """Dynamo mode: until no other node lists node_id under `leaving` in its status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            statuses = [n.status() for i, n in self.cluster.nodes.items() if i != node_id]
+            if all(node_id not in st.get("leaving", ()) for st in statuses if st is not None):
+                return
+            time.sleep(0.1)
+        self.log.append((round(time.monotonic(), 3), "not-let-go", node_id))
 
     def _removed_by_the_others(self, node_id, timeout=10.0):
         """Dynamo mode: whether the other nodes that answer agree that node_id is no member (they
