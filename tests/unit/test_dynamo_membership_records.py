@@ -164,3 +164,34 @@ def test_nothing_is_collected_while_a_member_reports_another_membership(tmp_path
         assert engine.tombstones == 0
     finally:
         engine.storage.close()
+
+
+def test_a_node_that_learns_of_its_removal_keeps_answering_its_old_peers(tmp_path):
+    """Its peers drain it (status, DFETCH) until it has shown that it knows: it must keep admitting
+    them (found by a dynamo campaign: it dropped them at once, and its writes stayed unfetched)."""
+    cfg = config.resolve(None, {"node_id": 1, "mode": "dynamo", "data_dir": str(tmp_path / "n1"), "peers": [
+        {"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in (2, 3)]})
+    mode = DynamoMode(Sends(), Storage.open(cfg.data_dir, 1, "dynamo"), cfg, faults.NONE, 0.0)
+    try:
+        rep, engine = mode.replication, mode.engine
+        removal = engine.membership.removing(1, changer=2)
+        rep.on_request(protocol.PeerMessage("DMEMBERS", (2, removal.encoded, [])), [b"node-2"], 1.0)
+        assert engine.role == "removed" and [m.node_id for m in mode.peer_list()] == [2, 3]
+        mode.commit()
+        mode.out.take()
+        status = protocol.PeerMessage("DSTATUS", (2, [], 0, 0, 0, 0, "h:1", removal.digest))
+        rep.on_request(status, [b"node-2"], 2.0)
+        answers = [body for _kind, _to, body in mode.out.take()]
+        assert any(b"DSTATUS_REPLY" in body for body in answers) and any(b"DMEMBERS" in body for body in answers)
+        rep.on_request(protocol.PeerMessage("DFETCH", (2, engine.origin, 1)), [b"node-2"], 2.0)
+        assert any(b"DENTRIES" in body for _kind, _to, body in mode.out.take())
+        rep.on_request(protocol.PeerMessage("DREAD", (2, 1, b"k")), [b"node-2"], 2.0)
+        assert mode.out.take() == []            # nothing else
+    finally:
+        engine.storage.close()
+    storage = Storage.open(cfg.data_dir, 1, "dynamo")    # restarted: still removed, still answering them
+    try:
+        mode = DynamoMode(Sends(), storage, cfg, faults.NONE, 0.0)
+        assert mode.engine.role == "removed" and [m.node_id for m in mode.peer_list()] == [2, 3]
+    finally:
+        storage.close()

@@ -435,8 +435,9 @@ class Replication:
             view = self.views.get(node_id)
             if view is not None:
                 leaving.applied = view.applied
-        for node_id in new.peers:
-            self._leaving.pop(node_id, None)
+        if new.removed_by is None:      # a node added again is a member, not leaving
+            for node_id in new.peers:
+                self._leaving.pop(node_id, None)
         self._follow(new)
 
     def _follow(self, membership):

@@ -4,8 +4,9 @@ arrive in random order, are dropped at `drop_rate` and never cross a cut link. S
 caller, so a failing run replays.
 
 A node in `nodes` has `peering` (what takes peer messages: `on_request(message, sender, now)` and
-`on_message(message, now)`) and `end_iteration()` (what its loop does after each message: its
-mode's end_iteration, with `send_all` carrying what the mode decided to send).
+`on_message(message, now)`), `end_iteration()` (what its loop does after each message: its
+mode's end_iteration, with `send_all` carrying what the mode decided to send) and `admits(sender)`
+(whether its peer plane takes messages from that node: the gate and the sockets of node.py).
 """
 import contextlib
 import random
@@ -68,6 +69,8 @@ class SimNetwork:
             node = self.nodes.get(dst)
             if node is None:
                 continue    # a member that is not running (added, not started yet)
+            if not node.admits(src):
+                continue    # its peer plane would refuse the sender (trust.py), or not be connected
             message = protocol.decode_peer(body)
             if kind == "req":
                 node.peering.on_request(message, src, self.now)
