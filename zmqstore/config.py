@@ -112,10 +112,6 @@ class Config:
     join: tuple = ()                # --join: client endpoints of members to ask for admission (docs/MEMBERSHIP.md)
 
     @property
-    def cluster_size(self) -> int:
-        return 1 + len(self.peers)
-
-    @property
     def heartbeat_interval(self) -> float:
         return self.election_interval / 5
 

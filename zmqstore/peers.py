@@ -11,7 +11,7 @@ import time
 import zmq
 
 from . import errors, protocol, transport
-from .sends import PUBLISH, REPLY, TO_PEER
+from .sends import REPLY, TO_PEER
 
 PEER_DRAIN = 4096             # messages taken from one peer socket per loop iteration
 
@@ -112,12 +112,8 @@ class PeerPlane:
                 self._send_to(target, body)
             elif kind is REPLY:
                 transport.send_frames(self.router, target + [body])
-            elif kind is PUBLISH:
-                if not (self.faults.drop_changes and random.random() < self.faults.drop_changes):
-                    transport.send(self.pub, body)
-            else:
-                for node_id in self.dealers:
-                    self._send_to(node_id, body)
+            elif not (self.faults.drop_changes and random.random() < self.faults.drop_changes):   # PUBLISH
+                transport.send(self.pub, body)
 
     def _send_to(self, node_id, body):
         for dealer in self.dealers.get(node_id, ()):

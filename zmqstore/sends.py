@@ -13,7 +13,6 @@ to a simulated network.
 
 PUBLISH = "publish"     # to every subscriber of this node's change stream (PUB)
 TO_PEER = "to_peer"     # target: a peer's node id (DEALER to its peer port)
-TO_ALL = "to_all"       # to every peer (DEALERs)
 REPLY = "reply"         # target: the envelope of a request that came on the peer port (ROUTER)
 
 
@@ -48,9 +47,6 @@ class Sends:
         """send_to for a request that waits for its answer: False when the peer cannot take it now."""
         self.queue.append((TO_PEER, node_id, body))
         return self.reachable(node_id)
-
-    def send_to_all(self, body):
-        self.queue.append((TO_ALL, None, body))
 
     def reply_peer(self, envelope, body):
         self.queue.append((REPLY, envelope, body))

@@ -264,7 +264,7 @@ def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_pat
         request = protocol.decode_request(protocol.encode_request("GET", b"c", 7, 7, b"k", False, {"r": 2}))
         body, read = mode.handle(request, [b"env"], 0.0)
         queue.hold([b"env"], body, 7, False, read, deadline=10.0)
-        # to each member (not TO_ALL: a node removed a moment ago is still connected, docs/MEMBERSHIP.md)
+        # to each member by name (a removed node may still be connected, docs/MEMBERSHIP.md)
         assert [(kind, to) for kind, to, sent in out.take() if b"DREAD" in sent] == [(sends.TO_PEER, 2)]
         mode.replication.on_message(protocol.PeerMessage("DREAD_REPLY", (2, 1, b.durable_state(b"k"),
                                                                           protocol.vector_pairs(b.durable_applied))), 0.0)

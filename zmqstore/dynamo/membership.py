@@ -12,14 +12,13 @@ from ..protocol import DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember
 
 
 class DynamoMembership:
-    __slots__ = ("node_id", "records", "members", "peers", "peer_list", "encoded", "digest")
+    __slots__ = ("node_id", "records", "members", "peers", "encoded", "digest")
 
     def __init__(self, node_id, records):
         self.node_id = node_id
         self.records = {r.node_id: r for r in records}     # node id -> DynamoMember, removed ones included
         self.members = {nid: r.member for nid, r in sorted(self.records.items()) if not r.removed}
         self.peers = {nid: m for nid, m in self.members.items() if nid != node_id}
-        self.peer_list = tuple(self.peers.values())          # protocol.Member, by node id
         self.encoded = protocol.encode_dynamo_members(self.records[nid] for nid in sorted(self.records))
         # What DSTATUS carries: nodes whose digests differ exchange their records (Replication).
         self.digest = int.from_bytes(hashlib.blake2b(self.encoded, digest_size=8).digest(), "big")

@@ -54,10 +54,10 @@ class SimNetwork:
                 self.send(src, target, "req", body)
             elif kind is sends.REPLY:
                 self.send(src, target, "msg", body)
-            else:       # PUBLISH (its subscribers) and TO_ALL (its DEALERs): every other node
+            else:       # PUBLISH: its subscribers, every other node
                 for dst in self.nodes:
                     if dst != src:
-                        self.send(src, dst, "msg" if kind is sends.PUBLISH else "req", body)
+                        self.send(src, dst, "msg", body)
 
     def deliver(self):
         """Every message queued so far, in random order (PUB and DEALER paths race)."""
