@@ -183,7 +183,7 @@ class DynamoMode(Mode):
                 if need > size:
                     raise errors.BadArgument(f"r = {need} exceeds the cluster's {size} nodes")
                 if self.engine.membership.removed_by is None:    # else the engine refuses it
-                    return None, self.replication.quorum_read(request, need)
+                    return None, self.replication.reads.start(request, need)
         need = 1
         if command in protocol.WRITE_COMMANDS:
             need = request.options.get("w", cfg.write_quorum)
@@ -211,12 +211,12 @@ class DynamoMode(Mode):
 
     def progress(self):
         rep = self.replication
-        return self.engine.durable_batches, (rep.acked, rep.reads_done) if rep is not None else ()
+        return self.engine.durable_batches, (rep.acked, rep.reads.reads_done) if rep is not None else ()
 
     def expired(self, held):
         if held.until.__class__ is QuorumRead:
             read = held.until
-            self.replication.forget(read)
+            self.replication.reads.forget(read)
             if read.reply is None:
                 return protocol.encode_error(
                     held.request_id, "unavailable", f"read_quorum {read.need} not reached: {1 + len(read.replies)} "

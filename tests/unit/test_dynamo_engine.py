@@ -281,7 +281,7 @@ def test_a_quorum_read_joins_the_peers_state_and_repairs_after_the_flush(tmp_pat
                                                                  mode.progress()))
         assert answered == [([b"env", read.reply], True)]             # released once, after the commit
         pushes = [(to, flushed) for to, body, flushed in sent if b"DPUSH" in body]
-        assert pushes == [(2, True)] and mode.replication.read_repairs == 1      # once, after the join was durable
+        assert pushes == [(2, True)] and mode.replication.reads.read_repairs == 1      # once, after the join was durable
     finally:
         for m in modes.values():
             m.engine.storage.close()

@@ -7,13 +7,16 @@ what it sends goes into the iteration's Sends (sends.py), and replies wait in th
   RocksDB in the loop iteration's one batch (one fsync) before any reply leaves. Entries from other
   origins are applied in each origin's seq order, and every entry applied is kept in the log, so
   any node can serve any origin's entries.
-- `Replication` talks to the peers: it sends DSTATUS (applied vector and data digest) to every peer
-  each heartbeat, fetches what a peer has and this node lacks, serves such fetches, and garbage-
-  collects tombstones and log entries once every configured node has applied them.
+- `Replication` talks to the peers: it sends DSTATUS (applied vector, data and membership digests)
+  to every member each heartbeat, fetches what a peer has and this node lacks, serves such fetches,
+  exchanges membership records, and garbage-collects tombstones and log entries once every member
+  has applied them.
 
 The package: `layout.py` (meta keys, buckets, origins, log keys, limits), `engine.py`
-(`DynamoEngine`), `commands.py` (client commands), `replication.py` (`Replication`, `QuorumRead`)
-and `antientropy.py` (hash trees, bucket pages, exchanges).
+(`DynamoEngine`), `commands.py` (client commands), `replication.py` (`Replication`),
+`quorum_reads.py` (`QuorumRead`: reads with r > 1 and read repair), `membership.py` (who is in the
+cluster), `departures.py` (removed nodes still drained) and `antientropy.py` (hash trees, bucket
+pages, exchanges).
 
 Origins: a node takes a new origin id at every start, (node id << 32) | 32 random bits, so a seq
 is never reused, even by a node that lost or restored its data dir (docs/DYNAMO.md).
@@ -21,6 +24,7 @@ is never reused, even by a node that lost or restored its data dir (docs/DYNAMO.
 from .engine import DynamoEngine
 from ..storage import log_key
 from .layout import MAX_CLOCK_AHEAD, origin_name, origin_node
-from .replication import QuorumRead, Replication
+from .quorum_reads import QuorumRead
+from .replication import Replication
 
 __all__ = ["DynamoEngine", "QuorumRead", "Replication", "MAX_CLOCK_AHEAD", "log_key", "origin_name", "origin_node"]

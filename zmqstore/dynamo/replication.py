@@ -6,16 +6,14 @@ member has applied them."""
 import logging
 
 from .. import errors, protocol
-from ..protocol import encode_key_state
-from ..versions import EMPTY
 from .antientropy import AntiEntropy
-from .commands import read_reply
+from .departures import Departures
+from .quorum_reads import QuorumReads
 from .layout import origin_name, origin_node
 
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
-LEAVING_MAX = 86400.0             # seconds a removed node stays connected at most (Leaving)
 
 log = logging.getLogger("zmqstore.dynamo")
 
@@ -34,33 +32,6 @@ class PeerReport:
         self.heard = None
 
 
-class Leaving:
-    """A node removed lately, kept connected until it knows (its DMEMBERS says it was removed) and
-    this node has applied every write it reported holding, or for LEAVING_MAX."""
-
-    __slots__ = ("member", "until", "knows", "applied")
-
-    def __init__(self, member, until):
-        self.member, self.until = member, until
-        self.knows = False
-        self.applied = {}
-
-
-class QuorumRead:
-    """A read with r = need > 1. It is held in the node's one reply queue (replies.py) as its own
-    `until`: ready once `need` nodes (this one included) have answered and their joined state is
-    durable here (batch `batch`), `reply` being then the reply's body. The queue's deadline is its
-    timeout (modes.DynamoMode.expired)."""
-
-    __slots__ = ("id", "request", "need", "replies", "reply", "batch")
-
-    def __init__(self, read_id, request, need):
-        self.id, self.request, self.need = read_id, request, need
-        self.replies = []       # (peer, KeyState, applied vector)
-        self.reply = None
-        self.batch = 0
-
-
 class Replication:
     """Dynamo-mode peer traffic (docs/DYNAMO.md, "Replication")."""
 
@@ -71,7 +42,6 @@ class Replication:
         self.views = {}                 # member id -> PeerReport, every member but this node
         self.addresses = {}             # member id -> its client address
         self.contacts = ()              # the peers to connect to and admit: members, and the leaving
-        self._leaving = {}              # removed node id -> Leaving
         self._members_sent = {}         # node id -> when it was last sent DMEMBERS for a digest mismatch
         self._now = now
         self._fetching = {}             # origin -> (deadline, peer) of the fetch in flight
@@ -81,22 +51,19 @@ class Replication:
         self._resync_from = {}          # peer -> {origin: its first seq}: it trimmed entries we lack
         self._checkpoints = []          # (stable vector, max vector, membership digest) at recent housekeeping passes
         self.anti_entropy = ae = AntiEntropy(out, engine)     # antientropy.py
+        self.reads = reads = QuorumReads(out, engine, config, lambda: self.views)   # quorum_reads.py
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
-                          "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": self._on_read,
-                          "DPUSH": self._on_push, "DMEMBERS": self._on_members}
+                          "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": reads.on_read,
+                          "DPUSH": reads.on_push, "DMEMBERS": self._on_members}
         self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status,
                                   "DENTRIES": self._on_entries, "DTREE_REPLY": ae.on_tree_reply,
-                                  "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": self._on_read_reply}
+                                  "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": reads.on_read_reply}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
-        self._reads = {}                # read id -> QuorumRead still gathering answers
-        self._read_ids = 0
-        self.reads_done = 0             # quorum reads whose answers are all in (modes.DynamoMode.progress)
-        self.read_repairs = 0
+        self.departures = Departures(engine, self._fetch)   # removed nodes still drained (departures.py)
         if engine.membership.removed_by is not None:     # removed: its old peers may ask whether it knows
-            self._leaving = {n: Leaving(m, now + LEAVING_MAX) for n, m in engine.membership.peers.items()}
+            self.departures.add(engine.membership.peers, now)
         else:       # every removed node is asked again after a restart (what was let go is not kept)
-            self._leaving = {r.node_id: Leaving(r.member, now + LEAVING_MAX)
-                             for r in engine.membership.records.values() if r.removed}
+            self.departures.add({r.node_id: r.member for r in engine.membership.records.values() if r.removed}, now)
         self._follow(engine.membership)
         engine.on_membership = self._membership_changed
 
@@ -109,13 +76,12 @@ class Replication:
     # ------------------------------------------------------------ timers
 
     def tick(self, now):
-        if self._leaving and any(v.until <= now for v in self._leaving.values()):
-            self._leaving = {nid: v for nid, v in self._leaving.items() if v.until > now}
+        if self.departures.expire(now):
             self._set_contacts()
         if self.engine.membership.removed_by is not None:
             return      # removed: it only answers status queries, with its membership
         status = self._status_message("DSTATUS")
-        for node_id in (*self.views, *self._leaving):    # the leaving: until released (Leaving)
+        for node_id in (*self.views, *self.departures):    # the removed: until let go (departures.py)
             self.out.send_to(node_id, status)
         self.anti_entropy.tick(now)
 
@@ -188,58 +154,6 @@ class Replication:
         if seq > self._acked.get(node_id, 0):
             self._acked[node_id] = seq
 
-    def quorum_read(self, request, need):
-        """Read a key from `need` nodes (this one and the first need - 1 peers to answer), join
-        their states, repair the stale ones, reply with the joined state. Returns the QuorumRead,
-        which the reply queue holds until it is ready."""
-        self._read_ids += 1
-        read = self._reads[self._read_ids] = QuorumRead(self._read_ids, request, need)
-        message = protocol.encode_peer("DREAD", self.engine.node_id, read.id, request.args[0])
-        for node_id in self.views:
-            self.out.send_to(node_id, message)
-        return read
-
-    def forget(self, read):
-        """The reply queue timed the read out: answers that arrive later are ignored."""
-        self._reads.pop(read.id, None)
-
-    def _on_read(self, fields, envelope, now):
-        _node_id, read_id, key = fields
-        self.out.reply_peer(envelope, protocol.encode_peer(
-            "DREAD_REPLY", self.engine.node_id, read_id, self.engine.durable_state(key),
-            protocol.vector_pairs(self.engine.durable_applied)))
-
-    def _on_read_reply(self, fields, now):
-        sender, read_id, raw, applied = fields
-        pending = self._reads.get(read_id)
-        if pending is None or sender not in self.views or any(r[0] == sender for r in pending.replies):
-            return
-        state = EMPTY if raw is None else self.engine.remote_state(raw)
-        remote_applied = protocol.vector_from_pairs(applied)
-        self.engine.check_remote(0, (remote_applied,))
-        pending.replies.append((sender, state, remote_applied))
-        if 1 + len(pending.replies) < pending.need:
-            return
-        del self._reads[read_id]
-        key = pending.request.args[0]
-        merged = self.engine.load(key)
-        for _peer, remote, remote_applied in pending.replies:
-            merged = self.engine.join_state(key, remote, remote_applied)
-        raw_merged = encode_key_state(merged.ctx, merged.siblings) if merged.siblings else None
-        for peer, remote, _applied in pending.replies:
-            if remote != merged and raw_merged is not None and len(raw_merged) <= self.config.max_request_size - 4096:
-                # sent after this iteration's commit (sends.py), like the reply: never a state this node could lose
-                self.read_repairs += 1
-                self.out.send_to(peer, protocol.encode_peer("DPUSH", self.engine.node_id, key, raw_merged))
-        # the reply leaves once the join is durable here (the queue's next release after the commit)
-        pending.reply, pending.batch = read_reply(pending.request, merged), self.engine.pending_batch
-        self.reads_done += 1
-
-    def _on_push(self, fields, envelope, now):
-        node_id, key, raw = fields
-        if node_id in self.views:
-            self.engine.join_state(key, self.engine.remote_state(raw))
-
     def stable_vector(self):
         """Elementwise minimum of every member's applied vector, or None while a member has not
         reported since this node started or since it became a member (its applied vector is unknown)."""
@@ -289,14 +203,14 @@ class Replication:
         # most once a heartbeat. A removed node learns so here; a node that knows it was removed
         # answers every status query with its records, which tells the asker that it knows.
         if members_digest != self.engine.membership.digest or self.engine.membership.removed_by is not None:
-            if node_id in self.views or node_id in self._leaving:
+            if node_id in self.views or node_id in self.departures:
                 if now - self._members_sent.get(node_id, -1e9) >= self.config.heartbeat_interval:
                     self._members_sent[node_id] = now
                     self.out.send_to(node_id, self._members_message())
         view = self.views.get(node_id)
         if view is None:
-            if node_id in self._leaving and self.engine.membership.removed_by is None:
-                self._on_leaving_status(node_id, protocol.vector_from_pairs(applied), now)
+            if node_id in self.departures and self.engine.membership.removed_by is None:
+                self._on_departing(node_id, protocol.vector_from_pairs(applied), now)
             return
         applied = protocol.vector_from_pairs(applied)
         self.engine.check_remote(0, (applied,))
@@ -384,7 +298,7 @@ class Replication:
         if gap:
             self._gaps += 1
             node_id = origin_node(origin)
-            if node_id in self.views or node_id in self._leaving:
+            if node_id in self.views or node_id in self.departures:
                 self._fetch(origin, node_id, now)
 
     # ------------------------------------------------------------ membership (docs/MEMBERSHIP.md)
@@ -400,7 +314,7 @@ class Replication:
         engine adopts it. From a removed node whose records say so, also: it knows it was removed,
         and `applied` is all it holds (it is let go once this node holds that too)."""
         node_id, raw, applied = fields
-        if node_id not in self.views and node_id not in self._leaving:
+        if node_id not in self.views and node_id not in self.departures:
             return
         try:
             records = protocol.decode_dynamo_members(raw)
@@ -411,8 +325,7 @@ class Replication:
         if leaving and any(r.node_id == node_id and r.removed for r in records) and \
                 self.engine.membership.removed_by is None:
             # It knows, so it takes no more writes: what it holds now is all it will hold.
-            self._leaving[node_id].knows = True
-            self._on_leaving_status(node_id, protocol.vector_from_pairs(applied), now)
+            self._on_departing(node_id, protocol.vector_from_pairs(applied), now, knows=True)
         # A removed node's records are merged too (a merge never undoes its removal): it may have
         # added a node while it was cut off, which only it knows of.
         merged = self.engine.membership.merge(records)
@@ -421,23 +334,16 @@ class Replication:
 
     def _membership_changed(self, old, new):
         """The engine adopted a new membership (made here, or merged): tell every node of the old and
-        the new one (after this iteration's commit), and follow it. A removed member stays connected
-        (status queries and its change stream only) until it says it knows it was removed, or for
-        LEAVING_MAX; a node that was removed itself keeps its old peers so, answering their status
-        queries with its records."""
+        the new one (after this iteration's commit), and follow it. A removed member is drained
+        (departures.py); a node that was removed itself keeps its old peers as contacts the same
+        way, answering their status queries with its records."""
         body = self._members_message()
         for node_id in sorted(set(old.peers) | set(new.peers)):
             self.out.send_to(node_id, body)
-        until = self._now + LEAVING_MAX
         gone = old.peers if new.removed_by is not None else {n: m for n, m in old.peers.items() if n not in new.peers}
-        for node_id, member in gone.items():
-            leaving = self._leaving[node_id] = Leaving(member, until)
-            view = self.views.get(node_id)
-            if view is not None:
-                leaving.applied = view.applied
-        if new.removed_by is None:      # a node added again is a member, not leaving
-            for node_id in new.peers:
-                self._leaving.pop(node_id, None)
+        self.departures.add(gone, self._now, {n: self.views[n].applied for n in gone if n in self.views})
+        if new.removed_by is None:      # a node added again is a member, not departing
+            self.departures.forget(new.peers)
         self._follow(new)
 
     def _follow(self, membership):
@@ -460,37 +366,20 @@ class Replication:
 
     def _set_contacts(self):
         peers = {} if self.engine.membership.removed_by is not None else dict(self.engine.membership.peers)
-        for node_id, leaving in self._leaving.items():
-            peers.setdefault(node_id, leaving.member)
+        for node_id, member in self.departures.members().items():
+            peers.setdefault(node_id, member)
         contacts = tuple(peers[n] for n in sorted(peers))
         if contacts != self.contacts:
             self.contacts = contacts
 
     def _reported(self, node_id) -> dict:
-        """The applied vector a member or a leaving node last reported ({}: none)."""
+        """The applied vector a member or a removed node being drained last reported ({}: none)."""
         view = self.views.get(node_id)
-        if view is not None:
-            return view.applied
-        leaving = self._leaving.get(node_id)
-        return leaving.applied if leaving is not None else {}
+        return view.applied if view is not None else self.departures.applied_of(node_id)
 
-    def _on_leaving_status(self, node_id, applied, now):
-        """A removed node's status: fetch the writes it holds and this node lacks (it may have taken
-        some before it heard of its removal); let it go once it knows and nothing is left."""
-        self.engine.check_remote(0, (applied,))
-        leaving = self._leaving[node_id]
-        leaving.applied = {o: max(s, leaving.applied.get(o, 0)) for o, s in applied.items()}
-        mine = self.engine.applied
-        for origin, seq in applied.items():
-            if seq > mine.get(origin, 0) and origin != self.engine.origin:
-                self._fetch(origin, node_id, now)
-        self._release(node_id)
-
-    def _release(self, node_id):
-        leaving = self._leaving[node_id]
-        mine = self.engine.durable_applied
-        if leaving.knows and all(seq <= mine.get(o, 0) for o, seq in leaving.applied.items()):
-            del self._leaving[node_id]
+    def _on_departing(self, node_id, applied, now, knows=False):
+        """A removed node's report (departures.py); once it is let go, it is no longer a contact."""
+        if self.departures.on_status(node_id, applied, now, knows):
             self._members_sent.pop(node_id, None)
             self._set_contacts()
 
@@ -526,7 +415,7 @@ class Replication:
                           "last_heard": None if view.heard is None else round(now - view.heard, 3)})
         repair = self.anti_entropy.repair
         return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps,
-                "repairs": self.anti_entropy.repairs, "read_repairs": self.read_repairs,
+                "repairs": self.anti_entropy.repairs, "read_repairs": self.reads.read_repairs,
                 "repairing": None if repair is None else repair.peer,
                 # removed nodes not yet let go (docs/MEMBERSHIP.md): wipe one only once no member lists it
-                "leaving": [] if self.engine.membership.removed_by is not None else sorted(self._leaving)}
+                "leaving": [] if self.engine.membership.removed_by is not None else sorted(self.departures)}
