@@ -292,7 +292,8 @@ def _change_members(db, args):
     node_id = _int_arg("ID", args["ID"])
     if args["remove-member"]:
         seq = db.remove_member(node_id)
-        _show(args, {"removed": node_id, "seq": seq} if args["--json"] else f"node {node_id} removed ({_which(db, seq)})")
+        _show(args, {"removed": node_id, "seq": seq} if args["--json"] else
+              f"node {node_id} removed ({'record counter' if _dynamo(db) else 'entry'} {seq})")
         return 0
     host, _, port = args["HOST:PORT"].rpartition(":")
     if not host:
@@ -305,17 +306,18 @@ def _change_members(db, args):
     seq = db.add_member(node_id, host, _int_arg("PORT", port), ports["--pub-port"], ports["--peer-port"], key)
     if args["--json"]:
         _show(args, {"added": node_id, "seq": seq})
-    elif db.status().get("mode") == "dynamo":
-        _show(args, f"node {node_id} added ({_which(db, seq)}); the other members hear it within a heartbeat or two")
+    elif _dynamo(db):
+        _show(args, f"node {node_id} added (record counter {seq}); the other members hear it within a heartbeat or two")
     else:
         _show(args, f"node {node_id} added as a learner (entry {seq}); the primary makes it a voter once it has "
                     f"caught up")
     return 0
 
 
-def _which(db, seq) -> str:
-    """What a membership change's number is: a log entry (leader mode) or a record's counter (dynamo)."""
-    return f"record counter {seq}" if db.status().get("mode") == "dynamo" else f"entry {seq}"
+def _dynamo(db) -> bool:
+    """Whether the node asked runs dynamo mode: a membership change's number is then its record's
+    counter, not a log entry's seq."""
+    return db.status().get("mode") == "dynamo"
 
 
 def _int_arg(name, text) -> int:

@@ -176,10 +176,10 @@ class DynamoMode(Mode):
         answers are in and joined; a write with w > 1 waits until w nodes hold it. A standalone node
         refuses quorums above 1."""
         cfg, command = self.config, request.command
-        size = self.engine.membership.size
         if command in ("GET", "GET_VERSIONS"):
             need = request.options.get("r", cfg.read_quorum)
             if need > 1:
+                size = self.engine.membership.size
                 if need > size:
                     raise errors.BadArgument(f"r = {need} exceeds the cluster's {size} nodes")
                 if self.engine.membership.removed_by is None:    # else the engine refuses it
@@ -187,6 +187,7 @@ class DynamoMode(Mode):
         need = 1
         if command in protocol.WRITE_COMMANDS:
             need = request.options.get("w", cfg.write_quorum)
+            size = self.engine.membership.size
             if need > size:
                 raise errors.BadArgument(f"w = {need} exceeds the cluster's {size} nodes")
         elif command == "REMOVE_MEMBER" and self.replication is not None and self.engine.membership.removed_by is None:

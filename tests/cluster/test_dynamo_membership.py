@@ -2,6 +2,10 @@
 joins with --join and receives the data through the logs and anti-entropy; remove_member drops a
 node from every view, tombstone collection stops waiting for it, and the removed node learns it and
 refuses requests; it can come back only from an empty data dir."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from zmqstore import errors
@@ -124,3 +128,21 @@ def test_a_removed_node_learns_it_refuses_requests_and_rejoins_only_from_an_empt
     wait_until(lambda: c.dynamo_converged(), 30, message="converged again")
     with c.nodes[3].client(retry=ONCE) as db:
         assert db.get("k29") == 29
+
+
+def test_the_cli_changes_a_dynamo_membership(cluster):
+    """datastore-cli add-member, members and remove-member against a dynamo node: the number it
+    prints is the node's record counter (not a log entry), and the others hear of the change."""
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", *cluster.cli_args([1]), *args],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+    key = ["--key", os.path.join(cluster.keys.nodes, "node7.key")] if cluster.keys else []
+    if cluster.keys:
+        cluster.keys.for_node(7)
+    assert "node 7 added (record counter 1)" in cli("add-member", "7", "127.0.0.8:9700", *key)
+    wait_until(lambda: 7 in members(cluster.nodes[2]), 10, message="node 2 heard of node 7")
+    assert "127.0.0.8:9700" in cli("members")
+    assert "node 7 removed (record counter 2)" in cli("remove-member", "7")
+    wait_until(lambda: 7 not in members(cluster.nodes[3]), 10, message="node 3 heard of the removal")

@@ -42,11 +42,6 @@ class SimNode:
         self.next_tick = net.now + random.Random(node_id).uniform(0, 0.1)
         self.next_chores = net.now + 1.0
 
-    def admits(self, sender):
-        """node.py admits, and connects to, only the mode's peer list (members, and removed nodes
-        still being asked)."""
-        return any(m.node_id == sender for m in self.mode.peer_list())
-
     def end_iteration(self):
         """node.py's end of an iteration (modes.Mode.end_iteration): one flush, then what it made
         durable goes out."""

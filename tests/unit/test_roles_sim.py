@@ -33,10 +33,6 @@ class SimNode:
         self.tick_phase = random.Random(node_id).uniform(0, 0.1)
         self.next_tick = net.now + self.tick_phase
 
-    def admits(self, sender):
-        """node.py admits, and connects to, only the mode's peer list (Roles.contacts)."""
-        return any(m.node_id == sender for m in self.mode.peer_list())
-
     def end_iteration(self):
         """What node.py does after each batch of input (modes.Mode.end_iteration), minus the
         sockets and the client replies (_collect_acks reads the commit seq instead)."""

@@ -5,8 +5,8 @@ caller, so a failing run replays.
 
 A node in `nodes` has `peering` (what takes peer messages: `on_request(message, sender, now)` and
 `on_message(message, now)`), `end_iteration()` (what its loop does after each message: its
-mode's end_iteration, with `send_all` carrying what the mode decided to send) and `admits(sender)`
-(whether its peer plane takes messages from that node: the gate and the sockets of node.py).
+mode's end_iteration, with `send_all` carrying what the mode decided to send) and `mode`, whose
+`peer_list()` says whom it takes messages from (node.py's gate and sockets follow it).
 """
 import contextlib
 import random
@@ -69,8 +69,8 @@ class SimNetwork:
             node = self.nodes.get(dst)
             if node is None:
                 continue    # a member that is not running (added, not started yet)
-            if not node.admits(src):
-                continue    # its peer plane would refuse the sender (trust.py), or not be connected
+            if not any(peer.node_id == src for peer in node.mode.peer_list()):
+                continue    # node.py connects to and admits only its mode's peer list (trust.py)
             message = protocol.decode_peer(body)
             if kind == "req":
                 node.peering.on_request(message, src, self.now)
