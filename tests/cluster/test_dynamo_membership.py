@@ -118,11 +118,7 @@ def test_a_removed_node_learns_it_refuses_requests_and_rejoins_only_from_an_empt
     assert c.nodes[3].proc.returncode != 0
     assert "join again with an empty --data-dir" in c.nodes[3].log()
     # From an empty one (with keys, its key admitted first, as for any new node) it joins again.
-    if c.keys:
-        n3 = c.nodes[3]
-        with c.nodes[1].client(retry=PATIENT) as db:
-            db.add_member(3, n3.host, n3.port, n3.pub_port, n3.peer_port, key=c.keys.public_key(3))
-    c.start(3, wait=False, data_dir=tmp_path / "node3-again")
+    c.rejoin(3, tmp_path / "node3-again")
     c.nodes[3].wait_ready(20)
     wait_until(lambda: all(members(c.nodes[i]) == [1, 2, 3] for i in (1, 2, 3)), 15, message="node 3 back")
     wait_until(lambda: c.dynamo_converged(), 30, message="converged again")

@@ -213,6 +213,43 @@ def test_a_member_that_missed_the_changes_finds_the_cluster_through_its_flags(cl
         db.put("after", 1)
 
 
+def test_a_member_whose_log_missed_the_primarys_addition_catches_up_from_a_member(cluster, tmp_path):
+    """Node 4 (joined with --join: no flags name the others) applies node 1's removal, then is down
+    while node 1 is added again and node 2 removed, so node 1 leads {1, 3, 4}. Node 4's log says
+    {2, 3, 4}: it neither connects to node 1 nor admits it, and node 1's stream cannot reach it.
+    Node 3 is a member it knows: its role reply reports a commit seq beyond node 4's, node 4 takes
+    the committed entries from it, and the membership entries among them name node 1; node 4
+    connects, follows node 1 and counts again (docs/MEMBERSHIP.md)."""
+    c = cluster()
+    c.add_node(4)
+    c.start(4, wait=False)
+    wait_until(lambda: members_of(c.nodes[1]).get(4) is True, 20, message="node 4 a voter")
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.remove_member(1)                     # node 1 hands over to node 2
+    assert c.wait_primary(10, among=(2, 3, 4)) == 2
+    wait_until(lambda: sorted(members_of(c.nodes[4])) == [2, 3, 4], 10, message="node 4 applied node 1's removal")
+    c.nodes[4].stop()
+    c.nodes[1].stop()
+    c.rejoin(1, tmp_path / "node1-again")       # on its old address, with an empty data dir
+    wait_until(lambda: members_of(c.nodes[2]).get(1) is True, 20, message="node 1 a voter again")
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.remove_member(2)                     # node 2 hands over to the lowest remaining voter: node 1
+        assert c.wait_primary(10, among=(1, 3)) == 1
+        for i in range(50):
+            db.put(f"k{i}", i)
+    c.nodes[2].stop()
+    c.start(4, wait=False)                      # as it was started: --join, a no-op for a member
+    c.nodes[4].wait_ready(15)
+    wait_until(lambda: status_of(c.nodes[4]).get("primary_id") == 1 and caught_up(c.nodes[4], c.nodes[1]), 20,
+               message="node 4 following node 1, caught up")
+    assert sorted(members_of(c.nodes[4])) == [1, 3, 4]
+    assert "reports entries committed up to seq" in c.nodes[4].log()
+    c.nodes[3].kill()                           # nodes 1 and 4 are a majority of {1, 3, 4}
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.put("after", 1)
+        assert db.get("k49") == 49
+
+
 def test_with_keys_only_a_node_whose_key_was_admitted_can_join(cluster):
     """With keys (CurveZMQ), add-member --key records the new node's public key; the members then
     admit that key on the peer plane, and on the client port for asking to join (nothing else). A

@@ -284,6 +284,52 @@ def test_snapshot_chunks_from_a_duplicate_request_are_ignored(make):
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 51)))
 
 
+def test_committed_entries_from_a_contact_while_no_primary_is_heard(make):
+    """Roles decides when (no primary heard, a contact reports a higher commit seq); the Secondary
+    then takes committed entries from that contact: only up to its commit seq, applied at once, our
+    conflicting leftovers dropped; a snapshot from it is installed only when it covers our whole
+    log; hearing the primary ends it (docs/MEMBERSHIP.md, "A member that missed the changes")."""
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = follow(eng, cfg, io, 1)
+    step(sec, PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b"), entry(1, b"x")], 2, 3)), now=0.0)
+    st = eng.storage
+    assert (st.last_seq, st.applied_seq) == (3, 2)          # seq 3 is not known committed
+    eng.follow(2, 0, None)
+    sec = Secondary(eng, cfg, io, 0)                         # term 2, no primary known
+    sec.catch_up_committed(3, 5, now=1.0)
+    assert io.sent[-1] == (3, PeerMessage("FETCH", (2, 2, 3)))
+    n = len(io.sent)
+    # Its log holds 3-6 of term 2, committed up to 5: our seq 3 is a leftover, 6 is not taken.
+    reply = PeerMessage("ENTRIES", (2, 3, 2, 1, [entry(2, b"c"), entry(2, b"d"), entry(2, b"e"), entry(2, b"f")], 5, 6))
+    assert not step(sec, reply, now=1.1)                     # not a primary: nothing about one was heard
+    assert (st.last_seq, st.last_term, st.applied_seq) == (5, 2, 5)
+    assert st.get(b"x") is None and st.get(b"e") is not None and st.get(b"f") is None
+    assert len(io.sent) == n and sec.counters["truncations"] == 1   # no ACK to anyone; done
+    step(sec, reply, now=1.2)                                # a duplicate changes nothing
+    assert (st.last_seq, st.applied_seq) == (5, 5)
+    # Its log no longer reaches back to seq 6: a snapshot, only if it covers all of ours.
+    st_before = (st.first_seq, st.last_seq, st.applied_seq)
+    sec.catch_up_committed(3, 9, now=2.0)
+    step(sec, PeerMessage("NEED_SNAPSHOT", (2, 3, 8)), now=2.1)
+    assert io.sent[-1] == (3, PeerMessage("SNAPSHOT", (2, 2, 0, None)))
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (2, 3, 0, None, 4, 2, [[b"q", b"\x01"]], None, None)), now=2.2)
+    assert not st.restoring and (st.first_seq, st.last_seq, st.applied_seq) == st_before and st.get(b"q") is None
+    sec.catch_up_committed(3, 9, now=3.0)
+    step(sec, PeerMessage("NEED_SNAPSHOT", (2, 3, 8)), now=3.1)
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (2, 3, 0, None, 9, 2, [[b"q", b"\x01"]], None, None)), now=3.2)
+    assert (st.last_seq, st.applied_seq, st.first_seq) == (9, 9, 10) and st.get(b"q") == b"\x01"
+    assert io.sent[-1] == (3, PeerMessage("FETCH", (2, 2, 10)))
+    # Known but not heard, primary 1 speaks again: the catch-up from node 3 ends, FETCH goes to it.
+    sec = follow(eng, cfg, io, 2, leader_id=1)
+    sec.catch_up_committed(3, 12, now=4.0)
+    assert io.sent[-1] == (3, PeerMessage("FETCH", (2, 2, 10)))
+    step(sec, PeerMessage("HEARTBEAT", (2, 1, 1, 9, 11)), now=4.1)
+    assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 2, 10)))
+    step(sec, PeerMessage("ENTRIES", (2, 3, 9, 2, [entry(2, b"late")], 12, 12)), now=4.2)
+    assert st.last_seq == 9 and st.get(b"late") is None      # the late answer is not taken
+
+
 def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):
     eng, cfg = make(1)
     eng.become_primary(2)

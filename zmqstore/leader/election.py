@@ -66,7 +66,7 @@ class Election:
         self.views = {nid: self.views.get(nid) or PeerView() for nid in membership.peers}
         c = self.candidacy
         if c is not None:
-            c.votes = {nid: vote for nid, vote in c.votes.items() if nid in self.voters}
+            c.votes = {nid: vote for nid, vote in c.votes.items() if nid in self.voters or nid == self.node_id}
 
     # ------------------------------------------------------------ hearing
 
@@ -168,13 +168,23 @@ class Election:
             return False
         c.votes[node_id] = Vote(last_term, last_seq)
         self.latest["votes"] = sorted(c.votes)
-        if len(c.votes) < self.majority:
+        if not self.has_majority():
             return False
         c.won_at = now
         return True
 
+    def has_majority(self) -> bool:
+        """Whether the candidacy's votes make a majority of the voters. A candidate that is not a
+        voter itself (a primary's removal of itself, appended but not committed, is the last entry
+        of its log) does not count its own: it stands so that the entry can commit (Raft thesis
+        4.2.2), and its log still counts in `best_log`."""
+        c = self.candidacy
+        return sum(1 for nid in c.votes if nid in self.voters) >= self.majority
+
     def best_log(self):
-        """(node id, last seq, last term) of the most up-to-date log among the voters; ours on a tie."""
+        """(node id, last seq, last term) of the most up-to-date log among the voters and ours; ours
+        on a tie. Any log at least as up to date as every log of a majority holds every committed
+        entry (Raft's Leader Completeness argument), whether or not its holder votes."""
         c = self.candidacy
         node_id, vote = max(c.votes.items(), key=lambda item: (item[1].last_term, item[1].last_seq,
                                                                item[0] == self.node_id))

@@ -198,8 +198,8 @@ class Roles:
                 self._try_bootstrap(now)
             self._maybe_stand(now)
         body = protocol.encode_peer("ROLE", *self._role_fields(now))
-        for peer_id in self.peers:
-            self.out.send_to(peer_id, body)
+        for peer in self.contacts:      # the members, and whoever else may know the way to them
+            self.out.send_to(peer.node_id, body)
 
     def _heard_leader(self, now):
         """Word from our primary. Once the membership this node uses, committed and applied here,
@@ -304,13 +304,25 @@ class Roles:
     def _maybe_stand(self, now):
         st, election = self.storage, self.election
         if (self.primary is not None or election.candidacy is not None or st.learner or st.restoring
-                or self.bootstrapping or self.removed or self.node_id not in self.membership.voters
+                or self.bootstrapping or not self._may_vote()
                 or not election.leader_lost(now)
                 or not election.should_stand(now, st.term)):
             return
         leader = self.secondary.leader_id
         self._stand(now, f"no word from primary {leader} for {(now - election.leader_heard) * 1000:.0f} ms"
                     if leader else "no primary known")
+
+    def _may_vote(self) -> bool:
+        """Whether this node votes and may stand: a voter of the membership in use, or of the
+        committed one while its removal from it is appended but not committed. That is a primary
+        removing itself that lost its place before the removal committed: it stands (without
+        counting its own vote) so that the removal can commit and the cluster goes on; otherwise
+        the remaining voters, lacking the entry, could wait for its vote for ever (Raft thesis
+        4.2.2: servers not in their latest configuration still take part until it commits)."""
+        if self.removed:
+            return False
+        return self.node_id in self.membership.voters or any(
+            m.node_id == self.node_id and m.voter for m in self.engine.committed_members)
 
     def _stand(self, now, reason, term=None):
         st, election = self.storage, self.election
@@ -326,7 +338,7 @@ class Roles:
         body = protocol.encode_peer("VOTE_REQUEST", term, self.node_id, st.last_seq, st.last_term)
         for peer_id in self.peers:
             self.out.send_to(peer_id, body)
-        if len(election.candidacy.votes) >= self.majority:
+        if election.has_majority():
             self._won(now)
 
     def _won(self, now):
@@ -365,9 +377,10 @@ class Roles:
 
     def _on_role(self, fields, now):
         view = self.election.on_role(fields, now)
-        if view is None:
-            return
         sender = fields[0]
+        self._maybe_catch_up(sender, fields[6], now)
+        if view is None:
+            return      # not a member here: only its commit seq is of use
         self.observe(view.term, sender if view.role == "primary" else view.leader_id, now)
         if view.term == self.storage.term:
             if self.primary is not None:
@@ -380,13 +393,22 @@ class Roles:
         if self.primary is None and self.election.candidacy is None:
             self._maybe_stand(now)
 
+    def _maybe_catch_up(self, sender, commit_seq, now):
+        """A contact (member or not) reports entries committed beyond ours while no primary is
+        heard: take them from it. The membership changes among them may name a primary this node
+        does not know yet, and cannot reach or admit until it does (docs/MEMBERSHIP.md)."""
+        sec = self.secondary
+        if (sec is not None and self.primary is None and self.election.candidacy is None
+                and commit_seq > self.engine.commit_seq and self.election.leader_lost(now)):
+            sec.catch_up_committed(sender, commit_seq, now)
+
     def _on_vote_request(self, fields, envelope, now):
         term, candidate, _last_seq, _last_term = fields
         st = self.storage
         if self.primary is None:
             self.engine.flush()     # an election decision reads the durable log, with what this iteration staged
         voters = self.membership.voters
-        granted = (candidate in voters and self.node_id in voters and not self.removed
+        granted = (candidate in voters and self._may_vote()
                    and Election.grants(term, candidate, st, self._lost_primary(now)))
         if granted:
             if term > st.term:
@@ -403,7 +425,7 @@ class Roles:
         else:
             log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,
                      term, st.term, st.voted_for, "not both voting members" if candidate not in voters or
-                     self.node_id not in voters or self.removed else "learner" if st.learner else
+                     not self._may_vote() else "learner" if st.learner else
                      "primary lost" if self._lost_primary(now) else "primary still heard")
         self.out.reply_peer(envelope, protocol.encode_peer(
             "VOTE", st.term, self.node_id, granted, st.last_seq, st.last_term, st.first_seq))

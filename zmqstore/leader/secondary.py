@@ -52,7 +52,13 @@ class Secondary:
     `matched` are applied.
 
     With `sync_target` set, this is a candidate that won and adopts the log of voter `leader_id`
-    up to seq `sync_target` through FETCH (and SNAPSHOT): the same repair path, without ACKs."""
+    up to seq `sync_target` through FETCH (and SNAPSHOT): the same repair path, without ACKs.
+
+    While no primary is heard, committed entries can also be taken from any contact
+    (`catch_up_committed`): a committed entry is the same in every log, so whoever reports it
+    committed can supply it. This is how a member whose log missed the membership changes that
+    name the current primary (it was down or cut off while they committed) learns who the
+    members are, and so can reach that primary at all (docs/MEMBERSHIP.md)."""
 
     def __init__(self, engine, config, out, leader_id, sync_target=None):
         self.engine = engine
@@ -68,11 +74,12 @@ class Secondary:
         self.matched = engine.applied_seq   # a new primary vouches for nothing yet
         self._last_ack = (None, 0.0)    # (matched, time) of the last ACK sent
         self._round_acked = 0           # the last HEARTBEAT round answered, in this primary's term
-        self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor)) awaiting its reply
+        self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor), to) awaiting its reply
+        self._source = None             # the contact committed entries are being taken from (not the primary)
         self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
         self.crash_after_chunks = None  # test-only (docs/TESTING.md): die after installing this many chunks
         self._refusal_logged = False
-        self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0}
+        self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0, "committed_catch_ups": 0}
         if self.storage.restoring:
             log.info("a snapshot install was interrupted: it starts over once the primary is known")
         self._handlers = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch,
@@ -105,7 +112,12 @@ class Secondary:
         adopted any higher term. Returns True when it came from whom this follows, in this term."""
         handler = self._handlers.get(msg.command)
         fields = msg.fields
-        if handler is None or fields[0] != self.storage.term or fields[1] != self.leader_id or not self.leader_id:
+        if handler is None:
+            return False
+        if self._source is not None and fields[1] == self._source and msg.command in _FROM_SOURCE:
+            _FROM_SOURCE[msg.command](self, msg.command, fields, now)
+            return False    # not the primary: nothing about it was heard
+        if fields[0] != self.storage.term or fields[1] != self.leader_id or not self.leader_id:
             return False
         leader_last = fields[-1] if msg.command in ("CHANGE", "ENTRIES", "HEARTBEAT") else None
         if leader_last is not None and leader_last < self.engine.applied_seq and not self.storage.restoring:
@@ -119,6 +131,8 @@ class Secondary:
                           self.leader_id, leader_last, self.engine.applied_seq)
             return False
         self.last_heard = now
+        if self._source is not None and self._snapshot_seq is None:
+            self._end_catch_up()    # the primary is heard: it is the one to follow
         handler(msg.command, fields, now)
         return True
 
@@ -178,10 +192,11 @@ class Secondary:
         self._apply_commit()
         self._catch_up(now)
 
-    def _truncate(self, seq):
+    def _truncate(self, seq, source=None):
         if seq > self.engine.last_seq:
             return
-        log.info("dropping our entries from seq %d: they are not in primary %d's log", seq, self.leader_id)
+        log.info("dropping our entries from seq %d: they are not in %s log", seq,
+                 f"primary {self.leader_id}'s" if source is None else f"the committed (node {source}'s)")
         self.engine.truncate_from(seq)
         self.counters["truncations"] += 1
 
@@ -197,43 +212,105 @@ class Secondary:
         if not self.installing and (self.matched < self.leader_last or self.matched < self.engine.last_seq):
             self._fetch(self.matched + 1, now)
 
-    def _fetch(self, from_seq, now, force=False):
+    def _fetch(self, from_seq, now, force=False, to=None):
         if self._outstanding is not None and not force:
             return
         body = protocol.encode_peer("FETCH", self.node_id, self.storage.term, from_seq)
         self.counters["fetches"] += 1
-        self._send_request("fetch", body, now, None)
+        self._send_request("fetch", body, now, None, to)
+
+    # ------------------------------------------------------------ committed entries from a contact
+
+    def catch_up_committed(self, node_id, commit_seq, now):
+        """Contact node_id reports commit seq `commit_seq`, beyond what this node holds, while no
+        primary is heard (the node's decision): take the committed entries from it. Entries past
+        its commit seq are not taken: they may be leftovers that a later primary replaces."""
+        if (self.sync_target is not None or self.installing or self._outstanding is not None
+                or node_id == self.leader_id or commit_seq <= max(self.matched, self.engine.applied_seq)):
+            return
+        if self._source != node_id:
+            log.info("no primary heard, and node %d reports entries committed up to seq %d (we hold %d): "
+                     "taking them from it", node_id, commit_seq, self.matched)
+            self.counters["committed_catch_ups"] += 1
+        self._source = node_id
+        self._fetch(self.matched + 1, now, to=node_id)
+
+    def _end_catch_up(self):
+        if self._outstanding is not None and self._outstanding[4] == self._source:
+            self._outstanding = None
+        self._source = None
+
+    def _on_committed_entries(self, command, fields, now):
+        _term, source, prev_seq, prev_term, entries, commit_seq, _last = fields
+        out = self._outstanding
+        if out is None or out[0] != "fetch" or out[4] != source or self.installing:
+            return
+        self._outstanding = None
+        entries = entries[:max(0, commit_seq - prev_seq)]     # only what it knows is committed
+        if not entries:
+            self._source = None
+            return
+        plan = plan_append(self.engine, prev_seq, prev_term, entries)
+        if plan.kind == "fetch":
+            # A gap (its log starts after ours ends), or our entry at prev_seq is not the committed
+            # one: everything we hold past what we know to be committed is a leftover.
+            if plan.truncate:
+                self._truncate(self.matched + 1, source)
+            self._fetch(self.matched + 1 if plan.truncate else plan.seq, now, force=True, to=source)
+            return
+        if plan.truncate:
+            self._truncate(plan.seq, source)
+        end = prev_seq + len(entries)
+        if plan.kind == "append":
+            self.engine.append_entries(plan.seq, plan.entries, end)
+        self.matched = max(self.matched, end)
+        self.leader_commit = max(self.leader_commit, end)
+        self._apply_commit()
+        if end < commit_seq:
+            self._fetch(end + 1, now, to=source)
+        else:
+            self._source = None
 
     # ------------------------------------------------------------ snapshots
 
     def _on_need_snapshot(self, command, fields, now):
+        sender = fields[1]
         if self._snapshot_seq is not None:
             return  # already installing (a duplicate FETCH answered twice)
-        log.info("primary %d no longer holds our next entry (its log starts at %d): installing a snapshot",
-                 self.leader_id, fields[2])
-        self._request_snapshot(0, None, now)
+        log.info("%s no longer holds our next entry (its log starts at %d): installing a snapshot",
+                 f"primary {sender}" if sender == self.leader_id else f"node {sender}", fields[2])
+        self._request_snapshot(0, None, now, sender)
 
-    def _request_snapshot(self, snapshot_seq, cursor, now):
+    def _request_snapshot(self, snapshot_seq, cursor, now, to=None):
         self._snapshot_seq = snapshot_seq
         body = protocol.encode_peer("SNAPSHOT", self.node_id, self.storage.term, snapshot_seq, cursor)
-        self._send_request("snapshot", body, now, (snapshot_seq, cursor))
+        self._send_request("snapshot", body, now, (snapshot_seq, cursor), to)
 
-    def _send_request(self, kind, body, now, key):
-        """Send a FETCH or SNAPSHOT and remember it until answered. Not connected to the primary
-        (just started, or it is down): the next tick sends it, instead of waiting FETCH_RETRY."""
-        sent = self.out.request(self.leader_id, body)
-        self._outstanding = (kind, body, now if sent else float("-inf"), key)
+    def _send_request(self, kind, body, now, key, to=None):
+        """Send a FETCH or SNAPSHOT (to the primary unless `to` says otherwise) and remember it until
+        answered. Not connected to it (just started, or it is down): the next tick sends it again,
+        instead of waiting FETCH_RETRY."""
+        to = self.leader_id if to is None else to
+        sent = self.out.request(to, body)
+        self._outstanding = (kind, body, now if sent else float("-inf"), key, to)
 
     def _on_snapshot_chunk(self, command, fields, now):
-        _term, _leader, asked_seq, asked_cursor, snapshot_seq, snapshot_term, items, next_cursor, members = fields
+        _term, sender, asked_seq, asked_cursor, snapshot_seq, snapshot_term, items, next_cursor, members = fields
         out = self._outstanding
-        if out is None or out[0] != "snapshot" or out[3] != (asked_seq, asked_cursor):
+        if out is None or out[0] != "snapshot" or out[3] != (asked_seq, asked_cursor) or out[4] != sender:
             return  # answers a request that is no longer outstanding (late, or a duplicate)
+        first = snapshot_seq != asked_seq or asked_cursor is None
+        if first and sender == self._source and snapshot_seq < self.engine.last_seq:
+            # Not from the primary: it may lack entries of ours that a primary counted in a commit,
+            # and installing it would drop them. Left to the primary (or a more current contact).
+            log.info("node %d's snapshot ends at seq %d, before our log does (%d): not installing it",
+                     sender, snapshot_seq, self.engine.last_seq)
+            self._snapshot_seq = self._source = self._outstanding = None
+            return
         # The membership at the snapshot's seq comes with its last chunk; checked before anything changes.
         members = protocol.decode_members(members) if members is not None and next_cursor is None else None
         self._outstanding = None
         # A chunk from the start: a new snapshot, or one replacing ours after it expired on the primary.
-        first = snapshot_seq != asked_seq or asked_cursor is None
         if first:
             self.matched = 0    # the log is about to be emptied
         self.engine.install_snapshot_chunk(snapshot_seq, snapshot_term, items, first, next_cursor is None, members)
@@ -243,13 +320,15 @@ class Secondary:
                 log.warning("test switch: exiting in the middle of a snapshot install")
                 faults.crash()
         if next_cursor is not None:
-            self._request_snapshot(snapshot_seq, next_cursor, now)
+            self._request_snapshot(snapshot_seq, next_cursor, now, sender)
             return
         log.info("snapshot at seq %d installed", snapshot_seq)
         self.counters["snapshots_installed"] += 1
         self._snapshot_seq = None
         self.matched = snapshot_seq
-        self._fetch(snapshot_seq + 1, now)
+        if sender == self._source:
+            self.leader_commit = max(self.leader_commit, snapshot_seq)
+        self._fetch(snapshot_seq + 1, now, to=sender)
 
     # ------------------------------------------------------------ timers
 
@@ -264,6 +343,10 @@ class Secondary:
         snapshot install over when one was interrupted."""
         out = self._outstanding
         if out is not None and now - out[2] >= FETCH_RETRY:
-            self._send_request(out[0], out[1], now, out[3])
+            self._send_request(out[0], out[1], now, out[3], out[4])
         if self.storage.restoring and self._snapshot_seq is None and self.leader_id:
             self._request_snapshot(0, None, now)
+
+
+_FROM_SOURCE = {"ENTRIES": Secondary._on_committed_entries, "NEED_SNAPSHOT": Secondary._on_need_snapshot,
+                "SNAPSHOT_CHUNK": Secondary._on_snapshot_chunk}

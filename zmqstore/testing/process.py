@@ -347,6 +347,19 @@ class Cluster:
                     db.add_member(node_id, node.host, node.port, node.pub_port, node.peer_port, key=key)
         return node
 
+    def rejoin(self, node_id, data_dir):
+        """Start a removed (and stopped) node again with --join naming the other nodes, from
+        `data_dir` (an empty one: what an operator does). With keys its key is admitted first, as
+        for any new node."""
+        node = self.nodes[node_id]
+        node.join = ",".join(n.named_endpoint if self.keys else n.endpoint
+                             for i, n in self.nodes.items() if i != node_id)
+        if self.keys:
+            with self.client(retry=Retry(max_tries=40, deadline=20)) as db:
+                db.add_member(node_id, node.host, node.port, node.pub_port, node.peer_port,
+                              key=self.keys.public_key(node_id))
+        return self.start(node_id, wait=False, data_dir=data_dir)
+
     def start_all(self, timeout=20.0):
         """Start every node, wait until each answers, one of them is primary and every node is a
         voter (a node that has not caught up yet is a learner: a fault then could leave too few
