@@ -8,8 +8,10 @@ from . import errors, protocol, transport
 from .api import Call, Commands, Dot, Version, Versions, encode_key
 from .connection import RETRYABLE, Connection, Retry
 from .pipeline import Pipeline
+from .watcher import WATCH_WINDOW, WatchEvent, Watcher
 
-__all__ = ["Client", "Pipeline", "Retry", "RETRYABLE", "Version", "Versions", "Dot", "encode_key"]
+__all__ = ["Client", "Pipeline", "Retry", "RETRYABLE", "Version", "Versions", "Dot", "encode_key", "Watcher",
+           "WatchEvent"]
 
 DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
 MAX_UNRESOLVED = 100    # writes of unknown outcome the client keeps asking the node to remember ...
@@ -159,6 +161,18 @@ class Client(Commands):
             cursor = page.cursor
             if cursor is None:
                 return
+
+    def watch(self, prefix=b"", from_seq=None, snapshot=False, stale=False, window=WATCH_WINDOW) -> Watcher:
+        """Follow every committed change under `prefix` in seq order (docs/WATCH.md): a Watcher,
+        iterating WatchEvent(seq, key, value, deleted), on a connection of its own. `from_seq`: yield
+        the changes after that seq (None: from when the node accepts the watch); a seq the log no
+        longer holds raises Compacted (its `min_from` says from where it can resume). `snapshot`:
+        first every key under the prefix as it is at one seq (events with that seq), then the
+        changes after it. `stale`: any node may serve it (default: the primary). `window`: bytes the
+        node may send ahead. Reconnects and resumes on its own across failovers; close() it."""
+        if from_seq is not None and snapshot:
+            raise ValueError("watch from a seq or with a snapshot, not both")
+        return Watcher(self, encode_key(prefix) if prefix else b"", from_seq, snapshot, stale, window)
 
     def pipeline(self, max_in_flight=64) -> Pipeline:
         """Queue operations, then execute() them with up to max_in_flight requests in flight."""

@@ -73,6 +73,7 @@ class Connection:
 
     def __init__(self, endpoints, timeout, secret_key=None, node_keys=None):
         self.endpoints, self._node_ids = parse_endpoints(endpoints)
+        self._credentials = (secret_key, node_keys)
         self._keys = None
         if secret_key is not None or node_keys is not None:
             if secret_key is None or node_keys is None:
@@ -95,6 +96,18 @@ class Connection:
     @property
     def endpoint(self) -> str:
         return self.endpoints[self._endpoint_index]
+
+    def sibling(self) -> "Connection":
+        """Another connection to the same endpoints with the same keys, starting at this one's
+        current endpoint (a watch's own: docs/WATCH.md)."""
+        other = Connection(self.named_endpoints(), self.timeout, *self._credentials)
+        if other._endpoint_index != self._endpoint_index:
+            other._endpoint_index = self._endpoint_index
+            try:
+                other._connect()
+            except errors.ConnectionTimeout:
+                pass
+        return other
 
     def named_endpoints(self) -> list:
         """Every endpoint, as ID@host:port when its node id is known."""

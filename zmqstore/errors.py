@@ -127,6 +127,18 @@ class RequestFenced(ZmqstoreError):
     code = "request_fenced"
 
 
+class Compacted(ZmqstoreError):
+    """A watch asked to resume from a seq whose successors the node's log no longer holds.
+    `min_from` (also in details) is the lowest position it can resume from; or start again
+    with snapshot=True (docs/WATCH.md)."""
+
+    code = "compacted"
+
+    def __init__(self, message="", details=None):
+        super().__init__(message, details)
+        self.min_from = self.details.get("min_from")
+
+
 class InternalError(ZmqstoreError):
     """The node failed to serve a request: a bug, logged with its traceback on the node."""
 
@@ -146,7 +158,8 @@ ERRORS_BY_CODE = {
     for cls in (
         ConfigError, DataDirError, StorageError, RequestError, MalformedMessage, UnsupportedVersion,
         UnknownCommand, WrongPort, Forbidden, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
-        UnsupportedOperation, NotPrimary, Unavailable, ChangeInProgress, ReplicationTimeout, RequestFenced, InternalError,
+        UnsupportedOperation, NotPrimary, Unavailable, ChangeInProgress, ReplicationTimeout, RequestFenced, Compacted,
+        InternalError,
         ConnectionTimeout,
     )
 }

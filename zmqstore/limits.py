@@ -21,4 +21,6 @@ FETCH = {"leader": Page(5000, 8 << 20), "dynamo": Page(1000, 1 << 20)}
 # A snapshot's chunks (SNAPSHOT_CHUNK) in leader mode, and anti-entropy's bucket pages
 # (DRANGE_REPLY) in dynamo mode: key-value pairs, like a scan.
 SNAPSHOT = Page(1000, 1 << 20)
+# What one watcher is sent at a time (docs/WATCH.md): log entries read per pump, and snapshot pages.
+WATCH = Page(1000, 1 << 20)
 RANGE = Page(1000, 1 << 20)

@@ -12,7 +12,8 @@ What the loop asks of a mode:
   whenever that rule may accept more (so an unchanged one saves the queue a pass), and
   `expired(held)`: a held reply's error body at its deadline;
 - `engine` (the node's state and client commands) and `peering` (peer traffic; None standalone);
-- `peer_list()`: the peers to connect to and admit, an unchanged tuple until the membership changes.
+- `peer_list()`: the peers to connect to and admit, an unchanged tuple until the membership changes;
+- `feed()`: what change feeds are served from (docs/WATCH.md), None when the mode serves none.
 A mode is built with `out`, the Sends its peer traffic fills. It never sends a reply itself: every
 reply it does not answer at once is held in the one queue (replies.py), a dynamo quorum read too.
 """
@@ -22,6 +23,7 @@ import time
 from . import __version__, errors, protocol
 from .dynamo import DynamoEngine, QuorumRead, Replication
 from .leader import Engine, Roles
+from .leader.feed import LeaderFeed
 
 LINEARIZABLE_READS = ("GET", "SCAN")
 
@@ -64,6 +66,10 @@ class Mode:
         """Whether every held reply must fail now (leader mode: this node stopped leading)."""
         return False
 
+    def feed(self):
+        """What watches are served from (docs/WATCH.md); None: WATCH is refused."""
+        return None
+
     def prepare(self):
         """Before the commit: stage what may leave before it."""
 
@@ -93,6 +99,9 @@ class LeaderMode(Mode):
     def peer_list(self) -> tuple:
         """The peers to connect to and admit (the same tuple until the membership changes)."""
         return self.roles.contacts if self.roles is not None else ()
+
+    def feed(self):
+        return LeaderFeed(self.engine)
 
     @property
     def primary(self):

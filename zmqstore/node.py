@@ -13,6 +13,7 @@ from .replies import Replies
 from .peers import PeerPlane
 from .sends import Sends
 from .storage import Storage
+from .watch import Watches
 
 MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit) ...
 DRAIN_SECONDS = 0.01          # ... or for this long: then the iteration commits and replies. ZeroMQ takes
@@ -36,7 +37,7 @@ class Node:
         self._stopping = False
         self._ctx = zmq.Context()
         self.router = self.peers = self.storage = self.engine = self.mode = self.sends = None
-        self.gate = self.outbox = None
+        self.gate = self.outbox = self.watches = None
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = None
         self.replies = None
@@ -64,6 +65,7 @@ class Node:
             self.mode = modes.MODES[config.mode](self.sends, self.storage, config, self.faults, time.monotonic())
             self.engine, self.peering = self.mode.engine, self.mode.peering
             self.peers.attach(self.peering, self.engine.limits)
+            self.watches = Watches(self.mode.feed(), self.outbox.send, config.session_timeout)
             self._peer_list = None
             self._follow_membership()
         except BaseException:
@@ -118,6 +120,8 @@ class Node:
         return restore
 
     def _close(self):
+        if self.watches is not None:
+            self.watches.close()    # before the storage: a watch's snapshot holds RocksDB open
         if self.router is not None:
             # A short linger lets the last replies (already durable) leave; term() waits at most this.
             self.router.close(linger=SHUTDOWN_LINGER_MS)
@@ -174,6 +178,8 @@ class Node:
             deadline = min(next_chores, next_beat, replies.next_deadline or next_chores)
             if self.outbox.backlogs:
                 deadline = min(deadline, max(now + BACKLOG_RETRY, self.outbox.next_retry()))
+            if self.watches.busy:
+                deadline = now      # a watcher with credit is behind: serve it, then look again
             # The poll timeout is the next timer deadline (milliseconds only here, at the poll).
             items = poll_draining if outbox.draining and outbox.backlogs else poll_items
             ready = zmq_poll(items, max(0, int((deadline - now) * 1000)) + 1)
@@ -206,6 +212,7 @@ class Node:
                 self.peering.tick(now)
                 next_beat = now + self.config.heartbeat_interval
             self.mode.end_iteration(peers.send, self._release)
+            self.watches.pump(now)      # after the iteration applied what committed
             self._follow_membership()
             if peers.version != plane_version:
                 poll_items, poll_draining, peer_sockets = self._poll_lists()
@@ -282,6 +289,11 @@ class Node:
                 raise errors.Forbidden(f"{request.command} needs a read-write client key; this one is read-only")
             if user and not self.gate.node_may(user, request):
                 raise errors.Forbidden(f"{request.command} needs a client key; a node's key may only ask to join")
+            if request.command in protocol.WATCH_COMMANDS:    # a stream of replies (watch.py)
+                body = self.watches.handle(request, envelope, time.monotonic())
+                if body is not None:
+                    outbox.send(envelope + [body])
+                return
             handled = self.mode.handle(request, envelope, time.monotonic())
         except errors.StorageError:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged

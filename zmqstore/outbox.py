@@ -67,6 +67,7 @@ class Outbox:
         self.draining = False
 
     def send(self, frames):
+        """Send or queue a reply; returns False when its client has gone (nothing was sent)."""
         backlog = self.backlogs.get(frames[0])
         if backlog is None:
             try:
@@ -77,7 +78,7 @@ class Outbox:
                 self.draining = True
             except zmq.ZMQError as exc:
                 if exc.errno == errno.EHOSTUNREACH:
-                    return      # the client has gone: its reply has nobody to go to
+                    return False    # the client has gone: its reply has nobody to go to
                 raise
         size = sum(map(len, frames))
         if self.total + size > GLOBAL_LIMITS * self.limit:

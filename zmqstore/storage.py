@@ -211,15 +211,16 @@ class Storage:
     def get(self, key: bytes):
         return self._data.get(key)
 
-    def scan(self, start, end, prefix, limit, max_bytes, value_of=None):
+    def scan(self, start, end, prefix, limit, max_bytes, value_of=None, snapshot=None):
         """Keys in [start, end) with `prefix`, in order: at most `limit` items and about `max_bytes`.
         Returns (items, next_key); next_key is where to continue when the page filled up, else None.
         `value_of(stored)`: the value to return for a stored one, or None to skip the key (both modes
-        page the same way: dynamo mode stores key states and returns their winners)."""
+        page the same way: dynamo mode stores key states and returns their winners). `snapshot`: read
+        that data snapshot (`data_snapshot`) instead of the data as it is now."""
         lower = start or b""
         if prefix and prefix > lower:
             lower = prefix
-        it = self._data.iter()
+        it = (self._data if snapshot is None else snapshot).iter()
         it.seek(lower)
         items, size = [], 0
         while it.valid():

@@ -195,5 +195,10 @@ def send(sock, frame):
     _backend_send(sock, frame, 0)
 
 
+def send_nowait(sock, frame):
+    """send without blocking: raises zmq.Again when the socket cannot take it now."""
+    _backend_send(sock, frame, NOBLOCK)
+
+
 def recv(sock):
     return _backend_recv(sock, 0)

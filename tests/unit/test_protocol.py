@@ -27,7 +27,21 @@ VALID = {
     "MEMBERS": (),
     "ADD_MEMBER": (4, "127.0.0.5", 9003, None, None, None),
     "REMOVE_MEMBER": (4,),
+    "WATCH": (b"user:", 17, False, 1 << 20, False),
+    "WATCH_CREDIT": (42, 1 << 20),
 }
+
+
+@pytest.mark.parametrize("position", [None, 0, (1 << 64) - 1, [], [[(7 << 32) + 1, 5]]])
+def test_watch_positions(position):
+    req = protocol.decode_request(protocol.encode_request("WATCH", CID, 1, 1, b"", position, False, 1, True))
+    assert req.args[1] == position
+
+
+@pytest.mark.parametrize("position", [-1, 1.5, "7", b"7", [[1]], [[1, -2]], [1, 2], {"a": 1}])
+def test_watch_refuses_bad_positions(position):
+    with pytest.raises(errors.BadArgument):
+        protocol.decode_request(protocol.encode_request("WATCH", CID, 1, 1, b"", position, False, 1, True))
 
 
 def test_every_request_has_a_valid_example():

@@ -63,7 +63,7 @@ class Commands(CommandTable):
         where = f"node {leader} at {self.engine.leader_address}" if leader else "not known yet"
         return errors.NotPrimary(f"node {self.config.node_id} is a secondary; the primary is {where}", details)
 
-    def _check_readable(self, stale):
+    def check_readable(self, stale):
         if self.engine.role == "primary":
             return
         if self.engine.removed_by is not None:
@@ -77,7 +77,7 @@ class Commands(CommandTable):
 
     def _get(self, req):
         key, stale = req.args
-        self._check_readable(stale)
+        self.check_readable(stale)
         if stale:  # applied data only: a committed prefix, never an uncommitted write
             return protocol.encode_ok(req.request_id, self.storage.get(key)), 0
         value, seq = self.engine.lookup(key)
@@ -124,7 +124,7 @@ class Commands(CommandTable):
 
     def _scan(self, req):
         stale = req.args[4]
-        self._check_readable(stale)
+        self.check_readable(stale)
         engine = self.engine
         if not stale and engine.replicated and engine.commit_seq < engine.term_first_seq:
             # A new primary may hold entries its predecessor committed that it has not committed

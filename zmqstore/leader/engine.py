@@ -80,7 +80,8 @@ class Engine:
             # A standalone node commits what is durable: apply what a crash left unapplied.
             self.apply_committed(storage.last_seq)
         self.commit_seq = storage.applied_seq
-        self.handle = Commands(self).handle   # request -> (reply body, commit seq it waits for; 0: none)
+        self.commands = Commands(self)
+        self.handle = self.commands.handle   # request -> (reply body, commit seq it waits for; 0: none)
 
     def _recover(self):
         """Rebuild in-memory state from the log: client outcomes, and the entries not yet applied."""

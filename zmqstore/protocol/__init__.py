@@ -11,7 +11,8 @@ from .schema import (DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember, KEY_Z85_L
                      KEY, OK, OPTION_COMMANDS, OPT_BIN, OPT_KEY, OPT_UINT, OPT_VALUE, OP_DEL, OP_PUT, PAIR_LIST,
                      PEER_ARRAY_MAX, PEER_MESSAGES, PEER_REPLIES, PEER_REQUESTS, PEER_SENDER_FIELD, PEER_STREAM,
                      PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX,
-                     UINT_LIST, VALUE, VECTOR, WRITE_COMMANDS, Limits, LogEntry, PeerMessage, Reply, Request,
+                     UINT_LIST, VALUE, VECTOR, WATCH_COMMANDS, WRITE_COMMANDS, Limits, LogEntry, PeerMessage, Reply,
+                     Request,
                      peer_sender)  # noqa: F401
 from .values import decode_context, encode_context, pack_value, unpack_value, vector_from_pairs, vector_pairs  # noqa: F401
 from .codec import (DynEntry, decode_dyn_entry, decode_entry, decode_key_state, decode_peer, decode_reply,

@@ -3,6 +3,7 @@ and peer message is checked before anything acts on it; bad input raises a Reque
 from .. import errors
 from .schema import (BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, HEADER_FIELDS, ITEMS, KEY, OPT_BIN,
                      OPT_KEY, OPT_STR, OPT_UINT, OPT_VALUE, OPTION_COMMANDS, PAIR_LIST, PEER_ARRAY_MAX, PEER_MESSAGES,
+                     POSITION,
                      PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX, UINT_LIST,
                      VALUE, VECTOR, PeerMessage, Request)
 from .values import _is_uint, decode_context, unpack_value
@@ -179,12 +180,22 @@ def _check_context(command, name, value, limits):
     decode_context(value)
 
 
+def _check_position(command, name, value, limits):
+    if value is None or _is_uint(value):
+        return
+    try:
+        _check_vector(command, name, value, limits)
+    except errors.BadArgument:
+        raise errors.BadArgument(f"{command}.{name} must be nil, a seq (uint) or an applied vector "
+                                 f"(array of [uint, uint])") from None
+
+
 _CHECKERS = {
     KEY: _check_key, OPT_KEY: _check_opt_key, VALUE: _check_value, OPT_VALUE: _check_opt_value,
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
     UINT: _check_uint, TERM: _check_term, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
     VECTOR: _check_vector, CONTEXT: _check_context, UINT_LIST: _check_uint_list, BIN: _check_bin,
-    OPT_BIN: _check_opt_bin, OPT_STR: _check_opt_str,
+    OPT_BIN: _check_opt_bin, OPT_STR: _check_opt_str, POSITION: _check_position,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}

@@ -18,6 +18,8 @@ TERM = "term"              # a leader-mode term: uint up to TERM_MAX, so one mor
 STR = "str"                # str of at most STR_MAX characters (peer messages: roles, addresses)
 OPT_STR = "opt_str"        # STR or nil
 CONTEXT = "context"        # bin: an opaque causal context from GET_VERSIONS (dynamo mode)
+POSITION = "position"      # where a watch resumes: nil (now), a uint seq (leader mode) or an
+                           # array of [uint, uint], an applied vector (dynamo mode)
 
 # Client requests: command -> ((field name, field type), ...). See docs/PROTOCOL.md section "Commands".
 REQUESTS = {
@@ -40,7 +42,12 @@ REQUESTS = {
     "ADD_MEMBER": (("node_id", UINT), ("host", STR), ("port", UINT), ("pub_port", OPT_UINT), ("peer_port", OPT_UINT),
                    ("key", OPT_STR)),
     "REMOVE_MEMBER": (("node_id", UINT),),
+    # change feeds (docs/WATCH.md): a stream of replies under the WATCH's request id, at most `credit`
+    # bytes of them until WATCH_CREDIT returns more; WATCH_CREDIT is answered only when it fails
+    "WATCH": (("prefix", OPT_KEY), ("from", POSITION), ("snapshot", BOOL), ("credit", UINT), ("stale", BOOL)),
+    "WATCH_CREDIT": (("watch_id", UINT), ("credit", UINT)),
 }
+WATCH_COMMANDS = frozenset({"WATCH", "WATCH_CREDIT"})
 WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY", "PUT_CTX"})
 MEMBERSHIP_CHANGES = frozenset({"ADD_MEMBER", "REMOVE_MEMBER"})    # logged like writes; read-write keys only
 # Commands that take a trailing map of per-request options (docs/PROTOCOL.md): dynamo-mode quorums,
