@@ -16,13 +16,14 @@ log = logging.getLogger(__name__)
 
 
 class Watch:
-    __slots__ = ("envelope", "request_id", "prefix", "through", "credit", "stale", "snapshot", "snapshot_seq",
-                 "cursor", "sent_at", "credited_at")
+    __slots__ = ("envelope", "request_id", "prefix", "through", "credit", "window", "stale", "snapshot",
+                 "snapshot_seq", "cursor", "sent_at", "credited_at")
 
     def __init__(self, envelope, request_id, prefix, through, credit, stale, now):
         self.envelope, self.request_id, self.prefix = envelope, request_id, prefix
         self.through = through          # every change up to this seq has been sent (or is in a sent page)
         self.credit = credit            # bytes it may still be sent
+        self.window = credit            # what it was given at the start: window - credit is in flight
         self.stale = stale
         self.snapshot = None            # while the snapshot is sent: the RocksDB snapshot ...
         self.snapshot_seq = None        # ... the seq it is at ...
@@ -182,6 +183,13 @@ class Watches:
             watch.cursor = cursor
         self._reply(key, watch, protocol.encode_ok(watch.request_id, "snapshot", watch.snapshot_seq,
                                                    [list(item) for item in items], done), now)
+
+    def status(self) -> dict:
+        """STATUS's `watches` (docs/PROTOCOL.md): how many, how many paused (out of credit), and the
+        most bytes any watcher has been sent beyond what it acknowledged."""
+        watches = self._watches.values()
+        return {"open": len(self._watches), "paused": sum(1 for w in watches if w.credit <= 0),
+                "in_flight_max": max((w.window - w.credit for w in watches), default=0), **self.counters}
 
     def close(self):
         for watch in self._watches.values():

@@ -24,8 +24,10 @@ class WatchEvent(NamedTuple):
 
 
 class Watcher:
-    """An iterator of WatchEvent (see Client.watch). `through`: every change under the prefix with a
-    seq up to it has been yielded or is waiting to be; None until the node first answers.
+    """An iterator of WatchEvent (see Client.watch). It returns once a node has accepted the watch
+    (with the client's retry policy), so a watch "from now" starts before the call returns.
+    `through`: every change under the prefix with a seq up to it has been yielded or is waiting to
+    be.
     `snapshot_seq`: the seq the snapshot was taken at (snapshot=True). Not thread-safe."""
 
     def __init__(self, client, prefix, from_seq, snapshot, stale, window=WATCH_WINDOW):
@@ -44,6 +46,12 @@ class Watcher:
         self._failures = None           # the retry policy's pauses while reconnecting
         self.replies = 0                # replies read (progress included)
         self.reconnections = 0
+        try:
+            while not self.replies:         # the node has placed the watch: "from now" is now
+                self._receive(None)
+        except BaseException:
+            self.close()
+            raise
 
     def __iter__(self):
         return self

@@ -1,0 +1,154 @@
+"""Change feeds with real processes (issue 14, docs/WATCH.md): a watcher across a kill -9 of the
+primary, resuming from a seq, `compacted` and the snapshot join, a watcher that stops reading, and
+watches checked like any request."""
+import time
+
+import pytest
+
+from zmqstore import Client, errors, protocol
+from zmqstore.testing.process import Writer, put_pipelined, wait_until
+
+from test_bad_input import RawClient
+from test_failover import FAILOVER_RETRY, status_of
+
+
+def drain(watcher, until, timeout=20):
+    """Events from `watcher` until `until(events)` holds (bounded by `timeout`)."""
+    events = []
+    end = time.monotonic() + timeout
+    while not until(events):
+        if time.monotonic() > end:
+            raise TimeoutError(f"watch: condition not reached within {timeout} s ({len(events)} events)")
+        events.extend(watcher.poll(0.5))
+    return events
+
+
+def assert_in_order_once(events):
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs), "events out of seq order"
+    keys = [e.key for e in events]
+    assert len(keys) == len(set(keys)), "a change delivered twice"
+
+
+def test_a_watcher_across_a_kill_9_of_the_primary_sees_every_acknowledged_write_once_in_order(cluster):
+    c = cluster()
+    with c.client(retry=FAILOVER_RETRY) as db:
+        db.put("other", 0)                      # not under the prefix: never delivered
+        with db.watch("w") as watcher:
+            with Writer(c, "w", FAILOVER_RETRY) as w:
+                w.wait_for(300)
+                c.nodes[1].kill()
+                w.wait_for(300, timeout=30)     # after the failover
+            final = status_of(c.nodes[c.wait_primary(10, among=(2, 3))])["commit_seq"]
+            events = drain(watcher, lambda ev: watcher.through is not None and watcher.through >= final)
+            assert watcher.reconnections >= 1
+    assert_in_order_once(events)
+    seen = {e.key: e.value for e in events}
+    missing = [k for k in w.acked if k not in seen]
+    assert not missing, f"{len(missing)} acknowledged writes never delivered, e.g. {missing[:3]}"
+    assert all(seen[k] == v for k, v in w.acked.items())
+    # Nothing delivered that was not written: every key is the writer's, with the value it wrote
+    # (writes whose reply was lost in the failover may be there too: they committed).
+    assert all(k.startswith("w") and v == int(k[1:]) // 16 * 16 for k, v in seen.items())
+
+
+def test_a_watcher_that_resumes_from_its_last_seq_misses_nothing(cluster):
+    c = cluster()
+    with c.client() as db:
+        with db.watch("r") as first:
+            put_pipelined(db, {f"r{i}": i for i in range(100)})
+            got = drain(first, lambda ev: len(ev) >= 100)
+            through = first.through
+        db.delete("r5")
+        db.put_many({"r200": 200, "r201": 201, "x": 0})
+        put_pipelined(db, {f"r{i}": -i for i in range(10)})
+        with db.watch("r", from_seq=through) as second:
+            rest = drain(second, lambda ev: len(ev) >= 13)
+            assert not second.poll(1.5)         # and nothing else: progress only
+    assert [e.value for e in got] == list(range(100))
+    assert (rest[0].key, rest[0].deleted, rest[0].value) == ("r5", True, None)
+    assert rest[1].seq == rest[2].seq and {rest[1].key, rest[2].key} == {"r200", "r201"}   # one entry
+    assert [e.value for e in rest[3:]] == [-i for i in range(10)]
+    assert rest[0].seq > through
+
+
+def test_compacted_then_the_snapshot_joins_the_changes_at_one_seq(cluster, tmp_path):
+    conf = tmp_path / "small-log.ini"
+    conf.write_text("[cluster]\nlog_retention = 200\n")
+    c = cluster(args=["--config", str(conf)])
+    with c.client() as db:
+        put_pipelined(db, {f"s{i:04d}": i for i in range(2000)})
+        first = db.status()["first_seq"]
+        assert first > 1000
+        with pytest.raises(errors.Compacted) as caught:
+            db.watch("s", from_seq=5)
+        assert caught.value.min_from == first - 1
+        last = db.status()["commit_seq"]
+        with db.watch("s", from_seq=caught.value.min_from) as ok:   # the position it named is served
+            got = drain(ok, lambda ev: ok.through >= last)
+        assert [e.seq for e in got] == list(range(first, last + 1))
+        with db.watch("s", snapshot=True) as snap:
+            state = drain(snap, lambda ev: snap.snapshot_seq is not None)
+            base = snap.snapshot_seq
+            assert {e.seq for e in state} == {base} and len(state) == 2000
+            db.put("s0000", "changed")
+            db.delete("s0001")
+            db.put("s9999", "new")
+            after = drain(snap, lambda ev: len(ev) >= 3)
+        assert all(e.seq > base for e in after)
+        joined = {e.key: e.value for e in state}
+        for e in after:
+            if e.deleted:
+                joined.pop(e.key)
+            else:
+                joined[e.key] = e.value
+        assert joined == dict(db.scan(prefix="s"))
+
+
+def test_a_watcher_that_stops_reading_stays_within_its_budget_and_resumes(cluster):
+    c = cluster()
+    window = 64 << 10
+    value = "v" * 20_000
+    with c.client() as db:
+        with db.watch("big", window=window) as watcher:
+            watcher.poll(0.5)                   # started
+            put_pipelined(db, {f"big{i:04d}": value for i in range(400)})    # 8 MB of changes
+            # The watcher reads nothing: the node sent it its window and then paused it.
+            wait_until(lambda: status_of(c.nodes[1]).get("watches", {}).get("paused") == 1, 10,
+                       message="watcher paused")
+            watches = status_of(c.nodes[1])["watches"]
+            assert watches["open"] == 1 and watches["in_flight_max"] <= window + 64 << 10
+            for _ in range(10):                 # writers are not slowed: a put still commits at once
+                started = time.monotonic()
+                db.put("other", 1)
+                assert time.monotonic() - started < 1.0
+            events = drain(watcher, lambda ev: len(ev) >= 400, timeout=30)
+    assert [e.key for e in events] == [f"big{i:04d}" for i in range(400)]
+    assert all(e.value == value for e in events)
+
+
+def test_watches_are_checked_like_any_request(cluster):
+    c = cluster()
+    with c.client() as db:
+        db.put("a", 1)
+    # A secondary refuses a watch unless stale: not_primary, followed by the client.
+    with Client(c.nodes[2].endpoint, **c.keys.client_kwargs() if c.keys else {}) as db2:
+        with db2.watch("a") as w:
+            w.poll(1)
+            assert w.connection.endpoint == c.nodes[1].endpoint
+        with db2.watch("", stale=True) as w:
+            w.poll(1)
+            assert w.connection.endpoint == c.nodes[2].endpoint and w.through >= 1
+    # Raw frames: bad positions and credit are refused; WATCH_CREDIT for no watch says so.
+    raw = RawClient(c.nodes[1])
+    try:
+        for rid, args in ((1, (b"", [[1, 2]], False, 100, False)),     # a vector in leader mode
+                          (2, (b"", None, False, 0, False)),           # no credit
+                          (3, (b"", 5, True, 100, False)),             # a position and a snapshot
+                          (4, (b"", 1 << 40, False, 100, False))):     # beyond the primary's log
+            reply = protocol.decode_reply(raw.ask([protocol.encode_request("WATCH", b"raw", rid, rid, *args)])[-1])
+            assert reply.request_id == rid and not reply.ok and reply.result[0] == "bad_argument", reply
+        reply = protocol.decode_reply(raw.ask([protocol.encode_request("WATCH_CREDIT", b"raw", 9, 9, 77, 1000)])[-1])
+        assert reply.request_id == 77 and reply.result[0] == "unavailable"
+    finally:
+        raw.close()
