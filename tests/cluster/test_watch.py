@@ -132,7 +132,8 @@ def test_watches_are_checked_like_any_request(cluster):
     with c.client() as db:
         db.put("a", 1)
     # A secondary refuses a watch unless stale: not_primary, followed by the client.
-    with Client(c.nodes[2].endpoint, **c.keys.client_kwargs() if c.keys else {}) as db2:
+    with Client(c.nodes[2].named_endpoint if c.keys else c.nodes[2].endpoint,
+                **c.keys.client_kwargs() if c.keys else {}) as db2:
         with db2.watch("a") as w:
             w.poll(1)
             assert w.connection.endpoint == c.nodes[1].endpoint
