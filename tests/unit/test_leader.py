@@ -6,7 +6,7 @@ from zmqstore import errors, protocol
 from zmqstore.leader import LogServer, Primary
 from zmqstore.leader.log_server import SNAPSHOT_TRIM_HOLD
 from zmqstore.leader.membership import Membership
-from zmqstore.leader.secondary import FETCH_RETRY, Plan, Secondary, plan_append
+from zmqstore.leader.secondary import FETCH_RETRY, SOURCE_BACKOFF, SOURCE_PATIENCE, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
 
 
@@ -315,19 +315,39 @@ def test_committed_entries_from_a_contact_while_no_primary_is_heard(make):
     assert io.sent[-1] == (3, PeerMessage("SNAPSHOT", (2, 2, 0, None)))
     step(sec, PeerMessage("SNAPSHOT_CHUNK", (2, 3, 0, None, 4, 2, [[b"q", b"\x01"]], None, None)), now=2.2)
     assert not st.restoring and (st.first_seq, st.last_seq, st.applied_seq) == st_before and st.get(b"q") is None
-    sec.catch_up_committed(3, 9, now=3.0)
-    step(sec, PeerMessage("NEED_SNAPSHOT", (2, 3, 8)), now=3.1)
-    step(sec, PeerMessage("SNAPSHOT_CHUNK", (2, 3, 0, None, 9, 2, [[b"q", b"\x01"]], None, None)), now=3.2)
+    n = len(io.sent)
+    sec.catch_up_committed(3, 9, now=3.0)                    # it cannot help: left alone for a while
+    assert len(io.sent) == n
+    sec.catch_up_committed(3, 9, now=2.2 + SOURCE_BACKOFF)
+    step(sec, PeerMessage("NEED_SNAPSHOT", (2, 3, 8)), now=7.3)
+    step(sec, PeerMessage("SNAPSHOT_CHUNK", (2, 3, 0, None, 9, 2, [[b"q", b"\x01"]], None, None)), now=7.4)
     assert (st.last_seq, st.applied_seq, st.first_seq) == (9, 9, 10) and st.get(b"q") == b"\x01"
     assert io.sent[-1] == (3, PeerMessage("FETCH", (2, 2, 10)))
-    # Known but not heard, primary 1 speaks again: the catch-up from node 3 ends, FETCH goes to it.
+    # A contact that stops answering is given up after SOURCE_PATIENCE; another is asked.
+    sec.tick(7.4 + SOURCE_PATIENCE)
+    n = len(io.sent)
+    sec.catch_up_committed(3, 12, now=8.0 + SOURCE_PATIENCE)
+    assert len(io.sent) == n
+    sec.catch_up_committed(4, 12, now=8.0 + SOURCE_PATIENCE)
+    assert io.sent[-1] == (4, PeerMessage("FETCH", (2, 2, 10)))
+    # One whose committed entry differs from ours is never asked again.
+    step(sec, PeerMessage("ENTRIES", (2, 4, 9, 1, [entry(2, b"z")], 12, 12)), now=11.0)
+    assert st.last_seq == 9 and st.get(b"z") is None
+    n = len(io.sent)
+    sec.catch_up_committed(4, 12, now=30.0)
+    assert len(io.sent) == n
+    # Known but not heard, primary 1 speaks again: the catch-up from node 5 ends, FETCH goes to it.
     sec = follow(eng, cfg, io, 2, leader_id=1)
-    sec.catch_up_committed(3, 12, now=4.0)
-    assert io.sent[-1] == (3, PeerMessage("FETCH", (2, 2, 10)))
-    step(sec, PeerMessage("HEARTBEAT", (2, 1, 1, 9, 11)), now=4.1)
+    sec.catch_up_committed(5, 12, now=40.0)
+    assert io.sent[-1] == (5, PeerMessage("FETCH", (2, 2, 10)))
+    step(sec, PeerMessage("HEARTBEAT", (2, 1, 1, 9, 11)), now=40.1)
     assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 2, 10)))
-    step(sec, PeerMessage("ENTRIES", (2, 3, 9, 2, [entry(2, b"late")], 12, 12)), now=4.2)
+    step(sec, PeerMessage("ENTRIES", (2, 5, 9, 2, [entry(2, b"late")], 12, 12)), now=40.2)
     assert st.last_seq == 9 and st.get(b"late") is None      # the late answer is not taken
+    # ENTRIES from the primary that answer no FETCH to it (sent while it was a contact) are not taken.
+    sec = follow(eng, cfg, io, 2, leader_id=5)
+    assert not step(sec, PeerMessage("ENTRIES", (2, 5, 9, 2, [entry(2, b"early")], 10, 10)), now=41.0)
+    assert st.last_seq == 9
 
 
 def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):

@@ -175,9 +175,9 @@ class Election:
 
     def has_majority(self) -> bool:
         """Whether the candidacy's votes make a majority of the voters. A candidate that is not a
-        voter itself (a primary's removal of itself, appended but not committed, is the last entry
-        of its log) does not count its own: it stands so that the entry can commit (Raft thesis
-        4.2.2), and its log still counts in `best_log`."""
+        voter itself (its log holds a primary's removal of itself, appended but not committed)
+        does not count its own: it stands so that the entry can commit (Raft thesis 4.2.2), and its
+        log still counts in `best_log`."""
         c = self.candidacy
         return sum(1 for nid in c.votes if nid in self.voters) >= self.majority
 

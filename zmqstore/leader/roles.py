@@ -378,8 +378,8 @@ class Roles:
     def _on_role(self, fields, now):
         view = self.election.on_role(fields, now)
         sender = fields[0]
-        self._maybe_catch_up(sender, fields[6], now)
         if view is None:
+            self._maybe_catch_up(sender, fields[6], now)
             return      # not a member here: only its commit seq is of use
         self.observe(view.term, sender if view.role == "primary" else view.leader_id, now)
         if view.term == self.storage.term:
@@ -390,6 +390,7 @@ class Roles:
                 # Also over DEALER: if the change stream (PUB) is cut, this is how a secondary
                 # learns it is behind, and FETCH repairs it.
                 self.secondary.on_leader_progress(view.last_seq, view.commit_seq, now)
+        self._maybe_catch_up(sender, view.commit_seq, now)
         if self.primary is None and self.election.candidacy is None:
             self._maybe_stand(now)
 
@@ -470,6 +471,9 @@ class Roles:
             # is a member here yet); the others may come from a voter.
             stream = command in ("CHANGE", "HEARTBEAT")
             sec = self.secondary
+            if sec is not None and sec.from_source(msg):
+                self._on_committed_entries(msg, now)
+                return
             if not (stream or self._from_member(fields[1]) or (sec is not None and fields[1] == sec.leader_id)):
                 return
             self.observe(fields[0], fields[1] if stream else 0, now)
@@ -484,6 +488,17 @@ class Roles:
                 self._check_synced(now)
         else:
             log.debug("ignoring %s on a peer socket", command)
+
+    def _on_committed_entries(self, msg, now):
+        """An answer from a contact this node takes committed entries from (member or not). Its
+        term fences them: a contact in a later term may hold entries committed in that term, which
+        the primary of ours lacks, and our ACKs to that primary must never cover them; so a higher
+        term is adopted first (a new Secondary: the next role query asks again), as Raft adopts the
+        term of any message. Only a node that hears no primary asks a contact at all."""
+        if msg.fields[0] > self.storage.term:
+            self.observe(msg.fields[0], 0, now)
+            return
+        self.secondary.on_message(msg, now)
 
     # ------------------------------------------------------------ status
 

@@ -8,6 +8,8 @@ from typing import NamedTuple
 from .. import faults, protocol
 
 FETCH_RETRY = 1.0                 # seconds before an unanswered FETCH or SNAPSHOT is sent again
+SOURCE_PATIENCE = 2.0             # seconds a contact may leave a catch-up request unanswered ...
+SOURCE_BACKOFF = 5.0              # ... before it is left alone for this long (also after a refusal)
 
 log = logging.getLogger("zmqstore.leader")
 
@@ -76,6 +78,8 @@ class Secondary:
         self._round_acked = 0           # the last HEARTBEAT round answered, in this primary's term
         self._outstanding = None        # (kind, body, sent at, (snapshot seq, cursor), to) awaiting its reply
         self._source = None             # the contact committed entries are being taken from (not the primary)
+        self._source_since = 0.0        # when its latest answer (or the catch-up) began
+        self._shunned = {}              # contact -> until when it is not asked again
         self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
         self.crash_after_chunks = None  # test-only (docs/TESTING.md): die after installing this many chunks
         self._refusal_logged = False
@@ -114,10 +118,14 @@ class Secondary:
         fields = msg.fields
         if handler is None:
             return False
-        if self._source is not None and fields[1] == self._source and msg.command in _FROM_SOURCE:
+        if self.from_source(msg):
             _FROM_SOURCE[msg.command](self, msg.command, fields, now)
             return False    # not the primary: nothing about it was heard
         if fields[0] != self.storage.term or fields[1] != self.leader_id or not self.leader_id:
+            return False
+        if msg.command == "ENTRIES" and not self._awaits("fetch", self.leader_id):
+            # Only an answer to our FETCH to it: one sent to this node while it was a contact,
+            # before it won this term, holds its log as it was then, not the primary's word.
             return False
         leader_last = fields[-1] if msg.command in ("CHANGE", "ENTRIES", "HEARTBEAT") else None
         if leader_last is not None and leader_last < self.engine.applied_seq and not self.storage.restoring:
@@ -136,6 +144,15 @@ class Secondary:
         handler(msg.command, fields, now)
         return True
 
+    def from_source(self, msg) -> bool:
+        """Whether `msg` answers a catch-up request to a contact (committed entries: no term or
+        primary is learnt from it)."""
+        return self._source is not None and msg.fields[1] == self._source and msg.command in _FROM_SOURCE
+
+    def _awaits(self, kind, node_id) -> bool:
+        out = self._outstanding
+        return out is not None and out[0] == kind and out[4] == node_id
+
     def _ack(self, now):
         if self.installing or self.sync_target is not None:
             return  # our log is being replaced, or we adopt a voter's log: nothing to report
@@ -148,6 +165,8 @@ class Secondary:
         """The primary's last and commit seq from its role query or reply (DEALER), not the stream."""
         if self.sync_target is not None or self.installing:
             return
+        if self._source is not None:
+            self._end_catch_up()    # the primary is heard: it is the one to ask
         self.leader_commit = max(self.leader_commit, min(leader_commit, leader_last))
         self.leader_last = max(self.leader_last, leader_last)
         self._apply_commit()
@@ -225,21 +244,33 @@ class Secondary:
         """Contact node_id reports commit seq `commit_seq`, beyond what this node holds, while no
         primary is heard (the node's decision): take the committed entries from it. Entries past
         its commit seq are not taken: they may be leftovers that a later primary replaces."""
-        if (self.sync_target is not None or self.installing or self._outstanding is not None
-                or node_id == self.leader_id or commit_seq <= max(self.matched, self.engine.applied_seq)):
+        if (self.sync_target is not None or self._snapshot_seq is not None or self._outstanding is not None
+                or node_id == self.leader_id or self._shunned.get(node_id, 0.0) > now
+                or commit_seq <= max(self.matched, self.engine.applied_seq)):
             return
         if self._source != node_id:
             log.info("no primary heard, and node %d reports entries committed up to seq %d (we hold %d): "
                      "taking them from it", node_id, commit_seq, self.matched)
             self.counters["committed_catch_ups"] += 1
-        self._source = node_id
-        self._fetch(self.matched + 1, now, to=node_id)
+        self._source, self._source_since = node_id, now
+        if self.storage.restoring:
+            # A snapshot install was interrupted (a crash, or a new term): our log and data are
+            # gone already, so this contact's snapshot can only help.
+            self._request_snapshot(0, None, now, node_id)
+        else:
+            self._fetch(self.matched + 1, now, to=node_id)
 
     def _end_catch_up(self):
         if self._outstanding is not None and self._outstanding[4] == self._source:
             self._outstanding = None
+            self._snapshot_seq = None
         self._source = None
 
+    def _shun(self, node_id, now, reason, seconds=SOURCE_BACKOFF):
+        """Ask this contact nothing for `seconds`: it does not answer, or cannot help."""
+        log.info("not taking committed entries from node %d for %.0f s: %s", node_id, seconds, reason)
+        self._shunned[node_id] = now + seconds
+        self._end_catch_up()
     def _on_committed_entries(self, command, fields, now):
         _term, source, prev_seq, prev_term, entries, commit_seq, _last = fields
         out = self._outstanding
@@ -250,10 +281,18 @@ class Secondary:
         if not entries:
             self._source = None
             return
+        self._source_since = now
         plan = plan_append(self.engine, prev_seq, prev_term, entries)
         if plan.kind == "fetch":
             # A gap (its log starts after ours ends), or our entry at prev_seq is not the committed
             # one: everything we hold past what we know to be committed is a leftover.
+            if plan.truncate and prev_seq <= self.matched:
+                # It disagrees with an entry we know to be committed: its log is not the cluster's
+                # (a lost data dir, or write_quorum below a majority). Never taken from.
+                log.error("node %d's entry at seq %d differs from ours, which is committed: not taking entries "
+                          "from it", source, prev_seq)
+                self._shun(source, now, "its log differs from the committed one", seconds=3600.0)
+                return
             if plan.truncate:
                 self._truncate(self.matched + 1, source)
             self._fetch(self.matched + 1 if plan.truncate else plan.seq, now, force=True, to=source)
@@ -300,13 +339,14 @@ class Secondary:
         if out is None or out[0] != "snapshot" or out[3] != (asked_seq, asked_cursor) or out[4] != sender:
             return  # answers a request that is no longer outstanding (late, or a duplicate)
         first = snapshot_seq != asked_seq or asked_cursor is None
-        if first and sender == self._source and snapshot_seq < self.engine.last_seq:
+        if first and sender == self._source and snapshot_seq < self.engine.last_seq and not self.storage.restoring:
             # Not from the primary: it may lack entries of ours that a primary counted in a commit,
             # and installing it would drop them. Left to the primary (or a more current contact).
-            log.info("node %d's snapshot ends at seq %d, before our log does (%d): not installing it",
-                     sender, snapshot_seq, self.engine.last_seq)
-            self._snapshot_seq = self._source = self._outstanding = None
+            self._shun(sender, now, f"its snapshot ends at seq {snapshot_seq}, before our log does "
+                       f"({self.engine.last_seq})")
             return
+        if sender == self._source:
+            self._source_since = now
         # The membership at the snapshot's seq comes with its last chunk; checked before anything changes.
         members = protocol.decode_members(members) if members is not None and next_cursor is None else None
         self._outstanding = None
@@ -342,6 +382,9 @@ class Secondary:
         """Resend a FETCH or SNAPSHOT that got no answer (the primary may have restarted); start a
         snapshot install over when one was interrupted."""
         out = self._outstanding
+        if out is not None and out[4] == self._source and now - self._source_since >= SOURCE_PATIENCE:
+            self._shun(self._source, now, f"no answer for {SOURCE_PATIENCE:.0f} s")
+            out = None
         if out is not None and now - out[2] >= FETCH_RETRY:
             self._send_request(out[0], out[1], now, out[3], out[4])
         if self.storage.restoring and self._snapshot_seq is None and self.leader_id:
