@@ -48,6 +48,7 @@ Usage:
   datastore-cli [options] delete KEY
   datastore-cli [options] scan [--prefix P] [--start S] [--end E] [--limit N]
   datastore-cli [options] versions KEY
+  datastore-cli [options] watch [PREFIX] [--from SEQ | --snapshot] [--stale] [--count N]
   datastore-cli [options] status
   datastore-cli [options] ping
   datastore-cli [options] members
@@ -69,6 +70,9 @@ Options:
   --start S             Scan from key S (inclusive).
   --end E               Scan up to key E (exclusive).
   --limit N             Return at most N items.
+  --from SEQ            watch: the changes after log seq SEQ (default: from now).
+  --snapshot            watch: first every key under PREFIX as it is now, then the changes.
+  --count N             watch: stop after N changes (default: until Ctrl-C).
   --timeout SEC         Seconds to wait for each reply [default: 3.0].
   --pub-port P          add-member: the new node's change stream port (default PORT + 1000).
   --peer-port P         add-member: the new node's peer port (default PORT + 2000).
@@ -189,8 +193,12 @@ def cli_main(argv=None):
         if args["keygen"]:
             return _keygen(args)
         timeout = float(args["--timeout"])
-        with Client(args["--endpoints"], timeout=timeout, retry=Retry(max_tries=2), **_client_keys(args)) as db:
+        # A watch rides out failovers and restarts (each outage up to a minute); other commands fail fast.
+        retry = Retry(max_tries=600, max_delay=1.0, deadline=60.0) if args["watch"] else Retry(max_tries=2)
+        with Client(args["--endpoints"], timeout=timeout, retry=retry, **_client_keys(args)) as db:
             return _run_command(db, args)
+    except KeyboardInterrupt:
+        return 0
     except (errors.ZmqstoreError, ValueError) as exc:
         code = getattr(exc, "code", "error")
         print(f"datastore-cli: {code}: {exc}", file=sys.stderr)
@@ -256,6 +264,8 @@ def _run_command(db, args):
             for key, value in rows:
                 print(f"{_json_default(key) if isinstance(key, bytes) else key}\t"
                       f"{json.dumps(value, default=_json_default)}")
+    elif args["watch"]:
+        _watch(db, args)
     elif args["versions"]:
         versions = db.get_versions(args["KEY"])
         if args["--json"]:
@@ -285,6 +295,24 @@ def _run_command(db, args):
     elif args["add-member"] or args["remove-member"]:
         return _change_members(db, args)
     return 0
+
+
+def _watch(db, args):
+    """One line per change, flushed at once: `SEQ<tab>KEY<tab>VALUE as JSON` (`(deleted)` for a
+    delete), or a JSON object per line with --json (docs/WATCH.md)."""
+    count = _int_arg("--count", args["--count"]) if args["--count"] else None
+    from_seq = _int_arg("--from", args["--from"]) if args["--from"] else None
+    with db.watch(args["PREFIX"] or b"", from_seq=from_seq, snapshot=args["--snapshot"], stale=args["--stale"]) as w:
+        for shown, event in enumerate(w, 1):
+            key = _json_default(event.key) if isinstance(event.key, bytes) else event.key
+            if args["--json"]:
+                line = json.dumps({"seq": event.seq, "key": key, "value": event.value, "deleted": event.deleted},
+                                  default=_json_default, sort_keys=True)
+            else:
+                line = f"{event.seq}\t{key}\t{'(deleted)' if event.deleted else json.dumps(event.value, default=_json_default)}"
+            print(line, flush=True)
+            if count is not None and shown >= count:
+                return
 
 
 def _change_members(db, args):

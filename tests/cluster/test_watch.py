@@ -1,6 +1,9 @@
 """Change feeds with real processes (issue 14, docs/WATCH.md): a watcher across a kill -9 of the
 primary, resuming from a seq, `compacted` and the snapshot join, a watcher that stops reading, and
 watches checked like any request."""
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -153,3 +156,29 @@ def test_watches_are_checked_like_any_request(cluster):
         assert reply.request_id == 77 and reply.result[0] == "unavailable"
     finally:
         raw.close()
+
+
+def test_datastore_cli_watch(nodes):
+    node = nodes()
+    with node.client() as db:
+        db.put("c1", {"a": 1})
+        db.put("other", 1)
+        db.delete("c1")
+        db.put("c2", "two")
+    base = [sys.executable, "-c", "from zmqstore.cli import cli_entry; cli_entry()", *node.cli_args()]
+    out = subprocess.run([*base, "watch", "c", "--from", "0", "--count", "3"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0 and out.stdout.splitlines() == ['1\tc1\t{"a": 1}', "3\tc1\t(deleted)", '4\tc2\t"two"']
+    out = subprocess.run([*base, "--json", "watch", "c", "--snapshot", "--count", "1"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and json.loads(out.stdout) == {"seq": 4, "key": "c2", "value": "two", "deleted": False}
+    # From now: a change made while it runs is printed as it happens.
+    proc = subprocess.Popen([*base, "watch", "live", "--count", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        with node.client() as db:
+            wait_until(lambda: db.status()["watches"]["open"] == 1, 10, message="the CLI's watch is open")
+            db.put("live", 7)
+        assert proc.communicate(timeout=20)[0] == "5\tlive\t7\n" and proc.returncode == 0
+    finally:
+        proc.kill()
+        proc.wait()
