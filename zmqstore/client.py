@@ -1,11 +1,10 @@
 """The blocking Python client: one request at a time with retries under the same request id, and
 pipelines (docs/CLIENT.md). The operations themselves are api.Commands, shared with the Pipeline."""
-import itertools
-import os
 import time
 
-from . import errors, protocol, transport
-from .api import Call, Commands, Dot, Version, Versions, encode_key
+from . import errors, transport
+from .api import Call, Dot, Version, Versions, encode_key
+from .client_base import DEFAULT_TIMEOUT, Attempts, ClientBase
 from .connection import RETRYABLE, Connection, Retry
 from .pipeline import Pipeline
 from .watcher import WATCH_WINDOW, WatchEvent, Watcher
@@ -13,12 +12,8 @@ from .watcher import WATCH_WINDOW, WatchEvent, Watcher
 __all__ = ["Client", "Pipeline", "Retry", "RETRYABLE", "Version", "Versions", "Dot", "encode_key", "Watcher",
            "WatchEvent"]
 
-DEFAULT_TIMEOUT = 3.0   # per attempt; above the default 2.0 s replication_timeout so a slow commit still answers
-MAX_UNRESOLVED = 100    # writes of unknown outcome the client keeps asking the node to remember ...
-UNRESOLVED_TTL = 30.0   # ... for this long (nodes forget a silent client after session_timeout, 60 s)
 
-
-class Client(Commands):
+class Client(ClientBase):
     """A connection to a zmqstore cluster. Not thread-safe: use one per thread (like a socket).
 
     `endpoints`: "host:port", a comma-separated string or a list. `decode_keys`: scan yields str
@@ -32,16 +27,8 @@ class Client(Commands):
 
     def __init__(self, endpoints, timeout=DEFAULT_TIMEOUT, retry=None, decode_keys=True,
                  max_request_size=16 << 20, secret_key=None, node_keys=None):
+        super().__init__(retry, decode_keys, max_request_size)
         self.connection = Connection(endpoints, timeout, secret_key, node_keys)
-        self.retry = retry or Retry()
-        self.decode_keys = decode_keys
-        self.max_request_size = max_request_size
-        self.client_id = os.urandom(16)
-        self._ids = itertools.count(1)
-        self.last_request_id = 0      # the id of the latest request sent (for outcome())
-        # Writes whose outcome is unknown (timeouts): open_from stays at or below them, so the node
-        # keeps their outcomes for outcome() until asked (or its session_timeout passes).
-        self._unresolved = []
 
     @property
     def timeout(self) -> float:
@@ -74,59 +61,17 @@ class Client(Commands):
         except Exception:
             pass
 
-    # ------------------------------------------------------------ requests (also used by Pipeline)
-
-    def next_request_id(self) -> int:
-        return next(self._ids)
-
-    def encode(self, call, request_id, open_from=None) -> bytes:
-        """One request body. `open_from`: the lowest request id still awaited (default: this one);
-        the node may forget the outcomes of this client's earlier writes."""
-        open_from = request_id if open_from is None else open_from
-        if self._unresolved:
-            if time.monotonic() - self._unresolved[0][1] > UNRESOLVED_TTL:
-                self._unresolved = [u for u in self._unresolved if time.monotonic() - u[1] <= UNRESOLVED_TTL]
-            if self._unresolved:
-                open_from = min(open_from, *(rid for rid, _ in self._unresolved))
-        body = protocol.encode_request(call.command, self.client_id, request_id, open_from, *call.args)
-        if len(body) > self.max_request_size:
-            raise errors.RequestTooLarge(f"{call.command} request of {len(body)} bytes exceeds max_request_size "
-                                         f"{self.max_request_size}")
-        return body
-
-    def unresolve(self, request_id):
-        """Keep asking nodes to remember this write's outcome (for outcome())."""
-        self._unresolved.append((request_id, time.monotonic()))
-        del self._unresolved[:-MAX_UNRESOLVED]
-
     def _execute(self, call):
-        """Send one request and return its decoded result. Timeouts and redirects are retried with
-        the same request id, so a write is applied at most once."""
+        """Send one request and return its decoded result, retrying as `Attempts` says."""
         request_id = self.last_request_id = self.next_request_id()
         body = self.encode(call, request_id)
         connection = self.connection
-        started = time.monotonic()
-        sleeps = None
+        attempts = Attempts(self, call, request_id)
         while True:
-            hint = None
             try:
                 return call.decode(connection.attempt(body, request_id))
-            except errors.NotPrimary as exc:
-                failure, hint = exc, connection.redirect(exc.details)
-            except (errors.Unavailable, errors.ConnectionTimeout) as exc:
-                failure = exc
-            except errors.ReplicationTimeout as exc:
-                self.unresolve(request_id)
-                exc.request_id = request_id
-                raise
-            if sleeps is None:
-                sleeps = self.retry.sleeps(started)
-            pause = next(sleeps, None)
-            if pause is None:
-                if call.command in protocol.WRITE_COMMANDS or call.command in protocol.MEMBERSHIP_CHANGES:
-                    self.unresolve(request_id)
-                failure.request_id = request_id
-                raise failure
+            except errors.ZmqstoreError as exc:
+                pause, hint = attempts.failed(exc, connection)
             time.sleep(pause)
             connection.next_endpoint(hint)
 
@@ -143,8 +88,7 @@ class Client(Commands):
         write or fence; while no majority answers, the call retries like any other and finally
         raises the last error."""
         state, _seq = self._execute(Call("OUTCOME", (request_id,), tuple))
-        if state in ("committed", "not_found"):
-            self._unresolved = [u for u in self._unresolved if u[0] != request_id]
+        self.resolved(request_id, state)
         return state
 
     def scan(self, prefix=None, start=None, end=None, limit=None, stale=False):

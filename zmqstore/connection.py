@@ -69,9 +69,11 @@ def parse_endpoints(endpoints):
 
 class Connection:
     """Not thread-safe (like a socket). `endpoints`: "host:port" or "ID@host:port" items, a list or
-    a comma-separated string; with keys every endpoint names its node (parse_endpoints)."""
+    a comma-separated string; with keys every endpoint names its node (parse_endpoints).
+    `context`: the ZeroMQ context class (zmq.asyncio.Context for the asyncio client, whose
+    sockets it then makes; `attempt` is for blocking ones)."""
 
-    def __init__(self, endpoints, timeout, secret_key=None, node_keys=None):
+    def __init__(self, endpoints, timeout, secret_key=None, node_keys=None, context=zmq.Context):
         self.endpoints, self._node_ids = parse_endpoints(endpoints)
         self._credentials = (secret_key, node_keys)
         self._keys = None
@@ -84,7 +86,8 @@ class Connection:
             if unnamed:
                 raise ValueError(f"with keys every endpoint must name its node as ID@host:port: {unnamed}")
         self.timeout = timeout
-        self._ctx = zmq.Context()
+        self._context = context
+        self._ctx = context()
         self.sock = None
         self._candidates = []       # sockets to a node whose key is rotated, one per key (handshake)
         self._endpoint_index = 0
@@ -100,7 +103,7 @@ class Connection:
     def sibling(self) -> "Connection":
         """Another connection to the same endpoints with the same keys, starting at this one's
         current endpoint (a watch's own: docs/WATCH.md)."""
-        other = Connection(self.named_endpoints(), self.timeout, *self._credentials)
+        other = Connection(self.named_endpoints(), self.timeout, *self._credentials, context=self._context)
         if other._endpoint_index != self._endpoint_index:
             other._endpoint_index = self._endpoint_index
             try:
