@@ -1,0 +1,147 @@
+"""The node's side of change feeds (zmqstore/watch.py over leader/feed.py) on a real standalone
+engine in tmp_path, with a fake send that records replies: credit, pausing and resuming, prefixes,
+progress, compaction, dropping, and watches refused."""
+import pytest
+
+from zmqstore import errors, protocol
+from zmqstore.leader.feed import LeaderFeed
+from zmqstore.watch import WATCH_PROGRESS, Watches
+
+
+class Sent:
+    def __init__(self):
+        self.replies = []
+        self.gone = False
+
+    def __call__(self, frames):
+        if self.gone:
+            return False
+        self.replies.append((frames[:-1], protocol.decode_reply(frames[-1])))
+        return None
+
+    def take(self):
+        taken, self.replies = [r for _, r in self.replies], []
+        return taken
+
+
+def put(eng, key, value, rid=[0]):
+    rid[0] += 1
+    eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", rid[0], rid[0], key,
+                                                              protocol.pack_value(value))))
+    eng.flush()
+
+
+def watch(watches, rid, prefix=b"", position=None, snapshot=False, credit=1 << 20, stale=False, who=b"A", now=0.0):
+    req = protocol.decode_request(protocol.encode_request("WATCH", b"w", rid, rid, prefix, position, snapshot,
+                                                          credit, stale))
+    return watches.handle(req, [who], now)
+
+
+def credit(watches, watch_id, amount, who=b"A", now=0.0):
+    req = protocol.decode_request(protocol.encode_request("WATCH_CREDIT", b"w", 99, 99, watch_id, amount))
+    return watches.handle(req, [who], now)
+
+
+@pytest.fixture
+def standalone(make):
+    """A standalone primary, its Watches and what they sent; `retention` for its log_retention."""
+    def start(retention=1000):
+        eng, cfg = make(1, peers=[], log_retention=retention)
+        eng.become_primary(1)
+        sent = Sent()
+        return eng, Watches(LeaderFeed(eng), sent, idle_timeout=60.0), sent
+    return start
+
+
+def test_credit_pauses_a_watcher_and_returning_it_resumes_without_a_gap(standalone):
+    eng, watches, sent = standalone()
+    first = protocol.decode_reply(watch(watches, 7, b"k", credit=400))
+    assert first.result == ("changes", 0, [])                # where it starts
+    for i in range(20):
+        put(eng, b"k%02d" % i, "x" * 40)
+        watches.pump(1.0 + i * 0.01)
+    got = sent.take()
+    assert 1 <= len(got) < 20 and watches.status()["paused"] == 1
+    assert watches.status()["in_flight_max"] <= 400 + 200    # its credit, overdrawn by one entry at most
+    watches.pump(2.0)
+    assert sent.take() == []                                 # paused: nothing read or sent
+    assert credit(watches, 7, 1 << 20) is None               # no reply on success
+    while watches.busy:
+        watches.pump(2.1)
+    got += sent.take()
+    seqs = [item[0] for r in got for item in r.result[2]]
+    assert seqs == list(range(1, 21))
+    assert all(r.request_id == 7 for r in got)
+
+
+def test_prefixes_progress_and_what_other_keys_do(standalone):
+    eng, watches, sent = standalone()
+    watch(watches, 1, b"a")
+    sent.take()
+    put(eng, b"b1", 1)
+    watches.pump(0.1)
+    assert sent.take() == []                                 # nothing under "a": nothing sent yet ...
+    watches.pump(0.1 + WATCH_PROGRESS)
+    assert [r.result for r in sent.take()] == [("changes", 1, [])]    # ... until progress says how far
+    put(eng, b"a1", 2)
+    watches.pump(1.2)
+    (reply,) = sent.take()
+    assert reply.result[:2] == ("changes", 2) and reply.result[2][0][:2] == [2, b"a1"]
+
+
+def test_compacted_while_paused_and_dropped_when_idle_or_gone(standalone):
+    eng, watches, sent = standalone(retention=5)
+    watch(watches, 1, credit=1)                              # paused after its first reply
+    watch(watches, 2, who=b"B", credit=1 << 20)
+    sent.take()
+    for i in range(30):
+        put(eng, b"k%d" % i, i)                              # log_retention 5: trimmed past watch 1
+        watches.pump(1.0)
+    assert credit(watches, 1, 1000, now=1.5) is None
+    watches.pump(2.0)
+    replies = {frames[0]: reply for frames, reply in sent.replies}
+    err = replies[b"A"]
+    assert not err.ok and err.result[0] == "compacted" and err.result[2]["min_from"] >= 20
+    assert replies[b"B"].ok                                  # it kept up
+    # Watch 2's client goes: its next send fails and the watch is forgotten.
+    sent.gone = True
+    put(eng, b"k99", 1)
+    watches.pump(3.0)
+    assert len(watches) == 0
+    # A watcher without credit for idle_timeout is dropped; its WATCH_CREDIT then says so.
+    sent.gone = False
+    watch(watches, 3, credit=1, now=10.0)
+    put(eng, b"k100", 1)
+    watches.pump(11.0)
+    watches.pump(10.0 + 61.0)
+    assert len(watches) == 0 and watches.status()["watches_dropped"] == 1
+    late = protocol.decode_reply(credit(watches, 3, 1000, now=72.0))
+    assert late.request_id == 3 and late.result[0] == "unavailable"
+
+
+def test_watches_refused(standalone):
+    eng, watches, sent = standalone()
+    with pytest.raises(errors.BadArgument):
+        watch(watches, 1, position=[[1, 2]])                 # a dynamo position
+    with pytest.raises(errors.BadArgument):
+        watch(watches, 2, position=3, snapshot=True)
+    with pytest.raises(errors.BadArgument):
+        watch(watches, 3, position=10)                       # beyond the primary's log
+    with pytest.raises(errors.BadArgument):
+        watch(watches, 4, credit=0)
+    for i in range(64):
+        watch(watches, 100 + i)
+    with pytest.raises(errors.Unavailable):
+        watch(watches, 200)                                  # 64 on one connection
+    watch(watches, 200, who=b"B")                            # another connection may
+    eng.role = "secondary"
+    with pytest.raises(errors.NotPrimary):
+        watch(watches, 300, who=b"C")
+    watch(watches, 301, who=b"C", stale=True)
+    sent.take()
+    watches.pump(1.0)                                        # the primary-only ones end with not_primary
+    codes = {r.result[0] for r in sent.take() if not r.ok}
+    assert codes == {"not_primary"} and len(watches) == 1
+    assert Watches(None, sent, 60.0).feed is None
+    with pytest.raises(errors.UnsupportedOperation):
+        watch(Watches(None, sent, 60.0), 1)
