@@ -26,6 +26,7 @@ from dynamo_bench import dynamo  # noqa: E402
 from failover import failover  # noqa: E402  (bench/ is on sys.path as the script's directory)
 from membership import dynamo_join, membership, report_rows as membership_rows  # noqa: E402
 from security import report_rows as security_rows, security  # noqa: E402
+from watch_bench import report_rows as watch_rows, watch  # noqa: E402
 
 PIPELINE_DEPTH = 64
 
@@ -272,7 +273,7 @@ def leader_cluster(results, N, rounds, catch_up_writes):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
-    ap.add_argument("--only", choices=("single", "leader", "failover", "membership", "dynamo", "security"),
+    ap.add_argument("--only", choices=("single", "leader", "failover", "membership", "dynamo", "security", "watch"),
                     help="run one part only")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
@@ -296,6 +297,8 @@ def main():
         dynamo(results, N(40_000), 30 if opts.quick else 300, N(10_000))
     if opts.only in (None, "security"):
         security(results, opts.quick)
+    if opts.only in (None, "watch"):
+        watch(results, N(20_000), rounds)
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:
@@ -366,7 +369,7 @@ def report(r):
             rows.append(("dynamo 3 nodes: converge after a partition heals",
                          f"{r['dynamo_partition_converge_s']:.2f} s",
                          f"{r['dynamo_partition_writes_each']:,} writes on each side (target < 3 s)"))
-    rows += security_rows(r) + membership_rows(r)
+    rows += security_rows(r) + membership_rows(r) + watch_rows(r)
     if not rows:
         return
     width = max(len(row[0]) for row in rows)

@@ -105,7 +105,9 @@ class Client(ClientBase):
         self._waiting[request_id] = reply
         expiry = loop.call_later(connection.timeout, _expire, reply, connection)
         try:
-            await asyncio.wait_for(sock.send(body), connection.timeout)
+            sending = sock.send(body)
+            if not sending.done():      # the queue to that node is full: wait, within the timeout
+                await asyncio.wait_for(sending, connection.timeout)
             result = await reply
         except asyncio.TimeoutError:
             raise errors.ConnectionTimeout(f"could not send to {connection.endpoint} within "
@@ -128,17 +130,22 @@ class Client(ClientBase):
         self._reader = asyncio.get_running_loop().create_task(self._read_replies(sock))
 
     async def _read_replies(self, sock):
-        waiting = self._waiting
+        waiting, decode = self._waiting, protocol.decode_reply
         try:
             while True:
                 raw = await sock.recv()
-                try:
-                    reply = protocol.decode_reply(raw)
-                except errors.ZmqstoreError:
-                    continue
-                future = waiting.get(reply.request_id)
-                if future is not None and not future.done():
-                    future.set_result(reply)
+                while True:
+                    try:
+                        reply = decode(raw)
+                    except errors.ZmqstoreError:
+                        reply = None
+                    future = waiting.get(reply.request_id) if reply is not None else None
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+                    try:    # what else has arrived, without a trip through the event loop each
+                        raw = sock.recv(zmq.NOBLOCK).result()
+                    except zmq.Again:
+                        break
         except (asyncio.CancelledError, zmq.ZMQError):
             return      # the socket was closed: the client went to another endpoint, or closed
 
