@@ -1,6 +1,8 @@
 """The node's side of change feeds (zmqstore/watch.py over leader/feed.py) on a real standalone
 engine in tmp_path, with a fake send that records replies: credit, pausing and resuming, prefixes,
 progress, compaction, dropping, and watches refused."""
+import json
+
 import pytest
 
 from zmqstore import errors, protocol
@@ -145,3 +147,24 @@ def test_watches_refused(standalone):
     assert Watches(None, sent, 60.0).feed is None
     with pytest.raises(errors.UnsupportedOperation):
         watch(Watches(None, sent, 60.0), 1)
+
+
+def test_the_campaign_watch_check_catches_gaps_duplicates_disorder_and_uncommitted_changes(tmp_path):
+    from zmqstore.testing.linearizability import Op
+    from zmqstore.testing.workload import check_watch
+    history = [Op(0, "put", "a", 1, 0.0, 1.0, "ok"), Op(0, "put", "a", 2, 1.0, 2.0, "info"),
+               Op(0, "put", "b", 3, 2.0, 3.0, "fail"), Op(1, "cas", "a", (1, 4), 3.0, 4.0, "ok", True),
+               Op(1, "cas", "a", (9, 5), 4.0, 5.0, "ok", False)]
+
+    def judge(lines, tail={"reconnections": 0, "through": 9, "target": 9}):
+        path = tmp_path / "watch.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in [*lines, tail]))
+        return check_watch(str(path), history)
+    assert judge([[1, "a", 1], [2, "a", 2], [3, "a", 4]])["ok"]          # the unknown write may be there
+    assert judge([[1, "a", 1], [3, "a", 4]])["ok"]                       # or not
+    assert judge([[1, "a", 1]])["missing"] == 1                          # the applied cas is not
+    assert judge([[1, "a", 1], [1, "a", 1], [3, "a", 4]])["duplicates"] == 1
+    assert judge([[3, "a", 4], [1, "a", 1]])["out_of_order"] == 1
+    assert judge([[1, "a", 1], [2, "b", 3], [3, "a", 4]])["uncommitted"] == 1   # a failed put
+    assert judge([[1, "a", 1], [2, "a", 5], [3, "a", 4]])["uncommitted"] == 1   # a cas that did not apply
+    assert not judge([[1, "a", 1], [3, "a", 4]], {"reconnections": 0, "through": 3, "target": 9})["ok"]

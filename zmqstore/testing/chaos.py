@@ -31,7 +31,7 @@ from . import convergence, partition
 from .linearizability import check, read_history
 from .nemesis import MEMBERSHIP_FAULTS, NETWORK_FAULTS, PROCESS_FAULTS, Nemesis
 from .process import Cluster, keys_by_default, wait_until
-from .workload import dynamo_finals, dynamo_worker, leader_worker
+from .workload import check_watch, dynamo_finals, dynamo_worker, leader_worker, watch_worker
 
 
 def _converged(cluster):
@@ -68,6 +68,12 @@ def format_summary(summary):
     ]
     if not dynamo:
         rows.append(("recovery", f"a primary {summary['primary_after_heal_s']:.2f} s after the last fault healed"))
+    watch = summary.get("watch")
+    if watch is not None:
+        rows.append(("watcher", f"{watch['events']} changes, {watch['reconnections']} reconnections: "
+                     + ("every acknowledged write once, in order, nothing uncommitted" if watch["ok"] else
+                        f"FAILED: missing {watch['missing']}, duplicates {watch['duplicates']}, out of order "
+                        f"{watch['out_of_order']}, uncommitted {watch['uncommitted']}, current {watch['current']}")))
     rows.append(("convergence", "NOT reached in time (the nodes' states follow below)"
                  if summary["converged_after_last_op_s"] is None else
                  f"every node holds the same {'data' if dynamo else 'log'} "
@@ -122,6 +128,10 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             else:
                 target, worker_args = leader_worker, (c.endpoints, p, seconds, seed, path, client_keys)
             procs.append(ctx.Process(target=target, args=worker_args, daemon=True))
+        watch_path = os.path.join(base_dir, "watch.jsonl") if mode == "leader" else None
+        if watch_path:      # a watcher through it all, judged against the history (docs/WATCH.md)
+            procs.append(ctx.Process(target=watch_worker, args=(c.endpoints, seconds, watch_path, client_keys),
+                                     daemon=True))
         for proc in procs:
             proc.start()
         nemesis = Nemesis(c, seed, partitioner, client_keys)
@@ -142,12 +152,13 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
                     to_primary = time.monotonic() - healed
             finally:
                 for proc in procs:
-                    proc.join(seconds + 60)
+                    proc.join(seconds + 180)
                     if proc.is_alive():
                         proc.kill()
                         proc.join(10)
         # A client that crashed or hung took its history with it: its writes would go unchecked.
-        broken_workers = [i for i, proc in enumerate(procs) if proc.exitcode != 0 or not os.path.exists(histories[i])]
+        broken_workers = [i for i, proc in enumerate(procs) if proc.exitcode != 0
+                          or not os.path.exists(histories[i] if i < len(histories) else watch_path)]
         last_op = time.monotonic()
         done = Cluster.dynamo_converged if mode == "dynamo" else _converged
         try:
@@ -174,8 +185,11 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             summary.update(operations=len(history), final_primary=primary, ok_verdict=verdict.ok,
                            primary_after_heal_s=round(to_primary, 3))
             summary["linearizable"] = verdict.ok
+            if os.path.exists(watch_path):
+                summary["watch"] = check_watch(watch_path, history)
         summary.update({k: sum(1 for op in history if op.outcome == k) for k in ("ok", "fail", "info")})
-        summary["passed"] = verdict.ok and to_converge is not None and not broken_workers
+        summary["passed"] = (verdict.ok and to_converge is not None and not broken_workers
+                             and summary.get("watch", {"ok": True})["ok"])
         if broken_workers:
             summary["broken_workers"] = broken_workers
         if not verdict.ok:
