@@ -44,6 +44,10 @@ class Client(ClientBase):
         self._reader = None         # the task reading replies from `_reader_sock`
         self._reader_sock = None
         self._epoch = 0             # moves each time the client goes to another endpoint
+        # (deadline, future, connection) of each attempt, in deadline order (one timeout for all):
+        # one task fails the late ones, cheaper than a timer per request.
+        self._deadlines = collections.deque()
+        self._sweeper = None
 
     @property
     def timeout(self) -> float:
@@ -58,9 +62,10 @@ class Client(ClientBase):
         return self.connection.endpoint
 
     def close(self):
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
+        for task in (self._reader, self._sweeper):
+            if task is not None:
+                task.cancel()
+        self._reader = self._sweeper = None
         if self.connection is not None:
             self.connection.close()
             self.connection = None
@@ -103,7 +108,9 @@ class Client(ClientBase):
         loop = asyncio.get_running_loop()
         reply = loop.create_future()
         self._waiting[request_id] = reply
-        expiry = loop.call_later(connection.timeout, _expire, reply, connection)
+        self._deadlines.append((time.monotonic() + connection.timeout, reply, connection))
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = loop.create_task(self._sweep())
         try:
             sending = sock.send(body)
             if not sending.done():      # the queue to that node is full: wait, within the timeout
@@ -113,7 +120,6 @@ class Client(ClientBase):
             raise errors.ConnectionTimeout(f"could not send to {connection.endpoint} within "
                                            f"{connection.timeout} s") from None
         finally:
-            expiry.cancel()
             if self._waiting.get(request_id) is reply:
                 del self._waiting[request_id]
         if result.ok:
@@ -148,6 +154,20 @@ class Client(ClientBase):
                         break
         except (asyncio.CancelledError, zmq.ZMQError):
             return      # the socket was closed: the client went to another endpoint, or closed
+
+    async def _sweep(self):
+        """Fail every attempt whose reply did not come within the timeout (ConnectionTimeout)."""
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, future, connection = deadlines[0]
+            wait = deadline - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            deadlines.popleft()
+            if not future.done():
+                future.set_exception(errors.ConnectionTimeout(
+                    f"no reply from {connection.endpoint} within {connection.timeout} s"))
 
     def _switch(self, epoch, hint):
         """Go to the primary a not_primary named, else to the next endpoint, unless another
@@ -197,12 +217,6 @@ class Client(ClientBase):
         if from_seq is not None and snapshot:
             raise ValueError("watch from a seq or with a snapshot, not both")
         return Watcher(self, encode_key(prefix) if prefix else b"", from_seq, snapshot, stale, window)
-
-
-def _expire(future, connection):
-    if not future.done():
-        future.set_exception(errors.ConnectionTimeout(f"no reply from {connection.endpoint} within "
-                                                      f"{connection.timeout} s"))
 
 
 class Pipeline(_BlockingPipeline):

@@ -97,3 +97,16 @@ def test_an_async_watch_follows_a_failover(cluster):
     assert [e.value for e in events[100:]] == list(range(100, 150))    # sequential writes, in order
     assert status_of(c.nodes[2]).get("watches", {}).get("open", 0) + \
         status_of(c.nodes[3]).get("watches", {}).get("open", 0) <= 1
+
+
+def test_an_unanswered_request_times_out_and_its_write_is_kept_for_outcome():
+    from zmqstore import Retry
+    from zmqstore.testing.process import free_port
+
+    async def main():
+        async with aio.Client(f"127.0.0.1:{free_port()}", timeout=0.2, retry=Retry(max_tries=2, deadline=2)) as db:
+            with pytest.raises(errors.ConnectionTimeout) as caught:
+                await db.put("k", 1)
+            return caught.value.request_id, [rid for rid, _ in db._unresolved]
+    request_id, unresolved = asyncio.run(main())
+    assert request_id == 1 and unresolved == [1]
