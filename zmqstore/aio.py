@@ -25,7 +25,7 @@ from .api import Call, encode_key
 from .client_base import DEFAULT_TIMEOUT, Attempts, ClientBase
 from .connection import Connection, Retry
 from .pipeline import Pipeline as _BlockingPipeline
-from .watcher import RESUMABLE, WATCH_WINDOW, WatchEvent, WatchStream
+from .watcher import RESUMABLE, WATCH_WINDOW, WatchEvent, WatchStream, check_watch_args
 
 __all__ = ["Client", "Pipeline", "Watcher", "WatchEvent", "Retry"]
 
@@ -62,10 +62,14 @@ class Client(ClientBase):
         return self.connection.endpoint
 
     def close(self):
+        """Close the connection; requests still waiting raise ConnectionTimeout."""
         for task in (self._reader, self._sweeper):
             if task is not None:
                 task.cancel()
         self._reader = self._sweeper = None
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(errors.ConnectionTimeout("the client was closed"))
         if self.connection is not None:
             self.connection.close()
             self.connection = None
@@ -87,6 +91,8 @@ class Client(ClientBase):
             body = self.encode(call, request_id, next(iter(self._open)))
             attempts = Attempts(self, call, request_id)
             while True:
+                if self.connection is None:
+                    raise errors.ConnectionTimeout("the client was closed")
                 epoch = self._epoch
                 try:
                     return call.decode(await self._attempt(body, request_id))
@@ -115,10 +121,19 @@ class Client(ClientBase):
             sending = sock.send(body)
             if not sending.done():      # the queue to that node is full: wait, within the timeout
                 await asyncio.wait_for(sending, connection.timeout)
+            else:
+                sending.result()        # raises what made it fail
             result = await reply
         except asyncio.TimeoutError:
             raise errors.ConnectionTimeout(f"could not send to {connection.endpoint} within "
                                            f"{connection.timeout} s") from None
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise                   # the caller's task is being cancelled
+            # the socket was closed under the send (the client moved to another node, or closed)
+            raise errors.ConnectionTimeout(f"the connection to {connection.endpoint} was closed") from None
+        except zmq.ZMQError as exc:
+            raise errors.ConnectionTimeout(f"could not send to {connection.endpoint}: {exc}") from None
         finally:
             if self._waiting.get(request_id) is reply:
                 del self._waiting[request_id]
@@ -154,6 +169,11 @@ class Client(ClientBase):
                         break
         except (asyncio.CancelledError, zmq.ZMQError):
             return      # the socket was closed: the client went to another endpoint, or closed
+        finally:
+            if self._reader_sock is sock:   # a request whose reply this task would have read
+                for future in waiting.values():
+                    if not future.done():
+                        future.set_exception(errors.ConnectionTimeout("the connection was closed"))
 
     async def _sweep(self):
         """Fail every attempt whose reply did not come within the timeout (ConnectionTimeout)."""
@@ -214,8 +234,7 @@ class Client(ClientBase):
 
     def watch(self, prefix=b"", from_seq=None, snapshot=False, stale=False, window=WATCH_WINDOW) -> "Watcher":
         """As the blocking Client.watch; the Watcher starts when awaited or entered (`async with`)."""
-        if from_seq is not None and snapshot:
-            raise ValueError("watch from a seq or with a snapshot, not both")
+        check_watch_args(from_seq, snapshot, window)
         return Watcher(self, encode_key(prefix) if prefix else b"", from_seq, snapshot, stale, window)
 
 
@@ -271,6 +290,7 @@ class Watcher:
 
     through = property(lambda self: self.stream.through)
     snapshot_seq = property(lambda self: self.stream.snapshot_seq)
+    resume_seq = property(lambda self: self.stream.resume_seq)
 
     async def start(self) -> "Watcher":
         if not self._started:

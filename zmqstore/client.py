@@ -7,7 +7,7 @@ from .api import Call, Dot, Version, Versions, encode_key
 from .client_base import DEFAULT_TIMEOUT, Attempts, ClientBase
 from .connection import RETRYABLE, Connection, Retry
 from .pipeline import Pipeline
-from .watcher import WATCH_WINDOW, WatchEvent, Watcher
+from .watcher import WATCH_WINDOW, WatchEvent, Watcher, check_watch_args
 
 __all__ = ["Client", "Pipeline", "Retry", "RETRYABLE", "Version", "Versions", "Dot", "encode_key", "Watcher",
            "WatchEvent"]
@@ -114,8 +114,7 @@ class Client(ClientBase):
         first every key under the prefix as it is at one seq (events with that seq), then the
         changes after it. `stale`: any node may serve it (default: the primary). `window`: bytes the
         node may send ahead. Reconnects and resumes on its own across failovers; close() it."""
-        if from_seq is not None and snapshot:
-            raise ValueError("watch from a seq or with a snapshot, not both")
+        check_watch_args(from_seq, snapshot, window)
         return Watcher(self, encode_key(prefix) if prefix else b"", from_seq, snapshot, stale, window)
 
     def pipeline(self, max_in_flight=64) -> Pipeline:

@@ -159,9 +159,10 @@ class Connection:
         sock = self._ctx.socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout * 1000)))
-            # A send to a node that is down queues up to SNDHWM messages, then blocks: bound that wait too.
-            sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
+            if self._context is zmq.Context:    # blocking: the asyncio client times its own waits
+                sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout * 1000)))
+                # A send to a node that is down queues up to SNDHWM messages, then blocks: bound that wait too.
+                sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
             sock.setsockopt(zmq.SNDHWM, transport.ROUTER_HWM)
             if immediate:
                 sock.setsockopt(zmq.IMMEDIATE, 1)

@@ -66,6 +66,7 @@ class Node:
             self.engine, self.peering = self.mode.engine, self.mode.peering
             self.peers.attach(self.peering, self.engine.limits)
             self.watches = Watches(self.mode.feed(), self.outbox.send, config.session_timeout)
+            self.outbox.on_drop = self.watches.connection_dropped
             extra = self.engine.extra_status
             self.engine.extra_status = lambda: {**(extra() if extra else {}), "watches": self.watches.status()}
             self._peer_list = None

@@ -58,6 +58,9 @@ class Outbox:
 
     def __init__(self, sock, limit):
         self.sock, self.limit = sock, limit
+        # Called with a connection's identity when a reply to it is dropped (over its limit, or its
+        # queue emptied to make room): a stream of replies (a watch) cannot go on after a hole.
+        self.on_drop = None
         self.backlogs = {}      # identity -> _Backlog, only for connections whose queue is full
         self.total = 0          # bytes in every backlog
         self.dropped = 0        # replies dropped over a limit
@@ -67,12 +70,13 @@ class Outbox:
         self.draining = False
 
     def send(self, frames):
-        """Send or queue a reply; returns False when its client has gone (nothing was sent)."""
+        """Send or queue a reply; returns False when it was not (its client has gone, or it was
+        dropped over the limits: `on_drop` is told)."""
         backlog = self.backlogs.get(frames[0])
         if backlog is None:
             try:
                 transport.try_send_frames(self.sock, frames)
-                return
+                return True
             except zmq.Again:
                 backlog = self.backlogs[frames[0]] = _Backlog(time.monotonic())
                 self.draining = True
@@ -83,23 +87,29 @@ class Outbox:
         size = sum(map(len, frames))
         if self.total + size > GLOBAL_LIMITS * self.limit:
             self._evict_stalled(time.monotonic())
-        if backlog.size + size > self.limit or self.total + size > GLOBAL_LIMITS * self.limit:
+        if backlog.over or backlog.size + size > self.limit or self.total + size > GLOBAL_LIMITS * self.limit:
             if not backlog.over:
                 log.warning("a client is not reading its replies (%d bytes waiting, limit %d): dropping its "
                             "replies and ignoring its requests until it reads", backlog.size, self.limit)
             backlog.over = True
             self.dropped += 1
-            return
+            if self.on_drop is not None:
+                self.on_drop(frames[0])
+            return False
         backlog.queue.append(frames)
         backlog.size += size
         self.total += size
+        return True
 
     def _evict_stalled(self, now):
         """All backlogs together are full: empty the largest one that is not moving (its client
         stopped reading), rather than drop the replies of clients that read."""
-        stalled = [b for b in self.backlogs.values() if now - b.progress_at >= STALLED_AFTER and b.queue]
+        stalled = [(identity, b) for identity, b in self.backlogs.items()
+                   if now - b.progress_at >= STALLED_AFTER and b.queue]
         if stalled:
-            victim = max(stalled, key=lambda b: b.size)
+            identity, victim = max(stalled, key=lambda item: item[1].size)
+            if self.on_drop is not None:
+                self.on_drop(identity)
             self.dropped += len(victim.queue)
             self.total -= victim.size
             victim.queue.clear()

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class Watch:
     __slots__ = ("envelope", "request_id", "prefix", "through", "credit", "window", "stale", "snapshot",
-                 "snapshot_seq", "cursor", "sent_at", "credited_at")
+                 "snapshot_seq", "cursor", "sent_at", "paused_at")
 
     def __init__(self, envelope, request_id, prefix, through, credit, stale, now):
         self.envelope, self.request_id, self.prefix = envelope, request_id, prefix
@@ -29,7 +29,7 @@ class Watch:
         self.snapshot_seq = None        # ... the seq it is at ...
         self.cursor = None              # ... and the next page's first key (None: the start)
         self.sent_at = now              # the last reply sent
-        self.credited_at = now          # the WATCH, or the last WATCH_CREDIT
+        self.paused_at = None           # when its credit ran out (None: it has some)
 
 
 class Watches:
@@ -90,6 +90,8 @@ class Watches:
             return None         # its first snapshot page says where it starts
         body = protocol.encode_ok(request.request_id, "changes", through, [])    # where it starts
         watch.credit -= len(body)
+        if watch.credit <= 0:
+            watch.paused_at = now
         return body
 
     def _credit(self, request, envelope, now):
@@ -99,9 +101,11 @@ class Watches:
             return protocol.encode_error(watch_id, "unavailable", f"no watch {watch_id} on this connection (dropped "
                                          f"after {self.idle_timeout:.0f} s without credit, or the node restarted): "
                                          f"watch again from your position")
-        watch.credit = min(WATCH_BUDGET, watch.credit + credit)
-        watch.credited_at = now
-        self.busy = True
+        if credit:
+            watch.credit = min(WATCH_BUDGET, watch.credit + credit)
+            if watch.credit > 0:
+                watch.paused_at = None
+            self.busy = True
         return None
 
     def _forget(self, key, watch):
@@ -119,9 +123,21 @@ class Watches:
     def _reply(self, key, watch, body, now):
         watch.credit -= len(body)
         watch.sent_at = now
-        if self._send(watch.envelope + [body]) is False:
-            del self._watches[key]      # its client has gone
+        if watch.credit <= 0:
+            watch.paused_at = now
+        if self._send(watch.envelope + [body]) is False and key in self._watches:
+            # Its client has gone, or the reply was dropped over the client's output limits: a
+            # stream with a hole in it must not go on. The client, hearing nothing more, resumes
+            # from the last position it received.
+            del self._watches[key]
             self._forget(key, watch)
+            self.counters["watches_dropped"] += 1
+
+    def connection_dropped(self, identity):
+        """The outbox dropped a reply to this connection (outbox.on_drop): end its watches."""
+        for key in [k for k in self._watches if k[0] == identity]:
+            self._forget(key, self._watches.pop(key))
+            self.counters["watches_dropped"] += 1
 
     # ------------------------------------------------------------ the end of each loop iteration
 
@@ -140,7 +156,7 @@ class Watches:
             if error is not None:
                 self._end(key, watch, protocol.encode_exception(watch.request_id, error))
             elif watch.credit <= 0:
-                if now - watch.credited_at > self.idle_timeout:
+                if now - watch.paused_at > self.idle_timeout:
                     del self._watches[key]
                     self._forget(key, watch)
                     self.counters["watches_dropped"] += 1
@@ -151,15 +167,19 @@ class Watches:
             elif now - watch.sent_at >= WATCH_PROGRESS:
                 self._reply(key, watch, protocol.encode_ok(watch.request_id, "changes", watch.through, []), now)
         for through, group in behind.items():
+            # One read for the group, no larger than the least credit among it (at least one
+            # entry): no watcher is sent more than its credit plus one entry's changes.
+            budget = min(w.credit for _, w in group)
             try:
-                new_through, changes = feed.read(through, upto)
+                new_through, changes = feed.read(through, upto, budget)
             except errors.Compacted as exc:
                 for key, watch in group:
                     self.counters["watches_compacted"] += 1
                     self._end(key, watch, protocol.encode_exception(watch.request_id, exc))
                 continue
             for key, watch in group:
-                self._changes(key, watch, new_through, changes, now)
+                if key in self._watches:
+                    self._changes(key, watch, new_through, changes, now)
         self.busy = any(w.credit > 0 and (w.snapshot is not None or w.through < upto)
                         for w in self._watches.values())
 
@@ -174,7 +194,7 @@ class Watches:
             self._reply(key, watch, protocol.encode_ok(watch.request_id, "changes", through, items), now)
 
     def _snapshot_page(self, key, watch, now):
-        items, cursor = self.feed.snapshot_page(watch.snapshot, watch.prefix or None, watch.cursor)
+        items, cursor = self.feed.snapshot_page(watch.snapshot, watch.prefix or None, watch.cursor, watch.credit)
         done = cursor is None
         if done:
             watch.snapshot = None

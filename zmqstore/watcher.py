@@ -14,8 +14,16 @@ from .api import Call
 from .protocol import unpack_value
 
 WATCH_WINDOW = 2 << 20      # bytes of replies the node may send ahead; half of it is returned at a time
+WATCH_WINDOW_MAX = 8 << 20  # the most a node gives (watch.WATCH_BUDGET): a larger window would never be half used
 WATCH_PROGRESS = 1.0        # the node's progress interval (watch.py): silence past 3 of them + timeout is a dead link
 RESUMABLE = (errors.NotPrimary, errors.Unavailable, errors.ConnectionTimeout)
+
+
+def check_watch_args(from_seq, snapshot, window):
+    if from_seq is not None and snapshot:
+        raise ValueError("watch from a seq or with a snapshot, not both")
+    if not 1 <= window <= WATCH_WINDOW_MAX:
+        raise ValueError(f"window must be 1 to {WATCH_WINDOW_MAX} bytes")
 
 
 class WatchEvent(NamedTuple):
@@ -43,6 +51,13 @@ class WatchStream:
         self._consumed = 0              # reply bytes read since credit was last returned
 
     @property
+    def resume_seq(self):
+        """The seq to resume from (`from_seq=`) to get every event not taken from `events` yet: the
+        seq before the first one waiting there, else `through`. (The events of one entry share a
+        seq: resuming before an entry some of whose events were taken gives those again.)"""
+        return self.events[0].seq - 1 if self.events else self.through
+
+    @property
     def silence(self) -> float:
         """How long a live stream can be silent, beyond the connection's timeout."""
         return 3 * WATCH_PROGRESS
@@ -66,10 +81,10 @@ class WatchStream:
         if reply.request_id != self.watch_id or self.watch_id is None:
             return None     # a reply to an earlier WATCH (before a reconnection)
         self.heard = time.monotonic()
-        self.replies += 1
         if not reply.ok:
             self.watch_id = None
             raise errors.error_from_code(*reply.result)
+        self.replies += 1
         kind = reply.result[0]
         decode_key = self.client._decode_key
         if kind == "changes":
@@ -117,6 +132,7 @@ class Watcher:
 
     through = property(lambda self: self.stream.through)
     snapshot_seq = property(lambda self: self.stream.snapshot_seq)
+    resume_seq = property(lambda self: self.stream.resume_seq)
 
     def __iter__(self):
         return self

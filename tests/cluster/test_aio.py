@@ -110,3 +110,25 @@ def test_an_unanswered_request_times_out_and_its_write_is_kept_for_outcome():
             return caught.value.request_id, [rid for rid, _ in db._unresolved]
     request_id, unresolved = asyncio.run(main())
     assert request_id == 1 and unresolved == [1]
+
+
+def test_closing_the_client_ends_requests_in_flight(nodes):
+    import signal
+    import time
+    node = nodes()
+
+    async def main():
+        db = aio.Client(node.endpoint, timeout=30.0)
+        await db.ping()
+        node.signal(signal.SIGSTOP)             # it will not answer
+        try:
+            pending = asyncio.ensure_future(db.get("k"))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            db.close()
+            with pytest.raises(errors.ConnectionTimeout, match="closed"):
+                await pending
+            return time.monotonic() - started
+        finally:
+            node.signal(signal.SIGCONT)
+    assert asyncio.run(main()) < 1.0

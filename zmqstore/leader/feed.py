@@ -49,12 +49,14 @@ class LeaderFeed:
                                    f"resume from {min_from} or later, or watch with snapshot=True",
                                    {"min_from": min_from})
 
-    def read(self, through, upto):
-        """One page of committed changes after `through`, up to seq `upto`: (new through, [(seq,
-        key, value or None), ...]) in seq order; every entry read is whole in it. Raises Compacted."""
+    def read(self, through, upto, max_bytes):
+        """One page of committed changes after `through`, up to seq `upto`, of about `max_bytes` of
+        entries at most (at least one entry): (new through, [(seq, key, value or None), ...]) in
+        seq order; every entry read is whole in it. Raises Compacted."""
         self.check_retained(through)
         page = limits.WATCH
-        raws = self.storage.read_entries(through + 1, min(page.items, upto - through), page.bytes)
+        raws = self.storage.read_entries(through + 1, min(page.items, upto - through),
+                                         max(1, min(page.bytes, max_bytes)))
         changes = []
         seq = through
         for raw in raws:
@@ -67,7 +69,9 @@ class LeaderFeed:
         """(a RocksDB snapshot of the applied data, the seq it is at)."""
         return self.storage.data_snapshot(), self.storage.applied_seq
 
-    def snapshot_page(self, snapshot, prefix, cursor):
-        """(items [(key, value)], next cursor or None) of the snapshot under `prefix` from `cursor`."""
+    def snapshot_page(self, snapshot, prefix, cursor, max_bytes):
+        """(items [(key, value)], next cursor or None) of the snapshot under `prefix` from `cursor`,
+        about `max_bytes` at most (at least one item)."""
         page = limits.WATCH
-        return self.storage.scan(cursor, None, prefix, page.items, page.bytes, snapshot=snapshot)
+        return self.storage.scan(cursor, None, prefix, page.items, max(1, min(page.bytes, max_bytes)),
+                                 snapshot=snapshot)

@@ -64,7 +64,7 @@ def test_credit_pauses_a_watcher_and_returning_it_resumes_without_a_gap(standalo
         watches.pump(1.0 + i * 0.01)
     got = sent.take()
     assert 1 <= len(got) < 20 and watches.status()["paused"] == 1
-    assert watches.status()["in_flight_max"] <= 400 + 200    # its credit, overdrawn by one entry at most
+    assert watches.status()["in_flight_max"] <= 400 + 120    # its credit, overdrawn by one entry at most
     watches.pump(2.0)
     assert sent.take() == []                                 # paused: nothing read or sent
     assert credit(watches, 7, 1 << 20) is None               # no reply on success
@@ -116,7 +116,7 @@ def test_compacted_while_paused_and_dropped_when_idle_or_gone(standalone):
     put(eng, b"k100", 1)
     watches.pump(11.0)
     watches.pump(10.0 + 61.0)
-    assert len(watches) == 0 and watches.status()["watches_dropped"] == 1
+    assert len(watches) == 0 and watches.status()["watches_dropped"] == 2    # gone, then idle
     late = protocol.decode_reply(credit(watches, 3, 1000, now=72.0))
     assert late.request_id == 3 and late.result[0] == "unavailable"
 
@@ -168,3 +168,66 @@ def test_the_campaign_watch_check_catches_gaps_duplicates_disorder_and_uncommitt
     assert judge([[1, "a", 1], [2, "b", 3], [3, "a", 4]])["uncommitted"] == 1   # a failed put
     assert judge([[1, "a", 1], [2, "a", 5], [3, "a", 4]])["uncommitted"] == 1   # a cas that did not apply
     assert not judge([[1, "a", 1], [3, "a", 4]], {"reconnections": 0, "through": 3, "target": 9})["ok"]
+
+
+def test_a_reply_the_outbox_drops_ends_the_watch_and_the_client_resumes_before_the_hole(standalone):
+    """A stream must not go on after a hole: when the outbox drops a reply (the client's output
+    limits), the watch ends; the client hears nothing more and resumes from its last position."""
+    eng, watches, sent = standalone()
+    watch(watches, 1)
+    watch(watches, 2, who=b"B")
+    sent.take()
+    watches.connection_dropped(b"A")                         # what Outbox.on_drop reports
+    put(eng, b"k", 1)
+    watches.pump(1.0)
+    assert [frames[0] for frames, _ in sent.replies] == [b"B"] and len(watches) == 1
+    assert watches.status()["watches_dropped"] == 1
+
+
+def test_outbox_reports_every_reply_it_drops():
+    import zmq
+    from zmqstore.outbox import Outbox
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    dealer = ctx.socket(zmq.DEALER)
+    try:
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.SNDHWM, 1)
+        dealer.setsockopt(zmq.RCVHWM, 1)
+        dealer.setsockopt(zmq.IDENTITY, b"slow")
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        dealer.send(b"hello")
+        assert router.poll(2000)
+        router.recv_multipart()
+        outbox, dropped = Outbox(router, limit=10_000), []
+        outbox.on_drop = dropped.append
+        results = [outbox.send([b"slow", b"x" * 3000]) for _ in range(200)]   # the client reads nothing
+        assert results.count(False) > 0 and dropped and set(dropped) == {b"slow"}
+        assert outbox.send([b"gone", b"x"]) is False                           # no such connection
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+        ctx.term()
+
+
+def test_the_client_stream_counts_only_a_placed_watch_and_checks_its_window():
+    from zmqstore import Client, errors as errs
+    from zmqstore.watcher import WatchStream, check_watch_args
+    with Client("127.0.0.1:1") as client:
+        stream = WatchStream(client, b"", None, False, False, 1 << 20)
+        stream.start()
+        with pytest.raises(errs.NotPrimary):
+            stream.read(protocol.encode_error(stream.watch_id, "not_primary", "a secondary"))
+        assert stream.replies == 0 and stream.watch_id is None   # not placed: it goes on trying
+        stream.start()
+        stream.read(protocol.encode_ok(stream.watch_id, "changes", 5, [[5, b"a", protocol.pack_value(1)],
+                                                                       [5, b"b", None]]))
+        assert stream.replies == 1 and stream.through == 5 and stream.resume_seq == 4
+        stream.events.popleft()
+        stream.events.popleft()
+        assert stream.resume_seq == 5
+    with pytest.raises(ValueError):
+        check_watch_args(None, False, 16 << 20)                # more than a node ever gives
+    with pytest.raises(ValueError):
+        check_watch_args(3, True, 1 << 20)
