@@ -118,7 +118,8 @@ def test_closing_the_client_ends_requests_in_flight(nodes):
     node = nodes()
 
     async def main():
-        db = aio.Client(node.endpoint, timeout=30.0)
+        db = aio.Client(node.named_endpoint if node.keys else node.endpoint, timeout=30.0,
+                        **(node.keys.client_kwargs() if node.keys else {}))
         await db.ping()
         node.signal(signal.SIGSTOP)             # it will not answer
         try:

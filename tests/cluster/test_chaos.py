@@ -10,7 +10,7 @@ def test_short_campaign_is_linearizable(tmp_path):
     summary = campaign(str(tmp_path), seconds=15, seed=20261126, clients=2)
     assert summary["faults"] >= 5 and summary["operations"] > 1000
     assert summary["linearizable"], summary.get("report")
-    assert summary["passed"], summary.get("not_converged") or summary.get("broken_workers")
+    assert summary["passed"], summary.get("not_converged") or summary.get("broken_workers") or summary.get("watch")
     # The checker would notice if the store served an old value: make one read stale and see.
     history = [op for p in sorted(tmp_path.glob("history-*.jsonl")) for op in read_history(p)]
     reads = [i for i, op in enumerate(history) if op.kind == "get" and op.result is not None]

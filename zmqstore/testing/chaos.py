@@ -129,9 +129,10 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
                 target, worker_args = leader_worker, (c.endpoints, p, seconds, seed, path, client_keys)
             procs.append(ctx.Process(target=target, args=worker_args, daemon=True))
         watch_path = os.path.join(base_dir, "watch.jsonl") if mode == "leader" else None
+        clients_done = ctx.Event()
         if watch_path:      # a watcher through it all, judged against the history (docs/WATCH.md)
-            procs.append(ctx.Process(target=watch_worker, args=(c.endpoints, seconds, watch_path, client_keys),
-                                     daemon=True))
+            procs.append(ctx.Process(target=watch_worker, args=(c.endpoints, seconds, watch_path, client_keys,
+                                                                clients_done), daemon=True))
         for proc in procs:
             proc.start()
         nemesis = Nemesis(c, seed, partitioner, client_keys)
@@ -151,7 +152,9 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
                     primary = c.wait_primary(30)
                     to_primary = time.monotonic() - healed
             finally:
-                for proc in procs:
+                for i, proc in enumerate(procs):
+                    if i == len(histories):
+                        clients_done.set()      # the watcher may now catch up with the last write
                     proc.join(seconds + 180)
                     if proc.is_alive():
                         proc.kill()

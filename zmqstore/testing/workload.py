@@ -118,20 +118,21 @@ def dynamo_finals(cluster):
     return finals
 
 
-def watch_worker(endpoints, seconds, out_path, client_keys):
+def watch_worker(endpoints, seconds, out_path, client_keys, clients_done):
     """A leader-mode watcher through the whole campaign (docs/WATCH.md): every change from seq 0,
-    across whatever the nemesis does, then, once the cluster has healed, until it is current with
-    the primary's commit seq. Writes one JSON line per change, [seq, key, value or null], and a last
-    line {"reconnections": n}; `check_watch` judges them against the history."""
+    across whatever the nemesis does, then, once every client has finished (`clients_done`, a
+    multiprocessing Event) and the cluster has healed, until it is current with the primary's commit
+    seq. Writes one JSON line per change, [seq, key, value or null], and a last line
+    {"reconnections": n, ...}; `check_watch` judges them against the history."""
     retry = Retry(max_tries=400, delay=0.05, max_delay=0.3, deadline=120)
     with Client(endpoints, timeout=0.5, retry=retry, **client_keys) as db:
         with db.watch("", from_seq=0) as watcher, open(out_path, "w", encoding="utf-8") as out:
             def record(events):
                 for e in events:
                     out.write(json.dumps([e.seq, e.key, None if e.deleted else e.value]) + "\n")
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                record(watcher.poll(1.0))
+            end = time.monotonic() + seconds + 120
+            while time.monotonic() < end and not clients_done.is_set():
+                record(watcher.poll(0.5))
             target, deadline = None, time.monotonic() + 120
             while time.monotonic() < deadline:
                 if target is None:
