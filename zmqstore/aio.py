@@ -232,10 +232,12 @@ class Client(ClientBase):
             raise ValueError(f"max_in_flight must be 1..{transport.MAX_IN_FLIGHT}")
         return Pipeline(self, max_in_flight)
 
-    def watch(self, prefix=b"", from_seq=None, snapshot=False, stale=False, window=WATCH_WINDOW) -> "Watcher":
+    def watch(self, prefix=b"", from_seq=None, snapshot=False, stale=False, window=WATCH_WINDOW,
+              from_vector=None) -> "Watcher":
         """As the blocking Client.watch; the Watcher starts when awaited or entered (`async with`)."""
-        check_watch_args(from_seq, snapshot, window)
-        return Watcher(self, encode_key(prefix) if prefix else b"", from_seq, snapshot, stale, window)
+        check_watch_args(from_seq, snapshot, window, from_vector)
+        position = dict(from_vector) if from_vector is not None else from_seq
+        return Watcher(self, encode_key(prefix) if prefix else b"", position, snapshot, stale, window)
 
 
 class Pipeline(_BlockingPipeline):

@@ -85,10 +85,15 @@ def _nothing(result):
     return None
 
 
+def versions_list(siblings) -> list:
+    """Siblings as GET_VERSIONS and dynamo watches send them -> [Version, ...]."""
+    return [Version(None if value is None else unpack_value(value), value is None, origin >> 32, origin, seq, hlc)
+            for value, origin, seq, hlc in siblings]
+
+
 def _versions(result):
     siblings, context = result
-    return Versions([Version(None if value is None else unpack_value(value), value is None, origin >> 32,
-                             origin, seq, hlc) for value, origin, seq, hlc in siblings], context)
+    return Versions(versions_list(siblings), context)
 
 
 class Commands:

@@ -7,10 +7,10 @@ from .api import Call, Dot, Version, Versions, encode_key
 from .client_base import DEFAULT_TIMEOUT, Attempts, ClientBase
 from .connection import RETRYABLE, Connection, Retry
 from .pipeline import Pipeline
-from .watcher import WATCH_WINDOW, WatchEvent, Watcher, check_watch_args
+from .watcher import WATCH_WINDOW, DynamoWatchEvent, WatchEvent, Watcher, check_watch_args
 
 __all__ = ["Client", "Pipeline", "Retry", "RETRYABLE", "Version", "Versions", "Dot", "encode_key", "Watcher",
-           "WatchEvent"]
+           "WatchEvent", "DynamoWatchEvent"]
 
 
 class Client(ClientBase):
@@ -106,16 +106,21 @@ class Client(ClientBase):
             if cursor is None:
                 return
 
-    def watch(self, prefix=b"", from_seq=None, snapshot=False, stale=False, window=WATCH_WINDOW) -> Watcher:
+    def watch(self, prefix=b"", from_seq=None, snapshot=False, stale=False, window=WATCH_WINDOW,
+              from_vector=None) -> Watcher:
         """Follow every committed change under `prefix` in seq order (docs/WATCH.md): a Watcher,
         iterating WatchEvent(seq, key, value, deleted), on a connection of its own. `from_seq`: yield
         the changes after that seq (None: from when the node accepts the watch); a seq the log no
         longer holds raises Compacted (its `min_from` says from where it can resume). `snapshot`:
         first every key under the prefix as it is at one seq (events with that seq), then the
         changes after it. `stale`: any node may serve it (default: the primary). `window`: bytes the
-        node may send ahead. Reconnects and resumes on its own across failovers; close() it."""
-        check_watch_args(from_seq, snapshot, window)
-        return Watcher(self, encode_key(prefix) if prefix else b"", from_seq, snapshot, stale, window)
+        node may send ahead. Reconnects and resumes on its own across failovers; close() it.
+        Dynamo mode: the node talked to serves every change it applies, from any origin, as
+        DynamoWatchEvent (the write's dot, the key's siblings after it); resume with
+        `from_vector={origin: seq}` (a watcher's `through` or `resume_seq`) instead of from_seq."""
+        check_watch_args(from_seq, snapshot, window, from_vector)
+        position = dict(from_vector) if from_vector is not None else from_seq
+        return Watcher(self, encode_key(prefix) if prefix else b"", position, snapshot, stale, window)
 
     def pipeline(self, max_in_flight=64) -> Pipeline:
         """Queue operations, then execute() them with up to max_in_flight requests in flight."""

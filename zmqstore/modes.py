@@ -23,6 +23,7 @@ import time
 from . import __version__, errors, protocol
 from .dynamo import DynamoEngine, QuorumRead, Replication
 from .leader import Engine, Roles
+from .dynamo.feed import DynamoFeed
 from .leader.feed import LeaderFeed
 
 LINEARIZABLE_READS = ("GET", "SCAN")
@@ -179,6 +180,9 @@ class DynamoMode(Mode):
 
     def peer_list(self) -> tuple:
         return self.replication.contacts if self.replication is not None else ()
+
+    def feed(self):
+        return DynamoFeed(self.engine)
 
     def handle(self, request, envelope, now):
         """A read with r > 1 goes to the peers and is held, body and all, as a QuorumRead until its

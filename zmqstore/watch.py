@@ -88,7 +88,7 @@ class Watches:
         self.busy = True
         if taken is not None:
             return None         # its first snapshot page says where it starts
-        body = protocol.encode_ok(request.request_id, "changes", through, [])    # where it starts
+        body = protocol.encode_ok(request.request_id, "changes", self.feed.wire(through), [])    # where it starts
         watch.credit -= len(body)
         if watch.credit <= 0:
             watch.paused_at = now
@@ -150,7 +150,7 @@ class Watches:
         feed = self.feed
         upto = feed.position()
         refusal = {stale: feed.refusal(stale) for stale in (False, True)}
-        behind = {}                     # through -> [(key, watch)]: one read serves them all
+        behind = {}                     # position -> (position, [(key, watch)]): one read serves them all
         for key, watch in list(self._watches.items()):
             error = refusal[watch.stale]
             if error is not None:
@@ -162,11 +162,12 @@ class Watches:
                     self.counters["watches_dropped"] += 1
             elif watch.snapshot is not None:
                 self._snapshot_page(key, watch, now)
-            elif watch.through < upto:
-                behind.setdefault(watch.through, []).append((key, watch))
+            elif feed.behind(watch.through, upto):
+                behind.setdefault(feed.group_key(watch.through), (watch.through, []))[1].append((key, watch))
             elif now - watch.sent_at >= WATCH_PROGRESS:
-                self._reply(key, watch, protocol.encode_ok(watch.request_id, "changes", watch.through, []), now)
-        for through, group in behind.items():
+                self._reply(key, watch, protocol.encode_ok(watch.request_id, "changes", feed.wire(watch.through), []),
+                            now)
+        for through, group in behind.values():
             # One read for the group, no larger than the least credit among it (at least one
             # entry): no watcher is sent more than its credit plus one entry's changes.
             budget = min(w.credit for _, w in group)
@@ -180,18 +181,18 @@ class Watches:
             for key, watch in group:
                 if key in self._watches:
                     self._changes(key, watch, new_through, changes, now)
-        self.busy = any(w.credit > 0 and (w.snapshot is not None or w.through < upto)
+        self.busy = any(w.credit > 0 and (w.snapshot is not None or feed.behind(w.through, upto))
                         for w in self._watches.values())
 
     def _changes(self, key, watch, through, changes, now):
         prefix = watch.prefix
-        items = [[seq, k, v] for seq, k, v in changes if k.startswith(prefix)] if prefix else \
-            [[seq, k, v] for seq, k, v in changes]
+        items = [item for k, item in changes if k.startswith(prefix)] if prefix else [item for _, item in changes]
         watch.through = through
         # Nothing under its prefix: the position moves silently (a reconnection would read these
         # entries again and find nothing), and progress tells the watcher at most once a second.
         if items or now - watch.sent_at >= WATCH_PROGRESS:
-            self._reply(key, watch, protocol.encode_ok(watch.request_id, "changes", through, items), now)
+            self._reply(key, watch, protocol.encode_ok(watch.request_id, "changes", self.feed.wire(through), items),
+                        now)
 
     def _snapshot_page(self, key, watch, now):
         items, cursor = self.feed.snapshot_page(watch.snapshot, watch.prefix or None, watch.cursor, watch.credit)
@@ -201,7 +202,7 @@ class Watches:
             watch.through = watch.snapshot_seq
         else:
             watch.cursor = cursor
-        self._reply(key, watch, protocol.encode_ok(watch.request_id, "snapshot", watch.snapshot_seq,
+        self._reply(key, watch, protocol.encode_ok(watch.request_id, "snapshot", self.feed.wire(watch.snapshot_seq),
                                                    [list(item) for item in items], done), now)
 
     def status(self) -> dict:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import zmq
 
 from . import errors, protocol, transport
-from .api import Call
+from .api import Call, Dot, versions_list
 from .protocol import unpack_value
 
 WATCH_WINDOW = 2 << 20      # bytes of replies the node may send ahead; half of it is returned at a time
@@ -19,9 +19,11 @@ WATCH_PROGRESS = 1.0        # the node's progress interval (watch.py): silence p
 RESUMABLE = (errors.NotPrimary, errors.Unavailable, errors.ConnectionTimeout)
 
 
-def check_watch_args(from_seq, snapshot, window):
-    if from_seq is not None and snapshot:
-        raise ValueError("watch from a seq or with a snapshot, not both")
+def check_watch_args(from_seq, snapshot, window, from_vector=None):
+    if from_seq is not None and from_vector is not None:
+        raise ValueError("from_seq is leader mode's position, from_vector dynamo mode's: give one")
+    if (from_seq is not None or from_vector is not None) and snapshot:
+        raise ValueError("watch from a position or with a snapshot, not both")
     if not 1 <= window <= WATCH_WINDOW_MAX:
         raise ValueError(f"window must be 1 to {WATCH_WINDOW_MAX} bytes")
 
@@ -32,6 +34,18 @@ class WatchEvent(NamedTuple):
     key: object             # str (bytes when not UTF-8, or with decode_keys=False)
     value: object           # None when deleted
     deleted: bool
+
+
+class DynamoWatchEvent(NamedTuple):
+    """One change a dynamo-mode node applied: the write (`value`, `deleted`) with its `dot`, and the
+    key's versions as the node held them when it sent the change (`siblings`, a list of Version:
+    more than one is a conflict). From a snapshot: `seq` 0, `dot` None, the key's live versions."""
+    seq: int
+    key: object
+    value: object
+    deleted: bool
+    dot: object             # Dot(node_id, origin, seq)
+    siblings: list
 
 
 class WatchStream:
@@ -52,10 +66,18 @@ class WatchStream:
 
     @property
     def resume_seq(self):
-        """The seq to resume from (`from_seq=`) to get every event not taken from `events` yet: the
-        seq before the first one waiting there, else `through`. (The events of one entry share a
-        seq: resuming before an entry some of whose events were taken gives those again.)"""
-        return self.events[0].seq - 1 if self.events else self.through
+        """The position to resume from to get every event not taken from `events` yet. Leader mode
+        (`from_seq=`): the seq before the first one waiting, else `through`; the events of one
+        entry share a seq, so resuming before an entry some of whose events were taken gives
+        those again. Dynamo mode (`from_vector=`): `through` with each origin set back before its
+        first event waiting."""
+        if not isinstance(self.through, dict):
+            return self.events[0].seq - 1 if self.events else self.through
+        position = dict(self.through)
+        for event in reversed(self.events):
+            if event.dot is not None:
+                position[event.dot.origin] = event.seq - 1
+        return position
 
     @property
     def silence(self) -> float:
@@ -70,6 +92,8 @@ class WatchStream:
         self._pages, self._consumed = [], 0
         snapshot = self.want_snapshot and self.snapshot_seq is None
         position = None if snapshot else self.through
+        if isinstance(position, dict):
+            position = [[origin, seq] for origin, seq in sorted(position.items()) if seq]
         self.heard = time.monotonic()
         return client.encode(Call("WATCH", (self.prefix, position, snapshot, self.window, self.stale), None),
                              self.watch_id)
@@ -89,21 +113,46 @@ class WatchStream:
         decode_key = self.client._decode_key
         if kind == "changes":
             _, through, items = reply.result
-            base = self.through if self.through is not None else -1
-            for seq, key, value in items:
-                if seq > base:
-                    self.events.append(WatchEvent(seq, decode_key(key), None if value is None else
-                                                  unpack_value(value), value is None))
-            self.through = through if self.through is None else max(self.through, through)
+            if isinstance(through, list):
+                self._dynamo_changes(through, items, decode_key)
+            else:
+                base = self.through if self.through is not None else -1
+                for seq, key, value in items:
+                    if seq > base:
+                        self.events.append(WatchEvent(seq, decode_key(key), None if value is None else
+                                                      unpack_value(value), value is None))
+                self.through = through if self.through is None else max(self.through, through)
         elif kind == "snapshot":
             _, seq, items, done = reply.result
             self._pages.append(items)
             if done:
                 for page in self._pages:
-                    self.events.extend(WatchEvent(seq, decode_key(k), unpack_value(v), False) for k, v in page)
+                    if isinstance(seq, list):       # dynamo mode: [key, siblings]
+                        for k, siblings in page:
+                            versions = versions_list(siblings)
+                            best = max((v for v in versions if not v.deleted), key=lambda v: (v.hlc, -v.node_id))
+                            self.events.append(DynamoWatchEvent(0, decode_key(k), best.value, False, None,
+                                                                versions))
+                    else:
+                        self.events.extend(WatchEvent(seq, decode_key(k), unpack_value(v), False) for k, v in page)
                 self._pages = []
-                self.snapshot_seq = self.through = seq
+                self.snapshot_seq = self.through = (dict(seq) if isinstance(seq, list) else seq)
         self._consumed += len(raw)
+        return self._credit()
+
+    def _dynamo_changes(self, through, items, decode_key):
+        position = dict(self.through) if isinstance(self.through, dict) else {}
+        for origin, seq, _hlc, key, value, siblings in items:
+            if seq > position.get(origin, 0):
+                self.events.append(DynamoWatchEvent(seq, decode_key(key), None if value is None else unpack_value(value),
+                                                    value is None, Dot(origin >> 32, origin, seq),
+                                                    versions_list(siblings)))
+        for origin, seq in through:
+            if seq > position.get(origin, 0):
+                position[origin] = seq
+        self.through = position
+
+    def _credit(self):
         if self._consumed < self.window // 2:
             return None
         credit, self._consumed = self._consumed, 0

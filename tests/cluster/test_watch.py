@@ -16,8 +16,9 @@ from test_failover import FAILOVER_RETRY, status_of
 
 
 def drain(watcher, until, timeout=20):
-    """Events from `watcher` until `until(events)` holds (bounded by `timeout`)."""
-    events = []
+    """Events from `watcher` until `until(events)` holds (bounded by `timeout`), starting with those
+    it holds already."""
+    events = watcher.poll(0)
     end = time.monotonic() + timeout
     while not until(events):
         if time.monotonic() > end:
@@ -182,3 +183,41 @@ def test_datastore_cli_watch(nodes):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_dynamo_a_watch_sees_every_change_its_node_applies_with_dots_and_siblings(cluster):
+    c = cluster(mode="dynamo")
+    kw = c.keys.client_kwargs() if c.keys else {}
+    ep = {i: (n.named_endpoint if c.keys else n.endpoint) for i, n in c.nodes.items()}
+    with Client(ep[1], **kw) as db1, Client(ep[2], **kw) as db2, Client(ep[3], **kw) as db3:
+        db1.put("d0", "before")
+        with db2.watch("d") as watcher:
+            dots = {db1.put("d1", 1), db3.put("d3", 3), db2.put("d2", 2)}
+            assert db2.delete("d0")
+            # A conflict: a put with an old context does not supersede the one made meanwhile.
+            old = db1.get_versions("dc")
+            db1.put("dc", "first")
+            db1.put("dc", "second", context=old.context)
+            events = drain(watcher, lambda ev: len(ev) >= 6)
+            with pytest.raises(errors.BadArgument):
+                db2.watch("d", from_seq=3)              # leader mode's position
+            resume = watcher.resume_seq
+        by_key = {}
+        for e in events:
+            by_key.setdefault(e.key, []).append(e)
+        assert {e.dot for k in ("d1", "d2", "d3") for e in by_key[k]} == dots     # every origin, its dot
+        assert by_key["d0"][0].deleted and by_key["d0"][0].value is None
+        second = [e for e in by_key["dc"] if e.value == "second"][0]
+        assert sorted(v.value for v in second.siblings) == ["first", "second"]    # the watcher sees the conflict
+        # Resumed from its position, a new watcher gets only what came after, once.
+        db3.put("d4", 4)
+        with db2.watch("d", from_vector=resume) as again:
+            later = drain(again, lambda ev: len(ev) >= 1)
+            assert again.poll(1.5) == []
+        assert [(e.key, e.value) for e in later] == [("d4", 4)]
+        # The snapshot join: every live key under the prefix, then the changes after it.
+        with db2.watch("d", snapshot=True) as snap:
+            state = drain(snap, lambda ev: snap.snapshot_seq is not None)
+            assert {e.key for e in state} == {"d1", "d2", "d3", "d4", "dc"}
+            db1.put("d5", 5)
+            assert [(e.key, e.value) for e in drain(snap, lambda ev: len(ev) >= 1)] == [("d5", 5)]

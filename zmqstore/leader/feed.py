@@ -25,6 +25,18 @@ class LeaderFeed:
         """How far a watcher can be brought now: the applied seq (only committed entries)."""
         return self.storage.applied_seq
 
+    @staticmethod
+    def wire(position) -> int:
+        return position
+
+    @staticmethod
+    def group_key(position) -> int:
+        return position
+
+    @staticmethod
+    def behind(position, upto) -> bool:
+        return position < upto
+
     def start(self, from_):
         """The position a new watch starts at: `from_` (a seq), or the applied seq for None. Raises
         Compacted when the log no longer holds the entry after `from_`, BadArgument for a vector
@@ -51,8 +63,8 @@ class LeaderFeed:
 
     def read(self, through, upto, max_bytes):
         """One page of committed changes after `through`, up to seq `upto`, of about `max_bytes` of
-        entries at most (at least one entry): (new through, [(seq, key, value or None), ...]) in
-        seq order; every entry read is whole in it. Raises Compacted."""
+        entries at most (at least one entry): (new through, [(key, [seq, key, value or None]), ...])
+        in seq order; every entry read is whole in it. Raises Compacted."""
         self.check_retained(through)
         page = limits.WATCH
         raws = self.storage.read_entries(through + 1, min(page.items, upto - through),
@@ -62,7 +74,7 @@ class LeaderFeed:
         for raw in raws:
             seq += 1
             for op in protocol.data_ops(protocol.decode_entry(raw)):
-                changes.append((seq, op[1], op[2] if op[0] == protocol.OP_PUT else None))
+                changes.append((op[1], [seq, op[1], op[2] if op[0] == protocol.OP_PUT else None]))
         return seq, changes
 
     def snapshot(self):

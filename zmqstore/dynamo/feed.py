@@ -1,0 +1,114 @@
+"""What a dynamo-mode node serves change feeds from (docs/WATCH.md, "Dynamo mode"): the entries of
+each origin's log that this node has applied durably, and snapshots of its key states. Positions
+are applied vectors {origin: seq}; `watch.Watches` asks. No I/O beyond RocksDB reads."""
+from .. import errors, limits, protocol
+from ..storage import log_key
+from ..versions import is_tombstone_only
+from .layout import _decode_state
+
+
+def siblings_wire(state) -> list:
+    """A key state's versions as GET_VERSIONS lists them: [[value or nil, origin, seq, hlc], ...]."""
+    return [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
+
+
+class DynamoFeed:
+    def __init__(self, engine):
+        self.engine = engine
+        self.storage = engine.storage
+
+    def refusal(self, stale):
+        """Any member serves its own feed (`stale` means nothing here); a removed one serves none."""
+        removed_by = self.engine.membership.removed_by
+        if removed_by is not None:
+            return errors.Unavailable(f"node {self.engine.node_id} was removed from the cluster (by node "
+                                      f"{removed_by}); watch through another member")
+        return None
+
+    def position(self) -> dict:
+        """What is durable here: the applied vector the last flush wrote."""
+        return self.engine.durable_applied
+
+    @staticmethod
+    def wire(position) -> list:
+        return [[origin, seq] for origin, seq in sorted(position.items()) if seq]
+
+    @staticmethod
+    def group_key(position):
+        return tuple(sorted((o, s) for o, s in position.items() if s))
+
+    @staticmethod
+    def behind(position, upto) -> bool:
+        return any(seq > position.get(origin, 0) for origin, seq in upto.items())
+
+    def start(self, from_) -> dict:
+        """A new watch's position: `from_` (an applied vector, as pairs), or the durable applied
+        vector for None. Raises BadArgument for a seq, Compacted when a log no longer reaches it."""
+        if from_ is None:
+            return dict(self.engine.durable_applied)
+        if type(from_) is not list:
+            raise errors.BadArgument("a dynamo-mode watch resumes from an applied vector (array of [origin, seq]), "
+                                     "not a seq")
+        position = protocol.vector_from_pairs(from_)
+        self.check_retained(position)
+        return position
+
+    def check_retained(self, position):
+        first = self.engine.first
+        short = {o: f - 1 for o, f in first.items() if position.get(o, 0) + 1 < f
+                 and position.get(o, 0) < self.engine.durable_applied.get(o, 0)}
+        if short:
+            min_from = {**position, **short}
+            raise errors.Compacted(f"the logs of {len(short)} origin(s) no longer reach this watch's position; "
+                                   f"resume from the vector in min_from, or watch with snapshot=True",
+                                   {"min_from": self.wire(min_from)})
+
+    def read(self, position, upto, max_bytes):
+        """The next entries after `position`, origin by origin, about `max_bytes` at most (at least
+        one entry): (new position, [(key, [origin, seq, hlc, key, value or nil, siblings]), ...]),
+        each origin's entries in seq order. `siblings` is the key's state when read. Raises
+        Compacted."""
+        self.check_retained(position)
+        page = limits.WATCH
+        budget = max(1, min(page.bytes, max_bytes))
+        new, changes, size, count = dict(position), [], 0, 0
+        states = {}
+        for origin, last in sorted(upto.items()):
+            have = position.get(origin, 0)
+            if last <= have:
+                continue
+            for _key, raw in self.storage.iter_cf("log", log_key(origin, have + 1), log_key(origin, last + 1)):
+                if count and (size >= budget or count >= page.items):
+                    return new, self._with_siblings(changes, states)
+                entry = protocol.decode_dyn_entry(raw)
+                for key, _ctx, value in entry.ops:
+                    changes.append((key, [origin, entry.seq, entry.hlc, key, value]))
+                    states[key] = None
+                new[origin] = entry.seq
+                size += len(raw)
+                count += 1
+        return new, self._with_siblings(changes, states)
+
+    def _with_siblings(self, changes, states):
+        for key in states:
+            raw = self.engine.durable_state(key)
+            states[key] = siblings_wire(_decode_state(raw)) if raw is not None else []
+        for key, item in changes:
+            item.append(states[key])
+        return changes
+
+    def snapshot(self):
+        """(a RocksDB snapshot of the key states, the applied vector it is at)."""
+        return self.storage.data_snapshot(), dict(self.engine.durable_applied)
+
+    def snapshot_page(self, snapshot, prefix, cursor, max_bytes):
+        """(items [[key, siblings]] of keys with a live version, next cursor or None)."""
+        page = limits.WATCH
+        items, next_key = self.storage.scan(cursor, None, prefix, page.items, max(1, min(page.bytes, max_bytes)),
+                                            value_of=_live, snapshot=snapshot)
+        return [(key, siblings_wire(_decode_state(raw))) for key, raw in items], next_key
+
+
+def _live(raw):
+    """The stored state when some version is not a tombstone (the key exists), else None."""
+    return None if is_tombstone_only(_decode_state(raw)) else raw
