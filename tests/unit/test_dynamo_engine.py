@@ -341,3 +341,35 @@ def test_a_scan_pages_over_winners_and_skips_deleted_keys(make_engine):
     assert [k for k, _ in rest] == [b"k%05d" % i for i in live[SCAN.items:]] and end is None
     limited, after = call("SCAN", None, None, b"k", 3, False)
     assert [k for k, _ in limited] == [b"k00001", b"k00003", b"k00005"] and after is None
+
+
+def test_the_feed_reads_each_origin_in_order_and_says_when_a_log_no_longer_reaches(make_engine):
+    """dynamo/feed.py over a real engine: items with dots and the key's siblings, a page bounded
+    by bytes but never empty, `compacted` naming a vector it can serve, tombstone-only keys left
+    out of a snapshot (docs/WATCH.md, "Dynamo mode")."""
+    from zmqstore.dynamo.feed import DynamoFeed
+    eng = make_engine()
+    call = Caller(eng)
+    for i in range(4):
+        call("PUT", b"k%d" % i, V(i))
+    call("DEL", b"k0")
+    eng.flush()
+    feed = DynamoFeed(eng)
+    o = eng.origin
+    assert feed.start(None) == {o: 5} and not feed.behind({o: 5}, feed.position())
+    new, changes = feed.read({o: 0}, feed.position(), 1)       # one entry: the budget is 1 byte
+    assert new == {o: 1} and [item[:5] for _, item in changes] == [[o, 1, changes[0][1][2], b"k0", V(0)]]
+    assert changes[0][1][5] == [[None, o, 5, changes[0][1][5][0][3]]]     # k0's versions now: its tombstone
+    new, changes = feed.read(new, feed.position(), 1 << 20)
+    assert new == {o: 5} and [item[1] for _, item in changes] == [2, 3, 4, 5]
+    snapshot, at = feed.snapshot()
+    items, cursor = feed.snapshot_page(snapshot, b"k", None, 1 << 20)
+    assert at == {o: 5} and cursor is None and [k for k, _ in items] == [b"k1", b"k2", b"k3"]   # k0 deleted
+    with pytest.raises(errors.BadArgument):
+        feed.start(3)                                           # a seq: leader mode's position
+    eng.collect_garbage({o: 5})                                 # log_retention 1: entries 1-3 trimmed
+    eng.flush()
+    with pytest.raises(errors.Compacted) as caught:
+        feed.start([[o, 1]])
+    assert caught.value.min_from == [[o, eng.first[o] - 1]]
+    assert feed.start(caught.value.min_from) == {o: eng.first[o] - 1}
