@@ -284,15 +284,13 @@ class Watcher:
 
     def __init__(self, client, prefix, from_seq, snapshot, stale, window):
         self.stream = WatchStream(client, prefix, from_seq, snapshot, stale, window)
-        self._retry = client.retry
         self.connection = client.connection.sibling()
-        self._failures = None
         self._started = False
-        self.reconnections = 0
 
     through = property(lambda self: self.stream.through)
     snapshot_seq = property(lambda self: self.stream.snapshot_seq)
     resume_seq = property(lambda self: self.stream.resume_seq)
+    reconnections = property(lambda self: self.stream.reconnections)
 
     async def start(self) -> "Watcher":
         if not self._started:
@@ -371,10 +369,10 @@ class Watcher:
             credit = stream.read(raw)
             if credit is not None:
                 await self._send(credit)
-            self._failures = None
             return True
         except RESUMABLE as exc:
-            await self._reconnect(exc)
+            await asyncio.sleep(stream.pause_after(exc))
+            stream.reconnect(connection, exc)
             return False
 
     async def _send(self, body):
@@ -383,15 +381,3 @@ class Watcher:
         except asyncio.TimeoutError:
             raise errors.ConnectionTimeout(f"could not send to {self.connection.endpoint}") from None
 
-    async def _reconnect(self, failure):
-        if self._failures is None:
-            self._failures = self._retry.sleeps()
-        pause = next(self._failures, None)
-        if pause is None:
-            self._failures = None
-            raise failure
-        await asyncio.sleep(pause)
-        hint = self.connection.redirect(failure.details) if isinstance(failure, errors.NotPrimary) else None
-        self.connection.next_endpoint(hint)
-        self.stream.watch_id = None
-        self.reconnections += 1

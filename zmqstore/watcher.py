@@ -60,7 +60,9 @@ class WatchStream:
         self.events = collections.deque()
         self.watch_id = None            # the request id of the WATCH in force (None: none sent yet)
         self.replies = 0                # replies read (progress included)
+        self.reconnections = 0
         self.heard = 0.0                # when the last reply (or the WATCH) went
+        self._failures = None           # the retry policy's pauses while reconnecting
         self._pages = []                # snapshot pages held until the last one arrives
         self._consumed = 0              # reply bytes read since credit was last returned
 
@@ -109,6 +111,7 @@ class WatchStream:
             self.watch_id = None
             raise errors.error_from_code(*reply.result)
         self.replies += 1
+        self._failures = None           # placed and answering: a later failure starts the policy afresh
         kind = reply.result[0]
         decode_key = self.client._decode_key
         if kind == "changes":
@@ -152,6 +155,25 @@ class WatchStream:
                 position[origin] = seq
         self.through = position
 
+    def pause_after(self, failure) -> float:
+        """How long to wait after `failure` (a RESUMABLE error) before reconnecting, as the
+        client's retry policy says; raises `failure` when the policy has run out."""
+        if self._failures is None:
+            self._failures = self.client.retry.sleeps()
+        pause = next(self._failures, None)
+        if pause is None:
+            self._failures = None
+            raise failure
+        return pause
+
+    def reconnect(self, connection, failure):
+        """Go to the primary a not_primary named, else to the next endpoint; the next read sends a
+        new WATCH from the position."""
+        hint = connection.redirect(failure.details) if isinstance(failure, errors.NotPrimary) else None
+        connection.next_endpoint(hint)
+        self.watch_id = None
+        self.reconnections += 1
+
     def _credit(self):
         if self._consumed < self.window // 2:
             return None
@@ -168,10 +190,7 @@ class Watcher:
 
     def __init__(self, client, prefix, from_seq, snapshot, stale, window=WATCH_WINDOW):
         self.stream = WatchStream(client, prefix, from_seq, snapshot, stale, window)
-        self._retry = client.retry
         self.connection = client.connection.sibling()
-        self._failures = None           # the retry policy's pauses while reconnecting
-        self.reconnections = 0
         try:
             while not self.stream.replies:  # the node has placed the watch: "from now" is now
                 self._receive(None)
@@ -182,6 +201,7 @@ class Watcher:
     through = property(lambda self: self.stream.through)
     snapshot_seq = property(lambda self: self.stream.snapshot_seq)
     resume_seq = property(lambda self: self.stream.resume_seq)
+    reconnections = property(lambda self: self.stream.reconnections)
 
     def __iter__(self):
         return self
@@ -238,9 +258,9 @@ class Watcher:
             credit = stream.read(transport.recv(connection.sock))
             if credit is not None:
                 self._send(credit)
-            self._failures = None
         except RESUMABLE as exc:
-            self._reconnect(exc)
+            time.sleep(stream.pause_after(exc))
+            stream.reconnect(connection, exc)
 
     def _send(self, body):
         try:
@@ -248,17 +268,3 @@ class Watcher:
         except zmq.Again:
             raise errors.ConnectionTimeout(f"could not send to {self.connection.endpoint}") from None
 
-    def _reconnect(self, failure):
-        """Pause as the retry policy says (raising `failure` when it runs out), then go to the
-        primary a not_primary named, else to the next endpoint; the next read sends a new WATCH."""
-        if self._failures is None:
-            self._failures = self._retry.sleeps()
-        pause = next(self._failures, None)
-        if pause is None:
-            self._failures = None
-            raise failure
-        time.sleep(pause)
-        hint = self.connection.redirect(failure.details) if isinstance(failure, errors.NotPrimary) else None
-        self.connection.next_endpoint(hint)
-        self.stream.watch_id = None
-        self.reconnections += 1
