@@ -317,10 +317,9 @@ class Watcher:
 
     async def __anext__(self) -> WatchEvent:
         await self.start()
-        events = self.stream.events
-        while not events:
+        while not self.stream.events:
             await self._receive(None)
-        return events.popleft()
+        return self.stream.take()
 
     async def poll(self, timeout) -> list:
         """As the blocking Watcher.poll."""
@@ -334,9 +333,7 @@ class Watcher:
             await self._receive(left)
         while self.stream.watch_id is not None and await self._receive(0):
             pass                    # what else has arrived already
-        taken = list(events)
-        events.clear()
-        return taken
+        return self.stream.take_all()
 
     def close(self):
         if self.connection is not None:

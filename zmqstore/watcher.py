@@ -10,7 +10,7 @@ from typing import NamedTuple
 import zmq
 
 from . import errors, protocol, transport
-from .api import Call, Dot, versions_list
+from .api import Call, Dot, Versions, versions_list
 from .protocol import unpack_value
 
 WATCH_WINDOW = 2 << 20      # bytes of replies the node may send ahead; half of it is returned at a time
@@ -64,6 +64,7 @@ class WatchStream:
         self.heard = 0.0                # when the last reply (or the WATCH) went
         self._failures = None           # the retry policy's pauses while reconnecting
         self._pages = []                # snapshot pages held until the last one arrives
+        self._snapshot_left = 0         # snapshot events in `events` not taken yet
         self._consumed = 0              # reply bytes read since credit was last returned
 
     @property
@@ -72,7 +73,10 @@ class WatchStream:
         (`from_seq=`): the seq before the first one waiting, else `through`; the events of one
         entry share a seq, so resuming before an entry some of whose events were taken gives
         those again. Dynamo mode (`from_vector=`): `through` with each origin set back before its
-        first event waiting."""
+        first event waiting. None while snapshot events are still waiting: only a new snapshot
+        gives them again."""
+        if self._snapshot_left:
+            return None
         if not isinstance(self.through, dict):
             return self.events[0].seq - 1 if self.events else self.through
         position = dict(self.through)
@@ -130,14 +134,14 @@ class WatchStream:
             self._pages.append(items)
             if done:
                 for page in self._pages:
-                    if isinstance(seq, list):       # dynamo mode: [key, siblings]
+                    if isinstance(seq, list):       # dynamo mode: [key, siblings], the value get() shows
                         for k, siblings in page:
                             versions = versions_list(siblings)
-                            best = max((v for v in versions if not v.deleted), key=lambda v: (v.hlc, -v.node_id))
-                            self.events.append(DynamoWatchEvent(0, decode_key(k), best.value, False, None,
-                                                                versions))
+                            self.events.append(DynamoWatchEvent(0, decode_key(k), Versions(versions, b"").winner.value,
+                                                                False, None, versions))
                     else:
                         self.events.extend(WatchEvent(seq, decode_key(k), unpack_value(v), False) for k, v in page)
+                    self._snapshot_left += len(page)
                 self._pages = []
                 self.snapshot_seq = self.through = (dict(seq) if isinstance(seq, list) else seq)
         self._consumed += len(raw)
@@ -154,6 +158,18 @@ class WatchStream:
             if seq > position.get(origin, 0):
                 position[origin] = seq
         self.through = position
+
+    def take(self):
+        """The next event (the watcher's caller took it)."""
+        if self._snapshot_left:
+            self._snapshot_left -= 1
+        return self.events.popleft()
+
+    def take_all(self) -> list:
+        taken = list(self.events)
+        self.events.clear()
+        self._snapshot_left = 0
+        return taken
 
     def pause_after(self, failure) -> float:
         """How long to wait after `failure` (a RESUMABLE error) before reconnecting, as the
@@ -207,10 +223,9 @@ class Watcher:
         return self
 
     def __next__(self) -> WatchEvent:
-        events = self.stream.events
-        while not events:
+        while not self.stream.events:
             self._receive(None)
-        return events.popleft()
+        return self.stream.take()
 
     def poll(self, timeout) -> list:
         """The events here now, else those of the first replies to arrive within `timeout` seconds
@@ -224,9 +239,7 @@ class Watcher:
             self._receive(left)
         while self.stream.watch_id is not None and self.connection.sock.poll(0, zmq.POLLIN):
             self._receive(0)        # what else has arrived already
-        taken = list(events)
-        events.clear()
-        return taken
+        return self.stream.take_all()
 
     def close(self):
         if self.connection is not None:

@@ -355,6 +355,7 @@ def test_the_feed_reads_each_origin_in_order_and_says_when_a_log_no_longer_reach
     call("DEL", b"k0")
     eng.flush()
     feed = DynamoFeed(eng)
+    assert feed.snapshot_page(feed.snapshot()[0], b"k0", None, 1 << 20) == ([], None)   # deleted: absent
     o = eng.origin
     assert feed.start(None) == {o: 5} and not feed.behind({o: 5}, feed.position())
     new, changes = feed.read({o: 0}, feed.position(), 1)       # one entry: the budget is 1 byte
@@ -367,6 +368,16 @@ def test_the_feed_reads_each_origin_in_order_and_says_when_a_log_no_longer_reach
     assert at == {o: 5} and cursor is None and [k for k, _ in items] == [b"k1", b"k2", b"k3"]   # k0 deleted
     with pytest.raises(errors.BadArgument):
         feed.start(3)                                           # a seq: leader mode's position
+    assert feed.start([[o, 2], *([[x << 32 | 1, 9] for x in range(50, 5000)])]) == {o: 2}   # only known origins
+    # Each item counts the key's versions it carries against the page: small entries on a key
+    # whose versions are large fill a page at once.
+    _, before = call("GET_VERSIONS", b"c")
+    call("PUT", b"c", V("x" * 10_000))                          # entry 6
+    for i in range(3):
+        call("PUT_CTX", b"c", V(i), before)                     # entries 7-9: siblings of the large one
+    eng.flush()
+    new, changes = feed.read({o: 6}, feed.position(), 5_000)
+    assert new == {o: 7} and len(changes[0][1][5]) == 4       # one small entry, carrying 4 versions
     eng.collect_garbage({o: 5})                                 # log_retention 1: entries 1-3 trimmed
     eng.flush()
     with pytest.raises(errors.Compacted) as caught:

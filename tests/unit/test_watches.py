@@ -224,9 +224,16 @@ def test_the_client_stream_counts_only_a_placed_watch_and_checks_its_window():
         stream.read(protocol.encode_ok(stream.watch_id, "changes", 5, [[5, b"a", protocol.pack_value(1)],
                                                                        [5, b"b", None]]))
         assert stream.replies == 1 and stream.through == 5 and stream.resume_seq == 4
-        stream.events.popleft()
-        stream.events.popleft()
+        stream.take()
+        stream.take()
         assert stream.resume_seq == 5
+        # Snapshot events still waiting: only a new snapshot gives them again.
+        snap = WatchStream(client, b"", None, True, False, 1 << 20)
+        snap.start()
+        snap.read(protocol.encode_ok(snap.watch_id, "snapshot", 9, [[b"a", protocol.pack_value(1)]], True))
+        assert snap.snapshot_seq == 9 and snap.resume_seq is None
+        snap.take()
+        assert snap.resume_seq == 9
     with pytest.raises(ValueError):
         check_watch_args(None, False, 16 << 20)                # more than a node ever gives
     with pytest.raises(ValueError):

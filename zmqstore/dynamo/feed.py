@@ -3,13 +3,18 @@ each origin's log that this node has applied durably, and snapshots of its key s
 are applied vectors {origin: seq}; `watch.Watches` asks. No I/O beyond RocksDB reads."""
 from .. import errors, limits, protocol
 from ..storage import log_key
-from ..versions import is_tombstone_only
+from ..versions import winner
 from .layout import _decode_state
 
 
 def siblings_wire(state) -> list:
     """A key state's versions as GET_VERSIONS lists them: [[value or nil, origin, seq, hlc], ...]."""
     return [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
+
+
+def _wire_size(siblings) -> int:
+    """About what a sibling list costs encoded (a value's bytes, and the rest of each entry)."""
+    return sum(len(value or b"") + 32 for value, *_ in siblings)
 
 
 class DynamoFeed:
@@ -49,7 +54,11 @@ class DynamoFeed:
         if type(from_) is not list:
             raise errors.BadArgument("a dynamo-mode watch resumes from an applied vector (array of [origin, seq]), "
                                      "not a seq")
-        position = protocol.vector_from_pairs(from_)
+        # Only origins this node knows are kept: a vector is sorted, copied and sent back at every
+        # step, so a client must not make it as large as it likes. An origin left out is read from
+        # its start when it appears, and the client drops what it already has.
+        known = self.engine.applied
+        position = {o: s for o, s in protocol.vector_from_pairs(from_).items() if o in known}
         self.check_retained(position)
         return position
 
@@ -72,30 +81,28 @@ class DynamoFeed:
         page = limits.WATCH
         budget = max(1, min(page.bytes, max_bytes))
         new, changes, size, count = dict(position), [], 0, 0
-        states = {}
+        states = {}     # key -> (siblings, their size): read once per page
         for origin, last in sorted(upto.items()):
             have = position.get(origin, 0)
             if last <= have:
                 continue
             for _key, raw in self.storage.iter_cf("log", log_key(origin, have + 1), log_key(origin, last + 1)):
                 if count and (size >= budget or count >= page.items):
-                    return new, self._with_siblings(changes, states)
+                    return new, changes
                 entry = protocol.decode_dyn_entry(raw)
                 for key, _ctx, value in entry.ops:
-                    changes.append((key, [origin, entry.seq, entry.hlc, key, value]))
-                    states[key] = None
+                    siblings, cost = states.get(key) or states.setdefault(key, self._siblings(key))
+                    changes.append((key, [origin, entry.seq, entry.hlc, key, value, siblings]))
+                    size += cost        # each item carries the key's versions again
                 new[origin] = entry.seq
                 size += len(raw)
                 count += 1
-        return new, self._with_siblings(changes, states)
+        return new, changes
 
-    def _with_siblings(self, changes, states):
-        for key in states:
-            raw = self.engine.durable_state(key)
-            states[key] = siblings_wire(_decode_state(raw)) if raw is not None else []
-        for key, item in changes:
-            item.append(states[key])
-        return changes
+    def _siblings(self, key):
+        raw = self.engine.durable_state(key)
+        siblings = siblings_wire(_decode_state(raw)) if raw is not None else []
+        return siblings, _wire_size(siblings)
 
     def snapshot(self):
         """(a RocksDB snapshot of the key states, the applied vector it is at)."""
@@ -110,5 +117,6 @@ class DynamoFeed:
 
 
 def _live(raw):
-    """The stored state when some version is not a tombstone (the key exists), else None."""
-    return None if is_tombstone_only(_decode_state(raw)) else raw
+    """The stored state when the key exists (GET's winner is not a tombstone), else None."""
+    best = winner(_decode_state(raw))
+    return None if best is None or best.value is None else raw
