@@ -152,6 +152,8 @@ class Watches:
         refusal = {stale: feed.refusal(stale) for stale in (False, True)}
         behind = {}                     # position -> (position, [(key, watch)]): one read serves them all
         for key, watch in list(self._watches.items()):
+            if key not in self._watches:
+                continue        # ended meanwhile: a reply to its connection was dropped (connection_dropped)
             error = refusal[watch.stale]
             if error is not None:
                 self._end(key, watch, protocol.encode_exception(watch.request_id, error))
@@ -175,8 +177,9 @@ class Watches:
                 new_through, changes = feed.read(through, upto, budget)
             except errors.Compacted as exc:
                 for key, watch in group:
-                    self.counters["watches_compacted"] += 1
-                    self._end(key, watch, protocol.encode_exception(watch.request_id, exc))
+                    if key in self._watches:
+                        self.counters["watches_compacted"] += 1
+                        self._end(key, watch, protocol.encode_exception(watch.request_id, exc))
                 continue
             for key, watch in group:
                 if key in self._watches:

@@ -238,3 +238,19 @@ def test_the_client_stream_counts_only_a_placed_watch_and_checks_its_window():
         check_watch_args(None, False, 16 << 20)                # more than a node ever gives
     with pytest.raises(ValueError):
         check_watch_args(3, True, 1 << 20)
+
+
+def test_a_drop_while_pumping_ends_every_watch_of_that_connection_once(standalone):
+    """A reply dropped for one watch (the outbox tells connection_dropped) ends the connection's
+    other watches too, in the middle of a pump: they are not served, and nothing fails."""
+    eng, watches, sent = standalone()
+    watch(watches, 1, credit=1 << 20, now=0.0)               # quiet: due a progress reply
+    watch(watches, 2, credit=1, now=0.0)                     # paused, and idle long enough to drop
+    watch(watches, 3, credit=1 << 20, now=0.0)
+
+    def send(frames):
+        watches.connection_dropped(frames[0])    # as Outbox.send does before returning False
+        return False
+    watches._send = send
+    watches.pump(61.0)
+    assert len(watches) == 0 and watches.status()["watches_dropped"] == 3
