@@ -396,3 +396,44 @@ def _new_client_gets_in(node):
             return db.ping() == 1
     except ZmqstoreError:
         return False
+
+
+def test_a_strangers_watches_are_bounded_and_touch_nobody_elses(make_cluster, stranger):
+    """Change feeds (issue 14, docs/WATCH.md) as a stranger would use them: 64 watches with the
+    largest credit on one connection that never reads, then one more; a WATCH_CREDIT for another
+    connection's watch; a bad position. The node answers each with a documented code, caps what
+    the unread connection can make it hold (its watches end when its replies are dropped), RSS stays
+    bounded while 20 MB are written, and a well-behaved watcher elsewhere gets every change."""
+    c = make_cluster()
+    primary = c.nodes[1]
+    hog = stranger.dealer(primary.host, primary.port)
+    hog.setsockopt(zmq.RCVHWM, 1)           # it reads nothing: the node's replies pile up on its side
+    hog.setsockopt(zmq.RCVBUF, 1 << 16)
+    for rid in range(1, 65):
+        send(hog, protocol.encode_request("WATCH", CID, rid, rid, b"", None, False, protocol.UINT64_MAX, False))
+    wait_until(lambda: (primary.status() or {}).get("watches", {}).get("open") == 64, 10, message="64 watches")
+    probe = stranger.dealer(primary.host, primary.port)
+    send(probe, protocol.encode_request("WATCH_CREDIT", CID, 100, 100, 1, 1 << 20))      # the hog's watch 1
+    send(probe, protocol.encode_request("WATCH", CID, 101, 101, b"", [[1, 2]], False, 100, False))
+    replies = {r.request_id: r for r in (protocol.decode_reply(m[-1]) for m in received(probe, 3))}
+    assert replies[1].result[0] == "unavailable"          # no watch 1 on *this* connection
+    assert replies[101].result[0] == "bad_argument"       # a vector in leader mode
+    for rid in range(102, 167):             # 65 watches on this connection
+        send(probe, protocol.encode_request("WATCH", CID, rid, rid, b"none:", None, False, 1000, False))
+    replies = {r.request_id: r for r in (protocol.decode_reply(m[-1]) for m in received(probe, 3))}
+    assert replies[166].result[0] == "unavailable" and all(replies[r].ok for r in range(102, 166))   # 64 at most
+    before = rss_mb(primary)
+    peak = before
+    with c.client(timeout=5.0) as db, db.watch("v") as good:
+        value = os.urandom(200_000)
+        for i in range(100):
+            db.put(f"v{i:03d}", value)
+            peak = max(peak, rss_mb(primary))
+        got = []
+        end = time.monotonic() + 20
+        while len(got) < 100 and time.monotonic() < end:
+            got += good.poll(1.0)
+    assert [e.key for e in got] == [f"v{i:03d}" for i in range(100)] and all(e.value == value for e in got)
+    assert peak - before < 300, f"RSS grew from {before:.0f} MB to {peak:.0f} MB"
+    watches = primary.status()["watches"]
+    assert watches["watches_dropped"] >= 64 and watches["in_flight_max"] <= 8 << 20 << 1
