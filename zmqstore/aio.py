@@ -49,18 +49,6 @@ class Client(ClientBase):
         self._deadlines = collections.deque()
         self._sweeper = None
 
-    @property
-    def timeout(self) -> float:
-        return self.connection.timeout
-
-    @timeout.setter
-    def timeout(self, seconds):
-        self.connection.timeout = seconds
-
-    @property
-    def endpoint(self) -> str:
-        return self.connection.endpoint
-
     def close(self):
         """Close the connection; requests still waiting raise ConnectionTimeout."""
         for task in (self._reader, self._sweeper):

@@ -30,20 +30,6 @@ class Client(ClientBase):
         super().__init__(retry, decode_keys, max_request_size)
         self.connection = Connection(endpoints, timeout, secret_key, node_keys)
 
-    @property
-    def timeout(self) -> float:
-        """Seconds per attempt (a change applies from the next connection)."""
-        return self.connection.timeout
-
-    @timeout.setter
-    def timeout(self, seconds):
-        self.connection.timeout = seconds
-
-    @property
-    def endpoint(self) -> str:
-        """The node this client talks to now, host:port."""
-        return self.connection.endpoint
-
     def close(self):
         if self.connection is not None:
             self.connection.close()

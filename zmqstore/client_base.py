@@ -26,6 +26,22 @@ class ClientBase(Commands):
         # keeps their outcomes for outcome() until asked (or its session_timeout passes).
         self._unresolved = []
 
+    connection = None               # the subclass's connection.Connection
+
+    @property
+    def timeout(self) -> float:
+        """Seconds per attempt (a change applies from the next connection)."""
+        return self.connection.timeout
+
+    @timeout.setter
+    def timeout(self, seconds):
+        self.connection.timeout = seconds
+
+    @property
+    def endpoint(self) -> str:
+        """The node this client talks to now, host:port."""
+        return self.connection.endpoint
+
     def next_request_id(self) -> int:
         return next(self._ids)
 

@@ -16,13 +16,14 @@ from ..faults import NONE
 from .log_server import LogServer
 from .primary import Primary
 from .secondary import Secondary
+from .standing import Standing
 
 log = logging.getLogger(__name__)
 
 PROMOTE_LAG = 1000      # a learner within this many entries of the commit seq is made a voter
 
 
-class Roles:
+class Roles(Standing):
     def __init__(self, out, engine, config, now, draw, faults=NONE):
         self.out = out                  # the iteration's Sends (sends.py)
         self.engine = engine
@@ -282,84 +283,6 @@ class Roles:
             log.info("caught up with primary %d (applied seq %d, its commit seq was %d): now a voter",
                      sec.leader_id, st.applied_seq, target)
 
-    def _try_bootstrap(self, now):
-        """--role primary on an empty data dir: once a majority (this node included) reports empty
-        logs, stand for term 1. It is a real election (votes persisted, one per term), so two nodes
-        given --role primary by mistake cannot both lead term 1."""
-        st = self.storage
-        if self.election.candidacy is not None:
-            return
-        heard = [self.election.views[pid] for pid in self.election.peers_heard(now)]
-        if any(v.last_seq or v.term > 1 for v in heard) or st.term > 1 or st.voted_for not in (0, self.node_id):
-            self.bootstrapping = False
-            log.warning("--role primary ignored: the cluster already has state or another node bootstraps it; "
-                        "joining as a learner")
-            return
-        if 1 + len(heard) >= self.majority and now >= self.election.backoff_until:
-            # Always term 1 (again, after a failed attempt: the same vote for ourselves): fresh
-            # nodes vote only in term 1, so a later term could never be won.
-            log.info("a majority reports empty data dirs: standing for term 1 to bootstrap the cluster")
-            self._stand(now, "bootstrapping a new cluster", term=1)
-
-    def _maybe_stand(self, now):
-        st, election = self.storage, self.election
-        if (self.primary is not None or election.candidacy is not None or st.learner or st.restoring
-                or self.bootstrapping or not self._may_vote()
-                or not election.leader_lost(now)
-                or not election.should_stand(now, st.term)):
-            return
-        leader = self.secondary.leader_id
-        self._stand(now, f"no word from primary {leader} for {(now - election.leader_heard) * 1000:.0f} ms"
-                    if leader else "no primary known")
-
-    def _may_vote(self) -> bool:
-        """Whether this node votes and may stand: a voter of the membership in use, or of the
-        committed one while its removal from it is appended but not committed. That is a primary
-        removing itself that lost its place before the removal committed: it stands (without
-        counting its own vote) so that the removal can commit and the cluster goes on; otherwise
-        the remaining voters, lacking the entry, could wait for its vote for ever (Raft thesis
-        4.2.2: servers not in their latest configuration still take part until it commits)."""
-        if self.removed:
-            return False
-        return self.node_id in self.membership.voters or any(
-            m.node_id == self.node_id and m.voter for m in self.engine.committed_members)
-
-    def _stand(self, now, reason, term=None):
-        st, election = self.storage, self.election
-        self.engine.flush()     # an election decision reads the durable log, with what this iteration staged
-        term = election.stand(now, st.term, st.last_term, st.last_seq, reason, term)
-        # Synced before any request leaves. Standing in the bootstrap makes a founding voter, like
-        # voting in it does (a crash before winning must not leave only learners behind).
-        self.engine.record_vote(term, self.node_id, learner=False if self.bootstrapping else None)
-        self.engine.role = "candidate"
-        self.secondary = Secondary(self.engine, self.config, self.out, 0)
-        log.info("starting an election for term %d: %s; voters alive: %s", term, reason,
-                 sorted([self.node_id, *election.peers_heard(now)]))
-        body = protocol.encode_peer("VOTE_REQUEST", term, self.node_id, st.last_seq, st.last_term)
-        for peer_id in self.peers:
-            self.out.send_to(peer_id, body)
-        if election.has_majority():
-            self._won(now)
-
-    def _won(self, now):
-        term = self.election.candidacy.term
-        best, best_last, best_term = self.election.best_log()
-        if best == self.node_id:
-            self.election.finish(now, won=True)
-            self._lead(term, now)
-            return
-        log.info("won term %d; adopting node %d's log (up to seq %d of term %d) before serving",
-                 term, best, best_last, best_term)
-        self.election.extend(now)
-        self._follow(term, best, now, sync_target=best_last)
-        self._check_synced(now)
-
-    def _check_synced(self, now):
-        sec = self.secondary
-        if sec is not None and sec.sync_target is not None and sec.synced:
-            self.election.finish(now, won=True)
-            self._lead(self.storage.term, now)
-
     # ------------------------------------------------------------ messages on the ROUTER
 
     def on_request(self, msg, envelope, now):
@@ -402,34 +325,6 @@ class Roles:
         if (sec is not None and self.primary is None and self.election.candidacy is None
                 and commit_seq > self.engine.commit_seq and self.election.leader_lost(now)):
             sec.catch_up_committed(sender, commit_seq, now)
-
-    def _on_vote_request(self, fields, envelope, now):
-        term, candidate, _last_seq, _last_term = fields
-        st = self.storage
-        if self.primary is None:
-            self.engine.flush()     # an election decision reads the durable log, with what this iteration staged
-        voters = self.membership.voters
-        granted = (candidate in voters and self._may_vote()
-                   and Election.grants(term, candidate, st, self._lost_primary(now)))
-        if granted:
-            if term > st.term:
-                if self.election.candidacy is not None:
-                    self.election.finish(now, won=False)
-                self._follow(term, 0, now)
-            # A learner votes only in the bootstrap election of a new cluster (term 1, empty log):
-            # it is then a founding member with nothing forgotten, so it votes from now on.
-            genesis = bool(st.learner)
-            self.engine.record_vote(term, candidate, learner=False if genesis else None)   # synced first
-            self.bootstrapping = False                    # another node stands: let it lead
-            self.election.voted(now)
-            log.info("voted for node %d in term %d", candidate, term)
-        else:
-            log.info("refused node %d's vote request for term %d (our term %d, voted for %d, %s)", candidate,
-                     term, st.term, st.voted_for, "not both voting members" if candidate not in voters or
-                     not self._may_vote() else "learner" if st.learner else
-                     "primary lost" if self._lost_primary(now) else "primary still heard")
-        self.out.reply_peer(envelope, protocol.encode_peer(
-            "VOTE", st.term, self.node_id, granted, st.last_seq, st.last_term, st.first_seq))
 
     def _from_member(self, node_id) -> bool:
         return node_id in self.peers
