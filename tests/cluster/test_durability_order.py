@@ -11,8 +11,9 @@ from zmqstore.testing.process import free_port
 
 
 def test_replies_follow_their_commit(tmp_path, monkeypatch):
+    # Every port free (the default peer port, port + 2000, was once taken on the CI machine).
     cfg = config.resolve(None, {"node_id": 1, "port": free_port(), "pub_port": free_port(),
-                                "data_dir": str(tmp_path / "d")})
+                                "peer_port": free_port(), "data_dir": str(tmp_path / "d")})
     node = Node(cfg)
     events = []
     real_commit, real_send = node.storage.commit, transport.try_send_frames
