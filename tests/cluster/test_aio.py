@@ -124,7 +124,11 @@ def test_closing_the_client_ends_requests_in_flight(nodes):
         node.signal(signal.SIGSTOP)             # it will not answer
         try:
             pending = asyncio.ensure_future(db.get("k"))
-            await asyncio.sleep(0.2)
+            for _ in range(500):                # until the request is sent and waits for its reply
+                if db._waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert db._waiting and not pending.done()
             started = time.monotonic()
             db.close()
             with pytest.raises(errors.ConnectionTimeout, match="closed"):

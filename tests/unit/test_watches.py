@@ -151,7 +151,7 @@ def test_watches_refused(standalone):
 
 def test_the_campaign_watch_check_catches_gaps_duplicates_disorder_and_uncommitted_changes(tmp_path):
     from zmqstore.testing.linearizability import Op
-    from zmqstore.testing.workload import check_watch
+    from zmqstore.testing.watching import check_watch
     history = [Op(0, "put", "a", 1, 0.0, 1.0, "ok"), Op(0, "put", "a", 2, 1.0, 2.0, "info"),
                Op(0, "put", "b", 3, 2.0, 3.0, "fail"), Op(1, "cas", "a", (1, 4), 3.0, 4.0, "ok", True),
                Op(1, "cas", "a", (9, 5), 4.0, 5.0, "ok", False)]
@@ -168,6 +168,35 @@ def test_the_campaign_watch_check_catches_gaps_duplicates_disorder_and_uncommitt
     assert judge([[1, "a", 1], [2, "b", 3], [3, "a", 4]])["uncommitted"] == 1   # a failed put
     assert judge([[1, "a", 1], [2, "a", 5], [3, "a", 4]])["uncommitted"] == 1   # a cas that did not apply
     assert not judge([[1, "a", 1], [3, "a", 4]], {"reconnections": 0, "through": 3, "target": 9})["ok"]
+
+
+def test_the_dynamo_campaign_watch_check_wants_every_acknowledged_dot_once_in_origin_order(tmp_path):
+    from zmqstore.testing.convergence import WriteOp
+    from zmqstore.testing.watching import check_dynamo_watch
+    a, b = (1 << 32) | 7, (2 << 32) | 9
+    history = [WriteOp(0, "put", "a", 1, {}, 0.0, 1.0, "ok", (a, 1)),
+               WriteOp(0, "delete", "a", None, {a: 1}, 1.0, 2.0, "ok", (a, 2)),
+               WriteOp(1, "put", "b", 3, {}, 0.0, 1.0, "ok", (b, 1)),
+               WriteOp(1, "put", "b", 4, {}, 1.0, None, "info", None),
+               WriteOp(1, "put", "c", 5, {}, 2.0, 3.0, "fail", None)]
+    every = [[a, 1, "a", 1], [b, 1, "b", 3], [a, 2, "a", None]]
+
+    def judge(lines, through=((a, 2), (b, 2)), target=()):
+        path = tmp_path / "watch.jsonl"
+        tail = {"reconnections": 1, "reopened": 1, "through": [list(x) for x in through], "target": None if target is None else list(target)}
+        path.write_text("".join(json.dumps(x) + "\n" for x in [*lines, tail]))
+        return check_dynamo_watch(str(path), history)
+    assert judge(every)["ok"] and judge(every)["reconnections"] == 2
+    assert judge(every + [[b, 2, "b", 4]])["ok"]                              # the unknown write may be there
+    assert judge(every[:2])["missing"] == 1
+    assert judge(every + [[a, 2, "a", None]])["duplicates"] == 1
+    assert judge([every[2], every[0], every[1]])["out_of_order"] == 1        # per origin: a 2 before a 1
+    assert judge([every[1], every[0], every[2]])["ok"]                       # across origins: any order
+    assert judge([[a, 1, "a", 9], *every[1:]])["wrong"] == 1
+    assert judge([[a, 1, "a", 1], [b, 1, "b", 3], [a, 2, "a", 1]])["wrong"] == 1    # a delete is null
+    assert judge(every + [[b, 2, "c", 5]])["uncommitted"] == 1               # a failed put
+    assert not judge(every, through=((a, 1), (b, 1)))["ok"]                   # not current at the end
+    assert not judge(every, target=None)["ok"]
 
 
 def test_a_reply_the_outbox_drops_ends_the_watch_and_the_client_resumes_before_the_hole(standalone):

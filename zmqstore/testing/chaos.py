@@ -31,7 +31,8 @@ from . import convergence, partition
 from .linearizability import check, read_history
 from .nemesis import MEMBERSHIP_FAULTS, NETWORK_FAULTS, PROCESS_FAULTS, Nemesis
 from .process import Cluster, keys_by_default, wait_until
-from .workload import check_watch, dynamo_finals, dynamo_worker, leader_worker, watch_worker
+from .watching import check_dynamo_watch, check_watch, dynamo_watch_worker, watch_worker
+from .workload import dynamo_finals, dynamo_worker, leader_worker
 
 
 def _converged(cluster):
@@ -73,7 +74,9 @@ def format_summary(summary):
         rows.append(("watcher", f"{watch['events']} changes, {watch['reconnections']} reconnections: "
                      + ("every acknowledged write once, in order, nothing uncommitted" if watch["ok"] else
                         f"FAILED: missing {watch['missing']}, duplicates {watch['duplicates']}, out of order "
-                        f"{watch['out_of_order']}, uncommitted {watch['uncommitted']}, current {watch['current']}")))
+                        f"{watch['out_of_order']}, uncommitted {watch['uncommitted']}, "
+                        + (f"wrong value {watch['wrong']}, " if "wrong" in watch else "")
+                        + f"current {watch['current']}")))
     rows.append(("convergence", "NOT reached in time (the nodes' states follow below)"
                  if summary["converged_after_last_op_s"] is None else
                  f"every node holds the same {'data' if dynamo else 'log'} "
@@ -128,11 +131,11 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             else:
                 target, worker_args = leader_worker, (c.endpoints, p, seconds, seed, path, client_keys)
             procs.append(ctx.Process(target=target, args=worker_args, daemon=True))
-        watch_path = os.path.join(base_dir, "watch.jsonl") if mode == "leader" else None
+        # A watcher through it all, judged against the history (docs/WATCH.md).
+        watch_path = os.path.join(base_dir, "watch.jsonl")
         clients_done = ctx.Event()
-        if watch_path:      # a watcher through it all, judged against the history (docs/WATCH.md)
-            procs.append(ctx.Process(target=watch_worker, args=(c.endpoints, seconds, watch_path, client_keys,
-                                                                clients_done), daemon=True))
+        procs.append(ctx.Process(target=dynamo_watch_worker if mode == "dynamo" else watch_worker,
+                                 args=(c.endpoints, seconds, watch_path, client_keys, clients_done), daemon=True))
         for proc in procs:
             proc.start()
         nemesis = Nemesis(c, seed, partitioner, client_keys)
@@ -182,6 +185,8 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             verdict = _judge_dynamo(c, history)
             summary.update(operations=len(history) + reads, reads=reads, ok_verdict=verdict.ok,
                            acknowledged=verdict.acknowledged, lost=len(verdict.lost))
+            if os.path.exists(watch_path):
+                summary["watch"] = check_dynamo_watch(watch_path, history)
         else:
             history = [op for path in histories if os.path.exists(path) for op in read_history(path)]
             verdict = check(history)

@@ -4,10 +4,9 @@ a few keys until its time is up, and writes the history the checkers judge (docs
 - leader mode (`leader_worker`): put, get and cas over every node's endpoint; linearizability.py.
 - dynamo mode (`dynamo_worker`): reads, and writes and deletes with the context of a read, on one
   node; convergence.py, with what every node holds at the end (`dynamo_finals`).
-- leader mode, also a watcher (`watch_worker`) following every change from seq 0 through the
-  campaign; `check_watch` judges its stream against the history.
+
+The campaign's watchers and their checks are in watching.py.
 """
-import json
 import random
 import time
 
@@ -116,72 +115,3 @@ def dynamo_finals(cluster):
                                                    key=lambda t: (t[1], t[2])),
                                             protocol.decode_context(v.context))
     return finals
-
-
-def watch_worker(endpoints, seconds, out_path, client_keys, clients_done):
-    """A leader-mode watcher through the whole campaign (docs/WATCH.md): every change from seq 0,
-    across whatever the nemesis does, then, once every client has finished (`clients_done`, a
-    multiprocessing Event) and the cluster has healed, until it is current with the primary's commit
-    seq. Writes one JSON line per change, [seq, key, value or null], and a last line
-    {"reconnections": n, ...}; `check_watch` judges them against the history."""
-    retry = Retry(max_tries=400, delay=0.05, max_delay=0.3, deadline=120)
-    with Client(endpoints, timeout=0.5, retry=retry, **client_keys) as db:
-        with db.watch("", from_seq=0) as watcher, open(out_path, "w", encoding="utf-8") as out:
-            def record(events):
-                for e in events:
-                    out.write(json.dumps([e.seq, e.key, None if e.deleted else e.value]) + "\n")
-            end = time.monotonic() + seconds + 120
-            while time.monotonic() < end and not clients_done.is_set():
-                record(watcher.poll(0.5))
-            target, deadline = None, time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if target is None:
-                    try:
-                        status = db.status()
-                        if status["role"] == "primary":
-                            target = status["commit_seq"]
-                        else:
-                            db.connection.next_endpoint()
-                    except errors.ZmqstoreError:
-                        pass
-                record(watcher.poll(0.5))
-                if target is not None and watcher.through is not None and watcher.through >= target:
-                    break
-            out.write(json.dumps({"reconnections": watcher.reconnections, "through": watcher.through,
-                                  "target": target}) + "\n")
-
-
-def check_watch(path, history) -> dict:
-    """A campaign watcher's stream against the clients' history (every written value is unique):
-    in seq order, no change twice, every acknowledged write there (no gap), and nothing from a
-    write known not to have happened (a failed request, a cas that did not apply)."""
-    events, tail = [], {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            item = json.loads(line)
-            if isinstance(item, dict):
-                tail = item
-            else:
-                events.append(item)
-    seqs = [e[0] for e in events]
-    values = [e[2] for e in events if e[2] is not None]
-    seen = set(values)
-    must, must_not = set(), set()
-    for op in history:
-        if op.kind == "put":
-            (must if op.outcome == "ok" else must_not if op.outcome == "fail" else set()).add(op.value)
-        elif op.kind == "cas":
-            new = op.value[1]
-            if op.outcome == "ok":
-                (must if op.result else must_not).add(new)
-            elif op.outcome == "fail":
-                must_not.add(new)
-    missing = must - seen
-    result = {"events": len(events), "reconnections": tail.get("reconnections"),
-              "out_of_order": sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a),
-              "duplicates": len(values) - len(seen), "missing": len(missing),
-              "uncommitted": len(seen & must_not), "current": tail.get("target") is not None
-              and (tail.get("through") or 0) >= tail["target"]}
-    result["ok"] = result["current"] and not (result["out_of_order"] or result["duplicates"] or result["missing"]
-                                              or result["uncommitted"])
-    return result
