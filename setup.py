@@ -11,6 +11,7 @@ setup(
         "msgpack>=1.0",
         "rocksdict>=0.3.20",
         "docopt-ng>=0.9",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],

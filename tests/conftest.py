@@ -51,10 +51,11 @@ def cluster(request, tmp_path):
     from zmqstore.testing.process import Cluster
     made = []
 
-    def make(size=3, args=(), env=None, start=True, bootstrap=(1,), mode="leader", keys=None):
-        """keys: True/False for a cluster with/without CurveZMQ keys; None: ZMQSTORE_TEST_KEYS decides."""
+    def make(size=3, args=(), env=None, start=True, bootstrap=(1,), mode="leader", keys=None, metrics=False):
+        """keys: True/False for a cluster with/without CurveZMQ keys; None: ZMQSTORE_TEST_KEYS decides.
+        metrics: every node serves /metrics (NodeProcess.http_get)."""
         c = Cluster(tmp_path / f"c{len(made)}" if made else tmp_path, size=size, args=args, env=env,
-                    bootstrap=bootstrap, mode=mode, keys=keys)
+                    bootstrap=bootstrap, mode=mode, keys=keys, metrics=metrics)
         made.append(c)
         if start:
             c.start_all()

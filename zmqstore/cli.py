@@ -31,6 +31,8 @@ Options:
   --election-interval SEC     Seconds without a primary before an election [file or 0.5].
   --replication-timeout SEC   Seconds a write waits for its quorum [file or 2.0].
   --log-level LEVEL           DEBUG, INFO, WARNING or ERROR [file or INFO].
+  --metrics-port PORT         Serve /metrics, /healthz and /readyz over HTTP on this port [file or none].
+  --metrics-host HOST         Address the metrics port binds to [file or HOST].
   --insecure                  Allow a non-loopback --host without keys (docs/SECURITY.md).
   --secret-key FILE           This node's secret key (NAME.key_secret): CurveZMQ on every socket.
   --node-keys DIR             Directory of every node's public key, node<ID>.key.
@@ -89,6 +91,7 @@ _FLAG_TO_SETTING = {
     "--client-keys": "client_keys", "--readonly-keys": "readonly_keys",
     "--mode": "mode", "--data-dir": "data_dir", "--election-interval": "election_interval",
     "--replication-timeout": "replication_timeout", "--log-level": "log_level", "--join": "join",
+    "--metrics-port": "metrics_port", "--metrics-host": "metrics_host",
 }
 
 

@@ -35,6 +35,8 @@ NODE_DEFAULTS = {
     "client_keys": None,      # directory of public keys of read-write clients
     "readonly_keys": None,    # directory of public keys of read-only clients
     "join": None,             # host:port[,host:port...] of members to ask for admission (no peers needed)
+    "metrics_port": None,     # HTTP port for /metrics, /healthz and /readyz (docs/OPERATIONS.md); unset: none
+    "metrics_host": None,     # address the metrics port binds to; default host
 }
 
 # [cluster] settings: must agree on every node.
@@ -58,7 +60,7 @@ CLUSTER_DEFAULTS = {
 
 _INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "log_retention", "max_key_size",
              "max_value_size", "max_batch_items", "max_request_size", "client_output_limit", "max_connections",
-             "max_connections_per_host"}
+             "max_connections_per_host", "metrics_port"}
 NODE_ID_END = 1 << 32     # node ids fit in 32 bits: a dynamo origin is node id << 32 | incarnation
 _FLOAT_KEYS = {"election_interval", "replication_timeout", "session_timeout"}
 _BOOL_KEYS = {"fsync", "insecure"}
@@ -110,6 +112,8 @@ class Config:
     peers: tuple = ()
     majority_quorum: bool = False   # write_quorum is "majority" (the default): it follows the membership
     join: tuple = ()                # --join: client endpoints of members to ask for admission (docs/MEMBERSHIP.md)
+    metrics_port: Optional[int] = None
+    metrics_host: Optional[str] = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -310,6 +314,12 @@ def _check(s) -> Config:
     _check_port("peer_port", s["peer_port"])
     if s["peer_port"] in (s["port"], s["pub_port"]):
         raise ConfigError(f"peer_port {s['peer_port']} equals port or pub_port; give --peer-port another port")
+    if s["metrics_port"] is not None:
+        _check_port("metrics_port", s["metrics_port"])
+        s["metrics_host"] = s["metrics_host"] or s["host"]
+        if s["metrics_host"] == s["host"] and s["metrics_port"] in (s["port"], s["pub_port"], s["peer_port"]):
+            raise ConfigError(f"metrics_port {s['metrics_port']} equals port, pub_port or peer_port; "
+                              f"give --metrics-port another port")
     for key in ("secret_key", "node_keys", "client_keys", "readonly_keys"):
         if s[key] == "":
             s[key] = None

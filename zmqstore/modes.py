@@ -144,7 +144,7 @@ class LeaderMode(Mode):
         if primary is not None:
             staged = self.engine.take_staged()
             if staged is not None:
-                primary.publish_entries(*staged)
+                primary.publish_entries(*staged, time.monotonic())
                 self.engine.apply_to_commit()   # joins the staged batch
 
     def commit(self):

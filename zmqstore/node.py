@@ -7,7 +7,8 @@ import time
 
 import zmq
 
-from . import errors, faults, join, keys, modes, protocol, transport, trust
+from . import errors, faults, join, keys, metrics, modes, protocol, transport, trust
+from .health import HealthServer, LoopProbe
 from .outbox import Outbox, send_hwm
 from .replies import Replies
 from .peers import PeerPlane
@@ -38,6 +39,7 @@ class Node:
         self._ctx = zmq.Context()
         self.router = self.peers = self.storage = self.engine = self.mode = self.sends = None
         self.gate = self.outbox = self.watches = None
+        self.recorder = self.probe = self.health = None     # with metrics_port (docs/OPERATIONS.md)
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = None
         self.replies = None
@@ -56,9 +58,13 @@ class Node:
                 mandatory=True, send_hwm=send_hwm(config.client_output_limit // 2, config.max_value_size), curve=own)
             # half of client_output_limit in ZeroMQ's queue, half in the outbox's (outbox.py)
             self.outbox = Outbox(self.router, config.client_output_limit // 2)
-            self.replies = Replies(self.outbox.send)
+            if config.metrics_port is not None:
+                self.recorder = metrics.Recorder()
+            self.replies = Replies(self.outbox.send, self.recorder.request if self.recorder else None)
             self.peers = PeerPlane(self._ctx, config, self.gate, security, self.faults)
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
+            if self.recorder is not None:
+                self.storage.on_commit = self.recorder.commit
             if config.join:
                 join.join_cluster(config, self.storage, lambda: self._stopping)
             self.sends = Sends(self.peers.reachable)
@@ -71,6 +77,9 @@ class Node:
             self.engine.extra_status = lambda: {**(extra() if extra else {}), "watches": self.watches.status()}
             self._peer_list = None
             self._follow_membership()
+            if self.recorder is not None:     # last: it may ask the loop from now on
+                self.probe = LoopProbe(self._wake)
+                self.health = HealthServer(config.metrics_host, config.metrics_port, self.probe, self.storage.path)
         except BaseException:
             self.engine = None
             self._close()
@@ -81,6 +90,10 @@ class Node:
     def stop(self):
         """Ask the loop to finish its iteration and exit; safe from signal handlers and other threads."""
         self._stopping = True
+        self._wake()
+
+    def _wake(self):
+        """Make the loop's poll return (any thread)."""
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -123,6 +136,8 @@ class Node:
         return restore
 
     def _close(self):
+        if self.health is not None:
+            self.health.close()     # first: a scrape would wait for a loop that has ended
         if self.watches is not None:
             self.watches.close()    # before the storage: a watch's snapshot holds RocksDB open
         if self.router is not None:
@@ -224,6 +239,7 @@ class Node:
                 outbox.flush(time.monotonic())
 
     def _housekeeping(self, now):
+        self._answer_probes()       # in case a wake-up byte was lost (a full socket buffer)
         self.gate.housekeeping()    # connections that closed since the last handshake
         self.engine.housekeeping(now)
         if self.peering is not None:
@@ -235,6 +251,20 @@ class Node:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self._answer_probes()
+
+    def _answer_probes(self):
+        """A scrape or health check waiting on the HTTP thread gets a sample of this moment."""
+        if self.probe is not None and self.probe.pending():
+            self.probe.answer_all(self._sample)
+
+    def _sample(self) -> metrics.Sample:
+        status = self.engine.commands.status()
+        ready, why = metrics.readiness(status)
+        primary = getattr(self.mode, "primary", None)
+        round_trips = {pid: h.copy() for pid, h in primary.round_trips.items()} if primary is not None else {}
+        return metrics.Sample(self.recorder.copy(), status, self.replies.held_writes(), len(self.replies),
+                              len(self.engine.sessions), ready, why, round_trips)
 
     # ------------------------------------------------------------ requests on the ROUTER
 
@@ -277,13 +307,17 @@ class Node:
         """One client request's frames: it gets a reply (now or later). Bad input, a peer message
         included (wrong_port), gets an error reply; so does a write from a read-only key (forbidden)
         and a bug (logged). `user`: the connection's User-Id (with keys)."""
-        outbox = self.outbox
+        outbox, recorder = self.outbox, self.recorder
         if outbox.backlogs and outbox.refuses(frames[0]):
             return      # this client leaves its replies unread: no more work for it until it reads
+        now = time.monotonic()
         try:
             envelope, body = protocol.split_frames(frames)
         except errors.RequestError as exc:
-            outbox.send(frames[:1] + [protocol.encode_exception(0, exc)])
+            body = protocol.encode_exception(0, exc)
+            outbox.send(frames[:1] + [body])
+            if recorder is not None:
+                recorder.request("INVALID", body, now, now)
             return
         request = None
         try:
@@ -297,25 +331,32 @@ class Node:
                 if body is not None:
                     outbox.send(envelope + [body])
                 return
-            handled = self.mode.handle(request, envelope, time.monotonic())
+            handled = self.mode.handle(request, envelope, now)
         except errors.StorageError:
             raise  # fail-stop: the disk refused a write, so nothing in this batch may be acknowledged
         except errors.ZmqstoreError as exc:  # refused: bad input, not_primary, unavailable, ...
             rid = request.request_id if request else getattr(exc, "request_id", 0)
-            outbox.send(envelope + [protocol.encode_exception(rid, exc)])
+            reply = protocol.encode_exception(rid, exc)
+            outbox.send(envelope + [reply])
+            if recorder is not None:
+                recorder.request(request.command if request else "INVALID", reply, now, time.monotonic())
             return
         except Exception as exc:
             log.exception("internal error serving %s", request.command if request else "a message")
             rid = request.request_id if request else 0
-            outbox.send(envelope + [protocol.encode_exception(
-                rid, errors.InternalError(f"internal error: {type(exc).__name__}"))])
+            reply = protocol.encode_exception(rid, errors.InternalError(f"internal error: {type(exc).__name__}"))
+            outbox.send(envelope + [reply])
+            if recorder is not None:
+                recorder.request(request.command if request else "INVALID", reply, now, time.monotonic())
             return
         reply, until = handled
         if until is None:
             outbox.send(envelope + [reply])
+            if recorder is not None:
+                recorder.request(request.command, reply, now, time.monotonic())
         else:   # held until the mode's rule accepts `until` (replies.py)
             self.replies.hold(envelope, reply, request.request_id, request.command in LOGGED, until,
-                              time.monotonic() + self.config.replication_timeout)
+                              now + self.config.replication_timeout, request.command, now)
 
     def _release(self, fail_all=False):
         """Send the held replies that are ready; time out the expired ones (replies.py). With

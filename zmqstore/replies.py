@@ -18,16 +18,18 @@ at once), so one held since the last pass cannot be ready until the progress mov
 
 
 class Held:
-    __slots__ = ("envelope", "body", "request_id", "is_write", "until", "deadline")
+    __slots__ = ("envelope", "body", "request_id", "is_write", "until", "deadline", "command", "started")
 
-    def __init__(self, envelope, body, request_id, is_write, until, deadline):
+    def __init__(self, envelope, body, request_id, is_write, until, deadline, command, started):
         self.envelope, self.body, self.request_id = envelope, body, request_id
         self.is_write, self.until, self.deadline = is_write, until, deadline
+        self.command, self.started = command, started
 
 
 class Replies:
-    def __init__(self, send):
+    def __init__(self, send, record=None):
         self._send = send           # frames -> None: the outbox's send
+        self._record = record       # (command, reply body, arrival, now) -> None: metrics.Recorder.request
         self._held = []             # Held, in arrival order (so also in deadline order)
         self._progress = None       # the mode's progress at the last pass that kept replies
 
@@ -42,8 +44,11 @@ class Replies:
         """The earliest deadline of a held reply (every reply waits the same timeout), or None."""
         return self._held[0].deadline if self._held else None
 
-    def hold(self, envelope, body, request_id, is_write, until, deadline):
-        self._held.append(Held(envelope, body, request_id, is_write, until, deadline))
+    def held_writes(self) -> int:
+        return sum(1 for h in self._held if h.is_write)
+
+    def hold(self, envelope, body, request_id, is_write, until, deadline, command=None, started=None):
+        self._held.append(Held(envelope, body, request_id, is_write, until, deadline, command, started))
 
     def release(self, ready, expired, now, fail_all=False, progress=None):
         """Send every held reply `ready(until)` accepts, in arrival order; answer those past their
@@ -53,13 +58,17 @@ class Replies:
         if (progress is not None and progress == self._progress and not fail_all and self._held
                 and now < self._held[0].deadline):
             return
-        kept, send = [], self._send
+        kept, send, record = [], self._send, self._record
         for h in self._held:
             if not fail_all and ready(h.until):
-                send(h.envelope + [h.body if h.body is not None else h.until.reply])
+                body = h.body if h.body is not None else h.until.reply
             elif fail_all or h.deadline <= now:
-                send(h.envelope + [expired(h)])
+                body = expired(h)
             else:
                 kept.append(h)
+                continue
+            send(h.envelope + [body])
+            if record is not None:
+                record(h.command, body, h.started, now)
         self._held = kept
         self._progress = progress

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import struct
+import time
 
 import rocksdict
 
@@ -144,6 +145,7 @@ class Storage:
         # durable in the log, and RocksDB's WAL keeps write order, so a crash loses at most an apply
         # that is redone from the log at start-up.
         self._nosync_opts = rocksdict.WriteOptions()
+        self.on_commit = None       # (synced, seconds) after each batch write: the node's metrics
         self._nosync_opts.sync = False
         for name, attr in _META_ATTRS.items():
             setattr(self, attr, _u64(self._meta.get(name)))
@@ -322,8 +324,14 @@ class Storage:
     def commit(self, batch: Batch, sync=True):
         """Write the batch atomically (and fsync it when configured and `sync`) before anything that
         depends on it is acknowledged."""
+        opts = self._write_opts if sync else self._nosync_opts
         try:
-            self._db.write(batch.wb, self._write_opts if sync else self._nosync_opts)
+            if self.on_commit is None:
+                self._db.write(batch.wb, opts)
+            else:
+                started = time.monotonic()
+                self._db.write(batch.wb, opts)
+                self.on_commit(opts.sync, time.monotonic() - started)
         except Exception as exc:
             raise StorageError(f"RocksDB write failed: {exc}") from None
         batch.wb = batch._cf = None  # consumed; a live handle would keep RocksDB open after close()

@@ -131,3 +131,14 @@ def test_ini_peer_lines(tmp_path):
     f.write_text("[node]\nnode_id = 1\n[peers]\n2 = nonsense\n")
     with pytest.raises(ConfigError, match="host:port"):
         load_file(f)
+
+
+def test_metrics_port_and_host():
+    cfg = resolve(flags={"node_id": 1, "metrics_port": 9100})
+    assert cfg.metrics_port == 9100 and cfg.metrics_host == cfg.host
+    assert resolve(flags={"node_id": 1}).metrics_port is None
+    assert resolve(flags={"node_id": 1, "metrics_port": 9100, "metrics_host": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="metrics_port 9000 equals port"):
+        resolve(flags={"node_id": 1, "metrics_port": 9000})
+    with pytest.raises(ConfigError, match="metrics_port"):
+        resolve(flags={"node_id": 1, "metrics_port": 70000})

@@ -52,7 +52,7 @@ def cycle(eng, primary):
     """What the node does at the end of a loop iteration, minus the sockets."""
     staged = eng.take_staged()
     if staged:
-        primary.publish_entries(*staged)
+        primary.publish_entries(*staged, 0.0)
     eng.flush()
     primary.advance_commit()
 
@@ -110,7 +110,7 @@ def test_primary_never_counts_what_it_does_not_hold(make):
     eng, cfg = make(1)
     eng.become_primary(1)
     primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
-    primary.publish_entries(*eng.take_staged())          # published, not yet flushed
+    primary.publish_entries(*eng.take_staged(), 0.0)        # published, not yet flushed
     primary.on_ack((2, 1, 1, 0, True), now=1.0)
     primary.on_ack((3, 1, 1, 0, True), now=1.0)
     assert eng.commit_seq == 0

@@ -84,6 +84,7 @@ class AntiEntropy:
         self.engine = engine
         self.repair = None              # the Repair under way (one at a time)
         self.repairs = []               # summaries of the latest repairs, for status
+        self.runs = self.keys_repaired = 0      # repairs finished, and the keys they changed (metrics)
         self._ids = 0
 
     def tick(self, now):
@@ -170,6 +171,8 @@ class AntiEntropy:
         if r.resync_origins:
             self.engine.adopt_applied({o: s for o, s in r.peer_applied.items() if o in r.resync_origins})
         took = now - r.started
+        self.runs += 1
+        self.keys_repaired += r.keys_changed
         log.info("anti-entropy with node %d done in %.3f s: %d buckets pulled, %d keys changed%s", r.peer, took,
                  r.buckets_pulled, r.keys_changed, "; applied seqs of the trimmed origins adopted"
                  if r.resync_origins else "")

@@ -85,7 +85,8 @@ class DynamoEngine:
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
         self.leader_address = None
-        self.handle = DynamoCommands(self).handle   # request -> (reply body, Wait), dynamo/commands.py
+        self.commands = DynamoCommands(self)
+        self.handle = self.commands.handle   # request -> (reply body, Wait), dynamo/commands.py
         log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
                  origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
 

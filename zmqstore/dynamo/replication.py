@@ -416,6 +416,7 @@ class Replication:
         repair = self.anti_entropy.repair
         return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps,
                 "repairs": self.anti_entropy.repairs, "read_repairs": self.reads.read_repairs,
+                "antientropy_runs": self.anti_entropy.runs, "keys_repaired": self.anti_entropy.keys_repaired,
                 "repairing": None if repair is None else repair.peer,
                 # removed nodes not yet let go (docs/MEMBERSHIP.md): wipe one only once no member lists it
                 "leaving": [] if self.engine.membership.removed_by is not None else sorted(self.departures)}

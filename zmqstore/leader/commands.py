@@ -212,6 +212,6 @@ class Commands(CommandTable):
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
             "fsync": cfg.fsync, "uptime": round(time.monotonic() - self.engine.started, 3),
             "version": self.engine.version, "peers": [], "members": self.engine.membership.records(),
-            "membership_seq": self.engine.membership.seq,
+            "membership_seq": self.engine.membership.seq, "primary_changes": self.engine.primary_changes,
             **(self.engine.extra_status() if self.engine.extra_status else {}),
         }

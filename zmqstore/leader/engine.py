@@ -58,6 +58,7 @@ class Engine:
         self.role = "primary"
         self.leader_address = None
         self.extra_status = None      # set by the node: a callable giving replication fields for STATUS
+        self.primary_changes = 0      # times a primary other than the one known took over (metrics)
         self.trim_floor = None        # set by LogServer: a callable giving the lowest seq the log must keep
         self.term_first_seq = 0       # on a replicated primary: the seq of its term's first (empty) entry
         self._batch = None
@@ -138,6 +139,8 @@ class Engine:
         """term, its primary and our vote in it (and, when given, the learner flag), synced at once
         with whatever this iteration staged (a secondary's entries: a vote or a new term never
         leaves behind entries this node already matched)."""
+        if leader_id and leader_id != self.storage.leader_id:
+            self.primary_changes += 1
         batch = self._staging()
         batch.set_meta(META_TERM, term)
         batch.set_meta(META_LEADER, leader_id)

@@ -1,7 +1,12 @@
 """The primary's side of the log stream (docs/REPLICATION.md): it publishes the entries it staged,
 counts what a quorum holds, runs the heartbeat rounds that confirm linearizable reads, and judges
 whether a majority still answers. What it sends goes into the iteration's Sends."""
+from bisect import bisect_right
+
 from .. import errors, protocol
+from ..metrics import Histogram
+
+SENT_KEPT = 4096        # publish times kept for the round-trip figures (the oldest half goes past it)
 
 
 class Primary:
@@ -18,6 +23,9 @@ class Primary:
         self.voter = {}                 # peer id -> its data dir votes (an ACK's flag): else its copy does not count
         self.acked_round = {}           # peer id -> highest heartbeat round it answered
         self.last_heard = {}            # peer id -> when it last answered (a grace period from the start)
+        self.caught_up_at = {}          # peer id -> when it last held the whole log (its lag in seconds)
+        self.round_trips = {}           # peer id -> Histogram: entries published -> its ACK of them
+        self._sent = []                 # (last seq, when published), ascending
         self._latest = now              # the latest time this was told (the grace period of a new member)
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
@@ -30,8 +38,10 @@ class Primary:
         for pid in membership.peers:
             if pid not in self.match:
                 self.match[pid], self.voter[pid], self.acked_round[pid] = 0, False, 0
-                self.last_heard[pid] = self._latest
-        for table in (self.match, self.voter, self.acked_round, self.last_heard):
+                self.last_heard[pid] = self.caught_up_at[pid] = self._latest
+                self.round_trips[pid] = Histogram()
+        for table in (self.match, self.voter, self.acked_round, self.last_heard, self.caught_up_at,
+                      self.round_trips):
             for pid in [pid for pid in table if pid not in membership.peers]:
                 del table[pid]
         self.voters = membership.voters
@@ -42,10 +52,14 @@ class Primary:
 
     # ------------------------------------------------------------ the stream
 
-    def publish_entries(self, prev_seq, prev_term, entries):
+    def publish_entries(self, prev_seq, prev_term, entries, now):
         """Stream entries staged in this iteration. Sent before our own flush, so the secondaries'
         fsyncs overlap ours; advance_commit() never counts an entry we do not hold durably."""
         last_seq = prev_seq + len(entries)
+        sent = self._sent
+        if len(sent) >= SENT_KEPT:
+            del sent[:SENT_KEPT // 2]
+        sent.append((last_seq, now))
         self.out.publish_early(protocol.encode_peer(
             "CHANGE", self.storage.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq,
             last_seq))
@@ -114,14 +128,26 @@ class Primary:
             raise errors.BadArgument(f"ACK from node {node_id} claims seq {last_seq}; this primary's log ends at "
                                      f"{self.engine.last_seq}")
         self.last_heard[node_id] = self._latest = now
+        if last_seq > self.match[node_id]:
+            self._round_trip(node_id, last_seq, now)
+        if last_seq >= self.engine.last_seq:
+            self.caught_up_at[node_id] = now
         self.match[node_id] = last_seq          # its latest report: it may have lost data and restarted
         self.voter[node_id] = voter
         if self.acked_round[node_id] < round_ <= self.round:   # a round from another run means nothing
             self.acked_round[node_id] = round_
         self.advance_commit()
 
+    def _round_trip(self, node_id, last_seq, now):
+        """The time from publishing the latest entries this ACK covers to the ACK."""
+        sent = self._sent
+        i = bisect_right(sent, (last_seq, float("inf"))) - 1
+        if i >= 0 and sent[i][0] > self.match[node_id]:
+            self.round_trips[node_id].observe(now - sent[i][1])
+
     def status(self, now):
-        window = self.config.election_interval
+        window, last_seq = self.config.election_interval, self.engine.last_seq
         return [{"node_id": pid, "role": "secondary" if pid in self.voters else "learner", "last_seq": self.match[pid],
-                 "alive": now - self.last_heard[pid] < window}
+                 "alive": now - self.last_heard[pid] < window,
+                 "lag_seconds": 0.0 if self.match[pid] >= last_seq else round(now - self.caught_up_at[pid], 3)}
                 for pid in sorted(self.match)]

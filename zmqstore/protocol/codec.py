@@ -75,6 +75,21 @@ def encode_exception(request_id: int, exc: errors.ZmqstoreError) -> bytes:
     return encode_error(request_id, exc.code, exc.message or str(exc), exc.details)
 
 
+_OK_PACKED = _pack(OK)
+
+
+def reply_outcome(body: bytes) -> str:
+    """"ok", or the error code, of a reply this node encoded (metrics.py counts them): a byte
+    comparison for the common small ok reply ([version, "OK", ...] in a fixarray), a decode else."""
+    if body[2:2 + len(_OK_PACKED)] == _OK_PACKED:
+        return "ok"
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        return msg[3] if msg[1] == ERR else "ok"
+    except Exception:
+        return "unreadable"
+
+
 def decode_reply(body: bytes) -> Reply:
     """A node's reply (client side). Values of any configured size are accepted: msgpack bounds what
     a frame may claim by the frame's own length."""

@@ -180,6 +180,20 @@ class NodeProcess:
         if keys is None and keys_by_default():
             keys = TestKeys(os.path.join(os.path.dirname(os.path.abspath(self.data_dir)), "keys"))
         self.keys = keys or None          # False: no keys, whatever the environment says
+        self.metrics_port = None          # set (before start) to serve /metrics, /healthz, /readyz
+
+    def http_get(self, path, timeout=3.0):
+        """(HTTP status, body text) of GET path on the node's metrics port; (None, why) when it does
+        not answer."""
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}{path}", timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return None, str(exc)
 
     @property
     def endpoint(self):
@@ -194,7 +208,8 @@ class NodeProcess:
         keys = self.keys.for_node(self.node_id) if self.keys is not None else []
         return [sys.executable, "-m", "zmqstore", "--node-id", str(self.node_id), "--host", self.host,
                 "--port", str(self.port), "--pub-port", str(self.pub_port), "--peer-port", str(self.peer_port),
-                "--data-dir", self.data_dir, *keys, *self.args]
+                "--data-dir", self.data_dir, *keys, *self.args,
+                *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else [])]
 
     def start(self, wait=True, timeout=15.0):
         env = dict(os.environ, **self.env) if self.env else None
@@ -283,9 +298,10 @@ class Cluster:
     with iptables. Leader mode: node 1 bootstraps as primary. Data dirs and logs under `base_dir`."""
 
     def __init__(self, base_dir, size=3, args=(), env=None, new_session=True, bootstrap=(1,), mode="leader",
-                 keys=None):
+                 keys=None, metrics=False):
         """bootstrap: the node ids started with --role primary (one, unless a test wants a mistake).
-        keys: CurveZMQ on every socket (default: when ZMQSTORE_TEST_KEYS is set)."""
+        keys: CurveZMQ on every socket (default: when ZMQSTORE_TEST_KEYS is set). metrics: every node
+        serves /metrics on a free port of its own (NodeProcess.http_get)."""
         self.base_dir = str(base_dir)
         os.makedirs(self.base_dir, exist_ok=True)
         if keys is None:
@@ -306,6 +322,8 @@ class Cluster:
                 node_id, os.path.join(self.base_dir, f"node{node_id}"),
                 os.path.join(self.base_dir, f"node{node_id}.log"), host=host,
                 new_session=new_session, keys=self.keys or False)
+            if metrics:
+                self.nodes[node_id].metrics_port = free_ports(host, 1)[0]
 
     def peers_json(self, node_id):
         return json.dumps([{"node_id": n.node_id, "host": n.host, "port": n.port, "pub_port": n.pub_port,
