@@ -27,6 +27,7 @@ from failover import failover  # noqa: E402  (bench/ is on sys.path as the scrip
 from membership import dynamo_join, membership, report_rows as membership_rows  # noqa: E402
 from security import report_rows as security_rows, security  # noqa: E402
 from watch_bench import report_rows as watch_rows, watch  # noqa: E402
+from ops_bench import metrics_cost, report_rows as ops_rows  # noqa: E402
 
 PIPELINE_DEPTH = 64
 
@@ -273,7 +274,8 @@ def leader_cluster(results, N, rounds, catch_up_writes):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
-    ap.add_argument("--only", choices=("single", "leader", "failover", "membership", "dynamo", "security", "watch"),
+    ap.add_argument("--only", choices=("single", "leader", "failover", "membership", "dynamo", "security", "watch",
+                                                "ops"),
                     help="run one part only")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
@@ -299,6 +301,8 @@ def main():
         security(results, opts.quick)
     if opts.only in (None, "watch"):
         watch(results, N(20_000), rounds)
+    if opts.only in (None, "ops"):
+        metrics_cost(results, N(20_000), 2 * rounds - 1)
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:
@@ -369,7 +373,7 @@ def report(r):
             rows.append(("dynamo 3 nodes: converge after a partition heals",
                          f"{r['dynamo_partition_converge_s']:.2f} s",
                          f"{r['dynamo_partition_writes_each']:,} writes on each side (target < 3 s)"))
-    rows += security_rows(r) + membership_rows(r) + watch_rows(r)
+    rows += security_rows(r) + membership_rows(r) + watch_rows(r) + ops_rows(r)
     if not rows:
         return
     width = max(len(row[0]) for row in rows)

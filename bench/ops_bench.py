@@ -1,0 +1,91 @@
+"""Operations (issue 15, docs/OPERATIONS.md). Used by bench/run.py (--only ops).
+
+- The cost of metrics: two 3-node leader clusters (fsync on) side by side, one with --metrics-port
+  on every node and a scraper reading /metrics from each node every second (Prometheus' default is
+  every 15 s), one without; pipelined puts (64 in flight) alternate between them round by round, so
+  both see the same machine load (which goes first alternates too). The cost is the median of the
+  rounds' ratios. Target: under 5% fewer puts/s with metrics.
+"""
+import statistics
+import tempfile
+import threading
+import time
+
+from zmqstore import Client
+from zmqstore.testing.process import Cluster
+
+DEPTH = 64
+SCRAPE_EVERY = 1.0
+
+
+def _pipelined(endpoint, prefix, n):
+    with Client(endpoint) as db:
+        p = db.pipeline(max_in_flight=DEPTH)
+        for i in range(n):
+            p.put(f"{prefix}{i:08d}", i)
+        started = time.monotonic()
+        p.execute()
+        return n / (time.monotonic() - started)
+
+
+class Scraper:
+    """Reads /metrics from every node every SCRAPE_EVERY seconds until stopped."""
+
+    def __init__(self, nodes):
+        self.nodes, self.scrapes, self.failures, self.bytes = nodes, 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(SCRAPE_EVERY):
+            for node in self.nodes:
+                status, text = node.http_get("/metrics")
+                if status == 200:
+                    self.scrapes += 1
+                    self.bytes = len(text)
+                else:
+                    self.failures += 1
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def metrics_cost(results, n, rounds):
+    with tempfile.TemporaryDirectory() as d:
+        args = ["--log-level", "WARNING"]
+        with_metrics = Cluster(f"{d}/on", size=3, args=args, new_session=False, keys=False, metrics=True)
+        without = Cluster(f"{d}/off", size=3, args=args, new_session=False, keys=False)
+        scraper = None
+        try:
+            with_metrics.start_all()
+            without.start_all()
+            scraper = Scraper(list(with_metrics.nodes.values()))
+            on, off = [], []
+            for r in range(rounds):     # which goes first alternates too
+                for cluster, figures in ((without, off), (with_metrics, on))[::1 if r % 2 else -1]:
+                    figures.append(_pipelined(cluster.nodes[1].endpoint, f"r{r}-", n))
+            scraper.stop()
+            results["metrics_cost"] = {"puts": n, "on_s": [round(x) for x in on], "off_s": [round(x) for x in off],
+                                       "scrapes": scraper.scrapes, "scrape_failures": scraper.failures,
+                                       "scrape_bytes": scraper.bytes}
+            print(f"  metrics on {results['metrics_cost']['on_s']} vs off {results['metrics_cost']['off_s']}",
+                  flush=True)
+        finally:
+            if scraper is not None:
+                scraper.stop()
+            with_metrics.stop_all()
+            without.stop_all()
+
+
+def report_rows(r) -> list:
+    if "metrics_cost" not in r:
+        return []
+    m = r["metrics_cost"]
+    on, off = statistics.median(m["on_s"]), statistics.median(m["off_s"])
+    cost = 1 - statistics.median(a / b for a, b in zip(m["on_s"], m["off_s"]))     # round by round
+    return [("leader 3 nodes: pipelined puts/s with metrics, scraped every 1 s", f"{on:,.0f}",
+             f"without {off:,.0f}: {cost:+.1%} cost, the median of the rounds' ratios (target < 5%: {'met' if cost < 0.05 else 'missed'}); "
+             f"{m['scrapes']} scrapes of {m['scrape_bytes']:,} bytes, {m['scrape_failures']} failed; "
+             f"rounds on {m['on_s']}, off {m['off_s']}")]
