@@ -33,6 +33,8 @@ Options:
   --log-level LEVEL           DEBUG, INFO, WARNING or ERROR [file or INFO].
   --metrics-port PORT         Serve /metrics, /healthz and /readyz over HTTP on this port [file or none].
   --metrics-host HOST         Address the metrics port binds to [file or HOST].
+  --max-data-bytes N          Space quota on the data dir; past it writes get no_space [file or none].
+  --min-free-bytes N          Free space floor of the data dir's file system, likewise [file or 67108864].
   --insecure                  Allow a non-loopback --host without keys (docs/SECURITY.md).
   --secret-key FILE           This node's secret key (NAME.key_secret): CurveZMQ on every socket.
   --node-keys DIR             Directory of every node's public key, node<ID>.key.
@@ -91,7 +93,8 @@ _FLAG_TO_SETTING = {
     "--client-keys": "client_keys", "--readonly-keys": "readonly_keys",
     "--mode": "mode", "--data-dir": "data_dir", "--election-interval": "election_interval",
     "--replication-timeout": "replication_timeout", "--log-level": "log_level", "--join": "join",
-    "--metrics-port": "metrics_port", "--metrics-host": "metrics_host",
+    "--metrics-port": "metrics_port", "--metrics-host": "metrics_host", "--max-data-bytes": "max_data_bytes",
+    "--min-free-bytes": "min_free_bytes",
 }
 
 

@@ -6,10 +6,12 @@ import time
 
 from . import errors, keys, limits, protocol
 from .sessions import STALE
+from .space import adds_data, request_bytes
 
 
 class CommandTable:
     no_wait = 0
+    space = None        # space.SpaceGuard, set by the node: refuses writes that add data while short of disk
 
     def __init__(self, engine, handlers):
         self.engine = engine
@@ -47,6 +49,12 @@ class CommandTable:
         if key is not None:
             keys.check_public(key)
         return protocol.Member(node_id, host, port, pub_port, peer_port, False, key)
+
+    def _admit(self, req):
+        """A write that was not applied before (not a retry): the space alarm may refuse it. After
+        the retry check, so a retried write that was applied still gets its first outcome."""
+        if self.space is not None and adds_data(req):
+            self.space.admit(request_bytes(req))
 
     def _retried(self, req):
         """The record of this client's request when it was applied already (a retry: it gets the

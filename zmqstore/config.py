@@ -37,6 +37,8 @@ NODE_DEFAULTS = {
     "join": None,             # host:port[,host:port...] of members to ask for admission (no peers needed)
     "metrics_port": None,     # HTTP port for /metrics, /healthz and /readyz (docs/OPERATIONS.md); unset: none
     "metrics_host": None,     # address the metrics port binds to; default host
+    "max_data_bytes": None,   # space quota on the data dir: past it writes that add data get no_space; unset: none
+    "min_free_bytes": 64 << 20,  # free space floor of the data dir's file system, likewise (docs/OPERATIONS.md)
 }
 
 # [cluster] settings: must agree on every node.
@@ -60,7 +62,7 @@ CLUSTER_DEFAULTS = {
 
 _INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "log_retention", "max_key_size",
              "max_value_size", "max_batch_items", "max_request_size", "client_output_limit", "max_connections",
-             "max_connections_per_host", "metrics_port"}
+             "max_connections_per_host", "metrics_port", "max_data_bytes", "min_free_bytes"}
 NODE_ID_END = 1 << 32     # node ids fit in 32 bits: a dynamo origin is node id << 32 | incarnation
 _FLOAT_KEYS = {"election_interval", "replication_timeout", "session_timeout"}
 _BOOL_KEYS = {"fsync", "insecure"}
@@ -114,6 +116,8 @@ class Config:
     join: tuple = ()                # --join: client endpoints of members to ask for admission (docs/MEMBERSHIP.md)
     metrics_port: Optional[int] = None
     metrics_host: Optional[str] = None
+    max_data_bytes: Optional[int] = None
+    min_free_bytes: int = 64 << 20
 
     @property
     def heartbeat_interval(self) -> float:
@@ -320,6 +324,10 @@ def _check(s) -> Config:
         if s["metrics_host"] == s["host"] and s["metrics_port"] in (s["port"], s["pub_port"], s["peer_port"]):
             raise ConfigError(f"metrics_port {s['metrics_port']} equals port, pub_port or peer_port; "
                               f"give --metrics-port another port")
+    if s["max_data_bytes"] is not None and s["max_data_bytes"] < 1 << 20:
+        raise ConfigError(f"max_data_bytes = {s['max_data_bytes']} is under 1 MiB; RocksDB alone needs more")
+    if s["min_free_bytes"] is None or s["min_free_bytes"] < 0:
+        raise ConfigError(f"min_free_bytes = {s['min_free_bytes']} must be 0 or more bytes")
     for key in ("secret_key", "node_keys", "client_keys", "readonly_keys"):
         if s[key] == "":
             s[key] = None

@@ -96,6 +96,14 @@ class UnsupportedOperation(RequestError):
     code = "unsupported_operation"
 
 
+class NoSpace(RequestError):
+    """The node is short of disk space (over max_data_bytes, or its file system under
+    min_free_bytes free): it refuses writes that add data; reads and deletes go on, and the alarm
+    clears by itself once space is back (docs/OPERATIONS.md, "Disk space"). details: used, free."""
+
+    code = "no_space"
+
+
 class NotPrimary(ZmqstoreError):
     """This node does not accept writes; details carry primary_id and primary_address when known."""
 
@@ -158,7 +166,7 @@ ERRORS_BY_CODE = {
     for cls in (
         ConfigError, DataDirError, StorageError, RequestError, MalformedMessage, UnsupportedVersion,
         UnknownCommand, WrongPort, Forbidden, BadArgument, InvalidKey, KeyTooLarge, ValueTooLarge, RequestTooLarge,
-        UnsupportedOperation, NotPrimary, Unavailable, ChangeInProgress, ReplicationTimeout, RequestFenced, Compacted,
+        UnsupportedOperation, NoSpace, NotPrimary, Unavailable, ChangeInProgress, ReplicationTimeout, RequestFenced, Compacted,
         InternalError,
         ConnectionTimeout,
     )

@@ -1,6 +1,7 @@
 """The node's HTTP port for operators (docs/OPERATIONS.md, "Metrics and health"): GET /metrics (the
-Prometheus text format, made by prometheus-client), /healthz and /readyz, served by one thread of
-its own so no HTTP client can slow the loop.
+Prometheus text format, made by prometheus-client), /healthz and /readyz, served by threads of its
+own (one per connection, MAX_CLIENTS at once, each cut at REQUEST_DEADLINE) so no HTTP client can
+slow the loop or another client.
 
 The thread never reads the node's state: it asks the loop (`LoopProbe.ask`), which answers between
 two iterations with a metrics.Sample. A loop that does not answer within PROBE_TIMEOUT makes
@@ -8,6 +9,8 @@ two iterations with a metrics.Sample. A loop that does not answer within PROBE_T
 """
 import logging
 import queue
+import socket
+import socketserver
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -18,7 +21,9 @@ from . import metrics
 from .errors import ConfigError
 
 PROBE_TIMEOUT = 2.0     # seconds the loop has to answer a scrape or a health check
-REQUEST_TIMEOUT = 5.0   # seconds an HTTP client has to send its request (one is served at a time)
+REQUEST_TIMEOUT = 5.0   # seconds an HTTP client may be silent while sending its request
+REQUEST_DEADLINE = 10.0  # seconds a connection may last in all (a client trickling bytes is cut)
+MAX_CLIENTS = 8         # connections served at once; more are closed at once
 
 log = logging.getLogger("zmqstore.health")
 
@@ -30,13 +35,21 @@ class LoopProbe:
     def __init__(self, wake):
         self._wake = wake           # () -> None: makes the loop's poll return
         self._waiting = queue.SimpleQueue()
+        self.closed = False
 
     def ask(self):
-        """The loop's Sample, or None when it did not answer within PROBE_TIMEOUT."""
+        """The loop's Sample, or None when it did not answer within PROBE_TIMEOUT (or has ended)."""
+        if self.closed:
+            return None
         done, box = threading.Event(), []
         self._waiting.put((done, box))
         self._wake()
-        return box[0] if done.wait(PROBE_TIMEOUT) else None
+        return box[0] if done.wait(PROBE_TIMEOUT) and box else None
+
+    def close(self):
+        """The loop has ended: every question waiting, and every later one, gets None at once."""
+        self.closed = True
+        self.answer_all(lambda: None)
 
     def pending(self) -> bool:
         return not self._waiting.empty()
@@ -49,7 +62,8 @@ class LoopProbe:
             except queue.Empty:
                 return
             sample = sample or make_sample()
-            box.append(sample)
+            if sample is not None:
+                box.append(sample)
             done.set()
 
 
@@ -64,19 +78,75 @@ class _Collector:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = REQUEST_TIMEOUT       # a client that sends nothing holds the port this long at most
+    timeout = REQUEST_TIMEOUT       # a client silent this long is dropped
+
+    def setup(self):
+        super().setup()
+        # A client that trickles its request one byte at a time is cut at the deadline.
+        self._deadline = threading.Timer(REQUEST_DEADLINE, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self):
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self):
+        self._deadline.cancel()
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except OSError:             # timed out or cut: nothing to answer
+            self.close_connection = True
 
     def log_message(self, fmt, *args):
         log.debug("http %s %s", self.client_address[0], fmt % args)
 
 
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """One thread per connection, MAX_CLIENTS at once: a slow client delays no other, and closing
+    the server waits for none of them."""
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)      # too many at once: closed unanswered
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):
+        log.debug("http %s: %s", client_address[0], "error serving a request", exc_info=True)
+
+
 class HealthServer:
-    """GET /metrics, /healthz and /readyz on host:port, on a daemon thread; close() stops it."""
+    """GET /metrics, /healthz and /readyz on host:port, a thread per connection; close() stops it."""
 
     def __init__(self, host, port, probe, data_dir):
         self.probe, self.data_dir = probe, data_dir
         try:
-            self._server = make_server(host, port, self._app, server_class=WSGIServer, handler_class=_QuietHandler)
+            self._server = make_server(host, port, self._app, server_class=_Server, handler_class=_QuietHandler)
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
                               f"pick another metrics_port") from None
@@ -86,10 +156,12 @@ class HealthServer:
         self._thread.start()
 
     def close(self):
+        """Stop accepting; connections under way end on their own (daemon threads, none waited for)."""
         if self._server is not None:
+            self.probe.close()
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(REQUEST_TIMEOUT + 1)
+            self._thread.join(2)
             self._server = None
 
     def _app(self, environ, start_response):
@@ -112,7 +184,7 @@ class HealthServer:
         registry.register(_Collector(sample, self.data_dir))
         body = generate_latest(registry)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
-        return [body]
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
 def _text(start_response, status, text):

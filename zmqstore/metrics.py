@@ -124,13 +124,18 @@ def families(sample: Sample, data_dir):
     yield commits
     yield _gauge("zmqstore_storage_size_bytes", "Bytes of the data dir's files.", data_size(data_dir))
     yield _gauge("zmqstore_storage_keys_estimate", "RocksDB's estimate of the keys stored.", st["keys_estimate"])
+    space = st.get("space") or {}
+    yield _gauge("zmqstore_storage_space_alarm", "1 while short of disk: writes that add data get no_space.",
+                 int(space.get("alarm") is not None))
+    yield _gauge("zmqstore_storage_free_bytes", "Bytes free on the data dir's file system.", space.get("free_bytes", 0))
+    yield _counter("zmqstore_storage_space_alarms", "Times the space alarm went on.", space.get("alarms_raised", 0))
     yield _gauge("zmqstore_requests_waiting", "Replies held for a condition (a quorum, a read round).",
                  sample.held)
     yield _gauge("zmqstore_writes_waiting_quorum", "Write replies held until their quorum holds them.",
                  sample.held_writes)
     yield _gauge("zmqstore_sessions", "Client sessions whose write outcomes are kept for retries.", sample.sessions)
     watches = st.get("watches") or {}
-    yield _gauge("zmqstore_watch_watches", "Watches open on this node.", watches.get("watches", 0))
+    yield _gauge("zmqstore_watch_watches", "Watches open on this node.", watches.get("open", 0))
     for name, help_ in (("watches_opened", "Watches accepted."), ("watches_dropped", "Watches ended by the "
                         "node (a gone or stuck watcher)."), ("watches_compacted", "Watches ended with compacted.")):
         yield _counter(f"zmqstore_watch_{name.replace('watches_', '')}", help_, watches.get(name, 0))
@@ -225,9 +230,9 @@ READY_MAX_LAG = 1000    # entries a leader-mode secondary may lack of its primar
 
 def readiness(st) -> tuple:
     """(ready, why not) from a STATUS map (docs/OPERATIONS.md, /readyz). Leader mode: it knows a
-    primary it hears, and lacks at most READY_MAX_LAG of its entries; a primary: a majority of the
-    voters (itself included) answers. Dynamo mode: a majority of the members (itself included) is
-    reachable. A removed node or one restoring a snapshot is not ready."""
+    primary it hears, and lacks at most READY_MAX_LAG of its entries; a primary: as many voting
+    copies as its write quorum needs (itself included) answer. Dynamo mode: a majority of the
+    members (itself included) is reachable. A removed node or one restoring a snapshot is not ready."""
     if st["role"] == "removed":
         return False, "removed from the cluster"
     if st.get("restoring"):
@@ -241,9 +246,11 @@ def readiness(st) -> tuple:
         return True, ""
     if st["role"] == "primary":
         voters = [row for row in peers if row["role"] == "secondary"]
-        alive = 1 + sum(1 for row in voters if row["alive"])
-        if alive < (len(voters) + 1) // 2 + 1:
-            return False, f"a primary that hears {alive} of {len(voters) + 1} voters (itself included)"
+        holding = int(st.get("voter", True)) + sum(1 for row in voters if row["alive"] and row.get("voter", True))
+        quorum = st.get("write_quorum") or (len(voters) + 1) // 2 + 1
+        if peers and holding < quorum:
+            return False, (f"a primary that hears {holding} voting copies (itself included), fewer than the "
+                           f"write quorum of {quorum}: writes cannot commit")
         return True, ""
     if not st["primary_id"] or not peers or not peers[0]["alive"]:
         return False, "no primary heard within election_interval"

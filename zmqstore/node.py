@@ -9,11 +9,12 @@ import zmq
 
 from . import errors, faults, join, keys, metrics, modes, protocol, transport, trust
 from .health import HealthServer, LoopProbe
+from .space import SpaceGuard
 from .outbox import Outbox, send_hwm
 from .replies import Replies
 from .peers import PeerPlane
 from .sends import Sends
-from .storage import Storage
+from .storage import UNFLUSHED_MAX, Storage
 from .watch import Watches
 
 MAX_DRAIN = 4096              # messages taken per loop iteration (one group commit) ...
@@ -22,6 +23,7 @@ DRAIN_SECONDS = 0.01          # ... or for this long: then the iteration commits
                               # client delays another's request by at most about one iteration
 BACKLOG_RETRY = 0.001         # seconds between attempts to send replies a full connection queue held back
 HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and snapshot expiry)
+COMPACT_EVERY = 5.0           # seconds between compactions while the space alarm is on (space.py)
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
 # What a read-only client key may not send: writes, membership changes, and OUTCOME (it may log a fence entry).
 READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | protocol.MEMBERSHIP_CHANGES | {"OUTCOME"}
@@ -40,6 +42,10 @@ class Node:
         self.router = self.peers = self.storage = self.engine = self.mode = self.sends = None
         self.gate = self.outbox = self.watches = None
         self.recorder = self.probe = self.health = None     # with metrics_port (docs/OPERATIONS.md)
+        self.space = None
+        self._next_compaction, self._compacted_at = 0.0, -1
+        self._probed = False        # the HTTP thread may be waiting for a sample (health.py)
+        self._storage_failed = False
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
         self.peering = None
         self.replies = None
@@ -73,8 +79,17 @@ class Node:
             self.peers.attach(self.peering, self.engine.limits)
             self.watches = Watches(self.mode.feed(), self.outbox.send, config.session_timeout)
             self.outbox.on_drop = self.watches.connection_dropped
+            self.space = SpaceGuard(self.storage.path, self.storage.stored_bytes, config.max_data_bytes,
+                                    config.min_free_bytes, on_change=self._on_space_alarm)
+            self.engine.commands.space = self.space
+            if config.min_free_bytes < 2 * UNFLUSHED_MAX:
+                log.warning("min_free_bytes = %d is under %d: short of disk, RocksDB may lack the room to flush "
+                            "its memtables (up to %d bytes, with their write-ahead log) and stop every write",
+                            config.min_free_bytes, 2 * UNFLUSHED_MAX, UNFLUSHED_MAX)
+            self._on_space_alarm(self.space.alarm is not None)
             extra = self.engine.extra_status
-            self.engine.extra_status = lambda: {**(extra() if extra else {}), "watches": self.watches.status()}
+            self.engine.extra_status = lambda: {**(extra() if extra else {}), "watches": self.watches.status(),
+                                                "space": self.space.status()}
             self._peer_list = None
             self._follow_membership()
             if self.recorder is not None:     # last: it may ask the loop from now on
@@ -110,6 +125,7 @@ class Node:
             self._loop()
         except errors.StorageError as exc:
             log.critical("stopping: %s; the writes of the failed batch were not acknowledged", exc)
+            self._storage_failed = True
             raise
         finally:
             restore()
@@ -148,7 +164,10 @@ class Node:
         if self.peering is not None:
             self.peering.close()
         if self.storage is not None:
-            self.storage.close()
+            try:
+                self.storage.close()
+            except Exception as exc:    # after a failed write RocksDB refuses to close cleanly
+                (log.debug if self._storage_failed else log.error)("closing RocksDB: %s", exc)
         if self.gate is not None:
             self.gate.close()
         self._ctx.destroy(linger=0)     # and any socket a failed start left open: never waits
@@ -231,6 +250,8 @@ class Node:
                 next_beat = now + self.config.heartbeat_interval
             self.mode.end_iteration(peers.send, self._release)
             self.watches.pump(now)      # after the iteration applied what committed
+            if self._probed:
+                self._answer_probes()   # between two iterations: nothing staged, everything durable
             self._follow_membership()
             if peers.version != plane_version:
                 poll_items, poll_draining, peer_sockets = self._poll_lists()
@@ -239,11 +260,29 @@ class Node:
                 outbox.flush(time.monotonic())
 
     def _housekeeping(self, now):
-        self._answer_probes()       # in case a wake-up byte was lost (a full socket buffer)
+        self._probed = True         # in case a wake-up byte was lost (a full socket buffer)
+        self._watch_space(now)
         self.gate.housekeeping()    # connections that closed since the last handshake
         self.engine.housekeeping(now)
         if self.peering is not None:
             self.peering.housekeeping(now)
+
+    def _on_space_alarm(self, alarm):
+        self.engine.space_alarm = alarm
+
+    def _watch_space(self, now):
+        """Measure the disk; while short of it, the logs keep only what they must (trimmed now, not
+        only when the next write comes) and RocksDB compacts what deletes and trims freed
+        (space.py), every COMPACT_EVERY seconds when written to."""
+        space = self.space
+        space.measure()
+        if space.alarm is None:
+            return
+        self.engine.make_room()
+        storage = self.storage
+        if now >= self._next_compaction and storage.commits != self._compacted_at:
+            if storage.compact_in_background(space.free):
+                self._next_compaction, self._compacted_at = now + COMPACT_EVERY, storage.commits
 
     def _drain_wakeups(self):
         try:
@@ -251,10 +290,11 @@ class Node:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-        self._answer_probes()
+        self._probed = True         # perhaps a scrape: answered at the end of this iteration
 
     def _answer_probes(self):
         """A scrape or health check waiting on the HTTP thread gets a sample of this moment."""
+        self._probed = False
         if self.probe is not None and self.probe.pending():
             self.probe.answer_all(self._sample)
 

@@ -119,6 +119,35 @@ def test_primary_never_counts_what_it_does_not_hold(make):
     assert eng.commit_seq == 1
 
 
+def test_primary_measures_round_trips_from_the_stream_and_lag_in_seconds(make):
+    """Metrics (docs/OPERATIONS.md): an ACK's round trip is timed from the publish of the latest
+    entries it covers, unless longer than election_interval (a peer back from away); lag in
+    seconds runs from the first publish a peer lacks."""
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0, round_trips={})
+
+    def put(i, now):
+        eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", i, i, b"k", protocol.pack_value(i))))
+        primary.publish_entries(*eng.take_staged(), now)
+        eng.flush()
+    put(1, 10.0)                                        # seqs 1-2 (the term's first entry and this put)
+    put(2, 11.0)                                        # seq 3
+    assert primary.lag_seconds(2, 11.5) == 1.5          # it lacks seq 1, published at 10.0
+    primary.on_ack((2, 1, 2, 0, True), now=10.25)
+    assert primary.lag_seconds(2, 11.5) == 0.5          # now from seq 3's publish at 11.0
+    primary.on_ack((2, 1, 3, 0, True), now=11.125)
+    assert primary.lag_seconds(2, 12.0) == 0.0
+    rtt = primary.round_trips[2]
+    assert rtt.counts[-1] == 0 and sum(rtt.counts) == 2 and abs(rtt.total - 0.375) < 1e-9
+    # Node 3 was away (its ACK comes 489 s after the publish): a catch-up, not a round trip.
+    primary.on_ack((3, 1, 3, 0, True), now=500.0)
+    assert sum(primary.round_trips[3].counts) == 0 and primary.lag_seconds(3, 501.0) == 0.0
+    # A new term's Primary keeps counting into the same histograms (counters never go back).
+    again = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 600.0, round_trips=primary.round_trips)
+    assert again.round_trips[2] is rtt
+
+
 def test_primary_read_rounds_need_a_majority(make):
     eng, cfg = make(1)
     eng.become_primary(1)

@@ -4,6 +4,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from zmqstore import errors, metrics, protocol
+from zmqstore.watch import Watches
 
 
 def test_requests_are_counted_by_command_and_outcome_with_their_latency():
@@ -25,7 +26,8 @@ def _status(**over):
     st = {"node_id": 1, "mode": "leader", "version": "0.1.0", "uptime": 1.0, "role": "secondary", "term": 3,
           "primary_id": 2, "last_seq": 10, "commit_seq": 10, "applied_seq": 10, "first_seq": 1, "keys_estimate": 5,
           "restoring": False, "peers": [{"node_id": 2, "role": "primary", "alive": True, "last_seq": 12,
-                                         "commit_seq": 12}], "watches": {"watches": 2}, "primary_changes": 2}
+                                         "commit_seq": 12}], "primary_changes": 2,
+          "watches": dict(Watches(None, lambda frames: None, 60.0).status(), open=2)}   # as a node reports them
     st.update(over)
     return st
 
@@ -75,7 +77,14 @@ def test_readiness_in_leader_mode():
                     {"node_id": 3, "role": "secondary", "alive": False, "last_seq": 3}]
     assert metrics.readiness(_status(role="primary", primary_id=1, peers=two_of_three))[0]
     cut_off = [dict(row, alive=False) for row in two_of_three]
-    assert "hears 1 of 3 voters" in metrics.readiness(_status(role="primary", primary_id=1, peers=cut_off))[1]
+    assert "fewer than the write quorum of 2" in metrics.readiness(
+        _status(role="primary", primary_id=1, peers=cut_off, write_quorum=2))[1]
+    # write_quorum = 3 needs every copy; a peer whose copy does not vote (restoring) does not count
+    assert not metrics.readiness(_status(role="primary", primary_id=1, peers=two_of_three, write_quorum=3))[0]
+    restoring = [dict(row, alive=True, voter=i == 0) for i, row in enumerate(two_of_three)]
+    assert not metrics.readiness(_status(role="primary", primary_id=1, peers=restoring, write_quorum=3))[0]
+    assert metrics.readiness(_status(role="primary", primary_id=1, peers=[dict(r, alive=True) for r in two_of_three],
+                                     write_quorum=3))[0]
 
 
 def test_readiness_in_dynamo_mode():

@@ -195,6 +195,8 @@ def test_the_dynamo_campaign_watch_check_wants_every_acknowledged_dot_once_in_or
     assert judge([[a, 1, "a", 9], *every[1:]])["wrong"] == 1
     assert judge([[a, 1, "a", 1], [b, 1, "b", 3], [a, 2, "a", 1]])["wrong"] == 1    # a delete is null
     assert judge(every + [[b, 2, "c", 5]])["uncommitted"] == 1               # a failed put
+    assert judge(every + [[b, 2, "b", 77]])["unexplained"] == 1              # nobody wrote 77
+    assert judge(every + [[b, 2, "b", None]])["unexplained"] == 1            # nobody deleted b
     assert not judge(every, through=((a, 1), (b, 1)))["ok"]                   # not current at the end
     assert not judge(every, target=None)["ok"]
 

@@ -58,6 +58,7 @@ class DynamoCommands(CommandTable):
         """A retried write already applied here: its reply. None: apply it."""
         dot = self._retried(req)
         if dot is None:
+            self._admit(req)
             return None
         origin, seq = dot
         # a quorum write's retry waits for the quorum too (when this run made it)

@@ -33,6 +33,7 @@ class DynamoEngine:
         self.version = version
         self.node_id = config.node_id
         self.started = time.monotonic()
+        self.space_alarm = False      # short of disk (space.py): logs keep only what some node lacks
         self.limits = protocol.Limits(config.max_key_size, config.max_value_size,
                                       config.max_batch_items, config.max_request_size)
         self.membership = load_membership(storage, config)
@@ -316,6 +317,10 @@ class DynamoEngine:
             size += len(raw)
         return out, first
 
+    def make_room(self):
+        """Short of disk (space.py): nothing to do now; the next collect_garbage keeps only the
+        log entries some member has not applied (space_alarm)."""
+
     def collect_garbage(self, vector):
         """Drop tombstone-only keys whose writes `vector` covers, and log entries every node has
         applied. `vector` (Replication.gc_vector) is covered by every node's applied vector, and
@@ -336,7 +341,7 @@ class DynamoEngine:
             if state.siblings and is_tombstone_only(state) and stable(state, vector):
                 self._store(key, state, EMPTY)
                 dropped += 1
-        retention = self.config.log_retention
+        retention = 0 if self.space_alarm else self.config.log_retention
         for origin, first in list(self.first.items()):
             keep_from = min(vector.get(origin, 0), self.applied.get(origin, 0) - retention) + 1
             if keep_from > first:

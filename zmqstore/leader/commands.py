@@ -36,6 +36,7 @@ class Commands(CommandTable):
                                     f"hands over once that commits; retry on another member")
         seq = self._retried(request)
         if seq is None:
+            self._admit(request)
             return None
         if seq < 0:   # the answer waits for the fence to commit, as OUTCOME's not_found does
             return protocol.encode_error(request.request_id, "request_fenced", f"request {request.request_id} "

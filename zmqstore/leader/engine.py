@@ -58,7 +58,11 @@ class Engine:
         self.role = "primary"
         self.leader_address = None
         self.extra_status = None      # set by the node: a callable giving replication fields for STATUS
-        self.primary_changes = 0      # times a primary other than the one known took over (metrics)
+        self.primary_changes = 0      # times a primary other than the last one known took over (metrics)
+        self._last_primary = 0
+        # what this node did as a secondary, counted over the process's life (STATUS, metrics)
+        self.follower_counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0, "committed_catch_ups": 0}
+        self.space_alarm = False      # short of disk (space.py): the log keeps only what it must
         self.trim_floor = None        # set by LogServer: a callable giving the lowest seq the log must keep
         self.term_first_seq = 0       # on a replicated primary: the seq of its term's first (empty) entry
         self._batch = None
@@ -139,8 +143,9 @@ class Engine:
         """term, its primary and our vote in it (and, when given, the learner flag), synced at once
         with whatever this iteration staged (a secondary's entries: a vote or a new term never
         leaves behind entries this node already matched)."""
-        if leader_id and leader_id != self.storage.leader_id:
+        if leader_id and leader_id != self._last_primary:     # a vote stores 0 between two terms of one primary
             self.primary_changes += 1
+            self._last_primary = leader_id
         batch = self._staging()
         batch.set_meta(META_TERM, term)
         batch.set_meta(META_LEADER, leader_id)
@@ -255,10 +260,21 @@ class Engine:
                 staged.set_meta(META_APPLIED_SEQ, commit_seq)
         self.commit_seq = max(self.commit_seq, commit_seq)
 
-    def _maybe_trim(self, batch, last_seq):
-        """Keep about log_retention entries, and never drop one that is not applied yet."""
+    def make_room(self):
+        """Short of disk (space.py): trim the log with this iteration's flush, even if nothing is
+        written; entries not applied yet stay (_maybe_trim)."""
         st = self.storage
-        retention = self.config.log_retention
+        if self.space_alarm and not st.restoring and st.first_seq <= st.applied_seq and \
+                self.role in ("primary", "secondary"):
+            self._staging()
+
+    def _maybe_trim(self, batch, last_seq):
+        """Keep about log_retention entries (none beyond what must stay while the space alarm is
+        on), and never drop one that is not applied yet."""
+        st = self.storage
+        # Short of disk, entries every member may still fetch go too: a member behind then takes a
+        # snapshot, and the deletes that come free space (docs/OPERATIONS.md, "Disk space").
+        retention = 0 if self.space_alarm else self.config.log_retention
         if last_seq - st.first_seq + 1 <= retention * (1 + TRIM_SLACK):
             return
         new_first = min(last_seq - retention + 1, st.applied_seq + 1)

@@ -13,7 +13,7 @@ class Primary:
     """The primary's side: publishes the log and counts acknowledgements (LogServer answers FETCH
     and SNAPSHOT)."""
 
-    def __init__(self, engine, config, membership, out, now):
+    def __init__(self, engine, config, membership, out, now, round_trips=None):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
@@ -24,8 +24,9 @@ class Primary:
         self.acked_round = {}           # peer id -> highest heartbeat round it answered
         self.last_heard = {}            # peer id -> when it last answered (a grace period from the start)
         self.caught_up_at = {}          # peer id -> when it last held the whole log (its lag in seconds)
-        self.round_trips = {}           # peer id -> Histogram: entries published -> its ACK of them
-        self._sent = []                 # (last seq, when published), ascending
+        # peer id -> Histogram: entries published -> its ACK of them (kept by Roles across terms)
+        self.round_trips = round_trips if round_trips is not None else {}
+        self._sent = []                 # (last seq, prev seq, when published), ascending
         self._latest = now              # the latest time this was told (the grace period of a new member)
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
@@ -39,9 +40,8 @@ class Primary:
             if pid not in self.match:
                 self.match[pid], self.voter[pid], self.acked_round[pid] = 0, False, 0
                 self.last_heard[pid] = self.caught_up_at[pid] = self._latest
-                self.round_trips[pid] = Histogram()
-        for table in (self.match, self.voter, self.acked_round, self.last_heard, self.caught_up_at,
-                      self.round_trips):
+                self.round_trips.setdefault(pid, Histogram())
+        for table in (self.match, self.voter, self.acked_round, self.last_heard, self.caught_up_at):
             for pid in [pid for pid in table if pid not in membership.peers]:
                 del table[pid]
         self.voters = membership.voters
@@ -59,7 +59,7 @@ class Primary:
         sent = self._sent
         if len(sent) >= SENT_KEPT:
             del sent[:SENT_KEPT // 2]
-        sent.append((last_seq, now))
+        sent.append((last_seq, prev_seq, now))
         self.out.publish_early(protocol.encode_peer(
             "CHANGE", self.storage.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq,
             last_seq))
@@ -139,15 +139,30 @@ class Primary:
         self.advance_commit()
 
     def _round_trip(self, node_id, last_seq, now):
-        """The time from publishing the latest entries this ACK covers to the ACK."""
+        """The time from publishing the latest entries this ACK covers to the ACK. One longer than
+        election_interval is a peer catching up after it was away (it would report how long), not
+        a round trip: the lag figures show those."""
         sent = self._sent
-        i = bisect_right(sent, (last_seq, float("inf"))) - 1
-        if i >= 0 and sent[i][0] > self.match[node_id]:
-            self.round_trips[node_id].observe(now - sent[i][1])
+        last = bisect_right(sent, (last_seq, float("inf"))) - 1     # the latest publish this ACK covers
+        if last >= 0 and sent[last][0] > self.match[node_id]:
+            seconds = now - sent[last][2]
+            if seconds <= self.config.election_interval:
+                self.round_trips[node_id].observe(seconds)
+
+    def lag_seconds(self, pid, now) -> float:
+        """How long the peer has lacked entries: since the first publish it does not hold (0.0 while
+        it holds the whole log; since it last did, when that publish is no longer remembered)."""
+        held = self.match[pid]
+        if held >= self.engine.last_seq:
+            return 0.0
+        sent = self._sent
+        first = bisect_right(sent, (held, float("inf")))
+        since = sent[first][2] if first < len(sent) and (first or sent[0][1] <= held) else self.caught_up_at[pid]
+        return round(max(0.0, now - since), 3)
 
     def status(self, now):
-        window, last_seq = self.config.election_interval, self.engine.last_seq
+        window = self.config.election_interval
         return [{"node_id": pid, "role": "secondary" if pid in self.voters else "learner", "last_seq": self.match[pid],
-                 "alive": now - self.last_heard[pid] < window,
-                 "lag_seconds": 0.0 if self.match[pid] >= last_seq else round(now - self.caught_up_at[pid], 3)}
+                 "alive": now - self.last_heard[pid] < window, "voter": self.voter[pid],
+                 "lag_seconds": self.lag_seconds(pid, now)}
                 for pid in sorted(self.match)]

@@ -37,6 +37,7 @@ class Roles(Standing):
         self._leader_was_member = False   # the primary we follow was a member when we began (or became one)
         self.removed = False            # a committed membership left this node out: it serves nothing
         self.promote_lag = PROMOTE_LAG
+        self.round_trips = {}           # peer id -> metrics.Histogram, kept across this node's terms as primary
         self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
         self.primary = None
@@ -135,7 +136,7 @@ class Roles(Standing):
         self.bootstrapping = False
         self.engine.become_primary(term)
         self.secondary = None
-        self.primary = Primary(self.engine, self.config, self.membership, self.out, now)
+        self.primary = Primary(self.engine, self.config, self.membership, self.out, now, self.round_trips)
         self.election.heard_leader(now)
         log.info("serving as primary of term %d (log at seq %d)", term, self.engine.last_seq)
 
@@ -404,7 +405,7 @@ class Roles(Standing):
             peer = self.peers.get(row["node_id"])
             row["address"] = peer.address if peer else None
         quorum = self.primary.write_quorum if self.primary else self.config.write_quorum
-        return {"peers": peers, "write_quorum": quorum, **side.counters, **self.log_server.counters,
+        return {"peers": peers, "write_quorum": quorum, **self.engine.follower_counters, **self.log_server.counters,
                 **self.election.status(now, self.storage)}
 
     def housekeeping(self, now):

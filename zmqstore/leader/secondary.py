@@ -83,7 +83,7 @@ class Secondary:
         self._snapshot_seq = None       # the snapshot being installed (0: a new one was asked for)
         self.crash_after_chunks = None  # test-only (docs/TESTING.md): die after installing this many chunks
         self._refusal_logged = False
-        self.counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0, "committed_catch_ups": 0}
+        self.counters = engine.follower_counters    # the engine's: they count across terms and primaries
         if self.storage.restoring:
             log.info("a snapshot install was interrupted: it starts over once the primary is known")
         self._handlers = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch,

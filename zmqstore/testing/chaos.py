@@ -75,7 +75,8 @@ def format_summary(summary):
                      + ("every acknowledged write once, in order, nothing uncommitted" if watch["ok"] else
                         f"FAILED: missing {watch['missing']}, duplicates {watch['duplicates']}, out of order "
                         f"{watch['out_of_order']}, uncommitted {watch['uncommitted']}, "
-                        + (f"wrong value {watch['wrong']}, " if "wrong" in watch else "")
+                        + (f"wrong value {watch['wrong']}, unexplained {watch['unexplained']}, "
+                           if "wrong" in watch else "")
                         + f"current {watch['current']}")))
     rows.append(("convergence", "NOT reached in time (the nodes' states follow below)"
                  if summary["converged_after_last_op_s"] is None else

@@ -177,8 +177,9 @@ def dynamo_watch_worker(endpoints, seconds, out_path, client_keys, clients_done)
 def check_dynamo_watch(path, history) -> dict:
     """A dynamo-mode campaign watcher's stream against the clients' history (convergence.WriteOp):
     every acknowledged write's dot there once, with its key and value (null for a delete); each
-    origin's changes in seq order; no value from a write that failed; and, at the end, a position
-    covering every acknowledged write."""
+    origin's changes in seq order; no value from a write that failed, and no change that no write
+    (acknowledged, or of unknown outcome) could have made; and, at the end, a position covering
+    every acknowledged write."""
     events, tail = _reader(path)
     got, duplicates, out_of_order, last = {}, 0, 0, {}
     for origin, seq, key, value in events:
@@ -191,13 +192,19 @@ def check_dynamo_watch(path, history) -> dict:
     through = dict((o, s) for o, s in tail.get("through", []))
     acknowledged = [op for op in history if op.outcome == "ok"]
     failed = {op.value for op in history if op.outcome == "fail" and op.kind == "put"}
+    # What a change may be: a put or a delete that was acknowledged or whose outcome is unknown.
+    maybe_puts = {(op.key, op.value) for op in history if op.kind == "put" and op.outcome in ("ok", "info")}
+    maybe_deleted = {op.key for op in history if op.kind == "delete" and op.outcome in ("ok", "info")}
+    unexplained = sum(1 for _o, _s, key, value in events if value not in failed and (
+        (key, value) not in maybe_puts if value is not None else key not in maybe_deleted))
     missing = sum(1 for op in acknowledged if tuple(op.dot) not in got)
     wrong = sum(1 for op in acknowledged if tuple(op.dot) in got and got[tuple(op.dot)] != (op.key, op.value))
     result = {"events": len(events), "reconnections": (tail.get("reconnections") or 0) + (tail.get("reopened") or 0),
               "out_of_order": out_of_order, "duplicates": duplicates, "missing": missing, "wrong": wrong,
+              "unexplained": unexplained,
               "uncommitted": sum(1 for _o, _s, _k, value in events if value in failed),
               "current": tail.get("target") is not None
               and all(through.get(op.dot[0], 0) >= op.dot[1] for op in acknowledged)}
-    result["ok"] = result["current"] and not (out_of_order or duplicates or missing or wrong
+    result["ok"] = result["current"] and not (out_of_order or duplicates or missing or wrong or unexplained
                                               or result["uncommitted"])
     return result
