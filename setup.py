@@ -12,6 +12,7 @@ setup(
         "rocksdict>=0.3.20",
         "docopt-ng>=0.9",
         "prometheus-client>=0.17",
+        "rich>=13",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],

@@ -5,14 +5,18 @@
   every 15 s), one without; pipelined puts (64 in flight) alternate between them round by round, so
   both see the same machine load (which goes first alternates too). The cost is the median of the
   rounds' ratios. Target: under 5% fewer puts/s with metrics.
+- Backup and restore: a 3-node leader cluster loaded with small keys (put_many batches), a backup
+  taken from a secondary (datastore-cli backup's code), then a new node seeded from it with
+  --restore: seconds from its start to answering with every key.
 """
 import statistics
 import tempfile
 import threading
 import time
 
-from zmqstore import Client
-from zmqstore.testing.process import Cluster
+from zmqstore import Client, Retry
+from zmqstore.backup import take_backup
+from zmqstore.testing.process import Cluster, NodeProcess, wait_until
 
 DEPTH = 64
 SCRAPE_EVERY = 1.0
@@ -79,13 +83,57 @@ def metrics_cost(results, n, rounds):
             without.stop_all()
 
 
+def backup_restore(results, n):
+    with tempfile.TemporaryDirectory() as d:
+        c = Cluster(f"{d}/old", size=3, args=["--log-level", "WARNING"], new_session=False, keys=False)
+        node = None
+        try:
+            c.start_all()
+            started = time.monotonic()
+            with Client(c.nodes[1].endpoint, timeout=30.0) as db:
+                p = db.pipeline(max_in_flight=8)
+                for start in range(0, n, 1000):
+                    p.put_many({f"key{i:09d}": i for i in range(start, min(n, start + 1000))})
+                p.execute()
+            load_seconds = time.monotonic() - started
+            with Client(c.nodes[2].endpoint, timeout=30.0) as db:
+                wait_until(lambda: db.status()["applied_seq"] >= c.nodes[1].status()["commit_seq"], 60,
+                           message="node 2 current")
+                summary = take_backup(db, f"{d}/backup")
+            c.stop_all()
+            node = NodeProcess(1, f"{d}/new", f"{d}/new.log", args=["--restore", f"{d}/backup", "--log-level",
+                                                                    "WARNING"], new_session=False, keys=False)
+            started = time.monotonic()
+            node.start(timeout=600)
+            with node.client(timeout=30.0, retry=Retry(max_tries=3)) as db:
+                restored = db.status()["keys_estimate"]
+                assert db.get(f"key{n - 1:09d}") == n - 1
+            restore_seconds = time.monotonic() - started
+            results["backup_restore"] = {"keys": n, "load_s": round(load_seconds, 1),
+                                         "backup_s": summary["seconds"], "backup_bytes": summary["bytes"],
+                                         "restore_s": round(restore_seconds, 1), "keys_estimate": restored}
+            print(f"  backup/restore: {results['backup_restore']}", flush=True)
+        finally:
+            if node is not None:
+                node.stop()
+            c.stop_all()
+
+
 def report_rows(r) -> list:
+    rows = []
+    if "backup_restore" in r:
+        b = r["backup_restore"]
+        rows += [(f"leader: backup of {b['keys']:,} keys from a secondary", f"{b['backup_s']:.1f} s",
+                  f"{b['keys'] / b['backup_s']:,.0f} keys/s, {b['backup_bytes']:,} bytes (loading them with put_many "
+                  f"took {b['load_s']} s)"),
+                 ("leader: a new node restored from it (--restore), start to serving", f"{b['restore_s']:.1f} s",
+                  f"{b['keys'] / b['restore_s']:,.0f} keys/s, verified then loaded")]
     if "metrics_cost" not in r:
-        return []
+        return rows
     m = r["metrics_cost"]
     on, off = statistics.median(m["on_s"]), statistics.median(m["off_s"])
     cost = 1 - statistics.median(a / b for a, b in zip(m["on_s"], m["off_s"]))     # round by round
-    return [("leader 3 nodes: pipelined puts/s with metrics, scraped every 1 s", f"{on:,.0f}",
+    return rows + [("leader 3 nodes: pipelined puts/s with metrics, scraped every 1 s", f"{on:,.0f}",
              f"without {off:,.0f}: {cost:+.1%} cost, the median of the rounds' ratios (target < 5%: {'met' if cost < 0.05 else 'missed'}); "
              f"{m['scrapes']} scrapes of {m['scrape_bytes']:,} bytes, {m['scrape_failures']} failed; "
              f"rounds on {m['on_s']}, off {m['off_s']}")]

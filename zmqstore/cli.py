@@ -1,4 +1,5 @@
 """Command-line entry points: `datastore-node` (run a node) and `datastore-cli` (use a cluster from a shell)."""
+import datetime
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ Options:
   --election-interval SEC     Seconds without a primary before an election [file or 0.5].
   --replication-timeout SEC   Seconds a write waits for its quorum [file or 2.0].
   --log-level LEVEL           DEBUG, INFO, WARNING or ERROR [file or INFO].
+  --log-format FORMAT         text, or json for one JSON object per line [file or text].
+  --restore FILE              Seed a new data dir from a backup (datastore-cli backup); ignored once it has state.
   --metrics-port PORT         Serve /metrics, /healthz and /readyz over HTTP on this port [file or none].
   --metrics-host HOST         Address the metrics port binds to [file or HOST].
   --max-data-bytes N          Space quota on the data dir; past it writes get no_space [file or none].
@@ -58,6 +61,7 @@ Usage:
   datastore-cli [options] members
   datastore-cli [options] add-member ID HOST:PORT [--pub-port P] [--peer-port P] [--key FILE]
   datastore-cli [options] remove-member ID
+  datastore-cli [options] backup FILE
   datastore-cli keygen NAME [--dir DIR]
   datastore-cli -h | --help
   datastore-cli --version
@@ -93,6 +97,7 @@ _FLAG_TO_SETTING = {
     "--client-keys": "client_keys", "--readonly-keys": "readonly_keys",
     "--mode": "mode", "--data-dir": "data_dir", "--election-interval": "election_interval",
     "--replication-timeout": "replication_timeout", "--log-level": "log_level", "--join": "join",
+    "--log-format": "log_format", "--restore": "restore",
     "--metrics-port": "metrics_port", "--metrics-host": "metrics_host", "--max-data-bytes": "max_data_bytes",
     "--min-free-bytes": "min_free_bytes",
 }
@@ -112,6 +117,25 @@ class _NodeContext(logging.Filter):
         record.role = engine.role if engine else "-"
         record.term = engine.storage.term if engine else "-"
         return True
+
+
+class JsonLines(logging.Formatter):
+    """--log-format json: one JSON object per line for log shippers: time (UTC, ISO 8601, ms), level,
+    node_id, role, term, logger, message, and the traceback as `exc` when there is one."""
+
+    def format(self, record):
+        line = {"time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+                .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "level": record.levelname, "node_id": getattr(record, "node_id", None),
+                "role": _known(getattr(record, "role", None)), "term": _known(getattr(record, "term", None)),
+                "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def _known(value):
+    return None if value == "-" else value     # "-": the text format's "not known yet"
 
 
 def _parse_args(usage, argv, prog):
@@ -138,7 +162,7 @@ def node_main(argv=None):
     context = _NodeContext(cfg.node_id)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(context)
-    handler.setFormatter(logging.Formatter(
+    handler.setFormatter(JsonLines() if cfg.log_format == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s node=%(node_id)s role=%(role)s term=%(term)s %(name)s: %(message)s"))
     logging.basicConfig(level=cfg.log_level, handlers=[handler])
     from .node import Node
@@ -146,7 +170,7 @@ def node_main(argv=None):
     _raise_file_limit(cfg)
     try:
         node = Node(cfg)
-    except (errors.ConfigError, errors.DataDirError, errors.StorageError) as exc:
+    except (errors.ConfigError, errors.DataDirError, errors.StorageError, errors.BadBackup) as exc:
         print(f"datastore-node: {exc}", file=sys.stderr)
         return 2
     context.node = node
@@ -298,6 +322,9 @@ def _run_command(db, args):
             for m in members:
                 print(f"{m['node_id']}\t{m['host']}:{m['port']}\t{'voter' if m['voter'] else 'learner'}\t"
                       f"pub {m['pub_port']}, peer {m['peer_port']}{', key ' + m['key'] if m.get('key') else ''}")
+    elif args["backup"]:
+        from .cli_ops import backup
+        backup(args, db)
     elif args["add-member"] or args["remove-member"]:
         return _change_members(db, args)
     return 0

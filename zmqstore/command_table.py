@@ -51,10 +51,21 @@ class CommandTable:
         return protocol.Member(node_id, host, port, pub_port, peer_port, False, key)
 
     def _admit(self, req):
-        """A write that was not applied before (not a retry): the space alarm may refuse it. After
-        the retry check, so a retried write that was applied still gets its first outcome."""
-        if self.space is not None and adds_data(req):
+        """A write not applied before, as far as the sessions know (after the retry check): the
+        space alarm may refuse it. Until the sessions are whole (a restart rebuilds them from the
+        log, which a node short of disk trims), a refusal could be a lie to the retry of a write
+        applied before the restart, which no_space ("changed nothing") must never be: those get
+        unavailable, which the client retries."""
+        if self.space is None or not adds_data(req):
+            return
+        try:
             self.space.admit(request_bytes(req))
+        except errors.NoSpace:
+            now = time.monotonic()
+            if now - self.engine.sessions_complete_since < self.config.session_timeout:
+                raise errors.Unavailable("short of disk space, and this node restarted too recently to know "
+                                         "whether this request was applied before; retry later") from None
+            raise
 
     def _retried(self, req):
         """The record of this client's request when it was applied already (a retry: it gets the

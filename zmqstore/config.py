@@ -28,6 +28,8 @@ NODE_DEFAULTS = {
     "mode": "leader",         # leader|dynamo
     "data_dir": None,         # default ./data/node<node_id>; relative paths are relative to the working dir
     "log_level": "INFO",
+    "log_format": "text",     # text: one line per event; json: one JSON object per line (docs/OPERATIONS.md)
+    "restore": None,          # a backup file (datastore-cli backup) to seed a new data dir from (docs/OPERATIONS.md)
     "insecure": False,        # allow binding a non-loopback host without keys (docs/SECURITY.md)
     # CurveZMQ keys (docs/SECURITY.md); setting secret_key turns them on for every socket
     "secret_key": None,       # this node's NAME.key_secret (datastore-cli keygen)
@@ -118,6 +120,8 @@ class Config:
     metrics_host: Optional[str] = None
     max_data_bytes: Optional[int] = None
     min_free_bytes: int = 64 << 20
+    log_format: str = "text"
+    restore: Optional[str] = None
 
     @property
     def heartbeat_interval(self) -> float:
@@ -305,6 +309,9 @@ def _check(s) -> Config:
     if s["log_level"].upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level = {s['log_level']!r}; use DEBUG, INFO, WARNING or ERROR")
     s["log_level"] = s["log_level"].upper()
+    s["log_format"] = s["log_format"].lower()
+    if s["log_format"] not in ("text", "json"):
+        raise ConfigError(f"log_format = {s['log_format']!r}; use text or json")
     if not s["host"]:
         raise ConfigError("host is empty")
     _check_port("port", s["port"])
@@ -324,6 +331,9 @@ def _check(s) -> Config:
         if s["metrics_host"] == s["host"] and s["metrics_port"] in (s["port"], s["pub_port"], s["peer_port"]):
             raise ConfigError(f"metrics_port {s['metrics_port']} equals port, pub_port or peer_port; "
                               f"give --metrics-port another port")
+    if s["restore"] and s["join"]:
+        raise ConfigError("restore seeds a new cluster's nodes; join adds a node to a running cluster (it "
+                          "takes the data from the members): use one or the other")
     if s["max_data_bytes"] is not None and s["max_data_bytes"] < 1 << 20:
         raise ConfigError(f"max_data_bytes = {s['max_data_bytes']} is under 1 MiB; RocksDB alone needs more")
     if s["min_free_bytes"] is None or s["min_free_bytes"] < 0:

@@ -30,6 +30,12 @@ class StorageError(ZmqstoreError):
     code = "storage"
 
 
+class BadBackup(ZmqstoreError):
+    """A backup file is not whole, not intact, or not for this node (docs/OPERATIONS.md)."""
+
+    code = "bad_backup"
+
+
 # --- errors a node sends back to a client (the request changed nothing) ---
 
 class RequestError(ZmqstoreError):

@@ -8,6 +8,7 @@ import time
 import zmq
 
 from . import errors, faults, join, keys, metrics, modes, protocol, transport, trust
+from .backup import restore_into
 from .health import HealthServer, LoopProbe
 from .space import SpaceGuard
 from .outbox import Outbox, send_hwm
@@ -23,7 +24,9 @@ DRAIN_SECONDS = 0.01          # ... or for this long: then the iteration commits
                               # client delays another's request by at most about one iteration
 BACKLOG_RETRY = 0.001         # seconds between attempts to send replies a full connection queue held back
 HOUSEKEEPING_INTERVAL = 1.0   # seconds between periodic chores (session and snapshot expiry)
-COMPACT_EVERY = 5.0           # seconds between compactions while the space alarm is on (space.py)
+# While the space alarm is on (space.py), written to since: seconds between compactions of the log,
+# and of the data (a rewrite of all of it).
+COMPACT_EVERY = {"log": 5.0, "data": 10.0}
 SHUTDOWN_LINGER_MS = 500      # how long the last replies may take to leave at shutdown
 # What a read-only client key may not send: writes, membership changes, and OUTCOME (it may log a fence entry).
 READ_ONLY_REFUSED = protocol.WRITE_COMMANDS | protocol.MEMBERSHIP_CHANGES | {"OUTCOME"}
@@ -43,7 +46,7 @@ class Node:
         self.gate = self.outbox = self.watches = None
         self.recorder = self.probe = self.health = None     # with metrics_port (docs/OPERATIONS.md)
         self.space = None
-        self._next_compaction, self._compacted_at = 0.0, -1
+        self._compactions = {name: (0.0, -1) for name in COMPACT_EVERY}    # name -> (next time, commits then)
         self._probed = False        # the HTTP thread may be waiting for a sample (health.py)
         self._storage_failed = False
         # Peer traffic: Roles in leader mode, Replication in dynamo mode (None without peers).
@@ -71,6 +74,8 @@ class Node:
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             if self.recorder is not None:
                 self.storage.on_commit = self.recorder.commit
+            if config.restore:
+                restore_into(self.storage, config)
             if config.join:
                 join.join_cluster(config, self.storage, lambda: self._stopping)
             self.sends = Sends(self.peers.reachable)
@@ -273,16 +278,19 @@ class Node:
     def _watch_space(self, now):
         """Measure the disk; while short of it, the logs keep only what they must (trimmed now, not
         only when the next write comes) and RocksDB compacts what deletes and trims freed
-        (space.py), every COMPACT_EVERY seconds when written to."""
+        (space.py), each column family every COMPACT_EVERY seconds when written to since, and
+        again until there is room to compact it."""
         space = self.space
         space.measure()
         if space.alarm is None:
             return
         self.engine.make_room()
         storage = self.storage
-        if now >= self._next_compaction and storage.commits != self._compacted_at:
-            if storage.compact_in_background(space.free):
-                self._next_compaction, self._compacted_at = now + COMPACT_EVERY, storage.commits
+        due = {name for name, (when, commits) in self._compactions.items()
+               if now >= when and storage.commits != commits}
+        if due:
+            for name in storage.compact_in_background(space.free, due):
+                self._compactions[name] = (now + COMPACT_EVERY[name], storage.commits)
 
     def _drain_wakeups(self):
         try:

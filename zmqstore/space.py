@@ -2,8 +2,8 @@
 floor under its file system's free space (`min_free_bytes`). Past either, the space alarm is on:
 the node refuses writes that add data with `no_space`, while reads, deletes, membership changes and
 everything replication needs go on, and its log keeps only what it must (the engines read
-`alarm`), so deletes can give space back. The alarm clears by itself once space is back, with a
-margin (HYSTERESIS) so it does not flap. etcd's NOSPACE alarm is the model; unlike etcd's, it needs
+`space_alarm`), so deletes can give space back. The alarm clears by itself once space is back,
+with a margin so it does not flap. etcd's NOSPACE alarm is the model; unlike etcd's, it needs
 no operator to disarm it.
 
 The quota counts what RocksDB holds (live table files and memtables, Storage.stored_bytes), as
@@ -16,9 +16,10 @@ import logging
 import os
 
 from . import errors
+from .storage import UNFLUSHED_MAX
 
 MEASURE_EVERY = 1 << 20     # bytes of write requests between two measurements
-HYSTERESIS = 0.05           # the alarm clears 5% inside the limits it was raised at
+HYSTERESIS = 0.05           # the quota alarm clears 5% under the quota (the floor's: space.SpaceGuard._over)
 ADDS_DATA = frozenset({"PUT", "PUT_MANY", "CAS"})   # and PUT_CTX with a value (PUT_CTX with nil deletes)
 
 log = logging.getLogger("zmqstore.space")
@@ -76,8 +77,8 @@ class SpaceGuard:
         self.used = self.stored_bytes()
         before = self.alarm
         if self.alarm is None:
-            self.alarm = self._over(1.0)
-        elif self._over(1.0 - HYSTERESIS) is None:
+            self.alarm = self._over(clearing=False)
+        elif self._over(clearing=True) is None:
             self.alarm = None
         if self.alarm == before or (self.alarm is not None and before is not None):
             return False
@@ -92,13 +93,17 @@ class SpaceGuard:
                         self.used, self.free)
         return True
 
-    def _over(self, factor):
-        """Why the node is short of space with the limits scaled by `factor` (under 1: tighter), or None."""
-        if self.free * factor < self.min_free_bytes:
+    def _over(self, clearing):
+        """Why the node is short of space, or None. To clear, the limits are tighter: the quota by
+        HYSTERESIS, the floor by one memtable flush (which alone moves free space by that much), so
+        the alarm does not go on and off with each flush."""
+        floor = self.min_free_bytes + (UNFLUSHED_MAX if clearing and self.min_free_bytes else 0)
+        if self.free < floor:
             return (f"the data dir's file system has {self.free:,} bytes free, under min_free_bytes = "
                     f"{self.min_free_bytes:,}")
-        if self.max_data_bytes is not None and self.used > self.max_data_bytes * factor:
-            return f"the data dir holds {self.used:,} bytes, over max_data_bytes = {self.max_data_bytes:,}"
+        quota = self.max_data_bytes * (1 - HYSTERESIS if clearing else 1) if self.max_data_bytes else None
+        if quota is not None and self.used > quota:
+            return f"RocksDB holds {self.used:,} bytes of data, over max_data_bytes = {self.max_data_bytes:,}"
         return None
 
     def status(self) -> dict:

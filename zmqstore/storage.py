@@ -205,31 +205,41 @@ class Storage:
                 raise DataDirError(f"cannot write {marker_path}: {exc.strerror}") from None
         return storage
 
-    def compact_in_background(self, free_bytes) -> bool:
+    def compact_in_background(self, free_bytes, which) -> set:
         """Compact on a thread of its own (RocksDB works without the GIL and beside the loop's
-        writes), giving back the space that deletes and trimmed logs freed: the log (a trimmed range
-        compacts to almost nothing), then the data when `free_bytes` could hold a rewrite of all of
-        it (a compaction writes its output before it drops its input; one that runs out of space
-        would stop every write). One at a time: False when one is still running."""
+        writes), giving back the space that deletes and trimmed logs freed: of `which` ("log",
+        "data"), each column family whose rewrite `free_bytes` could hold (a compaction writes its
+        output, at most its input, before it drops its input; one that ran out of space would stop
+        every write). Not exclusive: RocksDB's own compactions go on meanwhile, so writes do not
+        stall. One at a time. Returns the names of those it compacts (none while one runs)."""
         if self._compacting is not None and self._compacting.is_alive():
-            return False
-        views = [self._log, self._meta]
-        try:
-            if (self._data.property_int_value("rocksdb.live-sst-files-size") or 0) < free_bytes // 2:
-                views.append(self._data)
-        except Exception:
-            pass
+            return set()
+        views, names = [], set()
+        for name in ("log", "data"):
+            if name not in which:
+                continue
+            cf = self._cfs[name]
+            try:
+                if (cf.property_int_value("rocksdb.live-sst-files-size") or 0) < free_bytes:
+                    views.append(cf)
+                    names.add(name)
+            except Exception:
+                pass
+        if not views:
+            return names
+        options = rocksdict.CompactOptions()
+        options.set_exclusive_manual_compaction(False)
 
         def run():
             for cf in views:
                 try:
-                    cf.compact_range(None, None)
+                    cf.compact_range(None, None, options)
                 except Exception as exc:    # short of space, say: the next attempt may do better
                     log.warning("compaction failed: %s", exc)
                     return
         self._compacting = threading.Thread(target=run, name="compaction", daemon=True)
         self._compacting.start()
-        return True
+        return names
 
     def close(self):
         """Release RocksDB (and its LOCK), after a compaction under way. Every column-family view

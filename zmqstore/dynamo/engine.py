@@ -51,6 +51,8 @@ class DynamoEngine:
             self.applied[_U64.unpack(key[len(META_APPLIED):])[0]] = _U64.unpack(raw)[0]
         for key, raw in storage.iter_cf("meta", META_FIRST, META_FIRST + b"\xff" * 9):
             self.first[_U64.unpack(key[len(META_FIRST):])[0]] = _U64.unpack(raw)[0]
+        # Sessions are rebuilt from the logs at start: whole only if no log was ever trimmed.
+        self.sessions_complete_since = self.started if any(f > 1 for f in self.first.values()) else float("-inf")
         while True:   # a new origin for this run, never one an earlier run used
             self.origin = (self.node_id << 32) | int.from_bytes(os.urandom(4), "big")
             if self.origin not in self.applied and self.origin & 0xFFFFFFFF:

@@ -64,6 +64,7 @@ class Engine:
         self.follower_counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0, "committed_catch_ups": 0}
         self.space_alarm = False      # short of disk (space.py): the log keeps only what it must
         self.trim_floor = None        # set by LogServer: a callable giving the lowest seq the log must keep
+        self.peer_floor = None        # set by Roles: the lowest seq a member heard from lacks (None: none)
         self.term_first_seq = 0       # on a replicated primary: the seq of its term's first (empty) entry
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
@@ -261,26 +262,29 @@ class Engine:
         self.commit_seq = max(self.commit_seq, commit_seq)
 
     def make_room(self):
-        """Short of disk (space.py): trim the log with this iteration's flush, even if nothing is
-        written; entries not applied yet stay (_maybe_trim)."""
+        """A primary short of disk (space.py): trim the log with this iteration's flush, even if
+        nothing is written (_maybe_trim says what stays)."""
         st = self.storage
-        if self.space_alarm and not st.restoring and st.first_seq <= st.applied_seq and \
-                self.role in ("primary", "secondary"):
+        if self.space_alarm and not st.restoring and st.first_seq <= st.applied_seq and self.role == "primary":
             self._staging()
 
     def _maybe_trim(self, batch, last_seq):
-        """Keep about log_retention entries (none beyond what must stay while the space alarm is
-        on), and never drop one that is not applied yet."""
+        """Keep about log_retention entries (a primary short of disk: only what members it hears
+        lack), and never drop one that is not applied yet or that a snapshot in use needs."""
         st = self.storage
-        # Short of disk, entries every member may still fetch go too: a member behind then takes a
-        # snapshot, and the deletes that come free space (docs/OPERATIONS.md, "Disk space").
-        retention = 0 if self.space_alarm else self.config.log_retention
+        # A primary short of disk keeps only the entries a member it hears still lacks: members
+        # behind that are down take a snapshot when they return (docs/OPERATIONS.md, "Disk space").
+        # Other roles keep their retention: a secondary that becomes primary must be able to bring
+        # the others up to date from its log before its term's first entry commits.
+        short = self.space_alarm and self.role == "primary"
+        retention = 0 if short else self.config.log_retention
         if last_seq - st.first_seq + 1 <= retention * (1 + TRIM_SLACK):
             return
         new_first = min(last_seq - retention + 1, st.applied_seq + 1)
-        floor = self.trim_floor() if self.trim_floor is not None else None
-        if floor is not None:
-            new_first = min(new_first, floor)
+        floors = (self.trim_floor, self.peer_floor if short else None)
+        for floor in (f() for f in floors if f is not None):
+            if floor is not None:
+                new_first = min(new_first, floor)
         if new_first <= st.first_seq:
             return
         batch.trim_log(st.first_seq, new_first, st.term_at(new_first - 1))

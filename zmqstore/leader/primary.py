@@ -138,6 +138,13 @@ class Primary:
             self.acked_round[node_id] = round_
         self.advance_commit()
 
+    def needed_from(self):
+        """The lowest seq a member heard within election_interval (of the latest time this was
+        told) lacks, None when there is none: what a primary short of disk keeps (Engine._maybe_trim)."""
+        window, now = self.config.election_interval, self._latest
+        lacking = [seq + 1 for pid, seq in self.match.items() if now - self.last_heard[pid] < window]
+        return min(lacking) if lacking else None
+
     def _round_trip(self, node_id, last_seq, now):
         """The time from publishing the latest entries this ACK covers to the ACK. One longer than
         election_interval is a peer catching up after it was away (it would report how long), not

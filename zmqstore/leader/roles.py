@@ -38,6 +38,7 @@ class Roles(Standing):
         self.removed = False            # a committed membership left this node out: it serves nothing
         self.promote_lag = PROMOTE_LAG
         self.round_trips = {}           # peer id -> metrics.Histogram, kept across this node's terms as primary
+        engine.peer_floor = lambda: self.primary.needed_from() if self.primary else None
         self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
         self.primary = None

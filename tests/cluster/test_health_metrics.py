@@ -161,3 +161,21 @@ def node_factory(nodes):
         n.metrics_port = port
         return n
     return make
+
+
+def test_json_logs_are_one_object_per_line_with_node_role_and_term(cluster):
+    """--log-format json for log shippers: every line the nodes write parses, and names its node,
+    role and term; the election shows at INFO."""
+    import json
+    c = cluster(args=["--log-format", "json"])
+    c.wait_primary(10)
+    with c.client() as db:
+        db.put("k", 1)
+    c.nodes[2].stop()
+    lines = c.nodes[2].log().splitlines() + c.nodes[1].log().splitlines()
+    records = [json.loads(line) for line in lines]          # every line is one JSON object
+    assert records and all({"time", "level", "node_id", "role", "term", "logger", "message"} <= set(r) for r in records)
+    assert all(r["time"].endswith("Z") for r in records)
+    won = [r for r in records if "won the election" in r["message"]]
+    assert won and won[0]["level"] == "INFO" and won[0]["node_id"] == 1 and won[0]["term"] >= 1
+    assert any(r["node_id"] == 2 and r["role"] == "secondary" for r in records)

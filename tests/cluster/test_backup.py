@@ -1,0 +1,98 @@
+"""Backup and restore (issue 15, docs/OPERATIONS.md): `datastore-cli backup` from a secondary of a
+running cluster under write load, restored into a new 3-node cluster started with `--restore` on
+every node; the new cluster holds exactly the data at the backup's seq, elects a primary, takes
+writes, and a damaged or foreign file is refused before anything is written."""
+import os
+import subprocess
+import sys
+
+from zmqstore import Retry
+from zmqstore.testing.process import Cluster, Writer, run_node_command, wait_until
+
+RETRY = Retry(max_tries=40, delay=0.05, max_delay=0.3, deadline=20)
+
+
+def cli(cluster, node_ids, *args):
+    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", *cluster.cli_args(node_ids), *args],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def state_at(cluster, seq):
+    """The cluster's data as of log seq `seq`: every change up to it, replayed from seq 0."""
+    data = {}
+    with cluster.client(retry=RETRY) as db, db.watch("", from_seq=0) as watcher:
+        while watcher.through is None or watcher.through < seq:
+            for event in watcher.poll(1.0):
+                if event.seq <= seq:
+                    if event.deleted:
+                        data.pop(event.key, None)
+                    else:
+                        data[event.key] = event.value
+    return data
+
+
+def test_a_backup_under_write_load_seeds_a_new_cluster_with_the_data_at_its_seq(cluster, tmp_path):
+    import json
+    old = cluster()
+    path = str(tmp_path / "cluster.backup")
+    with old.client(retry=RETRY) as db:
+        for i in range(300):
+            db.put(f"before-{i}", {"i": i, "bytes": bytes([i % 256]) * 3, "float": i / 7, "text": "é€"})
+        db.delete("before-7")
+    with Writer(old, "during-", RETRY) as writer:
+        wait_until(lambda: len(writer.acked) > 200, 20, message="writes under way")
+        summary = json.loads(cli(old, [2], "--json", "backup", path))     # from a secondary
+        at_backup = len(writer.acked)
+        wait_until(lambda: len(writer.acked) > at_backup + 200, 20, message="more writes after the backup")
+    assert summary["source"] == 2 and summary["mode"] == "leader" and os.stat(path).st_mode & 0o777 == 0o600
+    expected = state_at(old, summary["seq"])
+    assert summary["count"] == len(expected) and "before-7" not in expected and len(expected) >= 499
+    assert any(k.startswith("during-") for k in expected)       # taken while the writer ran
+    assert not os.path.exists(path + ".tmp")
+
+    new = Cluster(tmp_path / "new", size=3, args=["--restore", path])
+    try:
+        new.start_all()
+        primary = new.wait_primary(20)
+        for node in new.nodes.values():
+            st = node.status()
+            assert st["last_seq"] >= summary["seq"] and st["voter"], st
+            with node.client(retry=RETRY) as db:
+                assert dict(db.scan(stale=True)) == expected
+            assert "restored %d keys at seq %d" % (summary["count"], summary["seq"]) in node.log()
+        with new.client(retry=RETRY) as db:
+            db.put("after-restore", 1)
+            assert db.get("before-3") == {"i": 3, "bytes": b"\x03" * 3, "float": 3 / 7, "text": "é€"}
+        # Restarted with the same command line, a node keeps its state: the flag is ignored.
+        follower = next(i for i in new.nodes if i != primary)
+        new.nodes[follower].stop()
+        new.start(follower)
+        with new.nodes[follower].client(retry=RETRY) as db:
+            wait_until(lambda: db.get("after-restore", stale=True) == 1, 15, message="the restarted node current")
+        assert "--restore %s ignored" % path in new.nodes[follower].log()
+    finally:
+        new.stop_all()
+
+
+def test_a_damaged_or_foreign_backup_is_refused_before_anything_is_written(cluster, tmp_path):
+    old = cluster()
+    path = str(tmp_path / "b")
+    with old.client(retry=RETRY) as db:
+        for i in range(50):
+            db.put(f"k{i}", i)
+    cli(old, [1], "backup", path)
+    raw = open(path, "rb").read()
+    cases = {"cut": raw[:len(raw) // 2], "flipped": raw[:len(raw) // 2] + bytes([raw[len(raw) // 2] ^ 1])
+             + raw[len(raw) // 2 + 1:], "foreign": b"\x93\x01\x02\x03" + raw}
+    for name, content in cases.items():
+        bad = tmp_path / f"bad-{name}"
+        bad.write_bytes(content)
+        data_dir = tmp_path / f"dir-{name}"
+        code, output = run_node_command(["--node-id", "9", "--port", "19990", "--data-dir", str(data_dir),
+                                         "--restore", str(bad)])
+        assert code == 2 and "backup" in output and "Traceback" not in output, (name, output)
+    code, output = run_node_command(["--node-id", "9", "--port", "19990", "--mode", "dynamo", "--data-dir",
+                                     str(tmp_path / "dir-dynamo"), "--restore", path])
+    assert code == 2 and "leader-mode" in output, output

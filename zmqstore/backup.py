@@ -1,0 +1,162 @@
+"""Backup and restore (docs/OPERATIONS.md, "Backup and restore").
+
+`take_backup` (datastore-cli backup) asks one node for a snapshot of all its data at one position
+with a WATCH (snapshot=True, stale=True: any member serves its own applied state, docs/WATCH.md),
+and streams the pages into a file, created 0600, written under a temporary name and renamed once
+whole. `restore_into` (datastore-node --restore) checks a file through once (format, mode, count,
+SHA-256) and then loads it into a new data dir, which becomes a voter holding the backup's data at
+its seq: every node of a new cluster may be started from the same file, and they elect a primary
+among themselves. The file format is in protocol/files.py and docs/PROTOCOL.md section 8.
+"""
+import datetime
+import logging
+import os
+import time
+
+import zmq
+
+from . import errors, transport
+from .api import Call
+from .protocol import decode_reply, files
+from .storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER, META_RESTORING,
+                      META_TERM, META_VOTED_FOR)
+
+WINDOW = 8 << 20            # bytes of snapshot pages the node may send ahead of the backup's writing
+RESTORING_FROM_FILE = 2     # META_RESTORING while a restore from a file is under way (1: a peer's snapshot)
+
+log = logging.getLogger("zmqstore.backup")
+
+
+# ---------------------------------------------------------------- taking one (client side)
+
+def snapshot_pages(client):
+    """Yield (position, items) per snapshot page of the node the client talks to, all pages of one
+    snapshot, until the last; on a connection of its own, returning credit as pages are read."""
+    connection = client.connection.sibling()
+    try:
+        watch_id = client.next_request_id()
+        if not connection.ready():
+            raise errors.ConnectionTimeout(f"cannot reach {connection.endpoint}")
+        transport.send_nowait(connection.sock, client.encode(Call("WATCH", (b"", None, True, WINDOW, True), None),
+                                                             watch_id))
+        consumed = 0
+        while True:
+            if not connection.sock.poll(connection.timeout * 1000, zmq.POLLIN):
+                raise errors.ConnectionTimeout(f"no snapshot page from {connection.endpoint} within "
+                                               f"{connection.timeout:g} s")
+            raw = transport.recv(connection.sock)
+            reply = decode_reply(raw)
+            if reply.request_id != watch_id:
+                continue
+            if not reply.ok:
+                raise errors.error_from_code(*reply.result)
+            kind, position, items, *rest = reply.result
+            if kind != "snapshot":
+                continue        # progress, or changes after the snapshot: not part of it
+            yield position, items
+            if rest and rest[0]:
+                return
+            consumed += len(raw)
+            if consumed >= WINDOW // 2:
+                transport.send_nowait(connection.sock, client.encode(
+                    Call("WATCH_CREDIT", (watch_id, consumed), None), client.next_request_id()))
+                consumed = 0
+    finally:
+        connection.close()
+
+
+def take_backup(client, path, progress=None) -> dict:
+    """Write a backup of the node the client talks to into `path` (0600). `progress(keys, bytes)`
+    is called after each page. Returns the header with `count`, `sha256`, `bytes` and `seconds`."""
+    started = time.monotonic()
+    status = client.status()
+    members = client.members()
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    header = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer = None
+            for position, items in snapshot_pages(client):
+                if writer is None:
+                    header = {"mode": status["mode"], "seq": position, "term": status["term"], "members": members,
+                              "source": status["node_id"], "node_version": status["version"],
+                              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                    writer = files.BackupWriter(f, header)
+                writer.page(items)
+                if progress is not None:
+                    progress(writer.count, f.tell())
+            digest = writer.finish()
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return {**header, "count": writer.count, "sha256": digest, "bytes": size,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+# ---------------------------------------------------------------- restoring (node side)
+
+def restore_into(storage, config):
+    """Load config.restore into the storage of a new data dir (or finish one a crash interrupted).
+    A data dir with state of its own is left as it is: the flag is ignored, with a line saying so,
+    so a node can be restarted with the command line that seeded it."""
+    path = config.restore
+    if not (storage.created or storage.restoring == RESTORING_FROM_FILE):
+        log.info("--restore %s ignored: the data dir already holds this node's state", path)
+        return
+    if config.mode != "leader":
+        raise errors.ConfigError("--restore seeds leader-mode nodes; dynamo mode has no restore yet "
+                                 "(docs/OPERATIONS.md)")
+    started = time.monotonic()
+    # Marked first: a restore that fails (a bad file, a crash) is tried again at the next start.
+    batch = storage.batch()
+    batch.clear_all()           # what an interrupted restore left
+    batch.set_meta(META_RESTORING, RESTORING_FROM_FILE)
+    storage.commit(batch)
+    count = _verify(path, config)
+    with _open(path) as f:
+        header, pages = files.read_backup(f, config.mode)
+        for page in pages:
+            batch = storage.batch()
+            for key, value in page:
+                batch.put(key, value)
+            storage.commit(batch, sync=False)
+    seq, term = header["seq"], header["term"]
+    batch = storage.batch()
+    batch.trim_log(seq + 1, seq + 1, term)      # an empty log whose base is the backup's seq
+    for name, value in ((META_LAST_SEQ, seq), (META_LAST_TERM, term), (META_APPLIED_SEQ, seq), (META_TERM, term),
+                        (META_LEADER, 0), (META_VOTED_FOR, 0), (META_LEARNER, 0), (META_RESTORING, 0)):
+        batch.set_meta(name, value)
+    storage.commit(batch)
+    log.info("restored %d keys at seq %d (term %d) from %s (taken %s from node %s) in %.1f s", count, seq, term,
+             path, header.get("created"), header.get("source"), time.monotonic() - started)
+
+
+def _open(path):
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read the backup {path}: {exc.strerror}") from None
+
+
+def _verify(path, config) -> int:
+    """Read the whole file once: format, mode, every item's shape and size, count and checksum."""
+    with _open(path) as f:
+        header, pages = files.read_backup(f, config.mode)
+        if type(header.get("seq")) is not int or type(header.get("term")) is not int or header["seq"] < 0:
+            raise errors.BadBackup("the backup's header has no seq and term")
+        count = 0
+        for page in pages:
+            for item in page:
+                if (type(item) is not list or len(item) != 2 or type(item[0]) is not bytes or type(item[1]) is not bytes
+                        or not 0 < len(item[0]) <= config.max_key_size or len(item[1]) > config.max_value_size):
+                    raise errors.BadBackup(f"item {count} of the backup is not a key and value this node accepts")
+                count += 1
+    return count
