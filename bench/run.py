@@ -27,7 +27,7 @@ from failover import failover  # noqa: E402  (bench/ is on sys.path as the scrip
 from membership import dynamo_join, membership, report_rows as membership_rows  # noqa: E402
 from security import report_rows as security_rows, security  # noqa: E402
 from watch_bench import report_rows as watch_rows, watch  # noqa: E402
-from ops_bench import backup_restore, metrics_cost, report_rows as ops_rows  # noqa: E402
+from ops_bench import backup_restore, bulk_import, metrics_cost, report_rows as ops_rows  # noqa: E402
 
 PIPELINE_DEPTH = 64
 
@@ -303,6 +303,7 @@ def main():
         watch(results, N(20_000), rounds)
     if opts.only in (None, "ops"):
         metrics_cost(results, N(20_000), 2 * rounds - 1)
+        bulk_import(results, N(1_000_000))
         backup_restore(results, N(1_000_000))
     report(results)
     if opts.json:

@@ -2,8 +2,8 @@
 
 `take_backup` (datastore-cli backup) asks one node for a snapshot of all its data at one position
 with a WATCH (snapshot=True, stale=True: any member serves its own applied state, docs/WATCH.md),
-and streams the pages into a file, created 0600, written under a temporary name and renamed once
-whole. `restore_into` (datastore-node --restore) checks a file through once (format, mode, count,
+and streams the pages into a file, created 0600 under a temporary name beside it and renamed once
+whole and synced. `restore_into` (datastore-node --restore) checks a file through once (format, mode, count,
 SHA-256) and then loads it into a new data dir, which becomes a voter holding the backup's data at
 its seq: every node of a new cluster may be started from the same file, and they elect a primary
 among themselves. The file format is in protocol/files.py and docs/PROTOCOL.md section 8.
@@ -11,6 +11,7 @@ among themselves. The file format is in protocol/files.py and docs/PROTOCOL.md s
 import datetime
 import logging
 import os
+import tempfile
 import time
 
 import zmq
@@ -18,8 +19,8 @@ import zmq
 from . import errors, transport
 from .api import Call
 from .protocol import decode_reply, files
-from .storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER, META_RESTORING,
-                      META_TERM, META_VOTED_FOR)
+from .storage import (META_APPLIED_SEQ, META_GENESIS, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
+                      META_RESTORING, META_TERM, META_VOTED_FOR)
 
 WINDOW = 8 << 20            # bytes of snapshot pages the node may send ahead of the backup's writing
 RESTORING_FROM_FILE = 2     # META_RESTORING while a restore from a file is under way (1: a peer's snapshot)
@@ -29,15 +30,16 @@ log = logging.getLogger("zmqstore.backup")
 
 # ---------------------------------------------------------------- taking one (client side)
 
-def snapshot_pages(client):
-    """Yield (position, items) per snapshot page of the node the client talks to, all pages of one
-    snapshot, until the last; on a connection of its own, returning credit as pages are read."""
+def snapshot_pages(client, prefix=b""):
+    """Yield (position, items) per snapshot page of the keys under `prefix` on the node the client
+    talks to, all pages of one snapshot, until the last; on a connection of its own, returning
+    credit as pages are read."""
     connection = client.connection.sibling()
     try:
         watch_id = client.next_request_id()
         if not connection.ready():
             raise errors.ConnectionTimeout(f"cannot reach {connection.endpoint}")
-        transport.send_nowait(connection.sock, client.encode(Call("WATCH", (b"", None, True, WINDOW, True), None),
+        transport.send_nowait(connection.sock, client.encode(Call("WATCH", (prefix, None, True, WINDOW, True), None),
                                                              watch_id))
         consumed = 0
         while True:
@@ -71,26 +73,21 @@ def take_backup(client, path, progress=None) -> dict:
     started = time.monotonic()
     status = client.status()
     members = client.members()
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = private_file(path)
     header = None
     try:
         with os.fdopen(fd, "wb") as f:
             writer = None
             for position, items in snapshot_pages(client):
                 if writer is None:
-                    header = {"mode": status["mode"], "seq": position, "term": status["term"], "members": members,
-                              "source": status["node_id"], "node_version": status["version"],
-                              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                    header = {**take_backup_header(status, members, position), "kind": "backup"}
                     writer = files.BackupWriter(f, header)
                 writer.page(items)
                 if progress is not None:
                     progress(writer.count, f.tell())
             digest = writer.finish()
-            f.flush()
-            os.fsync(f.fileno())
             size = f.tell()
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -99,6 +96,32 @@ def take_backup(client, path, progress=None) -> dict:
         raise
     return {**header, "count": writer.count, "sha256": digest, "bytes": size,
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def private_file(path):
+    """(fd, name) of a new file beside `path` that only this user may read (mode 0600, created
+    exclusively: never an existing file or a symbolic link), to be renamed to `path` once whole."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+
+
+def publish(tmp, path):
+    """Make the whole file `tmp` durable as `path`: fsync it, rename it, fsync the directory."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def take_backup_header(status, members, position) -> dict:
+    """A backup or export file's header fields (docs/PROTOCOL.md section 8)."""
+    return {"mode": status["mode"], "seq": position, "term": status["term"], "members": members,
+            "source": status["node_id"], "node_version": status["version"],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 # ---------------------------------------------------------------- restoring (node side)
@@ -131,8 +154,12 @@ def restore_into(storage, config):
     seq, term = header["seq"], header["term"]
     batch = storage.batch()
     batch.trim_log(seq + 1, seq + 1, term)      # an empty log whose base is the backup's seq
+    # Still a learner: it votes and stands only in the election of term + 1, among nodes at the same
+    # restore point (leader/standing.py, "genesis"); a data dir lost later and restored again into a
+    # cluster that went on can then never vote twice in a term or elect a log that lacks entries.
     for name, value in ((META_LAST_SEQ, seq), (META_LAST_TERM, term), (META_APPLIED_SEQ, seq), (META_TERM, term),
-                        (META_LEADER, 0), (META_VOTED_FOR, 0), (META_LEARNER, 0), (META_RESTORING, 0)):
+                        (META_LEADER, 0), (META_VOTED_FOR, 0), (META_LEARNER, 1), (META_GENESIS, term + 1),
+                        (META_RESTORING, 0)):
         batch.set_meta(name, value)
     storage.commit(batch)
     log.info("restored %d keys at seq %d (term %d) from %s (taken %s from node %s) in %.1f s", count, seq, term,
@@ -150,6 +177,9 @@ def _verify(path, config) -> int:
     """Read the whole file once: format, mode, every item's shape and size, count and checksum."""
     with _open(path) as f:
         header, pages = files.read_backup(f, config.mode)
+        if header.get("kind", "backup") != "backup":
+            raise errors.BadBackup(f"{path} is an export (datastore-cli export), not a backup: import it into a "
+                                   f"running cluster with datastore-cli import")
         if type(header.get("seq")) is not int or type(header.get("term")) is not int or header["seq"] < 0:
             raise errors.BadBackup("the backup's header has no seq and term")
         count = 0

@@ -62,6 +62,8 @@ Usage:
   datastore-cli [options] add-member ID HOST:PORT [--pub-port P] [--peer-port P] [--key FILE]
   datastore-cli [options] remove-member ID
   datastore-cli [options] backup FILE
+  datastore-cli [options] export FILE [--prefix P] [--jsonl]
+  datastore-cli [options] import FILE
   datastore-cli keygen NAME [--dir DIR]
   datastore-cli -h | --help
   datastore-cli --version
@@ -74,7 +76,8 @@ Options:
   --json                Print results as JSON.
   --json-value          Parse VALUE as JSON instead of storing it as a string.
   --stale               Read from the node talked to, without redirects.
-  --prefix P            Scan keys starting with P.
+  --prefix P            Scan (or export) keys starting with P.
+  --jsonl               export: JSON lines (tagged, exact) instead of msgpack.
   --start S             Scan from key S (inclusive).
   --end E               Scan up to key E (exclusive).
   --limit N             Return at most N items.
@@ -223,12 +226,21 @@ def cli_main(argv=None):
         if args["keygen"]:
             return _keygen(args)
         timeout = float(args["--timeout"])
-        # A watch rides out failovers and restarts (each outage up to a minute); other commands fail fast.
-        retry = Retry(max_tries=600, max_delay=1.0, deadline=60.0) if args["watch"] else Retry(max_tries=2)
+        # A watch and the bulk commands ride out failovers and restarts (each outage up to a minute);
+        # other commands fail fast.
+        long_running = args["watch"] or args["import"] or args["export"] or args["backup"]
+        retry = Retry(max_tries=600, max_delay=1.0, deadline=60.0) if long_running else Retry(max_tries=2)
         with Client(args["--endpoints"], timeout=timeout, retry=retry, **_client_keys(args)) as db:
             return _run_command(db, args)
     except KeyboardInterrupt:
-        return 0
+        if args["import"]:
+            print(f"datastore-cli: import interrupted; run it again to resume ({args['FILE']}.progress)",
+                  file=sys.stderr)
+            return 130
+        return 130 if args["export"] or args["backup"] else 0
+    except OSError as exc:
+        print(f"datastore-cli: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except (errors.ZmqstoreError, ValueError) as exc:
         code = getattr(exc, "code", "error")
         print(f"datastore-cli: {code}: {exc}", file=sys.stderr)
@@ -322,9 +334,9 @@ def _run_command(db, args):
             for m in members:
                 print(f"{m['node_id']}\t{m['host']}:{m['port']}\t{'voter' if m['voter'] else 'learner'}\t"
                       f"pub {m['pub_port']}, peer {m['peer_port']}{', key ' + m['key'] if m.get('key') else ''}")
-    elif args["backup"]:
-        from .cli_ops import backup
-        backup(args, db)
+    elif args["backup"] or args["export"] or args["import"]:
+        from . import cli_ops
+        cli_ops.COMMANDS[next(c for c in cli_ops.COMMANDS if args[c])](args, db)
     elif args["add-member"] or args["remove-member"]:
         return _change_members(db, args)
     return 0

@@ -1,9 +1,11 @@
-"""datastore-cli's operator commands (docs/OPERATIONS.md): backup, with progress on stderr (a rich
-progress bar on a terminal, a plain line every second otherwise)."""
+"""datastore-cli's operator commands (docs/OPERATIONS.md): backup, export and import, with progress
+on stderr (a rich progress bar on a terminal, a plain line every second otherwise)."""
 import json
 import sys
 import time
 
+from . import bulk
+from .api import encode_key
 from .backup import take_backup
 
 
@@ -50,3 +52,30 @@ def backup(args, db):
         print(f"wrote {args['FILE']}: {summary['count']:,} keys at seq {summary['seq']} (term {summary['term']}) "
               f"from node {summary['source']}, {summary['bytes']:,} bytes in {summary['seconds']:.1f} s, "
               f"sha256 {summary['sha256']}")
+
+
+def export(args, db):
+    progress = Progress(f"export to {args['FILE']}")
+    try:
+        summary = bulk.export(db, args["FILE"], encode_key(args["--prefix"] or b""), args["--jsonl"], progress)
+    finally:
+        progress.close()
+    _report(args, summary, f"wrote {args['FILE']}: {summary['count']:,} keys ({summary['format']}) at "
+                           f"{summary['seq']} from node {summary['source']}, {summary['bytes']:,} bytes")
+
+
+def import_(args, db):
+    progress = Progress(f"import of {args['FILE']}")
+    try:
+        summary = bulk.import_file(db, args["FILE"], progress)
+    finally:
+        progress.close()
+    _report(args, summary, f"imported {summary['count']:,} keys from {args['FILE']} in {summary['batches']:,} "
+                           f"batches" + (f" (resumed after {summary['skipped']:,})" if summary["skipped"] else ""))
+
+
+def _report(args, summary, line):
+    print(json.dumps(summary, sort_keys=True, default=str) if args["--json"] else line)
+
+
+COMMANDS = {"backup": backup, "export": export, "import": import_}

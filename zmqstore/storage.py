@@ -30,6 +30,8 @@ META_LEADER = b"leader_id"      # the primary this node knows for `term` (0: unk
 META_RESTORING = b"restoring"   # 1 while a snapshot is being installed: data is incomplete
 META_VOTED_FOR = b"voted_for"   # the node this node voted for in `term` (0: none)
 META_LEARNER = b"learner"       # 1: a new data dir that has not caught up yet; it must not vote
+META_GENESIS = b"genesis_term"  # a data dir restored from a backup (--restore): the term of the election its
+                                # learner may vote and stand in, with the other restored nodes (0: none)
 META_MEMBERS = b"members"       # the membership applied (committed) here, protocol.encode_members (not a u64)
 
 # meta key -> Storage attribute holding its value in memory
@@ -37,7 +39,7 @@ _META_ATTRS = {
     META_LAST_SEQ: "last_seq", META_APPLIED_SEQ: "applied_seq", META_FIRST_SEQ: "first_seq",
     META_TERM: "term", META_LAST_TERM: "last_term", META_TRIM_TERM: "trim_term",
     META_LEADER: "leader_id", META_RESTORING: "restoring", META_VOTED_FOR: "voted_for",
-    META_LEARNER: "learner",
+    META_LEARNER: "learner", META_GENESIS: "genesis_term",
 }
 # Dynamo mode's keys (docs/STORAGE.md, "Dynamo mode"): its bookkeeping in meta, and its log keyed
 # by origin and seq. Dynamo mode writes them through Batch.put_cf and reads them through iter_cf;

@@ -3,6 +3,7 @@ running cluster under write load, restored into a new 3-node cluster started wit
 every node; the new cluster holds exactly the data at the backup's seq, elects a primary, takes
 writes, and a damaged or foreign file is refused before anything is written."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -48,17 +49,17 @@ def test_a_backup_under_write_load_seeds_a_new_cluster_with_the_data_at_its_seq(
         wait_until(lambda: len(writer.acked) > at_backup + 200, 20, message="more writes after the backup")
     assert summary["source"] == 2 and summary["mode"] == "leader" and os.stat(path).st_mode & 0o777 == 0o600
     expected = state_at(old, summary["seq"])
-    assert summary["count"] == len(expected) and "before-7" not in expected and len(expected) >= 499
+    assert summary["count"] == len(expected) and "before-7" not in expected and len(expected) >= 300
     assert any(k.startswith("during-") for k in expected)       # taken while the writer ran
-    assert not os.path.exists(path + ".tmp")
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
 
     new = Cluster(tmp_path / "new", size=3, args=["--restore", path])
     try:
         new.start_all()
         primary = new.wait_primary(20)
+        assert primary == 1 and new.nodes[1].status()["term"] == summary["term"] + 1    # the genesis election
         for node in new.nodes.values():
-            st = node.status()
-            assert st["last_seq"] >= summary["seq"] and st["voter"], st
+            wait_until(lambda: (node.status() or {}).get("voter"), 15, message=f"node {node.node_id} a voter")
             with node.client(retry=RETRY) as db:
                 assert dict(db.scan(stale=True)) == expected
             assert "restored %d keys at seq %d" % (summary["count"], summary["seq"]) in node.log()
@@ -66,12 +67,25 @@ def test_a_backup_under_write_load_seeds_a_new_cluster_with_the_data_at_its_seq(
             db.put("after-restore", 1)
             assert db.get("before-3") == {"i": 3, "bytes": b"\x03" * 3, "float": 3 / 7, "text": "é€"}
         # Restarted with the same command line, a node keeps its state: the flag is ignored.
-        follower = next(i for i in new.nodes if i != primary)
-        new.nodes[follower].stop()
-        new.start(follower)
-        with new.nodes[follower].client(retry=RETRY) as db:
+        node3 = new.nodes[3]
+        node3.stop()
+        before = node3.log()
+        new.start(3)
+        with node3.client(retry=RETRY) as db:
             wait_until(lambda: db.get("after-restore", stale=True) == 1, 15, message="the restarted node current")
-        assert "--restore %s ignored" % path in new.nodes[follower].log()
+        assert "--restore %s ignored" % path in node3.log()[len(before):]
+        # Its disk lost and restored again from the old file, with the cluster gone on: it must not
+        # take part in the restore's election (it could vote twice in a term), but catch up as a learner.
+        node3.stop()
+        shutil.rmtree(node3.data_dir)
+        before = node3.log()
+        new.start(3)
+        with node3.client(retry=RETRY) as db:
+            wait_until(lambda: db.get("after-restore", stale=True) == 1, 15, message="the re-restored node current")
+        log = node3.log()[len(before):]
+        assert "voted for" not in log and "starting an election" not in log
+        assert "past its restore point" in log or "following primary %d" % primary in log
+        assert new.wait_primary(5) == primary
     finally:
         new.stop_all()
 

@@ -112,7 +112,7 @@ def test_a_failed_candidacy_backs_off():
 
 
 def test_vote_granting_rules():
-    st = SimpleNamespace(term=3, voted_for=0, learner=0, restoring=0, leader_id=1)
+    st = SimpleNamespace(term=3, voted_for=0, learner=0, restoring=0, leader_id=1, genesis_term=0)
     assert Election.grants(4, 2, st, lost_primary=True)
     assert not Election.grants(4, 2, st, lost_primary=False)    # still hears its primary
     st.leader_id = 0
@@ -126,10 +126,17 @@ def test_vote_granting_rules():
     assert not Election.grants(5, 2, st, lost_primary=True)     # nor does a node installing a snapshot
     st.restoring, st.learner = 0, 1
     assert not Election.grants(5, 2, st, lost_primary=True)     # a learner does not vote ...
-    fresh = SimpleNamespace(term=0, voted_for=0, learner=1, restoring=0, last_seq=0, leader_id=0)
+    fresh = SimpleNamespace(term=0, voted_for=0, learner=1, restoring=0, last_seq=0, leader_id=0, genesis_term=0)
     assert Election.grants(1, 2, fresh, lost_primary=True)      # ... except to bootstrap a new cluster
     fresh.last_seq = 1
     assert not Election.grants(1, 2, fresh, lost_primary=True)  # not once it holds anything
+    # A data dir restored from a backup at term 7: a learner that votes in term 8 only, the genesis
+    # election of the restored cluster, and in no later term (that cluster went on without it).
+    restored = SimpleNamespace(term=7, voted_for=0, learner=1, restoring=0, last_seq=500, leader_id=0,
+                               genesis_term=8)
+    assert Election.grants(8, 2, restored, lost_primary=True)
+    assert not Election.grants(9, 2, restored, lost_primary=True)
+    assert not Election.grants(1, 2, restored, lost_primary=True)
 
 
 def test_the_membership_value_gives_the_peers_and_the_majority():

@@ -227,8 +227,9 @@ class Election:
         once acknowledged), does not vote. A node that hears a primary does not vote either."""
         if storage.restoring or term < storage.term:
             return False
-        if storage.learner and not (term == 1 and storage.last_seq == 0):
-            return False    # a learner votes only to bootstrap a new cluster (term 1, nothing held)
+        if storage.learner and not (term == 1 and storage.last_seq == 0) and term != storage.genesis_term:
+            return False    # a learner votes only to bootstrap a new cluster: term 1 with nothing held, or
+                            # the genesis election of a cluster restored from a backup (leader/standing.py)
         if term == storage.term and storage.voted_for not in (0, candidate_id):
             return False
         return lost_primary or not storage.leader_id    # knowing no primary, there is none to lose

@@ -44,6 +44,7 @@ class Roles(Standing):
         self.primary = None
         self.secondary = None
         self.bootstrapping = False
+        self.genesis = 0                # restored from a backup: the term of its first election (standing.py)
         self.deposed = False            # stopped leading since take_deposed() last asked
         self.faults = faults            # test-only switches (faults.py)
         self._learner_target = None     # (primary, its commit seq when first heard): a learner's goal
@@ -102,7 +103,15 @@ class Roles(Standing):
         elif not fresh and cfg.role is not None:
             log.info("data dir has state (term %d, last_seq %d): --role %s is ignored; following the "
                      "cluster's primary", st.term, st.last_seq, cfg.role)
-        if st.learner and not self.bootstrapping:
+        # Restored from a backup (backup.py): the genesis election, until a primary is known. A
+        # restart part-way through it goes on with it (as a learner, or as its candidate).
+        self.genesis = st.genesis_term if st.genesis_term and not st.leader_id and (
+            st.learner and st.term < st.genesis_term
+            or st.term == st.genesis_term and st.voted_for == self.node_id) else 0
+        if self.genesis:
+            log.info("restored from a backup at seq %d (term %d): electing the restored cluster's first primary in "
+                     "term %d with the members at the same restore point", st.last_seq, st.last_term, self.genesis)
+        elif st.learner and not self.bootstrapping:
             log.info("new data dir: a learner (no votes, no candidacy) until it has caught up with a primary, "
                      "or has voted in the bootstrap of a new cluster")
         # The primary recorded for our term may be this node, before a restart: it leads no more.
@@ -129,12 +138,14 @@ class Roles(Standing):
             self.secondary.crash_after_chunks = self.faults.crash_in_snapshot
         if leader_id and not syncing:
             self.bootstrapping = False     # someone leads: nothing left to bootstrap
+            self.genesis = 0
             log.info("following primary %d in term %d", leader_id, term)
             self.election.heard_leader(now)
         self.secondary.start(now)
 
     def _lead(self, term, now):
         self.bootstrapping = False
+        self.genesis = 0
         self.engine.become_primary(term)
         self.secondary = None
         self.primary = Primary(self.engine, self.config, self.membership, self.out, now, self.round_trips)
@@ -199,6 +210,8 @@ class Roles(Standing):
             self._check_learner()
             if self.bootstrapping:
                 self._try_bootstrap(now)
+            elif self.genesis:
+                self._try_genesis(now)
             self._maybe_stand(now)
         body = protocol.encode_peer("ROLE", *self._role_fields(now))
         for peer in self.contacts:      # the members, and whoever else may know the way to them

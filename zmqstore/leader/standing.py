@@ -32,10 +32,32 @@ class Standing:
             log.info("a majority reports empty data dirs: standing for term 1 to bootstrap the cluster")
             self._stand(now, "bootstrapping a new cluster", term=1)
 
+    def _try_genesis(self, now):
+        """A data dir restored from a backup (--restore) is a learner holding the backup at its seq,
+        in its term T: the restored nodes elect their first primary in term T + 1, their genesis
+        election, the only one a restored learner votes or stands in. The lowest node id among those
+        heard at the same restore point stands once they are a majority (one candidate, as in the
+        empty bootstrap). A node that hears a cluster gone past that point is a plain learner."""
+        st, election = self.storage, self.election
+        if election.candidacy is not None or self.secondary.leader_id:
+            return
+        heard = {pid: election.views[pid] for pid in election.peers_heard(now)}
+        if st.term > self.genesis or any(v.term > self.genesis or v.last_seq > st.last_seq for v in heard.values()):
+            self.genesis = 0
+            log.warning("restored from a backup, but the cluster is past its restore point (seq %d, term %d): a "
+                        "learner until a primary brings it up to date", st.last_seq, st.term)
+            return
+        same = [pid for pid, v in heard.items() if v.last_seq == st.last_seq and v.term in (st.term, self.genesis)]
+        if 1 + len(same) >= self.majority and all(self.node_id < pid for pid in same) and \
+                now >= election.backoff_until:
+            log.info("a majority holds the same restore point (seq %d): standing for term %d, the restored "
+                     "cluster's first", st.last_seq, self.genesis)
+            self._stand(now, "electing the restored cluster's first primary", term=self.genesis)
+
     def _maybe_stand(self, now):
         st, election = self.storage, self.election
         if (self.primary is not None or election.candidacy is not None or st.learner or st.restoring
-                or self.bootstrapping or not self._may_vote()
+                or self.bootstrapping or self.genesis or not self._may_vote()
                 or not election.leader_lost(now)
                 or not election.should_stand(now, st.term)):
             return
@@ -61,7 +83,8 @@ class Standing:
         term = election.stand(now, st.term, st.last_term, st.last_seq, reason, term)
         # Synced before any request leaves. Standing in the bootstrap makes a founding voter, like
         # voting in it does (a crash before winning must not leave only learners behind).
-        self.engine.record_vote(term, self.node_id, learner=False if self.bootstrapping else None)
+        founding = self.bootstrapping or (self.genesis and term == self.genesis)
+        self.engine.record_vote(term, self.node_id, learner=False if founding else None)
         self.engine.role = "candidate"
         self.secondary = Secondary(self.engine, self.config, self.out, 0)
         log.info("starting an election for term %d: %s; voters alive: %s", term, reason,
@@ -106,8 +129,9 @@ class Standing:
                 if self.election.candidacy is not None:
                     self.election.finish(now, won=False)
                 self._follow(term, 0, now)
-            # A learner votes only in the bootstrap election of a new cluster (term 1, empty log):
-            # it is then a founding member with nothing forgotten, so it votes from now on.
+            # A learner votes only in the bootstrap election of a new cluster (term 1, empty log) or
+            # the genesis election of a restored one: it is then a founding member with nothing
+            # forgotten, so it votes from now on.
             genesis = bool(st.learner)
             self.engine.record_vote(term, candidate, learner=False if genesis else None)   # synced first
             self.bootstrapping = False                    # another node stands: let it lead

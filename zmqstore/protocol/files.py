@@ -13,7 +13,10 @@ from .values import _pack
 
 FORMAT = "zmqstore-backup"
 FORMAT_VERSION = 1
-MAX_OBJECT = 64 << 20       # bytes one header, page or trailer may take (a page holds at most 16 MiB of items)
+# Bytes one header, page or trailer may take: a snapshot page is about 1 MiB of items, plus one item
+# that may be a key of 64 KiB and a value of up to 64 MiB (max_value_size's upper bound).
+MAX_OBJECT = (1 << 20) + (64 << 10) + (64 << 20) + (1 << 20)
+MAX_ITEMS = 100_000         # items one page may hold (a node's pages hold at most 1,000)
 
 
 class BackupWriter:
@@ -22,7 +25,9 @@ class BackupWriter:
     def __init__(self, f, header: dict):
         self.f, self.count = f, 0
         self._hash = hashlib.sha256()
-        f.write(_pack({"format": FORMAT, "version": FORMAT_VERSION, **header}))
+        raw = _pack({"format": FORMAT, "version": FORMAT_VERSION, **header})
+        self._hash.update(raw)      # the checksum covers the header too: a flipped seq must not pass
+        f.write(raw)
 
     def page(self, items):
         raw = _pack(["items", items])
@@ -40,11 +45,11 @@ def read_backup(f, mode=None):
     """(header, pages): the header (checked: format, version, `mode` when given), and an iterator
     of pages (lists of items) that checks the trailer at the end and raises BadBackup when the file
     is not whole and intact. Read it through once to verify before acting on any page."""
-    unpacker = msgpack.Unpacker(f, raw=False, strict_map_key=False, max_buffer_size=MAX_OBJECT,
-                                use_list=True)
+    unpacker = msgpack.Unpacker(f, raw=False, strict_map_key=False, max_buffer_size=MAX_OBJECT, use_list=True,
+                                max_array_len=MAX_ITEMS, max_map_len=4096)
     try:
         header = next(unpacker)
-    except (StopIteration, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except Exception as exc:    # msgpack raises several unrelated types on bad input
         raise errors.BadBackup(f"not a zmqstore backup: {type(exc).__name__}") from None
     if type(header) is not dict or header.get("format") != FORMAT:
         raise errors.BadBackup("not a zmqstore backup (no zmqstore-backup header)")
@@ -53,17 +58,18 @@ def read_backup(f, mode=None):
                                f"{FORMAT_VERSION}")
     if mode is not None and header.get("mode") != mode:
         raise errors.BadBackup(f"a {header.get('mode')}-mode backup cannot seed a {mode}-mode node")
-    return header, _pages(unpacker)
+    digest = hashlib.sha256(_pack(header))
+    return header, _pages(unpacker, digest)
 
 
-def _pages(unpacker):
-    digest, count = hashlib.sha256(), 0
+def _pages(unpacker, digest):
+    count = 0
     while True:
         try:
             obj = next(unpacker)
         except StopIteration:
             raise errors.BadBackup("the backup is cut short: no trailer (count and checksum)") from None
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        except Exception as exc:
             raise errors.BadBackup(f"the backup is corrupt after {count} items: {type(exc).__name__}") from None
         if type(obj) is dict:
             if obj.get("count") != count or obj.get("sha256") != digest.hexdigest():
