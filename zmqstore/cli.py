@@ -56,7 +56,7 @@ Usage:
   datastore-cli [options] scan [--prefix P] [--start S] [--end E] [--limit N]
   datastore-cli [options] versions KEY
   datastore-cli [options] watch [PREFIX] [--from SEQ | --snapshot] [--stale] [--count N]
-  datastore-cli [options] status
+  datastore-cli [options] status [--watch] [--interval SEC]
   datastore-cli [options] ping
   datastore-cli [options] members
   datastore-cli [options] add-member ID HOST:PORT [--pub-port P] [--peer-port P] [--key FILE]
@@ -78,6 +78,8 @@ Options:
   --stale               Read from the node talked to, without redirects.
   --prefix P            Scan (or export) keys starting with P.
   --jsonl               export: JSON lines (tagged, exact) instead of msgpack.
+  --watch               status: refresh the table in place until Ctrl-C.
+  --interval SEC        status --watch: seconds between refreshes [default: 1.0].
   --start S             Scan from key S (inclusive).
   --end E               Scan up to key E (exclusive).
   --limit N             Return at most N items.
@@ -321,7 +323,8 @@ def _run_command(db, args):
             print(f"context {versions.context.hex()}" if versions.siblings else "(absent)")
         return 0 if versions.siblings else 1
     elif args["status"]:
-        _print_status(args, db)
+        from .cli_status import show_status
+        show_status(args, db)
     elif args["ping"]:
         node_id = db.ping()
         _show(args, {"node_id": node_id, "endpoint": db.endpoint} if args["--json"] else
@@ -398,92 +401,6 @@ def _int_arg(name, text) -> int:
         return int(text)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an integer, not {text!r}") from None
-
-
-def _cluster_status(db, args):
-    """STATUS from every endpoint given (a row per node)."""
-    from .client import Client, Retry
-    rows = []
-    for named in db.connection.named_endpoints():
-        endpoint = named.rpartition("@")[2]
-        try:
-            with Client(named, timeout=float(args["--timeout"]), retry=Retry(max_tries=1),
-                        **_client_keys(args)) as one:
-                rows.append(one.status())
-        except errors.ZmqstoreError as exc:
-            rows.append({"address": endpoint, "role": f"unreachable ({exc.code})"})
-    return rows
-
-
-def _print_status(args, db):
-    endpoints = db.connection.endpoints
-    if len(endpoints) == 1:
-        status = db.status()
-        rows = [status] + [dict(peer, term="-", commit_seq=peer.get("commit_seq", "-"))
-                           for peer in status.get("peers", [])]
-    else:
-        rows = _cluster_status(db, args)
-    if args["--json"]:
-        _show(args, rows if len(endpoints) > 1 else rows[0])
-        return
-    if any(r.get("mode") == "dynamo" for r in rows):
-        _print_dynamo_status(rows, single=len(endpoints) == 1)
-        return
-    primary_last = max((r["last_seq"] for r in rows if r.get("role") == "primary" and "last_seq" in r),
-                       default=None)
-    columns = ("node_id", "address", "role", "term", "voted_for", "last_seq", "commit_seq", "applied_seq", "lag")
-    table = []
-    for row in rows:
-        lag = primary_last - row["last_seq"] if primary_last is not None and "last_seq" in row else "-"
-        table.append([str(row.get(c, "-")) if c != "lag" else str(lag) for c in columns])
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    for row in rows:
-        election = row.get("latest_election")
-        if election:   # the latest election this node stood in
-            took = f" in {election['duration_ms']} ms" if election["duration_ms"] is not None else ""
-            print(f"election of term {election['term']}: node {election['candidate']} ({election['outcome']}{took}), "
-                  f"votes from {', '.join(map(str, election['votes']))}; started: {election['reason']}")
-    if len(endpoints) == 1:
-        extra = {k: rows[0][k] for k in ("mode", "first_seq", "keys_estimate", "fsync", "uptime", "version")
-                 if k in rows[0]}
-        print("  ".join(f"{k}={v}" for k, v in extra.items()))
-
-
-def _print_dynamo_status(rows, single):
-    """Dynamo mode: per node its writes, how far it is behind, siblings, tombstones and digest."""
-    if single:   # one node's STATUS: itself, then its view of each peer
-        me = rows[0]
-        table = [[str(me["node_id"]), me["address"], "yes", "0", str(me["conflicts"]), str(me["tombstones"]),
-                  me["digest"]]]
-        for p in rows[1:]:
-            table.append([str(p["node_id"]), p["address"], "yes" if p.get("alive") else "no", str(p.get("behind", "-")),
-                          str(p.get("conflicts", "-")), str(p.get("tombstones", "-")), str(p.get("digest", "-"))])
-        converged = me.get("converged")
-    else:        # one row per endpoint; "behind": entries the node lacks that another node has
-        newest = {}
-        for r in rows:
-            for origin, seq in r.get("applied", {}).items():
-                newest[origin] = max(newest.get(origin, 0), seq)
-        table = []
-        for r in rows:
-            up = "digest" in r
-            behind = sum(s - r["applied"].get(o, 0) for o, s in newest.items()) if up else "-"
-            table.append([str(r.get("node_id", "-")), r["address"], "yes" if up else r["role"], str(behind),
-                          str(r.get("conflicts", "-")), str(r.get("tombstones", "-")), r.get("digest", "-")])
-        converged = all("digest" in r for r in rows) and len({r["digest"] for r in rows}) == 1 and \
-            all(row[3] == "0" for row in table)
-    columns = ("node_id", "address", "alive", "behind", "conflicts", "tombstones", "digest")
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
-    for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    for r in rows if not single else rows[:1]:
-        if "applied" in r:
-            print(f"node {r['node_id']} applied: " + ", ".join(f"{o}={s}" for o, s in r["applied"].items()))
-    print(f"converged: {'yes (every node equal, digests equal)' if converged else 'no'}")
 
 
 def node_entry():

@@ -179,3 +179,37 @@ def test_json_logs_are_one_object_per_line_with_node_role_and_term(cluster):
     won = [r for r in records if "won the election" in r["message"]]
     assert won and won[0]["level"] == "INFO" and won[0]["node_id"] == 1 and won[0]["term"] >= 1
     assert any(r["node_id"] == 2 and r["role"] == "secondary" for r in records)
+
+
+def test_status_watch_redraws_the_table_with_lag_seconds_and_shows_an_unreachable_node(cluster, tmp_path):
+    """`datastore-cli status --watch` (issue 15): without a terminal it prints a new table every
+    interval; each has the primary's view of every peer (lag in seconds, seconds since heard), and a
+    node that stopped shows as unreachable while the others are still shown."""
+    import signal
+    import subprocess
+    import sys
+    c = cluster()
+    c.wait_primary(10)
+    c.nodes[3].stop()
+    out_path = tmp_path / "status.out"
+    with open(out_path, "w") as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "zmqstore.cli_main", *c.cli_args(), "--timeout", "0.3",
+                                 "status", "--watch", "--interval", "0.3"], stdout=out_file, stderr=subprocess.PIPE,
+                                text=True, stdin=subprocess.DEVNULL)
+    try:
+        def tables():
+            return [t for t in out_path.read_text().split("\n\n") if t.strip()]
+        wait_until(lambda: len(tables()) >= 3 or proc.poll() is not None, 30, message="three tables")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert len(tables()) >= 3, out_path.read_text()
+    header, *rows = tables()[-1].splitlines()
+    assert header.split()[-2:] == ["lag_s", "heard_s"]
+    by_node = {row.split()[0]: row for row in rows if row[:1].isdigit() or row.startswith("-")}
+    assert "primary" in by_node["1"] and "secondary" in by_node["2"]
+    assert any("unreachable" in row for row in rows), rows

@@ -165,11 +165,12 @@ def test_cli_status_table_shows_every_node(cluster):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split() == ["node_id", "address", "role", "term", "voted_for", "last_seq", "commit_seq",
-                                "applied_seq", "lag"]
+                                "applied_seq", "lag", "lag_s", "heard_s"]
     rows = {int(line.split()[0]): line.split() for line in lines[1:] if line[:1].isdigit()}
     assert rows[1][2] == "primary" and rows[2][2] == rows[3][2] == "secondary"
     assert "election of term 1: node 1 (won" in proc.stdout     # the bootstrap is an election too
-    assert all(row[3] == "1" and row[5] == "2" and row[8] == "0" for row in rows.values())
+    assert all(row[3] == "1" and row[5] == "2" and row[8] == "0" and row[9] == "0.0" for row in rows.values())
+    assert all(0 <= float(row[10]) < 1.0 for row in rows.values())    # heard within an election interval or two
 
 
 def test_primary_killed_mid_stream_loses_no_acknowledged_write(cluster):

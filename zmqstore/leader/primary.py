@@ -171,5 +171,5 @@ class Primary:
         window = self.config.election_interval
         return [{"node_id": pid, "role": "secondary" if pid in self.voters else "learner", "last_seq": self.match[pid],
                  "alive": now - self.last_heard[pid] < window, "voter": self.voter[pid],
-                 "lag_seconds": self.lag_seconds(pid, now)}
+                 "lag_seconds": self.lag_seconds(pid, now), "last_heard": round(now - self.last_heard[pid], 3)}
                 for pid in sorted(self.match)]
