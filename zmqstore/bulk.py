@@ -3,8 +3,8 @@
 `export` writes the keys under a prefix as the node talked to holds them at one position (a WATCH
 snapshot, as a backup: backup.snapshot_pages), as msgpack (the backup file format, kind "export",
 values exactly as stored) or as JSON lines with a tagged encoding that round-trips every msgpack
-value: bytes, floats (nan and infinities too), maps with keys that are not strings, nesting, and
-keys that are not UTF-8. Dynamo mode exports the value get() shows (its winning sibling).
+value: bytes, floats (nan and infinities too), maps with keys that are not strings, nesting,
+extension types and timestamps, and keys that are not UTF-8. Dynamo mode exports the value get() shows (its winning sibling).
 
 `import_file` reads either format (told apart by the first byte), checks a msgpack file's count
 and checksum first, and writes pipelined PUT_MANY batches (each applied once, whatever the retries:
@@ -20,7 +20,7 @@ import os
 from . import errors
 from .api import Call, _nothing
 from .backup import private_file, publish, snapshot_pages, take_backup_header
-from .protocol import files, pack_value, unpack_value
+from .protocol import ExtType, Timestamp, files, pack_value, unpack_value
 
 BATCH_ITEMS = 1000          # items per PUT_MANY ...
 BATCH_BYTES = 1 << 20       # ... or bytes of keys and values, whichever comes first
@@ -34,6 +34,10 @@ def to_json(value):
     """A msgpack value as JSON, tagged where JSON has no equivalent (from_json inverts it)."""
     if isinstance(value, (bytes, bytearray)):
         return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, Timestamp):
+        return {"$timestamp": [value.seconds, value.nanoseconds]}
+    if isinstance(value, ExtType):      # a tuple: before the arrays
+        return {"$ext": [value.code, base64.b64encode(value.data).decode()]}
     if isinstance(value, float) and not math.isfinite(value):
         return {"$float": repr(value)}
     if isinstance(value, dict):
@@ -55,6 +59,10 @@ def from_json(value):
                 return float(inner)
             if tag == "$map":
                 return {_hashable(from_json(k)): from_json(v) for k, v in inner}
+            if tag == "$timestamp":
+                return Timestamp(*inner)
+            if tag == "$ext":
+                return ExtType(inner[0], base64.b64decode(inner[1], validate=True))
         return {k: from_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [from_json(v) for v in value]
@@ -161,10 +169,15 @@ def _json_items(path):
 
 def import_file(client, path, progress=None) -> dict:
     """Write every item of `path` with pipelined PUT_MANY batches, resuming after the items a
-    previous run recorded in FILE.progress. Returns {"count", "skipped", "batches"}."""
+    previous run recorded in FILE.progress (for this very file: its size and modification time,
+    and the endpoints written to). Returns {"count", "skipped", "batches"}."""
     expected, items = _items(path)
     marker = f"{path}.progress"
-    done = _read_progress(marker)
+    stat = os.stat(path)
+    identity = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "endpoints": sorted(client.connection.endpoints)}
+    done = _read_progress(marker, identity)
+    _write_progress(marker, done, identity)     # the directory is writable, before anything is written
     written, size, batches = done, 0, 0
     pending, batch, batch_bytes, in_group = [], [], 0, 0
     pipeline = client.pipeline(max_in_flight=IN_FLIGHT)
@@ -178,23 +191,24 @@ def import_file(client, path, progress=None) -> dict:
                 raise result
         written += sum(pending)
         pending, in_group = [], 0
-        _write_progress(marker, written)
+        _write_progress(marker, written, identity)
         if progress is not None:
             progress(written, size)
 
     for index, (key, raw) in enumerate(items):
         if index < done:
             continue
-        batch.append([key, raw])
-        batch_bytes += len(key) + len(raw)
-        size += len(key) + len(raw)
-        if len(batch) >= BATCH_ITEMS or batch_bytes >= BATCH_BYTES:
-            pipeline._execute(Call("PUT_MANY", (batch,), _nothing))
+        cost = len(key) + len(raw)
+        if batch and (len(batch) >= BATCH_ITEMS or batch_bytes + cost > BATCH_BYTES):
+            pipeline._execute(Call("PUT_MANY", (batch,), _nothing))     # a batch never grows past either
             pending.append(len(batch))
             batches += 1
             batch, batch_bytes, in_group = [], 0, in_group + 1
             if in_group >= GROUP:
                 flush_group()
+        batch.append([key, raw])
+        batch_bytes += cost
+        size += cost
     if batch:
         pipeline._execute(Call("PUT_MANY", (batch,), _nothing))
         pending.append(len(batch))
@@ -206,20 +220,27 @@ def import_file(client, path, progress=None) -> dict:
     return {"count": written, "skipped": done, "batches": batches}
 
 
-def _read_progress(marker) -> int:
+def _read_progress(marker, identity) -> int:
     try:
         with open(marker, encoding="utf-8") as f:
-            return int(json.load(f)["items"])
+            record = json.load(f)
+        items = int(record["items"])
     except FileNotFoundError:
         return 0
     except (ValueError, KeyError, TypeError):
         raise errors.BadBackup(f"{marker} is not an import's progress; remove it to start over") from None
+    if record.get("of") != identity:
+        raise errors.BadBackup(f"{marker} records an import of another file (or the same file changed since, or "
+                               f"into other endpoints): remove it to start over")
+    return items
 
 
-def _write_progress(marker, items):
+def _write_progress(marker, items, identity):
     tmp = f"{marker}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"items": items}, f)
+        json.dump({"items": items, "of": identity}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, marker)
 
 

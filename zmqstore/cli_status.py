@@ -40,7 +40,9 @@ def leader_table(rows, single):
     `heard_s`: as the primary sees each peer (seconds since it last held the whole log, since it
     last answered)."""
     primary = next((r for r in rows if r.get("role") == "primary" and "peers" in r), None)
-    primary_last = primary["last_seq"] if primary else None
+    # Asked one secondary: its row for the primary says how long the primary's log is.
+    known = primary or next((r for r in rows if r.get("role") == "primary" and "last_seq" in r), None)
+    primary_last = known["last_seq"] if known else None
     seen = {p["node_id"]: p for p in primary.get("peers", [])} if primary else {}
     table = []
     for row in rows:
@@ -124,6 +126,8 @@ def show_status(args, db):
         else:
             print(plain(*tables(rows, single)))
         return
+    if args["--json"]:
+        raise ValueError("status --watch draws a table; for JSON, run status --json in a loop")
     interval = float(args["--interval"])
     if not 0.1 <= interval <= 3600:
         raise ValueError("--interval must be 0.1 to 3600 seconds")

@@ -172,7 +172,7 @@ def load_file(path) -> dict:
         if unknown:
             raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; use node, cluster and peers")
         return {"node": raw.get("node", {}), "cluster": raw.get("cluster", {}), "peers": raw.get("peers", [])}
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as exc:

@@ -67,6 +67,20 @@ log = logging.getLogger(__name__)
 UNFLUSHED_MAX = 32 << 20      # bytes of memtables (all column families) before RocksDB flushes them
 
 
+class DataView:
+    """A point-in-time view of the data column family: one RocksDB iterator, made when the view
+    is, which every page seeks again. A RocksDB iterator reads the database as of its creation,
+    whatever is written after. (Not rocksdict's Snapshot: the iterators it makes from a
+    column-family view read the live data, later writes included; seen with rocksdict 0.3.29.)"""
+    __slots__ = ("_it",)
+
+    def __init__(self, cf):
+        self._it = cf.iter()
+
+    def iter(self):
+        return self._it
+
+
 def seq_key(seq: int) -> bytes:
     return _U64.pack(seq)
 
@@ -333,8 +347,9 @@ class Storage:
         return out
 
     def data_snapshot(self):
-        """A RocksDB snapshot of data as it is now (between batches: exactly at applied_seq)."""
-        return self._data.snapshot()
+        """The data as it is now (between batches: exactly at applied_seq), for reading in pages
+        over many loop iterations while writes go on: a DataView."""
+        return DataView(self._data)
 
     @staticmethod
     def snapshot_page(snapshot, cursor, max_items, max_bytes):

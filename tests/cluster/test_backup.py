@@ -57,7 +57,7 @@ def test_a_backup_under_write_load_seeds_a_new_cluster_with_the_data_at_its_seq(
     try:
         new.start_all()
         primary = new.wait_primary(20)
-        assert primary == 1 and new.nodes[1].status()["term"] == summary["term"] + 1    # the genesis election
+        assert new.nodes[primary].status()["term"] == summary["term"] + 1    # the genesis election
         for node in new.nodes.values():
             wait_until(lambda: (node.status() or {}).get("voter"), 15, message=f"node {node.node_id} a voter")
             with node.client(retry=RETRY) as db:
@@ -67,10 +67,10 @@ def test_a_backup_under_write_load_seeds_a_new_cluster_with_the_data_at_its_seq(
             db.put("after-restore", 1)
             assert db.get("before-3") == {"i": 3, "bytes": b"\x03" * 3, "float": 3 / 7, "text": "é€"}
         # Restarted with the same command line, a node keeps its state: the flag is ignored.
-        node3 = new.nodes[3]
+        node3 = new.nodes[next(i for i in (3, 2, 1) if i != primary)]
         node3.stop()
         before = node3.log()
-        new.start(3)
+        new.start(node3.node_id)
         with node3.client(retry=RETRY) as db:
             wait_until(lambda: db.get("after-restore", stale=True) == 1, 15, message="the restarted node current")
         assert "--restore %s ignored" % path in node3.log()[len(before):]
@@ -79,7 +79,7 @@ def test_a_backup_under_write_load_seeds_a_new_cluster_with_the_data_at_its_seq(
         node3.stop()
         shutil.rmtree(node3.data_dir)
         before = node3.log()
-        new.start(3)
+        new.start(node3.node_id)
         with node3.client(retry=RETRY) as db:
             wait_until(lambda: db.get("after-restore", stale=True) == 1, 15, message="the re-restored node current")
         log = node3.log()[len(before):]

@@ -66,7 +66,7 @@ def test_export_then_import_into_a_new_cluster_gives_identical_data(cluster, tmp
 
 def test_an_import_interrupted_with_sigint_resumes_and_completes_with_the_right_count(cluster, tmp_path):
     src = str(tmp_path / "src.jsonl")
-    total = 120_000
+    total = 400_000      # several seconds of import: time to interrupt it after its first record
     with open(src, "w", encoding="utf-8") as f:
         for i in range(total):
             f.write(json.dumps({"key": f"k{i:07d}", "value": {"i": i, "pad": "p" * 40}}) + "\n")
@@ -75,7 +75,14 @@ def test_an_import_interrupted_with_sigint_resumes_and_completes_with_the_right_
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         marker = src + ".progress"
-        wait_until(lambda: os.path.exists(marker) or proc.poll() is not None, 60, interval=0.01,
+
+        def recorded():
+            try:
+                with open(marker) as f:
+                    return json.load(f)["items"]
+            except (OSError, ValueError):
+                return 0        # not there yet, or being replaced
+        wait_until(lambda: recorded() > 0 or proc.poll() is not None, 60, interval=0.01,
                    message="the import's first progress record")
         assert proc.poll() is None, "the import finished before it could be interrupted; make the file larger"
         proc.send_signal(signal.SIGINT)

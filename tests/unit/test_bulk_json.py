@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from zmqstore import bulk, protocol
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=False),
-                    st.text(), st.binary())
+                    st.text(), st.binary(),
+                    st.builds(protocol.ExtType, st.integers(0, 127), st.binary(max_size=8)))
 values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4),
     st.dictionaries(st.one_of(st.text(), st.integers(-5, 5), st.binary(max_size=3)), inner, max_size=4)),
@@ -35,6 +36,13 @@ def test_special_floats_dollar_keys_and_non_utf8_keys():
     nan_key, nan_raw = bulk.parse_json_line(bulk.json_line(b"k", protocol.pack_value(math.nan)), 1)
     assert math.isnan(protocol.unpack_value(nan_raw))
     assert '"key": "é€"' in bulk.json_line("é€".encode(), protocol.pack_value(1))
+
+
+def test_extension_types_timestamps_and_user_maps_that_look_like_tags_round_trip():
+    value = {"ext": protocol.ExtType(5, b"ab"), "ts": protocol.Timestamp(1_700_000_000, 123),
+             "user": {"$bytes": "x"}, "user2": {"$map": [[1, 2]]}, "f": {1.5: "float key"}}
+    key, raw = bulk.parse_json_line(bulk.json_line(b"k", protocol.pack_value(value)), 1)
+    assert raw == protocol.pack_value(value) and protocol.unpack_value(raw) == value
 
 
 @pytest.mark.parametrize("line", ["not json", "{}", '{"key": "k"}', '{"key_b64": "%%%", "value": 1}', "[1, 2]"])

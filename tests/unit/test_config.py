@@ -147,9 +147,10 @@ def test_metrics_port_and_host():
 def test_ini_inline_comments_and_the_systemd_example(tmp_path):
     """`key = value   ; comment` as docs/CONFIG.md shows it, and conf/systemd/node1.ini as shipped."""
     path = tmp_path / "c.ini"
-    path.write_text("[node]\nnode_id = 4 ; this node\nport = 9100  # its client port\n[peers]\n"
+    path.write_text("[node]\nnode_id = 4 ; this node\nport = 9100\ndata_dir = /srv/node #1\n[peers]\n"
                     "5 = 127.0.0.1:9101          ; node_id = host:port\n")
     cfg = resolve(load_file(str(path)))
     assert (cfg.node_id, cfg.port, cfg.peers[0].port) == (4, 9100, 9101)
+    assert cfg.data_dir == "/srv/node #1"         # only ";" starts a comment after a value
     shipped = resolve(load_file(str(CONF / "systemd" / "node1.ini")))
     assert shipped.host == "10.0.0.1" and shipped.min_free_bytes == 1 << 30 and len(shipped.peers) == 2

@@ -105,9 +105,8 @@ class Roles(Standing):
                      "cluster's primary", st.term, st.last_seq, cfg.role)
         # Restored from a backup (backup.py): the genesis election, until a primary is known. A
         # restart part-way through it goes on with it (as a learner, or as its candidate).
-        self.genesis = st.genesis_term if st.genesis_term and not st.leader_id and (
-            st.learner and st.term < st.genesis_term
-            or st.term == st.genesis_term and st.voted_for == self.node_id) else 0
+        self.genesis = st.genesis_term if (st.genesis_term and not st.leader_id and st.term <= st.genesis_term
+                                           and (st.learner or st.voted_for == self.node_id)) else 0
         if self.genesis:
             log.info("restored from a backup at seq %d (term %d): electing the restored cluster's first primary in "
                      "term %d with the members at the same restore point", st.last_seq, st.last_term, self.genesis)

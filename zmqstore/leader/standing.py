@@ -35,21 +35,28 @@ class Standing:
     def _try_genesis(self, now):
         """A data dir restored from a backup (--restore) is a learner holding the backup at its seq,
         in its term T: the restored nodes elect their first primary in term T + 1, their genesis
-        election, the only one a restored learner votes or stands in. The lowest node id among those
-        heard at the same restore point stands once they are a majority (one candidate, as in the
-        empty bootstrap). A node that hears a cluster gone past that point is a plain learner."""
+        election, the only one a restored learner votes or stands in, with one vote like any other.
+        The lowest node id among those heard at the same restore point stands once they are a
+        majority (one candidate, as in the empty bootstrap), and a candidate that lost stands again
+        in the same term. A node that hears a cluster gone past that point is a plain learner.
+        Known limit: votes split between two candidates in that term, with the rest of the nodes
+        down, wait for those nodes (or for every node to be restored again)."""
         st, election = self.storage, self.election
         if election.candidacy is not None or self.secondary.leader_id:
             return
+        if st.term == self.genesis and st.voted_for not in (0, self.node_id):
+            return      # its one vote in the genesis term went to another candidate: never a second
         heard = {pid: election.views[pid] for pid in election.peers_heard(now)}
         if st.term > self.genesis or any(v.term > self.genesis or v.last_seq > st.last_seq for v in heard.values()):
             self.genesis = 0
             log.warning("restored from a backup, but the cluster is past its restore point (seq %d, term %d): a "
                         "learner until a primary brings it up to date", st.last_seq, st.term)
             return
-        same = [pid for pid, v in heard.items() if v.last_seq == st.last_seq and v.term in (st.term, self.genesis)]
-        if 1 + len(same) >= self.majority and all(self.node_id < pid for pid in same) and \
-                now >= election.backoff_until:
+        same = [pid for pid, v in heard.items() if v.last_seq == st.last_seq and v.term in (self.genesis - 1,
+                                                                                              self.genesis)]
+        # A node that stood already stands again (its vote is its own); else the lowest id stands.
+        first = st.voted_for == self.node_id or all(self.node_id < pid for pid in same)
+        if 1 + len(same) >= self.majority and first and now >= election.backoff_until:
             log.info("a majority holds the same restore point (seq %d): standing for term %d, the restored "
                      "cluster's first", st.last_seq, self.genesis)
             self._stand(now, "electing the restored cluster's first primary", term=self.genesis)

@@ -10,6 +10,9 @@ from .schema import PEER_ARRAY_MAX, UINT64_MAX, Limits
 # for small messages. Sharing is safe under the GIL: pack() runs in C without calling back into
 # Python (no `default` hook) and resets its buffer on error.
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# What a value may hold beside JSON's types (bulk.py's JSON lines name them): msgpack's extension
+# types, and the timestamp extension (-1) that other languages' msgpack libraries write.
+ExtType, Timestamp = msgpack.ExtType, msgpack.Timestamp
 
 def pack_value(obj) -> bytes:
     """A user value as stored and sent: one msgpack object."""
