@@ -18,18 +18,9 @@ from zmqstore import Client, Retry
 from zmqstore.backup import take_backup
 from zmqstore.testing.process import Cluster, NodeProcess, wait_until
 
-DEPTH = 64
+from watch_bench import _blocking_pipelined as _pipelined  # noqa: E402 (bench/ is on sys.path)
+
 SCRAPE_EVERY = 1.0
-
-
-def _pipelined(endpoint, prefix, n):
-    with Client(endpoint) as db:
-        p = db.pipeline(max_in_flight=DEPTH)
-        for i in range(n):
-            p.put(f"{prefix}{i:08d}", i)
-        started = time.monotonic()
-        p.execute()
-        return n / (time.monotonic() - started)
 
 
 class Scraper:

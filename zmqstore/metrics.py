@@ -161,20 +161,16 @@ def _leader(st, sample):
                         ("fetches", "FETCH requests this node sent (catching up)."),
                         ("snapshots_installed", "Snapshots this node installed.")):
         yield _counter(f"zmqstore_replication_{name}", help_, st.get(name, 0))
-    lag_entries = GaugeMetricFamily("zmqstore_replication_lag_entries", "The primary: entries a peer lacks; "
-                                    "a secondary: entries it lacks of its primary's log.", labels=("peer",))
-    lag_seconds = GaugeMetricFamily("zmqstore_replication_lag_seconds", "The primary: seconds since the peer "
-                                    "last held the whole log (0: it does).", labels=("peer",))
-    up = GaugeMetricFamily("zmqstore_peer_up", "1 when the peer was heard within election_interval.",
-                           labels=("peer",))
+    primary = st["role"] == "primary"
+    yield from _peers(st, "The primary: entries a peer lacks; a secondary: entries it lacks of its primary's log.",
+                      lambda row: max(0, st["last_seq"] - row["last_seq"] if primary
+                                      else row.get("last_seq", 0) - st["last_seq"]))
+    lag_seconds = GaugeMetricFamily("zmqstore_replication_lag_seconds", "The primary: seconds since the publish "
+                                    "of the first entry a peer lacks (0: it holds the whole log).", labels=("peer",))
     for row in st.get("peers", []):
-        peer = str(row["node_id"])
-        lag_entries.add_metric((peer,), max(0, (st["last_seq"] - row["last_seq"]) if st["role"] == "primary"
-                                            else row.get("last_seq", 0) - st["last_seq"]))
         if "lag_seconds" in row:
-            lag_seconds.add_metric((peer,), row["lag_seconds"])
-        up.add_metric((peer,), int(row["alive"]))
-    yield from (lag_entries, lag_seconds, up)
+            lag_seconds.add_metric((str(row["node_id"]),), row["lag_seconds"])
+    yield lag_seconds
     rtt = HistogramMetricFamily("zmqstore_replication_round_trip_seconds", "The primary: from publishing "
                                 "entries to a peer's acknowledgement of them (its fsync included).",
                                 labels=("peer",))
@@ -195,19 +191,23 @@ def _dynamo(st, sample):
                         ("read_repairs", "Keys a quorum read repaired."),
                         ("gaps_fetched", "Origin-log gaps fetched from peers.")):
         yield _counter(f"zmqstore_dynamo_{name}", help_, st.get(name, 0))
-    behind = GaugeMetricFamily("zmqstore_replication_lag_entries", "Writes this node holds that the peer "
-                               "has not applied.", labels=("peer",))
+    yield from _peers(st, "Writes this node holds that the peer has not applied.", lambda row: row["behind"])
+
+
+def _peers(st, lag_help, lag_of):
+    """Both modes' per-peer families: lag in entries (`lag_of(row)`), up, and seconds since heard."""
+    lag = GaugeMetricFamily("zmqstore_replication_lag_entries", lag_help, labels=("peer",))
     up = GaugeMetricFamily("zmqstore_peer_up", "1 when the peer was heard within election_interval.",
                            labels=("peer",))
-    heard = GaugeMetricFamily("zmqstore_peer_last_heard_seconds", "Seconds since the peer's last status.",
+    heard = GaugeMetricFamily("zmqstore_peer_last_heard_seconds", "Seconds since the peer was last heard.",
                               labels=("peer",))
     for row in st.get("peers", []):
-        peer = str(row["node_id"])
-        behind.add_metric((peer,), row["behind"])
-        up.add_metric((peer,), int(row["alive"]))
+        peer = (str(row["node_id"]),)
+        lag.add_metric(peer, lag_of(row))
+        up.add_metric(peer, int(row["alive"]))
         if row.get("last_heard") is not None:
-            heard.add_metric((peer,), row["last_heard"])
-    yield from (behind, up, heard)
+            heard.add_metric(peer, row["last_heard"])
+    return lag, up, heard
 
 
 def _gauge(name, help_, value, labels=None):

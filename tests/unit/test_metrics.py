@@ -4,6 +4,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from zmqstore import errors, metrics, protocol
+from zmqstore.health import _Collector
 from zmqstore.watch import Watches
 
 
@@ -35,14 +36,6 @@ def _status(**over):
 def _sample(st, recorder=None):
     ready, why = metrics.readiness(st)
     return metrics.Sample(recorder or metrics.Recorder(), st, 1, 3, 4, ready, why, {})
-
-
-class _Collector:
-    def __init__(self, sample, path):
-        self.sample, self.path = sample, path
-
-    def collect(self):
-        return metrics.families(self.sample, self.path)
 
 
 def test_a_sample_becomes_prometheus_text_that_parses_back(tmp_path):
