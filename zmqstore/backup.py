@@ -3,10 +3,12 @@
 `take_backup` (datastore-cli backup) asks one node for a snapshot of all its data at one position
 with a WATCH (snapshot=True, stale=True: any member serves its own applied state, docs/WATCH.md),
 and streams the pages into a file, created 0600 under a temporary name beside it and renamed once
-whole and synced. `restore_into` (datastore-node --restore) checks a file through once (format, mode, count,
-SHA-256) and then loads it into a new data dir, which becomes a voter holding the backup's data at
-its seq: every node of a new cluster may be started from the same file, and they elect a primary
-among themselves. The file format is in protocol/files.py and docs/PROTOCOL.md section 8.
+whole and synced. `restore_into` (datastore-node --restore) checks a file through once (format,
+mode, count, SHA-256) and then loads it into a new data dir, which holds the backup's data at its
+seq: every node of a new cluster may be started from the same file, and they elect their first
+primary among themselves in the backup's term + 1 (their genesis election, leader/standing.py),
+the only election a restored learner takes part in. The file format is in protocol/files.py and
+docs/PROTOCOL.md section 8.
 """
 import datetime
 import logging
