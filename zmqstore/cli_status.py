@@ -24,8 +24,8 @@ def gather(args, db):
             return [{"address": db.endpoint, "role": f"unreachable ({exc.code})"}], True
         return [status] + [dict(peer, term="-", commit_seq=peer.get("commit_seq", "-"))
                            for peer in status.get("peers", [])], True
-    rows = []
-    keys = {"secret_key": args["--secret-key"], "node_keys": args["--node-keys"]} if args["--secret-key"] else {}
+    from .cli import _client_keys
+    rows, keys = [], _client_keys(args)
     for named in endpoints:
         try:
             with Client(named, timeout=float(args["--timeout"]), retry=Retry(max_tries=1), **keys) as one:

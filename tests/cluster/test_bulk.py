@@ -4,14 +4,13 @@ with SIGINT resumes where it stopped and ends with the right count."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 
 from zmqstore import Retry
-from zmqstore.testing.process import Cluster, wait_until
+from zmqstore.testing.process import Cluster, interrupt, wait_until
 
 RETRY = Retry(max_tries=40, delay=0.05, max_delay=0.3, deadline=20)
 VALUES = {
@@ -85,12 +84,8 @@ def test_an_import_interrupted_with_sigint_resumes_and_completes_with_the_right_
         wait_until(lambda: recorded() > 0 or proc.poll() is not None, 60, interval=0.01,
                    message="the import's first progress record")
         assert proc.poll() is None, "the import finished before it could be interrupted; make the file larger"
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _out, err = interrupt(proc, timeout=60)
     assert proc.returncode == 130 and "run it again to resume" in err, err
     at_stop = recorded()
     assert 0 < at_stop < total

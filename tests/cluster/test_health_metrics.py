@@ -185,9 +185,10 @@ def test_status_watch_redraws_the_table_with_lag_seconds_and_shows_an_unreachabl
     """`datastore-cli status --watch` (issue 15): without a terminal it prints a new table every
     interval; each has the primary's view of every peer (lag in seconds, seconds since heard), and a
     node that stopped shows as unreachable while the others are still shown."""
-    import signal
     import subprocess
     import sys
+
+    from zmqstore.testing.process import interrupt
     c = cluster()
     c.wait_primary(10)
     c.nodes[3].stop()
@@ -200,12 +201,8 @@ def test_status_watch_redraws_the_table_with_lag_seconds_and_shows_an_unreachabl
         def tables():
             return [t for t in out_path.read_text().split("\n\n") if t.strip()]
         wait_until(lambda: len(tables()) >= 3 or proc.poll() is not None, 30, message="three tables")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _, err = interrupt(proc)
     assert proc.returncode == 0, err
     assert len(tables()) >= 3, out_path.read_text()
     header, *rows = tables()[-1].splitlines()

@@ -286,6 +286,19 @@ class NodeProcess:
             return ""
 
 
+def interrupt(proc, timeout=20.0):
+    """Ctrl-C a process a test started (SIGINT) and collect it: (stdout, stderr). Killed if it is
+    still there after `timeout` seconds, or if collecting it fails: no test leaves one behind."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def run_node_command(args, timeout=20.0):
     """Run datastore-node with `args` to completion (for start-up errors). Returns (code, output)."""
     proc = subprocess.run([sys.executable, "-m", "zmqstore", *args], capture_output=True, text=True,
