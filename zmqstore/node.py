@@ -58,6 +58,8 @@ class Node:
         self._wake_w.setblocking(False)
         try:
             self.faults = faults.Faults.from_environment()     # test-only switches (faults.py)
+            if self.faults.peer_version:
+                protocol.speak_peer_version(self.faults.peer_version)
             security = keys.load_node_security(config)      # None without keys
             own = security.own if security is not None else None
             self.gate = trust.Gatekeeper(self._ctx, config.peers, config.max_connections,

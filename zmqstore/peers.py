@@ -14,6 +14,9 @@ from . import errors, protocol, transport
 from .sends import REPLY, TO_PEER
 
 PEER_DRAIN = 4096             # messages taken from one peer socket per loop iteration
+VERSION_LOG_INTERVAL = 60.0   # seconds between two lines about one peer's unsupported version
+# Messages that announce the sender's accepted peer versions, in their last field.
+ANNOUNCING = frozenset({"ROLE", "ROLE_REPLY", "DSTATUS", "DSTATUS_REPLY"})
 
 log = logging.getLogger("zmqstore.node")
 
@@ -33,6 +36,8 @@ class PeerPlane:
         self._where = {}                # peer id -> (host, pub port, peer port, key) its sockets were made for
         self._sub_peers, self._dealer_peers = {}, {}
         self.version = 0                # changes whenever the sockets do (the loop then polls the new list)
+        self.announced = {}             # peer id -> (lowest, highest) peer version it accepts, as it said
+        self._version_logged = {}       # source -> when its unsupported version was last logged
         try:
             self.router = transport.bind_router(ctx, config.host, config.peer_port, self.frame_max, gate.guard_peer,
                                                 what="peer_port", curve=own)
@@ -142,6 +147,9 @@ class PeerPlane:
             try:
                 envelope, body = protocol.split_frames(frames)
                 message = protocol.decode_peer(body, self.limits)
+            except errors.UnsupportedVersion as exc:
+                self._refuse_version(self._name(meta), exc)
+                continue
             except errors.RequestError as exc:
                 gate.refuse_message(meta, f"a malformed peer message ({exc})")
                 continue
@@ -174,13 +182,43 @@ class PeerPlane:
     def _decode(self, body, source):
         try:
             return protocol.decode_peer(body, self.limits)
+        except errors.UnsupportedVersion as exc:
+            self._refuse_version(source, exc)
+            return None
         except errors.RequestError as exc:
             self.gate.refuse_message(source, f"a malformed peer message ({exc})")
             return None
 
+    def _refuse_version(self, source, exc):
+        """A peer of a release this one cannot talk to: counted as a refused message, and said
+        plainly, once a minute per source (docs/OPERATIONS.md, "Upgrading")."""
+        self.gate.refused["version"] += 1
+        now = time.monotonic()
+        if now - self._version_logged.get(source, -VERSION_LOG_INTERVAL) >= VERSION_LOG_INTERVAL:
+            self._version_logged[source] = now
+            log.error("refusing peer messages from %s: %s. It runs a release whose peer protocol this one "
+                      "does not speak; upgrade through releases whose peer versions overlap, one node at a "
+                      "time (docs/OPERATIONS.md, \"Upgrading\")", source, exc.message)
+
+    def _name(self, meta):
+        """The peer a connection's User-Id or address belongs to, as the other sockets' lines name it."""
+        nodes = [nid for nid, allowed in self.gate.allowed.items() if meta in allowed]
+        return f"node {nodes[0]}" if len(nodes) == 1 else meta
+
+    def _note_versions(self, message):
+        """Record the peer versions a ROLE or DSTATUS announces; a change (an upgraded peer) is logged."""
+        sender, versions = protocol.peer_sender(message), tuple(message.fields[-1])
+        if self.announced.get(sender) != versions:
+            if sender in self.announced or list(versions) != protocol.peer_versions():
+                log.info("node %d accepts peer protocol versions %d..%d (this node: %d..%d)", sender,
+                         *versions, *protocol.peer_versions())
+            self.announced[sender] = versions
+
     def _handle(self, handler, message, *args):
         """A handler that raises drops its message and logs the sender; it never ends the node
         (storage failures stay fail-stop)."""
+        if message.command in ANNOUNCING:
+            self._note_versions(message)
         try:
             handler(message, *args, time.monotonic())
         except errors.StorageError:

@@ -179,7 +179,7 @@ def test_a_node_that_learns_of_its_removal_keeps_answering_its_old_peers(tmp_pat
         assert engine.role == "removed" and [m.node_id for m in mode.peer_list()] == [2, 3]
         mode.commit()
         mode.out.take()
-        status = protocol.PeerMessage("DSTATUS", (2, [], 0, 0, 0, 0, "h:1", removal.digest))
+        status = protocol.PeerMessage("DSTATUS", (2, [], 0, 0, 0, 0, "h:1", removal.digest, [2, 2]))
         rep.on_request(status, [b"node-2"], 2.0)
         answers = [body for _kind, _to, body in mode.out.take()]
         assert any(b"DSTATUS_REPLY" in body for body in answers) and any(b"DMEMBERS" in body for body in answers)

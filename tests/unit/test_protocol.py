@@ -82,6 +82,9 @@ def raw(*fields):
     return msgpack.packb(list(fields), use_bin_type=True)
 
 
+PV = protocol.PEER_VERSION
+
+
 BAD = [
     (b"\xc1", errors.MalformedMessage),                          # never-used msgpack byte
     (b"", errors.MalformedMessage),
@@ -185,14 +188,14 @@ PEER_VALID = {
     "ENTRIES": (1, 1, 4, 1, [], 5, 6),
     "NEED_SNAPSHOT": (1, 1, 100),
     "SNAPSHOT_CHUNK": (1, 1, 0, None, 50, 1, [[b"k", b"v"]], b"next", None),
-    "ROLE": (2, 3, "secondary", 1, 40, 3, 39, False, True, "127.0.0.3:9001", "127.0.0.3:10001"),
-    "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000"),
+    "ROLE": (2, 3, "secondary", 1, 40, 3, 39, False, True, "127.0.0.3:9001", "127.0.0.3:10001", [1, 2]),
+    "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000", [2, 2]),
     "VOTE_REQUEST": (4, 2, 41, 3),
     "VOTE": (4, 3, True, 40, 3, 1),
     "DCHANGE": ((1 << 32) + 5, [b"e1"]),
     "DSTATUS": (2, [[(1 << 32) + 5, 10], [(2 << 32) + 9, 3]], (1 << 64) - 1, 100, 2, 1, "127.0.0.3:9001",
-                (1 << 64) - 1),
-    "DSTATUS_REPLY": (1, [], 0, 0, 0, 0, "127.0.0.2:9000", 0),
+                (1 << 64) - 1, [2, 2]),
+    "DSTATUS_REPLY": (1, [], 0, 0, 0, 0, "127.0.0.2:9000", 0, [2, 3]),
     "DFETCH": (2, (1 << 32) + 5, 11),
     "DENTRIES": (1, (1 << 32) + 5, 11, [b"e11"], 1),
     "DTREE": (2, 1, None),
@@ -339,20 +342,53 @@ def test_a_value_is_one_complete_msgpack_object():
 
 
 @pytest.mark.parametrize("body", [
-    raw(1, "ACK", 2, 1, 10, 3),                    # a field missing
-    raw(1, "ACK", 2, 1, -10, 0, True),             # negative seq
-    raw(1, "CHANGE", 1, 1, 4, 1, ["str"], 5, 6),   # entries must be bin
-    raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None, None),
-    raw(1, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [], None, "members"),   # members must be bin
-    raw(1, "HEARTBEAT", 1, 1, 7, 5, "6"),
-    raw(1, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, "no", True, "a", "b"),    # leader_lost must be bool
-    raw(1, "ROLE", 2, 3, "x" * 300, 1, 40, 3, 39, False, True, "a", "b"),     # over 256 characters
-    raw(1, "VOTE", 4, 3, 1, 40, 3, 1),                                        # granted must be bool
-    raw(1, "DSTATUS", 2, [[1, -1]], 0, 0, 0, 0, "a"),                         # negative seq in a vector
-    raw(1, "DSTATUS", 2, [[1, 2, 3]], 0, 0, 0, 0, "a"),                       # not a pair
-    raw(1, "DCHANGE", 1, "entries"),
-    raw(1, "DTREE_REPLY", 1, 1, None, [1, -2], []),
+    raw(PV, "ACK", 2, 1, 10, 3),                    # a field missing
+    raw(PV, "ACK", 2, 1, -10, 0, True),             # negative seq
+    raw(PV, "CHANGE", 1, 1, 4, 1, ["str"], 5, 6),   # entries must be bin
+    raw(PV, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None, None),
+    raw(PV, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [], None, "members"),   # members must be bin
+    raw(PV, "HEARTBEAT", 1, 1, 7, 5, "6"),
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, "no", True, "a", "b", [2, 2]),   # leader_lost must be bool
+    raw(PV, "ROLE", 2, 3, "x" * 300, 1, 40, 3, 39, False, True, "a", "b", [2, 2]),    # over 256 characters
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b"),          # no versions
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", [3, 2]),  # lowest > highest
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", [2]),     # not a pair
+    raw(PV, "VOTE", 4, 3, 1, 40, 3, 1),                                        # granted must be bool
+    raw(PV, "DSTATUS", 2, [[1, -1]], 0, 0, 0, 0, "a", 0, [2, 2]),             # negative seq in a vector
+    raw(PV, "DSTATUS", 2, [[1, 2, 3]], 0, 0, 0, 0, "a", 0, [2, 2]),           # not a pair
+    raw(PV, "DSTATUS", 2, [], 0, 0, 0, 0, "a", 0, [2, -2]),                   # negative version
+    raw(PV, "DCHANGE", 1, "entries"),
+    raw(PV, "DTREE_REPLY", 1, 1, None, [1, -2], []),
 ])
 def test_bad_peer_messages_are_refused(body):
-    with pytest.raises(errors.RequestError):
+    with pytest.raises(errors.RequestError) as refused:
         protocol.decode_peer(body)
+    assert not isinstance(refused.value, errors.UnsupportedVersion)
+
+
+@pytest.mark.parametrize("version", [0, 1, PV + 1, 1 << 40])
+def test_a_peer_message_of_a_version_outside_the_accepted_range_is_refused_naming_both(version):
+    """Version 1 (no range in ROLE and DSTATUS) is the release before this one's peer protocol."""
+    lowest, highest = protocol.PEER_VERSIONS
+    with pytest.raises(errors.UnsupportedVersion,
+                       match=rf"peer protocol version {version}; this node accepts {lowest}\.\.{highest}") as refused:
+        protocol.decode_peer(raw(version, "FETCH", 2, 1, 11))
+    assert refused.value.details == {"version": version}
+
+
+@pytest.mark.parametrize("version", ["2", 2.0, True, None])
+def test_a_peer_version_that_is_not_an_int_is_malformed(version):
+    with pytest.raises(errors.MalformedMessage):
+        protocol.decode_peer(raw(version, "FETCH", 2, 1, 11))
+
+
+def test_a_node_posing_as_another_release_speaks_and_accepts_only_that_version(monkeypatch):
+    from zmqstore.protocol import codec
+    monkeypatch.setattr(codec, "_peer_version", codec._peer_version)
+    monkeypatch.setattr(codec, "_peer_versions", codec._peer_versions)
+    ours = protocol.encode_peer("FETCH", 2, 1, 11)
+    protocol.speak_peer_version(PV + 1)
+    assert protocol.peer_versions() == [PV + 1, PV + 1]
+    assert protocol.decode_peer(protocol.encode_peer("FETCH", 2, 1, 11)).fields == (2, 1, 11)
+    with pytest.raises(errors.UnsupportedVersion):
+        protocol.decode_peer(ours)

@@ -170,7 +170,7 @@ class Replication:
         e = self.engine
         return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(e.durable_applied), e.durable_digest,
                                     e.storage.approximate_keys(), e.conflicts, e.tombstones, e.config.address,
-                                    e.membership.digest)
+                                    e.membership.digest, protocol.peer_versions())
 
     def on_request(self, message, envelope, now):
         command = message.command
@@ -198,7 +198,7 @@ class Replication:
         self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
 
     def _on_status(self, fields, now):
-        node_id, applied, digest, keys, conflicts, tombstones, _address, members_digest = fields
+        node_id, applied, digest, keys, conflicts, tombstones, _address, members_digest, _versions = fields
         # Different records: send ours (it merges them, and sends its own when ours lack some), at
         # most once a heartbeat. A removed node learns so here; a node that knows it was removed
         # answers every status query with its records, which tells the asker that it knows.

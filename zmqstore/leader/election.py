@@ -96,7 +96,7 @@ class Election:
         if view is None:
             return None
         (_, view.term, view.role, view.leader_id, view.last_seq, view.last_term, view.commit_seq,
-         view.leader_lost, view.voter, view.address, view.pub_address) = fields
+         view.leader_lost, view.voter, view.address, view.pub_address, _versions) = fields
         view.heard = now
         return view
 

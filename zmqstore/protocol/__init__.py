@@ -10,7 +10,7 @@ and are stored as msgpack-encoded bytes (`pack_value`), so a node never re-encod
 from .schema import (DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember, KEY_Z85_LEN, MEMBERS_MAX, MEMBERSHIP_CHANGES, OPT_STR, Member, BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, ERR, FENCE, HEADER_FIELDS, ITEMS,
                      KEY, OK, OPTION_COMMANDS, OPT_BIN, OPT_KEY, OPT_UINT, OPT_VALUE, OP_DEL, OP_PUT, PAIR_LIST,
                      PEER_ARRAY_MAX, PEER_MESSAGES, PEER_REPLIES, PEER_REQUESTS, PEER_SENDER_FIELD, PEER_STREAM,
-                     PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX,
+                     PEER_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX,
                      UINT_LIST, VALUE, VECTOR, WATCH_COMMANDS, WRITE_COMMANDS, Limits, LogEntry, PeerMessage, Reply,
                      Request,
                      peer_sender)  # noqa: F401
@@ -19,4 +19,5 @@ from .codec import (DynEntry, reply_outcome, decode_dyn_entry, decode_entry, dec
                     decode_peer_entry, check_members, data_ops, decode_members, encode_members, decode_dynamo_members,
                     encode_dynamo_members, entry_members,
                     members_ops, decode_request, encode_dyn_entry, encode_entry, encode_error, encode_exception,
-                    encode_key_state, encode_ok, encode_peer, encode_request, entry_term, split_frames)  # noqa: F401
+                    encode_key_state, encode_ok, encode_peer, encode_request, entry_term, peer_versions, speak_peer_version,
+                    split_frames)  # noqa: F401

@@ -5,7 +5,7 @@ from .schema import (BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, H
                      OPT_KEY, OPT_STR, OPT_UINT, OPT_VALUE, OPTION_COMMANDS, PAIR_LIST, PEER_ARRAY_MAX, PEER_MESSAGES,
                      POSITION,
                      PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX, UINT_LIST,
-                     VALUE, VECTOR, PeerMessage, Request)
+                     VALUE, VECTOR, VERSIONS, PeerMessage, Request)
 from .values import _is_uint, decode_context, unpack_value
 
 
@@ -163,6 +163,11 @@ def _check_uint_list(command, name, value, limits):
         raise errors.BadArgument(f"{command}.{name} must be an array of uint")
 
 
+def _check_versions(command, name, value, limits):
+    if type(value) is not list or len(value) != 2 or not all(_is_uint(v) for v in value) or value[0] > value[1]:
+        raise errors.BadArgument(f"{command}.{name} must be [lowest, highest]: two uints, lowest <= highest")
+
+
 def _check_bin(command, name, value, limits):
     if type(value) is not bytes:
         raise errors.BadArgument(f"{command}.{name} must be bin")
@@ -195,7 +200,7 @@ _CHECKERS = {
     BOOL: _check_bool, OPT_UINT: _check_opt_uint, ITEMS: _check_items,
     UINT: _check_uint, TERM: _check_term, STR: _check_str, BIN_LIST: _check_bin_list, PAIR_LIST: _check_pair_list,
     VECTOR: _check_vector, CONTEXT: _check_context, UINT_LIST: _check_uint_list, BIN: _check_bin,
-    OPT_BIN: _check_opt_bin, OPT_STR: _check_opt_str, POSITION: _check_position,
+    OPT_BIN: _check_opt_bin, OPT_STR: _check_opt_str, POSITION: _check_position, VERSIONS: _check_versions,
 }
 # command -> ((checker, field name), ...), derived once from REQUESTS
 _VALIDATORS = {cmd: tuple((_CHECKERS[ftype], name) for name, ftype in spec) for cmd, spec in REQUESTS.items()}

@@ -7,7 +7,7 @@ import msgpack
 from .. import errors
 from .checks import _validate_peer, _validate_request
 from .schema import (DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
-                     PROTOCOL_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
+                     PEER_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
 
@@ -40,15 +40,37 @@ def _unpack_body(body: bytes, limits: Limits):
         raise errors.MalformedMessage(f"body is not valid msgpack: {type(exc).__name__}") from None
 
 
+# The peer version this process encodes in and the range it accepts: PEER_VERSION and PEER_VERSIONS,
+# unless a test switch (faults.py, ZMQSTORE_TEST_PEER_VERSION) makes a node pose as another release.
+_peer_version, _peer_versions = PEER_VERSION, PEER_VERSIONS
+
+
+def speak_peer_version(version: int):
+    """Test switch: encode peer messages in `version` and accept only that one (a node of another
+    release, for the tests of refusal). Called once, before the node makes any message."""
+    global _peer_version, _peer_versions
+    _peer_version, _peer_versions = version, (version, version)
+
+
+def peer_versions() -> list:
+    """[lowest, highest]: the peer versions this node accepts, as ROLE and DSTATUS announce them."""
+    return list(_peer_versions)
+
+
 def encode_peer(command: str, *fields) -> bytes:
-    return _pack([PROTOCOL_VERSION, command, *fields])
+    return _pack([_peer_version, command, *fields])
 
 
 def decode_peer(body: bytes, limits: Limits = Limits()) -> PeerMessage:
-    """Parse and validate one peer message; raises a RequestError subclass on bad input."""
+    """Parse and validate one peer message; raises a RequestError subclass on bad input, and
+    UnsupportedVersion (details: `version`) for a version outside the range this node accepts."""
     msg = _unpack_body(body, limits)
-    if type(msg) is not list or len(msg) < 2 or msg[0] != PROTOCOL_VERSION or type(msg[1]) is not str:
+    if type(msg) is not list or len(msg) < 2 or type(msg[0]) is not int or type(msg[1]) is not str:
         raise errors.MalformedMessage("peer message must be [version, command, ...]")
+    lowest, highest = _peer_versions
+    if not lowest <= msg[0] <= highest:
+        raise errors.UnsupportedVersion(f"peer protocol version {msg[0]}; this node accepts {lowest}..{highest}",
+                                        details={"version": msg[0]})
     return _validate_peer(msg, limits)
 
 

@@ -3,7 +3,14 @@ defined once as a table of typed fields, the limits, and the tuples messages dec
 msgpack here."""
 from typing import NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1       # client requests and replies (section 3 of docs/PROTOCOL.md)
+# Peer messages have a version of their own (docs/PROTOCOL.md, section 5, "Versions"): each message
+# carries the version it is encoded in, a node accepts the versions in PEER_VERSIONS and refuses
+# others with a log line, and ROLE and DSTATUS announce that range to every peer. A release that
+# changes a peer message raises PEER_VERSION and keeps the old one in its range, so that it runs
+# beside the release before it during a rolling upgrade. Version 1 had no range in ROLE and DSTATUS.
+PEER_VERSION = 2
+PEER_VERSIONS = (2, 2)     # (lowest, highest) accepted
 
 # Field types of request messages; each has a checker in _CHECKERS.
 KEY = "key"                # bin, 1..max_key_size bytes
@@ -56,24 +63,25 @@ OPTION_COMMANDS = {"GET": ("r",), "GET_VERSIONS": ("r",), "PUT": ("w",), "PUT_CT
                    "PUT_MANY": ("w",)}
 QUORUM_MAX = 64
 
-# Peer messages (leader mode, docs/REPLICATION.md). Layout: [version, command, field...].
+# Peer messages (docs/REPLICATION.md, docs/DYNAMO.md). Layout: [peer version, command, field...].
 BIN_LIST = "bin_list"      # array of bin (log entries as stored)
 PAIR_LIST = "pair_list"    # array of [bin, bin] (snapshot items)
 VECTOR = "vector"          # array of [uint, uint]: {node id: seq} (dynamo applied vectors)
 UINT_LIST = "uint_list"    # array of uint (anti-entropy hashes)
 BIN = "bin"                # bin of any length up to the frame limit
 OPT_BIN = "opt_bin"        # BIN or nil
+VERSIONS = "versions"      # [uint, uint]: the lowest and highest peer version the sender accepts
 # sender_id: the node sending; for CHANGE and HEARTBEAT that is the primary of `term`.
 _LOG_BATCH = (("term", TERM), ("sender_id", UINT), ("prev_seq", UINT), ("prev_term", TERM),
               ("entries", BIN_LIST), ("commit_seq", UINT), ("sender_last_seq", UINT))
 # A node's state as ROLE and ROLE_REPLY carry it (election.py).
 _ROLE = (("node_id", UINT), ("term", TERM), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
          ("last_term", TERM), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
-         ("address", STR), ("pub_address", STR))
+         ("address", STR), ("pub_address", STR), ("versions", VERSIONS))
 # `members`: a digest of the sender's membership (dynamo/membership.py); a peer whose own differs
 # sends it DMEMBERS.
 _DSTATUS = (("node_id", UINT), ("applied", VECTOR), ("digest", UINT), ("keys", UINT), ("conflicts", UINT),
-            ("tombstones", UINT), ("address", STR), ("members", UINT))
+            ("tombstones", UINT), ("address", STR), ("members", UINT), ("versions", VERSIONS))
 PEER_MESSAGES = {
     # secondary -> primary, DEALER -> ROUTER
     "ACK": (("node_id", UINT), ("term", TERM), ("last_seq", UINT), ("round", UINT), ("voter", BOOL)),
