@@ -5,10 +5,11 @@ with a WATCH (snapshot=True, stale=True: any member serves its own applied state
 and streams the pages into a file, created 0600 under a temporary name beside it and renamed once
 whole and synced. `restore_into` (datastore-node --restore) checks a file through once (format,
 mode, count, SHA-256) and then loads it into a new data dir, which holds the backup's data at its
-seq: every node of a new cluster may be started from the same file, and they elect their first
-primary among themselves in the backup's term + 1 (their genesis election, leader/standing.py),
-the only election a restored learner takes part in. The file format is in protocol/files.py and
-docs/PROTOCOL.md section 8.
+position. Leader mode: every node of a new cluster may be started from the same file, and they
+elect their first primary among themselves in the backup's term + 1 (their genesis election,
+leader/standing.py), the only election a restored learner takes part in. Dynamo mode: every node
+started from the same file holds the same data at the backup's applied vector, and they agree at
+once (dynamo/restore.py). The file format is in protocol/files.py and docs/PROTOCOL.md section 8.
 """
 import datetime
 import logging
@@ -20,6 +21,7 @@ import zmq
 
 from . import errors, transport
 from .api import Call
+from .dynamo.restore import DynamoRestore
 from .protocol import decode_reply, files
 from .storage import (META_APPLIED_SEQ, META_GENESIS, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
                       META_RESTORING, META_TERM, META_VOTED_FOR)
@@ -136,36 +138,68 @@ def restore_into(storage, config):
     if not (storage.created or storage.restoring == RESTORING_FROM_FILE):
         log.info("--restore %s ignored: the data dir already holds this node's state", path)
         return
-    if config.mode != "leader":
-        raise errors.ConfigError("--restore seeds leader-mode nodes; dynamo mode has no restore yet "
-                                 "(docs/OPERATIONS.md)")
     started = time.monotonic()
+    restore = LeaderRestore(config) if config.mode == "leader" else DynamoRestore(config)
     # Marked first: a restore that fails (a bad file, a crash) is tried again at the next start.
     batch = storage.batch()
     batch.clear_all()           # what an interrupted restore left
+    restore.start(batch)
     batch.set_meta(META_RESTORING, RESTORING_FROM_FILE)
     storage.commit(batch)
-    count = _verify(path, config)
+    count = _verify(path, config, restore)
     with _open(path) as f:
         header, pages = files.read_backup(f, config.mode)
         for page in pages:
             batch = storage.batch()
-            for key, value in page:
-                batch.put(key, value)
+            for item in page:
+                restore.put(batch, item)
             storage.commit(batch, sync=False)
-    seq, term = header["seq"], header["term"]
     batch = storage.batch()
-    batch.trim_log(seq + 1, seq + 1, term)      # an empty log whose base is the backup's seq
-    # Still a learner: it votes and stands only in the election of term + 1, among nodes at the same
-    # restore point (leader/standing.py, "genesis"); a data dir lost later and restored again into a
-    # cluster that went on can then never vote twice in a term or elect a log that lacks entries.
-    for name, value in ((META_LAST_SEQ, seq), (META_LAST_TERM, term), (META_APPLIED_SEQ, seq), (META_TERM, term),
-                        (META_LEADER, 0), (META_VOTED_FOR, 0), (META_LEARNER, 1), (META_GENESIS, term + 1),
-                        (META_RESTORING, 0)):
-        batch.set_meta(name, value)
+    restore.finish(batch)
+    batch.set_meta(META_RESTORING, 0)
     storage.commit(batch)
-    log.info("restored %d keys at seq %d (term %d) from %s (taken %s from node %s) in %.1f s", count, seq, term,
-             path, header.get("created"), header.get("source"), time.monotonic() - started)
+    log.info("restored %d keys at %s from %s (taken %s from node %s) in %.1f s", count, restore.position(), path,
+             header.get("created"), header.get("source"), time.monotonic() - started)
+
+
+class LeaderRestore:
+    """A leader-mode backup: keys and values at one log seq of one term."""
+
+    def __init__(self, config):
+        self.config = config
+        self.seq = self.term = 0
+
+    def check_header(self, header):
+        seq, term = header.get("seq"), header.get("term")
+        if type(seq) is not int or type(term) is not int or seq < 0 or term < 0:
+            raise errors.BadBackup("the backup's header has no seq and term")
+        self.seq, self.term = seq, term
+
+    def check_item(self, item, number):
+        cfg = self.config
+        if (type(item) is not list or len(item) != 2 or type(item[0]) is not bytes or type(item[1]) is not bytes
+                or not 0 < len(item[0]) <= cfg.max_key_size or len(item[1]) > cfg.max_value_size):
+            raise errors.BadBackup(f"item {number} of the backup is not a key and value this node accepts")
+
+    def start(self, batch):
+        pass
+
+    def put(self, batch, item):
+        batch.put(item[0], item[1])
+
+    def finish(self, batch):
+        seq, term = self.seq, self.term
+        batch.trim_log(seq + 1, seq + 1, term)      # an empty log whose base is the backup's seq
+        # Still a learner: it votes and stands only in the election of term + 1, among nodes at the
+        # same restore point (leader/standing.py, "genesis"); a data dir lost later and restored
+        # again into a cluster that went on can then never vote twice in a term or elect a log that
+        # lacks entries.
+        for name, value in ((META_LAST_SEQ, seq), (META_LAST_TERM, term), (META_APPLIED_SEQ, seq), (META_TERM, term),
+                            (META_LEADER, 0), (META_VOTED_FOR, 0), (META_LEARNER, 1), (META_GENESIS, term + 1)):
+            batch.set_meta(name, value)
+
+    def position(self) -> str:
+        return f"seq {self.seq} (term {self.term})"
 
 
 def _open(path):
@@ -175,20 +209,18 @@ def _open(path):
         raise errors.ConfigError(f"cannot read the backup {path}: {exc.strerror}") from None
 
 
-def _verify(path, config) -> int:
-    """Read the whole file once: format, mode, every item's shape and size, count and checksum."""
+def _verify(path, config, restore) -> int:
+    """Read the whole file once: format, mode, its position, every item's shape and size, count and
+    checksum."""
     with _open(path) as f:
         header, pages = files.read_backup(f, config.mode)
         if header.get("kind", "backup") != "backup":
             raise errors.BadBackup(f"{path} is an export (datastore-cli export), not a backup: import it into a "
                                    f"running cluster with datastore-cli import")
-        if type(header.get("seq")) is not int or type(header.get("term")) is not int or header["seq"] < 0:
-            raise errors.BadBackup("the backup's header has no seq and term")
+        restore.check_header(header)
         count = 0
         for page in pages:
             for item in page:
-                if (type(item) is not list or len(item) != 2 or type(item[0]) is not bytes or type(item[1]) is not bytes
-                        or not 0 < len(item[0]) <= config.max_key_size or len(item[1]) > config.max_value_size):
-                    raise errors.BadBackup(f"item {count} of the backup is not a key and value this node accepts")
+                restore.check_item(item, count)
                 count += 1
     return count

@@ -165,6 +165,10 @@ class HealthServer:
             self._server = None
 
     def _app(self, environ, start_response):
+        body = self._answer(environ, start_response)
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else body     # HEAD: the headers alone
+
+    def _answer(self, environ, start_response):
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return _text(start_response, "405 Method Not Allowed", "only GET\n")
         path = environ.get("PATH_INFO", "")
@@ -184,7 +188,7 @@ class HealthServer:
         registry.register(_Collector(sample, self.data_dir))
         body = generate_latest(registry)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+        return [body]
 
 
 def _text(start_response, status, text):

@@ -125,6 +125,12 @@ def test_dynamo_metrics_show_siblings_tombstones_and_requests(cluster):
 def test_the_metrics_port_refuses_what_it_does_not_serve_and_slow_clients_stall_nothing(node_factory):
     node = node_factory()
     assert node.http_get("/")[0] == 404 and node.http_get("/metrics?x")[0] == 200
+    for path, status in (("/healthz", b"200"), ("/nothing", b"404"), ("/metrics", b"200")):
+        with socket.create_connection((node.host, node.metrics_port), timeout=5) as head:
+            head.sendall(b"HEAD %s HTTP/1.0\r\n\r\n" % path.encode())
+            answer = b"".join(iter(lambda: head.recv(65536), b""))
+        assert answer.split(b" ")[1] == status and answer.endswith(b"\r\n\r\n"), answer     # headers, no body
+        assert int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
     assert node.http_get("/" + "a" * 70_000)[0] in (None, 400, 404, 414)      # too long a request line
     garbage = socket.create_connection((node.host, node.metrics_port), timeout=5)
     garbage.sendall(b"\x00\xff" * 5000 + b"\r\n\r\n")
