@@ -84,7 +84,7 @@ class Sample(NamedTuple):
     sessions: int
     ready: bool
     why_not_ready: str
-    round_trips: dict       # leader mode, the primary: peer id -> Histogram (copies)
+    round_trips: dict       # peer id -> Histogram (copies): Mode.round_trips
 
 
 def data_size(path) -> int:
@@ -192,6 +192,11 @@ def _dynamo(st, sample):
                         ("gaps_fetched", "Origin-log gaps fetched from peers.")):
         yield _counter(f"zmqstore_dynamo_{name}", help_, st.get(name, 0))
     yield from _peers(st, "Writes this node holds that the peer has not applied.", lambda row: row["behind"])
+    rtt = HistogramMetricFamily("zmqstore_peer_round_trip_seconds", "From a status query (DSTATUS) to a peer "
+                                "to its reply.", labels=("peer",))
+    for peer, h in sorted(sample.round_trips.items()):
+        rtt.add_metric((str(peer),), h.buckets(), h.total)
+    yield rtt
 
 
 def _peers(st, lag_help, lag_of):

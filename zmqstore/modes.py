@@ -71,6 +71,11 @@ class Mode:
         """What watches are served from (docs/WATCH.md); None: WATCH is refused."""
         return None
 
+    def round_trips(self) -> dict:
+        """Peer id -> a copy of its round-trip Histogram (metrics.py): leader mode, on the primary,
+        publish to ACK; dynamo mode, status query to reply."""
+        return {}
+
     def prepare(self):
         """Before the commit: stage what may leave before it."""
 
@@ -103,6 +108,10 @@ class LeaderMode(Mode):
 
     def feed(self):
         return LeaderFeed(self.engine)
+
+    def round_trips(self) -> dict:
+        primary = self.primary
+        return {pid: h.copy() for pid, h in primary.round_trips.items()} if primary is not None else {}
 
     @property
     def primary(self):
@@ -180,6 +189,10 @@ class DynamoMode(Mode):
 
     def peer_list(self) -> tuple:
         return self.replication.contacts if self.replication is not None else ()
+
+    def round_trips(self) -> dict:
+        replication = self.replication
+        return {pid: h.copy() for pid, h in replication.round_trips.items()} if replication is not None else {}
 
     def feed(self):
         return DynamoFeed(self.engine)

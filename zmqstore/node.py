@@ -311,10 +311,8 @@ class Node:
     def _sample(self) -> metrics.Sample:
         status = self.engine.commands.status()
         ready, why = metrics.readiness(status)
-        primary = getattr(self.mode, "primary", None)
-        round_trips = {pid: h.copy() for pid, h in primary.round_trips.items()} if primary is not None else {}
         return metrics.Sample(self.recorder.copy(), status, self.replies.held_writes(), len(self.replies),
-                              len(self.engine.sessions), ready, why, round_trips)
+                              len(self.engine.sessions), ready, why, self.mode.round_trips())
 
     # ------------------------------------------------------------ requests on the ROUTER
 

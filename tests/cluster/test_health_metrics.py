@@ -115,6 +115,10 @@ def test_dynamo_metrics_show_siblings_tombstones_and_requests(cluster):
             "version"]) == 1
         assert value(samples, "zmqstore_dynamo_converged") == 1
         assert all(value(samples, "zmqstore_peer_up", peer=str(p)) == 1 for p in c.nodes if p != node_id)
+        for peer in (p for p in c.nodes if p != node_id):     # status queries answered: round trips measured
+            assert value(samples, "zmqstore_peer_round_trip_seconds_count", peer=str(peer)) > 0
+            assert 0 < value(samples, "zmqstore_peer_round_trip_seconds_sum", peer=str(peer)) < \
+                value(samples, "zmqstore_peer_round_trip_seconds_count", peer=str(peer))
     samples = scrape(c.nodes[1])
     assert value(samples, "zmqstore_requests_total", command="PUT_CTX", outcome="ok") == 1
     assert value(samples, "zmqstore_requests_total", command="PUT", outcome="ok") == 1

@@ -6,6 +6,7 @@ member has applied them."""
 import logging
 
 from .. import errors, protocol
+from ..metrics import Histogram
 from .antientropy import AntiEntropy
 from .departures import Departures
 from .quorum_reads import QuorumReads
@@ -55,10 +56,12 @@ class Replication:
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
                           "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": reads.on_read,
                           "DPUSH": reads.on_push, "DMEMBERS": self._on_members}
-        self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status,
+        self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status_reply,
                                   "DENTRIES": self._on_entries, "DTREE_REPLY": ae.on_tree_reply,
                                   "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": reads.on_read_reply}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
+        self.round_trips = {}           # peer -> metrics.Histogram: status query to reply
+        self._queried = {}              # peer -> when the last status query to it was sent
         self.departures = Departures(engine, self._fetch)   # removed nodes still drained (departures.py)
         if engine.membership.removed_by is not None:     # removed: its old peers may ask whether it knows
             self.departures.add(engine.membership.peers, now)
@@ -83,6 +86,7 @@ class Replication:
         status = self._status_message("DSTATUS")
         for node_id in (*self.views, *self.departures):    # the removed: until let go (departures.py)
             self.out.send_to(node_id, status)
+            self._queried[node_id] = now
         self.anti_entropy.tick(now)
 
     def housekeeping(self, now):
@@ -196,6 +200,14 @@ class Replication:
     def _on_status_query(self, fields, envelope, now):
         self._on_status(fields, now)
         self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
+
+    def _on_status_reply(self, fields, now):
+        """A status reply: its round trip is measured from the last query to that peer (a reply
+        later than election_interval, or to a query sent before that, is not counted)."""
+        sent = self._queried.pop(fields[0], None)
+        if sent is not None and now - sent < self.config.election_interval and fields[0] in self.views:
+            self.round_trips.setdefault(fields[0], Histogram()).observe(now - sent)
+        self._on_status(fields, now)
 
     def _on_status(self, fields, now):
         node_id, applied, digest, keys, conflicts, tombstones, _address, members_digest, _versions = fields
@@ -352,7 +364,8 @@ class Replication:
         peers = membership.peers if membership.removed_by is None else {}
         for node_id in [n for n in self.views if n not in peers]:
             del self.views[node_id]
-            for kept in (self._acked, self._mismatch, self._resync_from, self._members_sent):
+            for kept in (self._acked, self._mismatch, self._resync_from, self._members_sent, self.round_trips,
+                         self._queried):
                 kept.pop(node_id, None)
             for origin in [o for o, (_d, peer) in self._fetching.items() if peer == node_id]:
                 del self._fetching[origin]
