@@ -133,8 +133,13 @@ def take_backup_header(status, members, position) -> dict:
 def restore_into(storage, config):
     """Load config.restore into the storage of a new data dir (or finish one a crash interrupted).
     A data dir with state of its own is left as it is: the flag is ignored, with a line saying so,
-    so a node can be restarted with the command line that seeded it."""
+    so a node can be restarted with the command line that seeded it. A restore that did not finish
+    (a crash, a bad file) is done again at the next start: without --restore the node refuses to
+    start, as its data is incomplete."""
     path = config.restore
+    if path is None:
+        raise errors.ConfigError(f"the data dir {config.data_dir} holds a restore from a backup that did not "
+                                 f"finish: start the node with --restore FILE again, or with an empty data dir")
     if not (storage.created or storage.restoring == RESTORING_FROM_FILE):
         log.info("--restore %s ignored: the data dir already holds this node's state", path)
         return

@@ -23,8 +23,9 @@ CRASH_IN_SNAPSHOT_ENV = "ZMQSTORE_TEST_CRASH_IN_SNAPSHOT"
 # winner of concurrent writes. The fault campaigns show their checkers catching each.
 BROKEN_ENV = "ZMQSTORE_TEST_BROKEN"
 BROKEN_BUILDS = ("deposed-reads", "dynamo-lww")
-# A node of another release: it encodes peer messages in this peer protocol version and accepts
-# only that one (protocol.speak_peer_version). Its peers must refuse it, and it them.
+# A node of another release: "N", it encodes peer messages in peer protocol version N and accepts
+# only that one (its peers must refuse it, and it them); "N-M", it encodes in N and accepts N..M
+# (a next release beside this one). protocol.speak_peer_version.
 PEER_VERSION_ENV = "ZMQSTORE_TEST_PEER_VERSION"
 
 CRASH_EXIT_STATUS = 70
@@ -34,7 +35,7 @@ class Faults(NamedTuple):
     drop_changes: float = 0.0
     crash_in_snapshot: int = 0
     broken: str = ""
-    peer_version: int = 0
+    peer_version: tuple = ()      # (lowest, highest) accepted, encoding in lowest; () when off
 
     @property
     def deposed_reads(self) -> bool:
@@ -49,16 +50,19 @@ class Faults(NamedTuple):
         """The switches set in `environ` (default: this process's environment), logged when on."""
         environ = os.environ if environ is None else environ
         try:
+            versions = [int(v) for v in (environ.get(PEER_VERSION_ENV) or "").split("-") if v]
             faults = cls(float(environ.get(DROP_CHANGES_ENV) or 0), int(environ.get(CRASH_IN_SNAPSHOT_ENV) or 0),
-                         environ.get(BROKEN_ENV) or "", int(environ.get(PEER_VERSION_ENV) or 0))
+                         environ.get(BROKEN_ENV) or "", tuple(versions[:1] * 2 if len(versions) == 1 else versions))
         except ValueError as exc:
             raise ConfigError(f"a test-only fault switch is not a number: {exc}") from None
         if not 0 <= faults.drop_changes <= 1:
             raise ConfigError(f"{DROP_CHANGES_ENV}={faults.drop_changes}: a fraction from 0 to 1")
         if faults.broken and faults.broken not in BROKEN_BUILDS:
             raise ConfigError(f"{BROKEN_ENV}={faults.broken!r}: expected one of {', '.join(BROKEN_BUILDS)}")
-        if faults.peer_version < 0:
-            raise ConfigError(f"{PEER_VERSION_ENV}={faults.peer_version}: a peer protocol version, 1 or more")
+        if faults.peer_version and not (len(faults.peer_version) == 2 and 0 < faults.peer_version[0] <=
+                                        faults.peer_version[1]):
+            raise ConfigError(f"{PEER_VERSION_ENV}={environ.get(PEER_VERSION_ENV)}: a peer protocol version N, "
+                              f"or a range N-M with 0 < N <= M")
         for name, value in zip((DROP_CHANGES_ENV, CRASH_IN_SNAPSHOT_ENV, BROKEN_ENV, PEER_VERSION_ENV), faults):
             if value:
                 log.warning("TEST-ONLY FAULT SWITCH %s=%s is on: never use this node's data", name, value)

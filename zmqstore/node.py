@@ -8,7 +8,7 @@ import time
 import zmq
 
 from . import errors, faults, join, keys, metrics, modes, protocol, transport, trust
-from .backup import restore_into
+from .backup import RESTORING_FROM_FILE, restore_into
 from .health import HealthServer, LoopProbe
 from .space import SpaceGuard
 from .outbox import Outbox, send_hwm
@@ -59,7 +59,7 @@ class Node:
         try:
             self.faults = faults.Faults.from_environment()     # test-only switches (faults.py)
             if self.faults.peer_version:
-                protocol.speak_peer_version(self.faults.peer_version)
+                protocol.speak_peer_version(*self.faults.peer_version)
             security = keys.load_node_security(config)      # None without keys
             own = security.own if security is not None else None
             self.gate = trust.Gatekeeper(self._ctx, config.peers, config.max_connections,
@@ -76,7 +76,7 @@ class Node:
             self.storage = Storage.open(config.data_dir, config.node_id, config.mode, fsync=config.fsync)
             if self.recorder is not None:
                 self.storage.on_commit = self.recorder.commit
-            if config.restore:
+            if config.restore or self.storage.restoring == RESTORING_FROM_FILE:
                 restore_into(self.storage, config)
             if config.join:
                 join.join_cluster(config, self.storage, lambda: self._stopping)

@@ -73,6 +73,7 @@ class PeerPlane:
         """Connect to the peers (config.Peer or protocol.Member: the membership's) that are new or
         moved; close the sockets of those that left (docs/MEMBERSHIP.md)."""
         wanted = {p.node_id: p for p in peers}
+        self.announced = {nid: versions for nid, versions in self.announced.items() if nid in wanted}
         where = {nid: (p.host, p.pub_port, p.peer_port, getattr(p, "key", None)) for nid, p in wanted.items()}
         for nid in [nid for nid in self._where if where.get(nid) != self._where[nid]]:
             for sock in (*self.subs.pop(nid, ()), *self.dealers.pop(nid, ())):
@@ -190,9 +191,8 @@ class PeerPlane:
             return None
 
     def _refuse_version(self, source, exc):
-        """A peer of a release this one cannot talk to: counted as a refused message, and said
-        plainly, once a minute per source (docs/OPERATIONS.md, "Upgrading")."""
-        self.gate.refused["version"] += 1
+        """A peer of a release this one cannot talk to: said plainly, once a minute per source
+        (docs/OPERATIONS.md, "Upgrading")."""
         now = time.monotonic()
         if now - self._version_logged.get(source, -VERSION_LOG_INTERVAL) >= VERSION_LOG_INTERVAL:
             self._version_logged[source] = now

@@ -64,7 +64,7 @@ class Gatekeeper:
         self.open_from = collections.Counter()
         self.admitted = collections.Counter()
         self.admitted_total = 0
-        self.refused = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0, "message": 0, "version": 0}
+        self.refused = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0, "message": 0}
         self._logged = {PEER_DOMAIN: 0, CLIENT_DOMAIN: 0, "message": 0}
         self.monitor = None
         self.zap = ctx.socket(zmq.REP)

@@ -39,7 +39,8 @@ class WatchEvent(NamedTuple):
 class DynamoWatchEvent(NamedTuple):
     """One change a dynamo-mode node applied: the write (`value`, `deleted`) with its `dot`, and the
     key's versions as the node held them when it sent the change (`siblings`, a list of Version:
-    more than one is a conflict). From a snapshot: `seq` 0, `dot` None, the key's live versions."""
+    more than one is a conflict). From a snapshot: `seq` 0, `dot` None, the key's versions (at
+    least one of them not a delete), `value` and `deleted` what get() shows."""
     seq: int
     key: object
     value: object
@@ -137,8 +138,9 @@ class WatchStream:
                     if isinstance(seq, list):       # dynamo mode: [key, siblings], the value get() shows
                         for k, siblings in page:
                             versions = versions_list(siblings)
-                            self.events.append(DynamoWatchEvent(0, decode_key(k), Versions(versions, b"").winner.value,
-                                                                False, None, versions))
+                            shown = Versions(versions, b"").winner      # a delete may win over a write
+                            self.events.append(DynamoWatchEvent(0, decode_key(k), shown.value, shown.deleted, None,
+                                                                versions))
                     else:
                         self.events.extend(WatchEvent(seq, decode_key(k), unpack_value(v), False) for k, v in page)
                     self._snapshot_left += len(page)

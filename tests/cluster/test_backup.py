@@ -118,6 +118,9 @@ def test_a_dynamo_backup_under_write_load_seeds_a_new_cluster_at_its_applied_vec
         unseen = db.get_versions("siblings").context
         db.put("siblings", "a", context=unseen)
         db.put("siblings", "b", context=unseen)       # neither saw the other: both kept
+        db.put("conflicted", "written", context=unseen)
+        db.delete("conflicted", context=unseen)       # a delete that wins over a concurrent write
+        assert db.get("conflicted") is None and db.get_versions("conflicted").conflict
     with Writer(old, "during-", RETRY) as writer:
         wait_until(lambda: len(writer.acked) > 200, 20, message="writes under way")
         summary = json.loads(cli(old, [2], "--json", "backup", path))     # from node 2, writes on all
@@ -128,14 +131,14 @@ def test_a_dynamo_backup_under_write_load_seeds_a_new_cluster_at_its_applied_vec
     vector = {origin: seq for origin, seq in summary["seq"]}
     assert len([seq for seq in vector.values() if seq]) >= 3
     with old.nodes[1].client(retry=RETRY) as db:
-        keys = [key for key, _value in db.scan(stale=True)] + ["before-7"]
+        keys = [key for key, _value in db.scan(stale=True)] + ["before-7", "conflicted"]
     expected = {}
     for key, versions in versions_of(old.nodes[1], keys).items():
         at = [v for v in versions if v[3] <= vector.get(v[2], 0)]
         if any(not deleted for _value, deleted, _origin, _seq in at):
             expected[key] = at
     assert summary["count"] == len(expected) and "before-7" not in expected and len(expected) >= 200
-    assert len(expected["siblings"]) == 2
+    assert len(expected["siblings"]) == 2 and len(expected["conflicted"]) == 2
     during = [k for k in expected if k.startswith("during-")]
     assert during and len(during) < len(writer.acked)         # taken while the writer ran
 
@@ -145,7 +148,8 @@ def test_a_dynamo_backup_under_write_load_seeds_a_new_cluster_at_its_applied_vec
         wait_until(new.dynamo_converged, 10, message="the restored nodes agreeing")
         for node in new.nodes.values():
             with node.client(retry=RETRY) as db:
-                assert sorted(key for key, _value in db.scan(stale=True)) == sorted(expected)
+                assert sorted(key for key, _value in db.scan(stale=True)) == sorted(set(expected) - {"conflicted"})
+                assert db.get("conflicted") is None         # the delete still wins
             assert versions_of(node, list(expected) + ["before-7"]) == expected
             assert "restored %d keys at applied vector" % summary["count"] in node.log()
         with new.nodes[3].client(retry=RETRY) as db:
@@ -165,9 +169,56 @@ def test_a_dynamo_backup_under_write_load_seeds_a_new_cluster_at_its_applied_vec
         wait_until(new.dynamo_converged, 30, message="the joined node converged")
         with new.nodes[4].client(retry=RETRY) as db:
             assert db.get("after-restore") == 1 and db.get("siblings") == "resolved"
-            assert dict(db.scan(stale=True)).keys() == (set(expected) | {"after-restore"})
+            assert dict(db.scan(stale=True)).keys() == (set(expected) - {"conflicted"}) | {"after-restore"}
     finally:
         new.stop_all()
+
+
+def test_a_dynamo_backup_may_hold_versions_ahead_of_its_applied_vector(nodes, tmp_path):
+    """A node may hold a version it took by anti-entropy or read repair before applying its
+    origin's entry: the restored applied vector covers it (a file written as a node would)."""
+    import datetime
+    from zmqstore.protocol import files, pack_value
+    origin = (7 << 32) | 0x1234
+    hlc = int(datetime.datetime.now().timestamp() * 1000) << 16
+    path = tmp_path / "crafted.backup"
+    with open(path, "wb") as f:
+        writer = files.BackupWriter(f, {"kind": "backup", "mode": "dynamo", "seq": [[origin, 5]], "term": 0,
+                                        "members": [], "source": 7, "node_version": "0", "created": "now"})
+        writer.page([[b"ahead", [[pack_value("v9"), origin, 9, hlc]]],
+                     [b"within", [[pack_value("v4"), origin, 4, hlc - 1]]]])
+        writer.finish()
+    node = nodes(args=["--mode", "dynamo", "--restore", str(path)])
+    with node.client(retry=RETRY) as db:
+        assert [(v.value, v.seq) for v in db.get_versions("ahead").siblings] == [("v9", 9)]
+        assert db.get("within") == "v4"
+        db.put("ahead", "new")          # supersedes the restored version: one sibling, this node's
+        assert [v.value for v in db.get_versions("ahead").siblings] == ["new"]
+        assert db.status()["applied"][f"7:{0x1234:08x}"] == 9
+
+
+def test_a_restore_that_did_not_finish_is_done_again_and_a_start_without_the_file_refused(nodes, tmp_path):
+    """The data dir is marked before anything is loaded: started without --restore it refuses
+    (its data is incomplete); started with it, the restore is done again from the start."""
+    import datetime
+    from zmqstore.protocol import files, pack_value
+    origin, hlc = (1 << 32) | 1, int(datetime.datetime.now().timestamp() * 1000) << 16
+    good, bad = tmp_path / "good.backup", tmp_path / "bad.backup"
+    for path, last in ((good, [b"k2", [[pack_value(2), origin, 2, hlc]]]), (bad, [b"k2", "not versions"])):
+        with open(path, "wb") as f:
+            writer = files.BackupWriter(f, {"kind": "backup", "mode": "dynamo", "seq": [[origin, 2]], "term": 0,
+                                            "members": [], "source": 1, "node_version": "0", "created": "now"})
+            writer.page([[b"k1", [[pack_value(1), origin, 1, hlc]]], last])
+            writer.finish()
+    data_dir = tmp_path / "restored"
+    args = ["--node-id", "9", "--port", "19990", "--mode", "dynamo", "--data-dir", str(data_dir)]
+    code, output = run_node_command([*args, "--restore", str(bad)])
+    assert code == 2 and "item 1 of the backup" in output, output
+    code, output = run_node_command(args)
+    assert code == 2 and "restore from a backup that did not finish" in output, output
+    node = nodes(node_id=9, args=["--mode", "dynamo", "--restore", str(good)], data_dir=data_dir)
+    with node.client(retry=RETRY) as db:
+        assert (db.get("k1"), db.get("k2")) == (1, 2)
 
 
 def test_a_damaged_or_foreign_backup_is_refused_before_anything_is_written(cluster, tmp_path):

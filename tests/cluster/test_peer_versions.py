@@ -64,3 +64,32 @@ def test_a_node_of_a_release_whose_peer_version_does_not_overlap_is_refused_plai
                    message="node 3 catching up on this release")
     wait_until(lambda: peer_alive(c.nodes[1].status() or {"peers": [], "views": {3: {"alive": False}}}, 3, mode),
                10, interval=0.05, message="node 1 hearing node 3")
+
+
+@pytest.mark.parametrize("mode", ["leader", "dynamo"])
+def test_a_node_of_the_next_release_that_still_accepts_this_version_runs_beside_it(cluster, mode):
+    """The next release encodes in this version while it accepts the next one too: it is a member
+    like any other, and its peers log the range it announces."""
+    c = cluster(size=3, mode=mode, start=False)
+    c.start(1, wait=False)
+    c.start(2, wait=False)
+    c.start(3, wait=False, env={faults.PEER_VERSION_ENV: f"{protocol.PEER_VERSION}-{NEXT}"})
+    for node in c.nodes.values():
+        node.wait_ready(20)
+    announced = f"node 3 accepts peer protocol versions {protocol.PEER_VERSION}..{NEXT} (this node: " \
+                f"{protocol.PEER_VERSIONS[0]}..{protocol.PEER_VERSIONS[1]})"
+    wait_until(lambda: announced in c.nodes[1].log() and announced in c.nodes[2].log(), 10, interval=0.1,
+               message="nodes 1 and 2 noting node 3's range")
+    if mode == "leader":
+        c.wait_primary(20)
+    with c.client(retry=RETRY) as db:
+        db.put("from-the-cluster", 2)
+    with c.nodes[3].client(retry=RETRY) as db:
+        wait_until(lambda: db.get("from-the-cluster", stale=True) == 2, 10, interval=0.05,
+                   message="node 3 replicating")
+        if mode == "dynamo":
+            db.put("from-node-3", 3)        # and its writes reach the others
+    if mode == "dynamo":
+        with c.nodes[1].client(retry=RETRY) as db:
+            wait_until(lambda: db.get("from-node-3") == 3, 10, interval=0.05, message="node 3's write on node 1")
+    assert "refusing peer messages" not in "".join(n.log() for n in c.nodes.values())

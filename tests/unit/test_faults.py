@@ -11,7 +11,13 @@ def test_switches_are_off_unless_set_and_read_from_the_environment_given():
                                          faults.BROKEN_ENV: "deposed-reads"})
     assert (on.drop_changes, on.crash_in_snapshot, on.deposed_reads, on.dynamo_lww) == (0.5, 3, True, False)
     assert faults.Faults.from_environment({faults.BROKEN_ENV: "dynamo-lww"}).dynamo_lww
-    assert faults.Faults.from_environment({faults.PEER_VERSION_ENV: "3"}).peer_version == 3
+    assert faults.Faults.from_environment({faults.PEER_VERSION_ENV: "3"}).peer_version == (3, 3)
+    assert faults.Faults.from_environment({faults.PEER_VERSION_ENV: "2-3"}).peer_version == (2, 3)
+    for bad in ("3-2", "0", "2-3-4"):
+        with pytest.raises(ConfigError, match=faults.PEER_VERSION_ENV):
+            faults.Faults.from_environment({faults.PEER_VERSION_ENV: bad})
+    with pytest.raises(ConfigError, match="not a number"):
+        faults.Faults.from_environment({faults.PEER_VERSION_ENV: "x"})
 
 
 def test_an_unknown_broken_build_and_bad_numbers_are_refused():

@@ -3,7 +3,6 @@ each origin's log that this node has applied durably, and snapshots of its key s
 are applied vectors {origin: seq}; `watch.Watches` asks. No I/O beyond RocksDB reads."""
 from .. import errors, limits, protocol
 from ..storage import log_key
-from ..versions import winner
 from .layout import _decode_state
 
 
@@ -117,6 +116,6 @@ class DynamoFeed:
 
 
 def _live(raw):
-    """The stored state when the key exists (GET's winner is not a tombstone), else None."""
-    best = winner(_decode_state(raw))
-    return None if best is None or best.value is None else raw
+    """The stored state when the key has a version that is not a delete, else None: a key where a
+    delete wins over a concurrent write is kept, with both (GET shows it absent, GET_VERSIONS both)."""
+    return raw if any(s.value is not None for s in _decode_state(raw).siblings) else None

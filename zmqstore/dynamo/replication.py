@@ -61,7 +61,7 @@ class Replication:
                                   "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": reads.on_read_reply}
         self._acked = {}                # peer -> highest seq of this run's origin it applied durably
         self.round_trips = {}           # peer -> metrics.Histogram: status query to reply
-        self._queried = {}              # peer -> when the last status query to it was sent
+        self._queried = {}              # peer -> when the oldest unanswered status query to it was sent
         self.departures = Departures(engine, self._fetch)   # removed nodes still drained (departures.py)
         if engine.membership.removed_by is not None:     # removed: its old peers may ask whether it knows
             self.departures.add(engine.membership.peers, now)
@@ -86,7 +86,11 @@ class Replication:
         status = self._status_message("DSTATUS")
         for node_id in (*self.views, *self.departures):    # the removed: until let go (departures.py)
             self.out.send_to(node_id, status)
-            self._queried[node_id] = now
+        for node_id in self.views:
+            # Timed from the oldest query still unanswered, so a slow reply is not measured from a
+            # later query; one unanswered for election_interval is given up (the reply is not counted).
+            if now - self._queried.setdefault(node_id, now) >= self.config.election_interval:
+                self._queried[node_id] = now
         self.anti_entropy.tick(now)
 
     def housekeeping(self, now):
@@ -202,8 +206,8 @@ class Replication:
         self.out.reply_peer(envelope, self._status_message("DSTATUS_REPLY"))
 
     def _on_status_reply(self, fields, now):
-        """A status reply: its round trip is measured from the last query to that peer (a reply
-        later than election_interval, or to a query sent before that, is not counted)."""
+        """A status reply: its round trip is measured from the oldest unanswered query to that peer
+        (tick); none is counted for a peer that left a query unanswered for election_interval."""
         sent = self._queried.pop(fields[0], None)
         if sent is not None and now - sent < self.config.election_interval and fields[0] in self.views:
             self.round_trips.setdefault(fields[0], Histogram()).observe(now - sent)

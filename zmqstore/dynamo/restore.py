@@ -3,8 +3,10 @@
 
 A dynamo backup holds each live key's versions (value, dot, HLC) at one applied vector. A restored
 node stores each key's state with the context its versions' dots make, the hash index anti-entropy
-reads, and the backup's applied vector with an empty log for every origin in it: the log starts
-after the vector, as if every node had trimmed it. So nodes restored from one file hold the same
+reads, and an applied vector with an empty log for every origin in it: the log starts after the
+vector, as if every node had trimmed it. That vector is the backup's, joined with every version's
+dot: a node may hold a version it took by anti-entropy or read repair before applying its origin's
+entry, and no entry of an old origin ever reaches a restored cluster. So nodes restored from one file hold the same
 data, the same vector and the same digest, and agree at once; a node that joins later finds the old
 origins' entries trimmed and takes their data by anti-entropy, as after any garbage collection.
 Writes after the restore come from each node's new origin (engine.py picks one per run, never one
@@ -22,7 +24,7 @@ DYNAMO_META = (b"d:", b"d;")      # every dynamo key in the meta column family (
 class DynamoRestore:
     def __init__(self, config):
         self.config = config
-        self.vector = {}
+        self.vector = {}        # the backup's applied vector, joined with every version's dot (check_item)
         self.hlc = 0
 
     def check_header(self, header):
@@ -35,11 +37,15 @@ class DynamoRestore:
         self.vector = {origin: seq for origin, seq in pairs if seq}
 
     def check_item(self, item, number):
-        """A key and its versions, as a dynamo node serves them: each version within the applied
-        vector, at least one of them not a delete, and the whole state within what peers accept."""
+        """A key and its versions, as a dynamo node serves them: at least one of them not a delete,
+        each dot once, and the whole state within what peers accept. The applied vector is joined
+        with the versions' dots."""
         state = self._state(item)
         if state is None or len(state) > 2 * self.config.max_request_size:
             raise errors.BadBackup(f"item {number} of the backup is not a key and versions this node accepts")
+        for _value, origin, seq, _hlc in item[1]:
+            if seq > self.vector.get(origin, 0):
+                self.vector[origin] = seq
 
     def put(self, batch, item):
         key = item[0]
@@ -73,9 +79,9 @@ class DynamoRestore:
             if type(version) is not list or len(version) != 4:
                 return None
             value, origin, seq, hlc = version
-            if not (type(origin) is int and type(seq) is int and type(hlc) is int and 0 < seq <= self.vector.get(
-                    origin, 0) and 0 <= hlc < 1 << 64) or not (value is None or type(value) is bytes
-                                                               and len(value) <= cfg.max_value_size):
+            if not (type(origin) is int and type(seq) is int and type(hlc) is int and 0 <= origin < 1 << 64
+                    and 0 < seq < 1 << 64 and 0 <= hlc < 1 << 64) or not (
+                    value is None or type(value) is bytes and len(value) <= cfg.max_value_size):
                 return None
             siblings.append(Sibling(origin, seq, hlc, value))
             ctx[origin] = max(ctx.get(origin, 0), seq)

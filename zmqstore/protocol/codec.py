@@ -45,11 +45,11 @@ def _unpack_body(body: bytes, limits: Limits):
 _peer_version, _peer_versions = PEER_VERSION, PEER_VERSIONS
 
 
-def speak_peer_version(version: int):
-    """Test switch: encode peer messages in `version` and accept only that one (a node of another
-    release, for the tests of refusal). Called once, before the node makes any message."""
+def speak_peer_version(lowest: int, highest: int = None):
+    """Test switch: encode peer messages in `lowest` and accept lowest..highest (default: only
+    lowest), posing as another release. Called once, before the node makes any message."""
     global _peer_version, _peer_versions
-    _peer_version, _peer_versions = version, (version, version)
+    _peer_version, _peer_versions = lowest, (lowest, lowest if highest is None else highest)
 
 
 def peer_versions() -> list:

@@ -4,7 +4,7 @@ msgpack here."""
 from typing import NamedTuple
 
 PROTOCOL_VERSION = 1       # client requests and replies (section 3 of docs/PROTOCOL.md)
-# Peer messages have a version of their own (docs/PROTOCOL.md, section 5, "Versions"): each message
+# Peer messages have a version of their own (docs/PROTOCOL.md, section 6, "Versions"): each message
 # carries the version it is encoded in, a node accepts the versions in PEER_VERSIONS and refuses
 # others with a log line, and ROLE and DSTATUS announce that range to every peer. A release that
 # changes a peer message raises PEER_VERSION and keeps the old one in its range, so that it runs
