@@ -87,8 +87,12 @@ class Node:
             self.watches = Watches(self.mode.feed(), self.outbox.send, config.session_timeout)
             self.outbox.on_drop = self.watches.connection_dropped
             self.space = SpaceGuard(self.storage.path, self.storage.stored_bytes, config.max_data_bytes,
-                                    config.min_free_bytes, on_change=self._on_space_alarm)
+                                    config.min_free_bytes, on_change=self._on_space_alarm,
+                                    written=lambda: self.storage.written)
             self.engine.commands.space = self.space
+            roles = getattr(self.mode, "roles", None)
+            if roles is not None:       # a primary refuses writes while a member it hears is short of space
+                self.space.peers_short = lambda: roles.election.short_of_space(time.monotonic())
             if config.min_free_bytes < 2 * UNFLUSHED_MAX:
                 log.warning("min_free_bytes = %d is under %d: short of disk, RocksDB may lack the room to flush "
                             "its memtables (up to %d bytes, with their write-ahead log) and stop every write",
@@ -256,6 +260,7 @@ class Node:
                 self.peering.tick(now)
                 next_beat = now + self.config.heartbeat_interval
             self.mode.end_iteration(peers.send, self._release)
+            self.space.check()          # a burst of writes (a secondary's come from its primary)
             self.watches.pump(now)      # after the iteration applied what committed
             if self._probed:
                 self._answer_probes()   # between two iterations: nothing staged, everything durable

@@ -10,7 +10,8 @@ The quota counts what RocksDB holds (live table files and memtables, Storage.sto
 etcd's counts its backend and not its WAL: write-ahead log files are kept for reuse and come and go
 with the memtables, and the free-space floor covers them. Measured in the loop (a statvfs call and
 a few RocksDB properties): every housekeeping interval, and after every MEASURE_EVERY bytes of
-write requests, so a burst cannot run far past the limits between two measurements.
+write requests or of batches written (a secondary's writes come from its primary, not from
+requests), so a burst cannot run far past the limits between two measurements.
 """
 import logging
 import os
@@ -18,7 +19,7 @@ import os
 from . import errors
 from .storage import UNFLUSHED_MAX
 
-MEASURE_EVERY = 1 << 20     # bytes of write requests between two measurements
+MEASURE_EVERY = 1 << 20     # bytes of write requests, or of batches written, between two measurements
 HYSTERESIS = 0.05           # the quota alarm clears 5% under the quota (the floor's: space.SpaceGuard._over)
 ADDS_DATA = frozenset({"PUT", "PUT_MANY", "CAS"})   # and PUT_CTX with a value (PUT_CTX with nil deletes)
 
@@ -43,31 +44,43 @@ def request_bytes(request) -> int:
 
 
 class SpaceGuard:
-    def __init__(self, path, stored_bytes, max_data_bytes, min_free_bytes, on_change=None):
+    def __init__(self, path, stored_bytes, max_data_bytes, min_free_bytes, on_change=None, written=lambda: 0):
         self.path, self.max_data_bytes, self.min_free_bytes = path, max_data_bytes, min_free_bytes
         self.stored_bytes = stored_bytes    # () -> bytes of data RocksDB holds (Storage.stored_bytes)
+        self.written = written      # () -> bytes of batches written so far (Storage.written)
         self.on_change = on_change  # (alarm on?) -> None, when the alarm goes on or off
+        self.peers_short = None     # () -> ids of peers whose alarm is on (leader mode: the primary refuses for them)
         self.alarm = None           # why writes are refused, or None
         self.used = self.free = 0
         self.raised = 0             # times the alarm went on (metrics)
         self._since = 0             # bytes of write requests since the last measurement
+        self._written_at = 0        # self.written() at the last measurement
         self.measure()
 
     def admit(self, nbytes):
-        """A write request that adds data, of nbytes: raises NoSpace while the alarm is on."""
+        """A write request that adds data, of nbytes: raises NoSpace while the alarm is on, here or
+        on a peer `peers_short` names (a leader-mode primary: the write would reach that disk too)."""
         if self.alarm is None:
             self._since += nbytes
-            if self._since < MEASURE_EVERY:
-                return
+            if self._since >= MEASURE_EVERY:
+                self.measure()
+        if self.alarm is not None:
+            raise errors.NoSpace(f"no space: {self.alarm}; reads and deletes still work",
+                                 {"used": self.used, "free": self.free})
+        short = self.peers_short() if self.peers_short is not None else ()
+        if short:
+            raise errors.NoSpace(f"no space on node {', '.join(map(str, short))}: its space alarm is on; reads and "
+                                 f"deletes still work", {"used": self.used, "free": self.free, "nodes": short})
+
+    def check(self):
+        """After a loop iteration: measure again once MEASURE_EVERY bytes were written since the last."""
+        if self.written() - self._written_at >= MEASURE_EVERY:
             self.measure()
-            if self.alarm is None:
-                return
-        raise errors.NoSpace(f"no space: {self.alarm}; reads and deletes still work",
-                             {"used": self.used, "free": self.free})
 
     def measure(self) -> bool:
         """Measure again and raise or clear the alarm; True when it changed."""
         self._since = 0
+        self._written_at = self.written()
         try:
             st = os.statvfs(self.path)
             self.free = st.f_bavail * st.f_frsize

@@ -166,6 +166,7 @@ class Storage:
         self._nosync_opts = rocksdict.WriteOptions()
         self.on_commit = None       # (synced, seconds) after each batch write: the node's metrics
         self.commits = 0            # batches written (the node compacts after writes, space.py)
+        self.written = 0            # bytes of the batches written (the space guard measures after each MiB)
         self._compacting = None     # the compaction thread, while one runs
         self._nosync_opts.sync = False
         for name, attr in _META_ATTRS.items():
@@ -389,6 +390,7 @@ class Storage:
         """Write the batch atomically (and fsync it when configured and `sync`) before anything that
         depends on it is acknowledged."""
         opts = self._write_opts if sync else self._nosync_opts
+        self.written += batch.wb.size_in_bytes()
         started = time.monotonic() if self.on_commit is not None else 0.0
         try:
             self._db.write(batch.wb, opts)

@@ -136,7 +136,7 @@ def test_a_rogue_with_an_unknown_key_cannot_join_vote_listen_or_publish(make_clu
             for message in (protocol.encode_peer("VOTE_REQUEST", high, 2, 10**6, high),
                             protocol.encode_peer("ACK", 2, high, 10**6, 10**6, True),
                             protocol.encode_peer("ROLE", 2, high, "primary", 2, 10**6, high, 10**6, False, True,
-                                                 "x:1", "x:2", protocol.peer_versions())):
+                                                 "x:1", "x:2", False, protocol.peer_versions())):
                 try:
                     sock.send(message, zmq.NOBLOCK)
                 except zmq.Again:

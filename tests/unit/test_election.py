@@ -16,7 +16,7 @@ def make(node_id, size=3):
 
 
 def role(node_id, term=1, role_="secondary", leader_id=1, lost=False, voter=True, last_seq=10):
-    return (node_id, term, role_, leader_id, last_seq, term, last_seq, lost, voter, "h:1", "h:2", [2, 2])
+    return (node_id, term, role_, leader_id, last_seq, term, last_seq, lost, voter, "h:1", "h:2", False, [2, 2])
 
 
 def test_loss_is_judged_after_election_interval():

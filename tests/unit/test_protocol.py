@@ -188,8 +188,8 @@ PEER_VALID = {
     "ENTRIES": (1, 1, 4, 1, [], 5, 6),
     "NEED_SNAPSHOT": (1, 1, 100),
     "SNAPSHOT_CHUNK": (1, 1, 0, None, 50, 1, [[b"k", b"v"]], b"next", None),
-    "ROLE": (2, 3, "secondary", 1, 40, 3, 39, False, True, "127.0.0.3:9001", "127.0.0.3:10001", [1, 2]),
-    "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000", [2, 2]),
+    "ROLE": (2, 3, "secondary", 1, 40, 3, 39, False, True, "127.0.0.3:9001", "127.0.0.3:10001", False, [1, 2]),
+    "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000", True, [2, 2]),
     "VOTE_REQUEST": (4, 2, 41, 3),
     "VOTE": (4, 3, True, 40, 3, 1),
     "DCHANGE": ((1 << 32) + 5, [b"e1"]),
@@ -348,11 +348,12 @@ def test_a_value_is_one_complete_msgpack_object():
     raw(PV, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [[b"k"]], None, None),
     raw(PV, "SNAPSHOT_CHUNK", 1, 1, 0, None, 50, 1, [], None, "members"),   # members must be bin
     raw(PV, "HEARTBEAT", 1, 1, 7, 5, "6"),
-    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, "no", True, "a", "b", [2, 2]),   # leader_lost must be bool
-    raw(PV, "ROLE", 2, 3, "x" * 300, 1, 40, 3, 39, False, True, "a", "b", [2, 2]),    # over 256 characters
-    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b"),          # no versions
-    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", [3, 2]),  # lowest > highest
-    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", [2]),     # not a pair
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, "no", True, "a", "b", False, [2, 2]),   # leader_lost must be bool
+    raw(PV, "ROLE", 2, 3, "x" * 300, 1, 40, 3, 39, False, True, "a", "b", False, [2, 2]),    # over 256 characters
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", False),   # no versions
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", False, [3, 2]),  # lowest > highest
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", False, [2]),     # not a pair
+    raw(PV, "ROLE", 2, 3, "secondary", 1, 40, 3, 39, False, True, "a", "b", 0, [2, 2]),   # space_alarm must be bool
     raw(PV, "VOTE", 4, 3, 1, 40, 3, 1),                                        # granted must be bool
     raw(PV, "DSTATUS", 2, [[1, -1]], 0, 0, 0, 0, "a", 0, [2, 2]),             # negative seq in a vector
     raw(PV, "DSTATUS", 2, [[1, 2, 3]], 0, 0, 0, 0, "a", 0, [2, 2]),           # not a pair

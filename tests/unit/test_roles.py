@@ -29,7 +29,7 @@ def test_a_candidacy_counts_the_entries_staged_in_the_same_iteration(tmp_path):
         assert storage.last_seq == 0 and mode.engine.last_seq == 2      # staged, acknowledged after the commit
         # Node 3 reports the primary lost: node 2, the lowest id alive, stands at once.
         roles.on_message(PeerMessage("ROLE_REPLY", (3, 1, "secondary", 1, 0, 0, 0, True, True, "127.0.0.4:9000",
-                                                    "127.0.0.4:9002", [2, 2])), 5.0)
+                                                    "127.0.0.4:9002", False, [2, 2])), 5.0)
         assert roles.election.candidacy is not None
         assert roles.election.candidacy.votes[2] == Vote(1, 2)
         requests = [protocol.decode_peer(body) for kind, to, body in out.take() if kind is TO_PEER and to == 3]

@@ -18,14 +18,14 @@ class PeerView:
     """What a peer last said about itself in a ROLE or ROLE_REPLY."""
 
     __slots__ = ("heard", "term", "role", "leader_id", "last_seq", "last_term", "commit_seq", "leader_lost",
-                 "voter", "address", "pub_address")
+                 "voter", "address", "pub_address", "space_alarm")
 
     def __init__(self):
         self.heard = None
         self.term = self.leader_id = self.last_seq = self.last_term = self.commit_seq = 0
         self.role = "unknown"
         self.leader_lost = False
-        self.voter = False
+        self.voter = self.space_alarm = False
         self.address = self.pub_address = ""
 
 
@@ -96,7 +96,7 @@ class Election:
         if view is None:
             return None
         (_, view.term, view.role, view.leader_id, view.last_seq, view.last_term, view.commit_seq,
-         view.leader_lost, view.voter, view.address, view.pub_address, _versions) = fields
+         view.leader_lost, view.voter, view.address, view.pub_address, view.space_alarm, _versions) = fields
         view.heard = now
         return view
 
@@ -116,6 +116,10 @@ class Election:
 
     def peers_heard(self, now):
         return [pid for pid in self.views if self.alive(pid, now)]
+
+    def short_of_space(self, now):
+        """The peers heard within election_interval whose space alarm is on (space.py)."""
+        return [pid for pid, v in sorted(self.views.items()) if v.space_alarm and self.alive(pid, now)]
 
     def voted(self, now):
         """We just voted for a candidate: give it election_interval to win before judging again
@@ -238,5 +242,6 @@ class Election:
         return {"voted_for": storage.voted_for, "voter": not (storage.learner or storage.restoring),
                 "latest_election": self.latest,
                 "views": {pid: {"role": v.role, "term": v.term, "alive": self.alive(pid, now),
-                                "leader_lost": v.leader_lost} for pid, v in self.views.items()},
+                                "leader_lost": v.leader_lost, "space_alarm": v.space_alarm}
+                          for pid, v in self.views.items()},
                 **self.counters}

@@ -262,26 +262,26 @@ class Engine:
         self.commit_seq = max(self.commit_seq, commit_seq)
 
     def make_room(self):
-        """A primary short of disk (space.py): trim the log with this iteration's flush, even if
-        nothing is written (_maybe_trim says what stays)."""
+        """Short of disk (space.py): trim the log with this iteration's flush, even if nothing is
+        written (_maybe_trim says what stays)."""
         st = self.storage
-        if self.space_alarm and not st.restoring and st.first_seq <= st.applied_seq and self.role == "primary":
+        if self.space_alarm and not st.restoring and st.first_seq <= st.applied_seq:
             self._staging()
 
     def _maybe_trim(self, batch, last_seq):
-        """Keep about log_retention entries (a primary short of disk: only what members it hears
-        lack), and never drop one that is not applied yet or that a snapshot in use needs."""
+        """Keep about log_retention entries (short of disk: only what it must), and never drop one
+        that is not applied yet or that a snapshot in use needs."""
         st = self.storage
-        # A primary short of disk keeps only the entries a member it hears still lacks: members
-        # behind that are down take a snapshot when they return (docs/OPERATIONS.md, "Disk space").
-        # Other roles keep their retention: a secondary that becomes primary must be able to bring
-        # the others up to date from its log before its term's first entry commits.
-        short = self.space_alarm and self.role == "primary"
+        # Short of disk, a node keeps only what it must: a primary, the entries a member it hears
+        # still lacks; another role, the entries it has not applied. Members behind that are down
+        # take a snapshot when they return, as they do from any node that trimmed its log
+        # (docs/OPERATIONS.md, "Disk space"): deletes then give space back on every node.
+        short = self.space_alarm
         retention = 0 if short else self.config.log_retention
         if last_seq - st.first_seq + 1 <= retention * (1 + TRIM_SLACK):
             return
         new_first = min(last_seq - retention + 1, st.applied_seq + 1)
-        floors = (self.trim_floor, self.peer_floor if short else None)
+        floors = (self.trim_floor, self.peer_floor if short else None)     # peer_floor: None unless primary
         for floor in (f() for f in floors if f is not None):
             if floor is not None:
                 new_first = min(new_first, floor)

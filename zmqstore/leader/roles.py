@@ -266,7 +266,7 @@ class Roles(Standing):
         st, cfg = self.storage, self.config
         return (self.node_id, st.term, self.engine.role, st.leader_id, st.last_seq, st.last_term,
                 self.engine.commit_seq, self._lost_primary(now), not (st.learner or st.restoring), cfg.address,
-                f"{cfg.host}:{cfg.pub_port}", protocol.peer_versions())
+                f"{cfg.host}:{cfg.pub_port}", self.engine.space_alarm, protocol.peer_versions())
 
     def _lost_primary(self, now):
         if self.primary is not None:

@@ -77,7 +77,7 @@ _LOG_BATCH = (("term", TERM), ("sender_id", UINT), ("prev_seq", UINT), ("prev_te
 # A node's state as ROLE and ROLE_REPLY carry it (election.py).
 _ROLE = (("node_id", UINT), ("term", TERM), ("role", STR), ("leader_id", UINT), ("last_seq", UINT),
          ("last_term", TERM), ("commit_seq", UINT), ("leader_lost", BOOL), ("voter", BOOL),
-         ("address", STR), ("pub_address", STR), ("versions", VERSIONS))
+         ("address", STR), ("pub_address", STR), ("space_alarm", BOOL), ("versions", VERSIONS))
 # `members`: a digest of the sender's membership (dynamo/membership.py); a peer whose own differs
 # sends it DMEMBERS.
 _DSTATUS = (("node_id", UINT), ("applied", VECTOR), ("digest", UINT), ("keys", UINT), ("conflicts", UINT),

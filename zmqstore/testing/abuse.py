@@ -75,7 +75,7 @@ def nested_bomb(levels=1000, declared=10_013):
 def forged_role(term, node_id=99, role="primary"):
     """A ROLE naming `node_id` as primary of `term`."""
     return protocol.encode_peer("ROLE", node_id, term, role, node_id, 10**6, term, 10**6, False, True,
-                                f"{STRANGER}:1", f"{STRANGER}:2", protocol.peer_versions())
+                                f"{STRANGER}:1", f"{STRANGER}:2", False, protocol.peer_versions())
 
 
 # argv: source host, node host, port, seconds, report file. 500 PINGs in flight, replies read; the
