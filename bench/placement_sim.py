@@ -82,8 +82,10 @@ def main(argv=None):
           f"partitions per node max/mean {pmax:.3f}, min/mean {pmin:.3f}")
     joined = Placement(nodes + [args.nodes + 1], args.replicas)
     parts, slots, copies = movement(base, joined, counts)
+    taken = len(joined.owned_by(args.nodes + 1)) / (PARTITIONS * joined.replicas)
     print(f"join of node {args.nodes + 1}: {parts} partitions change owners; {slots:.2%} of replica slots and "
-          f"{copies:.2%} of key copies move (least possible: {1 / (args.nodes + 1):.2%})")
+          f"{copies:.2%} of key copies move (the new node's own share: {taken:.2%} of the slots; "
+          f"1/{args.nodes + 1} = {1 / (args.nodes + 1):.2%})")
     leaving = rng.choice(nodes)
     left = Placement([n for n in nodes if n != leaving], args.replicas)
     share = sum(counts[p] for p in base.owned_by(leaving)) / (sum(counts) * base.replicas)
