@@ -46,10 +46,10 @@ def movement(before, after, counts):
     return len(moves), slots / total_slots, copies / (sum(counts) * after.replicas)
 
 
-def messages_per_write(placement, rng, samples=20_000, w=2):
+def messages_per_write(placement, rng, samples=20_000):
     """Peer messages per write, averaged: a forward and its reply when the node the client chose
     is not an owner, the change to the other replicas - 1 owners, and their acknowledgements (an
-    owner acknowledges every change it applies; the coordinator waits for w - 1 of them)."""
+    owner acknowledges every change it applies, whatever w the coordinator waits for)."""
     members, n = placement.members, placement.replicas
     total = 0
     for _ in range(samples):

@@ -47,9 +47,13 @@ def test_replicas_all_or_at_least_the_members_puts_every_key_on_every_member(rep
     assert not placement.partitioned and placement.replicas == 3
     assert all(placement.owners(p) == (1, 2, 3) for p in (0, 17, PARTITIONS - 1))
     assert all(placement.owned_by(n) == frozenset(range(PARTITIONS)) for n in (1, 2, 3))
+    ranked = [score(17, n) for n in placement.ranking(17)]      # fallbacks' order is still by rank
+    assert sorted(placement.ranking(17)) == [1, 2, 3] and ranked == sorted(ranked, reverse=True)
     assert placement.moves(Placement([1, 2, 3], 2))       # partitioning it would move slots
 
 
-def test_no_members_is_refused():
+def test_no_members_or_a_negative_count_is_refused():
     with pytest.raises(ValueError):
         Placement([], 3)
+    with pytest.raises(ValueError):
+        Placement([1, 2, 3], -1)

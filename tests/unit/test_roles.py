@@ -37,3 +37,39 @@ def test_a_candidacy_counts_the_entries_staged_in_the_same_iteration(tmp_path):
         assert storage.last_seq == 2                          # written before the candidacy's vote
     finally:
         storage.close()
+
+
+def test_a_secondary_short_of_disk_keeps_the_entries_a_peer_lacks(tmp_path):
+    """Short of disk a secondary trims its log, but never past what a peer (heard lately or not) last
+    said it holds: if it becomes primary it must bring that peer up to date from its log, since a new
+    primary serves no snapshot before its term's first entry commits."""
+    peers = [{"node_id": n, "host": f"127.0.0.{n + 1}", "port": 9000} for n in (1, 3)]
+    cfg = config.resolve(None, {"node_id": 2, "host": "127.0.0.3", "port": 9000, "data_dir": str(tmp_path),
+                                "peers": peers})
+    storage = Storage.open(cfg.data_dir, 2, "leader")
+
+    def role(node_id, last_seq):
+        return PeerMessage("ROLE_REPLY", (node_id, 1, "primary" if node_id == 1 else "secondary", 1, last_seq, 1,
+                                          last_seq, False, True, "h:1", "h:2", False, [2, 2]))
+
+    def iteration():
+        mode.engine.make_room()
+        mode.end_iteration(lambda items: None, lambda failed: None)
+
+    try:
+        mode = LeaderMode(Sends(), storage, cfg, faults.NONE, 0.0)
+        mode.engine.record_vote(1, 1, learner=False)
+        roles = mode.roles
+        roles.on_message(PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"k%d" % i) for i in range(20)], 20, 20)), 0.0)
+        roles.on_message(role(1, 20), 0.1)
+        roles.on_message(role(3, 5), 0.1)
+        iteration()
+        assert (storage.applied_seq, storage.first_seq) == (20, 1)     # no alarm: log_retention keeps all
+        mode.engine.space_alarm = True
+        iteration()
+        assert storage.first_seq == 6           # node 3 holds up to 5
+        roles.on_message(role(3, 15), 0.2)
+        iteration()
+        assert storage.first_seq == 16
+    finally:
+        storage.close()

@@ -9,8 +9,7 @@ members, its **fallbacks** the rest, in rank order. A member that joins takes ex
 partitions where it ranks in the top `replicas`, one slot each, and a member that leaves gives up
 exactly its own slots, each to the next member in that partition's ranking: no other slot moves,
 which is the least movement any placement can have. Balance is statistical: each member owns about
-PARTITIONS * replicas / members partitions (the simulation in zmqstore/testing/placement_sim.py
-measures it for 100 nodes)."""
+PARTITIONS * replicas / members partitions (bench/placement_sim.py measures it for 100 nodes)."""
 import hashlib
 import heapq
 import struct
@@ -40,11 +39,13 @@ class Placement:
         self.members = tuple(sorted(set(members)))
         if not self.members:
             raise ValueError("a placement needs at least one member")
+        if type(replicas) is not int or replicas < 0:
+            raise ValueError(f"replicas must be a whole number, 0 meaning all members (got {replicas!r})")
         self.replicas = len(self.members) if replicas == ALL else min(replicas, len(self.members))
         self.partitioned = self.replicas < len(self.members)
         if self.partitioned:
             self._owners = tuple(self._top(p, self.replicas) for p in range(PARTITIONS))
-        else:
+        else:       # every member owns every partition (listed by id: no rank is needed to choose them)
             self._owners = (self.members,) * PARTITIONS
         owned = {n: [] for n in self.members}
         for p, owners in enumerate(self._owners):
@@ -63,8 +64,6 @@ class Placement:
     def ranking(self, partition) -> tuple:
         """Every member in the partition's rank order: the preference list, then the fallbacks
         that take its writes while owners are down (sloppy quorum)."""
-        if not self.partitioned:
-            return self.members
         return self._top(partition, len(self.members))
 
     def owned_by(self, node_id) -> frozenset:

@@ -64,7 +64,7 @@ class Engine:
         self.follower_counters = {"fetches": 0, "snapshots_installed": 0, "truncations": 0, "committed_catch_ups": 0}
         self.space_alarm = False      # short of disk (space.py): the log keeps only what it must
         self.trim_floor = None        # set by LogServer: a callable giving the lowest seq the log must keep
-        self.peer_floor = None        # set by Roles: the lowest seq a member heard from lacks (None: none)
+        self.peer_floor = None        # set by Roles: the lowest seq to keep while short of disk (None: none)
         self.term_first_seq = 0       # on a replicated primary: the seq of its term's first (empty) entry
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
@@ -272,16 +272,16 @@ class Engine:
         """Keep about log_retention entries (short of disk: only what it must), and never drop one
         that is not applied yet or that a snapshot in use needs."""
         st = self.storage
-        # Short of disk, a node keeps only what it must: a primary, the entries a member it hears
-        # still lacks; another role, the entries it has not applied. Members behind that are down
-        # take a snapshot when they return, as they do from any node that trimmed its log
-        # (docs/OPERATIONS.md, "Disk space"): deletes then give space back on every node.
+        # Short of disk, a node keeps only what it must (Roles._peer_floor): a primary, the entries
+        # a member it hears still lacks (members behind that are down take a snapshot when they
+        # return); another role, the entries any peer lacks, so that it can bring them up to date
+        # if it becomes primary (docs/OPERATIONS.md, "Disk space").
         short = self.space_alarm
         retention = 0 if short else self.config.log_retention
         if last_seq - st.first_seq + 1 <= retention * (1 + TRIM_SLACK):
             return
         new_first = min(last_seq - retention + 1, st.applied_seq + 1)
-        floors = (self.trim_floor, self.peer_floor if short else None)     # peer_floor: None unless primary
+        floors = (self.trim_floor, self.peer_floor if short else None)
         for floor in (f() for f in floors if f is not None):
             if floor is not None:
                 new_first = min(new_first, floor)

@@ -38,7 +38,7 @@ class Roles(Standing):
         self.removed = False            # a committed membership left this node out: it serves nothing
         self.promote_lag = PROMOTE_LAG
         self.round_trips = {}           # peer id -> metrics.Histogram, kept across this node's terms as primary
-        engine.peer_floor = lambda: self.primary.needed_from() if self.primary else None
+        engine.peer_floor = self._peer_floor
         self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
         self.primary = None
@@ -261,6 +261,16 @@ class Roles(Standing):
                 log.info("promoting learner %d to voter (it holds seq %d, commit seq %d): entry %d", nid,
                          primary.match[nid], engine.commit_seq, seq)
                 return
+
+    def _peer_floor(self):
+        """The lowest seq the node must keep while short of disk (Engine._maybe_trim): a primary,
+        what a member it hears lacks (members down take a snapshot when they return); another
+        role, what any peer lacks as it last said, heard lately or not. A secondary that becomes
+        primary must bring the others up to date from its log: a new primary serves no snapshot
+        before its term's first entry commits (log_server.py), which may need those others."""
+        if self.primary is not None:
+            return self.primary.needed_from()
+        return min((v.last_seq + 1 for v in self.election.views.values()), default=None)
 
     def _role_fields(self, now):
         st, cfg = self.storage, self.config
