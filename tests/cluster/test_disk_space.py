@@ -93,6 +93,16 @@ def test_a_quota_refuses_writes_serves_reads_and_deletes_and_clears_after_delete
     assert "space alarm cleared" in node.log()
 
 
+def every_node_whole(cluster, kept):
+    """Every node alive, current (it has "after") and holding every kept write, without a traceback."""
+    for n in cluster.nodes.values():
+        assert n.alive(), f"node {n.node_id} died:\n{n.log()[-3000:]}"
+        with n.client(retry=Retry(max_tries=20, deadline=10)) as db:
+            wait_until(lambda: db.get("after", stale=True) == 1, 15, message=f"node {n.node_id} current")
+            assert all(db.get(k, stale=True) == VALUE for k in kept)
+        assert "Traceback" not in n.log()
+
+
 @contextlib.contextmanager
 def small_file_systems(base, count, megabytes):
     """`count` tmpfs of `megabytes` each under base (root only); unmounted at the end."""
@@ -125,18 +135,13 @@ def test_a_cluster_whose_disks_fill_together_refuses_writes_and_recovers_losing_
             for node_id, fs in zip(c.nodes, dirs):
                 c.nodes[node_id].data_dir = os.path.join(fs, "data")
             c.start_all()
-            primary = c.nodes[c.wait_primary(10)]
+            c.wait_primary(10)
             alarmed = alarms(*c.nodes.values())
             with c.client(timeout=5.0, retry=Retry(max_tries=30, deadline=15)) as db:
                 acked, refusal = fill(db, alarmed)
                 assert refusal.details["free"] < 64 << 20 or refusal.details.get("nodes")
                 kept = check_refusal_then_recovery(db, alarmed, acked, refusal)
-            for n in c.nodes.values():      # every node alive, with every kept write
-                assert n.alive(), f"node {n.node_id} died:\n{n.log()[-3000:]}"
-                with n.client(retry=Retry(max_tries=20, deadline=10)) as db:
-                    wait_until(lambda: db.get("after", stale=True) == 1, 15, message=f"node {n.node_id} current")
-                    assert all(db.get(k, stale=True) == VALUE for k in kept)
-                assert "Traceback" not in n.log()
+            every_node_whole(c, kept)
         finally:
             c.stop_all()
 
@@ -162,12 +167,7 @@ def test_a_secondary_short_of_space_stops_the_primarys_writes_until_deletes_free
                 kept = check_refusal_then_recovery(db, alarms(c.nodes[2]), acked, refusal)
             # Node 2 trimmed its log while short (its peers all held what it dropped).
             assert c.nodes[2].status()["first_seq"] > trimmed_from
-            for n in c.nodes.values():
-                assert n.alive(), f"node {n.node_id} died:\n{n.log()[-3000:]}"
-                with n.client(retry=Retry(max_tries=20, deadline=10)) as db:
-                    wait_until(lambda: db.get("after", stale=True) == 1, 15, message=f"node {n.node_id} current")
-                    assert all(db.get(k, stale=True) == VALUE for k in kept)
-                assert "Traceback" not in n.log()
+            every_node_whole(c, kept)
         finally:
             c.stop_all()
 
