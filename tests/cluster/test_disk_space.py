@@ -142,6 +142,9 @@ def test_a_cluster_whose_disks_fill_together_refuses_writes_and_recovers_losing_
                 assert refusal.details["free"] < 64 << 20 or refusal.details.get("nodes")
                 kept = check_refusal_then_recovery(db, alarmed, acked, refusal)
             every_node_whole(c, kept)
+        except BaseException:
+            print(c.logs())         # the test's report shows the nodes' logs
+            raise
         finally:
             c.stop_all()
 
@@ -168,6 +171,9 @@ def test_a_secondary_short_of_space_stops_the_primarys_writes_until_deletes_free
             # Node 2 trimmed its log while short (its peers all held what it dropped).
             assert c.nodes[2].status()["first_seq"] > trimmed_from
             every_node_whole(c, kept)
+        except BaseException:
+            print(c.logs())         # the test's report shows the nodes' logs
+            raise
         finally:
             c.stop_all()
 
