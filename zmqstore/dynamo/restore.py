@@ -6,9 +6,10 @@ node stores each key's state with the context its versions' dots make, the hash 
 reads, and an applied vector with an empty log for every origin in it: the log starts after the
 vector, as if every node had trimmed it. That vector is the backup's, joined with every version's
 dot: a node may hold a version it took by anti-entropy or read repair before applying its origin's
-entry, and no entry of an old origin ever reaches a restored cluster. So nodes restored from one file hold the same
-data, the same vector and the same digest, and agree at once; a node that joins later finds the old
-origins' entries trimmed and takes their data by anti-entropy, as after any garbage collection.
+entry, and no entry of an old origin ever reaches a restored cluster. So nodes restored from one
+file hold the same data, the same vector and the same digest, and agree at once; a node that joins
+later finds the old origins' entries trimmed and takes their data by anti-entropy, as after any
+garbage collection.
 Writes after the restore come from each node's new origin (engine.py picks one per run, never one
 the applied vector holds), so none can take a restored write's dot.
 """
