@@ -157,6 +157,7 @@ class DynamoCommands(CommandTable):
             "last_seq": e.applied[e.origin], "commit_seq": e.applied[e.origin],
             "origin": origin_name(e.origin),
             "applied": {origin_name(o): s for o, s in sorted(e.durable_applied.items()) if s},
+            "log_first": {origin_name(o): f for o, f in sorted(e.first.items())},
             "keys_estimate": e.storage.approximate_keys(), "conflicts": e.conflicts,
             "tombstones": e.tombstones, "digest": f"{e.durable_digest:016x}",
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
