@@ -104,6 +104,19 @@ def every_node_whole(cluster, kept):
 
 
 @contextlib.contextmanager
+def stopped_after(cluster):
+    """The cluster, stopped at the end of the block; its nodes' logs printed when the block failed
+    (the test's report shows them)."""
+    try:
+        yield cluster
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.stop_all()
+
+
+@contextlib.contextmanager
 def small_file_systems(base, count, megabytes):
     """`count` tmpfs of `megabytes` each under base (root only); unmounted at the end."""
     mounted = []
@@ -130,8 +143,7 @@ def test_a_cluster_whose_disks_fill_together_refuses_writes_and_recovers_losing_
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (.ci/run runs as root)")
     with small_file_systems(str(tmp_path), 3, 160) as dirs:
-        c = Cluster(tmp_path / "cluster", size=3)
-        try:
+        with stopped_after(Cluster(tmp_path / "cluster", size=3)) as c:
             for node_id, fs in zip(c.nodes, dirs):
                 c.nodes[node_id].data_dir = os.path.join(fs, "data")
             c.start_all()
@@ -142,11 +154,6 @@ def test_a_cluster_whose_disks_fill_together_refuses_writes_and_recovers_losing_
                 assert refusal.details["free"] < 64 << 20 or refusal.details.get("nodes")
                 kept = check_refusal_then_recovery(db, alarmed, acked, refusal)
             every_node_whole(c, kept)
-        except BaseException:
-            print(c.logs())         # the test's report shows the nodes' logs
-            raise
-        finally:
-            c.stop_all()
 
 
 def test_a_secondary_short_of_space_stops_the_primarys_writes_until_deletes_free_it(tmp_path):
@@ -156,8 +163,7 @@ def test_a_secondary_short_of_space_stops_the_primarys_writes_until_deletes_free
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (.ci/run runs as root)")
     with small_file_systems(str(tmp_path), 1, 160) as (fs,):
-        c = Cluster(tmp_path / "cluster", size=3)
-        try:
+        with stopped_after(Cluster(tmp_path / "cluster", size=3)) as c:
             c.nodes[2].data_dir = os.path.join(fs, "data")
             c.start_all()
             primary = c.wait_primary(10)
@@ -171,11 +177,6 @@ def test_a_secondary_short_of_space_stops_the_primarys_writes_until_deletes_free
             # Node 2 trimmed its log while short (its peers all held what it dropped).
             assert c.nodes[2].status()["first_seq"] > trimmed_from
             every_node_whole(c, kept)
-        except BaseException:
-            print(c.logs())         # the test's report shows the nodes' logs
-            raise
-        finally:
-            c.stop_all()
 
 
 def test_a_write_error_that_still_happens_ends_the_node_with_one_line_and_loses_nothing(nodes, tmp_path):
