@@ -83,7 +83,9 @@ def test_compacted_then_the_snapshot_joins_the_changes_at_one_seq(cluster, tmp_p
     with c.client() as db:
         put_pipelined(db, {f"s{i:04d}": i for i in range(2000)})
         first = db.status()["first_seq"]
-        assert first > 1000
+        # Trimmed past seq 6 (usually to about 1800; a snapshot the primary served a secondary that
+        # followed late holds its log for 10 s from the snapshot's seq: seen at 521 in CI).
+        assert first > 6
         with pytest.raises(errors.Compacted) as caught:
             db.watch("s", from_seq=5)
         assert caught.value.min_from == first - 1
