@@ -437,3 +437,41 @@ def test_a_strangers_watches_are_bounded_and_touch_nobody_elses(make_cluster, st
     assert peak - before < 300, f"RSS grew from {before:.0f} MB to {peak:.0f} MB"
     watches = primary.status()["watches"]
     assert watches["watches_dropped"] >= 64 and watches["in_flight_max"] <= 8 << 20 << 1
+
+
+def test_forged_peer_versions_and_fields_change_nothing(make_cluster, stranger):
+    """Peer messages with an out-of-range, huge or non-integer peer version, or a ROLE whose
+    `versions` or `space_alarm` field is malformed, sent from node 3's own address on its identity
+    (past the handshake, so the decoder is what answers) and from the stranger: every one is refused
+    with a line, no node dies, terms do not move, and writes are still accepted (a malformed ROLE
+    claiming a space alarm does not stop them)."""
+    import msgpack
+    c = make_cluster()
+    primary = c.nodes[c.wait_primary(10)]
+    before = terms(c)
+
+    def role(versions, alarm):
+        return [protocol.PEER_VERSION, "ROLE", 3, before[3], "secondary", 1, 0, 0, 0, True, True, "x:1", "x:2",
+                alarm, versions]
+    bodies = [msgpack.packb(m, use_bin_type=True) for m in (
+        [(1 << 64) - 1, "ROLE"], [-1, "ACK"], ["2", "FETCH", 3, 1, 1], [None, "FETCH"], [True, "FETCH"],
+        role([5, 1], True), role([(1 << 64) - 1, 2], True), role("2..2", True), role([2, 2], 1), role([2, 2] * 500, True),
+        role([2, 2], "x" * 300_000))]
+    member = Stranger(source=c.nodes[3].host)
+    try:
+        socks = [member.dealer(primary.host, primary.peer_port, identity=b"node-3"),
+                 stranger.dealer(primary.host, primary.peer_port, identity=b"node-3")]
+        for sock in socks:
+            for body in bodies:
+                send(sock, body)
+        wait_until(lambda: "refusing peer messages from node 3: peer protocol version" in primary.log(), 10,
+                   interval=0.1, message="the out-of-range version refused with its line")
+        wait_until(lambda: "a malformed peer message" in primary.log(), 10, interval=0.1,
+                   message="the malformed fields refused")
+        with c.client(timeout=3.0, retry=Retry(max_tries=10, deadline=10)) as db:
+            db.put("after-forgery", 1)      # no no_space: the forged alarm was not believed
+            assert db.get("after-forgery") == 1
+        assert all(n.alive() for n in c.nodes.values()) and terms(c) == before
+        assert all(not v["space_alarm"] for v in primary.status()["views"].values())
+    finally:
+        member.close()
