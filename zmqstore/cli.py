@@ -31,6 +31,7 @@ Options:
   --peers JSON                Peers as '[{"node_id":2,"host":"127.0.0.1","port":9001}, ...]'.
   --election-interval SEC     Seconds without a primary before an election [file or 0.5].
   --replication-timeout SEC   Seconds a write waits for its quorum [file or 2.0].
+  --replicas N                Dynamo mode: copies of each key, 0 for all; fixed at creation [file or 0].
   --log-level LEVEL           DEBUG, INFO, WARNING or ERROR [file or INFO].
   --log-format FORMAT         text, or json for one JSON object per line [file or text].
   --restore FILE              Seed a new data dir from a backup (datastore-cli backup); ignored once it has state.
@@ -104,7 +105,7 @@ _FLAG_TO_SETTING = {
     "--replication-timeout": "replication_timeout", "--log-level": "log_level", "--join": "join",
     "--log-format": "log_format", "--restore": "restore",
     "--metrics-port": "metrics_port", "--metrics-host": "metrics_host", "--max-data-bytes": "max_data_bytes",
-    "--min-free-bytes": "min_free_bytes",
+    "--min-free-bytes": "min_free_bytes", "--replicas": "replicas",
 }
 
 

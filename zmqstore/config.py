@@ -50,6 +50,7 @@ CLUSTER_DEFAULTS = {
     "write_quorum": None,         # leader: nodes (primary included) holding an entry before it commits, int or
                                   # majority (the default); dynamo: nodes holding a write before its ack (1)
     "read_quorum": 1,             # dynamo mode: replicas consulted per read
+    "replicas": 0,                # dynamo mode: copies of each key (0: every member); fixed at creation
     "fsync": True,                # sync each group-commit batch to disk before acknowledging it
     "log_retention": 100_000,     # log entries kept for replication (and outcomes recovered at restart)
     "session_timeout": 60.0,      # seconds a silent client's write outcomes are kept for its retries
@@ -62,7 +63,7 @@ CLUSTER_DEFAULTS = {
     "max_connections_per_host": None,  # of those, from one address; default max_connections / 4
 }
 
-_INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "log_retention", "max_key_size",
+_INT_KEYS = {"node_id", "port", "pub_port", "peer_port", "read_quorum", "replicas", "log_retention", "max_key_size",
              "max_value_size", "max_batch_items", "max_request_size", "client_output_limit", "max_connections",
              "max_connections_per_host", "metrics_port", "max_data_bytes", "min_free_bytes"}
 NODE_ID_END = 1 << 32     # node ids fit in 32 bits: a dynamo origin is node id << 32 | incarnation
@@ -114,6 +115,7 @@ class Config:
     max_connections: int
     max_connections_per_host: int
     peers: tuple = ()
+    replicas: int = 0               # dynamo mode: copies of each key, 0 for every member (docs/PARTITIONING.md)
     majority_quorum: bool = False   # write_quorum is "majority" (the default): it follows the membership
     join: tuple = ()                # --join: client endpoints of members to ask for admission (docs/MEMBERSHIP.md)
     metrics_port: Optional[int] = None
@@ -379,6 +381,15 @@ def _check(s) -> Config:
         raise ConfigError(f"write_quorum = {s['write_quorum']} must be 1..{n} (cluster of {n}) or 'majority'")
     if not 1 <= s["read_quorum"] <= top:
         raise ConfigError(f"read_quorum = {s['read_quorum']} must be 1..{n} (cluster of {n})")
+    if not 0 <= s["replicas"] <= MEMBERS_MAX:
+        raise ConfigError(f"replicas = {s['replicas']} must be 0 (every member holds every key) to {MEMBERS_MAX}")
+    for key in ("write_quorum", "read_quorum"):
+        if s["replicas"] and s[key] > s["replicas"]:
+            raise ConfigError(f"{key} = {s[key]} exceeds replicas = {s['replicas']}: a key is held by {s['replicas']} "
+                              f"nodes")
+    if s["replicas"] and s["mode"] != "dynamo":
+        raise ConfigError(f"replicas = {s['replicas']} is a dynamo-mode setting; in leader mode every member "
+                          f"holds every key")
     if not 1 <= s["session_timeout"] <= 86400:
         raise ConfigError(f"session_timeout = {s['session_timeout']} s; use 1 to 86400 seconds")
     if s["log_retention"] < 1:

@@ -38,6 +38,8 @@ def join_cluster(config, storage, stopping=lambda: False):
     except ValueError as exc:
         raise errors.ConfigError(f"--join: {exc}") from None
     with client:
+        if config.mode == "dynamo":
+            _check_replicas(config, client)
         while time.monotonic() < deadline and not stopping():
             try:
                 # The whole reply, not add_member()'s seq: its members are the membership that
@@ -61,6 +63,21 @@ def join_cluster(config, storage, stopping=lambda: False):
             f"{config.node_id} {config.host}:{config.port} --key <its public key file>` added it.") if config.keys else ""
     raise errors.ConfigError(f"--join: no member of {','.join(config.join)} added this node within "
                              f"{JOIN_TIMEOUT:.0f} s (last answer: {last}).{hint}")
+
+
+def _check_replicas(config, client):
+    """A dynamo cluster's replicas is fixed when it is created (docs/PARTITIONING.md): a node that
+    would join with another value refuses to start and names the cluster's."""
+    try:
+        status = client.status()
+    except errors.ZmqstoreError as exc:
+        raise errors.ConfigError(f"--join: could not ask {','.join(config.join)} for the cluster's settings: "
+                                 f"{exc}") from None
+    theirs = status.get("replicas", 0)
+    if theirs != config.replicas:
+        raise errors.ConfigError(f"--join: the cluster keeps replicas = {theirs} (fixed when it was created); this "
+                                 f"node was started with replicas = {config.replicas}: start it with "
+                                 f"--replicas {theirs}")
 
 
 def _already_member(config, storage) -> bool:

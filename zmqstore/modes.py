@@ -22,6 +22,8 @@ import time
 
 from . import __version__, errors, protocol
 from .dynamo import DynamoEngine, QuorumRead, Replication
+from .dynamo.forwarding import KEYED, Forward
+from .replies import Replies
 from .leader import Engine, Roles
 from .dynamo.feed import DynamoFeed
 from .leader.feed import LeaderFeed
@@ -69,6 +71,10 @@ class Mode:
 
     def feed(self):
         """What watches are served from (docs/WATCH.md); None: WATCH is refused."""
+        return None
+
+    def topics(self):
+        """What the SUBs take of the peers' streams: None for everything (transport.set_topics)."""
         return None
 
     def round_trips(self) -> dict:
@@ -176,15 +182,20 @@ class LeaderMode(Mode):
 
 class DynamoMode(Mode):
     """Every node accepts writes (docs/DYNAMO.md): `DynamoEngine`, and `Replication` with peers. A
-    reply waits for (batch, seq, need): the batch that makes it durable here and, for a write with
-    w = need > 1, need nodes holding entry seq of this run's origin."""
+    reply waits for (batch, dots, need): the batch that makes it durable here and, for a write with
+    w = need > 1, need nodes holding each of its entries (dots of this run's origins)."""
 
     def __init__(self, out, storage, config, faults, now):
         self.out, self.config = out, config
         self.engine = DynamoEngine(storage, config, __version__, faults)
         self.replication = self.peering = None
+        # Requests other nodes forwarded here (partitioned clusters, dynamo/forwarding.py): their
+        # replies wait in a queue of their own, released with the same rule as the node's, and go
+        # back to the node that forwarded them.
+        self.forwarded = Replies(self._send_forwarded)
         if self.engine.replicated:     # peers by its flags, or by the membership its data records
             self.replication = self.peering = Replication(out, self.engine, config, now)
+            self.replication.on_forward = self._on_forward
             self.engine.extra_status = lambda: self.replication.status(time.monotonic())
 
     def peer_list(self) -> tuple:
@@ -197,40 +208,58 @@ class DynamoMode(Mode):
     def feed(self):
         return DynamoFeed(self.engine)
 
-    def handle(self, request, envelope, now):
-        """A read with r > 1 goes to the peers and is held, body and all, as a QuorumRead until its
-        answers are in and joined; a write with w > 1 waits until w nodes hold it. A standalone node
+    def topics(self):
+        return self.replication.topics if self.replication is not None else None
+
+    def _copies_bound(self, what, need):
+        """w and r count the nodes holding a key: every member, or its `replicas` owners."""
+        placement = self.engine.placement
+        size = self.engine.membership.size
+        if need > min(size, placement.replicas):
+            held = f"the cluster's {size} nodes" if not self.engine.per_partition or placement.replicas >= size \
+                else f"the {placement.replicas} nodes that hold each key (replicas)"
+            raise errors.BadArgument(f"{what} = {need} exceeds {held}")
+
+    def handle(self, request, envelope, now, forwarded=False):
+        """A request for a key this node does not own (partitioned) goes to an owner and is held as
+        a Forward until its reply is in, unless it was forwarded here. A read with r > 1 goes to
+        the peers (the key's owners) and is held, body and all, as a QuorumRead until its answers
+        are in and joined; a write with w > 1 waits until w nodes hold it. A standalone node
         refuses quorums above 1."""
         cfg, command = self.config, request.command
+        engine = self.engine
+        if (engine.per_partition and not forwarded and command in KEYED and engine.membership.removed_by is None
+                and self.replication is not None):
+            target = self.replication.forwards.target(request)
+            if target is not None:
+                return None, self.replication.forwards.start(request, target)
         if command in ("GET", "GET_VERSIONS"):
             need = request.options.get("r", cfg.read_quorum)
             if need > 1:
-                size = self.engine.membership.size
-                if need > size:
-                    raise errors.BadArgument(f"r = {need} exceeds the cluster's {size} nodes")
+                self._copies_bound("r", need)
                 if self.engine.membership.removed_by is None:    # else the engine refuses it
                     return None, self.replication.reads.start(request, need)
         need = 1
         if command in protocol.WRITE_COMMANDS:
             need = request.options.get("w", cfg.write_quorum)
-            size = self.engine.membership.size
-            if need > size:
-                raise errors.BadArgument(f"w = {need} exceeds the cluster's {size} nodes")
+            self._copies_bound("w", need)
         elif command == "REMOVE_MEMBER" and self.replication is not None and self.engine.membership.removed_by is None:
             self.replication.check_removal(request.args[0], now)
-        reply, (batch, seq) = self.engine.handle(request)
+        reply, (batch, dots) = self.engine.handle(request)
         durable = self.engine.durable_batches
-        if need <= 1 or not seq:
-            return reply, (None if batch <= durable else (batch, 0, 1))
-        if batch <= durable and self.replication.copies(seq) >= need:
+        if need <= 1 or not dots:
+            return reply, (None if batch <= durable else (batch, (), 1))
+        if batch <= durable and self.replication.copies(dots) >= need:
             return reply, None      # a retry whose write is durable and held by enough nodes already
-        return reply, (batch, seq, need)
+        return reply, (batch, dots, need)
 
     def ready(self):
         durable = self.engine.durable_batches
-        copies = self.replication.copies if self.replication is not None else (lambda seq: 1)
+        copies = self.replication.copies if self.replication is not None else (lambda dots: 1)
 
         def rule(until):
+            if until.__class__ is Forward:
+                return until.reply is not None
             if until.__class__ is QuorumRead:
                 return until.reply is not None and until.batch <= durable
             return until[0] <= durable and (until[2] <= 1 or copies(until[1]) >= until[2])
@@ -238,9 +267,19 @@ class DynamoMode(Mode):
 
     def progress(self):
         rep = self.replication
-        return self.engine.durable_batches, (rep.acked, rep.reads.reads_done) if rep is not None else ()
+        return self.engine.durable_batches, (rep.ack_events, rep.reads.reads_done, rep.forwards.done) \
+            if rep is not None else ()
 
     def expired(self, held):
+        if held.until.__class__ is Forward:
+            forward = held.until
+            self.replication.forwards.forget(forward)
+            if forward.reply is not None:
+                return forward.reply
+            return protocol.encode_error(
+                held.request_id, "unavailable" if not held.is_write else "replication_timeout",
+                f"forwarded to node {forward.target}, an owner of the key, which did not answer within "
+                f"{self.config.replication_timeout} s" + ("; the write's outcome is unknown" if held.is_write else ""))
         if held.until.__class__ is QuorumRead:
             read = held.until
             self.replication.reads.forget(read)
@@ -249,9 +288,9 @@ class DynamoMode(Mode):
                     held.request_id, "unavailable", f"read_quorum {read.need} not reached: {1 + len(read.replies)} "
                     f"nodes answered within {self.config.replication_timeout} s")
             return not_confirmed(held, self.config)
-        batch, seq, need = held.until
+        batch, dots, need = held.until
         if held.is_write and need > 1:
-            copies = self.replication.copies(seq)
+            copies = self.replication.copies(dots)
             return protocol.encode_error(
                 held.request_id, "replication_timeout", f"write_quorum {need} not reached within "
                 f"{self.config.replication_timeout} s ({copies} nodes hold it): the write is applied and "
@@ -263,9 +302,36 @@ class DynamoMode(Mode):
 
     def after_replies(self):
         """Publish this origin's new durable entries, tell each origin what this node holds, send
-        read repairs (Replication.publish_new)."""
+        read repairs (Replication.publish_new); send the forwarded requests' replies that are ready."""
         if self.replication is not None:
             self.replication.publish_new()
+        if self.forwarded:
+            self.forwarded.release(self.ready(), self.expired, time.monotonic(), progress=self.progress())
+
+    def _on_forward(self, fields, envelope, now):
+        """A request a peer forwarded here (dynamo/forwarding.py): served as a client's would be,
+        never forwarded again; its reply goes back to that peer once ready, or its error at once."""
+        node_id, forward_id, body = fields
+        request = None
+        try:
+            request = protocol.decode_request(body, self.engine.limits)
+            if request.command not in KEYED:
+                raise errors.BadArgument(f"{request.command} is not forwarded between nodes")
+            reply, until = self.handle(request, None, now, forwarded=True)
+        except errors.StorageError:
+            raise
+        except errors.ZmqstoreError as exc:
+            reply, until = protocol.encode_exception(request.request_id if request else 0, exc), None
+        target = ((envelope, forward_id),)
+        if until is None:
+            self._send_forwarded([target[0], reply])
+        else:
+            self.forwarded.hold(list(target), reply, request.request_id, request.command in protocol.WRITE_COMMANDS,
+                                until, now + self.config.replication_timeout, request.command, now)
+
+    def _send_forwarded(self, frames):
+        (envelope, forward_id), body = frames
+        self.out.reply_peer(envelope, protocol.encode_peer("DFORWARD_REPLY", self.engine.node_id, forward_id, body))
 
 
 MODES = {"leader": LeaderMode, "dynamo": DynamoMode}

@@ -192,6 +192,7 @@ class Node:
             self._peer_list = peer_list
             self.peers.set_peers(peer_list)
             self.gate.set_peers(peer_list)
+        self.peers.set_topics(self.mode.topics())
 
     # ------------------------------------------------------------ the loop
 

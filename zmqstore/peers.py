@@ -30,6 +30,7 @@ class PeerPlane:
         self.limits = None              # set by attach(): the engine's limits with frame_max
         self.peering = None             # the mode's peer side (None standalone)
         self.subs = {}                  # peer id -> SUBs connected to that peer's PUB (one per key)
+        self.topics = None              # what the SUBs subscribe to (None: everything; transport.set_topics)
         self.dealers = {}               # peer id -> DEALERs to that peer's peer port (one per key)
         self.router = self.pub = None
         self._ctx, self._config, self._security, self._own = ctx, config, security, own
@@ -38,6 +39,7 @@ class PeerPlane:
         self.version = 0                # changes whenever the sockets do (the loop then polls the new list)
         self.announced = {}             # peer id -> (lowest, highest) peer version it accepts, as it said
         self._version_logged = {}       # source -> when its unsupported version was last logged
+        self.spoken = protocol.speak(())    # the version peer messages are encoded in (_choose_version)
         try:
             self.router = transport.bind_router(ctx, config.host, config.peer_port, self.frame_max, gate.guard_peer,
                                                 what="peer_port", curve=own)
@@ -69,11 +71,20 @@ class PeerPlane:
             if sock is not None:
                 sock.close(linger=0)
 
+    def set_topics(self, topics):
+        """Subscribe every peer's stream to `topics` (None: everything), now and at each connect."""
+        if topics != self.topics:
+            for socks in self.subs.values():
+                for sock in socks:
+                    transport.set_topics(sock, self.topics, topics)
+            self.topics = topics
+
     def set_peers(self, peers):
         """Connect to the peers (config.Peer or protocol.Member: the membership's) that are new or
         moved; close the sockets of those that left (docs/MEMBERSHIP.md)."""
         wanted = {p.node_id: p for p in peers}
         self.announced = {nid: versions for nid, versions in self.announced.items() if nid in wanted}
+        self._choose_version()
         where = {nid: (p.host, p.pub_port, p.peer_port, getattr(p, "key", None)) for nid, p in wanted.items()}
         for nid in [nid for nid in self._where if where.get(nid) != self._where[nid]]:
             for sock in (*self.subs.pop(nid, ()), *self.dealers.pop(nid, ())):
@@ -103,7 +114,7 @@ class PeerPlane:
                 log.warning("no public key for node %d (not in node_keys, none in its membership record): "
                             "not connecting to it", peer.node_id)
         self.subs[peer.node_id] = tuple(
-            transport.connect_sub(ctx, peer, config.host, self.frame_max, curve) for curve in curves)
+            transport.connect_sub(ctx, peer, config.host, self.frame_max, curve, self.topics) for curve in curves)
         self.dealers[peer.node_id] = tuple(transport.connect_dealer(
             ctx, peer.host, peer.peer_port, identity=b"node-%d" % config.node_id,
             source_host=config.host, max_msg_size=self.frame_max, immediate=True, curve=curve)
@@ -119,7 +130,10 @@ class PeerPlane:
             elif kind is REPLY:
                 transport.send_frames(self.router, target + [body])
             elif not (self.faults.drop_changes and random.random() < self.faults.drop_changes):   # PUBLISH
-                transport.send(self.pub, body)
+                if target is None:
+                    transport.send(self.pub, body)
+                else:       # a topic: only the peers subscribed to it get the message (set_topics)
+                    transport.send_frames(self.pub, [target, body])
 
     def _send_to(self, node_id, body):
         for dealer in self.dealers.get(node_id, ()):
@@ -213,6 +227,14 @@ class PeerPlane:
                 log.info("node %d accepts peer protocol versions %d..%d (this node: %d..%d)", sender,
                          *versions, *protocol.peer_versions())
             self.announced[sender] = versions
+            self._choose_version()
+
+    def _choose_version(self):
+        """Encode in the highest version every peer announced it accepts (docs/PROTOCOL.md, section 6)."""
+        before = self.spoken
+        self.spoken = protocol.speak(self.announced.values())
+        if self.spoken != before:
+            log.info("encoding peer messages in version %d: the highest every peer accepts", self.spoken)
 
     def _handle(self, handler, message, *args):
         """A handler that raises drops its message and logs the sender; it never ends the node

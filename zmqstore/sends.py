@@ -33,8 +33,9 @@ class Sends:
     def __bool__(self):
         return bool(self.queue or self.early)
 
-    def publish(self, body):
-        self.queue.append((PUBLISH, None, body))
+    def publish(self, body, topic=None):
+        """To the subscribers of this node's stream; with a topic, those subscribed to it only."""
+        self.queue.append((PUBLISH, topic, body))
 
     def publish_early(self, body):
         """The primary's new entries: may leave before this iteration's commit (see above)."""

@@ -51,6 +51,7 @@ META_TOMB = b"d:tomb:"            # + key: the key holds tombstones only (waits 
 META_TOMB_END = b"d:tomb;"        # just above every META_TOMB key
 META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (anti-entropy index)
 META_DMEMBERS = b"d:members"      # the membership, protocol.encode_dynamo_members (docs/MEMBERSHIP.md)
+META_REPLICAS = b"d:replicas"     # copies of each key (u64, 0: every member), fixed when the cluster was created
 _LOG_KEY = struct.Struct(">QQ")
 
 

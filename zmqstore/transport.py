@@ -72,8 +72,9 @@ def bind_router(ctx, host, port, max_msg_size, guard, what="port", send_hwm=ROUT
 
 
 # What a subscriber may send a PUB: its handshake (CurveZMQ's INITIATE is about 300 bytes; the limit
-# applies to it too) and subscriptions (a flag byte and a prefix; nodes subscribe to everything, the
-# empty prefix). A larger frame drops the connection before it is buffered.
+# applies to it too) and subscriptions (a flag byte and a prefix: everything, the empty prefix, or
+# in a partitioned dynamo cluster one 3-byte topic per partition owned, docs/PARTITIONING.md). A
+# larger frame drops the connection before it is buffered.
 PUB_MAX_INBOUND = 1024
 
 
@@ -90,14 +91,15 @@ def bind_pub(ctx, host, port, guard, curve=None):
     return sock
 
 
-def connect_sub(ctx, peer, source_host, max_msg_size, curve=None):
-    """A SUB connected to one peer's PUB, subscribed to everything, sending from source_host: one per
-    peer, so that what arrives is known to come from that peer. `curve`: (own pair, peer's public key)."""
+def connect_sub(ctx, peer, source_host, max_msg_size, curve=None, topics=None):
+    """A SUB connected to one peer's PUB, sending from source_host: one per peer, so that what
+    arrives is known to come from that peer. Subscribed to `topics` (None: everything). `curve`:
+    (own pair, peer's public key)."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, ROUTER_HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    set_topics(sock, (), topics)
     try:
         if curve is not None:
             curve_client(sock, *curve)
@@ -106,6 +108,16 @@ def connect_sub(ctx, peer, source_host, max_msg_size, curve=None):
         sock.close(linger=0)
         raise
     return sock
+
+
+def set_topics(sock, old, new):
+    """Move a SUB's subscriptions from the topics `old` to `new` (None: everything, b"")."""
+    old = {b""} if old is None else set(old)
+    new = {b""} if new is None else set(new)
+    for topic in old - new:
+        sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+    for topic in new - old:
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
 
 
 def connect_dealer(ctx, host, port, identity=None, source_host=None, max_msg_size=-1, immediate=False, curve=None):

@@ -38,14 +38,16 @@ def test_writes_wait_for_their_batch_and_reads_see_them(make_engine):
     eng = make_engine()
     call = Caller(eng)
     assert call("PUT", b"k", V(1)) == (True, 1, eng.origin)    # the reply names the version's dot
-    assert call.wait_seq == (1, 1) and eng.durable_batches == 0     # waits for the flush (batch 1); write seq 1
-    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == (1, 0)
+    # waits for the flush (batch 1); its entry is seq 1 of this run's origin
+    assert call.wait_seq == (1, ((eng.origin, 1),)) and eng.durable_batches == 0
+    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == (1, ())
     assert call("PUT", b"k", V(2), request_id=1) == (True, 1, eng.origin)  # a retry: first outcome
     eng.flush()
     assert eng.durable_batches == 1 and eng.durable_applied[eng.origin] == 1
-    entries, moved = eng.take_published()
-    assert len(entries) == 1 and moved == set() and eng.take_published() == ([], set())
-    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == (0, 0)
+    entries, moved, synced = eng.take_published()
+    assert [o for o, _raw in entries] == [eng.origin] and moved == set() and synced == {eng.origin}
+    assert eng.take_published() == ([], set(), set())
+    assert call("GET", b"k", False) == (V(1), False) and call.wait_seq == (0, ())
     with pytest.raises(errors.UnsupportedOperation, match="dynamo"):
         call("CAS", b"k", None, V(3))
     assert call("DEL", b"nothing") == (False, 0, 0)
@@ -62,7 +64,7 @@ def test_entries_of_another_origin_apply_in_order_once(make_engine):
     assert b.apply_remote(a.origin, raws) == (2, False)
     assert b.apply_remote(a.origin, raws) == (0, False)         # again: nothing
     b.flush()
-    assert b.take_published() == ([], {a.origin})              # acknowledged to a's node (DACK)
+    assert b.take_published() == ([], {a.origin}, {a.origin})  # acknowledged to a's node (DACK)
     assert Caller(b)("GET", b"x", False) == (V("again"), False)
     assert b.digest == a.digest                                  # same data, same digest
     served, first = b.read_entries(a.origin, 2)

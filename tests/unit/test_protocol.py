@@ -207,6 +207,9 @@ PEER_VALID = {
     "DREAD_REPLY": (1, 99, None, []),
     "DPUSH": (2, b"k", b"state"),
     "DMEMBERS": (2, b"records", [[(2 << 32) + 9, 3]]),
+    "DSYNC": (2, (2 << 32) + (7 << 12), (1 << 32) + (9 << 12), 5, 4, 3, [[(2 << 32) + (7 << 12) + 4095, 8]], True),
+    "DFORWARD": (2, 17, b"request"),
+    "DFORWARD_REPLY": (1, 17, b"reply"),
 }
 
 
@@ -279,6 +282,7 @@ def test_every_peer_message_names_its_sender():
                for cmd, fields in PEER_VALID.items()}
     assert senders["VOTE_REQUEST"] == 2 and senders["VOTE"] == 3 and senders["CHANGE"] == 1
     assert senders["DCHANGE"] == 1 and senders["ACK"] == 2 and senders["DPUSH"] == 2
+    assert senders["DSYNC"] == 2 and senders["DFORWARD"] == 2 and senders["DFORWARD_REPLY"] == 1
     assert protocol.PEER_REQUESTS | protocol.PEER_STREAM < set(protocol.PEER_MESSAGES)
 
 

@@ -13,10 +13,10 @@ from .layout import _winning_value, origin_name
 
 class Wait(NamedTuple):
     """What a reply waits for on this node (modes.DynamoMode): the batch that makes it durable (0:
-    nothing) and, for a write this run made, its `seq` of this run's origin (0: none), which a write
-    with w > 1 also waits to see held by w nodes."""
+    nothing) and, for a write this run made, its entries' dots (origin, seq) of this run's origins
+    (none: ()), which a write with w > 1 also waits to see held by w nodes."""
     batch: int
-    seq: int = 0
+    dots: tuple = ()
 
 
 NO_WAIT = Wait(0)
@@ -30,6 +30,15 @@ def read_reply(req, state):
         return protocol.encode_ok(req.request_id, None if best is None else best.value, len(state.siblings) > 1)
     siblings = [[s.value, s.node, s.seq, s.hlc] for s in state.siblings]
     return protocol.encode_ok(req.request_id, siblings, protocol.encode_context(state.ctx))
+
+
+def refuse_partial(engine, what):
+    """Scans, watches and backups read one node's data: in a partitioned cluster only a node that
+    owns every partition has all of it (docs/PARTITIONING.md, "Limits")."""
+    if not engine.holds_everything:
+        raise errors.UnsupportedOperation(
+            f"{what} is not served by this cluster: it keeps {engine.replicas} copies of each key on "
+            f"{engine.membership.size} nodes, so no node holds every key (docs/PARTITIONING.md)")
 
 
 class DynamoCommands(CommandTable):
@@ -60,16 +69,18 @@ class DynamoCommands(CommandTable):
         if dot is None:
             self._admit(req)
             return None
-        origin, seq = dot
-        # a quorum write's retry waits for the quorum too (when this run made it)
+        origin, seq = dot[0]
+        # a quorum write's retry waits for the quorum too (for the entries this run made)
         return (protocol.encode_ok(req.request_id, True, seq, origin),
-                Wait(self.engine.pending_batch, seq if origin == self.engine.origin else 0))
+                Wait(self.engine.pending_batch, tuple(d for d in dot if self.engine.is_own(d[0]))))
 
     def _written(self, req, ops, result=True):
-        """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot."""
+        """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot (with
+        replicas set, a put_many over several partitions makes one entry each: the first's)."""
         engine = self.engine
-        seq = engine.write(req, ops)
-        return protocol.encode_ok(req.request_id, result, seq, engine.origin), Wait(engine.pending_batch, seq)
+        dots = engine.write(req, ops)
+        origin, seq = dots[0]
+        return protocol.encode_ok(req.request_id, result, seq, origin), Wait(engine.pending_batch, dots)
 
     def _put(self, req):
         done = self._check_write(req)
@@ -84,11 +95,11 @@ class DynamoCommands(CommandTable):
             return done
         key, value, raw_ctx = req.args
         ctx = protocol.decode_context(raw_ctx)
-        origin, made = self.engine.origin, self.engine.applied[self.engine.origin]
-        if ctx.get(origin, 0) > made:
+        claim = self.engine.overclaim(ctx)
+        if claim is not None:
             # No read could have returned it: this origin is this run's, and has made fewer writes.
-            raise errors.BadArgument(f"the context names write {ctx[origin]} of this node's origin, which "
-                                     f"has made {made}: it is not one get_versions returned")
+            raise errors.BadArgument(f"the context names write {claim[1]} of this node's origin, which "
+                                     f"has made {claim[2]}: it is not one get_versions returned")
         return self._written(req, ((key, value, ctx),))
 
     def _delete(self, req):
@@ -114,6 +125,7 @@ class DynamoCommands(CommandTable):
                                           "its context instead")
 
     def _scan(self, req):
+        refuse_partial(self.engine, "scan")
         self.engine.flush()    # a scan reads RocksDB: this iteration's writes first
         return self._scan_page(req, _winning_value)
 
@@ -121,6 +133,12 @@ class DynamoCommands(CommandTable):
 
     def _members(self, req):
         return protocol.encode_ok(req.request_id, self.engine.membership.member_records()), NO_WAIT
+
+    def _refuse_in_partitioned(self):
+        if self.engine.per_partition:
+            raise errors.UnsupportedOperation(
+                f"this cluster keeps {self.engine.replicas} copies of each key (replicas): adding and removing "
+                f"members needs partitions to move between nodes, which is not built yet (docs/PARTITIONING.md)")
 
     def _changed(self, req, membership):
         """A membership change's reply, [changed, counter of the node's record, members]: it leaves
@@ -138,27 +156,43 @@ class DynamoCommands(CommandTable):
                                    engine.membership.member_records()), Wait(engine.pending_batch))
 
     def _add_member(self, req):
+        self._refuse_in_partitioned()
         member = self._member_to_add(req)
         return self._changed(req, self.engine.membership.adding(member, self.config.node_id))
 
     def _remove_member(self, req):
+        self._refuse_in_partitioned()
         return self._changed(req, self.engine.membership.removing(req.args[0], self.config.node_id))
 
     def _outcome(self, req):
         dot, _certain = self.sessions.peek(req.client_id, req.args[0], time.monotonic())
         if dot is None:
             return protocol.encode_ok(req.request_id, "unknown", 0), NO_WAIT
-        return protocol.encode_ok(req.request_id, "committed", dot[1]), Wait(self.engine.pending_batch)
+        return protocol.encode_ok(req.request_id, "committed", dot[0][1]), Wait(self.engine.pending_batch)
+
+    def _positions(self) -> dict:
+        """Applied seqs and log starts per origin; with replicas set, where origins are one per run
+        and partition (thousands), their totals per node instead."""
+        e = self.engine
+        if not e.per_partition:
+            return {"applied": {origin_name(o): s for o, s in sorted(e.durable_applied.items()) if s},
+                    "log_first": {origin_name(o): f for o, f in sorted(e.first.items())}}
+        applied, kept = {}, {}
+        for origin, seq in e.durable_applied.items():
+            node = str(origin >> 32)
+            applied[node] = applied.get(node, 0) + seq
+            kept[node] = kept.get(node, 0) + seq - e.first.get(origin, seq + 1) + 1
+        return {"applied": dict(sorted(applied.items())), "log_entries": dict(sorted(kept.items()))}
 
     def status(self) -> dict:
         cfg, e = self.config, self.engine
         return {
             "node_id": cfg.node_id, "mode": "dynamo", "role": self.engine.role, "term": 0, "primary_id": 0,
-            "last_seq": e.applied[e.origin], "commit_seq": e.applied[e.origin],
-            "origin": origin_name(e.origin),
-            "applied": {origin_name(o): s for o, s in sorted(e.durable_applied.items()) if s},
-            "log_first": {origin_name(o): f for o, f in sorted(e.first.items())},
-            "keys_estimate": e.storage.approximate_keys(), "conflicts": e.conflicts,
+            "last_seq": e.made, "commit_seq": e.made,
+            "origin": origin_name(e.origin), "replicas": e.replicas,
+            **self._positions(),
+            "keys_estimate": e.storage.approximate_keys(), "keys": e.owned_keys(),
+            "partitions_owned": len(e.placement.owned_by(e.node_id)), "conflicts": e.conflicts,
             "tombstones": e.tombstones, "digest": f"{e.durable_digest:016x}",
             "address": cfg.address, "pub_address": f"{cfg.host}:{cfg.pub_port}", "peer_port": cfg.peer_port,
             "fsync": cfg.fsync,

@@ -11,16 +11,20 @@ from .. import errors, protocol
 from ..faults import NONE
 from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
 from ..sessions import Sessions
-from ..storage import META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_TOMB, META_TOMB_END, log_key
+from ..storage import (META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_REPLICAS, META_TOMB, META_TOMB_END,
+                       log_key)
 from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                         merge, stable, winner)
 from .antientropy import bucket_keys
 from .commands import DynamoCommands
 from .membership import DynamoMembership
 from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, MAX_CLOCK_AHEAD, _U64, _decode_state, _hash_key, _state_hash,
-                     bucket_of, origin_name, origin_node)
+                     bucket_of, origin_name, origin_node, origin_partition)
+from .placement import ALL, Placement
 
 log = logging.getLogger("zmqstore.dynamo")
+_MASK64 = (1 << 64) - 1
+RUN_PARTITION_BITS = 0xFFF       # with replicas set, an origin's low 12 bits are its partition
 
 
 
@@ -37,6 +41,13 @@ class DynamoEngine:
         self.limits = protocol.Limits(config.max_key_size, config.max_value_size,
                                       config.max_batch_items, config.max_request_size)
         self.membership = load_membership(storage, config)
+        # replicas (docs/PARTITIONING.md): fixed when the cluster was created. With a number, each
+        # run writes one origin per partition (run | partition), so an origin's entries are one
+        # partition's and its owners hold its whole stream; with ALL, one origin per run.
+        self.replicas = load_replicas(storage, config)
+        self.per_partition = self.replicas != ALL
+        self._run_mask = ~RUN_PARTITION_BITS & _MASK64 if self.per_partition else _MASK64
+        self.placement = Placement(self.membership.members or (self.node_id,), self.replicas)
         self.on_membership = None      # called with each new membership (Replication)
         self.extra_status = None
         self.sessions = Sessions(config.session_timeout)
@@ -53,11 +64,15 @@ class DynamoEngine:
             self.first[_U64.unpack(key[len(META_FIRST):])[0]] = _U64.unpack(raw)[0]
         # Sessions are rebuilt from the logs at start: whole only if no log was ever trimmed.
         self.sessions_complete_since = self.started if any(f > 1 for f in self.first.values()) else float("-inf")
-        while True:   # a new origin for this run, never one an earlier run used
-            self.origin = (self.node_id << 32) | int.from_bytes(os.urandom(4), "big")
-            if self.origin not in self.applied and self.origin & 0xFFFFFFFF:
+        runs = {o & self._run_mask for o in self.applied}
+        while True:   # a new run, never one an earlier run used: its origins' seqs are never reused
+            self.run = ((self.node_id << 32) | int.from_bytes(os.urandom(4), "big")) & self._run_mask
+            if self.run not in runs and self.run & 0xFFFFFFFF & self._run_mask:
                 break
-        self.applied[self.origin] = 0
+        self.origin = self.run       # ALL: this run's one origin (per partition: partition 0's)
+        if not self.per_partition:
+            self.applied[self.origin] = 0
+        self.made = 0                # writes this run made (every origin of the run)
         self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
         raw_hlc = storage.get_cf("meta", META_HLC)
         self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
@@ -70,19 +85,24 @@ class DynamoEngine:
         self._raw = {}             # key -> the encoding of its current state, as loaded or staged
         self._moved = set()        # origins whose applied seq this batch moves
         self._announce = set()     # other origins whose durable applied seq moved, not yet acknowledged
-        self._published = []       # this origin's entries flushed but not yet published
+        self._published = []       # (origin, entry) of this run flushed but not yet published
+        self._synced = set()       # origins whose durable applied seq moved, not yet taken by Replication
         self._staged_own = []
         self.digest = 0            # XOR of every key's state hash = XOR of the bucket hashes
         self.buckets = [0] * BUCKETS
         self.conflicts = 0         # keys with more than one sibling
         self.tombstones = 0        # keys holding tombstones only
+        self.live = [0] * BUCKETS  # per bucket (partition): keys holding a value (not tombstones only)
         for key, raw in storage.iter_cf("data"):
             h = _state_hash(key, raw)
+            bucket = bucket_of(key)
             self.digest ^= h
-            self.buckets[bucket_of(key)] ^= h
+            self.buckets[bucket] ^= h
             state = _decode_state(raw)
             self.conflicts += len(state.siblings) > 1
-            self.tombstones += is_tombstone_only(state)
+            tomb = is_tombstone_only(state)
+            self.tombstones += tomb
+            self.live[bucket] += not tomb
         self.durable_digest = self.digest
         self._gc_cursor = b""
         self._recover_sessions()
@@ -90,12 +110,36 @@ class DynamoEngine:
         self.leader_address = None
         self.commands = DynamoCommands(self)
         self.handle = self.commands.handle   # request -> (reply body, Wait), dynamo/commands.py
-        log.info("dynamo mode: origin %s for this run; %d origins known, %d keys with siblings, %d tombstones",
-                 origin_name(self.origin), len(self.applied) - 1, self.conflicts, self.tombstones)
+        log.info("dynamo mode: origin %s for this run%s; %d origins known, %d keys with siblings, %d tombstones",
+                 origin_name(self.origin), f" (one per partition, replicas = {self.replicas})"
+                 if self.per_partition else "", len(self.applied) - (not self.per_partition), self.conflicts,
+                 self.tombstones)
 
     @property
     def role(self) -> str:
         return "peer" if self.membership.removed_by is None else "removed"
+
+    def own_origin(self, partition) -> int:
+        """The origin this run writes a key of `partition` at."""
+        return self.run | partition if self.per_partition else self.origin
+
+    def is_own(self, origin) -> bool:
+        """Whether `origin` is one of this run's (earlier runs' origins are like any peer's)."""
+        return origin & self._run_mask == self.run
+
+    def owns(self, partition) -> bool:
+        """Whether this node is an owner of the partition (with ALL: of every partition)."""
+        return partition in self.placement.owned_by(self.node_id)
+
+    def owned_keys(self) -> int:
+        """Keys holding a value in the partitions this node owns: exact (status `keys`)."""
+        live = self.live
+        return sum(live[p] for p in self.placement.owned_by(self.node_id))
+
+    @property
+    def holds_everything(self) -> bool:
+        """Whether this node owns every partition: scans, watches and backups need it."""
+        return not self.placement.partitioned
 
     @property
     def replicated(self) -> bool:
@@ -107,6 +151,8 @@ class DynamoEngine:
         with this iteration's batch, so before anything that follows from it is sent."""
         self._staging().put_cf("meta", META_DMEMBERS, membership.encoded)
         old, self.membership = self.membership, membership
+        if set(old.members) != set(membership.members) and membership.members:
+            self.placement = Placement(membership.members, self.replicas)
         gone = sorted(set(old.members) - set(membership.members))
         came = sorted(set(membership.members) - set(old.members))
         if came or gone:
@@ -124,12 +170,12 @@ class DynamoEngine:
         are recorded again (as leader mode does from its log)."""
         now = time.monotonic()
         for origin in self.applied:
-            if origin_node(origin) != self.node_id or origin == self.origin:
+            if origin_node(origin) != self.node_id or self.is_own(origin):
                 continue
             for _key, raw in self.storage.iter_cf("log", log_key(origin, 0), log_key(origin + 1, 0)):
                 entry = decode_dyn_entry(raw)
                 if entry.client_id:
-                    self.sessions.record(entry.client_id, entry.request_id, (entry.origin, entry.seq), now)
+                    self.sessions.record(entry.client_id, entry.request_id, ((entry.origin, entry.seq),), now)
 
     # ------------------------------------------------------------ state of keys
 
@@ -170,6 +216,7 @@ class DynamoEngine:
         self.conflicts += (len(new.siblings) > 1) - (len(old.siblings) > 1)
         was_tomb = bool(old.siblings) and is_tombstone_only(old)
         is_tomb = bool(new.siblings) and is_tombstone_only(new)
+        self.live[bucket] += (bool(new.siblings) and not is_tomb) - (bool(old.siblings) and not was_tomb)
         if is_tomb != was_tomb:
             self.tombstones += is_tomb - was_tomb
             if is_tomb:
@@ -201,38 +248,48 @@ class DynamoEngine:
     # ------------------------------------------------------------ writes
 
     def write(self, request, ops):
-        """Apply a client's write at this origin: ops are (key, value or None, context or None: the
-        key's state here). Every new state is computed and checked before any is staged, so a
-        refused write changes nothing. Returns the new entry's seq."""
-        seq = self.applied[self.origin] + 1
+        """Apply a client's write at this run's origins: ops are (key, value or None, context or
+        None: the key's state here). One entry per origin: with replicas set, one per partition the
+        keys fall in (docs/PARTITIONING.md), so a put_many is atomic on this node but reaches each
+        partition's owners as its own entry. Every new state is computed and checked before any is
+        staged, so a refused write changes nothing. Returns the new entries' dots, (origin, seq)."""
         hlc = self.hlc.peek(int(time.time() * 1000))
-        logged, staged = [], []
-        for key, value, ctx in ops:
-            state = self.load(key)
-            write_ctx = state.ctx if ctx is None else self._cap(ctx)
-            new = apply_write(state, Sibling(self.origin, seq, hlc, value), write_ctx)
-            if new is None:   # only a context naming this run's future writes could do this; _cap prevents it
-                raise errors.BadArgument("the context names a write of this node that it has not made")
-            encoded = encode_key_state(new.ctx, new.siblings)
-            if len(encoded) > self.state_limit:
-                raise errors.ValueTooLarge(
-                    f"key {key[:40]!r} would hold {len(encoded)} bytes of versions (limit {self.state_limit}): "
-                    f"resolve its siblings first (get_versions, then put with that context)")
-            staged.append((key, state, new, encoded))
-            logged.append((key, protocol.vector_pairs(write_ctx), value))
-        raw = encode_dyn_entry(DynEntry(self.origin, seq, hlc, request.client_id, request.request_id,
-                                        tuple(logged)))
-        if len(raw) > self.entry_limit:
-            raise errors.RequestTooLarge(f"the write's log entry of {len(raw)} bytes would exceed what peers "
-                                         f"accept ({self.entry_limit}); write fewer items at once")
+        groups = {}
+        for op in ops:
+            groups.setdefault(self.own_origin(bucket_of(op[0]) if self.per_partition else 0), []).append(op)
+        staged, entries = [], []
+        for origin, group in groups.items():
+            seq = self.applied.get(origin, 0) + 1
+            logged = []
+            for key, value, ctx in group:
+                state = self.load(key)
+                write_ctx = state.ctx if ctx is None else self._cap(ctx)
+                new = apply_write(state, Sibling(origin, seq, hlc, value), write_ctx)
+                if new is None:   # only a context naming this run's future writes could do this; _cap prevents it
+                    raise errors.BadArgument("the context names a write of this node that it has not made")
+                encoded = encode_key_state(new.ctx, new.siblings)
+                if len(encoded) > self.state_limit:
+                    raise errors.ValueTooLarge(
+                        f"key {key[:40]!r} would hold {len(encoded)} bytes of versions (limit {self.state_limit}): "
+                        f"resolve its siblings first (get_versions, then put with that context)")
+                staged.append((key, state, new, encoded))
+                logged.append((key, protocol.vector_pairs(write_ctx), value))
+            raw = encode_dyn_entry(DynEntry(origin, seq, hlc, request.client_id, request.request_id, tuple(logged)))
+            if len(raw) > self.entry_limit:
+                raise errors.RequestTooLarge(f"the write's log entry of {len(raw)} bytes would exceed what peers "
+                                             f"accept ({self.entry_limit}); write fewer items at once")
+            entries.append((origin, seq, raw))
         self.hlc.observe(hlc)
         for key, state, new, encoded in staged:
             self._store(key, state, new, encoded)
-        self._staging().put_cf("log", log_key(self.origin, seq), raw)
-        self._set_applied(self.origin, seq)
-        self._staged_own.append(raw)
-        self.sessions.record(request.client_id, request.request_id, (self.origin, seq), time.monotonic())
-        return seq
+        for origin, seq, raw in entries:
+            self._staging().put_cf("log", log_key(origin, seq), raw)
+            self._set_applied(origin, seq)
+            self._staged_own.append((origin, raw))
+        self.made += len(entries)
+        dots = tuple((origin, seq) for origin, seq, _raw in entries)
+        self.sessions.record(request.client_id, request.request_id, dots, time.monotonic())
+        return dots
 
     def _cap(self, ctx):
         """A client's context, each pair capped at what this node has applied of that origin: it
@@ -244,12 +301,15 @@ class DynamoEngine:
     def apply_remote(self, origin, raws):
         """Apply another origin's entries, in seq order from the first one not applied yet. Returns
         (entries applied, True when one was missing: a gap to fetch)."""
-        if origin == self.origin:
+        if self.is_own(origin):
             return 0, False
         entries = [decode_dyn_entry(raw) for raw in raws]
         for entry in entries:     # all checked before any is applied: a refused batch changes nothing
             if entry.origin != origin:
                 raise errors.MalformedMessage(f"entry of origin {entry.origin} in a batch of origin {origin}")
+            if self.per_partition and any(bucket_of(key) != origin_partition(origin) for key, _c, _v in entry.ops):
+                raise errors.MalformedMessage(f"an entry of origin {origin_name(origin)} (partition "
+                                              f"{origin_partition(origin)}) writes a key of another partition")
             self.check_remote(entry.hlc, (protocol.vector_from_pairs(ctx) for _k, ctx, _v in entry.ops))
         done = 0
         for raw, entry in zip(raws, entries):
@@ -271,11 +331,13 @@ class DynamoEngine:
         return done, False
 
     def take_published(self):
-        """What flushes since the last call made durable: this origin's new entries (to publish)
-        and the other origins whose applied seq moved (to acknowledge)."""
+        """What flushes since the last call made durable: this run's new entries, (origin, entry)
+        (to publish), the other origins whose applied seq moved (to acknowledge), and every origin
+        whose applied seq moved (for the peers' views, Replication)."""
         out, self._published = self._published, []
         moved, self._announce = self._announce, set()
-        return out, moved
+        synced, self._synced = self._synced, set()
+        return out, moved, synced
 
     def flush(self):
         """Write the open batch (fsync per setting). Raises StorageError on failure: the node stops."""
@@ -294,11 +356,14 @@ class DynamoEngine:
         self._batch = None
         self._dirty.clear()
         self._raw.clear()
-        self._announce |= self._moved
-        self._announce.discard(self.origin)
+        durable = self.durable_applied
+        for origin in self._moved:
+            durable[origin] = self.applied[origin]
+            if not self.is_own(origin):
+                self._announce.add(origin)
+        self._synced |= self._moved
         self._moved.clear()
         self.durable_batches += 1
-        self.durable_applied = dict(self.applied)
         self.durable_digest = self.digest
         self._published.extend(self._staged_own)
         self._staged_own = []
@@ -388,7 +453,7 @@ class DynamoEngine:
         now holds every entry up to it, so our applied vector moves up; the log entries we hold
         below the new seq are dropped (a fetch must never be served a range with a hole)."""
         for origin, seq in vector.items():
-            if origin == self.origin or seq <= self.applied.get(origin, 0):
+            if self.is_own(origin) or seq <= self.applied.get(origin, 0):
                 continue
             batch = self._staging()
             batch.delete_range_cf("log", log_key(origin, 0), log_key(origin, seq + 1))
@@ -414,21 +479,33 @@ class DynamoEngine:
         if hlc > (int((time.time() + MAX_CLOCK_AHEAD) * 1000) << HLC_LOGICAL_BITS):
             raise errors.MalformedMessage(f"a clock of {hlc >> HLC_LOGICAL_BITS} ms is more than "
                                           f"{MAX_CLOCK_AHEAD:.0f} s ahead of this node's")
-        own = self.applied[self.origin]
         for vector in vectors:
-            if vector.get(self.origin, 0) > own:
-                raise errors.MalformedMessage(f"a context claims write {vector[self.origin]} of this node's "
-                                              f"origin, which has made {own}")
+            claim = self.overclaim(vector)
+            if claim is not None:
+                raise errors.MalformedMessage(f"a context claims write {claim[1]} of this node's origin "
+                                              f"{origin_name(claim[0])}, which has made {claim[2]}")
+
+    def overclaim(self, vector):
+        """(origin, seq claimed, seq made) for a vector naming a write of this run that it has not
+        made, else None."""
+        if not self.per_partition:
+            own = self.applied[self.origin]
+            claimed = vector.get(self.origin, 0)
+            return (self.origin, claimed, own) if claimed > own else None
+        for origin, claimed in vector.items():
+            if origin & self._run_mask == self.run and claimed > self.applied.get(origin, 0):
+                return origin, claimed, self.applied.get(origin, 0)
+        return None
 
     def remote_state(self, raw) -> KeyState:
         """A key state from a peer, decoded and checked (check_remote) for each sibling."""
         state = _decode_state(raw)
-        own = self.applied[self.origin]
         for sib in state.siblings:
             self.check_remote(sib.hlc)
-            if sib.node == self.origin and sib.seq > own:
-                raise errors.MalformedMessage(f"a sibling claims write {sib.seq} of this node's origin, "
-                                              f"which has made {own}")
+            if self.is_own(sib.node) and sib.seq > self.applied.get(sib.node, 0):
+                raise errors.MalformedMessage(f"a sibling claims write {sib.seq} of this node's origin "
+                                              f"{origin_name(sib.node)}, which has made "
+                                              f"{self.applied.get(sib.node, 0)}")
         self.check_remote(0, (state.ctx,))
         return state
 
@@ -443,6 +520,31 @@ class DynamoEngine:
     def batch_of(self, key) -> int:
         """The batch a read of `key` waits for: the open one when this iteration wrote the key, else 0."""
         return self.pending_batch if key in self._dirty else 0
+
+
+def load_replicas(storage, config) -> int:
+    """The copies of each key the data dir's cluster keeps (docs/PARTITIONING.md), recorded at the
+    first start: a node started with another value refuses to start and names the recorded one. A
+    data dir from before the setting holds every key (ALL)."""
+    raw = storage.get_cf("meta", META_REPLICAS)
+    if raw is None:
+        fresh = storage.get_cf("meta", META_HLC) is None    # no dynamo write or entry was ever applied here
+        recorded = config.replicas if fresh else ALL
+        batch = storage.batch()
+        batch.put_cf("meta", META_REPLICAS, _U64.pack(recorded))
+        storage.commit(batch)
+    else:
+        recorded = _U64.unpack(raw)[0]
+    if recorded != config.replicas:
+        raise errors.DataDirError(
+            f"this data dir belongs to a cluster created with replicas = {_replicas_name(recorded)}; the value is "
+            f"fixed when the cluster is created, so start the node with --replicas {recorded} (this start asked "
+            f"for {_replicas_name(config.replicas)})")
+    return recorded
+
+
+def _replicas_name(replicas) -> str:
+    return "0 (every member holds every key)" if replicas == ALL else str(replicas)
 
 
 def load_membership(storage, config) -> DynamoMembership:

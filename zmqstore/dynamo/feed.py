@@ -3,6 +3,7 @@ each origin's log that this node has applied durably, and snapshots of its key s
 are applied vectors {origin: seq}; `watch.Watches` asks. No I/O beyond RocksDB reads."""
 from .. import errors, limits, protocol
 from ..storage import log_key
+from .commands import refuse_partial
 from .layout import _decode_state
 
 
@@ -27,6 +28,10 @@ class DynamoFeed:
         if removed_by is not None:
             return errors.Unavailable(f"node {self.engine.node_id} was removed from the cluster (by node "
                                       f"{removed_by}); watch through another member")
+        try:
+            refuse_partial(self.engine, "watch (and backup)")
+        except errors.UnsupportedOperation as exc:
+            return exc
         return None
 
     def position(self) -> dict:

@@ -24,6 +24,11 @@ def origin_node(origin) -> int:
     return origin >> 32
 
 
+def origin_partition(origin) -> int:
+    """The partition whose keys an origin writes, in a cluster with replicas set (its low 12 bits)."""
+    return origin & (BUCKETS - 1)
+
+
 def origin_name(origin) -> str:
     """How status shows an origin: node id and incarnation."""
     return f"{origin >> 32}:{origin & 0xFFFFFFFF:08x}"

@@ -14,10 +14,10 @@ class QuorumRead:
     durable here (batch `batch`), `reply` being then the reply's body. The queue's deadline is its
     timeout (modes.DynamoMode.expired)."""
 
-    __slots__ = ("id", "request", "need", "replies", "reply", "batch")
+    __slots__ = ("id", "request", "need", "asked", "replies", "reply", "batch")
 
-    def __init__(self, read_id, request, need):
-        self.id, self.request, self.need = read_id, request, need
+    def __init__(self, read_id, request, need, asked):
+        self.id, self.request, self.need, self.asked = read_id, request, need, asked
         self.replies = []       # (peer, KeyState, applied vector)
         self.reply = None
         self.batch = 0
@@ -27,6 +27,7 @@ class QuorumReads:
     def __init__(self, out, engine, config, members):
         self.out, self.engine, self.config = out, engine, config
         self._members = members         # () -> the node ids to ask and to hear (Replication.views)
+        self.holders = None             # partitioned: key -> the peers owning it (Replication), else every member
         self._reads = {}                # read id -> QuorumRead still gathering answers
         self._read_ids = 0
         self.reads_done = 0             # quorum reads whose answers are all in (modes.DynamoMode.progress)
@@ -37,9 +38,11 @@ class QuorumReads:
         their states, repair the stale ones, reply with the joined state. Returns the QuorumRead,
         which the reply queue holds until it is ready."""
         self._read_ids += 1
-        read = self._reads[self._read_ids] = QuorumRead(self._read_ids, request, need)
-        message = protocol.encode_peer("DREAD", self.engine.node_id, read.id, request.args[0])
-        for node_id in self._members():
+        key = request.args[0]
+        asked = tuple(self._members()) if self.holders is None else self.holders(key)
+        read = self._reads[self._read_ids] = QuorumRead(self._read_ids, request, need, frozenset(asked))
+        message = protocol.encode_peer("DREAD", self.engine.node_id, read.id, key)
+        for node_id in asked:
             self.out.send_to(node_id, message)
         return read
 
@@ -56,7 +59,7 @@ class QuorumReads:
     def on_read_reply(self, fields, now):
         sender, read_id, raw, applied = fields
         pending = self._reads.get(read_id)
-        if pending is None or sender not in self._members() or any(r[0] == sender for r in pending.replies):
+        if pending is None or sender not in pending.asked or any(r[0] == sender for r in pending.replies):
             return
         state = EMPTY if raw is None else self.engine.remote_state(raw)
         remote_applied = protocol.vector_from_pairs(applied)
@@ -81,5 +84,5 @@ class QuorumReads:
 
     def on_push(self, fields, envelope, now):
         node_id, key, raw = fields
-        if node_id in self._members():
+        if node_id in self._members() and (self.holders is None or node_id in self.holders(key)):
             self.engine.join_state(key, self.engine.remote_state(raw))

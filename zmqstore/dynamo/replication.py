@@ -4,29 +4,39 @@ node lacks, quorum reads and read repair, starting anti-entropy exchanges (antie
 exchange of membership records (DMEMBERS, docs/MEMBERSHIP.md), and tombstone collection once every
 member has applied them."""
 import logging
+import struct
 
 from .. import errors, protocol
 from ..metrics import Histogram
 from .antientropy import AntiEntropy
 from .departures import Departures
+from .forwarding import Forwards
 from .quorum_reads import QuorumReads
-from .layout import origin_name, origin_node
+from .layout import bucket_of, origin_name, origin_node, origin_partition
+from .sync import VectorSync
 
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
+_TOPIC = struct.Struct(">cH")
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
 
 log = logging.getLogger("zmqstore.dynamo")
 
 
+def topic(partition) -> bytes:
+    """The PUB topic of a partition's entries (docs/PARTITIONING.md): only its owners subscribe."""
+    return _TOPIC.pack(b"p", partition)
+
+
 class PeerReport:
     """What a peer last reported of itself (DSTATUS, DSTATUS_REPLY): applied vector, digest, counts.
     (Leader mode's counterpart, what a peer said in ROLE, is election.PeerView.)"""
 
-    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members")
+    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members", "synced")
 
     def __init__(self):
         self.applied = {}
+        self.synced = False     # partitioned: a DSYNC made `applied` complete over the shared partitions
         self.digest = None
         self.members = None     # the digest of its membership
         self.keys = self.conflicts = self.tombstones = 0
@@ -52,14 +62,29 @@ class Replication:
         self._resync_from = {}          # peer -> {origin: its first seq}: it trimmed entries we lack
         self._checkpoints = []          # (stable vector, max vector, membership digest) at recent housekeeping passes
         self.anti_entropy = ae = AntiEntropy(out, engine)     # antientropy.py
+        # Partitioned (replicas set, docs/PARTITIONING.md): per partition this node owns, the peers
+        # owning it too; per peer, the partitions both own; the topics this node's SUBs take.
+        self.per_partition = engine.per_partition
+        self._co_owners = {}
+        self._shared = {}
+        self.topics = None
+        self.sync = VectorSync(engine, lambda node_id: self._shared.get(node_id, frozenset()))    # sync.py
+        self.forwards = Forwards(out, engine, self.alive)      # forwarding.py
+        self.on_forward = None          # (fields, envelope, now): a forwarded request (modes.DynamoMode)
+        self._lacking = {}              # partitioned: origin -> a co-owner whose DSYNC showed it ahead
         self.reads = reads = QuorumReads(out, engine, config, lambda: self.views)   # quorum_reads.py
+        if self.per_partition:
+            reads.holders = self._holders
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
                           "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": reads.on_read,
-                          "DPUSH": reads.on_push, "DMEMBERS": self._on_members}
+                          "DPUSH": reads.on_push, "DMEMBERS": self._on_members, "DSYNC": self._on_sync,
+                          "DFORWARD": self._on_forward}
         self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status_reply,
                                   "DENTRIES": self._on_entries, "DTREE_REPLY": ae.on_tree_reply,
-                                  "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": reads.on_read_reply}
-        self._acked = {}                # peer -> highest seq of this run's origin it applied durably
+                                  "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": reads.on_read_reply,
+                                  "DFORWARD_REPLY": self.forwards.on_reply}
+        self._acked = {}                # peer -> {origin of this run: highest seq it applied durably}
+        self.ack_events = 0             # DACKs and reports that moved _acked (modes.DynamoMode.progress)
         self.round_trips = {}           # peer -> metrics.Histogram: status query to reply
         self._queried = {}              # peer -> when the oldest unanswered status query to it was sent
         self.departures = Departures(engine, self._fetch)   # removed nodes still drained (departures.py)
@@ -86,6 +111,10 @@ class Replication:
         status = self._status_message("DSTATUS")
         for node_id in (*self.views, *self.departures):    # the removed: until let go (departures.py)
             self.out.send_to(node_id, status)
+        if self.per_partition:
+            for node_id in self.views:
+                self.out.send_to(node_id, self.sync.message(node_id))
+            self._fetch_lacking(now)
         for node_id in self.views:
             # Timed from the oldest query still unanswered, so a slow reply is not measured from a
             # later query; one unanswered for election_interval is given up (the reply is not counted).
@@ -102,6 +131,10 @@ class Replication:
             if dropped:
                 log.debug("garbage-collected %d tombstones every node has applied", dropped)
 
+    def alive(self, node_id) -> bool:
+        view = self.views.get(node_id)
+        return view is not None and view.heard is not None and self._now - view.heard < self.config.election_interval
+
     def gc_vector(self):
         """What garbage collection may go by: the stable vector S of an earlier housekeeping pass c
         (every node had applied every write it covers), chosen as the latest pass whose *maximum*
@@ -113,28 +146,66 @@ class Replication:
         That needs "every node" to be every node that can write: so nothing is collected while a
         member reports another membership than this node's (a node added elsewhere, not heard of
         here yet, may be writing), and only checkpoints taken under the current one count."""
-        stable_now = self.stable_vector()
         digest = self.engine.membership.digest
-        if stable_now is None or any(view.members != digest for view in self.views.values()):
-            return None
-        most = dict(self.engine.durable_applied)
-        for view in self.views.values():
-            for o, seq in view.applied.items():
-                if seq > most.get(o, 0):
-                    most[o] = seq
+        if self.per_partition:
+            if any(view.members != digest for view in self.views.values()):
+                return None
+            stable_now, most = self._partition_vectors()
+        else:
+            stable_now = self.stable_vector()
+            if stable_now is None or any(view.members != digest for view in self.views.values()):
+                return None
+            most = dict(self.engine.durable_applied)
+            for view in self.views.values():
+                for o, seq in view.applied.items():
+                    if seq > most.get(o, 0):
+                        most[o] = seq
         self._checkpoints = (self._checkpoints + [(stable_now, most, digest)])[-GC_CHECKPOINTS:]
         for stable_c, most_c, digest_c in reversed(self._checkpoints[:-1]):
             if digest_c == digest and all(stable_now.get(o, 0) >= seq for o, seq in most_c.items()):
                 return stable_c
         return None
 
+    def _partition_vectors(self):
+        """Partitioned: (stable, most) per origin over the owners of its partition, this node and
+        the peers whose views are complete (DSYNC): the elementwise minimum and maximum of their
+        applied seqs. An origin of a partition some co-owner's view is not complete for stays at 0
+        in `stable`."""
+        mine = self.engine.durable_applied
+        views, co_owners = self.views, self._co_owners
+        stable, most = {}, {}
+        for origin, seq in mine.items():
+            low = high = seq
+            for node_id in co_owners.get(origin_partition(origin), ()):
+                view = views[node_id]
+                theirs = view.applied.get(origin, 0) if view.synced else 0
+                low, high = min(low, theirs), max(high, theirs)
+            stable[origin], most[origin] = low, high
+        for node_id, view in views.items():
+            shared = self._shared.get(node_id, ())
+            for origin, seq in view.applied.items():
+                if seq > most.get(origin, 0) and origin_partition(origin) in shared:
+                    most[origin] = seq
+                    stable.setdefault(origin, 0)
+        return stable, most
+
     def publish_new(self):
-        """After a flush: publish this origin's new durable entries (PUB; fetches repair losses),
-        tell each origin what this node now holds of its entries (DACK)."""
-        entries, moved = self.engine.take_published()
-        if entries:
-            self.out.publish(protocol.encode_peer("DCHANGE", self.engine.origin, entries))
-        for origin in moved:      # a lost DACK is made up for by the next DSTATUS
+        """After a flush: publish this run's new durable entries (PUB; fetches repair losses): with
+        replicas set, each origin's under its partition's topic, which only its owners take; tell
+        each origin what this node now holds of its entries (DACK); note for each peer what this
+        node's vector gained (DSYNC)."""
+        entries, moved, synced = self.engine.take_published()
+        if entries and not self.per_partition:
+            self.out.publish(protocol.encode_peer("DCHANGE", self.engine.origin, [raw for _o, raw in entries]))
+        elif entries:
+            by_origin = {}
+            for origin, raw in entries:
+                by_origin.setdefault(origin, []).append(raw)
+            for origin, raws in by_origin.items():
+                self.out.publish(protocol.encode_peer("DCHANGE", origin, raws), topic(origin_partition(origin)))
+        if self.per_partition and synced:
+            self.sync.moved(synced, lambda p: self._co_owners.get(p, ()))
+        for origin in moved:      # a lost DACK is made up for by the next DSTATUS (DSYNC)
             node_id = origin_node(origin)
             if node_id in self.views:
                 self.out.send_to(node_id, protocol.encode_peer(
@@ -142,25 +213,24 @@ class Replication:
 
     # ------------------------------------------------------------ quorums
 
-    def copies(self, seq) -> int:
-        """How many nodes (this one included) hold entry `seq` of this run's origin durably, as the
-        peers' DACKs and status reports said: what a write with w > 1 waits for (modes.DynamoMode)."""
-        return 1 + sum(1 for s in self._acked.values() if s >= seq)
-
-    @property
-    def acked(self) -> tuple:
-        """What the peers hold of this run's origin, as they said: it only grows."""
-        return tuple(self._acked.values())
+    def copies(self, dots) -> int:
+        """How many nodes (this one included) hold every one of `dots` (entries of this run's
+        origins) durably, as the peers' DACKs and status reports said: what a write with w > 1
+        waits for (modes.DynamoMode)."""
+        acked = self._acked.values()
+        return min(1 + sum(1 for held in acked if held.get(origin, 0) >= seq) for origin, seq in dots)
 
     def _on_ack(self, fields, envelope, now):
         node_id, origin, seq = fields
-        if origin == self.engine.origin and node_id in self.views:
+        if self.engine.is_own(origin) and node_id in self.views:
             self.engine.check_remote(0, ({origin: seq},))    # no peer holds writes this run never made
-            self._note_acked(node_id, seq)
+            self._note_acked(node_id, origin, seq)
 
-    def _note_acked(self, node_id, seq):
-        if seq > self._acked.get(node_id, 0):
-            self._acked[node_id] = seq
+    def _note_acked(self, node_id, origin, seq):
+        held = self._acked.setdefault(node_id, {})
+        if seq > held.get(origin, 0):
+            held[origin] = seq
+            self.ack_events += 1
 
     def stable_vector(self):
         """Elementwise minimum of every member's applied vector, or None while a member has not
@@ -176,7 +246,8 @@ class Replication:
 
     def _status_message(self, command):
         e = self.engine
-        return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(e.durable_applied), e.durable_digest,
+        applied = {} if self.per_partition else e.durable_applied     # partitioned: DSYNC carries it
+        return protocol.encode_peer(command, e.node_id, protocol.vector_pairs(applied), e.durable_digest,
                                     e.storage.approximate_keys(), e.conflicts, e.tombstones, e.config.address,
                                     e.membership.digest, protocol.peer_versions())
 
@@ -228,12 +299,14 @@ class Replication:
             if node_id in self.departures and self.engine.membership.removed_by is None:
                 self._on_departing(node_id, protocol.vector_from_pairs(applied), now)
             return
+        view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
+        view.heard, view.members = now, members_digest
+        if self.per_partition:
+            return      # its applied vector comes by DSYNC; anti-entropy is not run (docs/PARTITIONING.md)
         applied = protocol.vector_from_pairs(applied)
         self.engine.check_remote(0, (applied,))
         view.applied = applied
-        view.digest, view.keys, view.conflicts, view.tombstones = digest, keys, conflicts, tombstones
-        view.heard, view.members = now, members_digest
-        self._note_acked(node_id, view.applied.get(self.engine.origin, 0))
+        self._note_acked(node_id, self.engine.origin, view.applied.get(self.engine.origin, 0))
         mine = self.engine.applied
         behind = False
         for origin, seq in view.applied.items():
@@ -308,8 +381,56 @@ class Replication:
         if reported.get(origin, 0) > self.engine.applied.get(origin, 0):
             self._fetch(origin, sender, now)   # more to catch up: the next page at once
 
+    def _on_sync(self, fields, envelope, now):
+        """A co-owner's DSYNC (sync.py): what its applied vector gained in the partitions both own.
+        Entries it holds and this node lacks are fetched from it."""
+        node_id, run, to_run, number, ack, replicas, pairs, complete = fields
+        if replicas != self.engine.replicas:
+            raise errors.BadArgument(f"node {node_id} runs with replicas = {replicas}, but this node's cluster was "
+                                     f"created with replicas = {self.engine.replicas}: the value is fixed at creation; "
+                                     f"start node {node_id} with --replicas {self.engine.replicas} and an empty data dir")
+        view = self.views.get(node_id)
+        if view is None or not self.per_partition:
+            return
+        if origin_node(run) != node_id:
+            raise errors.BadArgument(f"run {origin_name(run)} is not one of node {node_id}")
+        gained = protocol.vector_from_pairs(pairs)
+        shared = self._shared.get(node_id, frozenset())
+        if any(origin_partition(o) not in shared for o in gained):
+            raise errors.BadArgument("a DSYNC names origins of partitions the two nodes do not both own")
+        self.engine.check_remote(0, (gained,))
+        addressed = self.sync.on_sync(node_id, run, to_run, number, ack)
+        applied, mine, engine = view.applied, self.engine.applied, self.engine
+        for origin, seq in gained.items():
+            if seq > applied.get(origin, 0):
+                applied[origin] = seq
+            if engine.is_own(origin):
+                self._note_acked(node_id, origin, seq)
+            elif seq > mine.get(origin, 0) and engine.owns(origin_partition(origin)):
+                self._lacking[origin] = node_id
+                self._fetch(origin, node_id, now)
+        if addressed and complete:
+            view.synced = True
+
+    def _fetch_lacking(self, now):
+        """Partitioned: a DSYNC names a change once, so what it showed ahead is asked for again each
+        heartbeat (a fetch in flight is not repeated, _fetch) until this node holds it."""
+        mine = self.engine.applied
+        for origin, node_id in list(self._lacking.items()):
+            view = self.views.get(node_id)
+            if view is None or mine.get(origin, 0) >= view.applied.get(origin, 0):
+                del self._lacking[origin]
+            else:
+                self._fetch(origin, node_id, now)
+
+    def _on_forward(self, fields, envelope, now):
+        if self.on_forward is not None:
+            self.on_forward(fields, envelope, now)
+
     def _on_change(self, fields, now):
         origin, entries = fields
+        if self.per_partition and not self.engine.owns(origin_partition(origin)):
+            return      # a partition this node does not own (no longer, or not yet by its membership)
         _done, gap = self.engine.apply_remote(origin, entries)
         if gap:
             self._gaps += 1
@@ -369,17 +490,42 @@ class Replication:
         for node_id in [n for n in self.views if n not in peers]:
             del self.views[node_id]
             for kept in (self._acked, self._mismatch, self._resync_from, self._members_sent, self.round_trips,
-                         self._queried):
+                         self._queried, self._shared):
                 kept.pop(node_id, None)
             for origin in [o for o, (_d, peer) in self._fetching.items() if peer == node_id]:
                 del self._fetching[origin]
+            for origin in [o for o, peer in self._lacking.items() if peer == node_id]:
+                del self._lacking[origin]
             for tried in self._unanswered.values():
                 tried.discard(node_id)
         for node_id in peers:
             self.views.setdefault(node_id, PeerReport())
         self.addresses = {node_id: m.address for node_id, m in peers.items()}
+        if self.per_partition:
+            self._place(peers)
         self._checkpoints = []      # collection starts its argument again over the new members
         self._set_contacts()
+
+    def _holders(self, key) -> tuple:
+        """The peers owning the key's partition (partitioned; empty unless this node owns it too)."""
+        return self._co_owners.get(bucket_of(key), ())
+
+    def _place(self, peers):
+        """Partitioned: who shares which partition with this node, the topics to take, and every
+        peer's DSYNC from the start (a partition may have moved)."""
+        placement, me = self.engine.placement, self.engine.node_id
+        owned = placement.owned_by(me)
+        self._co_owners = {p: tuple(n for n in placement.owners(p) if n != me) for p in owned}
+        shared = {node_id: set() for node_id in peers}
+        for p, others in self._co_owners.items():
+            for node_id in others:
+                if node_id in shared:
+                    shared[node_id].add(p)
+        self._shared = {node_id: frozenset(ps) for node_id, ps in shared.items()}
+        self.topics = frozenset(topic(p) for p in owned)
+        self.sync.follow(peers)
+        for view in self.views.values():
+            view.synced = False
 
     def _set_contacts(self):
         peers = {} if self.engine.membership.removed_by is not None else dict(self.engine.membership.peers)
@@ -423,9 +569,17 @@ class Replication:
         converged = True
         for node_id, view in sorted(self.views.items()):
             alive = view.heard is not None and now - view.heard < self.config.election_interval
-            behind = sum(max(0, s - view.applied.get(o, 0)) for o, s in mine.items())
-            ahead = sum(max(0, s - mine.get(o, 0)) for o, s in view.applied.items())
-            converged &= view.digest == self.engine.durable_digest and alive and not behind and not ahead
+            if self.per_partition:      # over the partitions both own; data digests differ by design
+                shared = self._shared.get(node_id, ())
+                behind = sum(max(0, s - view.applied.get(o, 0)) for o, s in mine.items()
+                             if origin_partition(o) in shared)
+                ahead = sum(max(0, s - mine.get(o, 0)) for o, s in view.applied.items()
+                            if origin_partition(o) in shared)
+                converged &= view.synced and alive and not behind and not ahead
+            else:
+                behind = sum(max(0, s - view.applied.get(o, 0)) for o, s in mine.items())
+                ahead = sum(max(0, s - mine.get(o, 0)) for o, s in view.applied.items())
+                converged &= view.digest == self.engine.durable_digest and alive and not behind and not ahead
             peers.append({"node_id": node_id, "address": self.addresses[node_id], "alive": alive,
                           "behind": behind, "ahead": ahead, "digest": None if view.digest is None else
                           f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,

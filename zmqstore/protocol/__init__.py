@@ -19,5 +19,5 @@ from .codec import (DynEntry, reply_outcome, decode_dyn_entry, decode_entry, dec
                     decode_peer_entry, check_members, data_ops, decode_members, encode_members, decode_dynamo_members,
                     encode_dynamo_members, entry_members,
                     members_ops, decode_request, encode_dyn_entry, encode_entry, encode_error, encode_exception,
-                    encode_key_state, encode_ok, encode_peer, encode_request, entry_term, peer_versions, speak_peer_version,
+                    encode_key_state, encode_ok, encode_peer, encode_request, entry_term, peer_versions, speak, speak_peer_version,
                     split_frames)  # noqa: F401

@@ -7,7 +7,7 @@ import msgpack
 from .. import errors
 from .checks import _validate_peer, _validate_request
 from .schema import (DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
-                     PEER_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
+                     PEER_MESSAGE_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
 
@@ -42,7 +42,11 @@ def _unpack_body(body: bytes, limits: Limits):
 
 # The peer version this process encodes in and the range it accepts: PEER_VERSION and PEER_VERSIONS,
 # unless a test switch (faults.py, ZMQSTORE_TEST_PEER_VERSION) makes a node pose as another release.
-_peer_version, _peer_versions = PEER_VERSION, PEER_VERSIONS
+# A node encodes in the highest version of its range that every peer's announced range holds
+# (`speak`, peers.py), and a message no lower than the version that defines it (PEER_MESSAGE_VERSION);
+# the test switch encodes every message in its own version.
+_peer_version, _peer_versions = None, PEER_VERSIONS
+_spoken = PEER_VERSIONS[1]
 
 
 def speak_peer_version(lowest: int, highest: int = None):
@@ -52,13 +56,24 @@ def speak_peer_version(lowest: int, highest: int = None):
     _peer_version, _peer_versions = lowest, (lowest, lowest if highest is None else highest)
 
 
+def speak(announced) -> int:
+    """Choose the version to encode in from the ranges the peers announced ((lowest, highest) each):
+    the highest of this node's range that all of them hold; with none, this node's highest (peers
+    that cannot read it refuse it plainly). Returns the version chosen."""
+    global _spoken
+    lowest, highest = _peer_versions
+    _spoken = next((v for v in range(highest, lowest - 1, -1) if all(a <= v <= b for a, b in announced)), highest)
+    return _spoken
+
+
 def peer_versions() -> list:
     """[lowest, highest]: the peer versions this node accepts, as ROLE and DSTATUS announce them."""
     return list(_peer_versions)
 
 
 def encode_peer(command: str, *fields) -> bytes:
-    return _pack([_peer_version, command, *fields])
+    version = _peer_version if _peer_version is not None else max(_spoken, PEER_MESSAGE_VERSION.get(command, 0))
+    return _pack([version, command, *fields])
 
 
 def decode_peer(body: bytes, limits: Limits = Limits()) -> PeerMessage:

@@ -9,8 +9,12 @@ PROTOCOL_VERSION = 1       # client requests and replies (section 3 of docs/PROT
 # others with a log line, and ROLE and DSTATUS announce that range to every peer. A release that
 # changes a peer message raises PEER_VERSION and keeps the old one in its range, so that it runs
 # beside the release before it during a rolling upgrade. Version 1 had no range in ROLE and DSTATUS.
-PEER_VERSION = 2
-PEER_VERSIONS = (2, 2)     # (lowest, highest) accepted
+# Version 3 only adds messages (DSYNC, DFORWARD, DFORWARD_REPLY: partitioned dynamo clusters,
+# docs/PARTITIONING.md): each message is encoded in the lowest version that defines it
+# (PEER_MESSAGE_VERSION), so a release of version 3 runs beside one of version 2 wherever it sends
+# none of them, and a version-2 node refuses them plainly where it would have to.
+PEER_VERSION = 3
+PEER_VERSIONS = (2, 3)     # (lowest, highest) accepted
 
 # Field types of request messages; each has a checker in _CHECKERS.
 KEY = "key"                # bin, 1..max_key_size bytes
@@ -132,13 +136,24 @@ PEER_MESSAGES = {
     # stamped (codec.encode_dynamo_members), which the receiver merges into its own; and its durable
     # applied vector (what a removed node holds, for the nodes that let it go)
     "DMEMBERS": (("node_id", UINT), ("members", BIN), ("applied", VECTOR)),
+    # partitioned clusters (replicas set, docs/PARTITIONING.md), every heartbeat to every member:
+    # what the sender's applied vector gained in the partitions both own, until the receiver's run
+    # confirms it (`ack`: the highest `number` it heard from the sender's run `to_run` names);
+    # `complete`: every change not yet confirmed is in it
+    "DSYNC": (("node_id", UINT), ("run", UINT), ("to_run", UINT), ("number", UINT), ("ack", UINT),
+              ("replicas", UINT), ("applied", VECTOR), ("complete", BOOL)),
+    # a request for a key this node does not own, sent to an owner, and its reply's body
+    "DFORWARD": (("node_id", UINT), ("forward_id", UINT), ("request", BIN)),
+    "DFORWARD_REPLY": (("sender_id", UINT), ("forward_id", UINT), ("reply", BIN)),
 }
+PEER_MESSAGE_VERSION = {"DSYNC": 3, "DFORWARD": 3, "DFORWARD_REPLY": 3}    # the rest: 2
 
 # Where each peer message names the node that sent it: the index of that field (DCHANGE names its
 # origin, whose node id is origin >> 32). A node accepts a peer message only from the connection of
 # the node it names (docs/SECURITY.md).
 PEER_REQUESTS = frozenset({"ACK", "FETCH", "SNAPSHOT", "ROLE", "VOTE_REQUEST", "DSTATUS", "DFETCH", "DTREE",
-                           "DRANGE", "DACK", "DREAD", "DPUSH", "DMEMBERS"})   # sent to a peer port
+                           "DRANGE", "DACK", "DREAD", "DPUSH", "DMEMBERS", "DSYNC",
+                           "DFORWARD"})   # sent to a peer port
 PEER_STREAM = frozenset({"CHANGE", "HEARTBEAT", "DCHANGE"})          # published on a PUB
 PEER_REPLIES = frozenset(PEER_MESSAGES) - PEER_REQUESTS - PEER_STREAM   # back on the DEALER that asked
 PEER_SENDER_FIELD = {cmd: 0 for cmd in PEER_MESSAGES}

@@ -1,0 +1,176 @@
+"""Partitioned dynamo clusters (docs/PARTITIONING.md), real processes on 127.0.0.2...: with
+`replicas` = 3 on 6 nodes each key lives on exactly its partition's 3 owners, any node serves any
+key (it forwards to an owner), w and r count the key's owners, `replicas` is fixed at creation, and
+forged peer messages of the new kinds change nothing."""
+import pytest
+
+from zmqstore import Retry, errors, protocol
+from zmqstore.dynamo.layout import bucket_of
+from zmqstore.dynamo.placement import Placement
+from zmqstore.testing.abuse import Stranger, received, send
+from zmqstore.testing.process import run_node_command, wait_until
+
+RETRY = Retry(max_tries=20, deadline=15.0)
+KEYS = 30_000
+
+
+def converged(c, among=None):
+    nodes = [c.nodes[n] for n in (among or c.nodes)]
+    return all((n.status() or {}).get("converged") for n in nodes)
+
+
+def load(c, count, prefix="key"):
+    """count keys, key<i> = i, written through every node in turn (pipelined)."""
+    size = len(c.nodes)
+    for node_id, node in c.nodes.items():
+        with node.client(retry=RETRY) as db:
+            with db.pipeline(64) as p:
+                for i in range(node_id - 1, count, size):
+                    p.put(f"{prefix}{i}", i)
+                p.execute()
+
+
+def owners_of(placement, key):
+    return placement.owners(bucket_of(key.encode()))
+
+
+def test_six_nodes_keep_each_key_on_exactly_its_three_owners(cluster):
+    c = cluster(size=6, mode="dynamo", args=["--replicas", "3"], keys=False)
+    load(c, KEYS)
+    wait_until(lambda: converged(c), 60, interval=0.2, message="every node converged")
+    placement = Placement(list(c.nodes), 3)
+    expected = {n: 0 for n in c.nodes}
+    for i in range(KEYS):
+        for owner in owners_of(placement, f"key{i}"):
+            expected[owner] += 1
+    statuses = {n: node.status() for n, node in c.nodes.items()}
+    held = {n: st["keys"] for n, st in statuses.items()}
+    print("keys per node:", held, "expected:", expected)
+    assert held == expected and sum(held.values()) == 3 * KEYS       # every key on exactly its 3 owners
+    assert all(abs(k - KEYS / 2) <= 0.15 * KEYS / 2 for k in held.values())
+    assert {n: st["partitions_owned"] for n, st in statuses.items()} == \
+        {n: len(placement.owned_by(n)) for n in c.nodes}
+    assert all(st["replicas"] == 3 for st in statuses.values())
+    # Any node serves any key: node 2 owns about half of them and forwards the others.
+    with c.nodes[2].client(retry=RETRY) as db:
+        with db.pipeline(64) as p:
+            for i in range(0, KEYS, 10):
+                p.get(f"key{i}")
+            assert p.execute() == list(range(0, KEYS, 10))
+        with pytest.raises(errors.UnsupportedOperation, match="no node holds every key"):
+            list(db.scan())
+        with pytest.raises(errors.UnsupportedOperation, match="adding and removing members needs partitions"):
+            db.add_member(7, "127.0.0.8", 9000)
+
+
+def test_w_and_r_count_the_keys_owners_and_a_non_owner_forwards(cluster):
+    c = cluster(size=6, mode="dynamo", args=["--replicas", "3"], keys=False)
+    placement = Placement(list(c.nodes), 3)
+    key = "quorum-key"
+    owners = owners_of(placement, key)
+    outsider = next(n for n in c.nodes if n not in owners)
+    with c.nodes[outsider].client(retry=RETRY) as db:
+        db.put(key, "v1", w=3)           # forwarded to an owner, acknowledged by all 3 owners
+        assert db.get(key, r=3) == "v1"
+        with pytest.raises(errors.BadArgument, match="exceeds the 3 nodes that hold each key"):
+            db.put(key, "v2", w=4)
+    statuses = {n: c.nodes[n].status() for n in c.nodes}
+    assert all(statuses[n]["keys"] == (1 if n in owners else 0) for n in c.nodes)
+    c.nodes[owners[2]].kill()
+    with c.nodes[outsider].client(retry=Retry(max_tries=1), timeout=5.0) as db:
+        db.put(key, "v2", w=2)           # the two owners left hold it
+        with pytest.raises(errors.ReplicationTimeout):
+            db.put(key, "v3", w=3)
+    for owner in owners[:2]:
+        c.nodes[owner].kill()
+    with c.nodes[outsider].client(retry=Retry(max_tries=1), timeout=5.0) as db:
+        wait_until(lambda: _refused(db, key), 10, interval=0.2, message="no owner reachable: unavailable")
+
+
+def _refused(db, key):
+    try:
+        db.get(key)
+        return False
+    except errors.Unavailable as exc:
+        return "no owner of this key is reachable" in str(exc)
+
+
+def test_replicas_is_fixed_when_the_cluster_is_created(cluster):
+    c = cluster(size=3, mode="dynamo", args=["--replicas", "2"], keys=False)
+    with c.nodes[1].client(retry=RETRY) as db:
+        db.put("k", 1)
+    node = c.nodes[3]
+    node.stop()
+    node.args = ["--peers", c.peers_json(3), "--mode", "dynamo", "--replicas", "3"]
+    code, output = run_node_command(node.command()[3:], timeout=30)
+    assert code != 0 and "created with replicas = 2" in output and "--replicas 2" in output
+    # A new node (empty data dir) started with another value is refused by its peers, plainly.
+    node.data_dir = str(c.base_dir + "/node3-other")
+    node.start()
+    wait_until(lambda: "runs with replicas = 3, but this node's cluster was created with replicas = 2"
+               in c.nodes[1].log(), 10, interval=0.1, message="node 1 refusing node 3's replicas")
+    with c.nodes[1].client(retry=RETRY) as db:
+        db.put("k", 2)
+        assert db.get("k") == 2
+
+
+def test_forged_sync_and_forward_messages_change_nothing(cluster):
+    """DSYNC naming partitions the two do not share, another node's run, writes of the receiver's
+    own origins it never made, or another `replicas`; DFORWARD holding garbage or a command that is
+    never forwarded; a DFORWARD_REPLY sent as a request: each refused, from node 3's own address on
+    its identity (the decoder and the checks answer, not the handshake). Nothing changes: keys,
+    values and the nodes' liveness."""
+    c = cluster(size=3, mode="dynamo", args=["--replicas", "2"], keys=False)
+    target = c.nodes[1]
+    with target.client(retry=RETRY) as db:
+        for i in range(200):
+            db.put(f"k{i}", i)
+        wait_until(lambda: converged(c), 30, interval=0.2, message="converged")
+        before = {n: c.nodes[n].status()["keys"] for n in c.nodes}
+        placement = Placement([1, 2, 3], 2)
+        node_id, incarnation = target.status()["origin"].split(":")
+        run = (int(node_id) << 32) | int(incarnation, 16)
+        not_shared = next(p for p in range(4096) if 1 in placement.owners(p) and 3 not in placement.owners(p))
+        shared = next(p for p in range(4096) if {1, 3} <= set(placement.owners(p)))
+        r3 = (3 << 32) | (5 << 12)
+        member = Stranger(source=c.nodes[3].host)
+        try:
+            sock = member.dealer(target.host, target.peer_port, identity=b"node-3")
+
+            def refused_with(body, line):
+                def attempt():      # refusals are logged at most once a second: send until it shows
+                    send(sock, body)
+                    return line in target.log()
+                wait_until(attempt, 10, interval=0.3, message=line)
+            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 2, [[r3 | not_shared, 9]], True),
+                         "partitions the two nodes do not both own")
+            refused_with(protocol.encode_peer("DSYNC", 3, (2 << 32) | (5 << 12), run, 1, 0, 2, [], True),
+                         "is not one of node 3")
+            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 2, [[run | shared, 1 << 40]], True),
+                         "claims write 1099511627776")
+            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 7, [], True),
+                         "node 3 runs with replicas = 7")
+            refused_with(protocol.encode_peer("DFORWARD_REPLY", 3, 1, protocol.encode_ok(1, True)),
+                         "DFORWARD_REPLY naming node 3")
+            received(sock, 0.5)     # what the target sent node 3's identity so far
+            for forward_id, request in ((11, b"\xc1garbage"),
+                                        (12, protocol.encode_request("STATUS", b"c" * 16, 1, 1)),
+                                        (13, protocol.encode_request("SCAN", b"c" * 16, 1, 1, None, None, None,
+                                                                     None, False))):
+                send(sock, protocol.encode_peer("DFORWARD", 3, forward_id, request))
+            replies = {}
+            for frames in received(sock, 3.0):
+                message = protocol.decode_peer(frames[-1])
+                if message.command == "DFORWARD_REPLY":
+                    replies[message.fields[1]] = protocol.decode_reply(message.fields[2])
+            assert sorted(replies) == [11, 12, 13] and not any(r.ok for r in replies.values())
+            assert "not forwarded between nodes" in replies[12].result[1]
+        finally:
+            member.close()
+        assert [db.get(f"k{i}") for i in range(200)] == list(range(200))
+        db.put("after", 1)
+        assert db.get("after") == 1
+    assert all(n.alive() for n in c.nodes.values())
+    wait_until(lambda: converged(c), 30, interval=0.2, message="converged again")
+    after = {n: c.nodes[n].status()["keys"] for n in c.nodes}
+    assert sum(after.values()) == sum(before.values()) + 2

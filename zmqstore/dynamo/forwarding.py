@@ -1,0 +1,87 @@
+"""Forwarding (docs/PARTITIONING.md, "Coordination"): in a partitioned cluster a request for a key
+this node does not own goes to an owner of the key's partition (DFORWARD), which serves it as if a
+client had asked it, and its reply comes back (DFORWARD_REPLY) to be relayed unchanged. So any node
+serves any request and a client never needs to know where keys live.
+
+`Forwards` is the asking side: each forwarded request is held in the node's one reply queue
+(replies.py) as its `until`, ready once the owner's reply is in (its body is the reply). The owner
+serves a forwarded request through the mode like any other (modes.DynamoMode) and never forwards
+it again, so two nodes whose memberships differ for a moment cannot pass a request back and forth."""
+from .. import errors, protocol
+from .layout import bucket_of
+
+KEYED = frozenset({"GET", "GET_VERSIONS", "PUT", "PUT_CTX", "DEL", "PUT_MANY"})
+
+
+class Forward:
+    """A request forwarded to `target`. The reply queue's deadline is its timeout (modes.DynamoMode)."""
+
+    __slots__ = ("id", "target", "request_id", "reply")
+
+    def __init__(self, forward_id, target, request_id):
+        self.id, self.target, self.request_id = forward_id, target, request_id
+        self.reply = None
+
+
+def partitions_of(request) -> set:
+    if request.command == "PUT_MANY":
+        return {bucket_of(key) for key, _value in request.args[0]}
+    return {bucket_of(request.args[0])}
+
+
+class Forwards:
+    def __init__(self, out, engine, alive):
+        self.out, self.engine = out, engine
+        self._alive = alive             # node id -> whether it was heard lately (Replication)
+        self._pending = {}              # forward id -> Forward awaiting its reply
+        self._ids = 0
+        self.done = 0                   # replies received (modes.DynamoMode.progress)
+        self.forwarded = 0
+
+    def target(self, request):
+        """The owner to forward `request` to, or None when this node owns every partition it names.
+        Raises Unavailable when no owner is heard, UnsupportedOperation for a put_many no one node
+        owns every key of."""
+        placement = self.engine.placement
+        partitions = partitions_of(request)
+        owners = None
+        for p in partitions:
+            these = placement.owners(p)
+            owners = list(these) if owners is None else [n for n in owners if n in these]
+        if self.engine.node_id in owners:
+            return None
+        if not owners:
+            raise errors.UnsupportedOperation(
+                f"this put_many spans {len(partitions)} partitions that no one node owns all of (each key is kept "
+                f"by {placement.replicas} of the {len(placement.members)} nodes): write them in smaller batches, "
+                f"or one put each")
+        for node_id in owners:
+            if self._alive(node_id):
+                return node_id
+        raise errors.Unavailable(f"no owner of this key is reachable (its owners: nodes "
+                                 f"{', '.join(map(str, owners))}); retry once one is back")
+
+    def start(self, request, target) -> Forward:
+        self._ids += 1
+        forward = self._pending[self._ids] = Forward(self._ids, target, request.request_id)
+        options = (request.options,) if request.options else ()
+        body = protocol.encode_request(request.command, request.client_id, request.request_id, request.open_from,
+                                       *request.args, *options)
+        self.out.send_to(target, protocol.encode_peer("DFORWARD", self.engine.node_id, forward.id, body))
+        self.forwarded += 1
+        return forward
+
+    def forget(self, forward):
+        """The reply queue timed it out: a reply that arrives later is dropped."""
+        self._pending.pop(forward.id, None)
+
+    def on_reply(self, fields, now):
+        sender, forward_id, reply = fields
+        forward = self._pending.get(forward_id)
+        if forward is None or forward.target != sender:
+            return
+        if protocol.decode_reply(reply).request_id != forward.request_id:    # MalformedMessage if not a reply
+            raise errors.MalformedMessage(f"a forwarded reply names another request than {forward.request_id}")
+        del self._pending[forward_id]
+        forward.reply = reply
+        self.done += 1
