@@ -38,10 +38,12 @@ def join_cluster(config, storage, stopping=lambda: False):
     except ValueError as exc:
         raise errors.ConfigError(f"--join: {exc}") from None
     with client:
-        if config.mode == "dynamo":
-            _check_replicas(config, client)
+        checked = config.mode != "dynamo"
         while time.monotonic() < deadline and not stopping():
             try:
+                if not checked:
+                    _check_replicas(config, client)
+                    checked = True
                 # The whole reply, not add_member()'s seq: its members are the membership that
                 # committed with this node in it, which is what this node may record.
                 result = client._execute(Call("ADD_MEMBER", me, lambda r: r))
@@ -68,12 +70,7 @@ def join_cluster(config, storage, stopping=lambda: False):
 def _check_replicas(config, client):
     """A dynamo cluster's replicas is fixed when it is created (docs/PARTITIONING.md): a node that
     would join with another value refuses to start and names the cluster's."""
-    try:
-        status = client.status()
-    except errors.ZmqstoreError as exc:
-        raise errors.ConfigError(f"--join: could not ask {','.join(config.join)} for the cluster's settings: "
-                                 f"{exc}") from None
-    theirs = status.get("replicas", 0)
+    theirs = client.status().get("replicas", 0)
     if theirs != config.replicas:
         raise errors.ConfigError(f"--join: the cluster keeps replicas = {theirs} (fixed when it was created); this "
                                  f"node was started with replicas = {config.replicas}: start it with "

@@ -22,7 +22,7 @@ import time
 
 from . import __version__, errors, protocol
 from .dynamo import DynamoEngine, QuorumRead, Replication
-from .dynamo.forwarding import KEYED, Forward
+from .dynamo.forwarding import KEYED, Forward, partitions_of
 from .replies import Replies
 from .leader import Engine, Roles
 from .dynamo.feed import DynamoFeed
@@ -305,6 +305,8 @@ class DynamoMode(Mode):
         read repairs (Replication.publish_new); send the forwarded requests' replies that are ready."""
         if self.replication is not None:
             self.replication.publish_new()
+        else:
+            self.engine.take_published()    # standalone: nobody to publish to
         if self.forwarded:
             self.forwarded.release(self.ready(), self.expired, time.monotonic(), progress=self.progress())
 
@@ -317,6 +319,11 @@ class DynamoMode(Mode):
             request = protocol.decode_request(body, self.engine.limits)
             if request.command not in KEYED:
                 raise errors.BadArgument(f"{request.command} is not forwarded between nodes")
+            placement = self.engine.placement
+            foreign = [p for p in partitions_of(request) if not self.engine.owns(p)]
+            if foreign:     # the memberships differ for a moment: the forwarder retries, as a client would
+                raise errors.Unavailable(f"node {self.engine.node_id} does not own partition {foreign[0]} "
+                                         f"(its owners: nodes {', '.join(map(str, placement.owners(foreign[0])))})")
             reply, until = self.handle(request, None, now, forwarded=True)
         except errors.StorageError:
             raise
@@ -326,8 +333,10 @@ class DynamoMode(Mode):
         if until is None:
             self._send_forwarded([target[0], reply])
         else:
+            # held a little less long than the forwarder holds its request, so that this node's own
+            # error (which says what happened) is what the client gets
             self.forwarded.hold(list(target), reply, request.request_id, request.command in protocol.WRITE_COMMANDS,
-                                until, now + self.config.replication_timeout, request.command, now)
+                                until, now + 0.8 * self.config.replication_timeout, request.command, now)
 
     def _send_forwarded(self, frames):
         (envelope, forward_id), body = frames

@@ -73,7 +73,7 @@ class PeerPlane:
 
     def set_topics(self, topics):
         """Subscribe every peer's stream to `topics` (None: everything), now and at each connect."""
-        if topics != self.topics:
+        if topics is not self.topics and topics != self.topics:
             for socks in self.subs.values():
                 for sock in socks:
                     transport.set_topics(sock, self.topics, topics)

@@ -11,8 +11,8 @@ from .. import errors, protocol
 from ..faults import NONE
 from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
 from ..sessions import Sessions
-from ..storage import (META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_REPLICAS, META_TOMB, META_TOMB_END,
-                       log_key)
+from ..storage import (META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_REPLICAS, META_RUN, META_TOMB,
+                       META_TOMB_END, log_key)
 from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                         merge, stable, winner)
 from .antientropy import bucket_keys
@@ -65,14 +65,23 @@ class DynamoEngine:
         # Sessions are rebuilt from the logs at start: whole only if no log was ever trimmed.
         self.sessions_complete_since = self.started if any(f > 1 for f in self.first.values()) else float("-inf")
         runs = {o & self._run_mask for o in self.applied}
+        runs.update(_U64.unpack(k[len(META_RUN):])[0] & self._run_mask
+                    for k, _ in storage.iter_cf("meta", META_RUN, META_RUN + b"\xff" * 9))
         while True:   # a new run, never one an earlier run used: its origins' seqs are never reused
             self.run = ((self.node_id << 32) | int.from_bytes(os.urandom(4), "big")) & self._run_mask
             if self.run not in runs and self.run & 0xFFFFFFFF & self._run_mask:
                 break
+        batch = storage.batch()       # recorded before it writes anything: a run is never used twice
+        batch.put_cf("meta", META_RUN + _U64.pack(self.run), b"")
+        storage.commit(batch)
         self.origin = self.run       # ALL: this run's one origin (per partition: partition 0's)
         if not self.per_partition:
             self.applied[self.origin] = 0
         self.made = 0                # writes this run made (every origin of the run)
+        self._by_partition = {}      # per partition: the origins applied here (replicas set only)
+        if self.per_partition:
+            for origin in self.applied:
+                self._by_partition.setdefault(origin_partition(origin), set()).add(origin)
         self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
         raw_hlc = storage.get_cf("meta", META_HLC)
         self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
@@ -130,6 +139,14 @@ class DynamoEngine:
     def owns(self, partition) -> bool:
         """Whether this node is an owner of the partition (with ALL: of every partition)."""
         return partition in self.placement.owned_by(self.node_id)
+
+    def partition_vector(self, key) -> dict:
+        """What a peer needs of the durable applied vector to join a state of `key` with ours: with
+        replicas set, its partition's origins only (a whole vector has thousands); else all of it."""
+        if not self.per_partition:
+            return self.durable_applied
+        durable = self.durable_applied
+        return {o: durable[o] for o in self._by_partition.get(bucket_of(key), ()) if o in durable}
 
     def owned_keys(self) -> int:
         """Keys holding a value in the partitions this node owns: exact (status `keys`)."""
@@ -236,6 +253,8 @@ class DynamoEngine:
         self.applied[origin] = seq
         self._moved.add(origin)
         if origin not in self.first:
+            if self.per_partition:
+                self._by_partition.setdefault(origin_partition(origin), set()).add(origin)
             self.first[origin] = seq
             self._batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(seq))
 
@@ -457,6 +476,8 @@ class DynamoEngine:
                 continue
             batch = self._staging()
             batch.delete_range_cf("log", log_key(origin, 0), log_key(origin, seq + 1))
+            if self.per_partition:
+                self._by_partition.setdefault(origin_partition(origin), set()).add(origin)
             self.applied[origin] = seq
             self._moved.add(origin)
             self.first[origin] = seq + 1

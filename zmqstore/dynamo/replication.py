@@ -32,11 +32,12 @@ class PeerReport:
     """What a peer last reported of itself (DSTATUS, DSTATUS_REPLY): applied vector, digest, counts.
     (Leader mode's counterpart, what a peer said in ROLE, is election.PeerView.)"""
 
-    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members", "synced")
+    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members", "synced", "sync_heard")
 
     def __init__(self):
         self.applied = {}
         self.synced = False     # partitioned: a DSYNC made `applied` complete over the shared partitions
+        self.sync_heard = None  # partitioned: when a DSYNC (of this cluster's replicas) last came
         self.digest = None
         self.members = None     # the digest of its membership
         self.keys = self.conflicts = self.tombstones = 0
@@ -132,8 +133,11 @@ class Replication:
                 log.debug("garbage-collected %d tombstones every node has applied", dropped)
 
     def alive(self, node_id) -> bool:
+        """Heard within election_interval; in a partitioned cluster, by DSYNC, which only a node of
+        the cluster's `replicas` has accepted."""
         view = self.views.get(node_id)
-        return view is not None and view.heard is not None and self._now - view.heard < self.config.election_interval
+        heard = None if view is None else view.sync_heard if self.per_partition else view.heard
+        return heard is not None and self._now - heard < self.config.election_interval
 
     def gc_vector(self):
         """What garbage collection may go by: the stable vector S of an earlier housekeeping pass c
@@ -175,8 +179,10 @@ class Replication:
         views, co_owners = self.views, self._co_owners
         stable, most = {}, {}
         for origin, seq in mine.items():
+            if origin_partition(origin) not in co_owners:
+                continue        # a partition this node does not own: nothing of it is collected here
             low = high = seq
-            for node_id in co_owners.get(origin_partition(origin), ()):
+            for node_id in co_owners[origin_partition(origin)]:
                 view = views[node_id]
                 theirs = view.applied.get(origin, 0) if view.synced else 0
                 low, high = min(low, theirs), max(high, theirs)
@@ -258,6 +264,8 @@ class Replication:
                 return      # removed: it answers status queries and serves its writes, nothing else
         elif command not in ("DSTATUS", "DMEMBERS") and message.fields[0] not in self.views:
             return          # from a removed node: memberships and status only
+        if self.per_partition and command in ("DTREE", "DRANGE"):
+            return          # no anti-entropy in a partitioned cluster yet (docs/PARTITIONING.md)
         handler = self._handlers.get(command)
         if handler is None:
             log.debug("ignoring %s in dynamo mode", message.command)
@@ -366,6 +374,8 @@ class Replication:
 
     def _on_entries(self, fields, now):
         sender, origin, from_seq, entries, first = fields
+        if self.per_partition and not self.engine.owns(origin_partition(origin)):
+            return      # not (or no longer) an owner: what it fetched is not kept
         self._fetching.pop(origin, None)
         self._unanswered.pop(origin, None)
         if not entries:
@@ -398,8 +408,15 @@ class Replication:
         shared = self._shared.get(node_id, frozenset())
         if any(origin_partition(o) not in shared for o in gained):
             raise errors.BadArgument("a DSYNC names origins of partitions the two nodes do not both own")
+        records = self.engine.membership.records
+        if any(origin_node(o) not in records for o in gained):
+            raise errors.BadArgument("a DSYNC names origins of nodes that were never members")
         self.engine.check_remote(0, (gained,))
+        restarted = self.sync.peers.get(node_id) is not None and self.sync.peers[node_id].run not in (0, run)
         addressed = self.sync.on_sync(node_id, run, to_run, number, ack)
+        if restarted:     # what it reported before may not all have survived: it sends everything again
+            view.applied, view.synced = {}, False
+        view.sync_heard = now
         applied, mine, engine = view.applied, self.engine.applied, self.engine
         for origin, seq in gained.items():
             if seq > applied.get(origin, 0):
@@ -407,24 +424,29 @@ class Replication:
             if engine.is_own(origin):
                 self._note_acked(node_id, origin, seq)
             elif seq > mine.get(origin, 0) and engine.owns(origin_partition(origin)):
-                self._lacking[origin] = node_id
+                self._lacking[origin] = None
                 self._fetch(origin, node_id, now)
         if addressed and complete:
             view.synced = True
 
     def _fetch_lacking(self, now):
         """Partitioned: a DSYNC names a change once, so what it showed ahead is asked for again each
-        heartbeat (a fetch in flight is not repeated, _fetch) until this node holds it."""
+        heartbeat (a fetch in flight is not repeated, _fetch), from a co-owner that is alive and
+        holds more, until this node holds everything its co-owners reported."""
         mine = self.engine.applied
-        for origin, node_id in list(self._lacking.items()):
-            view = self.views.get(node_id)
-            if view is None or mine.get(origin, 0) >= view.applied.get(origin, 0):
+        for origin in list(self._lacking):
+            have = mine.get(origin, 0)
+            ahead = [n for n in self._co_owners.get(origin_partition(origin), ())
+                     if self.views[n].applied.get(origin, 0) > have]
+            if not ahead:
                 del self._lacking[origin]
-            else:
-                self._fetch(origin, node_id, now)
+                continue
+            alive = [n for n in ahead if self.alive(n)]
+            if alive:
+                self._fetch(origin, alive[0], now)
 
     def _on_forward(self, fields, envelope, now):
-        if self.on_forward is not None:
+        if self.per_partition and self.on_forward is not None:     # only partitioned clusters forward
             self.on_forward(fields, envelope, now)
 
     def _on_change(self, fields, now):
@@ -444,7 +466,8 @@ class Replication:
         # engine.applied: staged writes included (they are durable by the time this leaves, after
         # the iteration's commit): for a node that knows it was removed, all it will ever hold.
         e = self.engine
-        return protocol.encode_peer("DMEMBERS", e.node_id, e.membership.encoded, protocol.vector_pairs(e.applied))
+        applied = {} if self.per_partition else e.applied      # partitioned: no member leaves (yet)
+        return protocol.encode_peer("DMEMBERS", e.node_id, e.membership.encoded, protocol.vector_pairs(applied))
 
     def _on_members(self, fields, envelope, now):
         """A member's or a removed node's records: merged into ours; when that changes ours, the
@@ -494,8 +517,6 @@ class Replication:
                 kept.pop(node_id, None)
             for origin in [o for o, (_d, peer) in self._fetching.items() if peer == node_id]:
                 del self._fetching[origin]
-            for origin in [o for o, peer in self._lacking.items() if peer == node_id]:
-                del self._lacking[origin]
             for tried in self._unanswered.values():
                 tried.discard(node_id)
         for node_id in peers:

@@ -13,7 +13,8 @@ iteration's Sends."""
 from .. import protocol
 from .layout import origin_partition
 
-SYNC_PAIRS_MAX = 16_384          # pairs in one DSYNC: a larger backlog goes over several heartbeats
+SYNC_PAIRS_MAX = 8_000           # pairs in one DSYNC (a vector holds at most PEER_ARRAY_MAX): more go
+                                 # over several heartbeats
 SENT_KEPT = 16                   # DSYNCs remembered per peer until confirmed (older ones are sent again)
 
 
