@@ -267,8 +267,8 @@ class DynamoMode(Mode):
 
     def progress(self):
         rep = self.replication
-        return self.engine.durable_batches, (rep.ack_events, rep.reads.reads_done, rep.forwards.done) \
-            if rep is not None else ()
+        return self.engine.durable_batches, (rep.ack_events, rep.reads.reads_done, rep.forwards.done,
+                                             rep.hints.events) if rep is not None else ()
 
     def expired(self, held):
         if held.until.__class__ is Forward:

@@ -2,6 +2,8 @@
 `replicas` = 3 on 6 nodes each key lives on exactly its partition's 3 owners, any node serves any
 key (it forwards to an owner), w and r count the key's owners, `replicas` is fixed at creation, and
 forged peer messages of the new kinds change nothing."""
+import time
+
 import pytest
 
 from zmqstore import Retry, errors, protocol
@@ -85,6 +87,39 @@ def test_w_and_r_count_the_keys_owners_and_a_non_owner_forwards(cluster):
         c.nodes[owner].kill()
     with c.nodes[outsider].client(retry=Retry(max_tries=1), timeout=5.0) as db:
         wait_until(lambda: _refused(db, key), 10, interval=0.2, message="no owner reachable: unavailable")
+
+
+def test_a_write_whose_owners_are_down_is_held_as_a_hint_until_they_return(cluster):
+    """Two of a key's three owners killed: a write with w = 2 succeeds through the one owner left
+    and a hint on a fallback (sloppy quorum), which holds it durably for each owner that is down.
+    Restarted, the owners get it, and every node's hints_pending is 0 within 10 s."""
+    c = cluster(size=6, mode="dynamo", args=["--replicas", "3"], keys=False)
+    placement = Placement(list(c.nodes), 3)
+    key = "hinted-key"
+    partition = bucket_of(key.encode())
+    owners = placement.owners(partition)
+    fallbacks = [n for n in placement.ranking(partition) if n not in owners]
+    coordinator, down = owners[0], owners[1:]
+    with c.nodes[fallbacks[-1]].client(retry=RETRY) as db:
+        db.put("warm-up", 1)             # every node up and heard
+    for node_id in down:
+        c.nodes[node_id].kill()
+    wait_until(lambda: not any(p["alive"] for p in c.nodes[coordinator].status()["peers"] if p["node_id"] in down),
+               10, interval=0.1, message="the coordinator noticing the two owners down")
+    with c.nodes[fallbacks[-1]].client(retry=RETRY) as db:
+        db.put(key, "while-down", w=2)   # the owner left and a fallback hold it
+    pending = {n: c.nodes[n].status()["hints_pending"] for n in c.nodes if n not in down}
+    assert pending == {n: (1 if n in fallbacks[:2] else 0) for n in pending}, pending
+    started = time.monotonic()
+    for node_id in down:
+        c.start(node_id)
+    wait_until(lambda: all((c.nodes[n].status() or {"hints_pending": 1})["hints_pending"] == 0 for n in c.nodes),
+               10, interval=0.05, message="every hint delivered")
+    print(f"hints delivered {time.monotonic() - started:.2f} s after the owners were started")
+    for node_id in owners:               # an owner answers from its own data
+        with c.nodes[node_id].client(retry=RETRY) as db:
+            assert db.get(key) == "while-down"
+    assert sum(c.nodes[n].status()["hints_delivered"] for n in fallbacks[:2]) == 2
 
 
 def _refused(db, key):

@@ -247,6 +247,10 @@ class DynamoEngine:
             self._batch = self.storage.batch()
         return self._batch
 
+    def staging(self):
+        """This iteration's batch, for what the node's other parts stage with its writes (hints.py)."""
+        return self._staging()
+
     def _set_applied(self, origin, seq):
         """The flush writes the applied seq once per origin per batch (not once per entry)."""
         self._staging()

@@ -11,6 +11,7 @@ from ..metrics import Histogram
 from .antientropy import AntiEntropy
 from .departures import Departures
 from .forwarding import Forwards
+from .hints import Hints
 from .quorum_reads import QuorumReads
 from .layout import bucket_of, origin_name, origin_node, origin_partition
 from .sync import VectorSync
@@ -71,6 +72,7 @@ class Replication:
         self.topics = None
         self.sync = VectorSync(engine, lambda node_id: self._shared.get(node_id, frozenset()))    # sync.py
         self.forwards = Forwards(out, engine, self.alive)      # forwarding.py
+        self.hints = hints = Hints(out, engine, self.alive)     # hints.py
         self.on_forward = None          # (fields, envelope, now): a forwarded request (modes.DynamoMode)
         self._lacking = {}              # partitioned: origin -> a co-owner whose DSYNC showed it ahead
         self.reads = reads = QuorumReads(out, engine, config, lambda: self.views)   # quorum_reads.py
@@ -79,11 +81,12 @@ class Replication:
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
                           "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": reads.on_read,
                           "DPUSH": reads.on_push, "DMEMBERS": self._on_members, "DSYNC": self._on_sync,
-                          "DFORWARD": self._on_forward}
+                          "DFORWARD": self._on_forward, "DHINT": hints.on_hint, "DHANDOFF": hints.on_handoff}
         self._message_handlers = {"DCHANGE": self._on_change, "DSTATUS_REPLY": self._on_status_reply,
                                   "DENTRIES": self._on_entries, "DTREE_REPLY": ae.on_tree_reply,
                                   "DRANGE_REPLY": ae.on_range_reply, "DREAD_REPLY": reads.on_read_reply,
-                                  "DFORWARD_REPLY": self.forwards.on_reply}
+                                  "DFORWARD_REPLY": self.forwards.on_reply, "DHINT_ACK": hints.on_hint_ack,
+                                  "DHANDOFF_ACK": hints.on_handoff_ack}
         self._acked = {}                # peer -> {origin of this run: highest seq it applied durably}
         self.ack_events = 0             # DACKs and reports that moved _acked (modes.DynamoMode.progress)
         self.round_trips = {}           # peer -> metrics.Histogram: status query to reply
@@ -116,6 +119,7 @@ class Replication:
             for node_id in self.views:
                 self.out.send_to(node_id, self.sync.message(node_id))
             self._fetch_lacking(now)
+            self.hints.tick(now)
         for node_id in self.views:
             # Timed from the oldest query still unanswered, so a slow reply is not measured from a
             # later query; one unanswered for election_interval is given up (the reply is not counted).
@@ -207,8 +211,12 @@ class Replication:
             by_origin = {}
             for origin, raw in entries:
                 by_origin.setdefault(origin, []).append(raw)
+            placement, me = self.engine.placement, self.engine.node_id
             for origin, raws in by_origin.items():
                 self.out.publish(protocol.encode_peer("DCHANGE", origin, raws), topic(origin_partition(origin)))
+                down = [n for n in placement.owners(origin_partition(origin)) if n != me and not self.alive(n)]
+                if down:        # their entries go to fallbacks meanwhile (hints.py)
+                    self.hints.send(origin, raws, down)
         if self.per_partition and synced:
             self.sync.moved(synced, lambda p: self._co_owners.get(p, ()))
         for origin in moved:      # a lost DACK is made up for by the next DSTATUS (DSYNC)
@@ -223,8 +231,9 @@ class Replication:
         """How many nodes (this one included) hold every one of `dots` (entries of this run's
         origins) durably, as the peers' DACKs and status reports said: what a write with w > 1
         waits for (modes.DynamoMode)."""
-        acked = self._acked.values()
-        return min(1 + sum(1 for held in acked if held.get(origin, 0) >= seq) for origin, seq in dots)
+        acked, holds = self._acked, self.hints.holds
+        return min(1 + sum(1 for node_id in self.views if acked.get(node_id, {}).get(origin, 0) >= seq
+                           or holds(node_id, origin, seq)) for origin, seq in dots)
 
     def _on_ack(self, fields, envelope, now):
         node_id, origin, seq = fields
@@ -607,6 +616,8 @@ class Replication:
                           "last_heard": None if view.heard is None else round(now - view.heard, 3)})
         repair = self.anti_entropy.repair
         return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps,
+                "hints_pending": self.hints.pending, "hints_sent": self.hints.sent,
+                "hints_delivered": self.hints.delivered,
                 "repairs": self.anti_entropy.repairs, "read_repairs": self.reads.read_repairs,
                 "antientropy_runs": self.anti_entropy.runs, "keys_repaired": self.anti_entropy.keys_repaired,
                 "repairing": None if repair is None else repair.peer,

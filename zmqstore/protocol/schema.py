@@ -9,10 +9,10 @@ PROTOCOL_VERSION = 1       # client requests and replies (section 3 of docs/PROT
 # others with a log line, and ROLE and DSTATUS announce that range to every peer. A release that
 # changes a peer message raises PEER_VERSION and keeps the old one in its range, so that it runs
 # beside the release before it during a rolling upgrade. Version 1 had no range in ROLE and DSTATUS.
-# Version 3 only adds messages (DSYNC, DFORWARD, DFORWARD_REPLY: partitioned dynamo clusters,
-# docs/PARTITIONING.md): each message is encoded in the lowest version that defines it
-# (PEER_MESSAGE_VERSION), so a release of version 3 runs beside one of version 2 wherever it sends
-# none of them, and a version-2 node refuses them plainly where it would have to.
+# Version 3 only adds messages (DSYNC, DFORWARD, DHINT, DHANDOFF and their replies: partitioned
+# dynamo clusters, docs/PARTITIONING.md). A node encodes in the highest version every peer accepts
+# (codec.speak), but a message never below the version that defines it (PEER_MESSAGE_VERSION), so a
+# version-2 node refuses those plainly where a cluster would need them.
 PEER_VERSION = 3
 PEER_VERSIONS = (2, 3)     # (lowest, highest) accepted
 
@@ -145,15 +145,22 @@ PEER_MESSAGES = {
     # a request for a key this node does not own, sent to an owner, and its reply's body
     "DFORWARD": (("node_id", UINT), ("forward_id", UINT), ("request", BIN)),
     "DFORWARD_REPLY": (("sender_id", UINT), ("forward_id", UINT), ("reply", BIN)),
+    # hinted handoff: a coordinator gives a fallback its new entries for an owner that is down; the
+    # fallback says which it holds; later it hands them to the owner, which says what it then holds
+    "DHINT": (("node_id", UINT), ("owner", UINT), ("origin", UINT), ("entries", BIN_LIST)),
+    "DHINT_ACK": (("sender_id", UINT), ("origin", UINT), ("low", UINT), ("high", UINT)),
+    "DHANDOFF": (("node_id", UINT), ("origin", UINT), ("entries", BIN_LIST)),
+    "DHANDOFF_ACK": (("sender_id", UINT), ("origin", UINT), ("seq", UINT)),
 }
-PEER_MESSAGE_VERSION = {"DSYNC": 3, "DFORWARD": 3, "DFORWARD_REPLY": 3}    # the rest: 2
+PEER_MESSAGE_VERSION = {"DSYNC": 3, "DFORWARD": 3, "DFORWARD_REPLY": 3,    # the rest: 2
+                        "DHINT": 3, "DHINT_ACK": 3, "DHANDOFF": 3, "DHANDOFF_ACK": 3}
 
 # Where each peer message names the node that sent it: the index of that field (DCHANGE names its
 # origin, whose node id is origin >> 32). A node accepts a peer message only from the connection of
 # the node it names (docs/SECURITY.md).
 PEER_REQUESTS = frozenset({"ACK", "FETCH", "SNAPSHOT", "ROLE", "VOTE_REQUEST", "DSTATUS", "DFETCH", "DTREE",
                            "DRANGE", "DACK", "DREAD", "DPUSH", "DMEMBERS", "DSYNC",
-                           "DFORWARD"})   # sent to a peer port
+                           "DFORWARD", "DHINT", "DHANDOFF"})   # sent to a peer port
 PEER_STREAM = frozenset({"CHANGE", "HEARTBEAT", "DCHANGE"})          # published on a PUB
 PEER_REPLIES = frozenset(PEER_MESSAGES) - PEER_REQUESTS - PEER_STREAM   # back on the DEALER that asked
 PEER_SENDER_FIELD = {cmd: 0 for cmd in PEER_MESSAGES}
