@@ -28,6 +28,7 @@ from membership import dynamo_join, membership, report_rows as membership_rows  
 from security import report_rows as security_rows, security  # noqa: E402
 from watch_bench import report_rows as watch_rows, watch  # noqa: E402
 from ops_bench import backup_restore, bulk_import, metrics_cost, report_rows as ops_rows  # noqa: E402
+from partition_bench import partitioned, report_rows as partition_rows  # noqa: E402
 
 PIPELINE_DEPTH = 64
 
@@ -275,7 +276,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the scripts work")
     ap.add_argument("--only", choices=("single", "leader", "failover", "membership", "dynamo", "security", "watch",
-                                                "ops"),
+                                                "ops", "partitions"),
                     help="run one part only")
     ap.add_argument("--json", help="also write the figures to this file")
     opts = ap.parse_args()
@@ -305,6 +306,8 @@ def main():
         metrics_cost(results, N(20_000), 2 * rounds - 1)
         bulk_import(results, N(1_000_000))
         backup_restore(results, N(1_000_000))
+    if opts.only in (None, "partitions"):
+        partitioned(results, N(5_000))
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:
@@ -375,7 +378,7 @@ def report(r):
             rows.append(("dynamo 3 nodes: converge after a partition heals",
                          f"{r['dynamo_partition_converge_s']:.2f} s",
                          f"{r['dynamo_partition_writes_each']:,} writes on each side (target < 3 s)"))
-    rows += security_rows(r) + membership_rows(r) + watch_rows(r) + ops_rows(r)
+    rows += security_rows(r) + membership_rows(r) + watch_rows(r) + ops_rows(r) + partition_rows(r)
     if not rows:
         return
     width = max(len(row[0]) for row in rows)

@@ -100,7 +100,8 @@ class Node:
             self._on_space_alarm(self.space.alarm is not None)
             extra = self.engine.extra_status
             self.engine.extra_status = lambda: {**(extra() if extra else {}), "watches": self.watches.status(),
-                                                "space": self.space.status()}
+                                                "space": self.space.status(),
+                                                "peer_messages": dict(sorted(self.peers.received.items()))}
             self._peer_list = None
             self._follow_membership()
             if self.recorder is not None:     # last: it may ask the loop from now on

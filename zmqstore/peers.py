@@ -3,6 +3,7 @@
 to its peer port (per key it may hold). Messages in are checked against the connection they came
 on (trust.py) and handed to the mode's peer side (`peering`: Roles or Replication); messages out
 are an iteration's Sends items, sent after its commit (sends.py)."""
+import collections
 import itertools
 import logging
 import random
@@ -40,6 +41,7 @@ class PeerPlane:
         self.announced = {}             # peer id -> (lowest, highest) peer version it accepts, as it said
         self._version_logged = {}       # source -> when its unsupported version was last logged
         self.spoken = protocol.speak(())    # the version peer messages are encoded in (_choose_version)
+        self.received = collections.Counter()   # peer messages taken (valid, from a member), by command
         try:
             self.router = transport.bind_router(ctx, config.host, config.peer_port, self.frame_max, gate.guard_peer,
                                                 what="peer_port", curve=own)
@@ -239,6 +241,7 @@ class PeerPlane:
     def _handle(self, handler, message, *args):
         """A handler that raises drops its message and logs the sender; it never ends the node
         (storage failures stay fail-stop)."""
+        self.received[message.command] += 1
         if message.command in ANNOUNCING:
             self._note_versions(message)
         try:
