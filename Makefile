@@ -40,13 +40,14 @@ bench: $(STAMP)
 
 ## chaos: a randomised fault campaign (kill -9, SIGSTOP, iptables partitions when root) with a
 ## linearizability check (leader mode) or a convergence and no-lost-write check (dynamo mode);
-## make chaos SECONDS=300 SEED=42 NODES=5 MODE=dynamo KEYS=1 (KEYS=1: CurveZMQ on every socket)
+## make chaos SECONDS=300 SEED=42 NODES=5 MODE=dynamo KEYS=1 (KEYS=1: CurveZMQ on every socket;
+## REPLICAS=3: dynamo mode keeps each key on 3 of the nodes, docs/PARTITIONING.md)
 SECONDS ?= 300
 NODES ?= 3
 MODE ?= leader
 chaos: $(STAMP)
 	$(PY) -m zmqstore.testing.chaos --mode $(MODE) --seconds $(SECONDS) --nodes $(NODES) --clients $(NODES) \
-		$(if $(SEED),--seed $(SEED)) $(if $(KEYS),--keys)
+		$(if $(SEED),--seed $(SEED)) $(if $(KEYS),--keys) $(if $(REPLICAS),--replicas $(REPLICAS))
 
 ## bench-elections: 10 minutes of steady load on a 3-node cluster; counts elections (target: none)
 bench-elections: $(STAMP)

@@ -98,16 +98,18 @@ def hint_delivery(keys):
             "delivered_s": round(seconds, 2), "node6_keys": held, "node6_owns": owned}
 
 
-def partitioned(results, keys):
+def partitioned(results, keys, quick=False):
+    """quick: 3 nodes only, and no hint delivery (bench/run.py --quick, a smoke run)."""
     rows = results["partitions"] = []
-    for size in (3, 6, 9):
+    for size in (3,) if quick else (3, 6, 9):
         for replicas in (3, 0):
             row = messages_per_write(size, replicas, keys)
             rows.append(row)
             print(f"  {size} nodes, replicas {replicas or 'all'}: {row['per_write']} peer messages per write "
                   f"{row['by_command']}; periodic {row['periodic_per_s']}/s", flush=True)
-    results["hint_delivery"] = hint_delivery(keys)
-    print(f"  hints: {results['hint_delivery']}", flush=True)
+    if not quick:
+        results["hint_delivery"] = hint_delivery(keys)
+        print(f"  hints: {results['hint_delivery']}", flush=True)
 
 
 def report_rows(r) -> list:

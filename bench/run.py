@@ -307,7 +307,7 @@ def main():
         bulk_import(results, N(1_000_000))
         backup_restore(results, N(1_000_000))
     if opts.only in (None, "partitions"):
-        partitioned(results, N(5_000))
+        partitioned(results, N(5_000), opts.quick)
     report(results)
     if opts.json:
         with open(opts.json, "w") as f:

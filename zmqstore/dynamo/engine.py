@@ -350,6 +350,10 @@ class DynamoEngine:
             self._staging().put_cf("log", log_key(origin, entry.seq), raw)
             self._set_applied(origin, entry.seq)
             self.hlc.observe(entry.hlc)
+            if self.per_partition and entry.client_id:
+                # A write's retry may reach another owner than the first try (forwarding picks the
+                # first owner heard): the owners that hold the first try answer with its outcome.
+                self.sessions.record(entry.client_id, entry.request_id, ((origin, entry.seq),), time.monotonic())
             done += 1
         return done, False
 

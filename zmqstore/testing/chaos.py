@@ -32,6 +32,7 @@ from .linearizability import check, read_history
 from .nemesis import MEMBERSHIP_FAULTS, NETWORK_FAULTS, PROCESS_FAULTS, Nemesis
 from .process import Cluster, keys_by_default, wait_until
 from .watching import check_dynamo_watch, check_watch, dynamo_watch_worker, watch_worker
+from ..dynamo.placement import Placement
 from .workload import dynamo_finals, dynamo_worker, leader_worker
 
 
@@ -54,14 +55,15 @@ def format_summary(summary):
     if dynamo:
         ops = (f"{summary['operations']}: {summary['reads']} reads, writes ok {summary['ok']} + fail "
                f"{summary['fail']} + info {summary['info']}")
-        verdict = (f"{summary['acknowledged']} acknowledged writes: none lost, every node identical"
+        where = "each key identical on its owners" if summary.get("replicas") else "every node identical"
+        verdict = (f"{summary['acknowledged']} acknowledged writes: none lost, {where}"
                    if summary["ok_verdict"] else "FAILED (report below)")
     else:
         ops = f"{summary['operations']} = ok {summary['ok']} + fail {summary['fail']} + info {summary['info']}"
         verdict = "linearizable" if summary["ok_verdict"] else "NOT linearizable (report below)"
     rows = [
         ("campaign", f"{summary['mode']} mode, seed {summary['seed']}, {summary['seconds']:g} s, {summary['nodes']} "
-                     f"nodes, network faults {'on' if summary['network_faults'] else 'off (needs iptables and root)'}, "
+                     f"nodes{', replicas ' + str(summary['replicas']) if summary.get('replicas') else ''}, network faults {'on' if summary['network_faults'] else 'off (needs iptables and root)'}, "
                      f"keys {'on' if summary.get('keys') else 'off'}"),
         ("operations", ops),
         ("faults", f"{summary['faults']}: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))),
@@ -80,19 +82,24 @@ def format_summary(summary):
                         + f"current {watch['current']}")))
     rows.append(("convergence", "NOT reached in time (the nodes' states follow below)"
                  if summary["converged_after_last_op_s"] is None else
-                 f"every node holds the same {'data' if dynamo else 'log'} "
-                 f"{summary['converged_after_last_op_s']:.2f} s after the last operation"))
+                 ("the owners of each partition hold the same data " if summary.get("replicas") else
+                  f"every node holds the same {'data' if dynamo else 'log'} ")
+                 + f"{summary['converged_after_last_op_s']:.2f} s after the last operation"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, broken=None, nodes=3,
-             mode="leader", log_level="WARNING", keys=None):
+             mode="leader", log_level="WARNING", keys=None, replicas=0):
     """Run one campaign on `nodes` nodes; returns a summary dict (verdict included). network: use
     iptables partitions (None: when available, i.e. iptables present and root). faults: only these
     kinds. broken: run a deliberately broken build (faults.py) to show the checker
-    catches it."""
+    catches it. replicas: dynamo mode's copies of each key (docs/PARTITIONING.md); with fewer than
+    `nodes`, each key is checked on its owners, and there is no watcher (a partitioned cluster
+    serves no watch) and no membership fault (it cannot change members yet)."""
     args, env = ["--log-level", log_level], None
+    if replicas:
+        args += ["--replicas", str(replicas)]
     if broken:
         # deposed-reads: primaries read without confirming leadership and never step down.
         # early-acks: that, and writes acknowledged once on the primary alone (write_quorum = 1).
@@ -135,12 +142,13 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         # A watcher through it all, judged against the history (docs/WATCH.md).
         watch_path = os.path.join(base_dir, "watch.jsonl")
         clients_done = ctx.Event()
-        procs.append(ctx.Process(target=dynamo_watch_worker if mode == "dynamo" else watch_worker,
-                                 args=(c.endpoints, seconds, watch_path, client_keys, clients_done), daemon=True))
+        if not replicas:
+            procs.append(ctx.Process(target=dynamo_watch_worker if mode == "dynamo" else watch_worker,
+                                     args=(c.endpoints, seconds, watch_path, client_keys, clients_done), daemon=True))
         for proc in procs:
             proc.start()
         nemesis = Nemesis(c, seed, partitioner, client_keys)
-        if c.keys is None:
+        if c.keys is None and not replicas:
             nemesis.faults += MEMBERSHIP_FAULTS     # --join needs no keys (docs/MEMBERSHIP.md)
         if faults:
             nemesis.faults = tuple(faults)
@@ -166,6 +174,8 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         # A client that crashed or hung took its history with it: its writes would go unchecked.
         broken_workers = [i for i, proc in enumerate(procs) if proc.exitcode != 0
                           or not os.path.exists(histories[i] if i < len(histories) else watch_path)]
+        if replicas and not procs[len(histories):]:
+            clients_done.set()
         last_op = time.monotonic()
         done = Cluster.dynamo_converged if mode == "dynamo" else _converged
         try:
@@ -177,6 +187,7 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             to_converge = None
             extra = {"not_converged": _trace_convergence(c, done, 5 if broken else 90)}
         summary = {"mode": mode, "keys": c.keys is not None, "seed": seed, "seconds": seconds, "nodes": nodes,
+                   "replicas": replicas,
                    "faults": len(nemesis.log),
                    "fault_log": nemesis.log, "network_faults": bool(network), "converged_after_last_op_s": to_converge,
                    **extra}
@@ -255,7 +266,12 @@ def _judge_dynamo(cluster, history):
     node between the reads (the data is equal once collection has run everywhere)."""
     deadline = time.monotonic() + 10
     while True:
-        verdict = convergence.check(history, dynamo_finals(cluster))
+        replicas = cluster.nodes[next(iter(cluster.nodes))].status().get("replicas", 0)
+        owners = None
+        if replicas and replicas < len(cluster.nodes):
+            placement = Placement(list(cluster.nodes), replicas)
+            owners = lambda key: placement.preference(key.encode() if isinstance(key, str) else key)  # noqa: E731
+        verdict = convergence.check(history, dynamo_finals(cluster, owners), owners)
         if verdict.identical or time.monotonic() > deadline:
             if not verdict.identical:
                 log_states = {i: n.status() for i, n in cluster.nodes.items()}
@@ -277,6 +293,7 @@ def main(argv=None):
     ap.add_argument("--dir", help="keep data, logs and histories here (default: a temporary dir)")
     ap.add_argument("--faults", help="comma-separated fault kinds to use (default: all available): "
                     + ", ".join(PROCESS_FAULTS + NETWORK_FAULTS + MEMBERSHIP_FAULTS))
+    ap.add_argument("--replicas", type=int, default=0, help="dynamo mode: copies of each key (0: every node)")
     ap.add_argument("--broken", choices=("deposed-reads", "early-acks", "dynamo-lww"),
                     help="run a deliberately broken build")
     opts = ap.parse_args(argv)
@@ -291,7 +308,8 @@ def main(argv=None):
     summary = None
     try:
         summary = campaign(d, opts.seconds, seed, opts.clients, faults=faults, broken=opts.broken,
-                           nodes=opts.nodes, mode=opts.mode, log_level=opts.log_level, keys=opts.keys or None)
+                           nodes=opts.nodes, mode=opts.mode, log_level=opts.log_level, keys=opts.keys or None,
+                           replicas=opts.replicas)
     finally:
         if opts.dir is None and summary is not None and summary["passed"]:
             shutil.rmtree(d, ignore_errors=True)

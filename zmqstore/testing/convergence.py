@@ -66,17 +66,23 @@ def covers(ctx, dot):
     return ctx.get(dot[0], 0) >= dot[1]
 
 
-def check(history, finals):
+def check(history, finals, owners=None):
     """history: WriteOps of every client. finals: {node id: {key: (siblings, ctx)}} with siblings a
-    list of (value, origin, seq, deleted), read from every node after convergence."""
+    list of (value, origin, seq, deleted), read from every node after convergence. owners: in a
+    partitioned cluster, key -> the ids of the nodes holding it (finals then have each node's own
+    keys only): identical means identical on each key's owners."""
     states = list(finals.values())
-    identical = all(s == states[0] for s in states[1:])
+    keys = sorted({k for s in states for k in s} | {op.key for op in history})
     differences = []
-    for key in sorted({k for s in states for k in s}):
-        by_node = {n: f.get(key) for n, f in finals.items()}
+    final = {}
+    for key in keys:
+        holders = [n for n in finals if owners is None or n in owners(key)]
+        by_node = {n: finals[n].get(key) for n in holders}
         if len({repr(v) for v in by_node.values()}) > 1:
             differences.append((key, by_node))
-    final = states[0]
+        if by_node[holders[0]] is not None:
+            final[key] = by_node[holders[0]]
+    identical = not differences
     by_key = {}
     for op in history:
         by_key.setdefault(op.key, []).append(op)

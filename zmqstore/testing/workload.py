@@ -102,13 +102,16 @@ def dynamo_worker(endpoint, process, seconds, seed, out_path, client_keys):
         f.write(str(reads))
 
 
-def dynamo_finals(cluster):
-    """{node id: {key: (siblings, ctx)}} read from every node."""
+def dynamo_finals(cluster, owners=None):
+    """{node id: {key: (siblings, ctx)}} read from every node; with `owners` (key -> its owners' ids,
+    a partitioned cluster) each node is read for the keys it owns only, which it answers itself."""
     finals = {}
     for node_id, node in cluster.nodes.items():
         with node.client(timeout=2.0, retry=Retry(max_tries=3)) as db:
             finals[node_id] = {}
             for key in KEYS:
+                if owners is not None and node_id not in owners(key):
+                    continue
                 v = db.get_versions(key, r=1)       # this node's own data, whatever read_quorum says
                 if v.siblings:
                     finals[node_id][key] = (sorted(((s.value, s.origin, s.seq, s.deleted) for s in v.siblings),
