@@ -11,6 +11,9 @@ from . import errors
 LEADER_COLUMNS = ("node_id", "address", "role", "term", "voted_for", "last_seq", "commit_seq", "applied_seq", "lag",
                   "lag_s", "heard_s")
 DYNAMO_COLUMNS = ("node_id", "address", "alive", "behind", "conflicts", "tombstones", "digest")
+# replicas set (docs/PARTITIONING.md): keys it holds as an owner, partitions it owns, hints it holds
+PARTITIONED_COLUMNS = ("node_id", "address", "alive", "behind", "keys", "partitions", "hints", "conflicts",
+                       "tombstones")
 
 
 def gather(args, db):
@@ -96,7 +99,32 @@ def dynamo_table(rows, single):
     return DYNAMO_COLUMNS, table, lines
 
 
+def partitioned_table(rows, single):
+    """Dynamo mode with replicas set: digests and applied seqs differ by design (each node holds
+    its partitions), so `behind` is what the node's own status says it lacks of its co-owners'
+    entries (`-` for a peer seen from another node) and converged is every node's own verdict."""
+    table = []
+    for r in rows:
+        full = "peers" in r
+        if full:
+            behind = str(sum(p.get("ahead", 0) for p in r["peers"]))
+            alive = "yes"
+        else:
+            behind, alive = "-", ("yes" if r.get("alive") else "no") if "alive" in r else r.get("role", "-")
+        table.append([str(r.get("node_id", "-")), r["address"], alive, behind,
+                      *(str(r.get(k, "-")) for k in ("keys", "partitions_owned", "hints_pending", "conflicts",
+                                                     "tombstones"))])
+    full_rows = [r for r in rows if "peers" in r]        # asked one node: itself; else every node that answered
+    converged = bool(full_rows) and all(r.get("converged") for r in full_rows) and (single or len(full_rows) == len(rows))
+    replicas = next((r["replicas"] for r in full_rows), "?")
+    lines = [f"replicas: {replicas} (each key on {replicas} nodes; keys: held as an owner, exact)",
+             f"converged: {'yes (every node holds what its co-owners hold)' if converged else 'no'}"]
+    return PARTITIONED_COLUMNS, table, lines
+
+
 def tables(rows, single):
+    if any(r.get("replicas") for r in rows):
+        return partitioned_table(rows, single)
     return (dynamo_table if any(r.get("mode") == "dynamo" for r in rows) else leader_table)(rows, single)
 
 

@@ -186,10 +186,18 @@ def _dynamo(st, sample):
     yield _gauge("zmqstore_dynamo_converged", "1 when every peer is alive and holds the same data.",
                  int(st.get("converged", True)))
     yield _gauge("zmqstore_dynamo_origin_seq", "The last seq of this node's own origin.", st["last_seq"])
+    yield _gauge("zmqstore_dynamo_keys", "Keys holding a value in the partitions this node owns (exact).",
+                 st.get("keys", 0))
+    yield _gauge("zmqstore_dynamo_partitions_owned", "Partitions (of 4,096) this node owns.",
+                 st.get("partitions_owned", 0))
+    yield _gauge("zmqstore_dynamo_hints_pending", "Hint records held here for owners that were down "
+                 "(replicas set): each goes once its owner holds its writes.", st.get("hints_pending", 0))
     for name, help_ in (("antientropy_runs", "Anti-entropy exchanges finished."),
                         ("keys_repaired", "Keys anti-entropy changed."),
                         ("read_repairs", "Keys a quorum read repaired."),
-                        ("gaps_fetched", "Origin-log gaps fetched from peers.")):
+                        ("gaps_fetched", "Origin-log gaps fetched from peers."),
+                        ("hints_sent", "Hinted writes sent to fallbacks for owners that were down."),
+                        ("hints_delivered", "Hint records handed over to their owners and dropped.")):
         yield _counter(f"zmqstore_dynamo_{name}", help_, st.get(name, 0))
     yield from _peers(st, "Writes this node holds that the peer has not applied.", lambda row: row["behind"])
     rtt = HistogramMetricFamily("zmqstore_peer_round_trip_seconds", "From a status query (DSTATUS) to a peer "

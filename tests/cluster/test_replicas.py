@@ -209,3 +209,23 @@ def test_forged_sync_and_forward_messages_change_nothing(cluster):
     wait_until(lambda: converged(c), 30, interval=0.2, message="converged again")
     after = {n: c.nodes[n].status()["keys"] for n in c.nodes}
     assert sum(after.values()) == sum(before.values()) + 2
+
+
+def test_cli_status_shows_keys_partitions_and_hints_per_node(cluster):
+    import subprocess
+    import sys
+    c = cluster(size=4, mode="dynamo", args=["--replicas", "2"], keys=False)
+    load(c, 400)
+    wait_until(lambda: converged(c), 30, interval=0.2, message="converged")
+    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", *c.cli_args(), "status"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:7] == ["node_id", "address", "alive", "behind", "keys", "partitions", "hints"]
+    rows = {int(line.split()[0]): line.split() for line in lines[1:5]}
+    statuses = {n: c.nodes[n].status() for n in c.nodes}
+    assert {n: int(row[4]) for n, row in rows.items()} == {n: st["keys"] for n, st in statuses.items()}
+    assert sum(int(row[4]) for row in rows.values()) == 2 * 400
+    assert {n: int(row[5]) for n, row in rows.items()} == {n: st["partitions_owned"] for n, st in statuses.items()}
+    assert all(row[6] == "0" and row[3] == "0" for row in rows.values())
+    assert "replicas: 2" in proc.stdout and "converged: yes" in proc.stdout
