@@ -6,6 +6,8 @@
   (STATUS `peer_messages`). Only messages that writes cause are counted (DCHANGE, DACK, DFORWARD
   and its reply, fetches, hints); the periodic ones (DSTATUS, DSYNC: a message per heartbeat per
   pair of nodes, whatever the load) are reported apart, per second;
+- rebalancing: on 6 nodes holding 20 x `keys` keys, a 7th node joins (--join): the time until no
+  partition moves anywhere, and the keys it pulled per second;
 - hint delivery: on 6 nodes, one node killed, `keys` puts made while it is down (those of the
   partitions it owns are hinted to fallbacks), then the node started again: the time from its
   start to no hint pending anywhere.
@@ -98,6 +100,34 @@ def hint_delivery(keys):
             "delivered_s": round(seconds, 2), "node6_keys": held, "node6_owns": owned}
 
 
+def join_rate(keys):
+    """6 nodes, replicas 3, `keys` keys loaded (pipelined); a 7th node started with --join: the time
+    until no partition moves anywhere, and the keys it pulled."""
+    with tempfile.TemporaryDirectory() as d:
+        c = Cluster(d, size=6, mode="dynamo", args=["--replicas", "3", "--log-level", "WARNING"],
+                    new_session=False, keys=False)
+        try:
+            c.start_all()
+            for node_id, node in c.nodes.items():
+                with node.client(retry=RETRY, timeout=10.0) as db:
+                    with db.pipeline(64) as p:
+                        for i in range(node_id - 1, keys, 6):
+                            p.put(f"j{i}", i)
+                        p.execute()
+            wait_until(lambda: _converged(c), 120, interval=0.2, message="loaded")
+            c.add_node(7)
+            started = time.monotonic()
+            c.start(7, wait=False)
+            wait_until(lambda: all((n.status(timeout=3.0) or {"partitions_moving": 1})["partitions_moving"] == 0
+                                   for n in c.nodes.values()), 600, interval=0.1, message="moved")
+            seconds = time.monotonic() - started
+            st = c.nodes[7].status(timeout=3.0)
+        finally:
+            c.stop_all()
+    return {"keys": keys, "seconds": round(seconds, 1), "partitions": st["partitions_pulled"],
+            "keys_pulled": st["keys_pulled"], "keys_s": round(st["keys_pulled"] / seconds)}
+
+
 def partitioned(results, keys, quick=False):
     """quick: 3 nodes only, and no hint delivery (bench/run.py --quick, a smoke run)."""
     rows = results["partitions"] = []
@@ -110,6 +140,8 @@ def partitioned(results, keys, quick=False):
     if not quick:
         results["hint_delivery"] = hint_delivery(keys)
         print(f"  hints: {results['hint_delivery']}", flush=True)
+        results["join_rate"] = join_rate(20 * keys)
+        print(f"  join: {results['join_rate']}", flush=True)
 
 
 def report_rows(r) -> list:
@@ -125,6 +157,11 @@ def report_rows(r) -> list:
                      f"{h['delivered_s']} s", f"{h['keys']:,} puts while node 6 was down: {h['hinted_messages']:,} "
                      f"DHINTs, {h['hint_records']} hint records; node 6 ready {h['node_ready_s']} s after its start; "
                      f"converged, it holds {h['node6_keys']:,} keys, of the {h['node6_owns']:,} it owns"))
+    j = r.get("join_rate")
+    if j:
+        rows.append(("dynamo 6 nodes, replicas = 3: a 7th node joins (--join), start to no partition moving",
+                     f"{j['seconds']} s", f"{j['keys']:,} keys loaded; it pulled {j['partitions']:,} partitions and "
+                     f"{j['keys_pulled']:,} keys: {j['keys_s']:,} keys/s"))
     return rows
 
 

@@ -5,6 +5,7 @@ then the stream) and is promoted to voter by the primary; the membership it reco
 In dynamo mode any member adds it; it learns the rest of the membership from its peers' records
 (DMEMBERS) and the data through their logs and anti-entropy."""
 import logging
+import struct
 import time
 
 from . import errors, keys, protocol
@@ -12,7 +13,8 @@ from .api import Call
 from .client import Client, Retry
 from .dynamo.membership import DynamoMembership
 from .protocol import DynamoMember
-from .storage import META_DMEMBERS
+from .dynamo.placement import Placement
+from .storage import META_DMEMBERS, META_MOVING
 
 JOIN_TIMEOUT = 60.0         # seconds to keep asking before the node gives up and exits
 
@@ -109,6 +111,10 @@ def _record(config, storage, seq, members):
         records = [DynamoMember(m.node_id, m.host, m.port, m.pub_port, m.peer_port, m.key,
                                 seq if m.node_id == config.node_id else 0, False, 0) for m in members]
         batch.put_cf("meta", META_DMEMBERS, protocol.encode_dynamo_members(records))
+        if config.replicas:     # every partition it owns is pulled from its holders (docs/PARTITIONING.md)
+            owned = Placement([m.node_id for m in members], config.replicas).owned_by(config.node_id)
+            for p in owned:
+                batch.put_cf("meta", META_MOVING + struct.pack(">H", p), b"")
     else:
         batch.set_members(protocol.encode_members(seq, members))
     storage.commit(batch)

@@ -311,20 +311,30 @@ class DynamoMode(Mode):
             self.forwarded.release(self.ready(), self.expired, time.monotonic(), progress=self.progress())
 
     def _on_forward(self, fields, envelope, now):
-        """A request a peer forwarded here (dynamo/forwarding.py): served as a client's would be,
-        never forwarded again; its reply goes back to that peer once ready, or its error at once."""
-        node_id, forward_id, body = fields
+        """A request a peer forwarded here (dynamo/forwarding.py): served as a client's would be;
+        its reply goes back to that peer once ready, or its error at once. It is sent on once more
+        only when this node is still pulling a partition it names (hops 0), to a node holding it whole."""
+        node_id, forward_id, hops, body = fields
         request = None
+        engine = self.engine
         try:
-            request = protocol.decode_request(body, self.engine.limits)
+            request = protocol.decode_request(body, engine.limits)
             if request.command not in KEYED:
                 raise errors.BadArgument(f"{request.command} is not forwarded between nodes")
-            placement = self.engine.placement
-            foreign = [p for p in partitions_of(request) if not self.engine.owns(p)]
+            placement = engine.placement
+            partitions = partitions_of(request)
+            foreign = [p for p in partitions if not (engine.owns(p) or p in engine.leaving)]
             if foreign:     # the memberships differ for a moment: the forwarder retries, as a client would
-                raise errors.Unavailable(f"node {self.engine.node_id} does not own partition {foreign[0]} "
+                raise errors.Unavailable(f"node {engine.node_id} does not own partition {foreign[0]} "
                                          f"(its owners: nodes {', '.join(map(str, placement.owners(foreign[0])))})")
-            reply, until = self.handle(request, None, now, forwarded=True)
+            if all(engine.holds(p) for p in partitions):
+                reply, until = self.handle(request, None, now, forwarded=True)
+            elif hops == 0:     # pulling it: on to a node that holds it whole
+                reply, until = None, self.replication.forwards.start(
+                    request, self.replication.forwards.target(request, avoid=(node_id,)), hops=1)
+            else:
+                raise errors.Unavailable(f"node {engine.node_id} is still pulling partition "
+                                         f"{next(p for p in partitions if not engine.holds(p))}; retry in a moment")
         except errors.StorageError:
             raise
         except errors.ZmqstoreError as exc:

@@ -53,6 +53,7 @@ META_HASH = b"d:h:"               # + bucket (u16) + key: the key's state hash (
 META_DMEMBERS = b"d:members"      # the membership, protocol.encode_dynamo_members (docs/MEMBERSHIP.md)
 META_REPLICAS = b"d:replicas"     # copies of each key (u64, 0: every member), fixed when the cluster was created
 META_HINT = b"d:hint:"            # + owner (u64) + origin (u64): low and high seq (u64 each) held for that owner
+META_MOVING = b"d:moving:"        # + partition (u16): a partition this node owns but has not pulled yet
 META_RUN = b"d:run:"              # + run (u64): a run of this node started here (its origins are never reused)
 _LOG_KEY = struct.Struct(">QQ")
 

@@ -61,8 +61,6 @@ def test_six_nodes_keep_each_key_on_exactly_its_three_owners(cluster):
             assert p.execute() == list(range(0, KEYS, 10))
         with pytest.raises(errors.UnsupportedOperation, match="no node holds every key"):
             list(db.scan())
-        with pytest.raises(errors.UnsupportedOperation, match="adding and removing members needs partitions"):
-            db.add_member(7, "127.0.0.8", 9000)
 
 
 def test_w_and_r_count_the_keys_owners_and_a_non_owner_forwards(cluster):
@@ -127,7 +125,7 @@ def _refused(db, key):
         db.get(key)
         return False
     except errors.Unavailable as exc:
-        return "no owner of this key is reachable" in str(exc)
+        return "no node holding this key is reachable" in str(exc)
 
 
 def test_replicas_is_fixed_when_the_cluster_is_created(cluster):
@@ -150,8 +148,8 @@ def test_replicas_is_fixed_when_the_cluster_is_created(cluster):
 
 
 def test_forged_sync_and_forward_messages_change_nothing(cluster):
-    """DSYNC naming partitions the two do not share, another node's run, writes of the receiver's
-    own origins it never made, or another `replicas`; DFORWARD holding garbage or a command that is
+    """DSYNC naming another node's run, writes of the receiver's own origins it never made, another
+    `replicas` or partitions beyond 4,095 (and pairs of partitions the two do not share, ignored); DFORWARD holding garbage or a command that is
     never forwarded; a DFORWARD_REPLY sent as a request: each refused, from node 3's own address on
     its identity (the decoder and the checks answer, not the handshake). Nothing changes: keys,
     values and the nodes' liveness."""
@@ -177,14 +175,15 @@ def test_forged_sync_and_forward_messages_change_nothing(cluster):
                     send(sock, body)
                     return line in target.log()
                 wait_until(attempt, 10, interval=0.3, message=line)
-            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 2, [[r3 | not_shared, 9]], True),
-                         "partitions the two nodes do not both own")
-            refused_with(protocol.encode_peer("DSYNC", 3, (2 << 32) | (5 << 12), run, 1, 0, 2, [], True),
+            send(sock, protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 2, [[r3 | not_shared, 9]], True, [], []))
+            refused_with(protocol.encode_peer("DSYNC", 3, (2 << 32) | (5 << 12), run, 1, 0, 2, [], True, [], []),
                          "is not one of node 3")
-            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 2, [[run | shared, 1 << 40]], True),
+            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 2, [[run | shared, 1 << 40]], True, [], []),
                          "claims write 1099511627776")
-            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 7, [], True),
+            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 7, [], True, [], []),
                          "node 3 runs with replicas = 7")
+            refused_with(protocol.encode_peer("DSYNC", 3, r3, run, 1, 0, 2, [], True, [4096], []),
+                         "partitions beyond 4095")
             refused_with(protocol.encode_peer("DFORWARD_REPLY", 3, 1, protocol.encode_ok(1, True)),
                          "DFORWARD_REPLY naming node 3")
             received(sock, 0.5)     # what the target sent node 3's identity so far
@@ -192,7 +191,7 @@ def test_forged_sync_and_forward_messages_change_nothing(cluster):
                                         (12, protocol.encode_request("STATUS", b"c" * 16, 1, 1)),
                                         (13, protocol.encode_request("SCAN", b"c" * 16, 1, 1, None, None, None,
                                                                      None, False))):
-                send(sock, protocol.encode_peer("DFORWARD", 3, forward_id, request))
+                send(sock, protocol.encode_peer("DFORWARD", 3, forward_id, 0, request))
             replies = {}
             for frames in received(sock, 3.0):
                 message = protocol.decode_peer(frames[-1])
@@ -229,3 +228,104 @@ def test_cli_status_shows_keys_partitions_and_hints_per_node(cluster):
     assert {n: int(row[5]) for n, row in rows.items()} == {n: st["partitions_owned"] for n, st in statuses.items()}
     assert all(row[6] == "0" and row[3] == "0" for row in rows.values())
     assert "replicas: 2" in proc.stdout and "converged: yes" in proc.stdout
+
+
+def quiet(c):
+    """Every node converged with no partition moving."""
+    sts = [n.status() for n in c.nodes.values()]
+    return all(st and st["converged"] and st["partitions_moving"] == 0 for st in sts)
+
+
+def moving(c):
+    """Partitions still moving on some node (pulled or handed over)."""
+    return sum((n.status() or {"partitions_moving": 1})["partitions_moving"] for n in c.nodes.values())
+
+
+class Reader:
+    """Reads loaded keys through every node in turn until stopped; counts failures and wrong values."""
+
+    def __init__(self, c, count):
+        import threading
+        self.c, self.count = c, count
+        self.reads = self.errors = self.wrong = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self):
+        import random
+        rng = random.Random(7)
+        nodes = list(self.c.nodes.values())
+        clients = [n.client(retry=RETRY, timeout=2.0) for n in nodes]
+        try:
+            while not self._stop.is_set():
+                i = rng.randrange(self.count)
+                try:
+                    if clients[i % len(clients)].get(f"key{i}") != i:
+                        self.wrong += 1
+                except errors.ZmqstoreError:
+                    self.errors += 1
+                self.reads += 1
+        finally:
+            for db in clients:
+                db.close()
+
+
+@pytest.mark.timeout(400)
+def test_a_seventh_node_takes_its_share_and_a_removal_restores_every_copy(cluster):
+    """6 nodes, replicas = 3, 30,000 keys. A 7th joins (--join) while a client writes and another
+    reads through the first six: it pulls about 1/7 of the replica slots from their holders, the old
+    owners hand them over, and afterwards every node holds exactly the keys it owns. Then node 3 is
+    removed: its partitions are pulled from the owners that remain, back to 3 copies of every key."""
+    from zmqstore.testing.process import Writer
+    c = cluster(size=6, mode="dynamo", args=["--replicas", "3"], keys=False)
+    load(c, KEYS)
+    wait_until(lambda: quiet(c), 60, interval=0.2, message="loaded and converged")
+    six = Placement(list(c.nodes), 3)
+    with Writer(c, "w", RETRY) as w, Reader(c, KEYS) as r:
+        w.wait_for(50)
+        c.add_node(7)
+        started = time.monotonic()
+        c.start(7, wait=False)
+        c.nodes[7].wait_ready(20)
+        wait_until(lambda: not moving(c), 120, interval=0.2, message="node 7 pulled its partitions, the rest handed over")
+        took = time.monotonic() - started
+        w.wait_for(50)
+    wait_until(lambda: quiet(c), 60, interval=0.2, message="converged after the writes")
+    seven = Placement(list(c.nodes), 3)
+    slots = sum(len(gained) for _lost, gained in six.moves(seven).values())
+    st7 = c.nodes[7].status()
+    print(f"node 7: {st7['partitions_pulled']} partitions, {st7['keys_pulled']} keys pulled in {took:.1f} s; "
+          f"{r.reads} reads and {len(w.acked)} writes meanwhile")
+    assert abs(slots / (3 * 4096) - 1 / 7) < 0.02 and st7["partitions_pulled"] == slots == len(seven.owned_by(7))
+    assert w.errors == 0 and r.errors == 0 and r.wrong == 0 and r.reads > 100
+    total = KEYS + len(w.acked)
+
+    def expected(placement):
+        held = {n: 0 for n in placement.members}
+        for key in [f"key{i}" for i in range(KEYS)] + list(w.acked):
+            for owner in owners_of(placement, key):
+                held[owner] += 1
+        return held
+    assert {n: c.nodes[n].status()["keys"] for n in c.nodes} == expected(seven)
+    with c.nodes[7].client(retry=RETRY) as db:
+        with db.pipeline(64) as p:
+            for i in range(0, KEYS, 7):
+                p.get(f"key{i}")
+            assert p.execute() == list(range(0, KEYS, 7))
+        for key, value in list(w.acked.items())[::10]:
+            assert db.get(key) == value
+        db.remove_member(3)
+    c.nodes[3].stop()
+    del c.nodes[3]
+    wait_until(lambda: quiet(c), 120, interval=0.2, message="node 3's partitions pulled by the owners left")
+    remaining = Placement(list(c.nodes), 3)
+    held = {n: c.nodes[n].status()["keys"] for n in c.nodes}
+    assert held == expected(remaining) and sum(held.values()) == 3 * total

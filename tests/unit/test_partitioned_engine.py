@@ -130,6 +130,7 @@ class Peerless:
 
     def __init__(self, node_id, run):
         self.node_id, self.run, self.replicas = node_id, run, 3
+        self.moving_in, self.leaving = {7}, set()
         self.durable_applied = {}
 
 
@@ -143,11 +144,12 @@ def test_dsync_sends_what_the_peer_has_not_confirmed_and_starts_again_for_a_new_
     me.durable_applied = {origin_shared: 4, origin_other: 9}
     sync = VectorSync(me, lambda node_id: frozenset({5}))
     sync.follow([2])
-    _n, _run, to_run, number, ack, _r, pairs, complete = decode(sync.message(2))
+    _n, _run, to_run, number, ack, _r, pairs, complete, moving, leaving = decode(sync.message(2))
     assert pairs == [[origin_shared, 4]] and complete and (to_run, number, ack) == (0, 1, 0)
+    assert moving == [7] and leaving == []
     peer_run = 2 << 32
     assert sync.on_sync(2, peer_run, me.run, 7, 1)          # it heard number 1: confirmed
-    *_, pairs, complete = decode(sync.message(2))
+    *_, pairs, complete, _moving, _leaving = decode(sync.message(2))
     assert pairs == [] and complete
     me.durable_applied[origin_shared] = 5
     sync.moved([origin_shared, origin_other], lambda p: (2,) if p == 5 else ())

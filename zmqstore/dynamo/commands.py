@@ -70,9 +70,11 @@ class DynamoCommands(CommandTable):
             self._admit(req)
             return None
         origin, seq = dot[0]
-        # a quorum write's retry waits for the quorum too (for the entries this run made)
+        # a quorum write's retry waits for the quorum too: for the entries this run made, and with
+        # replicas set for another owner's too (its first try reached that owner: Replication.copies)
+        engine = self.engine
         return (protocol.encode_ok(req.request_id, True, seq, origin),
-                Wait(self.engine.pending_batch, tuple(d for d in dot if self.engine.is_own(d[0]))))
+                Wait(engine.pending_batch, tuple(d for d in dot if engine.is_own(d[0]) or engine.per_partition)))
 
     def _written(self, req, ops, result=True):
         """A write's reply: [applied, seq, origin]: (origin, seq) is the new version's dot (with
@@ -134,12 +136,6 @@ class DynamoCommands(CommandTable):
     def _members(self, req):
         return protocol.encode_ok(req.request_id, self.engine.membership.member_records()), NO_WAIT
 
-    def _refuse_in_partitioned(self):
-        if self.engine.per_partition:
-            raise errors.UnsupportedOperation(
-                f"this cluster keeps {self.engine.replicas} copies of each key (replicas): adding and removing "
-                f"members needs partitions to move between nodes, which is not built yet (docs/PARTITIONING.md)")
-
     def _changed(self, req, membership):
         """A membership change's reply, [changed, counter of the node's record, members]: it leaves
         once the change is durable here; the peers hear it at once and by every status exchange."""
@@ -156,12 +152,10 @@ class DynamoCommands(CommandTable):
                                    engine.membership.member_records()), Wait(engine.pending_batch))
 
     def _add_member(self, req):
-        self._refuse_in_partitioned()
         member = self._member_to_add(req)
         return self._changed(req, self.engine.membership.adding(member, self.config.node_id))
 
     def _remove_member(self, req):
-        self._refuse_in_partitioned()
         return self._changed(req, self.engine.membership.removing(req.args[0], self.config.node_id))
 
     def _outcome(self, req):

@@ -5,14 +5,15 @@ leaves. Entries from other origins are applied in each origin's seq order, and e
 is kept in the log, so any node can serve any origin's entries."""
 import logging
 import os
+import struct
 import time
 
 from .. import errors, protocol
 from ..faults import NONE
 from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
 from ..sessions import Sessions
-from ..storage import (META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_REPLICAS, META_RUN, META_TOMB,
-                       META_TOMB_END, log_key)
+from ..storage import (META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_MOVING, META_REPLICAS, META_RUN,
+                       META_TOMB, META_TOMB_END, log_key)
 from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                         merge, stable, winner)
 from .antientropy import bucket_keys
@@ -24,6 +25,7 @@ from .placement import ALL, Placement
 
 log = logging.getLogger("zmqstore.dynamo")
 _MASK64 = (1 << 64) - 1
+_PART = struct.Struct(">H")
 RUN_PARTITION_BITS = 0xFFF       # with replicas set, an origin's low 12 bits are its partition
 
 
@@ -82,6 +84,11 @@ class DynamoEngine:
         if self.per_partition:
             for origin in self.applied:
                 self._by_partition.setdefault(origin_partition(origin), set()).add(origin)
+        # Rebalancing (docs/PARTITIONING.md): partitions owned but not pulled yet (durable), and
+        # partitions held but no longer owned, dropped once their new owners hold what this node does.
+        self.moving_in = {_PART.unpack(k[len(META_MOVING):])[0]
+                          for k, _ in storage.iter_cf("meta", META_MOVING, META_MOVING + b"\xff" * 3)}
+        self.leaving = set()
         self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
         raw_hlc = storage.get_cf("meta", META_HLC)
         self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
@@ -113,6 +120,9 @@ class DynamoEngine:
             self.tombstones += tomb
             self.live[bucket] += not tomb
         self.durable_digest = self.digest
+        if self.per_partition:
+            owned = self.placement.owned_by(self.node_id)
+            self.leaving = {p for p in range(BUCKETS) if p not in owned and (self.buckets[p] or p in self._by_partition)}
         self._gc_cursor = b""
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
@@ -169,7 +179,10 @@ class DynamoEngine:
         self._staging().put_cf("meta", META_DMEMBERS, membership.encoded)
         old, self.membership = self.membership, membership
         if set(old.members) != set(membership.members) and membership.members:
+            before = self.placement
             self.placement = Placement(membership.members, self.replicas)
+            if self.per_partition:
+                self._moved_partitions(before.owned_by(self.node_id), self.placement.owned_by(self.node_id))
         gone = sorted(set(old.members) - set(membership.members))
         came = sorted(set(membership.members) - set(old.members))
         if came or gone:
@@ -180,6 +193,71 @@ class DynamoEngine:
                         membership.removed_by)
         if self.on_membership is not None:
             self.on_membership(old, membership)
+
+    def _moved_partitions(self, before, after):
+        """The placement changed: partitions gained are pulled from their holders (moving in, recorded
+        with this iteration's batch); those lost are held until their new owners hold them (leaving)."""
+        batch = self._staging()
+        for p in after - before:
+            if p in self.leaving:         # owned again before it was dropped: what it holds is whole
+                self.leaving.discard(p)
+            elif p not in self.moving_in:
+                self.moving_in.add(p)
+                batch.put_cf("meta", META_MOVING + _PART.pack(p), b"")
+        for p in before - after:
+            if p in self.moving_in:
+                self.moving_in.discard(p)
+                batch.delete_cf("meta", META_MOVING + _PART.pack(p))
+            self.leaving.add(p)
+        if after - before or before - after:
+            log.info("placement: %d partitions to pull, %d to hand over (owning %d)", len(after - before),
+                     len(before - after), len(after))
+
+    def moved_in(self, partition):
+        """The partition's snapshot is in: this node serves it like any owner."""
+        self.moving_in.discard(partition)
+        self._staging().delete_cf("meta", META_MOVING + _PART.pack(partition))
+
+    def holds(self, partition) -> bool:
+        """Whether this node holds the partition whole: owned and pulled, or owned before and not
+        yet handed over."""
+        return (partition in self.leaving or partition in self.placement.owned_by(self.node_id)) \
+            and partition not in self.moving_in
+
+    def holds_key(self, key) -> bool:
+        """Whether this node holds the key's partition whole (always, with every key everywhere): a
+        node still pulling it answers a quorum read without a vector, which claims nothing."""
+        return not self.per_partition or self.holds(bucket_of(key))
+
+    def partition_origins(self, partition) -> dict:
+        """The durable applied seqs of the partition's origins here."""
+        durable = self.durable_applied
+        return {o: durable[o] for o in self._by_partition.get(partition, ()) if o in durable}
+
+    def drop_partition(self, partition) -> int:
+        """Hand-over done: drop the partition's keys, log and applied seqs (this run's own origins
+        keep their seqs, which are never reused). Returns the keys dropped."""
+        dropped = 0
+        for key in list(bucket_keys(self.storage, partition, b"")):
+            state = self.load(key)
+            if state.siblings:
+                self._store(key, state, EMPTY)
+                dropped += 1
+        batch = self._staging()
+        for origin in self._by_partition.pop(partition, set()):
+            batch.delete_range_cf("log", log_key(origin, 0), log_key(origin + 1, 0))
+            if self.is_own(origin):
+                self.first[origin] = self.applied[origin] + 1
+                batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(self.first[origin]))
+                self._by_partition.setdefault(partition, set()).add(origin)
+                continue
+            for table in (self.applied, self.first, self.durable_applied):
+                table.pop(origin, None)
+            self._moved.discard(origin)
+            batch.delete_cf("meta", META_APPLIED + _U64.pack(origin))
+            batch.delete_cf("meta", META_FIRST + _U64.pack(origin))
+        self.leaving.discard(partition)
+        return dropped
 
     def _recover_sessions(self):
         """A client that retries a write after this node restarted must get the first outcome, not
@@ -447,10 +525,17 @@ class DynamoEngine:
 
     # ------------------------------------------------------------ anti-entropy (docs/DYNAMO.md)
 
-    def merge_range(self, bucket, cursor, next_cursor, items, remote_applied):
+    def merge_range(self, bucket, cursor, next_cursor, items, remote_applied, pulling=False):
         """Join a peer's page of a bucket into our data: each of its key states, and for our keys in
-        the same span that it lacks, what its applied vector says it has seen. Returns keys changed."""
+        the same span that it lacks, what its applied vector says it has seen. Returns keys changed.
+        pulling: the bucket is a partition this node pulls (moves.py): it may have held it before
+        and dropped it, keeping its own origins' seqs (never reused), so those seqs do not say it has
+        seen those writes and lacks them for a reason; the join goes by the rest of its vector."""
         self.check_remote(0, (remote_applied,))
+        local_applied = self.applied
+        if pulling and self.per_partition:
+            local_applied = {o: s for o, s in self.applied.items()
+                             if not (self.is_own(o) and origin_partition(o) == bucket)}
         states = []
         for key, raw in items:   # all checked before any is joined
             if bucket_of(key) != bucket:
@@ -461,7 +546,7 @@ class DynamoEngine:
         for key, state in states:
             remote_keys.add(key)
             local = self.load(key)
-            merged = merge(local, state, self.applied, remote_applied)
+            merged = merge(local, state, local_applied, remote_applied)
             if merged != local:
                 self._store(key, local, merged)
                 changed += 1
@@ -469,7 +554,7 @@ class DynamoEngine:
             if key in remote_keys:
                 continue
             local = self.load(key)
-            merged = merge(local, EMPTY, self.applied, remote_applied)
+            merged = merge(local, EMPTY, local_applied, remote_applied)
             if merged != local:
                 self._store(key, local, merged)
                 changed += 1

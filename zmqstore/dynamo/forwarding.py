@@ -30,44 +30,51 @@ def partitions_of(request) -> set:
 
 
 class Forwards:
-    def __init__(self, out, engine, alive):
+    def __init__(self, out, engine, alive, holders):
         self.out, self.engine = out, engine
         self._alive = alive             # node id -> whether it was heard lately (Replication)
+        self._holders = holders         # partition -> peers holding it whole, best first (Replication)
         self._pending = {}              # forward id -> Forward awaiting its reply
         self._ids = 0
         self.done = 0                   # replies received (modes.DynamoMode.progress)
         self.forwarded = 0
 
-    def target(self, request):
-        """The owner to forward `request` to, or None when this node owns every partition it names.
-        Raises Unavailable when no owner is heard, UnsupportedOperation for a put_many no one node
-        owns every key of."""
-        placement = self.engine.placement
+    def target(self, request, avoid=()):
+        """The node to forward `request` to, or None when this node holds every partition it names
+        whole. The candidates: the owners not pulling the partition, then the nodes still handing it
+        over (a move, docs/PARTITIONING.md); the first heard lately that holds every partition the
+        request names. Raises Unavailable when none is heard, UnsupportedOperation for a put_many
+        no one node holds every key of."""
+        engine = self.engine
         partitions = partitions_of(request)
-        owners = None
-        for p in partitions:
-            these = placement.owners(p)
-            owners = list(these) if owners is None else [n for n in owners if n in these]
-        if self.engine.node_id in owners:
+        if all(engine.holds(p) for p in partitions):
             return None
-        if not owners:
+        candidates = None
+        for p in partitions:
+            these = self._holders(p)
+            candidates = list(these) if candidates is None else [n for n in candidates if n in these]
+        # heard lately, and connected now: a DFORWARD to a peer whose connection is not up yet would
+        # be dropped, and the client would wait out its timeout instead of retrying at once
+        alive = [n for n in candidates if n not in avoid and self._alive(n) and self.out.reachable(n)]
+        if alive:
+            return alive[0]
+        owners = sorted({n for p in partitions for n in engine.placement.owners(p)})
+        if len(partitions) > 1 and not candidates:
             raise errors.UnsupportedOperation(
                 f"this put_many spans {len(partitions)} partitions that no one node owns all of (each key is kept "
-                f"by {placement.replicas} of the {len(placement.members)} nodes): write them in smaller batches, "
-                f"or one put each")
-        for node_id in owners:
-            if self._alive(node_id):
-                return node_id
-        raise errors.Unavailable(f"no owner of this key is reachable (its owners: nodes "
+                f"by {engine.placement.replicas} of the {len(engine.placement.members)} nodes): write them in "
+                f"smaller batches, or one put each")
+        raise errors.Unavailable(f"no node holding this key is reachable (its owners: nodes "
                                  f"{', '.join(map(str, owners))}); retry once one is back")
 
-    def start(self, request, target) -> Forward:
+    def start(self, request, target, hops=0) -> Forward:
+        """hops: 1 for a forwarded request sent on once more (this node was pulling its partition)."""
         self._ids += 1
         forward = self._pending[self._ids] = Forward(self._ids, target, request.request_id)
         options = (request.options,) if request.options else ()
         body = protocol.encode_request(request.command, request.client_id, request.request_id, request.open_from,
                                        *request.args, *options)
-        self.out.send_to(target, protocol.encode_peer("DFORWARD", self.engine.node_id, forward.id, body))
+        self.out.send_to(target, protocol.encode_peer("DFORWARD", self.engine.node_id, forward.id, hops, body))
         self.forwarded += 1
         return forward
 

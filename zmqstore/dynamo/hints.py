@@ -14,10 +14,13 @@ import struct
 
 from .. import errors, protocol
 from ..storage import META_HINT, log_key
-from .layout import bucket_of, origin_name, origin_node, origin_partition
+from .layout import FETCH_PAGE, bucket_of, origin_name, origin_node, origin_partition
 
 HANDOFF_TIMEOUT = 1.0            # seconds before an unanswered handoff is sent again
-HANDOFF_PAGE = 256               # entries per DHANDOFF
+HANDOFF_PAGE = FETCH_PAGE        # entries and bytes per DHANDOFF, as a fetch's
+HINTS_MAX = 100_000              # hint records a node holds at most: more are refused (the write then
+                                 # counts one copy fewer toward w)
+SEQ_MAX = (1 << 63) - 1          # a hinted entry's seq: a larger one is refused
 ACKED_KEPT = 64                  # ranges remembered per (fallback, origin) for the coordinator's w
 _RECORD = struct.Struct(">QQ")   # hint record key: owner, origin; value: low, high
 
@@ -31,6 +34,8 @@ class Hints:
         self.held = {}                      # (owner, origin) -> [low, high]: entries held for the owner
         self._handing = {}                  # (owner, origin) -> when the handoff in flight is given up
         self._acked = {}                    # coordinator: (fallback, origin) -> [(low, high), ...] it holds
+        self._standing = {}                 # coordinator: (fallback, origin) -> the owner it holds them for
+        self.run_of = lambda node_id: None  # node id -> its current run (Replication: from its DSYNC)
         self.events = 0                     # DHINT_ACKs received (modes.DynamoMode.progress)
         self.sent = self.delivered = 0
         storage = engine.storage
@@ -51,6 +56,7 @@ class Hints:
         fallbacks = [n for n in ranking[placement.replicas:] if n != self.engine.node_id and self._alive(n)]
         for owner, fallback in zip(owners_down, fallbacks):
             self.out.send_to(fallback, protocol.encode_peer("DHINT", self.engine.node_id, owner, origin, raws))
+            self._standing[(fallback, origin)] = owner
             self.sent += 1
 
     def on_hint_ack(self, fields, now):
@@ -59,13 +65,18 @@ class Hints:
             return
         self.engine.check_remote(0, ({origin: high},))
         ranges = self._acked.setdefault((sender, origin), [])
-        ranges.append((low, high))
-        del ranges[:-ACKED_KEPT]
+        if ranges and ranges[-1][0] <= low <= ranges[-1][1] + 1:    # consecutive hints: one range
+            ranges[-1] = (ranges[-1][0], max(high, ranges[-1][1]))
+        else:
+            ranges.append((low, high))
+            del ranges[:-ACKED_KEPT]
         self.events += 1
 
-    def holds(self, node_id, origin, seq) -> bool:
-        """Whether fallback node_id said it holds entry seq of this run's origin as a hint."""
-        return any(low <= seq <= high for low, high in self._acked.get((node_id, origin), ()))
+    def stands_for(self, node_id, origin, seq):
+        """The owner fallback node_id holds entry seq of this run's origin for, as it said; None."""
+        if any(low <= seq <= high for low, high in self._acked.get((node_id, origin), ())):
+            return self._standing.get((node_id, origin))
+        return None
 
     # ------------------------------------------------------------ the fallback
 
@@ -76,8 +87,11 @@ class Hints:
         sender, owner, origin, raws = fields
         engine = self.engine
         partition = origin_partition(origin)
-        if origin_node(origin) != sender:
-            raise errors.BadArgument(f"node {sender} sent hints of origin {origin_name(origin)}, not its own")
+        if origin_node(origin) != sender or (self.run_of(sender) is not None
+                                             and origin - origin_partition(origin) != self.run_of(sender)):
+            raise errors.BadArgument(f"node {sender} sent hints of origin {origin_name(origin)}, not its run's")
+        if (owner, origin) not in self.held and len(self.held) >= HINTS_MAX:
+            raise errors.BadArgument(f"holding {HINTS_MAX} hint records already: a hint for node {owner} refused")
         if owner not in engine.placement.owners(partition) or owner == engine.node_id or engine.owns(partition):
             raise errors.BadArgument(f"a hint for node {owner}, which is not an owner of partition {partition} "
                                      f"(or this node is one)")
@@ -85,7 +99,8 @@ class Hints:
         if not entries:
             return
         for before, entry in zip([None, *entries], entries):
-            if entry.origin != origin or (before is not None and entry.seq != before.seq + 1) or entry.seq < 1:
+            if entry.origin != origin or (before is not None and entry.seq != before.seq + 1) or \
+                    not 1 <= entry.seq <= SEQ_MAX:
                 raise errors.BadArgument(f"hinted entries of origin {origin_name(origin)} are not consecutive")
             if any(bucket_of(key) != partition for key, _c, _v in entry.ops):
                 raise errors.BadArgument(f"a hinted entry writes a key outside partition {partition}")
@@ -104,8 +119,12 @@ class Hints:
         for (owner, origin), (low, high) in list(self.held.items()):
             if not self._alive(owner) or self._handing.get((owner, origin), 0) > now:
                 continue
-            raws = [raw for _k, raw in self.engine.storage.iter_cf("log", log_key(origin, low),
-                                                                   log_key(origin, high + 1))][:HANDOFF_PAGE]
+            raws, size = [], 0
+            for _k, raw in self.engine.storage.iter_cf("log", log_key(origin, low), log_key(origin, high + 1)):
+                if len(raws) >= HANDOFF_PAGE.items or (raws and size + len(raw) > HANDOFF_PAGE.bytes):
+                    break
+                raws.append(raw)
+                size += len(raw)
             if self.out.request(owner, protocol.encode_peer("DHANDOFF", self.engine.node_id, origin, raws)):
                 self._handing[(owner, origin)] = now + HANDOFF_TIMEOUT
 
@@ -115,14 +134,15 @@ class Hints:
         record = self.held.get((owner, origin))
         if record is None:
             return
-        self._handing.pop((owner, origin), None)
         batch = self.engine.staging()
         key = META_HINT + _RECORD.pack(owner, origin)
         if seq < record[1]:
-            if seq >= record[0]:
+            if seq >= record[0]:        # progress: the next page at once
+                self._handing.pop((owner, origin), None)
                 record[0] = seq + 1
                 batch.put_cf("meta", key, _RECORD.pack(*record))
-            return
+            return      # none (a gap below it, filled from its co-owners): asked again after the timeout
+        self._handing.pop((owner, origin), None)
         del self.held[(owner, origin)]
         batch.delete_cf("meta", key)
         self.delivered += 1

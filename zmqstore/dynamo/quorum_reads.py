@@ -54,7 +54,7 @@ class QuorumReads:
         _node_id, read_id, key = fields
         self.out.reply_peer(envelope, protocol.encode_peer(
             "DREAD_REPLY", self.engine.node_id, read_id, self.engine.durable_state(key),
-            protocol.vector_pairs(self.engine.partition_vector(key))))
+            protocol.vector_pairs(self.engine.partition_vector(key) if self.engine.holds_key(key) else {})))
 
     def on_read_reply(self, fields, now):
         sender, read_id, raw, applied = fields

@@ -12,11 +12,14 @@ from .antientropy import AntiEntropy
 from .departures import Departures
 from .forwarding import Forwards
 from .hints import Hints
+from .moves import Moves
 from .quorum_reads import QuorumReads
 from .layout import bucket_of, origin_name, origin_node, origin_partition
+from .placement import PARTITIONS
 from .sync import VectorSync
 
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
+HAND_OVER_BATCH = 64              # partitions dropped per housekeeping pass at most
 _TOPIC = struct.Struct(">cH")
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
 GC_CHECKPOINTS = 60               # housekeeping passes remembered for the collection vector
@@ -33,12 +36,14 @@ class PeerReport:
     """What a peer last reported of itself (DSTATUS, DSTATUS_REPLY): applied vector, digest, counts.
     (Leader mode's counterpart, what a peer said in ROLE, is election.PeerView.)"""
 
-    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members", "synced", "sync_heard")
+    __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members", "synced", "sync_heard",
+                 "moving", "leaving")
 
     def __init__(self):
         self.applied = {}
         self.synced = False     # partitioned: a DSYNC made `applied` complete over the shared partitions
         self.sync_heard = None  # partitioned: when a DSYNC (of this cluster's replicas) last came
+        self.moving = self.leaving = frozenset()    # partitioned: what its DSYNC says it pulls, hands over
         self.digest = None
         self.members = None     # the digest of its membership
         self.keys = self.conflicts = self.tombstones = 0
@@ -68,11 +73,14 @@ class Replication:
         # owning it too; per peer, the partitions both own; the topics this node's SUBs take.
         self.per_partition = engine.per_partition
         self._co_owners = {}
-        self._shared = {}
+        self._shared = {}               # peer -> partitions both hold (owned, pulling or handing over)
+        self._sharers = {}              # partition -> peers it is shared with (their DSYNCs carry its seqs)
         self.topics = None
         self.sync = VectorSync(engine, lambda node_id: self._shared.get(node_id, frozenset()))    # sync.py
-        self.forwards = Forwards(out, engine, self.alive)      # forwarding.py
+        self.forwards = Forwards(out, engine, self.alive, self._whole_holders)      # forwarding.py
         self.hints = hints = Hints(out, engine, self.alive)     # hints.py
+        self.moves = Moves(out, engine, self.alive, self._whole_holders, self._moved_in)   # moves.py
+        hints.run_of = lambda node_id: self.sync.peers[node_id].run or None if node_id in self.sync.peers else None
         self.on_forward = None          # (fields, envelope, now): a forwarded request (modes.DynamoMode)
         self._lacking = {}              # partitioned: origin -> a co-owner whose DSYNC showed it ahead
         self.reads = reads = QuorumReads(out, engine, config, lambda: self.views)   # quorum_reads.py
@@ -120,6 +128,7 @@ class Replication:
                 self.out.send_to(node_id, self.sync.message(node_id))
             self._fetch_lacking(now)
             self.hints.tick(now)
+            self.moves.tick(now)
         for node_id in self.views:
             # Timed from the oldest query still unanswered, so a slow reply is not measured from a
             # later query; one unanswered for election_interval is given up (the reply is not counted).
@@ -130,6 +139,8 @@ class Replication:
     def housekeeping(self, now):
         if self.engine.membership.removed_by is not None:
             return      # removed: its log may hold writes its old peers still fetch
+        if self.per_partition and self.engine.leaving:
+            self._hand_over()
         vector = self.gc_vector()
         if vector is not None:
             dropped = self.engine.collect_garbage(vector)
@@ -218,7 +229,7 @@ class Replication:
                 if down:        # their entries go to fallbacks meanwhile (hints.py)
                     self.hints.send(origin, raws, down)
         if self.per_partition and synced:
-            self.sync.moved(synced, lambda p: self._co_owners.get(p, ()))
+            self.sync.moved(synced, lambda p: self._sharers.get(p, ()))
         for origin in moved:      # a lost DACK is made up for by the next DSTATUS (DSYNC)
             node_id = origin_node(origin)
             if node_id in self.views:
@@ -231,9 +242,19 @@ class Replication:
         """How many nodes (this one included) hold every one of `dots` (entries of this run's
         origins) durably, as the peers' DACKs and status reports said: what a write with w > 1
         waits for (modes.DynamoMode)."""
-        acked, holds = self._acked, self.hints.holds
-        return min(1 + sum(1 for node_id in self.views if acked.get(node_id, {}).get(origin, 0) >= seq
-                           or holds(node_id, origin, seq)) for origin, seq in dots)
+        return min(self._copies(origin, seq) for origin, seq in dots)
+
+    def _copies(self, origin, seq) -> int:
+        """Nodes holding the entry: this one, each peer that acknowledged it (DACK), and each owner
+        that did not, for which a fallback holds it (DHINT_ACK; one fallback per owner). An entry of
+        another node's origin (a retry whose first try that node made, partitioned): this one and
+        the co-owners whose DSYNC shows it."""
+        if not self.engine.is_own(origin):
+            return 1 + sum(1 for view in self.views.values() if view.applied.get(origin, 0) >= seq)
+        acked, stands_for = self._acked, self.hints.stands_for
+        held = {n for n in self.views if acked.get(n, {}).get(origin, 0) >= seq}
+        stood = {stands_for(n, origin, seq) for n in self.views if n not in held} - held - {None}
+        return 1 + len(held) + len(stood)
 
     def _on_ack(self, fields, envelope, now):
         node_id, origin, seq = fields
@@ -274,6 +295,8 @@ class Replication:
         elif command not in ("DSTATUS", "DMEMBERS") and message.fields[0] not in self.views:
             return          # from a removed node: memberships and status only
         if self.per_partition and command in ("DTREE", "DRANGE"):
+            if command == "DRANGE":     # a partition's snapshot for a node pulling it (moves.py)
+                self.moves.on_range(message.fields, envelope, now)
             return          # no anti-entropy in a partitioned cluster yet (docs/PARTITIONING.md)
         handler = self._handlers.get(command)
         if handler is None:
@@ -286,6 +309,8 @@ class Replication:
         if self.engine.membership.removed_by is not None:
             return
         handler = self._message_handlers.get(message.command)
+        if self.per_partition and message.command == "DRANGE_REPLY":
+            handler = self.moves.on_range_reply
         if handler is not None:
             handler(message.fields, now)
 
@@ -403,7 +428,7 @@ class Replication:
     def _on_sync(self, fields, envelope, now):
         """A co-owner's DSYNC (sync.py): what its applied vector gained in the partitions both own.
         Entries it holds and this node lacks are fetched from it."""
-        node_id, run, to_run, number, ack, replicas, pairs, complete = fields
+        node_id, run, to_run, number, ack, replicas, pairs, complete, moving, leaving = fields
         if replicas != self.engine.replicas:
             raise errors.BadArgument(f"node {node_id} runs with replicas = {replicas}, but this node's cluster was "
                                      f"created with replicas = {self.engine.replicas}: the value is fixed at creation; "
@@ -413,18 +438,19 @@ class Replication:
             return
         if origin_node(run) != node_id:
             raise errors.BadArgument(f"run {origin_name(run)} is not one of node {node_id}")
-        gained = protocol.vector_from_pairs(pairs)
+        if any(p >= PARTITIONS for p in moving) or any(p >= PARTITIONS for p in leaving):
+            raise errors.BadArgument(f"a DSYNC names partitions beyond {PARTITIONS - 1}")
         shared = self._shared.get(node_id, frozenset())
-        if any(origin_partition(o) not in shared for o in gained):
-            raise errors.BadArgument("a DSYNC names origins of partitions the two nodes do not both own")
+        # A pair of a partition the two do not both hold (one of them just handed it over) is ignored.
+        gained = {o: s for o, s in protocol.vector_from_pairs(pairs).items() if origin_partition(o) in shared}
         records = self.engine.membership.records
         if any(origin_node(o) not in records for o in gained):
             raise errors.BadArgument("a DSYNC names origins of nodes that were never members")
         self.engine.check_remote(0, (gained,))
-        restarted = self.sync.peers.get(node_id) is not None and self.sync.peers[node_id].run not in (0, run)
+        # The view is never cleared: a node's durable seqs only grow (with fsync off, a crash may lose
+        # some: docs/PARTITIONING.md), and a DSYNC claiming a new run of a node that did not restart
+        # would otherwise leave the view empty, since the real one sends only what changes.
         addressed = self.sync.on_sync(node_id, run, to_run, number, ack)
-        if restarted:     # what it reported before may not all have survived: it sends everything again
-            view.applied, view.synced = {}, False
         view.sync_heard = now
         applied, mine, engine = view.applied, self.engine.applied, self.engine
         for origin, seq in gained.items():
@@ -432,11 +458,17 @@ class Replication:
                 applied[origin] = seq
             if engine.is_own(origin):
                 self._note_acked(node_id, origin, seq)
-            elif seq > mine.get(origin, 0) and engine.owns(origin_partition(origin)):
+            elif seq > mine.get(origin, 0) and engine.owns(origin_partition(origin)) and \
+                    origin_partition(origin) not in engine.moving_in:    # pulling: the snapshot brings it
                 self._lacking[origin] = None
                 self._fetch(origin, node_id, now)
         if addressed and complete:
             view.synced = True
+        moving, leaving = frozenset(moving), frozenset(leaving)
+        if leaving != view.leaving:
+            view.leaving = leaving
+            self._reshare()
+        view.moving = moving
 
     def _fetch_lacking(self, now):
         """Partitioned: a DSYNC names a change once, so what it showed ahead is asked for again each
@@ -460,10 +492,11 @@ class Replication:
 
     def _on_change(self, fields, now):
         origin, entries = fields
-        if self.per_partition and not self.engine.owns(origin_partition(origin)):
-            return      # a partition this node does not own (no longer, or not yet by its membership)
+        partition = origin_partition(origin)
+        if self.per_partition and not (self.engine.owns(partition) or partition in self.engine.leaving):
+            return      # a partition this node does not hold (no longer, or not yet by its membership)
         _done, gap = self.engine.apply_remote(origin, entries)
-        if gap:
+        if gap and not (self.per_partition and partition in self.engine.moving_in):   # pulling: the snapshot
             self._gaps += 1
             node_id = origin_node(origin)
             if node_id in self.views or node_id in self.departures:
@@ -541,21 +574,71 @@ class Replication:
         return self._co_owners.get(bucket_of(key), ())
 
     def _place(self, peers):
-        """Partitioned: who shares which partition with this node, the topics to take, and every
-        peer's DSYNC from the start (a partition may have moved)."""
+        """Partitioned: who owns what with this node, and every peer's DSYNC from the start (a
+        partition may have moved)."""
         placement, me = self.engine.placement, self.engine.node_id
         owned = placement.owned_by(me)
         self._co_owners = {p: tuple(n for n in placement.owners(p) if n != me) for p in owned}
-        shared = {node_id: set() for node_id in peers}
-        for p, others in self._co_owners.items():
-            for node_id in others:
-                if node_id in shared:
-                    shared[node_id].add(p)
-        self._shared = {node_id: frozenset(ps) for node_id, ps in shared.items()}
-        self.topics = frozenset(topic(p) for p in owned)
+        self._shared = {}
         self.sync.follow(peers)
         for view in self.views.values():
             view.synced = False
+        self._reshare()
+
+    def _reshare(self):
+        """The partitions this node shares with each peer: those both hold, owned (pulled or not) or
+        still handed over (DSYNC `leaving`); the topics it takes. A peer whose share changed gets
+        everything of the new share again (sync.py)."""
+        engine, placement, me = self.engine, self.engine.placement, self.engine.node_id
+        mine = placement.owned_by(me) | engine.leaving
+        shared, sharers = {}, {}
+        for node_id, view in self.views.items():
+            theirs = mine & (placement.owned_by(node_id) | view.leaving)
+            shared[node_id] = frozenset(theirs)
+            for p in theirs:
+                sharers.setdefault(p, []).append(node_id)
+        changed = [n for n in shared if self._shared.get(n) != shared[n]]
+        self._shared, self._sharers = shared, {p: tuple(ns) for p, ns in sharers.items()}
+        for node_id in changed:     # after the assignment: a reset sends what is shared now
+            if node_id in self.sync.peers:
+                self.sync.reset(node_id)
+            self.views[node_id].synced = False
+        topics = frozenset(topic(p) for p in mine)
+        if topics != self.topics:
+            self.topics = topics
+
+    def _whole_holders(self, partition) -> list:
+        """The peers holding the partition whole, as their DSYNCs say, best first: its owners not
+        pulling it, then the nodes handing it over."""
+        owners = [n for n in self.engine.placement.owners(partition)
+                  if n != self.engine.node_id and n in self.views and partition not in self.views[n].moving]
+        return owners + [n for n, view in self.views.items() if partition in view.leaving and n not in owners]
+
+    def _moved_in(self, partition):
+        """A pulled partition: its streams from here on, from every co-owner ahead."""
+        mine = self.engine.applied
+        for node_id in self._co_owners.get(partition, ()):
+            for origin, seq in self.views[node_id].applied.items():
+                if origin_partition(origin) == partition and seq > mine.get(origin, 0):
+                    self._lacking[origin] = None
+
+    def _hand_over(self):
+        """Drop the partitions this node no longer owns once every owner holds what it holds of them
+        (a complete DSYNC view covering its seqs, and not pulling them any more)."""
+        engine, me = self.engine, self.engine.node_id
+        dropped = 0
+        for p in sorted(engine.leaving):
+            mine = engine.partition_origins(p)
+            owners = [n for n in engine.placement.owners(p) if n != me]
+            if all(self.alive(n) and self.views[n].synced and p not in self.views[n].moving
+                   and all(self.views[n].applied.get(o, 0) >= s for o, s in mine.items()) for n in owners):
+                keys = engine.drop_partition(p)
+                log.debug("partition %d handed over to nodes %s: %d keys dropped here", p, owners, keys)
+                dropped += 1
+                if dropped >= HAND_OVER_BATCH:
+                    break
+        if dropped:
+            self._reshare()
 
     def _set_contacts(self):
         peers = {} if self.engine.membership.removed_by is not None else dict(self.engine.membership.peers)
@@ -583,6 +666,16 @@ class Replication:
         mine = self.engine.durable_applied
         fresh = {n: v for n, v in self.views.items()
                  if v.heard is not None and now - v.heard < self.config.election_interval}
+        if self.per_partition:
+            # Partitioned: a removed node's partitions are pulled from the owners that remain, so
+            # what matters is that they hold what it holds: while any move is under way, wait.
+            if self.engine.moving_in or self.engine.leaving or any(v.moving or v.leaving for v in fresh.values()):
+                raise errors.Unavailable("partitions are still moving between nodes; retry once `status` shows "
+                                         "partitions_moving 0 everywhere")
+            if node_id in fresh and any(s > mine.get(o, 0) for o, s in fresh[node_id].applied.items()):
+                raise errors.Unavailable(f"node {node_id} holds writes this node has not applied yet; retry in a "
+                                         f"moment")
+            return
         if node_id == self.engine.node_id:
             if not any(all(v.applied.get(o, 0) >= s for o, s in mine.items() if s) for v in fresh.values()):
                 raise errors.Unavailable(f"no member has applied every write node {node_id} holds yet; retry once "
@@ -615,7 +708,12 @@ class Replication:
                           f"{view.digest:016x}", "conflicts": view.conflicts, "tombstones": view.tombstones,
                           "last_heard": None if view.heard is None else round(now - view.heard, 3)})
         repair = self.anti_entropy.repair
+        engine = self.engine
+        converged &= not (engine.moving_in or engine.leaving)
         return {"peers": peers, "converged": converged, "gaps_fetched": self._gaps,
+                "partitions_moving": len(engine.moving_in) + len(engine.leaving),
+                "partitions_pulling": len(engine.moving_in), "partitions_handing_over": len(engine.leaving),
+                "partitions_pulled": self.moves.moved_in, "keys_pulled": self.moves.keys_pulled,
                 "hints_pending": self.hints.pending, "hints_sent": self.hints.sent,
                 "hints_delivered": self.hints.delivered,
                 "repairs": self.anti_entropy.repairs, "read_repairs": self.reads.read_repairs,

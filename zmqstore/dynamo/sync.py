@@ -41,9 +41,10 @@ class VectorSync:
         """The members changed, or the partitions they own: every peer gets everything again."""
         self.peers = {node_id: self.peers.get(node_id, PeerSync()) for node_id in peers}
         for node_id in self.peers:
-            self._reset(node_id)
+            self.reset(node_id)
 
-    def _reset(self, node_id):
+    def reset(self, node_id):
+        """The peer gets every pair of the partitions shared with it again."""
         st = self.peers[node_id]
         shared = self.shared(node_id)
         st.unacked = {o: s for o, s in self.engine.durable_applied.items() if s and origin_partition(o) in shared}
@@ -66,7 +67,7 @@ class VectorSync:
         st.sent = (st.sent + [(st.number, dict(pairs))])[-SENT_KEPT:]
         e = self.engine
         return protocol.encode_peer("DSYNC", e.node_id, e.run, st.run, st.number, st.heard, e.replicas,
-                                    protocol.vector_pairs(pairs), complete)
+                                    protocol.vector_pairs(pairs), complete, sorted(e.moving_in), sorted(e.leaving))
 
     def on_sync(self, node_id, run, to_run, number, ack):
         """A peer's DSYNC: note what it confirmed and what this node confirms back. Returns whether
@@ -76,7 +77,7 @@ class VectorSync:
             return False
         if run != st.run:      # a new run of the peer: it holds nothing we sent
             if st.run:          # (before the first heard, nothing was confirmed: unacked holds everything)
-                self._reset(node_id)
+                self.reset(node_id)
             st.run, st.heard = run, 0
         st.heard = max(st.heard, number)
         if to_run != self.engine.run:

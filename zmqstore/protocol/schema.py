@@ -141,9 +141,10 @@ PEER_MESSAGES = {
     # confirms it (`ack`: the highest `number` it heard from the sender's run `to_run` names);
     # `complete`: every change not yet confirmed is in it
     "DSYNC": (("node_id", UINT), ("run", UINT), ("to_run", UINT), ("number", UINT), ("ack", UINT),
-              ("replicas", UINT), ("applied", VECTOR), ("complete", BOOL)),
+              ("replicas", UINT), ("applied", VECTOR), ("complete", BOOL), ("moving", UINT_LIST),
+              ("leaving", UINT_LIST)),
     # a request for a key this node does not own, sent to an owner, and its reply's body
-    "DFORWARD": (("node_id", UINT), ("forward_id", UINT), ("request", BIN)),
+    "DFORWARD": (("node_id", UINT), ("forward_id", UINT), ("hops", UINT), ("request", BIN)),
     "DFORWARD_REPLY": (("sender_id", UINT), ("forward_id", UINT), ("reply", BIN)),
     # hinted handoff: a coordinator gives a fallback its new entries for an owner that is down; the
     # fallback says which it holds; later it hands them to the owner, which says what it then holds

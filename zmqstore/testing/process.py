@@ -437,7 +437,7 @@ class Cluster:
         if any(st is None for st in sts):
             return False
         if any(st.get("replicas") for st in sts):    # partitioned: each holds its partitions; compared pairwise
-            return all(st["converged"] for st in sts)
+            return all(st["converged"] and not st.get("hints_pending") for st in sts)
         return (len({st["digest"] for st in sts}) == 1 and len({json.dumps(st["applied"], sort_keys=True)
                                                                 for st in sts}) == 1
                 and all(st["converged"] for st in sts))
