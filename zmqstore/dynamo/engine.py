@@ -5,7 +5,6 @@ leaves. Entries from other origins are applied in each origin's seq order, and e
 is kept in the log, so any node can serve any origin's entries."""
 import logging
 import os
-import struct
 import time
 
 from .. import errors, protocol
@@ -18,6 +17,7 @@ from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling,
                         merge, stable, winner)
 from .antientropy import bucket_keys
 from .commands import DynamoCommands
+from .engine_partitions import _PART, PartitionedEngine
 from .membership import DynamoMembership
 from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, MAX_CLOCK_AHEAD, _U64, _decode_state, _hash_key, _state_hash,
                      bucket_of, origin_name, origin_node, origin_partition)
@@ -25,12 +25,11 @@ from .placement import ALL, Placement
 
 log = logging.getLogger("zmqstore.dynamo")
 _MASK64 = (1 << 64) - 1
-_PART = struct.Struct(">H")
 RUN_PARTITION_BITS = 0xFFF       # with replicas set, an origin's low 12 bits are its partition
 
 
 
-class DynamoEngine:
+class DynamoEngine(PartitionedEngine):
     """This node's dynamo-mode data, logs and client commands."""
 
     def __init__(self, storage, config, version, faults=NONE):
@@ -150,19 +149,6 @@ class DynamoEngine:
         """Whether this node is an owner of the partition (with ALL: of every partition)."""
         return partition in self.placement.owned_by(self.node_id)
 
-    def partition_vector(self, key) -> dict:
-        """What a peer needs of the durable applied vector to join a state of `key` with ours: with
-        replicas set, its partition's origins only (a whole vector has thousands); else all of it."""
-        if not self.per_partition:
-            return self.durable_applied
-        durable = self.durable_applied
-        return {o: durable[o] for o in self._by_partition.get(bucket_of(key), ()) if o in durable}
-
-    def owned_keys(self) -> int:
-        """Keys holding a value in the partitions this node owns: exact (status `keys`)."""
-        live = self.live
-        return sum(live[p] for p in self.placement.owned_by(self.node_id))
-
     @property
     def holds_everything(self) -> bool:
         """Whether this node owns every partition: scans, watches and backups need it."""
@@ -193,71 +179,6 @@ class DynamoEngine:
                         membership.removed_by)
         if self.on_membership is not None:
             self.on_membership(old, membership)
-
-    def _moved_partitions(self, before, after):
-        """The placement changed: partitions gained are pulled from their holders (moving in, recorded
-        with this iteration's batch); those lost are held until their new owners hold them (leaving)."""
-        batch = self._staging()
-        for p in after - before:
-            if p in self.leaving:         # owned again before it was dropped: what it holds is whole
-                self.leaving.discard(p)
-            elif p not in self.moving_in:
-                self.moving_in.add(p)
-                batch.put_cf("meta", META_MOVING + _PART.pack(p), b"")
-        for p in before - after:
-            if p in self.moving_in:
-                self.moving_in.discard(p)
-                batch.delete_cf("meta", META_MOVING + _PART.pack(p))
-            self.leaving.add(p)
-        if after - before or before - after:
-            log.info("placement: %d partitions to pull, %d to hand over (owning %d)", len(after - before),
-                     len(before - after), len(after))
-
-    def moved_in(self, partition):
-        """The partition's snapshot is in: this node serves it like any owner."""
-        self.moving_in.discard(partition)
-        self._staging().delete_cf("meta", META_MOVING + _PART.pack(partition))
-
-    def holds(self, partition) -> bool:
-        """Whether this node holds the partition whole: owned and pulled, or owned before and not
-        yet handed over."""
-        return (partition in self.leaving or partition in self.placement.owned_by(self.node_id)) \
-            and partition not in self.moving_in
-
-    def holds_key(self, key) -> bool:
-        """Whether this node holds the key's partition whole (always, with every key everywhere): a
-        node still pulling it answers a quorum read without a vector, which claims nothing."""
-        return not self.per_partition or self.holds(bucket_of(key))
-
-    def partition_origins(self, partition) -> dict:
-        """The durable applied seqs of the partition's origins here."""
-        durable = self.durable_applied
-        return {o: durable[o] for o in self._by_partition.get(partition, ()) if o in durable}
-
-    def drop_partition(self, partition) -> int:
-        """Hand-over done: drop the partition's keys, log and applied seqs (this run's own origins
-        keep their seqs, which are never reused). Returns the keys dropped."""
-        dropped = 0
-        for key in list(bucket_keys(self.storage, partition, b"")):
-            state = self.load(key)
-            if state.siblings:
-                self._store(key, state, EMPTY)
-                dropped += 1
-        batch = self._staging()
-        for origin in self._by_partition.pop(partition, set()):
-            batch.delete_range_cf("log", log_key(origin, 0), log_key(origin + 1, 0))
-            if self.is_own(origin):
-                self.first[origin] = self.applied[origin] + 1
-                batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(self.first[origin]))
-                self._by_partition.setdefault(partition, set()).add(origin)
-                continue
-            for table in (self.applied, self.first, self.durable_applied):
-                table.pop(origin, None)
-            self._moved.discard(origin)
-            batch.delete_cf("meta", META_APPLIED + _U64.pack(origin))
-            batch.delete_cf("meta", META_FIRST + _U64.pack(origin))
-        self.leaving.discard(partition)
-        return dropped
 
     def _recover_sessions(self):
         """A client that retries a write after this node restarted must get the first outcome, not

@@ -1,0 +1,94 @@
+"""The partitioned side of DynamoEngine (docs/PARTITIONING.md): which partitions this node holds
+whole, pulls or hands over, their origins' seqs, dropping a partition handed over, and the exact
+count of keys it holds as an owner. A mixin of `DynamoEngine` (engine.py), which holds the state
+these methods read: placement, applied seqs, moving_in, leaving, partial per-bucket counts."""
+import logging
+import struct
+
+from ..storage import META_APPLIED, META_FIRST, META_MOVING, log_key
+from ..versions import EMPTY
+from .antientropy import bucket_keys
+from .layout import _U64, bucket_of
+
+_PART = struct.Struct(">H")
+log = logging.getLogger("zmqstore.dynamo")
+
+
+class PartitionedEngine:
+    def _moved_partitions(self, before, after):
+        """The placement changed: partitions gained are pulled from their holders (moving in, recorded
+        with this iteration's batch); those lost are held until their new owners hold them (leaving)."""
+        batch = self._staging()
+        for p in after - before:
+            if p in self.leaving:         # owned again before it was dropped: what it holds is whole
+                self.leaving.discard(p)
+            elif p not in self.moving_in:
+                self.moving_in.add(p)
+                batch.put_cf("meta", META_MOVING + _PART.pack(p), b"")
+        for p in before - after:
+            if p in self.moving_in:
+                self.moving_in.discard(p)
+                batch.delete_cf("meta", META_MOVING + _PART.pack(p))
+            self.leaving.add(p)
+        if after - before or before - after:
+            log.info("placement: %d partitions to pull, %d to hand over (owning %d)", len(after - before),
+                     len(before - after), len(after))
+
+    def moved_in(self, partition):
+        """The partition's snapshot is in: this node serves it like any owner."""
+        self.moving_in.discard(partition)
+        self._staging().delete_cf("meta", META_MOVING + _PART.pack(partition))
+
+    def holds(self, partition) -> bool:
+        """Whether this node holds the partition whole: owned and pulled, or owned before and not
+        yet handed over."""
+        return (partition in self.leaving or partition in self.placement.owned_by(self.node_id)) \
+            and partition not in self.moving_in
+
+    def holds_key(self, key) -> bool:
+        """Whether this node holds the key's partition whole (always, with every key everywhere): a
+        node still pulling it answers a quorum read without a vector, which claims nothing."""
+        return not self.per_partition or self.holds(bucket_of(key))
+
+    def partition_origins(self, partition) -> dict:
+        """The durable applied seqs of the partition's origins here."""
+        durable = self.durable_applied
+        return {o: durable[o] for o in self._by_partition.get(partition, ()) if o in durable}
+
+    def partition_vector(self, key) -> dict:
+        """What a peer needs of the durable applied vector to join a state of `key` with ours: with
+        replicas set, its partition's origins only (a whole vector has thousands); else all of it."""
+        if not self.per_partition:
+            return self.durable_applied
+        durable = self.durable_applied
+        return {o: durable[o] for o in self._by_partition.get(bucket_of(key), ()) if o in durable}
+
+    def drop_partition(self, partition) -> int:
+        """Hand-over done: drop the partition's keys, log and applied seqs (this run's own origins
+        keep their seqs, which are never reused). Returns the keys dropped."""
+        dropped = 0
+        for key in list(bucket_keys(self.storage, partition, b"")):
+            state = self.load(key)
+            if state.siblings:
+                self._store(key, state, EMPTY)
+                dropped += 1
+        batch = self._staging()
+        for origin in self._by_partition.pop(partition, set()):
+            batch.delete_range_cf("log", log_key(origin, 0), log_key(origin + 1, 0))
+            if self.is_own(origin):
+                self.first[origin] = self.applied[origin] + 1
+                batch.put_cf("meta", META_FIRST + _U64.pack(origin), _U64.pack(self.first[origin]))
+                self._by_partition.setdefault(partition, set()).add(origin)
+                continue
+            for table in (self.applied, self.first, self.durable_applied):
+                table.pop(origin, None)
+            self._moved.discard(origin)
+            batch.delete_cf("meta", META_APPLIED + _U64.pack(origin))
+            batch.delete_cf("meta", META_FIRST + _U64.pack(origin))
+        self.leaving.discard(partition)
+        return dropped
+
+    def owned_keys(self) -> int:
+        """Keys holding a value in the partitions this node owns: exact (status `keys`)."""
+        live = self.live
+        return sum(live[p] for p in self.placement.owned_by(self.node_id))
