@@ -130,7 +130,7 @@ class Peerless:
 
     def __init__(self, node_id, run):
         self.node_id, self.run, self.replicas = node_id, run, 3
-        self.moving_in, self.leaving = {7}, set()
+        self.not_whole, self.leaving = {7}, set()
         self.durable_applied = {}
 
 

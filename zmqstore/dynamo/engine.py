@@ -11,13 +11,13 @@ from .. import errors, protocol
 from ..faults import NONE
 from ..protocol import DynEntry, decode_dyn_entry, encode_dyn_entry, encode_key_state
 from ..sessions import Sessions
-from ..storage import (META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_MOVING, META_REPLICAS, META_RUN,
+from ..storage import (META_APPLIED, META_DMEMBERS, META_FIRST, META_HLC, META_REPLICAS, META_RUN,
                        META_TOMB, META_TOMB_END, log_key)
 from ..versions import (EMPTY, HLC_LOGICAL_BITS, HybridClock, KeyState, Sibling, apply_write, is_tombstone_only,
                         merge, stable, winner)
 from .antientropy import bucket_keys
 from .commands import DynamoCommands
-from .engine_partitions import _PART, PartitionedEngine
+from .engine_partitions import PartitionedEngine
 from .membership import DynamoMembership
 from .layout import (BUCKETS, FETCH_PAGE, GC_MAX_KEYS, MAX_CLOCK_AHEAD, _U64, _decode_state, _hash_key, _state_hash,
                      bucket_of, origin_name, origin_node, origin_partition)
@@ -83,11 +83,6 @@ class DynamoEngine(PartitionedEngine):
         if self.per_partition:
             for origin in self.applied:
                 self._by_partition.setdefault(origin_partition(origin), set()).add(origin)
-        # Rebalancing (docs/PARTITIONING.md): partitions owned but not pulled yet (durable), and
-        # partitions held but no longer owned, dropped once their new owners hold what this node does.
-        self.moving_in = {_PART.unpack(k[len(META_MOVING):])[0]
-                          for k, _ in storage.iter_cf("meta", META_MOVING, META_MOVING + b"\xff" * 3)}
-        self.leaving = set()
         self.durable_applied = dict(self.applied)   # what the last flush made durable (reported to peers)
         raw_hlc = storage.get_cf("meta", META_HLC)
         self.hlc = HybridClock(_U64.unpack(raw_hlc)[0] if raw_hlc else 0)
@@ -119,9 +114,7 @@ class DynamoEngine(PartitionedEngine):
             self.tombstones += tomb
             self.live[bucket] += not tomb
         self.durable_digest = self.digest
-        if self.per_partition:
-            owned = self.placement.owned_by(self.node_id)
-            self.leaving = {p for p in range(BUCKETS) if p not in owned and (self.buckets[p] or p in self._by_partition)}
+        self._recover_moves()
         self._gc_cursor = b""
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)

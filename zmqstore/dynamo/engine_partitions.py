@@ -1,35 +1,63 @@
 """The partitioned side of DynamoEngine (docs/PARTITIONING.md): which partitions this node holds
 whole, pulls or hands over, their origins' seqs, dropping a partition handed over, and the exact
 count of keys it holds as an owner. A mixin of `DynamoEngine` (engine.py), which holds the state
-these methods read: placement, applied seqs, moving_in, leaving, partial per-bucket counts."""
+these methods read: placement, applied seqs, per-bucket counts; it keeps moving_in, leaving and
+partial."""
 import logging
 import struct
 
-from ..storage import META_APPLIED, META_FIRST, META_MOVING, log_key
+from ..storage import META_APPLIED, META_FIRST, META_LEAVING, META_MOVING, log_key
 from ..versions import EMPTY
 from .antientropy import bucket_keys
-from .layout import _U64, bucket_of
+from .layout import _U64, BUCKETS, bucket_of
 
 _PART = struct.Struct(">H")
+_WHOLE = b"w"           # a META_LEAVING record's value for a partition held whole (else b"p": partial)
 log = logging.getLogger("zmqstore.dynamo")
 
 
 class PartitionedEngine:
+    def _recover_moves(self):
+        """At start (after the data scan): the partitions owned but not pulled yet, and those held but
+        no longer owned, each whole or a partial copy (lost while it was being pulled), as recorded.
+        Keys of a partition neither owned nor recorded are a partial copy too (they are handed over)."""
+        storage = self.storage
+        self.moving_in = {_PART.unpack(k[len(META_MOVING):])[0]
+                          for k, _ in storage.iter_cf("meta", META_MOVING, META_MOVING + b"\xff" * 3)}
+        self.leaving, self.partial = set(), set()
+        for k, raw in storage.iter_cf("meta", META_LEAVING, META_LEAVING + b"\xff" * 3):
+            p = _PART.unpack(k[len(META_LEAVING):])[0]
+            self.leaving.add(p)
+            if raw != _WHOLE:
+                self.partial.add(p)
+        if self.per_partition:
+            owned = self.placement.owned_by(self.node_id)
+            stray = {p for p in range(BUCKETS) if self.buckets[p] and p not in owned and p not in self.leaving}
+            self.leaving |= stray
+            self.partial |= stray
+
     def _moved_partitions(self, before, after):
         """The placement changed: partitions gained are pulled from their holders (moving in, recorded
-        with this iteration's batch); those lost are held until their new owners hold them (leaving)."""
+        with this iteration's batch), unless held whole here still; those lost are held until their
+        new owners hold them (leaving), as partial copies if they were still being pulled."""
         batch = self._staging()
         for p in after - before:
-            if p in self.leaving:         # owned again before it was dropped: what it holds is whole
+            if p in self.leaving:
                 self.leaving.discard(p)
-            elif p not in self.moving_in:
+                batch.delete_cf("meta", META_LEAVING + _PART.pack(p))
+                if p not in self.partial:
+                    continue    # owned again before it was dropped, and whole: nothing to pull
+                self.partial.discard(p)
+            if p not in self.moving_in:
                 self.moving_in.add(p)
                 batch.put_cf("meta", META_MOVING + _PART.pack(p), b"")
         for p in before - after:
             if p in self.moving_in:
                 self.moving_in.discard(p)
                 batch.delete_cf("meta", META_MOVING + _PART.pack(p))
+                self.partial.add(p)
             self.leaving.add(p)
+            batch.put_cf("meta", META_LEAVING + _PART.pack(p), b"p" if p in self.partial else _WHOLE)
         if after - before or before - after:
             log.info("placement: %d partitions to pull, %d to hand over (owning %d)", len(after - before),
                      len(before - after), len(after))
@@ -39,20 +67,25 @@ class PartitionedEngine:
         self.moving_in.discard(partition)
         self._staging().delete_cf("meta", META_MOVING + _PART.pack(partition))
 
+    @property
+    def not_whole(self) -> set:
+        """Partitions held but not whole: being pulled, or a partial copy handed over (DSYNC `moving`)."""
+        return self.moving_in | self.partial
+
     def holds(self, partition) -> bool:
         """Whether this node holds the partition whole: owned and pulled, or owned before and not
         yet handed over."""
         return (partition in self.leaving or partition in self.placement.owned_by(self.node_id)) \
-            and partition not in self.moving_in
+            and partition not in self.moving_in and partition not in self.partial
 
     def holds_key(self, key) -> bool:
         """Whether this node holds the key's partition whole (always, with every key everywhere): a
         node still pulling it answers a quorum read without a vector, which claims nothing."""
         return not self.per_partition or self.holds(bucket_of(key))
 
-    def partition_origins(self, partition) -> dict:
-        """The durable applied seqs of the partition's origins here."""
-        durable = self.durable_applied
+    def partition_origins(self, partition, staged=False) -> dict:
+        """The durable (or with `staged`, the staged) applied seqs of the partition's origins here."""
+        durable = self.applied if staged else self.durable_applied
         return {o: durable[o] for o in self._by_partition.get(partition, ()) if o in durable}
 
     def partition_vector(self, key) -> dict:
@@ -86,6 +119,8 @@ class PartitionedEngine:
             batch.delete_cf("meta", META_APPLIED + _U64.pack(origin))
             batch.delete_cf("meta", META_FIRST + _U64.pack(origin))
         self.leaving.discard(partition)
+        self.partial.discard(partition)
+        batch.delete_cf("meta", META_LEAVING + _PART.pack(partition))
         return dropped
 
     def owned_keys(self) -> int:

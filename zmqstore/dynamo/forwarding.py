@@ -40,15 +40,17 @@ class Forwards:
         self.forwarded = 0
 
     def target(self, request, avoid=()):
-        """The node to forward `request` to, or None when this node holds every partition it names
-        whole. The candidates: the owners not pulling the partition, then the nodes still handing it
-        over (a move, docs/PARTITIONING.md); the first heard lately that holds every partition the
-        request names. Raises Unavailable when none is heard, UnsupportedOperation for a put_many
-        no one node holds every key of."""
+        """The node to forward `request` to, or None when this node owns every partition it names
+        and holds them whole. The candidates: the owners not pulling the partition, then the nodes
+        still handing it over whole (a move, docs/PARTITIONING.md); the first heard lately that
+        holds every partition the request names. A node handing the partitions over whole serves
+        the request itself only when no owner is reachable. Raises Unavailable when none is heard,
+        UnsupportedOperation for a put_many no one node holds every key of."""
         engine = self.engine
         partitions = partitions_of(request)
-        if all(engine.holds(p) for p in partitions):
+        if all(engine.owns(p) and engine.holds(p) for p in partitions):
             return None
+        held = all(engine.holds(p) for p in partitions)
         candidates = None
         for p in partitions:
             these = self._holders(p)
@@ -58,6 +60,8 @@ class Forwards:
         alive = [n for n in candidates if n not in avoid and self._alive(n) and self.out.reachable(n)]
         if alive:
             return alive[0]
+        if held:
+            return None
         owners = sorted({n for p in partitions for n in engine.placement.owners(p)})
         if len(partitions) > 1 and not candidates:
             raise errors.UnsupportedOperation(

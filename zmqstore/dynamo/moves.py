@@ -12,7 +12,7 @@ import logging
 
 from .. import errors, protocol
 from .antientropy import range_items
-from .layout import BUCKETS, origin_partition
+from .layout import BUCKETS, origin_node, origin_partition
 
 PULLS_IN_FLIGHT = 16             # partitions pulled at once (a page each in flight)
 PULL_TIMEOUT = 2.0               # seconds without a page before the holder is given up (for a while)
@@ -87,6 +87,9 @@ class Moves:
         remote = protocol.vector_from_pairs(applied)
         if any(origin_partition(o) != partition for o in remote):
             raise errors.BadArgument(f"a page of partition {partition} with seqs of other partitions' origins")
+        records = self.engine.membership.records
+        if any(origin_node(o) not in records for o in remote):
+            raise errors.BadArgument(f"a page of partition {partition} with seqs of nodes that were never members")
         engine = self.engine
         engine.merge_range(partition, cursor, next_cursor, items, remote, pulling=True)   # checks every item first
         if pull.vector is None:

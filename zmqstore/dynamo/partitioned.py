@@ -62,14 +62,24 @@ class PartitionedReplication:
             raise errors.BadArgument(f"run {origin_name(run)} is not one of node {node_id}")
         if any(p >= PARTITIONS for p in moving) or any(p >= PARTITIONS for p in leaving):
             raise errors.BadArgument(f"a DSYNC names partitions beyond {PARTITIONS - 1}")
-        shared = self._shared.get(node_id, frozenset())
-        # A pair of a partition the two do not both hold (one of them just handed it over) is ignored.
-        gained = {o: s for o, s in protocol.vector_from_pairs(pairs).items() if origin_partition(o) in shared}
+        # Every pair is kept, shared or not: the sender sends a pair until this node confirms it, and
+        # this node may learn only later (its membership behind, a `leaving` in a later DSYNC) that
+        # it shares the partition. Where the views are read, they are read for shared partitions.
+        gained = protocol.vector_from_pairs(pairs)
         records = self.engine.membership.records
         if any(origin_node(o) not in records for o in gained):
             raise errors.BadArgument("a DSYNC names origins of nodes that were never members")
         self.engine.check_remote(0, (gained,))
-        # The view is never cleared: a node's durable seqs only grow (with fsync off, a crash may lose
+        moving, leaving = frozenset(moving), frozenset(leaving)
+        view.moving = moving
+        if leaving != view.leaving:
+            dropped = view.leaving - leaving - self.engine.placement.owned_by(node_id)
+            if dropped:     # handed over: its seqs of them are forgotten (it may pull one again later,
+                            # from less than it held)
+                view.applied = {o: s for o, s in view.applied.items() if origin_partition(o) not in dropped}
+            view.leaving = leaving
+            self._reshare()
+        # The view is never cleared (but of partitions the sender handed over): a node's durable seqs only grow (with fsync off, a crash may lose
         # some: docs/PARTITIONING.md), and a DSYNC claiming a new run of a node that did not restart
         # would otherwise leave the view empty, since the real one sends only what changes.
         addressed = self.sync.on_sync(node_id, run, to_run, number, ack)
@@ -86,11 +96,6 @@ class PartitionedReplication:
                 self._fetch(origin, node_id, now)
         if addressed and complete:
             view.synced = True
-        moving, leaving = frozenset(moving), frozenset(leaving)
-        if leaving != view.leaving:
-            view.leaving = leaving
-            self._reshare()
-        view.moving = moving
 
     def _fetch_lacking(self, now):
         """Partitioned: a DSYNC names a change once, so what it showed ahead is asked for again each
@@ -148,10 +153,11 @@ class PartitionedReplication:
 
     def _whole_holders(self, partition) -> list:
         """The peers holding the partition whole, as their DSYNCs say, best first: its owners not
-        pulling it, then the nodes handing it over."""
+        pulling it, then the nodes handing it over whole (DSYNC `moving` names a partial copy too)."""
         owners = [n for n in self.engine.placement.owners(partition)
                   if n != self.engine.node_id and n in self.views and partition not in self.views[n].moving]
-        return owners + [n for n, view in self.views.items() if partition in view.leaving and n not in owners]
+        return owners + [n for n, view in self.views.items()
+                         if partition in view.leaving and partition not in view.moving and n not in owners]
 
     def _moved_in(self, partition):
         """A pulled partition: its streams from here on, from every co-owner ahead."""
@@ -167,7 +173,7 @@ class PartitionedReplication:
         engine, me = self.engine, self.engine.node_id
         dropped = 0
         for p in sorted(engine.leaving):
-            mine = engine.partition_origins(p)
+            mine = engine.partition_origins(p, staged=True)     # a write staged this iteration too
             owners = [n for n in engine.placement.owners(p) if n != me]
             if all(self.alive(n) and self.views[n].synced and p not in self.views[n].moving
                    and all(self.views[n].applied.get(o, 0) >= s for o, s in mine.items()) for n in owners):
@@ -178,3 +184,29 @@ class PartitionedReplication:
                     break
         if dropped:
             self._reshare()
+
+    def _check_partitioned_removal(self, node_id, fresh):
+        """Partitioned (Replication.check_removal): a removed node's partitions are pulled from the
+        nodes that hold them whole. A node heard lately (or this one) is removed only while nothing
+        moves and once this node holds what it reported; one not heard, also while partitions move
+        (a move waiting for it would never end), unless it may be the last node holding one of its
+        partitions whole: then it must come back first."""
+        engine, mine = self.engine, self.engine.durable_applied
+        if node_id in fresh or node_id == engine.node_id:
+            if engine.moving_in or engine.leaving or any(v.moving or v.leaving for v in fresh.values()):
+                raise errors.Unavailable("partitions are still moving between nodes; retry once `status` shows "
+                                         "partitions_moving 0 everywhere")
+            shared = self._shared.get(node_id, ())
+            if node_id in fresh and any(s > mine.get(o, 0) for o, s in fresh[node_id].applied.items()
+                                        if origin_partition(o) in shared):
+                raise errors.Unavailable(f"node {node_id} holds writes this node has not applied yet; retry in a "
+                                         f"moment")
+            return
+        view = self.views.get(node_id)
+        held = engine.placement.owned_by(node_id) | (view.leaving if view is not None else frozenset())
+        for p in sorted(held):
+            if not (engine.holds(p) or any(n in fresh for n in self._whole_holders(p) if n != node_id)):
+                raise errors.Unavailable(
+                    f"node {node_id} is not heard, and no node heard lately holds its partition {p} whole (its other "
+                    f"owners are still pulling it, or down): removing it could lose writes; bring it back, or retry "
+                    f"once they are up")

@@ -502,14 +502,7 @@ class Replication(PartitionedReplication):
         fresh = {n: v for n, v in self.views.items()
                  if v.heard is not None and now - v.heard < self.config.election_interval}
         if self.per_partition:
-            # Partitioned: a removed node's partitions are pulled from the owners that remain, so
-            # what matters is that they hold what it holds: while any move is under way, wait.
-            if self.engine.moving_in or self.engine.leaving or any(v.moving or v.leaving for v in fresh.values()):
-                raise errors.Unavailable("partitions are still moving between nodes; retry once `status` shows "
-                                         "partitions_moving 0 everywhere")
-            if node_id in fresh and any(s > mine.get(o, 0) for o, s in fresh[node_id].applied.items()):
-                raise errors.Unavailable(f"node {node_id} holds writes this node has not applied yet; retry in a "
-                                         f"moment")
+            self._check_partitioned_removal(node_id, fresh)
             return
         if node_id == self.engine.node_id:
             if not any(all(v.applied.get(o, 0) >= s for o, s in mine.items() if s) for v in fresh.values()):

@@ -67,7 +67,7 @@ class VectorSync:
         st.sent = (st.sent + [(st.number, dict(pairs))])[-SENT_KEPT:]
         e = self.engine
         return protocol.encode_peer("DSYNC", e.node_id, e.run, st.run, st.number, st.heard, e.replicas,
-                                    protocol.vector_pairs(pairs), complete, sorted(e.moving_in), sorted(e.leaving))
+                                    protocol.vector_pairs(pairs), complete, sorted(e.not_whole), sorted(e.leaving))
 
     def on_sync(self, node_id, run, to_run, number, ack):
         """A peer's DSYNC: note what it confirmed and what this node confirms back. Returns whether

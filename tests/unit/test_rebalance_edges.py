@@ -1,0 +1,188 @@
+"""Edge cases of rebalancing in a partitioned dynamo cluster (docs/PARTITIONING.md, "Rebalancing"),
+on one node's real engine and storage in tmp_path, its peers played by the test: a partition lost
+while being pulled is a partial copy (never a source), hand-over waits for a write staged in the
+same iteration, the DSYNC that first says a peer hands a partition over keeps its pairs, a node
+that is not heard can be removed while partitions move unless it may be the last whole holder, a
+node handing a partition over forwards its requests to the owners, and a snapshot page's seqs must
+name members' origins."""
+import pytest
+
+from zmqstore import config, errors, faults, protocol
+from zmqstore.dynamo.layout import bucket_of
+from zmqstore.modes import DynamoMode
+from zmqstore.sends import Sends
+from zmqstore.storage import Storage
+
+from test_engine import Caller
+
+V = protocol.pack_value
+NOW = 100.0
+
+
+def member(node_id):
+    return protocol.Member(node_id, f"127.0.0.{node_id + 1}", 9000, 10000, 11000, False, None)
+
+
+@pytest.fixture
+def start(tmp_path):
+    """start(ids) -> node 1's DynamoMode among members `ids` (replicas 3); again: a restart."""
+    opened = []
+
+    def make(ids=(1, 2, 3, 4, 5)):
+        for mode in opened:
+            if mode.engine.storage._db is not None:
+                mode.engine.storage.close()
+        cfg = config.resolve(None, {"node_id": 1, "mode": "dynamo", "host": "127.0.0.2", "replicas": 3,
+                                    "data_dir": str(tmp_path / "n1"), "election_interval": 0.5,
+                                    "peers": [{"node_id": n, "host": f"127.0.0.{n + 1}", "port": 9000}
+                                              for n in ids if n != 1]})
+        mode = DynamoMode(Sends(), Storage.open(cfg.data_dir, 1, "dynamo", fsync=False), cfg, faults.NONE, NOW)
+        opened.append(mode)
+        return mode
+    yield make
+    for mode in opened:
+        if mode.engine.storage._db is not None:
+            mode.engine.storage.close()
+
+
+def change(mode, membership):
+    mode.engine.set_membership(membership)
+    mode.commit()
+
+
+def hear(rep, node_id, moving=(), leaving=()):
+    """The peer's DSYNC came just now, complete, covering `applied` as the test set it."""
+    view = rep.views[node_id]
+    view.sync_heard = view.heard = NOW
+    view.synced = True
+    view.moving, view.leaving = frozenset(moving), frozenset(leaving)
+    rep._now = NOW
+
+
+def key_in(partition):
+    i = 0
+    while bucket_of(b"k%d" % i) != partition:
+        i += 1
+    return b"k%d" % i
+
+
+def test_a_partition_lost_while_it_is_pulled_is_a_partial_copy_and_is_pulled_when_owned_again(start):
+    mode = start()
+    engine = mode.engine
+    owned = engine.placement.owned_by(1)
+    change(mode, engine.membership.removing(5, changer=1))          # node 1 gains node 5's share ...
+    gained = engine.placement.owned_by(1) - owned
+    assert gained and engine.moving_in == gained
+    before = engine.placement.owned_by(1)
+    change(mode, engine.membership.adding(member(6), changer=1))    # ... and loses some to node 6
+    lost = before - engine.placement.owned_by(1)
+    partial, whole = lost & gained, lost - gained
+    assert partial and whole
+    assert engine.partial == partial and engine.leaving == lost
+    assert not any(engine.holds(p) for p in partial) and all(engine.holds(p) for p in whole)
+    fields = protocol.decode_peer(mode.replication.sync.message(2)).fields
+    assert partial <= set(fields[8]) and whole.isdisjoint(fields[8]) and set(fields[9]) == lost   # moving, leaving
+    # Never a snapshot source: a DRANGE for a partial copy is not answered.
+    mode.out.take()
+    mode.replication.moves.on_range((2, 1, min(partial), None), [b"node-2"], NOW)
+    assert mode.out.take() == []
+    # Recorded: a restart keeps each as it was (the keys-only guess at start would say whole).
+    engine = start(()).engine
+    assert engine.partial == partial and engine.leaving == lost and engine.moving_in == gained - lost
+    # Owned again (node 6 removed): a partial copy is pulled, a whole one just kept.
+    mode = start(())
+    change(mode, mode.engine.membership.removing(6, changer=1))
+    engine = mode.engine
+    assert engine.moving_in >= partial and engine.moving_in.isdisjoint(whole) and not engine.partial
+    assert engine.leaving == set() and all(engine.holds(p) for p in whole)
+
+
+def test_hand_over_waits_for_a_write_staged_in_the_iteration_it_would_drop_the_partition(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    before = engine.placement.owned_by(1)
+    change(mode, engine.membership.adding(member(6), changer=1))
+    p = min(before - engine.placement.owned_by(1))
+    key, call = key_in(p), Caller(engine)
+    call("PUT", key, V("first"))
+    mode.commit()
+    owners = engine.placement.owners(p)
+    for n in rep.views:
+        rep.views[n].applied = dict(engine.durable_applied)      # every owner holds what is durable here
+        hear(rep, n)
+    call("PUT", key, V("second"))        # staged in this iteration, not durable, not on the owners
+    rep.housekeeping(NOW)
+    assert p in engine.leaving and engine.load(key).siblings, "a staged write was dropped with its partition"
+    mode.commit()
+    for n in owners:
+        rep.views[n].applied = dict(engine.durable_applied)
+        hear(rep, n)        # (a hand-over changes what is shared: views start again)
+    rep.housekeeping(NOW)
+    mode.commit()
+    assert p not in engine.leaving and not engine.load(key).siblings
+
+
+def test_the_dsync_that_first_says_a_peer_hands_a_partition_over_keeps_its_seqs(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    p = min(engine.placement.owned_by(1) - engine.placement.owned_by(2))    # node 2 holds it only while leaving
+    origin = (2 << 32) | (5 << 12) | p
+    rep._on_sync((2, 2 << 32, engine.run, 1, 0, 3, [[origin, 7]], True, [], [p]), None, NOW)
+    assert rep.views[2].applied.get(origin) == 7 and rep.views[2].leaving == {p}
+    assert p in rep._shared[2]
+    # A pair of a partition not shared by this node's membership is kept too: the sender's may be
+    # ahead, and it will not send the pair again once this node confirms it.
+    q = max(engine.placement.owned_by(1) - engine.placement.owned_by(2))
+    ahead = (2 << 32) | (5 << 12) | q
+    rep._on_sync((2, 2 << 32, engine.run, 2, 0, 3, [[ahead, 4]], True, [], [p]), None, NOW)
+    assert rep.views[2].applied.get(ahead) == 4 and q not in rep._shared[2]
+    # When it no longer hands it over, its seqs of the partition are forgotten (it may pull it again
+    # later from less than it held).
+    rep._on_sync((2, 2 << 32, engine.run, 3, 0, 3, [], True, [], []), None, NOW)
+    assert origin not in rep.views[2].applied and p not in rep._shared[2]
+
+
+def test_a_node_not_heard_is_removable_while_partitions_move_unless_it_may_hold_one_alone(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    engine.moving_in.add(next(iter(engine.placement.owned_by(1))))    # a move under way here
+    for n in (2, 3, 4):
+        hear(rep, n)
+    with pytest.raises(errors.Unavailable, match="still moving"):
+        rep.check_removal(2, NOW)                   # heard: waits for moves
+    rep.check_removal(5, NOW)                       # not heard: every partition of it is held whole elsewhere
+    only_5_and_pulled = sorted(p for p in engine.placement.owned_by(5) if not engine.holds(p))
+    p = only_5_and_pulled[0]
+    for n in (2, 3, 4):
+        hear(rep, n, moving=[p])                    # its other owners still pull it
+    with pytest.raises(errors.Unavailable, match=f"partition {p} whole"):
+        rep.check_removal(5, NOW)
+
+
+def test_a_node_handing_a_partition_over_forwards_its_requests_to_the_owners(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    before = engine.placement.owned_by(1)
+    change(mode, engine.membership.adding(member(6), changer=1))
+    p = min(before - engine.placement.owned_by(1))
+    request = protocol.decode_request(protocol.encode_request("GET", b"c", 1, 0, key_in(p), False), engine.limits)
+    assert engine.holds(p)
+    assert rep.forwards.target(request) is None        # no owner heard: served here, from a whole copy
+    owner = engine.placement.owners(p)[0]
+    hear(rep, owner)
+    assert rep.forwards.target(request) == owner
+
+
+def test_a_snapshot_page_naming_origins_of_non_members_is_refused(start):
+    mode = start()
+    engine, moves = mode.engine, mode.replication.moves
+    p = next(iter(engine.placement.owned_by(1)))
+    engine.moving_in.add(p)
+    hear(mode.replication, 2)
+    moves._holders = lambda partition: [2]
+    moves.tick(NOW)
+    pull = moves.pulls[p]
+    stranger = (40 << 32) | (1 << 12) | p
+    with pytest.raises(errors.BadArgument, match="never members"):
+        moves.on_range_reply((2, pull.id, p, None, [], None, [[stranger, 3]]), NOW)
+    assert p in engine.moving_in and stranger not in engine.applied
