@@ -323,7 +323,7 @@ class DynamoMode(Mode):
                 raise errors.BadArgument(f"{request.command} is not forwarded between nodes")
             placement = engine.placement
             partitions = partitions_of(request)
-            foreign = [p for p in partitions if not (engine.owns(p) or p in engine.leaving)]
+            foreign = [p for p in partitions if not engine.keeps(p)]
             if foreign:     # the memberships differ for a moment: the forwarder retries, as a client would
                 raise errors.Unavailable(f"node {engine.node_id} does not own partition {foreign[0]} "
                                          f"(its owners: nodes {', '.join(map(str, placement.owners(foreign[0])))})")

@@ -167,10 +167,11 @@ def test_a_node_handing_a_partition_over_forwards_its_requests_to_the_owners(sta
     p = min(before - engine.placement.owned_by(1))
     request = protocol.decode_request(protocol.encode_request("GET", b"c", 1, 0, key_in(p), False), engine.limits)
     assert engine.holds(p)
-    assert rep.forwards.target(request) is None        # no owner heard: served here, from a whole copy
+    put = protocol.decode_request(protocol.encode_request("PUT", b"c", 2, 0, key_in(p), V(1)), engine.limits)
+    assert rep.forwards.target(request) is None and rep.forwards.target(put) is None   # no owner heard: here
     owner = engine.placement.owners(p)[0]
     hear(rep, owner)
-    assert rep.forwards.target(request) == owner
+    assert rep.forwards.target(request) == owner and rep.forwards.target(put) == owner
 
 
 def test_a_snapshot_page_naming_origins_of_non_members_is_refused(start):
@@ -186,3 +187,52 @@ def test_a_snapshot_page_naming_origins_of_non_members_is_refused(start):
     with pytest.raises(errors.BadArgument, match="never members"):
         moves.on_range_reply((2, pull.id, p, None, [], None, [[stranger, 3]]), NOW)
     assert p in engine.moving_in and stranger not in engine.applied
+
+
+def test_a_node_handing_a_partition_over_keeps_fetching_it_and_owners_wait_for_it(start):
+    """It is still a pull source, so it keeps up (before: it dropped fetched entries); and the
+    owners' tombstone collection counts it (before: only owners), or a pull from it could bring
+    back a collected key."""
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    before = engine.placement.owned_by(1)
+    change(mode, engine.membership.adding(member(6), changer=1))
+    p = min(before - engine.placement.owned_by(1))
+    owner = engine.placement.owners(p)[0]
+    origin = (owner << 32) | (5 << 12) | p
+    mode.out.take()
+    rep._on_sync((owner, owner << 32, engine.run, 1, 0, 3, [[origin, 3]], True, [], []), None, NOW)
+    fetches = [protocol.decode_peer(body).fields for _kind, to, body in mode.out.take()
+               if to == owner and b"DFETCH" in body]
+    assert fetches == [(1, origin, 1)]
+    # An owner's side: node 1 owns q; node 2 (no owner of q) says it hands q over, having applied
+    # less of node 1's writes to q than the owners: q's stable seq waits for it.
+    q = min(p for p in engine.placement.owned_by(1) if 2 not in engine.placement.owners(p))
+    call = Caller(engine)
+    for i in range(3):
+        call("PUT", key_in(q), V(i))
+    mode.commit()
+    mine = engine.own_origin(q)
+    seq = engine.durable_applied[mine]
+    for n in engine.placement.owners(q):
+        if n != 1:
+            rep.views[n].applied[mine] = seq
+            hear(rep, n)
+    assert rep._partition_vectors()[0][mine] == seq
+    rep._on_sync((2, 2 << 32, engine.run, 1, 0, 3, [[mine, 1]], True, [], [q]), None, NOW)
+    assert rep._partition_vectors()[0][mine] == 1
+
+
+def test_only_owners_acknowledgements_count_toward_w(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    q = min(engine.placement.owned_by(1))
+    outsider = next(n for n in rep.views if n not in engine.placement.owners(q))
+    owner = next(n for n in engine.placement.owners(q) if n != 1)
+    Caller(engine)("PUT", key_in(q), V(1))
+    mode.commit()
+    dot = (engine.own_origin(q), 1)
+    rep._on_ack((outsider, *dot), None, NOW)        # a node handing q over (or any non-owner)
+    assert rep.copies([dot]) == 1
+    rep._on_ack((owner, *dot), None, NOW)
+    assert rep.copies([dot]) == 2

@@ -78,6 +78,10 @@ class PartitionedEngine:
         return (partition in self.leaving or partition in self.placement.owned_by(self.node_id)) \
             and partition not in self.moving_in and partition not in self.partial
 
+    def keeps(self, partition) -> bool:
+        """Whether this node takes the partition's entries: owned (pulled or not), or handed over."""
+        return partition in self.leaving or partition in self.placement.owned_by(self.node_id)
+
     def holds_key(self, key) -> bool:
         """Whether this node holds the key's partition whole (always, with every key everywhere): a
         node still pulling it answers a quorum read without a vector, which claims nothing."""

@@ -44,7 +44,7 @@ class Forwards:
         and holds them whole. The candidates: the owners not pulling the partition, then the nodes
         still handing it over whole (a move, docs/PARTITIONING.md); the first heard lately that
         holds every partition the request names. A node handing the partitions over whole serves
-        the request itself only when no owner is reachable. Raises Unavailable when none is heard,
+        the request itself only when no owner is reachable (as it serves one forwarded to it). Raises Unavailable when none is heard,
         UnsupportedOperation for a put_many no one node holds every key of."""
         engine = self.engine
         partitions = partitions_of(request)

@@ -23,18 +23,20 @@ def topic(partition) -> bytes:
 
 class PartitionedReplication:
     def _partition_vectors(self):
-        """Partitioned: (stable, most) per origin over the owners of its partition, this node and
-        the peers whose views are complete (DSYNC): the elementwise minimum and maximum of their
-        applied seqs. An origin of a partition some co-owner's view is not complete for stays at 0
-        in `stable`."""
+        """Partitioned: (stable, most) per origin over the nodes holding its partition (this node,
+        its co-owners, nodes still handing it over) whose views are complete (DSYNC): the
+        elementwise minimum and maximum of their applied seqs. An origin of a partition some
+        holder's view is not complete for stays at 0 in `stable`."""
         mine = self.engine.durable_applied
-        views, co_owners = self.views, self._co_owners
+        views, co_owners, sharers = self.views, self._co_owners, self._sharers
         stable, most = {}, {}
         for origin, seq in mine.items():
             if origin_partition(origin) not in co_owners:
                 continue        # a partition this node does not own: nothing of it is collected here
             low = high = seq
-            for node_id in co_owners[origin_partition(origin)]:
+            # its owners, and the nodes still handing it over: a pull from one of those must not
+            # bring back a key whose tombstone was collected here
+            for node_id in sharers.get(origin_partition(origin), ()):
                 view = views[node_id]
                 theirs = view.applied.get(origin, 0) if view.synced else 0
                 low, high = min(low, theirs), max(high, theirs)
@@ -90,7 +92,7 @@ class PartitionedReplication:
                 applied[origin] = seq
             if engine.is_own(origin):
                 self._note_acked(node_id, origin, seq)
-            elif seq > mine.get(origin, 0) and engine.owns(origin_partition(origin)) and \
+            elif seq > mine.get(origin, 0) and engine.keeps(origin_partition(origin)) and \
                     origin_partition(origin) not in engine.moving_in:    # pulling: the snapshot brings it
                 self._lacking[origin] = None
                 self._fetch(origin, node_id, now)
@@ -99,12 +101,13 @@ class PartitionedReplication:
 
     def _fetch_lacking(self, now):
         """Partitioned: a DSYNC names a change once, so what it showed ahead is asked for again each
-        heartbeat (a fetch in flight is not repeated, _fetch), from a co-owner that is alive and
-        holds more, until this node holds everything its co-owners reported."""
+        heartbeat (a fetch in flight is not repeated, _fetch), from a node sharing the partition
+        that is alive and holds more, until this node holds everything they reported (a node
+        handing a partition over keeps up too: it is still a pull source)."""
         mine = self.engine.applied
         for origin in list(self._lacking):
             have = mine.get(origin, 0)
-            ahead = [n for n in self._co_owners.get(origin_partition(origin), ())
+            ahead = [n for n in self._sharers.get(origin_partition(origin), ())
                      if self.views[n].applied.get(origin, 0) > have]
             if not ahead:
                 del self._lacking[origin]

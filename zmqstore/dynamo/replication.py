@@ -215,12 +215,16 @@ class Replication(PartitionedReplication):
         """Nodes holding the entry: this one, each peer that acknowledged it (DACK), and each owner
         that did not, for which a fallback holds it (DHINT_ACK; one fallback per owner). An entry of
         another node's origin (a retry whose first try that node made, partitioned): this one and
-        the co-owners whose DSYNC shows it."""
+        the co-owners whose DSYNC shows it. Partitioned, only the partition's owners count: a node
+        handing it over drops its copy."""
+        counted = self.views
+        if self.per_partition:
+            counted = [n for n in self.engine.placement.owners(origin_partition(origin)) if n in self.views]
         if not self.engine.is_own(origin):
-            return 1 + sum(1 for view in self.views.values() if view.applied.get(origin, 0) >= seq)
+            return 1 + sum(1 for n in counted if self.views[n].applied.get(origin, 0) >= seq)
         acked, stands_for = self._acked, self.hints.stands_for
-        held = {n for n in self.views if acked.get(n, {}).get(origin, 0) >= seq}
-        stood = {stands_for(n, origin, seq) for n in self.views if n not in held} - held - {None}
+        held = {n for n in counted if acked.get(n, {}).get(origin, 0) >= seq}
+        stood = {stands_for(n, origin, seq) for n in self.views if n not in held} & set(counted) - held
         return 1 + len(held) + len(stood)
 
     def _on_ack(self, fields, envelope, now):
@@ -375,8 +379,8 @@ class Replication(PartitionedReplication):
 
     def _on_entries(self, fields, now):
         sender, origin, from_seq, entries, first = fields
-        if self.per_partition and not self.engine.owns(origin_partition(origin)):
-            return      # not (or no longer) an owner: what it fetched is not kept
+        if self.per_partition and not self.engine.keeps(origin_partition(origin)):
+            return      # a partition this node no longer holds: what it fetched is not kept
         self._fetching.pop(origin, None)
         self._unanswered.pop(origin, None)
         if not entries:
@@ -399,7 +403,7 @@ class Replication(PartitionedReplication):
     def _on_change(self, fields, now):
         origin, entries = fields
         partition = origin_partition(origin)
-        if self.per_partition and not (self.engine.owns(partition) or partition in self.engine.leaving):
+        if self.per_partition and not self.engine.keeps(partition):
             return      # a partition this node does not hold (no longer, or not yet by its membership)
         _done, gap = self.engine.apply_remote(origin, entries)
         if gap and not (self.per_partition and partition in self.engine.moving_in):   # pulling: the snapshot
