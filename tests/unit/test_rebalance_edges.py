@@ -236,3 +236,17 @@ def test_only_owners_acknowledgements_count_toward_w(start):
     assert rep.copies([dot]) == 1
     rep._on_ack((owner, *dot), None, NOW)
     assert rep.copies([dot]) == 2
+
+
+def test_a_partition_whose_entries_a_co_owner_trimmed_is_pulled_again(start):
+    """A data dir older than what its co-owners still log (restored from a copy): the streams
+    cannot complete it, so the partition is pulled again, and a restart resumes the pull."""
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    q = min(engine.placement.owned_by(1))
+    owner = next(n for n in engine.placement.owners(q) if n != 1)
+    origin = (owner << 32) | (5 << 12) | q
+    rep._on_entries((owner, origin, 1, [], 40), NOW)        # it keeps entries from 40 on only
+    assert q in engine.moving_in and not engine.holds(q)
+    mode.commit()
+    assert q in start().engine.moving_in

@@ -9,7 +9,7 @@ import struct
 from ..storage import META_APPLIED, META_FIRST, META_LEAVING, META_MOVING, log_key
 from ..versions import EMPTY
 from .antientropy import bucket_keys
-from .layout import _U64, BUCKETS, bucket_of
+from .layout import _U64, BUCKETS, bucket_of, origin_name
 
 _PART = struct.Struct(">H")
 _WHOLE = b"w"           # a META_LEAVING record's value for a partition held whole (else b"p": partial)
@@ -66,6 +66,23 @@ class PartitionedEngine:
         """The partition's snapshot is in: this node serves it like any owner."""
         self.moving_in.discard(partition)
         self._staging().delete_cf("meta", META_MOVING + _PART.pack(partition))
+
+    def repull(self, partition, sender, origin, first):
+        """Node `sender` trimmed entries of the partition's `origin` this node lacks (below `first`:
+        every holder had applied them; this data dir is older, restored from a copy): its streams
+        cannot complete it any more, so it is pulled again like a gained partition (moves.py; the
+        pull adopts the holder's seqs). A copy being handed over becomes partial instead."""
+        if partition in self.moving_in or partition in self.partial:
+            return
+        log.warning("node %d no longer holds entries of origin %s below %d that this node lacks (trimmed once every "
+                    "holder had them: this data dir is older than that): pulling partition %d again", sender,
+                    origin_name(origin), first, partition)
+        if partition in self.leaving:
+            self.partial.add(partition)
+            self._staging().put_cf("meta", META_LEAVING + _PART.pack(partition), b"p")
+        elif self.owns(partition):
+            self.moving_in.add(partition)
+            self._staging().put_cf("meta", META_MOVING + _PART.pack(partition), b"")
 
     @property
     def not_whole(self) -> set:

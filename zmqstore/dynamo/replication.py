@@ -384,7 +384,9 @@ class Replication(PartitionedReplication):
         self._fetching.pop(origin, None)
         self._unanswered.pop(origin, None)
         if not entries:
-            if from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and \
+            if from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and self.per_partition:
+                self.engine.repull(origin_partition(origin), sender, origin, first)
+            elif from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and \
                     origin not in self._resync_from.get(sender, {}):
                 self._resync_from.setdefault(sender, {})[origin] = first
                 log.warning("node %d no longer holds entries %d.. of origin %s (trimmed below %d, applied by "
