@@ -14,7 +14,7 @@ from .client import Client, Retry
 from .dynamo.membership import DynamoMembership
 from .protocol import DynamoMember
 from .dynamo.placement import Placement
-from .storage import META_DMEMBERS, META_MOVING
+from .storage import META_DMEMBERS, META_MOVING, META_PLACED
 
 JOIN_TIMEOUT = 60.0         # seconds to keep asking before the node gives up and exits
 
@@ -115,6 +115,7 @@ def _record(config, storage, seq, members):
             owned = Placement([m.node_id for m in members], config.replicas).owned_by(config.node_id)
             for p in owned:
                 batch.put_cf("meta", META_MOVING + struct.pack(">H", p), b"")
+            batch.put_cf("meta", META_PLACED, b"")
     else:
         batch.set_members(protocol.encode_members(seq, members))
     storage.commit(batch)

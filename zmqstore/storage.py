@@ -55,6 +55,7 @@ META_REPLICAS = b"d:replicas"     # copies of each key (u64, 0: every member), f
 META_HINT = b"d:hint:"            # + owner (u64) + origin (u64): low and high seq (u64 each) held for that owner
 META_MOVING = b"d:moving:"        # + partition (u16): a partition this node owns but has not pulled yet
 META_LEAVING = b"d:leaving:"      # + partition (u16): a partition held but no longer owned, b"w" whole, b"p" partial
+META_PLACED = b"d:placed"         # this node's partitions were marked to pull when it was added (--join, add-member)
 META_RUN = b"d:run:"              # + run (u64): a run of this node started here (its origins are never reused)
 _LOG_KEY = struct.Struct(">QQ")
 

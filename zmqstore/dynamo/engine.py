@@ -115,6 +115,8 @@ class DynamoEngine(PartitionedEngine):
             self.live[bucket] += not tomb
         self.durable_digest = self.digest
         self._recover_moves()
+        if self.per_partition:
+            self._placed_by_change(self.membership)
         self._gc_cursor = b""
         self._recover_sessions()
         self._lww = faults.dynamo_lww      # test-only: a deliberately broken build (faults.py)
@@ -162,6 +164,8 @@ class DynamoEngine(PartitionedEngine):
             self.placement = Placement(membership.members, self.replicas)
             if self.per_partition:
                 self._moved_partitions(before.owned_by(self.node_id), self.placement.owned_by(self.node_id))
+        if self.per_partition:
+            self._placed_by_change(membership)
         gone = sorted(set(old.members) - set(membership.members))
         came = sorted(set(membership.members) - set(old.members))
         if came or gone:

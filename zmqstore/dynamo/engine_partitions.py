@@ -6,7 +6,7 @@ partial."""
 import logging
 import struct
 
-from ..storage import META_APPLIED, META_FIRST, META_LEAVING, META_MOVING, log_key
+from ..storage import META_APPLIED, META_FIRST, META_LEAVING, META_MOVING, META_PLACED, log_key
 from ..versions import EMPTY
 from .antientropy import bucket_keys
 from .layout import _U64, BUCKETS, bucket_of, origin_name
@@ -30,6 +30,7 @@ class PartitionedEngine:
             self.leaving.add(p)
             if raw != _WHOLE:
                 self.partial.add(p)
+        self.placed = storage.get_cf("meta", META_PLACED) is not None
         if self.per_partition:
             owned = self.placement.owned_by(self.node_id)
             stray = {p for p in range(BUCKETS) if self.buckets[p] and p not in owned and p not in self.leaving}
@@ -61,6 +62,24 @@ class PartitionedEngine:
         if after - before or before - after:
             log.info("placement: %d partitions to pull, %d to hand over (owning %d)", len(after - before),
                      len(before - after), len(after))
+
+    def _placed_by_change(self, membership):
+        """A node added by a change (its own record's counter above 0: add-member, not the
+        membership the cluster was created with) holds none of its partitions yet. One that joined
+        with --join marked them to pull (join.py); one started with --peers and added by
+        `add-member` learns it here, from its peers' records, and marks them now. Once only."""
+        record = membership.records.get(self.node_id)
+        if self.placed or record is None or record.counter == 0 or record.removed:
+            return
+        self.placed = True
+        batch = self._staging()
+        batch.put_cf("meta", META_PLACED, b"")
+        owned = self.placement.owned_by(self.node_id) - self.moving_in
+        for p in owned:
+            self.moving_in.add(p)
+            batch.put_cf("meta", META_MOVING + _PART.pack(p), b"")
+        log.warning("this node was added by add-member (record counter %d) and started without --join: pulling the "
+                    "%d partitions it owns from their holders", record.counter, len(owned))
 
     def moved_in(self, partition):
         """The partition's snapshot is in: this node serves it like any owner."""

@@ -1,7 +1,8 @@
-"""A partitioned dynamo cluster (docs/PARTITIONING.md, "Anti-entropy") with a node restored from an
-old copy of its data dir, real processes on 127.0.0.2...: its co-owners have trimmed the log
-entries it lacks, so its streams cannot complete the partition; it pulls the partition again, and
-a key deleted (and its tombstone collected) after the copy stays deleted."""
+"""Nodes of a partitioned dynamo cluster (docs/PARTITIONING.md) that must pull partitions outside a
+--join, real processes on 127.0.0.2...: one restored from an old copy of its data dir, whose
+co-owners trimmed the log entries it lacks (its streams cannot complete the partition, so it pulls
+it again, and a key deleted and collected after the copy stays deleted); one added by add-member
+and started with --peers."""
 import shutil
 
 from zmqstore import Retry
@@ -71,3 +72,31 @@ def test_a_node_restored_from_an_old_copy_pulls_what_its_co_owners_trimmed(clust
 
 def placement_keys(placement, node_id, keys):
     return sum(1 for key in keys if node_id in placement.owners(bucket_of(key.encode())))
+
+
+def test_a_node_added_by_add_member_and_started_with_peers_pulls_its_partitions(cluster):
+    """The operator adds node 4 with add-member and starts it with --peers (not --join): once it
+    hears from its peers that it was added by a change, it pulls every partition it owns, and
+    meanwhile forwards what it has not pulled: every read through it is right."""
+    c = cluster(size=3, mode="dynamo", args=["--replicas", "2"], keys=False)
+    count = 3000
+    with c.nodes[1].client(retry=RETRY) as db:
+        with db.pipeline(64) as p:
+            for i in range(count):
+                p.put(f"key{i}", i)
+            p.execute()
+        node4 = c.add_node(4, join=False)
+        db.add_member(4, node4.host, node4.port, node4.pub_port, node4.peer_port)
+    c.start(4)
+    wait_until(lambda: "started without --join: pulling the" in node4.log(), 10,
+               message="node 4 learns it was added by a change")
+    with node4.client(retry=RETRY) as db4:
+        with db4.pipeline(64) as p:
+            for i in range(count):
+                p.get(f"key{i}")
+            assert p.execute() == list(range(count))
+    wait_until(lambda: converged(c), 60, message="four nodes converged, nothing moving")
+    placement = Placement([1, 2, 3, 4], 2)
+    status = node4.status()
+    assert status["partitions_pulled"] == len(placement.owned_by(4))
+    assert status["keys"] == sum(1 for i in range(count) if 4 in placement.owners(bucket_of(f"key{i}".encode())))
