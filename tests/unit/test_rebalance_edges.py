@@ -250,3 +250,18 @@ def test_a_partition_whose_entries_a_co_owner_trimmed_is_pulled_again(start):
     assert q in engine.moving_in and not engine.holds(q)
     mode.commit()
     assert q in start().engine.moving_in
+
+
+def test_a_quorum_read_asks_and_counts_only_owners_holding_the_partition_whole(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    q = min(engine.placement.owned_by(1))
+    pulling, whole = [n for n in engine.placement.owners(q) if n != 1]
+    hear(rep, pulling, moving=[q])
+    hear(rep, whole)
+    get = protocol.decode_request(protocol.encode_request("GET", b"c", 1, 0, key_in(q), False, {"r": 2}),
+                                  engine.limits)
+    mode.out.take()
+    read = rep.reads.start(get, 2)
+    assert read.asked == {whole}
+    assert [to for _kind, to, body in mode.out.take() if b"DREAD" in body] == [whole]

@@ -120,6 +120,12 @@ class PartitionedReplication:
         """The peers owning the key's partition (partitioned; empty unless this node owns it too)."""
         return self._co_owners.get(bucket_of(key), ())
 
+    def _readers(self, key) -> tuple:
+        """The co-owners a quorum read asks and counts: those not pulling the key's partition (one
+        still pulling it may lack a write made before it started, and claims nothing)."""
+        p = bucket_of(key)
+        return tuple(n for n in self._co_owners.get(p, ()) if p not in self.views[n].moving)
+
     def _place(self, peers):
         """Partitioned: who owns what with this node, and every peer's DSYNC from the start (a
         partition may have moved)."""

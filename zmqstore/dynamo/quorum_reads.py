@@ -28,6 +28,7 @@ class QuorumReads:
         self.out, self.engine, self.config = out, engine, config
         self._members = members         # () -> the node ids to ask and to hear (Replication.views)
         self.holders = None             # partitioned: key -> the peers owning it (Replication), else every member
+        self.readers = None             # partitioned: key -> those of them whose answer counts (not pulling it)
         self._reads = {}                # read id -> QuorumRead still gathering answers
         self._read_ids = 0
         self.reads_done = 0             # quorum reads whose answers are all in (modes.DynamoMode.progress)
@@ -39,7 +40,7 @@ class QuorumReads:
         which the reply queue holds until it is ready."""
         self._read_ids += 1
         key = request.args[0]
-        asked = tuple(self._members()) if self.holders is None else self.holders(key)
+        asked = tuple(self._members()) if self.readers is None else self.readers(key)
         read = self._reads[self._read_ids] = QuorumRead(self._read_ids, request, need, frozenset(asked))
         message = protocol.encode_peer("DREAD", self.engine.node_id, read.id, key)
         for node_id in asked:

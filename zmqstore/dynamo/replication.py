@@ -77,7 +77,7 @@ class Replication(PartitionedReplication):
         self._lacking = {}              # partitioned: origin -> a co-owner whose DSYNC showed it ahead
         self.reads = reads = QuorumReads(out, engine, config, lambda: self.views)   # quorum_reads.py
         if self.per_partition:
-            reads.holders = self._holders
+            reads.holders, reads.readers = self._holders, self._readers
         self._handlers = {"DSTATUS": self._on_status_query, "DFETCH": self._on_fetch, "DTREE": ae.on_tree,
                           "DRANGE": ae.on_range, "DACK": self._on_ack, "DREAD": reads.on_read,
                           "DPUSH": reads.on_push, "DMEMBERS": self._on_members, "DSYNC": self._on_sync,
