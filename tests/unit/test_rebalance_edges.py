@@ -9,6 +9,7 @@ import pytest
 
 from zmqstore import config, errors, faults, protocol
 from zmqstore.dynamo.layout import bucket_of
+from zmqstore.dynamo.placement import Placement
 from zmqstore.modes import DynamoMode
 from zmqstore.sends import Sends
 from zmqstore.storage import Storage
@@ -265,3 +266,41 @@ def test_a_quorum_read_asks_and_counts_only_owners_holding_the_partition_whole(s
     read = rep.reads.start(get, 2)
     assert read.asked == {whole}
     assert [to for _kind, to, body in mode.out.take() if b"DREAD" in body] == [whole]
+
+
+def test_a_removed_node_is_drained_of_its_writes_by_the_holders_of_their_partitions(start):
+    """Node 5 is removed. Node 1 fetches from it what it coordinated in partitions node 1 keeps, as
+    node 5's last DSYNC and, once it knows, its DMEMBERS say (its own origins); not what belongs to
+    partitions node 1 does not hold, which their holders drain. Before: nothing was fetched (the
+    vectors drained were DSTATUS's, empty in a partitioned cluster)."""
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    placement = engine.placement
+    after = Placement([1, 2, 3, 4], 3)
+    kept = min(p for p in placement.owned_by(1) if 5 in placement.owners(p))
+    other = min(p for p in placement.owned_by(5) if 1 not in after.owners(p))
+    seen, late, elsewhere = ((5 << 32) | (9 << 12) | kept, (5 << 32) | (8 << 12) | kept,
+                             (5 << 32) | (9 << 12) | other)
+    rep.views[5].applied[seen] = 4                  # its last DSYNC
+    change(mode, engine.membership.removing(5, changer=1))
+    assert 5 in rep.departures
+    mode.out.take()
+    removal = engine.membership.encoded
+    rep.on_request(protocol.PeerMessage("DMEMBERS", (5, removal, [[late, 2], [elsewhere, 7]])), [b"node-5"], NOW)
+    fetched = sorted(protocol.decode_peer(body).fields[1] for _kind, to, body in mode.out.take()
+                     if to == 5 and b"DFETCH" in body)
+    assert fetched == sorted([seen, late])
+    assert rep.departures.applied_of(5) == {seen: 4, late: 2}      # let go once node 1 holds these
+
+
+def test_a_removed_node_tells_its_old_peers_what_it_coordinated(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    q = min(engine.placement.owned_by(1))
+    Caller(engine)("PUT", key_in(q), V(1))
+    mode.commit()
+    engine.applied[(2 << 32) | q] = 3                # another node's origin: not its to give
+    assert protocol.decode_peer(rep._members_message()).fields[2] == []    # a member sends none
+    change(mode, engine.membership.removing(1, changer=2))
+    assert engine.role == "removed"
+    assert protocol.decode_peer(rep._members_message()).fields[2] == [[engine.own_origin(q), 1]]

@@ -3,7 +3,9 @@ A node removed from the membership may have taken writes before it heard of its 
 peers keep it connected (it stays in their contacts), send it DSTATUS, fetch what it reports holding
 and they lack, and let it go only once it has shown that it knows (its DMEMBERS names it removed:
 it takes no more writes, so the applied vector it sends is all it will ever hold) and they hold all
-of that; or after LEAVING_MAX. Replication feeds it the removed node's reports. No I/O."""
+of that; or after LEAVING_MAX. Replication feeds it the removed node's reports. In a partitioned
+cluster a node drains only the origins of partitions it keeps (`keeps`): each partition's holders
+drain their own. No I/O."""
 
 LEAVING_MAX = 86400.0             # seconds a removed node stays connected at most
 
@@ -21,9 +23,10 @@ class Leaving:
 
 
 class Departures:
-    def __init__(self, engine, fetch):
+    def __init__(self, engine, fetch, keeps=None):
         self.engine = engine
         self._fetch = fetch             # fetch(origin, node_id, now): ask that node for an origin's entries
+        self._keeps = keeps or (lambda origin: True)     # origin -> whether this node drains it
         self.nodes = {}                 # removed node id -> Leaving
 
     def __contains__(self, node_id):
@@ -41,7 +44,7 @@ class Departures:
         restart); `reported`: what each last reported it had applied, where known."""
         for node_id, member in members.items():
             leaving = self.nodes[node_id] = Leaving(member, now + LEAVING_MAX)
-            leaving.applied = dict((reported or {}).get(node_id, {}))
+            leaving.applied = {o: s for o, s in (reported or {}).get(node_id, {}).items() if self._keeps(o)}
 
     def forget(self, node_ids):
         """Those are members again (added back): nothing to drain."""
@@ -65,10 +68,12 @@ class Departures:
         self.engine.check_remote(0, (applied,))
         leaving = self.nodes[node_id]
         leaving.knows |= knows
-        leaving.applied = {o: max(s, leaving.applied.get(o, 0)) for o, s in applied.items()}
-        mine = self.engine.applied
         for origin, seq in applied.items():
-            if seq > mine.get(origin, 0) and origin != self.engine.origin:
+            if seq > leaving.applied.get(origin, 0) and self._keeps(origin):
+                leaving.applied[origin] = seq
+        mine = self.engine.applied
+        for origin, seq in leaving.applied.items():     # (what it reported before, too: a fetch may be lost)
+            if seq > mine.get(origin, 0) and not self.engine.is_own(origin):
                 self._fetch(origin, node_id, now)
         durable = self.engine.durable_applied
         if leaving.knows and all(seq <= durable.get(o, 0) for o, seq in leaving.applied.items()):

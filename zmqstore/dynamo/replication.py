@@ -15,7 +15,7 @@ from .moves import Moves
 from .quorum_reads import QuorumReads
 from .layout import origin_name, origin_node, origin_partition
 from .partitioned import PartitionedReplication, topic
-from .sync import VectorSync
+from .sync import SYNC_PAIRS_MAX, VectorSync
 
 FETCH_TIMEOUT = 1.0               # seconds before a fetch without reply is asked again
 REPAIR_AFTER = 5                  # equal applied vectors, different digests for this many reports: repair
@@ -91,7 +91,8 @@ class Replication(PartitionedReplication):
         self.ack_events = 0             # DACKs and reports that moved _acked (modes.DynamoMode.progress)
         self.round_trips = {}           # peer -> metrics.Histogram: status query to reply
         self._queried = {}              # peer -> when the oldest unanswered status query to it was sent
-        self.departures = Departures(engine, self._fetch)   # removed nodes still drained (departures.py)
+        self.departures = Departures(engine, self._fetch, (lambda o: engine.keeps(origin_partition(o)))
+                                     if self.per_partition else None)   # removed nodes still drained (departures.py)
         if engine.membership.removed_by is not None:     # removed: its old peers may ask whether it knows
             self.departures.add(engine.membership.peers, now)
         else:       # every removed node is asked again after a restart (what was let go is not kept)
@@ -420,7 +421,14 @@ class Replication(PartitionedReplication):
         # engine.applied: staged writes included (they are durable by the time this leaves, after
         # the iteration's commit): for a node that knows it was removed, all it will ever hold.
         e = self.engine
-        applied = {} if self.per_partition else e.applied      # partitioned: no member leaves (yet)
+        applied = e.applied
+        if self.per_partition:
+            # Its origins' seqs only, and only once removed: the entries it coordinated, which each
+            # partition's holders drain from it (the other origins' are their own nodes' to give).
+            # An origin per run and partition: too many for every membership message.
+            own = [(o, s) for o, s in e.applied.items() if s and origin_node(o) == e.node_id]
+            applied = dict(sorted(own, key=lambda pair: not e.is_own(pair[0]))[:SYNC_PAIRS_MAX]) \
+                if e.membership.removed_by is not None else {}
         return protocol.encode_peer("DMEMBERS", e.node_id, e.membership.encoded, protocol.vector_pairs(applied))
 
     def _on_members(self, fields, envelope, now):
