@@ -126,6 +126,38 @@ def test_a_write_whose_owners_are_down_is_held_as_a_hint_until_they_return(clust
     assert sum(c.nodes[n].status()["hints_delivered"] for n in fallbacks[:2]) == 2
 
 
+def test_a_write_whose_owners_are_all_down_is_taken_by_a_fallback_coordinator(cluster):
+    """Both owners of a key killed (4 nodes, replicas 2): a non-owner takes the write (w = 2: it
+    and a hint on the other fallback), refuses a read it cannot serve whole, and once the owners
+    are back they hold the write beside the one it had not seen, no hint is pending and nothing
+    is moving."""
+    c = cluster(size=4, mode="dynamo", args=["--replicas", "2"], keys=False)
+    placement = Placement(list(c.nodes), 2)
+    key = "sloppy-key"
+    owners = placement.owners(bucket_of(key.encode()))
+    fallback = min(n for n in c.nodes if n not in owners)
+    with c.nodes[fallback].client(retry=RETRY) as db:
+        db.put(key, "before")
+    for node_id in owners:
+        c.nodes[node_id].kill()
+    wait_until(lambda: not any(p["alive"] for p in c.nodes[fallback].status()["peers"] if p["node_id"] in owners),
+               10, interval=0.1, message="the fallback noticing both owners down")
+    with c.nodes[fallback].client(retry=Retry(max_tries=1)) as db:
+        db.put(key, "while-down", w=2)
+        assert _refused(db, key)
+        assert db.status()["partitions_handing_over"] == 1
+    for node_id in owners:
+        c.start(node_id)
+    wait_until(lambda: converged(c) and all((c.nodes[n].status() or {"hints_pending": 1})["hints_pending"] == 0
+                                            for n in c.nodes), 20, interval=0.1,
+               message="the owners holding the write, nothing moving, no hint pending")
+    for node_id in owners:      # the fallback had not seen "before": the two are siblings, none dropped
+        with c.nodes[node_id].client(retry=RETRY) as db:
+            assert db.get(key) == "while-down"
+            assert sorted(v.value for v in db.get_versions(key).siblings) == ["before", "while-down"]
+    assert c.nodes[fallback].status()["partitions_moving"] == 0
+
+
 def _refused(db, key):
     try:
         db.get(key)

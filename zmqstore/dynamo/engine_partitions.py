@@ -103,6 +103,17 @@ class PartitionedEngine:
             self.moving_in.add(partition)
             self._staging().put_cf("meta", META_MOVING + _PART.pack(partition), b"")
 
+    def take_as_fallback(self, partitions) -> list:
+        """No owner of these partitions is heard: this node takes a write of them (sloppy quorum)
+        and keeps what it writes as a partial copy it hands over to the owners (recorded, like a
+        partition lost while pulled). Returns the partitions newly taken."""
+        taken = [p for p in partitions if not self.keeps(p)]
+        for p in taken:
+            self.leaving.add(p)
+            self.partial.add(p)
+            self._staging().put_cf("meta", META_LEAVING + _PART.pack(p), b"p")
+        return taken
+
     @property
     def not_whole(self) -> set:
         """Partitions held but not whole: being pulled, or a partial copy handed over (DSYNC `moving`)."""

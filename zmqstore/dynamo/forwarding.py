@@ -36,6 +36,7 @@ class Forwards:
         self._holders = holders         # partition -> peers holding it whole, best first (Replication)
         self._pending = {}              # forward id -> Forward awaiting its reply
         self._ids = 0
+        self.on_fallback = None         # partitions -> None: take a write no owner is heard for (Replication)
         self.done = 0                   # replies received (modes.DynamoMode.progress)
         self.forwarded = 0
 
@@ -44,7 +45,9 @@ class Forwards:
         and holds them whole. The candidates: the owners not pulling the partition, then the nodes
         still handing it over whole (a move, docs/PARTITIONING.md); the first heard lately that
         holds every partition the request names. A node handing the partitions over whole serves
-        the request itself only when no owner is reachable (as it serves one forwarded to it). Raises Unavailable when none is heard,
+        the request itself only when no owner is reachable (as it serves one forwarded to it). A
+        write for partitions none of whose owners is heard is taken here (a fallback coordinator:
+        docs/PARTITIONING.md, "Sloppy quorum"). Raises Unavailable when none is heard,
         UnsupportedOperation for a put_many no one node holds every key of."""
         engine = self.engine
         partitions = partitions_of(request)
@@ -61,6 +64,10 @@ class Forwards:
         if alive:
             return alive[0]
         if held:
+            return None
+        if request.command in protocol.WRITE_COMMANDS and self.on_fallback is not None and not any(
+                self._alive(n) for p in partitions for n in engine.placement.owners(p) if n != engine.node_id):
+            self.on_fallback(partitions)     # no owner heard: this node takes the write (sloppy quorum)
             return None
         owners = sorted({n for p in partitions for n in engine.placement.owners(p)})
         if len(partitions) > 1 and not candidates:

@@ -120,6 +120,16 @@ class PartitionedReplication:
         """The peers owning the key's partition (partitioned; empty unless this node owns it too)."""
         return self._co_owners.get(bucket_of(key), ())
 
+    def _take_as_fallback(self, partitions):
+        """Forwards found no owner of these partitions heard: this node writes them as a fallback,
+        a partial copy shared with their owners (DSYNC `leaving`), who fetch it once back; it is
+        handed over like any (_hand_over)."""
+        taken = self.engine.take_as_fallback(partitions)
+        if taken:
+            log.warning("no owner of partition %s heard: this node takes its writes as a fallback and hands them "
+                        "to the owners once they are back", ", ".join(map(str, taken)))
+            self._reshare()
+
     def _readers(self, key) -> tuple:
         """The co-owners a quorum read asks and counts: those not pulling the key's partition (one
         still pulling it may lack a write made before it started, and claims nothing)."""

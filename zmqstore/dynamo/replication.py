@@ -70,6 +70,7 @@ class Replication(PartitionedReplication):
         self.topics = None
         self.sync = VectorSync(engine, lambda node_id: self._shared.get(node_id, frozenset()))    # sync.py
         self.forwards = Forwards(out, engine, self.alive, self._whole_holders)      # forwarding.py
+        self.forwards.on_fallback = self._take_as_fallback
         self.hints = hints = Hints(out, engine, self.alive)     # hints.py
         self.moves = Moves(out, engine, self.alive, self._whole_holders, self._moved_in)   # moves.py
         hints.run_of = lambda node_id: self.sync.peers[node_id].run or None if node_id in self.sync.peers else None

@@ -1,0 +1,67 @@
+"""Fallback coordinators in a partitioned dynamo cluster (docs/PARTITIONING.md, "Sloppy quorum"),
+on one node's real engine and storage, its peers played by the test: a write whose partition's
+owners are all down is taken by a node that does not own it, kept as a partial copy of the
+partition it hands over (the owners fetch it once back) and dropped once they hold it; a read is
+not served from such a copy."""
+import pytest
+
+from zmqstore import errors, protocol
+
+from test_rebalance_edges import NOW, hear, key_in, start   # noqa: F401 (start: a fixture)
+
+V = protocol.pack_value
+
+
+def request(engine, command, *args):
+    return protocol.decode_request(protocol.encode_request(command, b"client", request.ids.pop(), 0, *args),
+                                   engine.limits)
+
+
+request.ids = list(range(1000, 1, -1))
+
+
+def test_a_write_whose_owners_are_all_down_is_taken_by_a_fallback_and_handed_over(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    p = min(q for q in range(4096) if not engine.owns(q))
+    owners = engine.placement.owners(p)
+    others = [n for n in rep.views if n not in owners]
+    for n in others:
+        hear(rep, n)                            # every node but the partition's owners is up
+    key = key_in(p)
+    reply, until = mode.handle(request(engine, "PUT", key, V("sloppy")), None, NOW)
+    assert protocol.decode_reply(reply).result[0] is True and until is not None   # acknowledged once durable
+    assert p in engine.leaving and p in engine.partial and not engine.holds(p)
+    mode.commit()
+    assert start(()).engine.partial >= {p}                                     # recorded
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    for n in others:
+        hear(rep, n)
+    # A read is not served from the partial copy: with no owner heard, it is unavailable.
+    with pytest.raises(errors.Unavailable):
+        mode.handle(request(engine, "GET", key, False), None, NOW)
+    # The owners come back: they share p with this node (its DSYNC says it hands p over, partial),
+    # fetch its entry, and once their views cover it, the copy is dropped.
+    sync = protocol.decode_peer(rep.sync.message(owners[0])).fields
+    assert p in sync[8] and p in sync[9]                                       # moving (not whole), leaving
+    origin = next(o for o in engine.partition_origins(p))
+    assert [o for o, _s in sync[6]] == [origin]                                # its seqs of p go to the owner
+    for n in owners:
+        rep.views[n].applied[origin] = engine.durable_applied[origin]
+        hear(rep, n)
+    rep.housekeeping(NOW)
+    mode.commit()
+    assert p not in engine.leaving and not engine.load(key).siblings
+
+
+def test_a_write_is_refused_while_an_owner_is_heard_and_cannot_be_reached(start):
+    """Only when no owner is heard does a non-owner take the write: one heard but not reachable
+    (its connection not up yet) is retried by the client."""
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    p = min(q for q in range(4096) if not engine.owns(q))
+    hear(rep, engine.placement.owners(p)[0], moving=[p])                        # heard, but still pulling p
+    with pytest.raises(errors.Unavailable):
+        mode.handle(request(engine, "PUT", key_in(p), V(1)), None, NOW)
+    assert p not in engine.leaving
