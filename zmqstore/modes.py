@@ -246,6 +246,8 @@ class DynamoMode(Mode):
         elif command == "REMOVE_MEMBER" and self.replication is not None and self.engine.membership.removed_by is None:
             self.replication.check_removal(request.args[0], now)
         reply, (batch, dots) = self.engine.handle(request)
+        if dots and engine.per_partition and self.replication is not None:
+            self.replication.take_as_fallback(request)      # made for partitions no owner was heard for
         durable = self.engine.durable_batches
         if need <= 1 or not dots:
             return reply, (None if batch <= durable else (batch, (), 1))
@@ -331,7 +333,7 @@ class DynamoMode(Mode):
                 reply, until = self.handle(request, None, now, forwarded=True)
             elif hops == 0:     # pulling it: on to a node that holds it whole
                 reply, until = None, self.replication.forwards.start(
-                    request, self.replication.forwards.target(request, avoid=(node_id,)), hops=1)
+                    request, self.replication.forwards.target(request, avoid=(node_id,), fallback=False), hops=1)
             else:
                 raise errors.Unavailable(f"node {engine.node_id} is still pulling partition "
                                          f"{next(p for p in partitions if not engine.holds(p))}; retry in a moment")

@@ -29,6 +29,12 @@ def test_a_write_whose_owners_are_all_down_is_taken_by_a_fallback_and_handed_ove
     for n in others:
         hear(rep, n)                            # every node but the partition's owners is up
     key = key_in(p)
+    with pytest.raises(errors.Unavailable):     # up for less than election_interval: not heard is not down
+        mode.handle(request(engine, "PUT", key, V("too soon")), None, NOW)
+    rep._started = NOW - 1
+    with pytest.raises(errors.BadArgument):     # a refused write takes nothing
+        mode.handle(request(engine, "PUT", key, V("x"), {"w": 4}), None, NOW)
+    assert p not in engine.leaving
     reply, until = mode.handle(request(engine, "PUT", key, V("sloppy")), None, NOW)
     assert protocol.decode_reply(reply).result[0] is True and until is not None   # acknowledged once durable
     assert p in engine.leaving and p in engine.partial and not engine.holds(p)
@@ -36,6 +42,7 @@ def test_a_write_whose_owners_are_all_down_is_taken_by_a_fallback_and_handed_ove
     assert start(()).engine.partial >= {p}                                     # recorded
     mode = start()
     engine, rep = mode.engine, mode.replication
+    rep._started = NOW - 1
     for n in others:
         hear(rep, n)
     # A read is not served from the partial copy: with no owner heard, it is unavailable.
@@ -65,3 +72,21 @@ def test_a_write_is_refused_while_an_owner_is_heard_and_cannot_be_reached(start)
     with pytest.raises(errors.Unavailable):
         mode.handle(request(engine, "PUT", key_in(p), V(1)), None, NOW)
     assert p not in engine.leaving
+
+
+def test_a_request_forwarded_to_a_node_still_pulling_is_refused_when_no_holder_is_heard(start):
+    """It would send it on to a node holding the partition whole; with none heard it answers
+    `unavailable` at once (it does not take a forwarded write as a fallback)."""
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    rep._started = NOW - 1
+    p = min(engine.placement.owned_by(1))
+    engine.moving_in.add(p)
+    forwarder = next(n for n in rep.views if n not in engine.placement.owners(p))
+    hear(rep, forwarder)
+    body = protocol.encode_request("PUT", b"client", 5, 0, key_in(p), V(1))
+    mode.out.take()
+    mode._on_forward((forwarder, 9, 0, body), [b"node-x"], NOW)
+    (kind, _target, reply), = mode.out.take()
+    answer = protocol.decode_reply(protocol.decode_peer(reply).fields[2])
+    assert not answer.ok and answer.result[0] == "unavailable"

@@ -9,10 +9,12 @@ import pytest
 
 from zmqstore import config, errors, faults, protocol
 from zmqstore.dynamo.layout import bucket_of
+from zmqstore.dynamo.departures import Departures
+from zmqstore.dynamo.moves import Pull
 from zmqstore.dynamo.placement import Placement
 from zmqstore.modes import DynamoMode
 from zmqstore.sends import Sends
-from zmqstore.storage import Storage
+from zmqstore.storage import Storage, log_key
 
 from test_engine import Caller
 
@@ -247,6 +249,9 @@ def test_a_partition_whose_entries_a_co_owner_trimmed_is_pulled_again(start):
     q = min(engine.placement.owned_by(1))
     owner = next(n for n in engine.placement.owners(q) if n != 1)
     origin = (owner << 32) | (5 << 12) | q
+    rep._on_entries((owner, origin, 1, [], 40), NOW)        # unasked: any member could send it
+    assert q not in engine.moving_in
+    rep._fetch(origin, owner, NOW)
     rep._on_entries((owner, origin, 1, [], 40), NOW)        # it keeps entries from 40 on only
     assert q in engine.moving_in and not engine.holds(q)
     mode.commit()
@@ -304,3 +309,88 @@ def test_a_removed_node_tells_its_old_peers_what_it_coordinated(start):
     change(mode, engine.membership.removing(1, changer=2))
     assert engine.role == "removed"
     assert protocol.decode_peer(rep._members_message()).fields[2] == [[engine.own_origin(q), 1]]
+
+
+def test_a_pull_of_a_partition_lost_meanwhile_stops_and_adopts_nothing(start):
+    """Lost by a second change while its pull runs: the next page is not merged, no seqs are
+    adopted, the partition stays a partial copy (before: the pull went on and claimed it whole)."""
+    mode = start()
+    engine, moves = mode.engine, mode.replication.moves
+    change(mode, engine.membership.removing(5, changer=1))
+    before = engine.placement.owned_by(1)
+    change(mode, engine.membership.adding(member(6), changer=1))
+    lost = sorted((before - engine.placement.owned_by(1)) & engine.partial)
+    assert lost
+    p = lost[0]
+    moves.pulls[p] = pull = Pull(77, 2, NOW + 10)
+    holder = (2 << 32) | (3 << 12) | p
+    moves.on_range_reply((2, 77, p, None, [[key_in(p), b"junk"]], None, [[holder, 9]]), NOW)
+    assert p not in moves.pulls and holder not in engine.applied and p in engine.partial
+    assert not engine.load(key_in(p)).siblings and pull.keys == 0
+
+
+def test_garbage_collection_waits_while_a_member_is_not_heard(start):
+    """A member cut off may take writes as a fallback that its partitions' owners do not know of."""
+    mode = start()
+    rep = mode.replication
+    for n in (2, 3, 4, 5):
+        rep.views[n].members = mode.engine.membership.digest
+    for n in (2, 3, 4):
+        hear(rep, n)
+    assert rep.gc_vector() is None and rep.gc_vector() is None      # node 5 not heard
+    hear(rep, 5)
+    rep.gc_vector()
+    rep.gc_vector()
+    assert rep.gc_vector() is not None
+
+
+def test_a_node_not_heard_holding_a_partial_copy_is_removed_only_through_an_owner_holding_it(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    mine = sorted(p for p in engine.placement.owned_by(1) if 5 not in engine.placement.owners(p))
+    theirs = sorted(p for p in range(4096) if 1 not in engine.placement.owners(p)
+                    and 5 not in engine.placement.owners(p))
+    for n in (2, 3, 4):
+        hear(rep, n)
+    view = rep.views[5]
+    view.leaving = view.moving = frozenset({mine[0]})      # its last DSYNC: a partial copy of mine[0]
+    origin = (5 << 32) | (4 << 12) | mine[0]
+    view.applied[origin] = 3
+    with pytest.raises(errors.Unavailable, match=f"partition {mine[0]}"):
+        rep.check_removal(5, NOW)                           # node 1 owns it but lacks its writes
+    engine.applied[origin] = engine.durable_applied[origin] = 3
+    rep.check_removal(5, NOW)
+    view.leaving = view.moving = frozenset({theirs[0]})
+    with pytest.raises(errors.Unavailable, match="ask an owner"):
+        rep.check_removal(5, NOW)                           # not an owner: it cannot tell
+
+
+def test_a_drained_node_is_let_go_once_this_node_no_longer_keeps_what_it_lacked(start):
+    """It handed the partition over meanwhile (its applied seqs of it gone): waiting for them would
+    keep the removed node connected for a day."""
+    mode = start()
+    keeping, fetched = {True}, []
+    origin = (5 << 32) | (2 << 12) | 7
+    departures = Departures(mode.engine, lambda o, n, now: fetched.append(o), lambda o: True in keeping)
+    departures.add({5: member(5)}, NOW, {5: {origin: 3}})
+    assert not departures.on_status(5, {}, NOW, knows=True) and fetched == [origin]
+    keeping.clear()
+    assert departures.on_status(5, {}, NOW) and 5 not in departures
+
+
+def test_a_handed_off_hint_keeps_the_log_of_an_origin_this_node_applies(start):
+    """A fallback that also holds the partition (a copy it hands over) serves that origin's
+    entries from its log: delivering a hint must not delete them (before: fetches of it stalled)."""
+    mode = start()
+    engine, hints = mode.engine, mode.replication.hints
+    p = min(q for q in range(4096) if not engine.owns(q))
+    owner = engine.placement.owners(p)[0]
+    origin = (owner << 32) | (6 << 12) | p
+    raw = b"entry"
+    batch = engine.staging()
+    batch.put_cf("log", log_key(origin, 1), raw)
+    engine.first[origin], engine.applied[origin] = 1, 1          # applied here too
+    hints.held[(owner, origin)] = [1, 1]
+    hints.on_handoff_ack((owner, origin, 1), NOW)
+    mode.commit()
+    assert not hints.held and engine.storage.get_cf("log", log_key(origin, 1)) == raw

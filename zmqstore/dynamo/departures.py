@@ -69,8 +69,10 @@ class Departures:
         leaving = self.nodes[node_id]
         leaving.knows |= knows
         for origin, seq in applied.items():
-            if seq > leaving.applied.get(origin, 0) and self._keeps(origin):
+            if seq > leaving.applied.get(origin, 0):
                 leaving.applied[origin] = seq
+        # (again each time: a partition this node kept may have been handed over since)
+        leaving.applied = {o: s for o, s in leaving.applied.items() if self._keeps(o)}
         mine = self.engine.applied
         for origin, seq in leaving.applied.items():     # (what it reported before, too: a fetch may be lost)
             if seq > mine.get(origin, 0) and not self.engine.is_own(origin):

@@ -36,18 +36,18 @@ class Forwards:
         self._holders = holders         # partition -> peers holding it whole, best first (Replication)
         self._pending = {}              # forward id -> Forward awaiting its reply
         self._ids = 0
-        self.on_fallback = None         # partitions -> None: take a write no owner is heard for (Replication)
+        self.may_fall_back = lambda: False  # () -> whether "not heard" means down yet (Replication)
         self.done = 0                   # replies received (modes.DynamoMode.progress)
         self.forwarded = 0
 
-    def target(self, request, avoid=()):
+    def target(self, request, avoid=(), fallback=True):
         """The node to forward `request` to, or None when this node owns every partition it names
         and holds them whole. The candidates: the owners not pulling the partition, then the nodes
         still handing it over whole (a move, docs/PARTITIONING.md); the first heard lately that
         holds every partition the request names. A node handing the partitions over whole serves
-        the request itself only when no owner is reachable (as it serves one forwarded to it). A
-        write for partitions none of whose owners is heard is taken here (a fallback coordinator:
-        docs/PARTITIONING.md, "Sloppy quorum"). Raises Unavailable when none is heard,
+        the request itself only when no owner is reachable (as it serves one forwarded to it). With
+        `fallback`, a write for partitions none of whose owners is heard is taken here (a fallback
+        coordinator: docs/PARTITIONING.md; the caller records it once the write is made). Raises Unavailable when none is heard,
         UnsupportedOperation for a put_many no one node holds every key of."""
         engine = self.engine
         partitions = partitions_of(request)
@@ -65,10 +65,9 @@ class Forwards:
             return alive[0]
         if held:
             return None
-        if request.command in protocol.WRITE_COMMANDS and self.on_fallback is not None and not any(
+        if fallback and request.command in protocol.WRITE_COMMANDS and self.may_fall_back() and not any(
                 self._alive(n) for p in partitions for n in engine.placement.owners(p) if n != engine.node_id):
-            self.on_fallback(partitions)     # no owner heard: this node takes the write (sloppy quorum)
-            return None
+            return None     # no owner heard: this node takes the write (sloppy quorum; Replication.take_as_fallback)
         owners = sorted({n for p in partitions for n in engine.placement.owners(p)})
         if len(partitions) > 1 and not candidates:
             raise errors.UnsupportedOperation(

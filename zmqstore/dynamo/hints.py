@@ -146,7 +146,9 @@ class Hints:
         del self.held[(owner, origin)]
         batch.delete_cf("meta", key)
         self.delivered += 1
-        if not any(o == origin for _owner, o in self.held):     # no other owner waits for these entries
+        if not any(o == origin for _owner, o in self.held) and origin not in self.engine.first:
+            # no other owner waits for these entries, and this node does not apply the origin itself
+            # (it may hold the partition as a copy it hands over: its log serves fetches)
             batch.delete_range_cf("log", log_key(origin, 0), log_key(origin + 1, 0))
         log.debug("hint of origin %s delivered to node %d", origin_name(origin), owner)
 

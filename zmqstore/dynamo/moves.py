@@ -44,7 +44,9 @@ class Moves:
 
     def tick(self, now):
         for p, pull in list(self.pulls.items()):
-            if pull.deadline <= now:
+            if p not in self.engine.moving_in:      # lost (or dropped) meanwhile: what it pulled stays partial
+                del self.pulls[p]
+            elif pull.deadline <= now:
                 log.info("pulling partition %d: node %d did not answer within %.0f s; asking another", p,
                          pull.source, PULL_TIMEOUT)
                 self._rest[(p, pull.source)] = now + SOURCE_REST
@@ -83,6 +85,9 @@ class Moves:
         sender, pull_id, partition, cursor, items, next_cursor, applied = fields
         pull = self.pulls.get(partition)
         if pull is None or pull.id != pull_id or pull.source != sender or pull.cursor != cursor:
+            return
+        if partition not in self.engine.moving_in:
+            del self.pulls[partition]   # lost meanwhile (a second change): no more pages, no seqs adopted
             return
         remote = protocol.vector_from_pairs(applied)
         if any(origin_partition(o) != partition for o in remote):

@@ -7,10 +7,13 @@ import logging
 import struct
 
 from .. import errors, protocol
+from .forwarding import partitions_of
 from .layout import bucket_of, origin_name, origin_node, origin_partition
 from .placement import PARTITIONS
 
 HAND_OVER_BATCH = 64              # partitions dropped per housekeeping pass at most
+VIEW_MAX = 64 * 4096              # origins a peer's view holds at most (an origin per run and partition:
+                                  # 64 runs with writes in every partition)
 
 log = logging.getLogger("zmqstore.dynamo")
 _TOPIC = struct.Struct(">cH")
@@ -71,6 +74,8 @@ class PartitionedReplication:
         records = self.engine.membership.records
         if any(origin_node(o) not in records for o in gained):
             raise errors.BadArgument("a DSYNC names origins of nodes that were never members")
+        if len(view.applied) + len(gained) > VIEW_MAX and len(set(view.applied) | set(gained)) > VIEW_MAX:
+            raise errors.BadArgument(f"a DSYNC would make node {node_id}'s view hold more than {VIEW_MAX} origins")
         self.engine.check_remote(0, (gained,))
         moving, leaving = frozenset(moving), frozenset(leaving)
         view.moving = moving
@@ -120,11 +125,12 @@ class PartitionedReplication:
         """The peers owning the key's partition (partitioned; empty unless this node owns it too)."""
         return self._co_owners.get(bucket_of(key), ())
 
-    def _take_as_fallback(self, partitions):
-        """Forwards found no owner of these partitions heard: this node writes them as a fallback,
-        a partial copy shared with their owners (DSYNC `leaving`), who fetch it once back; it is
-        handed over like any (_hand_over)."""
-        taken = self.engine.take_as_fallback(partitions)
+    def take_as_fallback(self, request):
+        """A write made here for partitions this node does not keep (no owner was heard: Forwards):
+        it holds them as a fallback, a partial copy shared with their owners (DSYNC `leaving`), who
+        fetch it once back; it is handed over like any (_hand_over). Called once the write is
+        staged, so a refused write takes nothing."""
+        taken = self.engine.take_as_fallback(partitions_of(request))
         if taken:
             log.warning("no owner of partition %s heard: this node takes its writes as a fallback and hands them "
                         "to the owners once they are back", ", ".join(map(str, taken)))
@@ -179,9 +185,10 @@ class PartitionedReplication:
                          if partition in view.leaving and partition not in view.moving and n not in owners]
 
     def _moved_in(self, partition):
-        """A pulled partition: its streams from here on, from every co-owner ahead."""
+        """A pulled partition: its streams from here on, from every node sharing it that is ahead
+        (pairs it sent while the partition was pulled were confirmed, not fetched)."""
         mine = self.engine.applied
-        for node_id in self._co_owners.get(partition, ()):
+        for node_id in self._sharers.get(partition, ()):
             for origin, seq in self.views[node_id].applied.items():
                 if origin_partition(origin) == partition and seq > mine.get(origin, 0):
                     self._lacking[origin] = None
@@ -209,7 +216,8 @@ class PartitionedReplication:
         nodes that hold them whole. A node heard lately (or this one) is removed only while nothing
         moves and once this node holds what it reported; one not heard, also while partitions move
         (a move waiting for it would never end), unless it may be the last node holding one of its
-        partitions whole: then it must come back first."""
+        partitions whole, or was last seen handing over a partial copy (a fallback's writes) this
+        node, an owner, does not hold: then it must come back first."""
         engine, mine = self.engine, self.engine.durable_applied
         if node_id in fresh or node_id == engine.node_id:
             if engine.moving_in or engine.leaving or any(v.moving or v.leaving for v in fresh.values()):
@@ -229,3 +237,12 @@ class PartitionedReplication:
                     f"node {node_id} is not heard, and no node heard lately holds its partition {p} whole (its other "
                     f"owners are still pulling it, or down): removing it could lose writes; bring it back, or retry "
                     f"once they are up")
+        # Partial copies it hands over (a fallback's writes, a pull cut short) may hold writes their
+        # owners lack: only an owner holding what its last DSYNC showed of them can tell they do not.
+        for p in sorted(view.leaving & view.moving if view is not None else ()):
+            theirs = {o: s for o, s in view.applied.items() if origin_partition(o) == p}
+            if not engine.owns(p) or any(s > mine.get(o, 0) for o, s in theirs.items()):
+                raise errors.Unavailable(
+                    f"node {node_id} is not heard, and was last seen holding writes of partition {p} (a copy it hands "
+                    f"over, its owners: nodes {', '.join(map(str, engine.placement.owners(p)))}) that this node cannot "
+                    f"tell its owners hold: bring it back, or ask an owner of partition {p} once it holds them")

@@ -54,7 +54,8 @@ class Replication(PartitionedReplication, MembershipReplication):
         self.topics = None
         self.sync = VectorSync(engine, lambda node_id: self._shared.get(node_id, frozenset()))    # sync.py
         self.forwards = Forwards(out, engine, self.alive, self._whole_holders)      # forwarding.py
-        self.forwards.on_fallback = self._take_as_fallback
+        self._started = now
+        self.forwards.may_fall_back = lambda: self._now - self._started >= config.election_interval
         self.hints = hints = Hints(out, engine, self.alive)     # hints.py
         self.moves = Moves(out, engine, self.alive, self._whole_holders, self._moved_in)   # moves.py
         hints.run_of = lambda node_id: self.sync.peers[node_id].run or None if node_id in self.sync.peers else None
@@ -145,7 +146,10 @@ class Replication(PartitionedReplication, MembershipReplication):
         here yet, may be writing), and only checkpoints taken under the current one count."""
         digest = self.engine.membership.digest
         if self.per_partition:
-            if any(view.members != digest for view in self.views.values()):
+            # and while a member is not heard: cut off, it may take writes as a fallback (sloppy
+            # quorum) that its partitions' owners do not know of yet
+            if any(view.members != digest for view in self.views.values()) or \
+                    not all(self.alive(n) for n in self.views):
                 return None
             stable_now, most = self._partition_vectors()
         else:
@@ -350,7 +354,8 @@ class Replication(PartitionedReplication, MembershipReplication):
             # next report from that one fetches there. With none (often: only the origin's own node
             # holds the entries) ask this one again; skipping it would wait forever.
             mine = self.engine.applied.get(origin, 0)
-            if any(peer not in tried and view.applied.get(origin, 0) > mine for peer, view in self.views.items()):
+            peers = self._sharers.get(origin_partition(origin), ()) if self.per_partition else self.views
+            if any(peer not in tried and self.views[peer].applied.get(origin, 0) > mine for peer in peers):
                 return
             tried.clear()
         frm = self.engine.applied.get(origin, 0) + 1
@@ -365,13 +370,16 @@ class Replication(PartitionedReplication, MembershipReplication):
 
     def _on_entries(self, fields, now):
         sender, origin, from_seq, entries, first = fields
+        asked = self._fetching.get(origin, (0, None))[1] == sender
+        if asked:
+            del self._fetching[origin]
         if self.per_partition and not self.engine.keeps(origin_partition(origin)):
             return      # a partition this node no longer holds: what it fetched is not kept
-        self._fetching.pop(origin, None)
         self._unanswered.pop(origin, None)
         if not entries:
             if from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and self.per_partition:
-                self.engine.repull(origin_partition(origin), sender, origin, first)
+                if asked:       # (an answer to a fetch this node made: else any member could force pulls)
+                    self.engine.repull(origin_partition(origin), sender, origin, first)
             elif from_seq < first and self.engine.applied.get(origin, 0) < first - 1 and \
                     origin not in self._resync_from.get(sender, {}):
                 self._resync_from.setdefault(sender, {})[origin] = first

@@ -60,7 +60,10 @@ class MembershipReplication:
         if leaving and any(r.node_id == node_id and r.removed for r in records) and \
                 self.engine.membership.removed_by is None:
             # It knows, so it takes no more writes: what it holds now is all it will hold.
-            self._on_departing(node_id, protocol.vector_from_pairs(applied), now, knows=True)
+            applied = protocol.vector_from_pairs(applied)
+            if self.per_partition:      # its own origins' seqs only (docs/PROTOCOL.md, DMEMBERS)
+                applied = {o: s for o, s in applied.items() if origin_node(o) == node_id}
+            self._on_departing(node_id, applied, now, knows=True)
         # A removed node's records are merged too (a merge never undoes its removal): it may have
         # added a node while it was cut off, which only it knows of.
         merged = self.engine.membership.merge(records)
