@@ -279,55 +279,18 @@ def moving(c):
     return sum((n.status() or {"partitions_moving": 1})["partitions_moving"] for n in c.nodes.values())
 
 
-class Reader:
-    """Reads loaded keys through every node in turn until stopped; counts failures and wrong values."""
-
-    def __init__(self, c, count):
-        import threading
-        self.c, self.count = c, count
-        self.reads = self.errors = self.wrong = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self):
-        import random
-        rng = random.Random(7)
-        nodes = list(self.c.nodes.values())
-        clients = [n.client(retry=RETRY, timeout=2.0) for n in nodes]
-        try:
-            while not self._stop.is_set():
-                i = rng.randrange(self.count)
-                try:
-                    if clients[i % len(clients)].get(f"key{i}") != i:
-                        self.wrong += 1
-                except errors.ZmqstoreError:
-                    self.errors += 1
-                self.reads += 1
-        finally:
-            for db in clients:
-                db.close()
-
-
 @pytest.mark.timeout(400)
 def test_a_seventh_node_takes_its_share_and_a_removal_restores_every_copy(cluster):
     """6 nodes, replicas = 3, 30,000 keys. A 7th joins (--join) while a client writes and another
     reads through the first six: it pulls about 1/7 of the replica slots from their holders, the old
     owners hand them over, and afterwards every node holds exactly the keys it owns. Then node 3 is
     removed: its partitions are pulled from the owners that remain, back to 3 copies of every key."""
-    from zmqstore.testing.process import Writer
+    from zmqstore.testing.process import Reader, Writer
     c = cluster(size=6, mode="dynamo", args=["--replicas", "3"], keys=False)
     load(c, KEYS)
     wait_until(lambda: quiet(c), 60, interval=0.2, message="loaded and converged")
     six = Placement(list(c.nodes), 3)
-    with Writer(c, "w", RETRY) as w, Reader(c, KEYS) as r:
+    with Writer(c, "w", RETRY) as w, Reader(c, KEYS, RETRY) as r:
         w.wait_for(50)
         c.add_node(7)
         started = time.monotonic()
