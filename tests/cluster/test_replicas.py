@@ -147,10 +147,16 @@ def test_a_write_whose_owners_are_all_down_is_taken_by_a_fallback_coordinator(cl
         assert _refused(db, key)
         assert db.status()["partitions_handing_over"] == 1
     for node_id in owners:
-        c.start(node_id)
+        c.start(node_id, wait=False)
+    started = time.monotonic()
+    for node_id in owners:
+        c.nodes[node_id].wait_ready(15)
+    ready = time.monotonic()
     wait_until(lambda: converged(c) and all((c.nodes[n].status() or {"hints_pending": 1})["hints_pending"] == 0
-                                            for n in c.nodes), 20, interval=0.1,
+                                            for n in c.nodes), 20, interval=0.05,
                message="the owners holding the write, nothing moving, no hint pending")
+    print(f"fallback write handed over {time.monotonic() - started:.2f} s after the owners were started "
+          f"({time.monotonic() - ready:.2f} s after they were ready)")
     for node_id in owners:      # the fallback had not seen "before": the two are siblings, none dropped
         with c.nodes[node_id].client(retry=RETRY) as db:
             assert db.get(key) == "while-down"
