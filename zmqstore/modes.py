@@ -245,8 +245,9 @@ class DynamoMode(Mode):
             self._copies_bound("w", need)
         elif command == "REMOVE_MEMBER" and self.replication is not None and self.engine.membership.removed_by is None:
             self.replication.check_removal(request.args[0], now)
+        made = engine.made
         reply, (batch, dots) = self.engine.handle(request)
-        if dots and engine.per_partition and self.replication is not None:
+        if engine.made > made and engine.per_partition and self.replication is not None:
             self.replication.take_as_fallback(request)      # made for partitions no owner was heard for
         durable = self.engine.durable_batches
         if need <= 1 or not dots:

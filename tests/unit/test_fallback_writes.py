@@ -35,7 +35,10 @@ def test_a_write_whose_owners_are_all_down_is_taken_by_a_fallback_and_handed_ove
     with pytest.raises(errors.BadArgument):     # a refused write takes nothing
         mode.handle(request(engine, "PUT", key, V("x"), {"w": 4}), None, NOW)
     assert p not in engine.leaving
-    reply, until = mode.handle(request(engine, "PUT", key, V("sloppy")), None, NOW)
+    with pytest.raises(errors.Unavailable):     # a delete would find nothing to delete there: refused
+        mode.handle(request(engine, "DEL", key), None, NOW)
+    put = request(engine, "PUT", key, V("sloppy"))
+    reply, until = mode.handle(put, None, NOW)
     assert protocol.decode_reply(reply).result[0] is True and until is not None   # acknowledged once durable
     assert p in engine.leaving and p in engine.partial and not engine.holds(p)
     mode.commit()
@@ -90,3 +93,23 @@ def test_a_request_forwarded_to_a_node_still_pulling_is_refused_when_no_holder_i
     (kind, _target, reply), = mode.out.take()
     answer = protocol.decode_reply(protocol.decode_peer(reply).fields[2])
     assert not answer.ok and answer.result[0] == "unavailable"
+
+
+def test_a_retry_of_a_fallback_write_takes_nothing_again(start):
+    """Its first outcome comes back from the session; no new write is made, so a partition handed
+    over since is not taken again (before: any reply with dots took it)."""
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    rep._started = NOW - 1
+    p = min(q for q in range(4096) if not engine.owns(q))
+    for n in rep.views:
+        if n not in engine.placement.owners(p):
+            hear(rep, n)
+    put = request(engine, "PUT", key_in(p), V(1))
+    first, _until = mode.handle(put, None, NOW)
+    mode.commit()
+    engine.drop_partition(p)                    # handed over meanwhile
+    mode.commit()
+    again, _until = mode.handle(put, None, NOW)
+    assert protocol.decode_reply(again).result == protocol.decode_reply(first).result
+    assert p not in engine.leaving

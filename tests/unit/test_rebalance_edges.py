@@ -327,6 +327,14 @@ def test_a_pull_of_a_partition_lost_meanwhile_stops_and_adopts_nothing(start):
     moves.on_range_reply((2, 77, p, None, [[key_in(p), b"junk"]], None, [[holder, 9]]), NOW)
     assert p not in moves.pulls and holder not in engine.applied and p in engine.partial
     assert not engine.load(key_in(p)).siblings and pull.keys == 0
+    # Lost and gained again before the old pull heard anything: that pull is of the old move and
+    # must not finish the new one from its cursor (the new move starts from the first page).
+    q = lost[1] if len(lost) > 1 else lost[0]
+    moves.pulls[q] = Pull(78, 2, NOW + 10, engine.move_of.get(q, 0))
+    engine._moved_partitions(set(), {q})            # owned again: a new move
+    assert q in engine.moving_in
+    moves.on_range_reply((2, 78, q, None, [], None, [[(2 << 32) | (3 << 12) | q, 9]]), NOW)
+    assert q not in moves.pulls and q in engine.moving_in
 
 
 def test_garbage_collection_waits_while_a_member_is_not_heard(start):
@@ -354,6 +362,7 @@ def test_a_node_not_heard_holding_a_partial_copy_is_removed_only_through_an_owne
         hear(rep, n)
     view = rep.views[5]
     view.leaving = view.moving = frozenset({mine[0]})      # its last DSYNC: a partial copy of mine[0]
+    view.synced = True
     origin = (5 << 32) | (4 << 12) | mine[0]
     view.applied[origin] = 3
     with pytest.raises(errors.Unavailable, match=f"partition {mine[0]}"):
@@ -363,6 +372,10 @@ def test_a_node_not_heard_holding_a_partial_copy_is_removed_only_through_an_owne
     view.leaving = view.moving = frozenset({theirs[0]})
     with pytest.raises(errors.Unavailable, match="ask an owner"):
         rep.check_removal(5, NOW)                           # not an owner: it cannot tell
+    view.leaving = view.moving = frozenset({mine[0]})
+    view.synced = False                                     # its view of node 5 may lack pairs
+    with pytest.raises(errors.Unavailable, match=f"partition {mine[0]}"):
+        rep.check_removal(5, NOW)
 
 
 def test_a_drained_node_is_let_go_once_this_node_no_longer_keeps_what_it_lacked(start):
@@ -394,3 +407,32 @@ def test_a_handed_off_hint_keeps_the_log_of_an_origin_this_node_applies(start):
     hints.on_handoff_ack((owner, origin, 1), NOW)
     mode.commit()
     assert not hints.held and engine.storage.get_cf("log", log_key(origin, 1)) == raw
+
+
+def test_a_lacking_origin_is_fetched_from_a_peer_that_has_not_left_a_fetch_unanswered(start):
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    q = min(p for p in engine.placement.owned_by(1))
+    a, b = rep._sharers[q]                      # the order it would ask them in
+    origin = (4 << 32) | (2 << 12) | q
+    for n in (a, b):
+        hear(rep, n)
+        rep.views[n].applied[origin] = 5
+    rep._lacking[origin] = None
+    rep._unanswered[origin] = {a}               # a left one unanswered (a hiccup)
+    mode.out.take()
+    rep._fetch_lacking(NOW)
+    assert [to for _k, to, body in mode.out.take() if b"DFETCH" in body] == [b]
+
+
+def test_a_views_growth_past_its_bound_keeps_only_shared_partitions(start, monkeypatch):
+    import zmqstore.dynamo.partitioned as partitioned
+    monkeypatch.setattr(partitioned, "VIEW_MAX", 2)
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    shared = min(rep._shared[2])
+    other = min(p for p in range(4096) if p not in rep._shared[2])
+    pairs = [[(2 << 32) | (r << 12) | shared, 1] for r in (1, 2)] + [[(2 << 32) | (3 << 12) | other, 1]]
+    rep._on_sync((2, 2 << 32, engine.run, 1, 0, 3, pairs, True, [], []), None, NOW)
+    assert sorted(rep.views[2].applied) == sorted(o for o, _s in pairs[:2])
+    assert rep.views[2].sync_heard == NOW        # not refused: the peer stays alive

@@ -24,6 +24,7 @@ class PartitionedEngine:
         storage = self.storage
         self.moving_in = {_PART.unpack(k[len(META_MOVING):])[0]
                           for k, _ in storage.iter_cf("meta", META_MOVING, META_MOVING + b"\xff" * 3)}
+        self._moves_started, self.move_of = 0, {}      # moves started this run; partition -> its latest
         self.leaving, self.partial = set(), set()
         for k, raw in storage.iter_cf("meta", META_LEAVING, META_LEAVING + b"\xff" * 3):
             p = _PART.unpack(k[len(META_LEAVING):])[0]
@@ -50,8 +51,7 @@ class PartitionedEngine:
                     continue    # owned again before it was dropped, and whole: nothing to pull
                 self.partial.discard(p)
             if p not in self.moving_in:
-                self.moving_in.add(p)
-                batch.put_cf("meta", META_MOVING + _PART.pack(p), b"")
+                self._mark_moving(p)
         for p in before - after:
             if p in self.moving_in:
                 self.moving_in.discard(p)
@@ -76,10 +76,17 @@ class PartitionedEngine:
         batch.put_cf("meta", META_PLACED, b"")
         owned = self.placement.owned_by(self.node_id) - self.moving_in
         for p in owned:
-            self.moving_in.add(p)
-            batch.put_cf("meta", META_MOVING + _PART.pack(p), b"")
+            self._mark_moving(p)
         log.warning("this node was added by add-member (record counter %d) and started without --join: pulling the "
                     "%d partitions it owns from their holders", record.counter, len(owned))
+
+    def _mark_moving(self, partition):
+        """The partition is to be pulled (recorded with this iteration's batch). Each time is a new
+        move (`move_of`): a pull started for an earlier one, lost meanwhile, must not finish it."""
+        self.moving_in.add(partition)
+        self._moves_started += 1
+        self.move_of[partition] = self._moves_started
+        self._staging().put_cf("meta", META_MOVING + _PART.pack(partition), b"")
 
     def moved_in(self, partition):
         """The partition's snapshot is in: this node serves it like any owner."""
@@ -100,8 +107,7 @@ class PartitionedEngine:
             self.partial.add(partition)
             self._staging().put_cf("meta", META_LEAVING + _PART.pack(partition), b"p")
         elif self.owns(partition):
-            self.moving_in.add(partition)
-            self._staging().put_cf("meta", META_MOVING + _PART.pack(partition), b"")
+            self._mark_moving(partition)
 
     def take_as_fallback(self, partitions) -> list:
         """No owner of these partitions is heard: this node takes a write of them (sloppy quorum)

@@ -11,6 +11,9 @@ from .. import errors, protocol
 from .layout import bucket_of
 
 KEYED = frozenset({"GET", "GET_VERSIONS", "PUT", "PUT_CTX", "DEL", "PUT_MANY"})
+# What a fallback coordinator takes: writes of values. A delete there would find nothing to delete
+# (it holds none of the partition's versions) and be lost, so it is refused like a read.
+FALLBACK = frozenset({"PUT", "PUT_CTX", "PUT_MANY"})
 
 
 class Forward:
@@ -65,7 +68,7 @@ class Forwards:
             return alive[0]
         if held:
             return None
-        if fallback and request.command in protocol.WRITE_COMMANDS and self.may_fall_back() and not any(
+        if fallback and request.command in FALLBACK and self.may_fall_back() and not any(
                 self._alive(n) for p in partitions for n in engine.placement.owners(p) if n != engine.node_id):
             return None     # no owner heard: this node takes the write (sloppy quorum; Replication.take_as_fallback)
         owners = sorted({n for p in partitions for n in engine.placement.owners(p)})

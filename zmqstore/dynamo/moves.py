@@ -22,10 +22,10 @@ log = logging.getLogger("zmqstore.dynamo")
 
 
 class Pull:
-    __slots__ = ("id", "source", "cursor", "vector", "deadline", "keys")
+    __slots__ = ("id", "source", "cursor", "vector", "deadline", "keys", "move")
 
-    def __init__(self, pull_id, source, deadline):
-        self.id, self.source, self.deadline = pull_id, source, deadline
+    def __init__(self, pull_id, source, deadline, move=0):
+        self.id, self.source, self.deadline, self.move = pull_id, source, deadline, move
         self.cursor = None
         self.vector = None          # the holder's seqs of the partition's origins at the first page
         self.keys = 0
@@ -44,7 +44,7 @@ class Moves:
 
     def tick(self, now):
         for p, pull in list(self.pulls.items()):
-            if p not in self.engine.moving_in:      # lost (or dropped) meanwhile: what it pulled stays partial
+            if not self._current(p, pull):      # lost meanwhile (maybe gained again): what it pulled stays partial
                 del self.pulls[p]
             elif pull.deadline <= now:
                 log.info("pulling partition %d: node %d did not answer within %.0f s; asking another", p,
@@ -64,11 +64,16 @@ class Moves:
             if source is None:
                 continue
             self._ids += 1
-            pull = Pull(self._ids, source, now + PULL_TIMEOUT)
+            pull = Pull(self._ids, source, now + PULL_TIMEOUT, self.engine.move_of.get(p, 0))
             if self.out.request(source, protocol.encode_peer("DRANGE", self.engine.node_id, pull.id, p, None)):
                 self.pulls[p] = pull
             if len(self.pulls) >= PULLS_IN_FLIGHT:
                 return
+
+    def _current(self, partition, pull) -> bool:
+        """Whether the pull is of the partition's move under way (not of one lost since, even if
+        the partition was gained again: that move starts from the first page)."""
+        return partition in self.engine.moving_in and self.engine.move_of.get(partition, 0) == pull.move
 
     def on_range(self, fields, envelope, now):
         """A page of a partition this node holds whole, with its seqs of the partition's origins."""
@@ -86,7 +91,7 @@ class Moves:
         pull = self.pulls.get(partition)
         if pull is None or pull.id != pull_id or pull.source != sender or pull.cursor != cursor:
             return
-        if partition not in self.engine.moving_in:
+        if not self._current(partition, pull):
             del self.pulls[partition]   # lost meanwhile (a second change): no more pages, no seqs adopted
             return
         remote = protocol.vector_from_pairs(applied)

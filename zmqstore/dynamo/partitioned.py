@@ -12,8 +12,8 @@ from .layout import bucket_of, origin_name, origin_node, origin_partition
 from .placement import PARTITIONS
 
 HAND_OVER_BATCH = 64              # partitions dropped per housekeeping pass at most
-VIEW_MAX = 64 * 4096              # origins a peer's view holds at most (an origin per run and partition:
-                                  # 64 runs with writes in every partition)
+VIEW_MAX = 64 * 4096              # origins past which a peer's view keeps only those of shared partitions
+                                  # (an origin per run and partition: 64 runs with writes in every one)
 
 log = logging.getLogger("zmqstore.dynamo")
 _TOPIC = struct.Struct(">cH")
@@ -74,8 +74,11 @@ class PartitionedReplication:
         records = self.engine.membership.records
         if any(origin_node(o) not in records for o in gained):
             raise errors.BadArgument("a DSYNC names origins of nodes that were never members")
-        if len(view.applied) + len(gained) > VIEW_MAX and len(set(view.applied) | set(gained)) > VIEW_MAX:
-            raise errors.BadArgument(f"a DSYNC would make node {node_id}'s view hold more than {VIEW_MAX} origins")
+        if len(view.applied) + len(gained) > VIEW_MAX:
+            # bounded: past VIEW_MAX, new origins of partitions not shared (yet) are not kept (a real
+            # node's view grows with runs that wrote; shared ones are always kept, they are needed)
+            shared = self._shared.get(node_id, frozenset())
+            gained = {o: s for o, s in gained.items() if o in view.applied or origin_partition(o) in shared}
         self.engine.check_remote(0, (gained,))
         moving, leaving = frozenset(moving), frozenset(leaving)
         view.moving = moving
@@ -118,8 +121,9 @@ class PartitionedReplication:
                 del self._lacking[origin]
                 continue
             alive = [n for n in ahead if self.alive(n)]
-            if alive:
-                self._fetch(origin, alive[0], now)
+            if alive:       # one that has not left a fetch of it unanswered, if any
+                tried = self._unanswered.get(origin, ())
+                self._fetch(origin, next((n for n in alive if n not in tried), alive[0]), now)
 
     def _holders(self, key) -> tuple:
         """The peers owning the key's partition (partitioned; empty unless this node owns it too)."""
@@ -241,7 +245,7 @@ class PartitionedReplication:
         # owners lack: only an owner holding what its last DSYNC showed of them can tell they do not.
         for p in sorted(view.leaving & view.moving if view is not None else ()):
             theirs = {o: s for o, s in view.applied.items() if origin_partition(o) == p}
-            if not engine.owns(p) or any(s > mine.get(o, 0) for o, s in theirs.items()):
+            if not engine.owns(p) or not view.synced or any(s > mine.get(o, 0) for o, s in theirs.items()):
                 raise errors.Unavailable(
                     f"node {node_id} is not heard, and was last seen holding writes of partition {p} (a copy it hands "
                     f"over, its owners: nodes {', '.join(map(str, engine.placement.owners(p)))}) that this node cannot "

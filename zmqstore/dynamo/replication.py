@@ -355,7 +355,8 @@ class Replication(PartitionedReplication, MembershipReplication):
             # holds the entries) ask this one again; skipping it would wait forever.
             mine = self.engine.applied.get(origin, 0)
             peers = self._sharers.get(origin_partition(origin), ()) if self.per_partition else self.views
-            if any(peer not in tried and self.views[peer].applied.get(origin, 0) > mine for peer in peers):
+            if any(peer not in tried and self.alive(peer) and self.views[peer].applied.get(origin, 0) > mine
+                   for peer in peers):
                 return
             tried.clear()
         frm = self.engine.applied.get(origin, 0) + 1
