@@ -50,8 +50,9 @@ class Forwards:
         holds every partition the request names. A node handing the partitions over whole serves
         the request itself only when no owner is reachable (as it serves one forwarded to it). With
         `fallback`, a write for partitions none of whose owners is heard is taken here (a fallback
-        coordinator: docs/PARTITIONING.md; the caller records it once the write is made). Raises Unavailable when none is heard,
-        UnsupportedOperation for a put_many no one node holds every key of."""
+        coordinator: docs/PARTITIONING.md; the caller records it once the write is made). Raises
+        Unavailable when none is heard, UnsupportedOperation for a put_many no one node holds every
+        key of."""
         engine = self.engine
         partitions = partitions_of(request)
         if all(engine.owns(p) and engine.holds(p) for p in partitions):
