@@ -89,8 +89,9 @@ class PartitionedReplication:
                 view.applied = {o: s for o, s in view.applied.items() if origin_partition(o) not in dropped}
             view.leaving = leaving
             self._reshare()
-        # The view is never cleared (but of partitions the sender handed over): a node's durable seqs only grow (with fsync off, a crash may lose
-        # some: docs/PARTITIONING.md), and a DSYNC claiming a new run of a node that did not restart
+        # The view is never cleared (but of partitions the sender handed over): a node's durable
+        # seqs only grow (with fsync off, a crash may lose some: docs/PARTITIONING.md), and a DSYNC
+        # claiming a new run of a node that did not restart
         # would otherwise leave the view empty, since the real one sends only what changes.
         addressed = self.sync.on_sync(node_id, run, to_run, number, ack)
         view.sync_heard = now
