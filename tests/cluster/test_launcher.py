@@ -42,6 +42,10 @@ def test_launcher_runs_a_cluster_and_stops_it(tmp_path, fmt):
         with Client([f"127.0.0.1:{ports[n][0]}" for n in (2, 1, 3)], timeout=1.0) as db:
             wait_until(lambda: _put_ok(db), 20, interval=0.2, message="cluster accepting writes")
             assert db.get("k") == 1
+        # Two nodes make a majority: the third may still be starting (found under load: it was
+        # stopped before it logged anything, so it never said "stopped cleanly").
+        wait_until(lambda: out.read_text().count("zmqstore.node: serving") == 3, 20, interval=0.1,
+                   message="all three nodes serving")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
     finally:
