@@ -1,5 +1,6 @@
 """`make run`'s launcher: three nodes from config files, output prefixed, Ctrl-C stops all cleanly."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -44,13 +45,13 @@ def test_launcher_runs_a_cluster_and_stops_it(tmp_path, fmt):
             assert db.get("k") == 1
         # Two nodes make a majority: the third may still be starting (found under load: it was
         # stopped before it logged anything, so it never said "stopped cleanly").
-        wait_until(lambda: out.read_text().count("zmqstore.node: serving") == 3, 20, interval=0.1,
+        wait_until(lambda: out.read_text().count("zmqstore.node: serving") >= 3, 20, interval=0.1,
                    message="all three nodes serving")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:     # the whole group: the launcher's nodes too, not only the launcher
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     text = out.read_text()
     for n in (1, 2, 3):
