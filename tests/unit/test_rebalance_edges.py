@@ -62,6 +62,15 @@ def hear(rep, node_id, moving=(), leaving=()):
     rep._now = NOW
 
 
+def handing_over(start):
+    """Node 1 started, then node 6 added: (its mode, the lowest partition node 1 now hands over)."""
+    mode = start()
+    engine = mode.engine
+    before = engine.placement.owned_by(1)
+    change(mode, engine.membership.adding(member(6), changer=1))
+    return mode, min(before - engine.placement.owned_by(1))
+
+
 def key_in(partition):
     i = 0
     while bucket_of(b"k%d" % i) != partition:
@@ -101,11 +110,8 @@ def test_a_partition_lost_while_it_is_pulled_is_a_partial_copy_and_is_pulled_whe
 
 
 def test_hand_over_waits_for_a_write_staged_in_the_iteration_it_would_drop_the_partition(start):
-    mode = start()
+    mode, p = handing_over(start)
     engine, rep = mode.engine, mode.replication
-    before = engine.placement.owned_by(1)
-    change(mode, engine.membership.adding(member(6), changer=1))
-    p = min(before - engine.placement.owned_by(1))
     key, call = key_in(p), Caller(engine)
     call("PUT", key, V("first"))
     mode.commit()
@@ -163,11 +169,8 @@ def test_a_node_not_heard_is_removable_while_partitions_move_unless_it_may_hold_
 
 
 def test_a_node_handing_a_partition_over_forwards_its_requests_to_the_owners(start):
-    mode = start()
+    mode, p = handing_over(start)
     engine, rep = mode.engine, mode.replication
-    before = engine.placement.owned_by(1)
-    change(mode, engine.membership.adding(member(6), changer=1))
-    p = min(before - engine.placement.owned_by(1))
     request = protocol.decode_request(protocol.encode_request("GET", b"c", 1, 0, key_in(p), False), engine.limits)
     assert engine.holds(p)
     put = protocol.decode_request(protocol.encode_request("PUT", b"c", 2, 0, key_in(p), V(1)), engine.limits)
@@ -196,11 +199,8 @@ def test_a_node_handing_a_partition_over_keeps_fetching_it_and_owners_wait_for_i
     """It is still a pull source, so it keeps up (before: it dropped fetched entries); and the
     owners' tombstone collection counts it (before: only owners), or a pull from it could bring
     back a collected key."""
-    mode = start()
+    mode, p = handing_over(start)
     engine, rep = mode.engine, mode.replication
-    before = engine.placement.owned_by(1)
-    change(mode, engine.membership.adding(member(6), changer=1))
-    p = min(before - engine.placement.owned_by(1))
     owner = engine.placement.owners(p)[0]
     origin = (owner << 32) | (5 << 12) | p
     mode.out.take()
