@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 from zmqstore import Retry
-from zmqstore.testing.process import Cluster, Writer, run_node_command, wait_until
+from zmqstore.testing.load import Writer
+from zmqstore.testing.process import Cluster, run_node_command, wait_until
 
 RETRY = Retry(max_tries=40, delay=0.05, max_delay=0.3, deadline=20)
 

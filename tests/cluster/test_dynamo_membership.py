@@ -10,7 +10,8 @@ import pytest
 
 from zmqstore import errors
 from zmqstore.client import Retry
-from zmqstore.testing.process import Writer, wait_until
+from zmqstore.testing.load import Writer
+from zmqstore.testing.process import wait_until
 
 from test_dynamo import cluster  # noqa: F401 (the fixture: a started 3-node dynamo cluster)
 

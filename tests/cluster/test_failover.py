@@ -7,7 +7,8 @@ import time
 import pytest
 
 from zmqstore import Retry, ZmqstoreError, protocol
-from zmqstore.testing.process import Writer, put_pipelined, wait_until
+from zmqstore.testing.load import Writer, put_pipelined
+from zmqstore.testing.process import wait_until
 
 FAILOVER_RETRY = Retry(max_tries=60, delay=0.05, max_delay=0.3, deadline=20)   # rides out any failover
 

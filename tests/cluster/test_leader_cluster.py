@@ -4,7 +4,8 @@ import signal
 import pytest
 
 from zmqstore import Retry, errors
-from zmqstore.testing.process import Writer, put_pipelined, wait_until
+from zmqstore.testing.load import Writer, put_pipelined
+from zmqstore.testing.process import wait_until
 
 
 FAILOVER_RETRY = Retry(max_tries=40, delay=0.05, max_delay=0.3, deadline=15)

@@ -4,7 +4,8 @@ removed node that comes back with its old flags. Every acknowledged write surviv
 import time
 
 from zmqstore import Retry, errors
-from zmqstore.testing.process import Writer, wait_until
+from zmqstore.testing.load import Writer
+from zmqstore.testing.process import wait_until
 
 from test_failover import FAILOVER_RETRY, assert_all_present, caught_up, status_of
 

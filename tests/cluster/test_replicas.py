@@ -291,7 +291,7 @@ def test_a_seventh_node_takes_its_share_and_a_removal_restores_every_copy(cluste
     reads through the first six: it pulls about 1/7 of the replica slots from their holders, the old
     owners hand them over, and afterwards every node holds exactly the keys it owns. Then node 3 is
     removed: its partitions are pulled from the owners that remain, back to 3 copies of every key."""
-    from zmqstore.testing.process import Reader, Writer
+    from zmqstore.testing.load import Reader, Writer
     c = cluster(size=6, mode="dynamo", args=["--replicas", "3"], keys=False)
     load(c, KEYS)
     wait_until(lambda: quiet(c), 60, interval=0.2, message="loaded and converged")

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from zmqstore import Client, errors
-from zmqstore.testing.process import put_pipelined, wait_until
+from zmqstore.testing.load import put_pipelined
+from zmqstore.testing.process import wait_until
 
 
 def test_every_operation(node):

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from zmqstore import Client, errors, protocol
-from zmqstore.testing.process import Writer, put_pipelined, wait_until
+from zmqstore.testing.load import Writer, put_pipelined
+from zmqstore.testing.process import wait_until
 
 from test_bad_input import RawClient
 from test_failover import FAILOVER_RETRY, status_of
