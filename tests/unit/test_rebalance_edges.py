@@ -436,3 +436,20 @@ def test_a_views_growth_past_its_bound_keeps_only_shared_partitions(start, monke
     rep._on_sync((2, 2 << 32, engine.run, 1, 0, 3, pairs, True, [], []), None, NOW)
     assert sorted(rep.views[2].applied) == sorted(o for o, _s in pairs[:2])
     assert rep.views[2].sync_heard == NOW        # not refused: the peer stays alive
+
+
+def test_a_pulled_partition_fetches_what_sharers_showed_while_it_was_pulled(start):
+    """A pair that came (and was confirmed) while the partition was pulled is not fetched then;
+    once pulled, it is (the sender never sends it again)."""
+    mode = start()
+    engine, rep = mode.engine, mode.replication
+    q = min(engine.placement.owned_by(1))
+    engine.moving_in.add(q)
+    sharer = rep._sharers[q][0]
+    elsewhere = min(p for p in range(4096) if not engine.keeps(p))
+    origin, other = (sharer << 32) | (2 << 12) | q, (sharer << 32) | (2 << 12) | elsewhere
+    rep._on_sync((sharer, sharer << 32, engine.run, 1, 0, 3, [[origin, 4], [other, 4]], True, [], []), None, NOW)
+    assert origin not in rep._lacking
+    engine.moved_in(q)
+    rep._moved_in(q)
+    assert origin in rep._lacking and other not in rep._lacking

@@ -87,6 +87,8 @@ class PartitionedReplication:
             if dropped:     # handed over: its seqs of them are forgotten (it may pull one again later,
                             # from less than it held)
                 view.applied = {o: s for o, s in view.applied.items() if origin_partition(o) not in dropped}
+                for p in dropped:
+                    view.origins.pop(p, None)
             view.leaving = leaving
             self._reshare()
         # The view is never cleared (but of partitions the sender handed over): a node's durable
@@ -97,6 +99,8 @@ class PartitionedReplication:
         view.sync_heard = now
         applied, mine, engine = view.applied, self.engine.applied, self.engine
         for origin, seq in gained.items():
+            if origin not in applied:
+                view.origins.setdefault(origin_partition(origin), set()).add(origin)
             if seq > applied.get(origin, 0):
                 applied[origin] = seq
             if engine.is_own(origin):
@@ -194,8 +198,9 @@ class PartitionedReplication:
         (pairs it sent while the partition was pulled were confirmed, not fetched)."""
         mine = self.engine.applied
         for node_id in self._sharers.get(partition, ()):
-            for origin, seq in self.views[node_id].applied.items():
-                if origin_partition(origin) == partition and seq > mine.get(origin, 0):
+            view = self.views[node_id]      # (its index of the partition's origins: a view holds thousands)
+            for origin in view.origins.get(partition, ()):
+                if view.applied.get(origin, 0) > mine.get(origin, 0):
                     self._lacking[origin] = None
 
     def _hand_over(self):

@@ -16,13 +16,14 @@ class PeerReport:
     (Leader mode's counterpart, what a peer said in ROLE, is election.PeerView.)"""
 
     __slots__ = ("applied", "digest", "keys", "conflicts", "tombstones", "heard", "members", "synced", "sync_heard",
-                 "moving", "leaving")
+                 "moving", "leaving", "origins")
 
     def __init__(self):
         self.applied = {}
         self.synced = False     # partitioned: a DSYNC made `applied` complete over the shared partitions
         self.sync_heard = None  # partitioned: when a DSYNC (of this cluster's replicas) last came
         self.moving = self.leaving = frozenset()    # partitioned: what its DSYNC says it pulls, hands over
+        self.origins = {}       # partitioned: partition -> the origins of it in `applied` (DSYNC's)
         self.digest = None
         self.members = None     # the digest of its membership
         self.keys = self.conflicts = self.tombstones = 0
