@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run run-dynamo run-single test bench bench-elections chaos clean distclean
+.PHONY: run run-dynamo run-single test bench bench-compare bench-elections chaos clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ MODE ?= leader
 chaos: $(STAMP)
 	$(PY) -m zmqstore.testing.chaos --mode $(MODE) --seconds $(SECONDS) --nodes $(NODES) --clients $(NODES) \
 		$(if $(SEED),--seed $(SEED)) $(if $(KEYS),--keys) $(if $(REPLICAS),--replicas $(REPLICAS))
+
+## bench-compare: zmqstore beside Redis (2 replicas) and etcd (3 members), from Debian's packages,
+## installed when missing; YCSB A-F and put workloads, alternated round by round (docs/BENCHMARKS.md);
+## QUICK=1: a tiny run that checks the scripts; ONLY=redis,etcd: those systems (and zmqstore leader)
+BENCH_STAMP = $(VENV)/.installed-bench
+$(BENCH_STAMP): setup.py $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench-compare: $(BENCH_STAMP)
+	$(PY) bench/compare.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 ## bench-elections: 10 minutes of steady load on a 3-node cluster; counts elections (target: none)
 bench-elections: $(STAMP)

@@ -16,6 +16,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        # make bench-compare: the clients of the stores compared, percentiles, and the profiler
+        "bench": ["redis[hiredis]>=5", "grpcio>=1.60", "hdrhistogram>=0.10", "py-spy>=0.3"],
     },
     entry_points={
         "console_scripts": [

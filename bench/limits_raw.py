@@ -1,0 +1,70 @@
+"""The physical limits of this machine, measured in the same run as the comparison (bench/compare.py):
+a pyzmq DEALER-ROUTER round trip on loopback, an fdatasync of a 1 KB append, and one synced RocksDB
+write of a 1 KB value. The floor of a replicated put is one client round trip, one more round trip
+between primary and secondary, and the secondary's synced write (issue 17): 2 round trips + 1 synced
+write. Each is the median of many samples.
+"""
+import os
+import statistics
+import tempfile
+import time
+
+from run import EchoServer   # bench/run.py: the raw pyzmq echo process it compares the node against
+
+
+def _median_us(samples):
+    return statistics.median(samples) * 1e6
+
+
+def pyzmq_round_trip_us(n):
+    from zmqstore.transport import recv, send
+    echo = EchoServer()
+    try:
+        sock, msg, samples = echo.sock, b"x" * 1100, []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            send(sock, msg)
+            recv(sock)
+            samples.append(time.perf_counter() - t0)
+        return _median_us(samples[n // 10:])
+    finally:
+        echo.close()
+
+
+def fdatasync_us(n):
+    with tempfile.NamedTemporaryFile(dir=tempfile.gettempdir()) as f:
+        samples = []
+        for _ in range(n):
+            f.write(b"x" * 1000)
+            f.flush()
+            t0 = time.perf_counter()
+            os.fdatasync(f.fileno())
+            samples.append(time.perf_counter() - t0)
+        return _median_us(samples)
+
+
+def rocksdb_synced_put_us(n):
+    import rocksdict
+    with tempfile.TemporaryDirectory() as d:
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        db = rocksdict.Rdict(os.path.join(d, "db"), options=opts)
+        wo = rocksdict.WriteOptions()
+        wo.sync = True
+        value, samples = os.urandom(1000), []
+        try:
+            for i in range(n):
+                t0 = time.perf_counter()
+                db.put(b"key%09d" % i, value, wo)
+                samples.append(time.perf_counter() - t0)
+        finally:
+            db.close()
+        return _median_us(samples)
+
+
+def raw_limits(quick=False):
+    n = 200 if quick else 2000
+    rt = pyzmq_round_trip_us(n * 5)
+    put = rocksdb_synced_put_us(n)
+    return {"pyzmq_round_trip_us": round(rt, 1), "fdatasync_us": round(fdatasync_us(n), 1),
+            "rocksdb_synced_put_us": round(put, 1), "replicated_put_floor_us": round(2 * rt + put, 1)}
