@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run run-dynamo run-single test bench bench-compare bench-elections chaos clean distclean
+.PHONY: run run-dynamo run-single test bench bench-compare bench-profile bench-elections chaos clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ $(BENCH_STAMP): setup.py $(STAMP)
 
 bench-compare: $(BENCH_STAMP)
 	$(PY) bench/compare.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
+
+## bench-profile: where a replicated put's time goes: a 3-node leader cluster with two nodes under
+## py-spy, sequential then pipelined puts; a per-put budget beside the floor (docs/BENCHMARKS.md)
+bench-profile: $(BENCH_STAMP)
+	$(PY) bench/profile_puts.py
 
 ## bench-elections: 10 minutes of steady load on a 3-node cluster; counts elections (target: none)
 bench-elections: $(STAMP)

@@ -36,6 +36,10 @@ def targets(summary, raw):
         times = seq["p50_us"] / floor
         out.append((f"sequential put p50 <= {FLOOR_FACTOR}x floor ({floor:.0f} us)",
                     f"{seq['p50_us']:.0f} us = {times:.2f}x", times <= FLOOR_FACTOR))
+        shared = raw.get("replicated_put_floor_shared_disk_us")
+        if shared:      # not a target: the same floor with the three nodes' fsyncs sharing one disk
+            out.append((f"  (the floor with 3 nodes syncing on this one disk: {shared:.0f} us)",
+                        f"{seq['p50_us'] / shared:.2f}x", None))
     lead, single = _ops(summary, LEADER, "pipelined_put", 1), _ops(summary, "zmqstore single", "pipelined_put", 1)
     share = lead / single if lead and single else None
     out.append((f"pipelined puts, leader >= {PIPELINED_OF_SINGLE:.0%} of the single node",
@@ -48,6 +52,7 @@ def report_targets(summary, raw):
     width = max(len(r[0]) for r in rows)
     print("targets (issue 17):")
     for description, figure, met in rows:
-        verdict = "not measured" if met is None else ("met" if met else "missed")
+        verdict = ("" if description.startswith("  ") else "not measured") if met is None else \
+            ("met" if met else "missed")
         print(f"  {description.ljust(width)}  {figure:>16}  {verdict}")
     return rows
