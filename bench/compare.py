@@ -7,7 +7,9 @@ Usage: python bench/compare.py [--quick] [--seconds S] [--rounds R] [--records N
 Systems: zmqstore leader mode (3 nodes), dynamo mode (3 nodes, w = 1 and w = 2), a single zmqstore node
 (for sequential and pipelined puts only), Redis with two replicas as people run it (AOF, appendfsync
 everysec) and with appendfsync always plus WAIT 1, and etcd (3 members). Workloads: bench/ycsb.py.
-Every figure is also given as zmqstore leader mode's figure divided by that system's, and the targets
+Every figure is also given as zmqstore leader mode's figure divided by that system's, with the CPU each
+server process (zmqstore: node 1, 2, 3, node 1 the leader-mode primary; Redis: primary, replicas; etcd:
+members) used per operation over the cell (all threads, /proc), and the targets
 of issue 17 are printed as met or missed. The raw limits (pyzmq round trip, fdatasync, one synced
 RocksDB write) are measured in the same run. Figures depend on the machine's load: compare ratios.
 """
@@ -123,7 +125,9 @@ class Bench:
                 yield workload, clients
 
     def run_cell(self, label, workload, clients, rnd, cell_index):
-        _name, spec = self.systems[label]
+        name, spec = self.systems[label]
+        cluster = self.clusters[name]
+        cpu_before = cluster.cpu()
         seconds = self.opts.seconds
         start_at = time.time() + 0.3
         base = (rnd * 64 + cell_index) * 1_000_000
@@ -131,6 +135,7 @@ class Bench:
                                                     self.opts.records, hash((label, rnd, w)) & 0xFFFFFFFF, base))
                 for w in range(clients)]
         parts = [job.get(timeout=seconds + 120) for job in jobs]
+        cpu = [after - before for before, after in zip(cpu_before, cluster.cpu())]
         hist = ycsb.histogram()
         for part in parts:
             hist.add(HdrHistogram.decode(part["histogram"]))
@@ -140,7 +145,7 @@ class Bench:
         first = next((p["first_error"] for p in parts if p["first_error"]), None)
         self.results.setdefault((label, workload, clients), []).append(
             {"ops_s": ops / wall if wall else 0.0, "ops": ops, "errors": errors, "first_error": first,
-             "histogram": hist.encode()})
+             "histogram": hist.encode(), "cpu_us_per_op": [c / ops * 1e6 if ops else 0.0 for c in cpu]})
 
     def measure(self):
         labels = list(self.systems)
@@ -167,6 +172,9 @@ class Bench:
                         "p50_us": hist.get_value_at_percentile(50), "p99_us": hist.get_value_at_percentile(99),
                         "p999_us": hist.get_value_at_percentile(99.9),
                         "errors": sum(r["errors"] for r in rounds),
+                        # each server process's CPU per operation (median over rounds; whole cell)
+                        "cpu_us_per_op": [statistics.median(r["cpu_us_per_op"][i] for r in rounds)
+                                          for i in range(len(rounds[0]["cpu_us_per_op"]))],
                         "first_error": next((r["first_error"] for r in rounds if r["first_error"]), None)}
         return out
 
@@ -177,8 +185,8 @@ def table(summary, labels, cells):
     for workload, clients in cells:
         desc = ycsb.WORKLOADS[workload][0]
         lines += ["", f"**{workload}** ({desc}), {clients} client{'s' if clients > 1 else ''}", "",
-                  "| system | ops/s | p50 ms | p99 ms | p99.9 ms | zmqstore leader / this | errors |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| system | ops/s | p50 ms | p99 ms | p99.9 ms | zmqstore leader / this | server CPU us/op | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lead = summary.get((LEADER, workload, clients))
         for label in labels:
             s = summary.get((label, workload, clients))
@@ -187,7 +195,8 @@ def table(summary, labels, cells):
             ratio = f"{lead['ops_s'] / s['ops_s']:.2f}x" if lead and s["ops_s"] else "-"
             lat = ("-", "-", "-") if workload == "pipelined_put" else \
                 tuple(f"{s[k] / 1000:.2f}" for k in ("p50_us", "p99_us", "p999_us"))
-            lines.append(f"| {label} | {s['ops_s']:,.0f} | {lat[0]} | {lat[1]} | {lat[2]} | {ratio} | "
+            cpu = " + ".join(f"{c:.0f}" for c in s["cpu_us_per_op"])
+            lines.append(f"| {label} | {s['ops_s']:,.0f} | {lat[0]} | {lat[1]} | {lat[2]} | {ratio} | {cpu} | "
                          f"{s['errors']} |")
     return "\n".join(lines)
 

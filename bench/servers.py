@@ -12,7 +12,18 @@ import time
 from zmqstore.testing.process import Cluster, NodeProcess, free_ports, wait_until
 
 LOOPBACK = "127.0.0.1"
+TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 60.0
+
+
+def cpu_seconds(pid) -> float:
+    """User + system CPU seconds a process (all its threads) has used; 0.0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def ensure_installed(binary, package):
@@ -50,6 +61,9 @@ class Processes:
         with open(log_path, "ab") as log:
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
 
+    def cpu(self) -> list:
+        return [cpu_seconds(p.pid) for p in self.procs]
+
     def stop(self):
         for p in self.procs:
             if p.poll() is None:
@@ -85,6 +99,10 @@ class ZmqstoreCluster:
             self.cluster.start_all(timeout=START_TIMEOUT)
         else:
             self.nodes[0].start()
+
+    def cpu(self) -> list:
+        """CPU seconds of each node so far, by node id."""
+        return [cpu_seconds(n.proc.pid) if n.proc is not None else 0.0 for n in self.nodes]
 
     def spec(self, w=None):
         return {"kind": "zmqstore", "mode": self.mode, "endpoints": [n.endpoint for n in self.nodes], "w": w}
@@ -126,6 +144,10 @@ class RedisCluster:
             return info.get("connected_slaves") == 2 and all(
                 info.get(f"slave{i}", {}).get("state") == "online" for i in range(2))
         wait_until(replicas_up, START_TIMEOUT, interval=0.1, message="redis replicas online")
+
+    def cpu(self) -> list:
+        """CPU seconds of the primary, then each replica."""
+        return self.processes.cpu()
 
     def spec(self, wait):
         return {"kind": "redis", "host": LOOPBACK, "port": self.ports[0], "wait": wait}
@@ -177,6 +199,9 @@ class EtcdCluster:
         finally:
             for c in clients:
                 c.close()
+
+    def cpu(self) -> list:
+        return self.processes.cpu()
 
     def spec(self):
         return {"kind": "etcd", "endpoints": self.client_urls}
