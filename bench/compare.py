@@ -4,7 +4,7 @@
 Usage: python bench/compare.py [--quick] [--seconds S] [--rounds R] [--records N] [--clients 1,16]
                                [--only NAME,...] [--json FILE]      (make bench-compare)
 
-Systems: zmqstore leader mode (3 nodes), dynamo mode (3 nodes, w = 1 and w = 2), a single zmqstore node
+Systems: zmqstore leader mode (3 nodes; also with reads spread over the nodes as ReadIndex reads), dynamo mode (3 nodes, w = 1 and w = 2), a single zmqstore node
 (for sequential and pipelined puts only), Redis with two replicas as people run it (AOF, appendfsync
 everysec) and with appendfsync always plus WAIT 1, and etcd (3 members). Workloads: bench/ycsb.py.
 Every figure is also given as zmqstore leader mode's figure divided by that system's, with the CPU each
@@ -71,7 +71,8 @@ class Bench:
         want = lambda label: not only or any(o in label for o in only)   # noqa: E731
         z = servers.ZmqstoreCluster
         plan = [
-            ("zmqstore leader", lambda d: z(d, "leader", 3), {LEADER: {}}),
+            ("zmqstore leader", lambda d: z(d, "leader", 3),
+             {LEADER: {}, "zmqstore leader read_index": {"read_index": True}}),
             ("zmqstore dynamo", lambda d: z(d, "dynamo", 3),
              {"zmqstore dynamo w=1": {"w": 1}, "zmqstore dynamo w=2": {"w": 2}}),
             ("zmqstore single", lambda d: z(d, "leader", 1), {"zmqstore single": {}}),
@@ -155,7 +156,8 @@ class Bench:
             print(f"round {rnd + 1} of {self.opts.rounds}, load average {os.getloadavg()[0]:.1f}", flush=True)
             for index, (workload, clients) in enumerate(cells):
                 for label in order:
-                    if label == "zmqstore single" and workload not in PUT_ONLY:
+                    if (label == "zmqstore single" and workload not in PUT_ONLY) or \
+                            (label.endswith("read_index") and workload in PUT_ONLY):    # no reads there
                         continue
                     self.run_cell(label, workload, clients, rnd, index)
 

@@ -104,8 +104,9 @@ class ZmqstoreCluster:
         """CPU seconds of each node so far, by node id."""
         return [cpu_seconds(n.proc.pid) if n.proc is not None else 0.0 for n in self.nodes]
 
-    def spec(self, w=None):
-        return {"kind": "zmqstore", "mode": self.mode, "endpoints": [n.endpoint for n in self.nodes], "w": w}
+    def spec(self, w=None, read_index=False):
+        return {"kind": "zmqstore", "mode": self.mode, "endpoints": [n.endpoint for n in self.nodes], "w": w,
+                "read_index": read_index}
 
     def stop(self):
         if self.cluster:

@@ -5,7 +5,9 @@ and pipelined puts, plus the bulk load.
 `connect(spec, worker)` builds the client a spec (a dict, sent to client processes) names. Each client
 uses its store the way that store's users do:
 - zmqstore: `zmqstore.Client`. Leader mode: every client names every node and is redirected to the
-  primary. Dynamo mode: client k talks to node k mod 3 (every node accepts writes), with `w` per put.
+  primary; with `read_index`, client k reads (GET with read_index) from node k mod 3, secondaries
+  included, and writes through the primary. Dynamo mode: client k talks to node k mod 3 (every node
+  accepts writes), with `w` per put.
   Read-modify-write: get + cas (leader mode), get_versions + put with its context (dynamo mode).
 - Redis: redis-py (with hiredis) on the primary. Reads and writes go to the primary, as by default.
   With `wait`, every write, and every pipeline batch, is followed by WAIT 1 in the same round trip.
@@ -51,9 +53,11 @@ class ZmqstoreClient:
             endpoints = [endpoints[worker % len(endpoints)]]
         self.db = Client(endpoints, timeout=10.0)
         self.w = spec.get("w") if self.dynamo else None
+        self.read_index = bool(spec.get("read_index"))
+        self.reader = Client([endpoints[worker % len(endpoints)]], timeout=10.0) if self.read_index else self.db
 
     def read(self, key):
-        return self.db.get(key)
+        return self.reader.get(key, read_index=self.read_index)
 
     def update(self, key, value):
         self.db.put(key, value, w=self.w)
@@ -68,7 +72,7 @@ class ZmqstoreClient:
             versions = self.db.get_versions(key)
             self.db.put(key, value, context=versions.context, w=self.w)
         else:
-            self.db.cas(key, self.db.get(key), value)
+            self.db.cas(key, self.read(key), value)
 
     def put_pipelined(self, keys, value, depth):
         pipe = self.db.pipeline(max_in_flight=depth)
@@ -82,6 +86,8 @@ class ZmqstoreClient:
 
     def close(self):
         self.db.close()
+        if self.reader is not self.db:
+            self.reader.close()
 
 
 class RedisClient:

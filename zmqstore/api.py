@@ -108,18 +108,22 @@ class Commands:
         """The id of the node this client talks to."""
         return self._execute(Call("PING", (), _first))
 
-    def get(self, key, default=None, stale=False, with_conflict=False, r=None):
+    def get(self, key, default=None, stale=False, with_conflict=False, r=None, read_index=False):
         """The key's value, or `default` when absent. In dynamo mode the value is the winner among
         the key's siblings (highest timestamp, then lowest node id); with_conflict=True returns
         (value, conflict), conflict being True when the key has siblings (see get_versions).
         Dynamo mode: `r` nodes are read and their versions joined (stale ones are repaired);
-        default: the cluster's read_quorum."""
+        default: the cluster's read_quorum. Leader mode, `read_index=True`: a linearizable read
+        that the secondary talked to serves from its own data, once its primary has confirmed the
+        commit seq to wait for (ReadIndex, docs/REPLICATION.md "Reads"); a node that follows no
+        primary redirects to the primary like a default read."""
         def decode(result):
             value = default if result[0] is None else unpack_value(result[0])
             if with_conflict:
                 return value, bool(result[1]) if len(result) > 1 else False
             return value
-        return self._execute(Call("GET", (encode_key(key), bool(stale), *_option("r", r)), decode))
+        options = _option("r", r) if not read_index else ({"read_index": True, **({} if r is None else {"r": r})},)
+        return self._execute(Call("GET", (encode_key(key), bool(stale), *options), decode))
 
     def get_versions(self, key, r=None):
         """Dynamo mode: every sibling of the key (Versions) and the context to resolve them with

@@ -125,6 +125,11 @@ class LeaderMode(Mode):
         return self.roles.primary if self.roles is not None else None
 
     def handle(self, request, envelope, now):
+        if request.options and request.options.get("read_index"):
+            held = self._read_index(request)
+            if held is not None:
+                return held
+            request = request._replace(options={k: v for k, v in request.options.items() if k != "read_index"})
         reply, wait_seq = self.engine.handle(request)
         primary = self.primary
         wait_round = 0
@@ -136,15 +141,39 @@ class LeaderMode(Mode):
             return reply, None
         return reply, (wait_seq, wait_round)
 
+    def _read_index(self, request):
+        """A GET with `read_index` (read_index.py): on a secondary, held until its ask to the
+        primary is answered and applied; None on the primary or a standalone node, where it is a
+        linearizable read like any other."""
+        if request.args[1]:
+            raise errors.BadArgument("GET: read_index asks for a linearizable read; stale must be false")
+        roles = self.roles
+        if roles is None or roles.primary is not None:
+            return None
+        sec = roles.secondary
+        if sec is None or not sec.serves_reads or self.engine.removed_by is not None:
+            raise self.engine.commands.not_primary()    # the client may ask the primary instead
+        if len(request.options) > 1:
+            raise errors.UnsupportedOperation("read_index is leader mode's only option")
+        return None, sec.read_index.wait(request.args[0], request.request_id)
+
     def ready(self):
         commit = self.engine.commit_seq
         primary = self.primary
         confirmed = primary.confirmed_round() if primary is not None else 0
-        return lambda until: until[0] <= commit and until[1] <= confirmed
+
+        def ready(until):
+            if until.__class__ is tuple:
+                return until[0] <= commit and until[1] <= confirmed
+            return until.ready()        # a ReadIndex read on a secondary
+        return ready
 
     def progress(self):
         primary = self.primary
-        return self.engine.commit_seq, primary.confirmed_round() if primary is not None else 0
+        if primary is not None:
+            return self.engine.commit_seq, primary.confirmed_round()
+        sec = self.roles.secondary if self.roles is not None else None
+        return self.engine.commit_seq, 0, sec.read_index.progress if sec is not None else None
 
     def expired(self, held):
         return not_confirmed(held, self.config)
@@ -169,10 +198,13 @@ class LeaderMode(Mode):
         engine.flush()
         if primary is not None:
             primary.advance_commit()
-            if self._round_wanted:
-                self._round_wanted = False
+            if self._round_wanted or primary.round_asked:
+                self._round_wanted = primary.round_asked = False
                 primary.heartbeat(start_round=True)
             primary.publish_commit_if_moved()
+            primary.answer_read_indexes()
+        elif self.roles is not None and self.roles.secondary is not None:
+            self.roles.secondary.send_read_index(time.monotonic())
 
     def after_replies(self):
         """Apply what committed (after the replies: data is read only by later requests)."""
@@ -228,6 +260,9 @@ class DynamoMode(Mode):
         refuses quorums above 1."""
         cfg, command = self.config, request.command
         engine = self.engine
+        if request.options and "read_index" in request.options:
+            raise errors.UnsupportedOperation("read_index is a leader-mode option; in dynamo mode every node "
+                                              "answers from its own data, or from r nodes (option r)")
         if (engine.per_partition and not forwarded and command in KEYED and engine.membership.removed_by is None
                 and self.replication is not None):
             target = self.replication.forwards.target(request)

@@ -192,6 +192,8 @@ PEER_VALID = {
     "ROLE_REPLY": (1, 3, "primary", 1, 41, 3, 40, False, True, "127.0.0.2:9000", "127.0.0.2:10000", True, [2, 2]),
     "VOTE_REQUEST": (4, 2, 41, 3),
     "VOTE": (4, 3, True, 40, 3, 1),
+    "READ_INDEX": (2, 3, 7),
+    "READ_INDEX_REPLY": (3, 1, 7, 120),
     "DCHANGE": ((1 << 32) + 5, [b"e1"]),
     "DSTATUS": (2, [[(1 << 32) + 5, 10], [(2 << 32) + 9, 3]], (1 << 64) - 1, 100, 2, 1, "127.0.0.3:9001",
                 (1 << 64) - 1, [2, 2]),
@@ -257,8 +259,13 @@ def test_request_options_are_checked():
     req = protocol.decode_request(protocol.encode_request("PUT", CID, 1, 1, b"k", V(1), {"w": 2}))
     assert req.options == {"w": 2} and req.args == (b"k", V(1))
     assert protocol.decode_request(protocol.encode_request("GET", CID, 1, 1, b"k", False)).options == {}
+    get = lambda options: protocol.decode_request(protocol.encode_request("GET", CID, 1, 1, b"k", False, options))  # noqa: E731
+    assert get({"read_index": True}).options == {"read_index": True}
+    assert get({"read_index": False, "r": 2}).options == {"r": 2}     # false: as if absent
     for command, args in (("GET", (b"k", False, {"w": 2})), ("PUT", (b"k", V(1), {"w": 0})),
-                          ("PUT", (b"k", V(1), {"w": True})), ("STATUS", ({"r": 1},))):
+                          ("PUT", (b"k", V(1), {"w": True})), ("STATUS", ({"r": 1},)),
+                          ("GET", (b"k", False, {"read_index": 1})), ("GET", (b"k", False, {"r": True})),
+                          ("PUT", (b"k", V(1), {"read_index": True}))):
         with pytest.raises(errors.BadArgument):
             protocol.decode_request(protocol.encode_request(command, CID, 1, 1, *args))
 

@@ -21,7 +21,7 @@ class Commands(CommandTable):
         })
 
     def handle(self, request):
-        if request.options:
+        if request.options:     # read_index was taken by the mode (modes.LeaderMode.handle)
             raise errors.UnsupportedOperation("per-request quorum options (w, r) are for dynamo mode; in leader "
                                               "mode every write waits for write_quorum and reads for the primary")
         return self._handlers[request.command](request)
@@ -53,6 +53,10 @@ class Commands(CommandTable):
     def _unchanged(req, depends_on):
         """A write that changes nothing; its reply waits for the write it was judged against."""
         return protocol.encode_ok(req.request_id, False, 0), depends_on
+
+    def not_primary(self):
+        """NotPrimary naming the primary when this node knows it (a client follows it there)."""
+        return self._not_primary()
 
     def _not_primary(self):
         removed = self.engine.removed_by

@@ -5,6 +5,7 @@ from bisect import bisect_right
 
 from .. import errors, protocol
 from ..metrics import Histogram
+from .read_index import Answers
 
 SENT_KEPT = 4096        # publish times kept for the round-trip figures (the oldest half goes past it)
 
@@ -30,6 +31,8 @@ class Primary:
         self._latest = now              # the latest time this was told (the grace period of a new member)
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
+        self.read_answers = Answers()   # secondaries' READ_INDEX asks waiting for their round
+        self.round_asked = False        # one of them asks for a new round
         self.counters = {}
         self.set_membership(membership)
 
@@ -99,6 +102,20 @@ class Primary:
         values = sorted([*((self.round,) if self.own_counts else ()),
                          *(r for pid, r in self.acked_round.items() if pid in voters)], reverse=True)
         return values[self.majority - 1] if len(values) >= self.majority else 0
+
+    # ------------------------------------------------------------ ReadIndex (read_index.py)
+
+    def on_read_index(self, envelope, ask):
+        """A member's READ_INDEX in this term: answered once a round started after it is confirmed."""
+        if self.read_answers.add(envelope, ask, self.round + 1):
+            self.round_asked = True
+
+    def answer_read_indexes(self):
+        answers = self.read_answers
+        if answers:
+            engine = self.engine
+            answers.answer(self.out, self.storage.term, self.node_id, engine.commit_seq, self.confirmed_round(),
+                           engine.commit_seq >= engine.term_first_seq)
 
     def heard(self, node_id, now):
         """A peer of this term answered (an ACK, a role query or reply)."""

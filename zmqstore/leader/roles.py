@@ -49,7 +49,8 @@ class Roles(Standing):
         self.faults = faults            # test-only switches (faults.py)
         self._learner_target = None     # (primary, its commit seq when first heard): a learner's goal
         self._peer_handlers = {"ROLE": self._on_role_query, "VOTE_REQUEST": self._on_vote_request,
-                               "ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot}
+                               "ACK": self._on_ack, "FETCH": self._on_fetch, "SNAPSHOT": self._on_snapshot,
+                               "READ_INDEX": self._on_read_index}
         self._choose_role(now)
         engine.on_membership = self._membership_changed
         if self.membership.seq:
@@ -360,6 +361,14 @@ class Roles(Standing):
         if self.primary is not None:
             self.primary.on_ack(fields, now)
 
+    def _on_read_index(self, fields, envelope, now):
+        node_id, term, ask = fields
+        if not self._from_member(node_id):
+            return
+        self.observe(term, 0, now)
+        if self.primary is not None and term == self.storage.term:
+            self.primary.on_read_index(envelope, ask)
+
     def _on_fetch(self, fields, envelope, now):
         if self._from_member(fields[0]):
             self.observe(fields[1], 0, now)
@@ -385,7 +394,7 @@ class Roles(Standing):
             self.observe(term, 0, now)
             if self.election.on_vote(term, node_id, granted, last_seq, last_term, now):
                 self._won(now)
-        elif command in ("CHANGE", "HEARTBEAT", "ENTRIES", "NEED_SNAPSHOT", "SNAPSHOT_CHUNK"):
+        elif command in ("CHANGE", "HEARTBEAT", "ENTRIES", "NEED_SNAPSHOT", "SNAPSHOT_CHUNK", "READ_INDEX_REPLY"):
             # CHANGE and HEARTBEAT come only from the primary of their term (followed whether or not it
             # is a member here yet); the others may come from a voter.
             stream = command in ("CHANGE", "HEARTBEAT")

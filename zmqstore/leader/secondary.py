@@ -6,6 +6,7 @@ import logging
 from typing import NamedTuple
 
 from .. import faults, protocol
+from .read_index import Asks
 
 FETCH_RETRY = 1.0                 # seconds before an unanswered FETCH or SNAPSHOT is sent again
 SOURCE_PATIENCE = 2.0             # seconds a contact may leave a catch-up request unanswered ...
@@ -88,7 +89,8 @@ class Secondary:
             log.info("a snapshot install was interrupted: it starts over once the primary is known")
         self._handlers = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch,
                           "HEARTBEAT": self._on_heartbeat, "NEED_SNAPSHOT": self._on_need_snapshot,
-                          "SNAPSHOT_CHUNK": self._on_snapshot_chunk}
+                          "SNAPSHOT_CHUNK": self._on_snapshot_chunk, "READ_INDEX_REPLY": self._on_read_index_reply}
+        self.read_index = Asks(self.storage)    # ReadIndex reads served here (read_index.py)
         if sync_target is not None:
             self._handlers.pop("CHANGE")
             self._handlers.pop("HEARTBEAT")
@@ -208,6 +210,31 @@ class Secondary:
                 self.engine.append_entries(plan.seq, plan.entries, commit_seq)   # written at the iteration's commit
             self.matched = max(self.matched, prev_seq + len(entries))
             self._ack(now)
+        self._apply_commit()
+        self._catch_up(now)
+
+    # ------------------------------------------------------------ ReadIndex reads (read_index.py)
+
+    @property
+    def serves_reads(self) -> bool:
+        """Whether a ReadIndex read can be served here: a primary followed, no log being replaced."""
+        return bool(self.leader_id) and self.sync_target is None and not self.installing
+
+    def send_read_index(self, now):
+        """At the end of an iteration in which reads arrived: one ask for all of them."""
+        asks = self.read_index
+        ask = asks.take_ask(now, self.config.heartbeat_interval)
+        if ask is not None and not self.out.request(
+                self.leader_id, protocol.encode_peer("READ_INDEX", self.node_id, self.storage.term, ask)):
+            asks.unsent()
+
+    def _on_read_index_reply(self, command, fields, now):
+        _term, _leader, ask, commit_seq = fields
+        if not self.read_index.on_reply(ask, commit_seq):
+            return
+        # the primary's word, like a HEARTBEAT's: apply up to it, fetching what is missing
+        self.leader_commit = max(self.leader_commit, commit_seq)
+        self.leader_last = max(self.leader_last, commit_seq)
         self._apply_commit()
         self._catch_up(now)
 

@@ -1,7 +1,7 @@
 """Validation of decoded messages against the tables in schema.py: every field of every request
 and peer message is checked before anything acts on it; bad input raises a RequestError subclass."""
 from .. import errors
-from .schema import (BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, HEADER_FIELDS, ITEMS, KEY, OPT_BIN,
+from .schema import (BIN, BIN_LIST, BOOL, BOOL_OPTIONS, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, HEADER_FIELDS, ITEMS, KEY, OPT_BIN,
                      OPT_KEY, OPT_STR, OPT_UINT, OPT_VALUE, OPTION_COMMANDS, PAIR_LIST, PEER_ARRAY_MAX, PEER_MESSAGES,
                      POSITION,
                      PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX, UINT_LIST,
@@ -61,9 +61,12 @@ def _check_options(command, options) -> dict:
     for name, value in options.items():
         if name not in allowed:
             raise errors.BadArgument(f"{command} takes the options {', '.join(allowed)}, not {str(name)[:20]!r}")
-        if type(value) is not int or not 1 <= value <= QUORUM_MAX:
+        if name in BOOL_OPTIONS:
+            if type(value) is not bool:
+                raise errors.BadArgument(f"{command} option {name} must be true or false")
+        elif type(value) is not int or not 1 <= value <= QUORUM_MAX:
             raise errors.BadArgument(f"{command} option {name} must be an integer from 1 to {QUORUM_MAX}")
-    return options
+    return {name: value for name, value in options.items() if value is not False}   # false: as if absent
 
 def _check_key(command, name, value, limits, allow_empty=False):
     if not isinstance(value, bytes):

@@ -62,9 +62,11 @@ WATCH_COMMANDS = frozenset({"WATCH", "WATCH_CREDIT"})
 WRITE_COMMANDS = frozenset({"PUT", "DEL", "CAS", "PUT_MANY", "PUT_CTX"})
 MEMBERSHIP_CHANGES = frozenset({"ADD_MEMBER", "REMOVE_MEMBER"})    # logged like writes; read-write keys only
 # Commands that take a trailing map of per-request options (docs/PROTOCOL.md): dynamo-mode quorums,
-# "w" (nodes holding a write before its reply) and "r" (nodes consulted by a read).
-OPTION_COMMANDS = {"GET": ("r",), "GET_VERSIONS": ("r",), "PUT": ("w",), "PUT_CTX": ("w",), "DEL": ("w",),
-                   "PUT_MANY": ("w",)}
+# "w" (nodes holding a write before its reply) and "r" (nodes consulted by a read), and leader mode's
+# "read_index" (a linearizable GET served by the secondary talked to, docs/REPLICATION.md "Reads").
+OPTION_COMMANDS = {"GET": ("r", "read_index"), "GET_VERSIONS": ("r",), "PUT": ("w",), "PUT_CTX": ("w",),
+                   "DEL": ("w",), "PUT_MANY": ("w",)}
+BOOL_OPTIONS = frozenset({"read_index"})
 QUORUM_MAX = 64
 
 # Peer messages (docs/REPLICATION.md, docs/DYNAMO.md). Layout: [peer version, command, field...].
@@ -109,6 +111,10 @@ PEER_MESSAGES = {
     "VOTE_REQUEST": (("term", TERM), ("candidate_id", UINT), ("last_seq", UINT), ("last_term", TERM)),
     "VOTE": (("term", TERM), ("node_id", UINT), ("granted", BOOL), ("last_seq", UINT), ("last_term", TERM),
              ("first_seq", UINT)),
+    # ReadIndex reads on a secondary: it asks its primary for the commit seq (DEALER -> ROUTER); the
+    # primary answers once a heartbeat round started after the ask is confirmed (ROUTER reply)
+    "READ_INDEX": (("node_id", UINT), ("term", TERM), ("ask", UINT)),
+    "READ_INDEX_REPLY": (("term", TERM), ("sender_id", UINT), ("ask", UINT), ("commit_seq", UINT)),
     # dynamo mode (docs/DYNAMO.md). An origin publishes its own new entries (PUB):
     "DCHANGE": (("origin", UINT), ("entries", BIN_LIST)),
     # every node <-> every node, every election_interval / 5: what each has applied, and a digest
@@ -154,19 +160,20 @@ PEER_MESSAGES = {
     "DHANDOFF_ACK": (("sender_id", UINT), ("origin", UINT), ("seq", UINT)),
 }
 PEER_MESSAGE_VERSION = {"DSYNC": 3, "DFORWARD": 3, "DFORWARD_REPLY": 3,    # the rest: 2
-                        "DHINT": 3, "DHINT_ACK": 3, "DHANDOFF": 3, "DHANDOFF_ACK": 3}
+                        "DHINT": 3, "DHINT_ACK": 3, "DHANDOFF": 3, "DHANDOFF_ACK": 3,
+                        "READ_INDEX": 3, "READ_INDEX_REPLY": 3}
 
 # Where each peer message names the node that sent it: the index of that field (DCHANGE names its
 # origin, whose node id is origin >> 32). A node accepts a peer message only from the connection of
 # the node it names (docs/SECURITY.md).
 PEER_REQUESTS = frozenset({"ACK", "FETCH", "SNAPSHOT", "ROLE", "VOTE_REQUEST", "DSTATUS", "DFETCH", "DTREE",
                            "DRANGE", "DACK", "DREAD", "DPUSH", "DMEMBERS", "DSYNC",
-                           "DFORWARD", "DHINT", "DHANDOFF"})   # sent to a peer port
+                           "DFORWARD", "DHINT", "DHANDOFF", "READ_INDEX"})   # sent to a peer port
 PEER_STREAM = frozenset({"CHANGE", "HEARTBEAT", "DCHANGE"})          # published on a PUB
 PEER_REPLIES = frozenset(PEER_MESSAGES) - PEER_REQUESTS - PEER_STREAM   # back on the DEALER that asked
 PEER_SENDER_FIELD = {cmd: 0 for cmd in PEER_MESSAGES}
 PEER_SENDER_FIELD.update({"VOTE_REQUEST": 1, "CHANGE": 1, "HEARTBEAT": 1, "ENTRIES": 1, "NEED_SNAPSHOT": 1,
-                          "SNAPSHOT_CHUNK": 1, "VOTE": 1})
+                          "SNAPSHOT_CHUNK": 1, "VOTE": 1, "READ_INDEX_REPLY": 1})
 
 
 def peer_sender(message) -> int:

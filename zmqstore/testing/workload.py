@@ -1,7 +1,8 @@
 """The fault campaigns' clients (chaos.py): each runs in its own process, does random operations on
 a few keys until its time is up, and writes the history the checkers judge (docs/TESTING.md).
 
-- leader mode (`leader_worker`): put, get and cas over every node's endpoint; linearizability.py.
+- leader mode (`leader_worker`): put, get and cas over every node's endpoint, and ReadIndex gets
+  (`read_index`) on one node, a secondary most of the time; linearizability.py.
 - dynamo mode (`dynamo_worker`): reads, and writes and deletes with the context of a read, on one
   node; convergence.py, with what every node holds at the end (`dynamo_finals`).
 
@@ -24,11 +25,15 @@ def leader_worker(endpoints, process, seconds, seed, out_path, client_keys):
     ops = []
     counter = 0
     end = time.monotonic() + seconds
-    with Client(endpoints, timeout=0.5, retry=Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0),
-                **client_keys) as db:
+    retry = Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0)
+    # ReadIndex reads go to one node of their own (a redirect may move them to the primary)
+    with Client(endpoints, timeout=0.5, retry=retry, **client_keys) as db, \
+            Client([endpoints[process % len(endpoints)]], timeout=0.5, retry=retry, **client_keys) as near:
         while time.monotonic() < end:
             key = rng.choice(KEYS)
-            kind = rng.choices(("put", "get", "cas"), (3, 4, 3))[0]
+            kind = rng.choices(("put", "get", "cas", "read_index"), (3, 2, 3, 2))[0]
+            reader = near if kind == "read_index" else db
+            kind = "get" if kind == "read_index" else kind      # the same operation for the checker
             counter += 1
             value = process * 1_000_000_000 + counter      # every written value is unique
             expected = None
@@ -38,7 +43,7 @@ def leader_worker(endpoints, process, seconds, seed, out_path, client_keys):
                     db.put(key, value)
                     op = Op(process, "put", key, value, invoke, time.monotonic(), "ok")
                 elif kind == "get":
-                    result = db.get(key)
+                    result = reader.get(key, read_index=reader is near)
                     op = Op(process, "get", key, None, invoke, time.monotonic(), "ok", result)
                 else:
                     expected = rng.choice([None] + [o.value for o in ops[-5:] if o.kind == "put"]

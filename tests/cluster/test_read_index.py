@@ -1,0 +1,112 @@
+"""ReadIndex reads (GET with read_index, docs/REPLICATION.md "Reads"): linearizable reads that a
+secondary serves from its own data after its primary confirms the commit seq to wait for."""
+import signal
+
+import pytest
+
+from zmqstore import Retry, ZmqstoreError, protocol
+from zmqstore.testing.abuse import Stranger, received, send
+from zmqstore.testing.load import put_pipelined
+from zmqstore.testing.process import wait_until
+
+NO_RETRY = Retry(max_tries=1)
+
+
+def test_secondaries_serve_read_index_reads_that_see_every_acknowledged_write(cluster):
+    """With no retry, a not_primary refusal would raise: each read is served by the secondary
+    talked to, and each sees the write acknowledged just before it (a stale read of the applied
+    data can lag the primary's commit by a HEARTBEAT)."""
+    c = cluster()
+    for node_id in (2, 3):
+        wait_until(lambda: (c.nodes[node_id].status() or {}).get("primary_id") == 1, 10,
+                   message=f"node {node_id} following node 1")
+    secondaries = [c.nodes[2].client(retry=NO_RETRY), c.nodes[3].client(retry=NO_RETRY)]
+    try:
+        with c.client() as db:
+            for i in range(150):
+                db.put("k", i)
+                for s in secondaries:
+                    assert s.get("k", read_index=True) == i
+            assert secondaries[0].get("absent", "none", read_index=True) == "none"
+            assert db.get("k", read_index=True) == 149       # on the primary: a linearizable read
+        assert [s.endpoint for s in secondaries] == [c.nodes[2].endpoint, c.nodes[3].endpoint]
+    finally:
+        for s in secondaries:
+            s.close()
+
+
+def test_a_read_index_read_waits_until_the_secondary_has_applied_the_commit(cluster):
+    """Node 3 misses 3,000 writes and is started again: a read it takes as soon as it answers
+    waits until it has caught up to the commit seq its primary names, so it sees the last write."""
+    c = cluster()
+    with c.client() as db:
+        db.put("late", "before")
+        c.nodes[3].stop()
+        put_pipelined(db, {f"filler{i}": "x" * 200 for i in range(3000)})
+        db.put("late", "after")
+    c.start(3)
+    with c.nodes[3].client(retry=Retry(max_tries=20, delay=0.05, deadline=15)) as s:
+        assert s.get("late", read_index=True) == "after"
+        assert s.endpoint == c.nodes[3].endpoint
+
+
+def test_a_read_index_read_is_not_answered_while_the_primary_cannot_confirm_it(cluster):
+    """With the primary paused, a secondary's ask goes unanswered: the read fails (the client's
+    timeout, before any election could end) rather than answering from data nobody vouched for."""
+    c = cluster()
+    with c.client() as db:
+        db.put("k", 1)
+    with c.nodes[2].client(timeout=0.3, retry=NO_RETRY) as s:
+        assert s.get("k", read_index=True) == 1
+        c.nodes[1].signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ZmqstoreError):
+                s.get("k", read_index=True)
+        finally:
+            c.nodes[1].signal(signal.SIGCONT)
+
+
+def test_read_index_is_refused_where_it_means_nothing(cluster, nodes, tmp_path):
+    c = cluster(size=2, mode="dynamo")
+    with c.nodes[1].client(retry=NO_RETRY) as db:
+        with pytest.raises(ZmqstoreError) as info:
+            db.get("k", read_index=True)
+        assert info.value.code == "unsupported_operation"
+    leader = cluster()
+    with leader.nodes[2].client(retry=NO_RETRY) as db:
+        with pytest.raises(ZmqstoreError) as info:
+            db.get("k", stale=True, read_index=True)
+        assert info.value.code == "bad_argument"
+    standalone = nodes(data_dir=tmp_path / "standalone")
+    with standalone.client() as db:
+        db.put("k", 1)
+        assert db.get("k", read_index=True) == 1
+
+
+def test_a_read_index_ask_from_a_stranger_gets_no_answer(cluster):
+    """READ_INDEX to the primary's peer port from an address in no peer list, naming node 99 or a
+    member, is dropped. Control: the same ask from node 3's host, naming node 3, is answered with
+    the commit seq (without keys a member's host is trusted, docs/SECURITY.md)."""
+    c = cluster(keys=False)
+    primary = c.nodes[1]
+    with c.client() as db:
+        db.put("k", 1)
+    status = primary.status()
+    term, commit = status["term"], status["commit_seq"]
+    stranger, member = Stranger(), Stranger(source=c.nodes[3].host)
+    try:
+        socks = [(stranger.dealer(primary.host, primary.peer_port), node_id) for node_id in (99, 2, 3)]
+        for sock, node_id in socks:
+            send(sock, protocol.encode_peer("READ_INDEX", node_id, term, 1))
+        control = member.dealer(primary.host, primary.peer_port, identity=b"node-3")
+        send(control, protocol.encode_peer("READ_INDEX", 3, term, 1))
+        answers = [protocol.decode_peer(frames[-1]) for frames in received(control, 2.0)]
+        replies = [m for m in answers if m.command == "READ_INDEX_REPLY"]
+        assert replies and list(replies[0].fields[:3]) == [term, 1, 1] and replies[0].fields[3] >= commit
+        for sock, _ in socks:
+            assert received(sock, 0.5) == []
+    finally:
+        stranger.close()
+        member.close()
+    wait_until(lambda: primary.status() is not None, 5, message="the primary answering")
+    assert primary.status()["term"] == term

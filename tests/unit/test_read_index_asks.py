@@ -1,0 +1,63 @@
+"""The ReadIndex state on both sides (zmqstore/leader/read_index.py), without sockets: which ask a read
+waits for, which answers count, when asks are sent again, and when the primary answers."""
+from zmqstore import protocol
+from zmqstore.leader.read_index import Answers, Asks
+from zmqstore.sends import Sends
+
+
+class AppliedStorage:
+    """What Asks reads of storage: the applied seq, and the data."""
+
+    def __init__(self):
+        self.applied_seq = 0
+        self.data = {b"k": b"v"}
+
+    def get(self, key):
+        return self.data.get(key)
+
+
+def test_a_read_waits_for_an_ask_sent_after_it_and_for_the_apply():
+    storage = AppliedStorage()
+    asks = Asks(storage)
+    read = asks.wait(b"k", 7)
+    assert asks.take_ask(0.0, 0.1) == 1 and asks.take_ask(0.0, 0.1) is None   # one ask per batch of reads
+    assert not read.ready()
+    assert not asks.on_reply(2, 50)             # never sent: ignored
+    assert asks.on_reply(1, 50) and not read.ready()      # answered, not applied yet
+    storage.applied_seq = 50
+    assert read.ready()
+    assert protocol.decode_reply(read.reply) == (7, True, (b"v",))
+    assert not asks.on_reply(1, 60)             # an answer already taken changes nothing
+    later = asks.wait(b"k", 8)
+    assert not later.ready()                    # an earlier answer does not serve a later read
+    assert asks.take_ask(0.0, 0.1) == 2
+
+
+def test_a_later_answer_serves_earlier_reads_and_lost_asks_are_sent_again():
+    storage = AppliedStorage()
+    asks = Asks(storage)
+    first = asks.wait(b"k", 1)
+    assert asks.take_ask(10.0, 0.1) == 1
+    assert asks.take_ask(10.05, 0.1) is None    # unanswered, but not for long
+    assert asks.take_ask(10.2, 0.1) == 2        # unanswered for a heartbeat interval: asked again
+    second = asks.wait(b"k", 2)
+    asks.unsent()                               # not even this one left
+    assert asks.take_ask(10.21, 0.1) == 3
+    storage.applied_seq = 9
+    assert asks.on_reply(3, 9)
+    assert first.ready() and second.ready()
+    assert not asks.on_reply(2, 9)              # behind the latest answer: ignored
+
+
+def test_the_primary_answers_an_ask_once_its_round_is_confirmed_and_its_term_committed():
+    out, answers = Sends(), Answers()
+    answers.add([b"node-2"], 4, 11)
+    answers.answer(out, 3, 1, 90, confirmed_round=10, ready=True)
+    assert not out.take() and answers
+    answers.answer(out, 3, 1, 90, confirmed_round=11, ready=False)    # no entry of term 3 committed yet
+    assert not out.take() and answers
+    answers.answer(out, 3, 1, 95, confirmed_round=11, ready=True)
+    (kind, envelope, body), = out.take()
+    assert envelope == [b"node-2"] and protocol.decode_peer(body) == protocol.PeerMessage(
+        "READ_INDEX_REPLY", (3, 1, 4, 95))
+    assert not answers

@@ -1,0 +1,116 @@
+"""ReadIndex reads (docs/REPLICATION.md, "Reads"): a linearizable GET that a secondary serves from its
+own data, after asking its primary for the commit seq, as in the Raft thesis, section 6.4.
+
+Secondary (`Asks`): every GET with the `read_index` option that arrives in a loop iteration waits for
+one READ_INDEX sent at the end of that iteration (its `ask`, a counter of this Secondary). The reply
+is held until an answer to that ask, or to a later one, has come, and this node has applied the seq
+the answer names; then the key is read from the applied data. An ask that could not be sent is sent
+again in the next iteration, one unanswered for a heartbeat interval is asked again; reads the
+primary never answers (it died, it was cut off) time out like any held reply (`unavailable`).
+
+Primary (`Answers`): a READ_INDEX from a member in this term waits, as the primary's own linearizable
+reads do, for a heartbeat round started after it arrived to be confirmed by a majority, and for the
+commit of an entry of this term (a primary elected moments ago may not know the last commit yet);
+then it is answered with the commit seq of that moment. Every write acknowledged before the ask was
+sent is committed at or below that seq, and the confirmed round shows no other node was primary
+meanwhile, so the secondary's read of data applied up to it is linearizable.
+"""
+from .. import protocol
+
+ANSWERS_MAX = 10_000        # asks a primary keeps waiting (a secondary sends at most one per iteration)
+
+
+class ReadIndexWait:
+    """A held GET on a secondary (replies.py): ready once its ask is answered and applied."""
+
+    __slots__ = ("asks", "ask", "key", "request_id")
+
+    def __init__(self, asks, ask, key, request_id):
+        self.asks, self.ask, self.key, self.request_id = asks, ask, key, request_id
+
+    def ready(self) -> bool:
+        asks = self.asks
+        return asks.answered >= self.ask and asks.storage.applied_seq >= asks.index
+
+    @property
+    def reply(self) -> bytes:
+        """The reply, built when the read is released: the key as this node has applied it."""
+        return protocol.encode_ok(self.request_id, self.asks.storage.get(self.key))
+
+
+class Asks:
+    """A secondary's side, for one primary and term."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.sent = 0           # the latest ask sent
+        self.sent_at = 0.0      # when
+        self.answered = 0       # the latest ask answered
+        self.index = 0          # the commit seq that answer named
+        self._wanted = False    # a read waits for the next ask
+
+    def wait(self, key, request_id) -> ReadIndexWait:
+        """A read that arrived now: it waits for the ask sent at the end of this iteration."""
+        self._wanted = True
+        return ReadIndexWait(self, self.sent + 1, key, request_id)
+
+    def take_ask(self, now, resend_after):
+        """The ask to send now, or None: one when a read arrived since the last was sent, or when
+        the last has gone unanswered for `resend_after` seconds (an ask or its answer can be lost:
+        a connection not up yet, a primary that stepped down; any later answer serves earlier reads)."""
+        if not self._wanted and not (self.answered < self.sent and now - self.sent_at >= resend_after):
+            return None
+        self._wanted = False
+        self.sent += 1
+        self.sent_at = now
+        return self.sent
+
+    def unsent(self):
+        """The ask just taken could not be sent (its peer cannot take it now): ask again next time."""
+        self._wanted = True
+
+    def on_reply(self, ask, commit_seq) -> bool:
+        """An answer from the primary this follows, in its term. False for an ask never sent or
+        already passed (a stale or forged answer changes nothing)."""
+        if not self.answered < ask <= self.sent:
+            return False
+        self.answered, self.index = ask, max(self.index, commit_seq)
+        return True
+
+    @property
+    def progress(self):
+        return self.answered, self.storage.applied_seq
+
+
+class Answers:
+    """The primary's side: asks waiting for their round, answered in arrival order."""
+
+    def __init__(self):
+        self._waiting = []      # (envelope, ask, round wanted)
+
+    def __bool__(self):
+        return bool(self._waiting)
+
+    def add(self, envelope, ask, round_wanted) -> bool:
+        """Keep an ask; False when too many wait already (it is dropped: its reads time out)."""
+        if len(self._waiting) >= ANSWERS_MAX:
+            return False
+        self._waiting.append((envelope, ask, round_wanted))
+        return True
+
+    def answer(self, out, term, node_id, commit_seq, confirmed_round, ready):
+        """Answer, with `commit_seq`, every ask whose round is confirmed, when `ready` (an entry of
+        this term committed)."""
+        if not ready or not self._waiting:
+            return
+        kept = []
+        for item in self._waiting:
+            envelope, ask, round_wanted = item
+            if round_wanted <= confirmed_round:
+                out.reply_peer(envelope, protocol.encode_peer("READ_INDEX_REPLY", term, node_id, ask, commit_seq))
+            else:
+                kept.append(item)
+        self._waiting = kept
+
+    def clear(self):
+        self._waiting = []
