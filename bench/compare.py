@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -133,7 +134,7 @@ class Bench:
         start_at = time.time() + 0.3
         base = (rnd * 64 + cell_index) * 1_000_000
         jobs = [self.pool.apply_async(client_task, (spec, workload, seconds, start_at, w, clients,
-                                                    self.opts.records, hash((label, rnd, w)) & 0xFFFFFFFF, base))
+                                                    self.opts.records, zlib.crc32(f"{label}|{rnd}|{w}".encode()), base))
                 for w in range(clients)]
         parts = [job.get(timeout=seconds + 120) for job in jobs]
         cpu = [after - before for before, after in zip(cpu_before, cluster.cpu())]

@@ -147,14 +147,14 @@ class LeaderMode(Mode):
         linearizable read like any other."""
         if request.args[1]:
             raise errors.BadArgument("GET: read_index asks for a linearizable read; stale must be false")
+        if len(request.options) > 1:
+            raise errors.UnsupportedOperation("read_index is leader mode's only option")
         roles = self.roles
         if roles is None or roles.primary is not None:
             return None
         sec = roles.secondary
         if sec is None or not sec.serves_reads or self.engine.removed_by is not None:
             raise self.engine.commands.not_primary()    # the client may ask the primary instead
-        if len(request.options) > 1:
-            raise errors.UnsupportedOperation("read_index is leader mode's only option")
         return None, sec.read_index.wait(request.args[0], request.request_id)
 
     def ready(self):
@@ -169,11 +169,9 @@ class LeaderMode(Mode):
         return ready
 
     def progress(self):
-        primary = self.primary
-        if primary is not None:
-            return self.engine.commit_seq, primary.confirmed_round()
-        sec = self.roles.secondary if self.roles is not None else None
-        return self.engine.commit_seq, 0, sec.read_index.progress if sec is not None else None
+        primary, roles = self.primary, self.roles
+        return (self.engine.commit_seq, primary.confirmed_round() if primary is not None else 0,
+                roles.read_asks.progress if roles is not None else None)
 
     def expired(self, held):
         return not_confirmed(held, self.config)

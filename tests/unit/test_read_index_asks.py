@@ -19,39 +19,46 @@ class AppliedStorage:
 def test_a_read_waits_for_an_ask_sent_after_it_and_for_the_apply():
     storage = AppliedStorage()
     asks = Asks(storage)
+    base = asks.sent
+    assert Asks(storage).sent != base           # each process starts its asks at a random number
     read = asks.wait(b"k", 7)
-    assert asks.take_ask(0.0, 0.1) == 1 and asks.take_ask(0.0, 0.1) is None   # one ask per batch of reads
+    assert asks.take_ask(0.0, 0.1) == base + 1 and asks.take_ask(0.0, 0.1) is None   # one per batch of reads
     assert not read.ready()
-    assert not asks.on_reply(2, 50)             # never sent: ignored
-    assert asks.on_reply(1, 50) and not read.ready()      # answered, not applied yet
+    assert not asks.on_reply(base + 2, 50)      # never sent: ignored
+    assert not asks.on_reply(1, 50)             # an ask of an earlier run of this node: ignored
+    assert asks.on_reply(base + 1, 50) and not read.ready()      # answered, not applied yet
     storage.applied_seq = 50
     assert read.ready()
     assert protocol.decode_reply(read.reply) == (7, True, (b"v",))
-    assert not asks.on_reply(1, 60)             # an answer already taken changes nothing
+    assert not asks.on_reply(base + 1, 60)      # an answer already taken changes nothing
     later = asks.wait(b"k", 8)
     assert not later.ready()                    # an earlier answer does not serve a later read
-    assert asks.take_ask(0.0, 0.1) == 2
+    assert asks.take_ask(0.0, 0.1) == base + 2
 
 
 def test_a_later_answer_serves_earlier_reads_and_lost_asks_are_sent_again():
     storage = AppliedStorage()
     asks = Asks(storage)
+    base = asks.sent
     first = asks.wait(b"k", 1)
-    assert asks.take_ask(10.0, 0.1) == 1
+    assert asks.take_ask(10.0, 0.1) == base + 1
     assert asks.take_ask(10.05, 0.1) is None    # unanswered, but not for long
-    assert asks.take_ask(10.2, 0.1) == 2        # unanswered for a heartbeat interval: asked again
+    assert asks.take_ask(10.2, 0.1) == base + 2     # unanswered for a heartbeat interval: asked again
     second = asks.wait(b"k", 2)
     asks.unsent()                               # not even this one left
-    assert asks.take_ask(10.21, 0.1) == 3
+    assert asks.take_ask(10.21, 0.1) == base + 3
     storage.applied_seq = 9
-    assert asks.on_reply(3, 9)
+    assert asks.on_reply(base + 3, 9)           # (from a new primary, say)
     assert first.ready() and second.ready()
-    assert not asks.on_reply(2, 9)              # behind the latest answer: ignored
+    assert not asks.on_reply(base + 2, 9)       # behind the latest answer: ignored
 
 
 def test_the_primary_answers_an_ask_once_its_round_is_confirmed_and_its_term_committed():
     out, answers = Sends(), Answers()
-    answers.add([b"node-2"], 4, 11)
+    answers.add(3, [b"node-3"], 3, 11)
+    answers.add(3, [b"node-3"], 5, 12)          # a member's newer ask replaces its older one
+    assert answers.answer(out, 3, 1, 90, confirmed_round=11, ready=True) is None and not out.take()
+    answers.add(2, [b"node-2"], 4, 11)
     answers.answer(out, 3, 1, 90, confirmed_round=10, ready=True)
     assert not out.take() and answers
     answers.answer(out, 3, 1, 90, confirmed_round=11, ready=False)    # no entry of term 3 committed yet
@@ -60,4 +67,7 @@ def test_the_primary_answers_an_ask_once_its_round_is_confirmed_and_its_term_com
     (kind, envelope, body), = out.take()
     assert envelope == [b"node-2"] and protocol.decode_peer(body) == protocol.PeerMessage(
         "READ_INDEX_REPLY", (3, 1, 4, 95))
+    answers.answer(out, 3, 1, 96, confirmed_round=12, ready=True)
+    (kind, envelope, body), = out.take()
+    assert envelope == [b"node-3"] and protocol.decode_peer(body).fields == (3, 1, 5, 96)
     assert not answers

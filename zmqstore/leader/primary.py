@@ -105,10 +105,10 @@ class Primary:
 
     # ------------------------------------------------------------ ReadIndex (read_index.py)
 
-    def on_read_index(self, envelope, ask):
+    def on_read_index(self, node_id, envelope, ask):
         """A member's READ_INDEX in this term: answered once a round started after it is confirmed."""
-        if self.read_answers.add(envelope, ask, self.round + 1):
-            self.round_asked = True
+        self.read_answers.add(node_id, envelope, ask, self.round + 1)
+        self.round_asked = True
 
     def answer_read_indexes(self):
         answers = self.read_answers

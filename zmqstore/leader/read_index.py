@@ -1,12 +1,16 @@
 """ReadIndex reads (docs/REPLICATION.md, "Reads"): a linearizable GET that a secondary serves from its
 own data, after asking its primary for the commit seq, as in the Raft thesis, section 6.4.
 
-Secondary (`Asks`): every GET with the `read_index` option that arrives in a loop iteration waits for
-one READ_INDEX sent at the end of that iteration (its `ask`, a counter of this Secondary). The reply
+Secondary (`Asks`, one per process, kept across primaries and terms): every GET with the `read_index`
+option that arrives in a loop iteration waits for one READ_INDEX sent at the end of that iteration
+(its `ask`: a counter that starts at a random number in each process, so an answer meant for an
+earlier run of this node, which a ROUTER hands to the new one, names no ask of this run). The reply
 is held until an answer to that ask, or to a later one, has come, and this node has applied the seq
 the answer names; then the key is read from the applied data. An ask that could not be sent is sent
 again in the next iteration, one unanswered for a heartbeat interval is asked again; reads the
-primary never answers (it died, it was cut off) time out like any held reply (`unavailable`).
+primary never answers (it died, it was cut off) are answered by a later ask, to the same or a new
+primary: any ask sent after a read arrived, answered by the primary of its term, serves it. Reads
+held when this node becomes primary itself time out like any held reply (`unavailable`).
 
 Primary (`Answers`): a READ_INDEX from a member in this term waits, as the primary's own linearizable
 reads do, for a heartbeat round started after it arrived to be confirmed by a majority, and for the
@@ -15,9 +19,11 @@ then it is answered with the commit seq of that moment. Every write acknowledged
 sent is committed at or below that seq, and the confirmed round shows no other node was primary
 meanwhile, so the secondary's read of data applied up to it is linearizable.
 """
+import random
+
 from .. import protocol
 
-ANSWERS_MAX = 10_000        # asks a primary keeps waiting (a secondary sends at most one per iteration)
+ASK_BASE_BITS = 48          # asks of a process start at a random number below 2**48
 
 
 class ReadIndexWait:
@@ -39,13 +45,14 @@ class ReadIndexWait:
 
 
 class Asks:
-    """A secondary's side, for one primary and term."""
+    """A secondary's side: asks to whichever primary it follows (answers are taken only from that
+    primary, in its term: Secondary.on_message)."""
 
     def __init__(self, storage):
         self.storage = storage
-        self.sent = 0           # the latest ask sent
+        self.sent = random.SystemRandom().getrandbits(ASK_BASE_BITS)     # the latest ask sent
         self.sent_at = 0.0      # when
-        self.answered = 0       # the latest ask answered
+        self.answered = self.sent       # the latest ask answered
         self.index = 0          # the commit seq that answer named
         self._wanted = False    # a read waits for the next ask
 
@@ -83,34 +90,25 @@ class Asks:
 
 
 class Answers:
-    """The primary's side: asks waiting for their round, answered in arrival order."""
+    """The primary's side: the latest ask of each member, waiting for its round (an answer to a later
+    ask serves the reads of every earlier one, so a member's newer ask replaces its older one: the
+    asks kept are bounded by the membership)."""
 
     def __init__(self):
-        self._waiting = []      # (envelope, ask, round wanted)
+        self._waiting = {}      # node id -> (envelope, ask, round wanted)
 
     def __bool__(self):
         return bool(self._waiting)
 
-    def add(self, envelope, ask, round_wanted) -> bool:
-        """Keep an ask; False when too many wait already (it is dropped: its reads time out)."""
-        if len(self._waiting) >= ANSWERS_MAX:
-            return False
-        self._waiting.append((envelope, ask, round_wanted))
-        return True
+    def add(self, node_id, envelope, ask, round_wanted):
+        self._waiting[node_id] = (envelope, ask, round_wanted)
 
     def answer(self, out, term, node_id, commit_seq, confirmed_round, ready):
         """Answer, with `commit_seq`, every ask whose round is confirmed, when `ready` (an entry of
         this term committed)."""
         if not ready or not self._waiting:
             return
-        kept = []
-        for item in self._waiting:
-            envelope, ask, round_wanted = item
+        for asker, (envelope, ask, round_wanted) in list(self._waiting.items()):
             if round_wanted <= confirmed_round:
                 out.reply_peer(envelope, protocol.encode_peer("READ_INDEX_REPLY", term, node_id, ask, commit_seq))
-            else:
-                kept.append(item)
-        self._waiting = kept
-
-    def clear(self):
-        self._waiting = []
+                del self._waiting[asker]

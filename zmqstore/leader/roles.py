@@ -15,6 +15,7 @@ from .election import Election
 from ..faults import NONE
 from .log_server import LogServer
 from .primary import Primary
+from .read_index import Asks
 from .secondary import Secondary
 from .standing import Standing
 
@@ -41,6 +42,7 @@ class Roles(Standing):
         engine.peer_floor = self._peer_floor
         self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
+        self.read_asks = Asks(engine.storage)     # ReadIndex reads this node serves (read_index.py)
         self.primary = None
         self.secondary = None
         self.bootstrapping = False
@@ -131,7 +133,7 @@ class Roles(Standing):
         peer = self.peers.get(leader_id)
         self.engine.follow(term, 0 if syncing else leader_id, None if syncing or peer is None else peer.address,
                            role="candidate" if syncing else "secondary")
-        self.secondary = Secondary(self.engine, self.config, self.out, leader_id, sync_target)
+        self.secondary = Secondary(self.engine, self.config, self.out, leader_id, sync_target, self.read_asks)
         self._leader_was_member = leader_id in self.peers
         self._learner_target = None
         if self.faults.crash_in_snapshot:
@@ -367,7 +369,7 @@ class Roles(Standing):
             return
         self.observe(term, 0, now)
         if self.primary is not None and term == self.storage.term:
-            self.primary.on_read_index(envelope, ask)
+            self.primary.on_read_index(node_id, envelope, ask)
 
     def _on_fetch(self, fields, envelope, now):
         if self._from_member(fields[0]):

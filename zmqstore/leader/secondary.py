@@ -63,7 +63,7 @@ class Secondary:
     name the current primary (it was down or cut off while they committed) learns who the
     members are, and so can reach that primary at all (docs/MEMBERSHIP.md)."""
 
-    def __init__(self, engine, config, out, leader_id, sync_target=None):
+    def __init__(self, engine, config, out, leader_id, sync_target=None, asks=None):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
@@ -90,7 +90,8 @@ class Secondary:
         self._handlers = {"CHANGE": self._on_log_batch, "ENTRIES": self._on_log_batch,
                           "HEARTBEAT": self._on_heartbeat, "NEED_SNAPSHOT": self._on_need_snapshot,
                           "SNAPSHOT_CHUNK": self._on_snapshot_chunk, "READ_INDEX_REPLY": self._on_read_index_reply}
-        self.read_index = Asks(self.storage)    # ReadIndex reads served here (read_index.py)
+        # ReadIndex reads served here (read_index.py): the node's, kept across primaries and terms
+        self.read_index = asks if asks is not None else Asks(self.storage)
         if sync_target is not None:
             self._handlers.pop("CHANGE")
             self._handlers.pop("HEARTBEAT")

@@ -93,7 +93,7 @@ class Standing:
         founding = self.bootstrapping or (self.genesis and term == self.genesis)
         self.engine.record_vote(term, self.node_id, learner=False if founding else None)
         self.engine.role = "candidate"
-        self.secondary = Secondary(self.engine, self.config, self.out, 0)
+        self.secondary = Secondary(self.engine, self.config, self.out, 0, asks=self.read_asks)
         log.info("starting an election for term %d: %s; voters alive: %s", term, reason,
                  sorted([self.node_id, *election.peers_heard(now)]))
         body = protocol.encode_peer("VOTE_REQUEST", term, self.node_id, st.last_seq, st.last_term)

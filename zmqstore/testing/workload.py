@@ -26,10 +26,13 @@ def leader_worker(endpoints, process, seconds, seed, out_path, client_keys):
     counter = 0
     end = time.monotonic() + seconds
     retry = Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0)
-    # ReadIndex reads go to one node of their own (a redirect may move them to the primary)
-    with Client(endpoints, timeout=0.5, retry=retry, **client_keys) as db, \
-            Client([endpoints[process % len(endpoints)]], timeout=0.5, retry=retry, **client_keys) as near:
+    home = endpoints[process % len(endpoints)]      # where this client's ReadIndex reads go
+    near = Client([home], timeout=0.5, retry=retry, **client_keys)
+    with Client(endpoints, timeout=0.5, retry=retry, **client_keys) as db:
         while time.monotonic() < end:
+            if near.endpoint != home:   # a redirect took it to the primary: back to its own node
+                near.close()
+                near = Client([home], timeout=0.5, retry=retry, **client_keys)
             key = rng.choice(KEYS)
             kind = rng.choices(("put", "get", "cas", "read_index"), (3, 2, 3, 2))[0]
             reader = near if kind == "read_index" else db
@@ -59,6 +62,7 @@ def leader_worker(endpoints, process, seconds, seed, out_path, client_keys):
                 args = None if kind == "get" else (value if kind == "put" else (expected, value))
                 op = Op(process, kind, key, args, invoke, float("inf"), "fail" if kind == "get" else "info")
             ops.append(op)
+    near.close()
     write_history(out_path, ops)
 
 
