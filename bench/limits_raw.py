@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-from run import EchoServer   # bench/run.py: the raw pyzmq echo process it compares the node against
+from run import EchoServer, open_raw_db   # bench/run.py: the raw limits it compares the node against
 
 
 def _median_us(samples):
@@ -57,13 +57,8 @@ def rocksdb_synced_put_us(n, writers=1, start_at=0.0):
         with mp.Pool(writers) as pool:
             start_at = time.time() + 1.5        # every process imported and waiting by then
             return statistics.median(pool.starmap(rocksdb_synced_put_us, [(n, 1, start_at)] * writers))
-    import rocksdict
     with tempfile.TemporaryDirectory() as d:
-        opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
-        db = rocksdict.Rdict(os.path.join(d, "db"), options=opts)
-        wo = rocksdict.WriteOptions()
-        wo.sync = True
+        db, wo = open_raw_db(os.path.join(d, "db"), sync=True)
         value, samples = os.urandom(1000), []
         while time.time() < start_at:
             time.sleep(0.001)

@@ -26,10 +26,10 @@ from zmqstore import Client  # noqa: E402
 from zmqstore.testing.process import Cluster, wait_until  # noqa: E402
 
 from limits_raw import raw_limits  # noqa: E402  (bench/ is on sys.path as the script's directory)
+from servers import proc_stat  # noqa: E402
 
 VALUE = os.urandom(1000)
 DEPTH = 100
-TICKS = os.sysconf("SC_CLK_TCK")
 # leaf frame -> part of a node's CPU, by the file (and function) the sample's innermost Python frame is in
 PARTS = (
     ("storage.py", None, "RocksDB (storage.py: batches, commits with fsync, reads)"),
@@ -67,16 +67,13 @@ class SpiedNode:
         thread, RocksDB's background threads, the rest (metrics HTTP server, ...)."""
         out = collections.Counter()
         for task in os.listdir(f"/proc/{self.pid}/task"):
-            try:
-                with open(f"/proc/{self.pid}/task/{task}/stat") as f:
-                    text = f.read()
-            except OSError:         # a thread that ended meanwhile
+            stat = proc_stat(f"/proc/{self.pid}/task/{task}/stat")
+            if stat is None:         # a thread that ended meanwhile
                 continue
-            name = text[text.index("(") + 1:text.rindex(")")]
-            fields = text.rsplit(")", 1)[1].split()
+            name, seconds = stat
             kind = ("main" if task == str(self.pid) else "ZeroMQ I/O" if name.startswith("ZMQbg")
                     else "RocksDB" if name.startswith("rocksdb") else "other threads")
-            out[kind] += (int(fields[11]) + int(fields[12])) / TICKS    # utime, stime
+            out[kind] += seconds
         return out
 
     def stop(self):

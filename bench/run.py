@@ -35,14 +35,21 @@ PIPELINE_DEPTH = 64
 
 # ---------------------------------------------------------------- raw limits
 
+def open_raw_db(path, sync):
+    """A RocksDB with default options at `path` (created), and write options with `sync`: the raw
+    limits compare the node against RocksDB as it comes."""
+    import rocksdict
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    wo = rocksdict.WriteOptions()
+    wo.sync = sync
+    return rocksdict.Rdict(path, options=opts), wo
+
+
 def raw_rocksdict(n, batch_size=1000, sync=True):
     import rocksdict
     with tempfile.TemporaryDirectory() as d:
-        opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
-        db = rocksdict.Rdict(os.path.join(d, "db"), options=opts)
-        wo = rocksdict.WriteOptions()
-        wo.sync = sync
+        db, wo = open_raw_db(os.path.join(d, "db"), sync)
         value = b"v" * 100
         t0 = time.perf_counter()
         for start in range(0, n, batch_size):

@@ -16,14 +16,22 @@ TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 60.0
 
 
+def proc_stat(path):
+    """(name, user + system CPU seconds) of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file;
+    None once the process or thread is gone."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return text[text.index("(") + 1:text.rindex(")")], (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpu_seconds(pid) -> float:
     """User + system CPU seconds a process (all its threads) has used; 0.0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    stat = proc_stat(f"/proc/{pid}/stat")
+    return stat[1] if stat else 0.0
 
 
 def ensure_installed(binary, package):

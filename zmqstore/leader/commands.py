@@ -28,7 +28,7 @@ class Commands(CommandTable):
 
     def _check_writable(self, request):
         if self.engine.role != "primary":
-            raise self._not_primary()
+            raise self.not_primary()
         membership = self.engine.membership
         if self.config.node_id not in membership.members:
             # Leaving: what was logged before the change commits with it; nothing more is taken.
@@ -56,9 +56,6 @@ class Commands(CommandTable):
 
     def not_primary(self):
         """NotPrimary naming the primary when this node knows it (a client follows it there)."""
-        return self._not_primary()
-
-    def _not_primary(self):
         removed = self.engine.removed_by
         if removed is not None:
             return errors.NotPrimary(f"node {self.config.node_id} was removed from the cluster by entry {removed}; "
@@ -72,9 +69,9 @@ class Commands(CommandTable):
         if self.engine.role == "primary":
             return
         if self.engine.removed_by is not None:
-            raise self._not_primary()
+            raise self.not_primary()
         if not stale:
-            raise self._not_primary()
+            raise self.not_primary()
         if self.storage.restoring:
             raise errors.Unavailable(f"node {self.config.node_id} is installing a snapshot")
 
@@ -150,7 +147,7 @@ class Commands(CommandTable):
         once its entry commits; "not_found" once a fence entry for it commits (the request can never
         be applied after that); "unknown" when this node cannot tell."""
         if self.engine.role != "primary":
-            raise self._not_primary()
+            raise self.not_primary()
         rid = req.args[0]
         now = time.monotonic()
         seq, certain = self.sessions.peek(req.client_id, rid, now)

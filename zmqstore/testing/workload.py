@@ -28,41 +28,43 @@ def leader_worker(endpoints, process, seconds, seed, out_path, client_keys):
     retry = Retry(max_tries=8, delay=0.05, max_delay=0.2, deadline=3.0)
     home = endpoints[process % len(endpoints)]      # where this client's ReadIndex reads go
     near = Client([home], timeout=0.5, retry=retry, **client_keys)
-    with Client(endpoints, timeout=0.5, retry=retry, **client_keys) as db:
-        while time.monotonic() < end:
-            if near.endpoint != home:   # a redirect took it to the primary: back to its own node
-                near.close()
-                near = Client([home], timeout=0.5, retry=retry, **client_keys)
-            key = rng.choice(KEYS)
-            kind = rng.choices(("put", "get", "cas", "read_index"), (3, 2, 3, 2))[0]
-            reader = near if kind == "read_index" else db
-            kind = "get" if kind == "read_index" else kind      # the same operation for the checker
-            counter += 1
-            value = process * 1_000_000_000 + counter      # every written value is unique
-            expected = None
-            invoke = time.monotonic()
-            try:
-                if kind == "put":
-                    db.put(key, value)
-                    op = Op(process, "put", key, value, invoke, time.monotonic(), "ok")
-                elif kind == "get":
-                    result = reader.get(key, read_index=reader is near)
-                    op = Op(process, "get", key, None, invoke, time.monotonic(), "ok", result)
-                else:
-                    expected = rng.choice([None] + [o.value for o in ops[-5:] if o.kind == "put"]
-                                          + [o.result for o in ops[-5:] if o.kind == "get"])
-                    applied = db.cas(key, expected, value)
-                    op = Op(process, "cas", key, (expected, value), invoke, time.monotonic(), "ok", applied)
-            except errors.RequestError:
-                args = None if kind == "get" else (value if kind == "put" else (expected, value))
-                op = Op(process, kind, key, args, invoke, time.monotonic(), "fail")
-            except errors.ZmqstoreError:
-                # A read that failed changed nothing; a write that failed may still have been
-                # applied by an earlier attempt (or may commit later): unknown.
-                args = None if kind == "get" else (value if kind == "put" else (expected, value))
-                op = Op(process, kind, key, args, invoke, float("inf"), "fail" if kind == "get" else "info")
-            ops.append(op)
-    near.close()
+    try:
+        with Client(endpoints, timeout=0.5, retry=retry, **client_keys) as db:
+            while time.monotonic() < end:
+                if near.endpoint != home:   # a redirect took it to the primary: back to its own node
+                    near.close()
+                    near = Client([home], timeout=0.5, retry=retry, **client_keys)
+                key = rng.choice(KEYS)
+                kind = rng.choices(("put", "get", "cas", "read_index"), (3, 2, 3, 2))[0]
+                reader = near if kind == "read_index" else db
+                kind = "get" if kind == "read_index" else kind      # the same operation for the checker
+                counter += 1
+                value = process * 1_000_000_000 + counter      # every written value is unique
+                expected = None
+                invoke = time.monotonic()
+                try:
+                    if kind == "put":
+                        db.put(key, value)
+                        op = Op(process, "put", key, value, invoke, time.monotonic(), "ok")
+                    elif kind == "get":
+                        result = reader.get(key, read_index=reader is near)
+                        op = Op(process, "get", key, None, invoke, time.monotonic(), "ok", result)
+                    else:
+                        expected = rng.choice([None] + [o.value for o in ops[-5:] if o.kind == "put"]
+                                              + [o.result for o in ops[-5:] if o.kind == "get"])
+                        applied = db.cas(key, expected, value)
+                        op = Op(process, "cas", key, (expected, value), invoke, time.monotonic(), "ok", applied)
+                except errors.RequestError:
+                    args = None if kind == "get" else (value if kind == "put" else (expected, value))
+                    op = Op(process, kind, key, args, invoke, time.monotonic(), "fail")
+                except errors.ZmqstoreError:
+                    # A read that failed changed nothing; a write that failed may still have been
+                    # applied by an earlier attempt (or may commit later): unknown.
+                    args = None if kind == "get" else (value if kind == "put" else (expected, value))
+                    op = Op(process, kind, key, args, invoke, float("inf"), "fail" if kind == "get" else "info")
+                ops.append(op)
+    finally:
+        near.close()
     write_history(out_path, ops)
 
 
