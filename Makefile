@@ -51,14 +51,16 @@ chaos: $(STAMP)
 
 ## bench-compare: zmqstore beside Redis (2 replicas) and etcd (3 members), from Debian's packages,
 ## installed when missing; YCSB A-F and put workloads, alternated round by round (docs/BENCHMARKS.md);
-## QUICK=1: a tiny run that checks the scripts; ONLY=redis,etcd: those systems (and zmqstore leader)
+## QUICK=1: a tiny run that checks the scripts; ONLY=redis,etcd: those systems (and zmqstore leader);
+## WORKLOADS=C,seq_put: those workloads; BASELINE=<git rev>: also leader mode as of that revision
 BENCH_STAMP = $(VENV)/.installed-bench
 $(BENCH_STAMP): setup.py $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
 bench-compare: $(BENCH_STAMP)
-	$(PY) bench/compare.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
+	$(PY) bench/compare.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY)) \
+		$(if $(WORKLOADS),--workloads $(WORKLOADS)) $(if $(BASELINE),--baseline $(BASELINE))
 
 ## bench-profile: where a replicated put's time goes: a 3-node leader cluster with two nodes under
 ## py-spy, sequential then pipelined puts; a per-put budget beside the floor (docs/BENCHMARKS.md)

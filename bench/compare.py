@@ -2,7 +2,8 @@
 """zmqstore side by side with Redis and etcd: the same Python workloads, alternated round by round, in one run.
 
 Usage: python bench/compare.py [--quick] [--seconds S] [--rounds R] [--records N] [--clients 1,16]
-                               [--only NAME,...] [--json FILE]      (make bench-compare)
+                               [--only NAME,...] [--workloads W,...] [--baseline REF] [--json FILE]
+                               (make bench-compare)
 
 Systems: zmqstore leader mode (3 nodes; also with reads spread over the nodes as ReadIndex reads), dynamo mode (3 nodes, w = 1 and w = 2), a single zmqstore node
 (for sequential and pipelined puts only), Redis with two replicas as people run it (AOF, appendfsync
@@ -12,6 +13,10 @@ server process (zmqstore: node 1, 2, 3, node 1 the leader-mode primary; Redis: p
 members) used per operation over the cell (all threads, /proc), and the targets
 of issue 17 are printed as met or missed. The raw limits (pyzmq round trip, fdatasync, one synced
 RocksDB write) are measured in the same run. Figures depend on the machine's load: compare ratios.
+
+--baseline REF adds "zmqstore leader @REF": the same 3-node leader cluster run from git revision REF
+of this repository (extracted with git archive, the nodes started with it first on PYTHONPATH), so
+that a change's before and after are measured in one run, alternated like every other system.
 """
 import argparse
 import json
@@ -19,6 +24,7 @@ import multiprocessing
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,8 +87,12 @@ class Bench:
             ("redis always+WAIT", lambda d: servers.RedisCluster(d, "always"), {"redis always+WAIT": {"wait": True}}),
             ("etcd", servers.EtcdCluster, {"etcd": {}}),
         ]
+        if self.opts.baseline:
+            code = baseline_source(self.opts.baseline, os.path.join(self.base_dir, "baseline-src"))
+            plan.insert(1, (f"zmqstore leader @{self.opts.baseline}", lambda d: z(d, "leader", 3, code_dir=code),
+                            {f"zmqstore leader @{self.opts.baseline}": {}}))
         for name, make, labels in plan:
-            labels = {label: kw for label, kw in labels.items() if want(label) or label == LEADER}
+            labels = {label: kw for label, kw in labels.items() if want(label) or label == LEADER or "@" in label}
             if not labels or self.add(name, make) is None:
                 continue
             cluster = self.clusters[name]
@@ -130,7 +140,7 @@ class Bench:
     # -------------------------------------------------------------- measuring
 
     def cells(self):
-        for workload in ycsb.WORKLOADS:
+        for workload in self.opts.workloads or ycsb.WORKLOADS:
             for clients in ([1] if workload in PUT_ONLY else self.opts.clients):
                 yield workload, clients
 
@@ -190,6 +200,15 @@ class Bench:
         return out
 
 
+def baseline_source(ref, directory):
+    """The tree of git revision `ref` of this repository, extracted into `directory`; returns it."""
+    os.makedirs(directory)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(["git", "-C", repo, "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
+    return directory
+
+
 def table(summary, labels, cells):
     """A markdown table per cell: each system's ops/s and latency, and zmqstore leader's figure over its."""
     lines = []
@@ -220,12 +239,18 @@ def main():
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--clients", default="1,16", help="client processes for workloads A-F (default 1,16)")
     ap.add_argument("--only", help="systems whose label contains one of these (comma-separated)")
+    ap.add_argument("--workloads", help="only these workloads (comma-separated, e.g. C,seq_put)")
+    ap.add_argument("--baseline", help="also run zmqstore leader mode from this git revision (before/after)")
     ap.add_argument("--json", help="also write every figure to this file")
     opts = ap.parse_args()
     if opts.quick:
         opts.seconds, opts.rounds, opts.records, opts.clients = 0.3, 1, 2_000, "1,4"
     opts.clients = [int(c) for c in opts.clients.split(",")]
     opts.only = opts.only.split(",") if opts.only else None
+    opts.workloads = opts.workloads.split(",") if opts.workloads else None
+    unknown = set(opts.workloads or ()) - set(ycsb.WORKLOADS)
+    if unknown:
+        ap.error(f"unknown workloads {sorted(unknown)}; known: {', '.join(ycsb.WORKLOADS)}")
 
     machine = {"cpus": os.cpu_count(), "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     print(f"machine: {machine}; {opts.records:,} records, {opts.seconds} s per cell, {opts.rounds} rounds",

@@ -88,19 +88,22 @@ class Processes:
 class ZmqstoreCluster:
     """`size` nodes (1: a standalone node) on 127.0.0.2.., fsync on, logging warnings only."""
 
-    def __init__(self, base_dir, mode, size):
+    def __init__(self, base_dir, mode, size, code_dir=None):
+        """code_dir: run the nodes from this copy of the source (bench/compare.py --baseline), not this one."""
         self.mode, self.size = mode, size
+        env = {"PYTHONPATH": code_dir} if code_dir else None
         args = ["--log-level", "WARNING"]
         if size == 1:
             os.makedirs(base_dir, exist_ok=True)
             self.nodes = [NodeProcess(1, os.path.join(base_dir, "data"), os.path.join(base_dir, "node.log"),
                                       args=args, new_session=False, keys=False)]
+            self.nodes[0].env = env
             self.cluster = None
         else:
-            self.cluster = Cluster(base_dir, size=size, args=args, new_session=False, mode=mode, keys=False)
+            self.cluster = Cluster(base_dir, size=size, args=args, env=env, new_session=False, mode=mode, keys=False)
             self.nodes = list(self.cluster.nodes.values())
         self.version = "zmqstore " + version_of(["git", "-C", os.path.dirname(__file__), "rev-parse", "--short",
-                                                 "HEAD"])
+                                                 "HEAD"]) if code_dir is None else f"zmqstore {os.path.basename(code_dir)}"
 
     def start(self):
         if self.cluster:
