@@ -91,7 +91,8 @@ class ZmqstoreCluster:
     def __init__(self, base_dir, mode, size, code_dir=None):
         """code_dir: run the nodes from this copy of the source (bench/compare.py --baseline), not this one."""
         self.mode, self.size = mode, size
-        env = {"PYTHONPATH": code_dir} if code_dir else None
+        # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (this tree) first
+        env = {"PYTHONPATH": code_dir, "PYTHONSAFEPATH": "1"} if code_dir else None
         args = ["--log-level", "WARNING"]
         if size == 1:
             os.makedirs(base_dir, exist_ok=True)
