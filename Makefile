@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run run-dynamo run-single test bench bench-compare bench-profile bench-elections chaos clean distclean
+.PHONY: run run-dynamo run-single test bench bench-compare bench-trace bench-profile bench-elections chaos clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ $(BENCH_STAMP): setup.py $(STAMP)
 bench-compare: $(BENCH_STAMP)
 	$(PY) bench/compare.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY)) \
 		$(if $(WORKLOADS),--workloads $(WORKLOADS)) $(if $(BASELINE),--baseline $(BASELINE))
+
+## bench-trace: the timeline of a sequential replicated put, stage by stage across client and nodes,
+## with each stage's CPU (bench/trace_puts.py; docs/BENCHMARKS.md)
+bench-trace: $(STAMP)
+	$(PY) bench/trace_puts.py
 
 ## bench-profile: where a replicated put's time goes: a 3-node leader cluster with two nodes under
 ## py-spy, sequential then pipelined puts; a per-put budget beside the floor (docs/BENCHMARKS.md)

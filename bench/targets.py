@@ -40,6 +40,10 @@ def targets(summary, raw):
         if shared:      # not a target: the same floor with the three nodes' fsyncs sharing one disk
             out.append((f"  (the floor with 3 nodes syncing on this one disk: {shared:.0f} us)",
                         f"{seq['p50_us'] / shared:.2f}x", None))
+        idle = raw.get("replicated_put_floor_after_idle_us")
+        if idle:        # not a target: the same floor with round trips between idle processes
+            out.append((f"  (the floor with round trips after 2 ms idle: {idle:.0f} us)",
+                        f"{seq['p50_us'] / idle:.2f}x", None))
     lead, single = _ops(summary, LEADER, "pipelined_put", 1), _ops(summary, "zmqstore single", "pipelined_put", 1)
     share = lead / single if lead and single else None
     out.append((f"pipelined puts, leader >= {PIPELINED_OF_SINGLE:.0%} of the single node",

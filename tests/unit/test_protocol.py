@@ -357,6 +357,39 @@ def test_a_value_is_one_complete_msgpack_object():
             protocol.unpack_value(bad, protocol.Limits())
 
 
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=False),
+                    st.binary(max_size=70_000))
+
+
+@given(SCALARS)
+@settings(max_examples=300)
+def test_a_packed_scalar_is_judged_from_its_header_alone(obj):
+    """The fast path of the value check (checks._check_value): every packed bin, int, float, nil
+    and bool is known to be one object without unpacking it."""
+    assert protocol.is_one_scalar(protocol.pack_value(obj))
+
+
+@given(st.binary(max_size=40))
+@settings(max_examples=2000)
+def test_the_fast_path_accepts_nothing_the_full_check_refuses(data):
+    """Whatever the header check accepts, unpacking accepts too, as exactly one object: truncated
+    or trailing bytes, a str, a container or an ext are left to the full check."""
+    if protocol.is_one_scalar(data):
+        protocol.unpack_value(data, protocol.Limits())
+    for cut in (data[:-1], data + b"\x00"):
+        if protocol.is_one_scalar(cut):
+            protocol.unpack_value(cut, protocol.Limits())
+
+
+def test_the_fast_path_leaves_what_it_cannot_judge_to_the_full_check():
+    for packed in (msgpack.packb("text"), msgpack.packb([1]), msgpack.packb({}), msgpack.packb(msgpack.ExtType(1, b"x")),
+                   msgpack.packb(b"ab")[:-1], msgpack.packb(7) + b"\x01", b""):
+        assert not protocol.is_one_scalar(packed)
+    bad = protocol.encode_request("PUT", b"c", 1, 1, b"k", msgpack.packb(b"ab") + b"\x01")
+    with pytest.raises(errors.BadArgument, match="not exactly one msgpack object"):
+        protocol.decode_request(bad)
+
+
 @pytest.mark.parametrize("body", [
     raw(PV, "ACK", 2, 1, 10, 3),                    # a field missing
     raw(PV, "ACK", 2, 1, -10, 0, True),             # negative seq

@@ -14,7 +14,7 @@ from .schema import (DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember, KEY_Z85_L
                      UINT_LIST, VALUE, VECTOR, WATCH_COMMANDS, WRITE_COMMANDS, Limits, LogEntry, PeerMessage, Reply,
                      Request,
                      peer_sender)  # noqa: F401
-from .values import ExtType, Timestamp, decode_context, encode_context, pack_value, unpack_value, vector_from_pairs, vector_pairs  # noqa: F401
+from .values import ExtType, Timestamp, decode_context, encode_context, is_one_scalar, pack_value, unpack_value, vector_from_pairs, vector_pairs  # noqa: F401
 from .codec import (DynEntry, reply_outcome, decode_dyn_entry, decode_entry, decode_key_state, decode_peer, decode_reply,
                     decode_peer_entry, check_members, data_ops, decode_members, encode_members, decode_dynamo_members,
                     encode_dynamo_members, entry_members,

@@ -6,7 +6,7 @@ from .schema import (BIN, BIN_LIST, BOOL, BOOL_OPTIONS, CLIENT_ID_MAX, CONTEXT, 
                      POSITION,
                      PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX, UINT_LIST,
                      VALUE, VECTOR, VERSIONS, PeerMessage, Request)
-from .values import _is_uint, decode_context, unpack_value
+from .values import _is_uint, decode_context, is_one_scalar, unpack_value
 
 
 def _validate_peer(msg, limits):
@@ -83,6 +83,8 @@ def _check_value(command, name, value, limits):
     if len(value) > limits.max_value_size:
         raise errors.ValueTooLarge(
             f"{command}.{name}: value of {len(value)} bytes exceeds max_value_size {limits.max_value_size}")
+    if is_one_scalar(value):        # most values: bytes, a number (no object built to check it)
+        return
     try:
         unpack_value(value, limits)
     except Exception:

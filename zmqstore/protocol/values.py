@@ -34,6 +34,29 @@ def unpack_value(data: bytes, limits: Limits = None):
         raise errors.MalformedMessage(f"value is not one msgpack object: {type(exc).__name__}") from None
 
 
+# The length of a msgpack scalar that a type byte alone fixes: nil, false, true, floats, ints.
+_FIXED = {0xc0: 1, 0xc2: 1, 0xc3: 1, 0xca: 5, 0xcb: 9, 0xcc: 2, 0xcd: 3, 0xce: 5, 0xcf: 9,
+          0xd0: 2, 0xd1: 3, 0xd2: 5, 0xd3: 9}
+# bin 8, 16, 32: the type byte, then the length in this many bytes (big-endian), then the bytes
+_BIN_LENGTH = {0xc4: 1, 0xc5: 2, 0xc6: 4}
+
+
+def is_one_scalar(data: bytes) -> bool:
+    """Whether `data` is exactly one msgpack bin, int, float, nil or bool, judged from its header
+    and length alone: what unpack_value would accept, without building the object. False means
+    "not known": the caller unpacks to decide (str is left to it, whose UTF-8 msgpack checks)."""
+    if not data:
+        return False
+    head = data[0]
+    if head <= 0x7f or head >= 0xe0:            # positive or negative fixint
+        return len(data) == 1
+    fixed = _FIXED.get(head)
+    if fixed is not None:
+        return len(data) == fixed
+    width = _BIN_LENGTH.get(head)
+    return width is not None and len(data) == 1 + width + int.from_bytes(data[1:1 + width], "big")
+
+
 # Below this many bytes a message is decoded directly: with every length capped by the input's size,
 # the worst nesting costs little. Above it, decoding walks the structure first without building it.
 _SMALL_INPUT = 256
