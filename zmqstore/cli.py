@@ -51,7 +51,7 @@ Options:
 CLI_USAGE = """Use a zmqstore cluster from a shell.
 
 Usage:
-  datastore-cli [options] get KEY [--stale]
+  datastore-cli [options] get KEY [--stale | --read-index]
   datastore-cli [options] put KEY VALUE [--json-value]
   datastore-cli [options] delete KEY
   datastore-cli [options] scan [--prefix P] [--start S] [--end E] [--limit N]
@@ -77,6 +77,8 @@ Options:
   --json                Print results as JSON.
   --json-value          Parse VALUE as JSON instead of storing it as a string.
   --stale               Read from the node talked to, without redirects.
+  --read-index          get: a linearizable read served by the node talked to (leader mode: a
+                        secondary asks its primary for the commit seq; docs/REPLICATION.md).
   --prefix P            Scan (or export) keys starting with P.
   --jsonl               export: JSON lines (tagged, exact) instead of msgpack.
   --watch               status: refresh the table in place until Ctrl-C.
@@ -282,7 +284,7 @@ def _json_default(obj):
 def _run_command(db, args):
     missing = object()
     if args["get"]:
-        value = db.get(args["KEY"], default=missing, stale=args["--stale"])
+        value = db.get(args["KEY"], default=missing, stale=args["--stale"], read_index=args["--read-index"])
         if value is missing:
             print("(absent)" if not args["--json"] else "null", file=sys.stdout)
             return 1

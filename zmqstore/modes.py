@@ -153,7 +153,8 @@ class LeaderMode(Mode):
         if roles is None or roles.primary is not None:
             return None
         sec = roles.secondary
-        if sec is None or not sec.serves_reads or self.engine.removed_by is not None:
+        if sec is None or not sec.serves_reads or self.engine.removed_by is not None \
+                or not protocol.peers_take("READ_INDEX"):   # a peer of an earlier release: no asks
             raise self.engine.commands.not_primary()    # the client may ask the primary instead
         return None, sec.read_index.wait(request.args[0], request.request_id)
 
@@ -195,12 +196,16 @@ class LeaderMode(Mode):
         engine, primary = self.engine, self.primary
         engine.flush()
         if primary is not None:
+            asks = self.roles.read_asks
+            own = asks.take_local(time.monotonic())     # ReadIndex reads held before this node led
+            if own is not None:
+                primary.on_read_index(self.config.node_id, None, own)
             primary.advance_commit()
             if self._round_wanted or primary.round_asked:
                 self._round_wanted = primary.round_asked = False
                 primary.heartbeat(start_round=True)
             primary.publish_commit_if_moved()
-            primary.answer_read_indexes()
+            primary.answer_read_indexes(asks)
         elif self.roles is not None and self.roles.secondary is not None:
             self.roles.secondary.send_read_index(time.monotonic())
 

@@ -1,10 +1,12 @@
 """ReadIndex reads (GET with read_index, docs/REPLICATION.md "Reads"): linearizable reads that a
 secondary serves from its own data after its primary confirms the commit seq to wait for."""
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from zmqstore import Retry, ZmqstoreError, protocol
+from zmqstore import Retry, ZmqstoreError, faults, protocol
 from zmqstore.testing.abuse import Stranger, received, send
 from zmqstore.testing.load import put_pipelined
 from zmqstore.testing.process import wait_until
@@ -30,6 +32,9 @@ def test_secondaries_serve_read_index_reads_that_see_every_acknowledged_write(cl
             assert secondaries[0].get("absent", "none", read_index=True) == "none"
             assert db.get("k", read_index=True) == 149       # on the primary: a linearizable read
         assert [s.endpoint for s in secondaries] == [c.nodes[2].endpoint, c.nodes[3].endpoint]
+        proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", *c.nodes[2].cli_args(), "--json", "get", "k",
+                               "--read-index"], capture_output=True, text=True, timeout=30)
+        assert (proc.returncode, proc.stdout.strip()) == (0, "149"), proc.stderr
     finally:
         for s in secondaries:
             s.close()
@@ -65,6 +70,52 @@ def test_a_read_index_read_is_not_answered_while_the_primary_cannot_confirm_it(c
                 s.get("k", read_index=True)
         finally:
             c.nodes[1].signal(signal.SIGCONT)
+
+
+def test_a_read_held_by_a_secondary_that_becomes_primary_is_served_by_it(cluster):
+    """The primary is paused while node 2 holds a ReadIndex read: node 2's ask goes unanswered,
+    node 2 is elected (node 1 is silent for the election interval) and answers the read itself,
+    with the data as of its own confirmed commit. No retry: a refusal or timeout would raise."""
+    c = cluster(args=["--replication-timeout", "8"])
+    with c.client() as db:
+        db.put("k", "before the pause")
+    wait_until(lambda: (c.nodes[2].status() or {}).get("primary_id") == 1, 10, message="node 2 following node 1")
+    with c.nodes[2].client(timeout=9.0, retry=NO_RETRY) as s:
+        assert s.get("k", read_index=True) == "before the pause"
+        c.nodes[1].signal(signal.SIGSTOP)
+        try:
+            assert s.get("k", read_index=True) == "before the pause"
+            status = c.nodes[2].status()
+            assert status["role"] == "primary" and status["term"] > 1
+        finally:
+            c.nodes[1].signal(signal.SIGCONT)
+
+
+def test_beside_a_node_of_a_release_without_read_index_a_secondary_redirects_to_the_primary(cluster):
+    """Node 3 poses as a release of peer version 2, which has no READ_INDEX: the others speak 2,
+    so node 2 sends no ask (it would go unanswered) and redirects the read to the primary, where a
+    client that follows redirects gets a linearizable read."""
+    c = cluster(start=False)
+    c.start(1, wait=False)
+    c.start(2, wait=False)
+    c.start(3, wait=False, env={faults.PEER_VERSION_ENV: "2"})
+    for node in c.nodes.values():
+        node.wait_ready(20)
+    with c.client() as db:
+        db.put("k", "v")
+
+    def redirected():
+        with c.nodes[2].client(retry=NO_RETRY) as s:
+            try:
+                s.get("k", read_index=True)
+            except ZmqstoreError as exc:
+                return exc.code == "not_primary" and exc.details.get("primary_id") == 1
+            return False
+    wait_until(redirected, 10, message="node 2 redirecting once it knows node 3's versions")
+    with c.client() as db:              # names node 1 first: served there
+        assert db.get("k", read_index=True) == "v"
+    with c.nodes[2].client() as s:      # follows the redirect
+        assert s.get("k", read_index=True) == "v" and s.endpoint == c.nodes[1].endpoint
 
 
 def test_read_index_is_refused_where_it_means_nothing(cluster, nodes, tmp_path):

@@ -71,3 +71,23 @@ def test_the_primary_answers_an_ask_once_its_round_is_confirmed_and_its_term_com
     (kind, envelope, body), = out.take()
     assert envelope == [b"node-3"] and protocol.decode_peer(body).fields == (3, 1, 5, 96)
     assert not answers
+
+
+def test_reads_held_before_this_node_led_wait_for_an_ask_it_answers_itself():
+    """A secondary that becomes primary takes one more ask for the reads it holds and answers it
+    like a member's; while that ask waits for its round, no newer one puts the round off."""
+    storage = AppliedStorage()
+    asks = Asks(storage)
+    base = asks.sent
+    read = asks.wait(b"k", 3)
+    assert asks.take_ask(1.0, 0.1) == base + 1        # sent to the old primary, never answered
+    assert asks.take_local(1.5) == base + 2 and asks.take_local(1.6) is None
+    answers = Answers()
+    answers.add(1, None, base + 2, 4)                 # this node's own ask: no envelope
+    answers.answer(Sends(lambda node_id: True), 2, 1, 70, 3, True, asks)
+    assert not read.ready() and answers               # round 4 not confirmed yet
+    answers.answer(Sends(lambda node_id: True), 2, 1, 70, 4, True, asks)
+    assert not answers and asks.answered == base + 2 and not read.ready()   # answered, not applied
+    storage.applied_seq = 70
+    assert read.ready()
+    assert asks.take_local(2.0) is None               # nothing waits any more

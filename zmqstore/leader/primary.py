@@ -106,16 +106,17 @@ class Primary:
     # ------------------------------------------------------------ ReadIndex (read_index.py)
 
     def on_read_index(self, node_id, envelope, ask):
-        """A member's READ_INDEX in this term: answered once a round started after it is confirmed."""
+        """A member's READ_INDEX in this term (or this node's own, envelope None: reads it held as
+        a secondary): answered once a round started after it is confirmed."""
         self.read_answers.add(node_id, envelope, ask, self.round + 1)
         self.round_asked = True
 
-    def answer_read_indexes(self):
+    def answer_read_indexes(self, own_asks=None):
         answers = self.read_answers
         if answers:
             engine = self.engine
             answers.answer(self.out, self.storage.term, self.node_id, engine.commit_seq, self.confirmed_round(),
-                           engine.commit_seq >= engine.term_first_seq)
+                           engine.commit_seq >= engine.term_first_seq, own_asks)
 
     def heard(self, node_id, now):
         """A peer of this term answered (an ACK, a role query or reply)."""

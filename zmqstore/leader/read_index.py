@@ -10,7 +10,8 @@ the answer names; then the key is read from the applied data. An ask that could 
 again in the next iteration, one unanswered for a heartbeat interval is asked again; reads the
 primary never answers (it died, it was cut off) are answered by a later ask, to the same or a new
 primary: any ask sent after a read arrived, answered by the primary of its term, serves it. Reads
-held when this node becomes primary itself time out like any held reply (`unavailable`).
+held when this node becomes primary itself are answered by it (`take_local`): it takes one more
+ask and answers it as it answers a member's, so they are served once its own rule allows.
 
 Primary (`Answers`): a READ_INDEX from a member in this term waits, as the primary's own linearizable
 reads do, for a heartbeat round started after it arrived to be confirmed by a majority, and for the
@@ -55,6 +56,7 @@ class Asks:
         self.answered = self.sent       # the latest ask answered
         self.index = 0          # the commit seq that answer named
         self._wanted = False    # a read waits for the next ask
+        self._local = None      # the ask this node answers itself, having become primary
 
     def wait(self, key, request_id) -> ReadIndexWait:
         """A read that arrived now: it waits for the ask sent at the end of this iteration."""
@@ -69,6 +71,19 @@ class Asks:
             return None
         self._wanted = False
         self.sent += 1
+        self.sent_at = now
+        return self.sent
+
+    def take_local(self, now):
+        """This node leads now: the ask that the reads it held as a secondary wait for, to be
+        answered by itself like a member's (Primary.on_read_index); None when none waits, or its
+        own ask is still being answered (a newer one would put its round off again)."""
+        if self._local is not None and self.answered < self._local:
+            return None
+        if not (self._wanted or self.answered < self.sent):
+            return None
+        self._wanted = False
+        self.sent = self._local = self.sent + 1
         self.sent_at = now
         return self.sent
 
@@ -103,12 +118,15 @@ class Answers:
     def add(self, node_id, envelope, ask, round_wanted):
         self._waiting[node_id] = (envelope, ask, round_wanted)
 
-    def answer(self, out, term, node_id, commit_seq, confirmed_round, ready):
+    def answer(self, out, term, node_id, commit_seq, confirmed_round, ready, own_asks=None):
         """Answer, with `commit_seq`, every ask whose round is confirmed, when `ready` (an entry of
-        this term committed)."""
+        this term committed); this node's own ask (no envelope) in `own_asks`."""
         if not ready or not self._waiting:
             return
         for asker, (envelope, ask, round_wanted) in list(self._waiting.items()):
             if round_wanted <= confirmed_round:
-                out.reply_peer(envelope, protocol.encode_peer("READ_INDEX_REPLY", term, node_id, ask, commit_seq))
+                if envelope is None:
+                    own_asks.on_reply(ask, commit_seq)
+                else:
+                    out.reply_peer(envelope, protocol.encode_peer("READ_INDEX_REPLY", term, node_id, ask, commit_seq))
                 del self._waiting[asker]

@@ -66,6 +66,13 @@ def speak(announced) -> int:
     return _spoken
 
 
+def peers_take(command: str) -> bool:
+    """Whether every peer takes `command` as far as this node knows: the version peer messages are
+    encoded in now is at least the one that defines it (a peer of an earlier release lacks it)."""
+    spoken = _peer_version if _peer_version is not None else _spoken
+    return spoken >= PEER_MESSAGE_VERSION.get(command, 0)
+
+
 def peer_versions() -> list:
     """[lowest, highest]: the peer versions this node accepts, as ROLE and DSTATUS announce them."""
     return list(_peer_versions)
