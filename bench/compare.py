@@ -88,7 +88,10 @@ class Bench:
             ("etcd", servers.EtcdCluster, {"etcd": {}}),
         ]
         if self.opts.baseline:
-            code = baseline_source(self.opts.baseline, os.path.join(self.base_dir, "baseline-src"))
+            try:
+                code = baseline_source(self.opts.baseline, os.path.join(self.base_dir, "baseline-src"))
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise SystemExit(f"--baseline {self.opts.baseline}: cannot extract it with git archive ({exc})")
             plan.insert(1, (f"zmqstore leader @{self.opts.baseline}", lambda d: z(d, "leader", 3, code_dir=code),
                             {f"zmqstore leader @{self.opts.baseline}": {}}))
         for name, make, labels in plan:
@@ -201,9 +204,13 @@ class Bench:
 
 
 def baseline_source(ref, directory):
-    """The tree of git revision `ref` of this repository, extracted into `directory`; returns it."""
-    os.makedirs(directory)
+    """The tree of git revision `ref` of this repository, extracted into `directory` (named after the
+    revision's short hash, which the table's versions line shows); returns it."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    short = subprocess.run(["git", "-C", repo, "rev-parse", "--short", ref], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    directory = os.path.join(directory, short)
+    os.makedirs(directory)
     archive = subprocess.run(["git", "-C", repo, "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", directory], input=archive, check=True)
     return directory

@@ -197,7 +197,7 @@ class LeaderMode(Mode):
         engine.flush()
         if primary is not None:
             asks = self.roles.read_asks
-            own = asks.take_local(time.monotonic())     # ReadIndex reads held before this node led
+            own = asks.take_local(time.monotonic(), engine.storage.term)   # ReadIndex reads held before it led
             if own is not None:
                 primary.on_read_index(self.config.node_id, None, own)
             primary.advance_commit()

@@ -124,6 +124,10 @@ def test_read_index_is_refused_where_it_means_nothing(cluster, nodes, tmp_path):
         with pytest.raises(ZmqstoreError) as info:
             db.get("k", read_index=True)
         assert info.value.code == "unsupported_operation"
+    # datastore-cli passes --read-index on: dynamo mode refuses it (a plain get would say "absent")
+    proc = subprocess.run([sys.executable, "-m", "zmqstore.cli_main", *c.nodes[1].cli_args(), "get", "k",
+                           "--read-index"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "unsupported_operation" in proc.stderr, (proc.stdout, proc.stderr)
     leader = cluster()
     with leader.nodes[2].client(retry=NO_RETRY) as db:
         with pytest.raises(ZmqstoreError) as info:

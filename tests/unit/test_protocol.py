@@ -366,7 +366,8 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st
 def test_a_packed_scalar_is_judged_from_its_header_alone(obj):
     """The fast path of the value check (checks._check_value): every packed bin, int, float, nil
     and bool is known to be one object without unpacking it."""
-    assert protocol.is_one_scalar(protocol.pack_value(obj))
+    packed = protocol.pack_value(obj)
+    assert protocol.is_one_scalar(packed) and protocol.unpack_value(packed, protocol.Limits()) == obj
 
 
 @given(st.binary(max_size=40))
@@ -379,6 +380,21 @@ def test_the_fast_path_accepts_nothing_the_full_check_refuses(data):
     for cut in (data[:-1], data + b"\x00"):
         if protocol.is_one_scalar(cut):
             protocol.unpack_value(cut, protocol.Limits())
+
+
+def test_every_type_byte_and_length_the_fast_path_accepts_unpacks_as_one_object():
+    """Each of the 256 type bytes, followed by 0..300 bytes of zeros or of 0xff, and bin headers
+    whose length field matches what follows (up to 70,000 bytes: bin 16 and bin 32 too)."""
+    candidates = [bytes([head]) + bytes([fill]) * n for head in range(256) for fill in (0, 0xff) for n in range(301)]
+    for n in (0, 1, 255, 256, 300, 65535, 65536, 70000):
+        for head, width in ((0xc4, 1), (0xc5, 2), (0xc6, 4)):
+            if n < 256 ** width:
+                candidates.append(bytes([head]) + n.to_bytes(width, "big") + b"\x07" * n)
+    accepted = [c for c in candidates if protocol.is_one_scalar(c)]
+    assert len(accepted) > 300            # the fixints alone are 160 type bytes, twice
+    for data in accepted:
+        protocol.unpack_value(data, protocol.Limits())         # raises on anything but one object
+    assert protocol.is_one_scalar(b"\xca" + b"\x00" * 4)     # float 32, which pack_value never writes
 
 
 def test_the_fast_path_leaves_what_it_cannot_judge_to_the_full_check():

@@ -81,7 +81,7 @@ def test_reads_held_before_this_node_led_wait_for_an_ask_it_answers_itself():
     base = asks.sent
     read = asks.wait(b"k", 3)
     assert asks.take_ask(1.0, 0.1) == base + 1        # sent to the old primary, never answered
-    assert asks.take_local(1.5) == base + 2 and asks.take_local(1.6) is None
+    assert asks.take_local(1.5, 2) == base + 2 and asks.take_local(1.6, 2) is None
     answers = Answers()
     answers.add(1, None, base + 2, 4)                 # this node's own ask: no envelope
     answers.answer(Sends(lambda node_id: True), 2, 1, 70, 3, True, asks)
@@ -90,4 +90,20 @@ def test_reads_held_before_this_node_led_wait_for_an_ask_it_answers_itself():
     assert not answers and asks.answered == base + 2 and not read.ready()   # answered, not applied
     storage.applied_seq = 70
     assert read.ready()
-    assert asks.take_local(2.0) is None               # nothing waits any more
+    assert asks.take_local(2.0, 2) is None            # nothing waits any more
+
+
+def test_an_own_ask_of_an_earlier_term_does_not_hold_back_the_next_term():
+    """Elected, deposed before its own ask was answered (that term's Primary is gone), then elected
+    again: the reads held meanwhile get a new own ask in the new term."""
+    storage = AppliedStorage()
+    asks = Asks(storage)
+    base = asks.sent
+    first = asks.wait(b"k", 1)
+    assert asks.take_local(1.0, 2) == base + 1        # term 2: never answered
+    second = asks.wait(b"k", 2)
+    assert asks.take_ask(1.5, 0.1) == base + 2        # a secondary again: asked node 3, which died
+    assert asks.take_local(2.0, 4) == base + 3        # term 4: a new own ask
+    assert asks.on_reply(base + 3, 5)
+    storage.applied_seq = 5
+    assert first.ready() and second.ready()

@@ -56,7 +56,7 @@ class Asks:
         self.answered = self.sent       # the latest ask answered
         self.index = 0          # the commit seq that answer named
         self._wanted = False    # a read waits for the next ask
-        self._local = None      # the ask this node answers itself, having become primary
+        self._local = (0, 0)    # (term, ask): the ask this node answers itself, as primary of that term
 
     def wait(self, key, request_id) -> ReadIndexWait:
         """A read that arrived now: it waits for the ask sent at the end of this iteration."""
@@ -74,16 +74,19 @@ class Asks:
         self.sent_at = now
         return self.sent
 
-    def take_local(self, now):
-        """This node leads now: the ask that the reads it held as a secondary wait for, to be
-        answered by itself like a member's (Primary.on_read_index); None when none waits, or its
-        own ask is still being answered (a newer one would put its round off again)."""
-        if self._local is not None and self.answered < self._local:
+    def take_local(self, now, term):
+        """This node leads `term` now: the ask that the reads it held as a secondary wait for, to
+        be answered by itself like a member's (Primary.on_read_index); None when none waits, or
+        its own ask of this term is still being answered (a newer one would put its round off
+        again). An own ask of an earlier term died with that term's Primary: it is replaced."""
+        local_term, local = self._local
+        if local_term == term and self.answered < local:
             return None
         if not (self._wanted or self.answered < self.sent):
             return None
         self._wanted = False
-        self.sent = self._local = self.sent + 1
+        self.sent += 1
+        self._local = (term, self.sent)
         self.sent_at = now
         return self.sent
 

@@ -83,7 +83,7 @@ def _check_value(command, name, value, limits):
     if len(value) > limits.max_value_size:
         raise errors.ValueTooLarge(
             f"{command}.{name}: value of {len(value)} bytes exceeds max_value_size {limits.max_value_size}")
-    if is_one_scalar(value):        # most values: bytes, a number (no object built to check it)
+    if is_one_scalar(value):        # bytes, a number, nil, a bool: judged from the header alone
         return
     try:
         unpack_value(value, limits)

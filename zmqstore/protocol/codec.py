@@ -68,7 +68,8 @@ def speak(announced) -> int:
 
 def peers_take(command: str) -> bool:
     """Whether every peer takes `command` as far as this node knows: the version peer messages are
-    encoded in now is at least the one that defines it (a peer of an earlier release lacks it)."""
+    encoded in now is at least the one that defines it (a peer of an earlier release lacks it). A
+    peer that has not announced its versions yet counts as taking it (`speak`)."""
     spoken = _peer_version if _peer_version is not None else _spoken
     return spoken >= PEER_MESSAGE_VERSION.get(command, 0)
 
