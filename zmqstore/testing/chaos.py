@@ -164,10 +164,13 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
                     primary = c.wait_primary(30)
                     to_primary = time.monotonic() - healed
             finally:
+                # One deadline for all of them (the watcher's catch-up included), so that a hung
+                # worker is killed and reported within the campaign's bound, not one bound per worker.
+                joined_by = time.monotonic() + seconds + 180
                 for i, proc in enumerate(procs):
                     if i == len(histories):
                         clients_done.set()      # the watcher may now catch up with the last write
-                    proc.join(seconds + 180)
+                    proc.join(max(1.0, joined_by - time.monotonic()))
                     if proc.is_alive():
                         proc.kill()
                         proc.join(10)
