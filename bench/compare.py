@@ -92,10 +92,11 @@ class Bench:
                 code = baseline_source(self.opts.baseline, os.path.join(self.base_dir, "baseline-src"))
             except (OSError, subprocess.CalledProcessError) as exc:
                 raise SystemExit(f"--baseline {self.opts.baseline}: cannot extract it with git archive ({exc})")
-            plan.insert(1, (f"zmqstore leader @{self.opts.baseline}", lambda d: z(d, "leader", 3, code_dir=code),
-                            {f"zmqstore leader @{self.opts.baseline}": {}}))
+            baseline = f"{LEADER} @{self.opts.baseline}"
+            plan.insert(1, (baseline, lambda d: z(d, "leader", 3, code_dir=code), {baseline: {}}))
+        always = (LEADER, f"{LEADER} @{self.opts.baseline}")     # the reference, and what it is compared with
         for name, make, labels in plan:
-            labels = {label: kw for label, kw in labels.items() if want(label) or label == LEADER or "@" in label}
+            labels = {label: kw for label, kw in labels.items() if want(label) or label in always}
             if not labels or self.add(name, make) is None:
                 continue
             cluster = self.clusters[name]

@@ -89,6 +89,15 @@ def _before(events, name, t):
     return times[i][0] if i >= 0 else None
 
 
+def _covering(events, name, t, seq):
+    """The time of the first `name` event at or after t whose seq reaches `seq` (None: none)."""
+    times = events[name]
+    for i in range(bisect.bisect_left(times, (t, -1)), len(times)):
+        if times[i][1] >= seq:
+            return times[i][0]
+    return None
+
+
 STAGES = ("client -> primary", "primary: request to publish", "primary -> secondary",
           "secondary: poll to its batch write", "secondary: batch write (fsync)", "secondary: write to ACK sent",
           "secondary -> primary", "primary: ACK to reply sent", "primary -> client", "total")
@@ -108,16 +117,14 @@ def stages(timed, events, cpu_at, primary_id=1):
         if i >= len(published) or published[i][0] > t1:
             continue
         pub, seq = published[i]
-        first = None            # (ACK taken, secondary id): the first of the secondaries' ACKs
-        for node_id, ev in events.items():
-            acks = [t for t, s in p.get(f"ack{node_id}", ()) if s >= seq and t >= pub]
-            if node_id != primary_id and acks and (first is None or acks[0] < first[0]):
-                first = (acks[0], node_id)
-        if first is None:
+        # the first of the secondaries' ACKs that covers the put: (when the primary took it, secondary id)
+        acks = [(_covering(p, f"ack{node_id}", pub, seq), node_id) for node_id in events if node_id != primary_id]
+        acks = [a for a in acks if a[0] is not None]
+        if not acks:
             continue
-        ack, sid = first
+        ack, sid = min(acks)
         s = events[sid]
-        recv = next((t for t, q in s["recv"] if q >= seq and t >= pub), None)
+        recv = _covering(s, "recv", pub, seq)
         if recv is None:
             continue
         poll, c0, c1 = _before(s, "poll", recv), _after(s, "c0", recv), _after(s, "c1", recv)
