@@ -3,9 +3,11 @@
 Key layouts are documented in docs/STORAGE.md. Every change is one WriteBatch holding the data, its
 log entry and the bookkeeping, so a crash leaves all of a change or none of it.
 """
+import contextlib
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
 import time
@@ -17,6 +19,10 @@ from .protocol import entry_term  # entries are stored as the protocol encodes t
 
 FORMAT_VERSION = 1
 MARKER = "zmqstore.json"
+# Written (fsynced) before a new data dir's RocksDB is created and removed once its marker is: a dir
+# holding it and no marker is one whose creation was cut short (a kill -9, a power cut), which nothing
+# was ever served from, so it is created again instead of being refused as foreign.
+CREATING = "zmqstore.creating"
 DB_DIR = "db"
 COLUMN_FAMILIES = ("data", "log", "meta")
 
@@ -226,6 +232,8 @@ class Storage:
             except OSError as exc:
                 storage.close()
                 raise DataDirError(f"cannot write {marker_path}: {exc.strerror}") from None
+            with contextlib.suppress(OSError):     # else the next start removes it (_check_data_dir)
+                os.remove(os.path.join(data_dir, CREATING))
         return storage
 
     def compact_in_background(self, free_bytes, which) -> set:
@@ -440,11 +448,25 @@ def _check_data_dir(data_dir, marker_path, node_id, mode) -> bool:
             raise DataDirError(f"parent of data dir {data_dir} does not exist; create {parent} or fix --data-dir")
         os.mkdir(data_dir, 0o700)
     _make_private(data_dir)
+    creating = os.path.join(data_dir, CREATING)
     if not os.path.exists(marker_path):
-        if os.listdir(data_dir):
+        entries = set(os.listdir(data_dir))
+        if CREATING in entries and entries <= {CREATING, DB_DIR, MARKER + ".tmp"}:
+            log.warning("data dir %s: an earlier start was stopped while creating it (%s, no %s); nothing was "
+                        "served from it: creating it again", data_dir, CREATING, MARKER)
+            for name in entries - {CREATING}:
+                path = os.path.join(data_dir, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        elif entries:
             raise DataDirError(f"data dir {data_dir} is not empty and has no {MARKER}: it was not written by "
                                f"zmqstore; choose an empty or new --data-dir")
+        _write_durably(creating, b"")
         return True
+    if os.path.exists(creating):        # the marker made it: the creation finished before the removal did
+        os.remove(creating)
     try:
         with open(marker_path, encoding="utf-8") as f:
             marker = json.load(f)
@@ -480,12 +502,22 @@ def _make_private(data_dir):
 
 def _write_marker(marker_path, node_id, mode):
     tmp = marker_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"format": FORMAT_VERSION, "node_id": node_id, "mode": mode}, f)
+    _write_durably(tmp, json.dumps({"format": FORMAT_VERSION, "node_id": node_id, "mode": mode}).encode())
+    os.replace(tmp, marker_path)
+    _sync_dir(os.path.dirname(marker_path))
+
+
+def _write_durably(path, content: bytes):
+    """Write a file and fsync it and its directory."""
+    with open(path, "wb") as f:
+        f.write(content)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, marker_path)
-    dir_fd = os.open(os.path.dirname(marker_path), os.O_RDONLY)
+    _sync_dir(os.path.dirname(path))
+
+
+def _sync_dir(path):
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

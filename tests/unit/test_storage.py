@@ -4,7 +4,7 @@ import json
 import pytest
 
 from zmqstore.errors import DataDirError
-from zmqstore.storage import META_FIRST_SEQ, META_LAST_SEQ, Storage
+from zmqstore.storage import CREATING, MARKER, META_FIRST_SEQ, META_LAST_SEQ, Storage
 
 
 def write(st, seq, key, value):
@@ -89,6 +89,43 @@ def test_refuses_foreign_missing_parent_and_damage(tmp_path):
     (lost / "zmqstore.json").write_text("{nonsense")
     with pytest.raises(DataDirError, match="damaged"):
         Storage.open(lost, 1, "leader")
+
+
+def test_a_creation_cut_short_is_created_again_and_nothing_else_is(tmp_path):
+    """A start killed after it made db/ but before the marker (seen in a fault campaign: the node was
+    refused as foreign ever after) leaves zmqstore.creating: the next start creates the dir again.
+    Without that file, or beside a file zmqstore does not write, the dir is refused as before."""
+    d = tmp_path / "d"
+    st = Storage.open(d, 1, "leader")
+    assert st.created and not (d / CREATING).exists()
+    write(st, 1, b"k", b"v")
+    st.close()
+    (d / MARKER).rename(d / (MARKER + ".tmp"))      # as if killed between the db and the marker's rename
+    (d / CREATING).write_bytes(b"")
+    st = Storage.open(d, 1, "leader")
+    try:
+        assert st.created and st.get(b"k") is None and (d / MARKER).exists() and not (d / CREATING).exists()
+    finally:
+        st.close()
+    assert not Storage.open(d, 1, "leader").created     # and it is an ordinary dir from then on
+
+    half = tmp_path / "half"
+    Storage.open(half, 1, "leader").close()
+    (half / MARKER).unlink()
+    with pytest.raises(DataDirError, match="not written by zmqstore"):
+        Storage.open(half, 1, "leader")             # no creating file: not known to be ours
+    (half / CREATING).write_bytes(b"")
+    (half / "notes.txt").write_text("someone's")
+    with pytest.raises(DataDirError, match="not written by zmqstore"):
+        Storage.open(half, 1, "leader")
+    assert (half / "notes.txt").exists() and (half / "db").is_dir()     # nothing removed
+
+    done = tmp_path / "done"
+    Storage.open(done, 1, "leader").close()
+    (done / CREATING).write_bytes(b"")               # killed after the marker, before the removal
+    st = Storage.open(done, 1, "leader")
+    st.close()
+    assert not st.created and not (done / CREATING).exists()
 
 
 def test_refuses_dir_in_use(tmp_path):
