@@ -97,7 +97,10 @@ def test_membership_changes_under_faults_are_linearizable(tmp_path):
 
 # The campaign's own bounds: its watcher may take 120 s (CATCH_UP) to become current once the clients
 # are done, and a worker that hangs is killed after seconds + 180 s, then reported. pytest's 120 s cut
-# it short twice in full runs (2026-12-01, 2026-12-02), in proc.join, leaving no report to read.
+# it short twice in full runs (2026-12-01, 2026-12-02), in proc.join, leaving no report to read. With
+# the campaign's report (its node processes and their logs' ends), the third failure showed the cause:
+# a node killed moments after it started from a new data dir left db/ without the marker, and was
+# refused as foreign on every restart after (fixed in storage.py: zmqstore.creating).
 @pytest.mark.timeout(300)
 def test_dynamo_membership_changes_under_faults_lose_nothing(tmp_path):
     """Issue 13, dynamo mode: nodes removed through another node and brought back with --join from
@@ -107,7 +110,7 @@ def test_dynamo_membership_changes_under_faults_lose_nothing(tmp_path):
                        faults=["remove-random", "kill-random"])
     kinds = [kind for _t, kind, _node in summary["fault_log"]]
     assert summary["faults"] >= 5 and "remove-random" in kinds
+    assert summary["passed"], {k: summary[k] for k in ("report", "not_converged", "broken_workers", "watch", "processes",
+                                                       "fault_log") if k in summary}
     assert summary["acknowledged"] > 1000
-    assert summary["passed"], (summary.get("report") or summary.get("not_converged") or summary.get("broken_workers")
-                               or summary.get("watch"))
     assert summary["watch"]["ok"] and summary["watch"]["events"] >= summary["acknowledged"]

@@ -34,6 +34,7 @@ from .process import Cluster, keys_by_default, wait_until
 from .watching import check_dynamo_watch, check_watch, dynamo_watch_worker, watch_worker
 from ..dynamo.placement import Placement
 from .workload import dynamo_finals, dynamo_worker, leader_worker
+from ..errors import ZmqstoreError
 
 
 def _converged(cluster):
@@ -188,7 +189,8 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             extra = {}
         except TimeoutError:
             to_converge = None
-            extra = {"not_converged": _trace_convergence(c, done, 5 if broken else 90)}
+            extra = {"not_converged": _trace_convergence(c, done, 5 if broken else 90),
+                     "processes": _node_report(c)}
         summary = {"mode": mode, "keys": c.keys is not None, "seed": seed, "seconds": seconds, "nodes": nodes,
                    "replicas": replicas,
                    "faults": len(nemesis.log),
@@ -197,7 +199,11 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
         if mode == "dynamo":
             history = [op for path in histories if os.path.exists(path) for op in convergence.read_history(path)]
             reads = sum(int(open(path + ".reads").read()) for path in histories if os.path.exists(path + ".reads"))
-            verdict = _judge_dynamo(c, history)
+            try:
+                verdict = _judge_dynamo(c, history)
+            except ZmqstoreError as exc:     # a node that does not answer cannot be judged: say which, and why
+                verdict = _Unjudged(f"the final reads failed: {exc}", c)
+                summary.setdefault("processes", verdict.processes)
             summary.update(operations=len(history) + reads, reads=reads, ok_verdict=verdict.ok,
                            acknowledged=verdict.acknowledged, lost=len(verdict.lost))
             if os.path.exists(watch_path):
@@ -247,6 +253,32 @@ def _campaign_lock():
     return f
 
 
+class _Unjudged:
+    """A dynamo verdict that could not be reached (a node did not answer the final reads)."""
+
+    ok = identical = False
+    acknowledged = 0
+    lost = ()
+
+    def __init__(self, why, cluster):
+        self.why, self.processes = why, _node_report(cluster)
+
+    def report(self):
+        return self.why + "\n" + json.dumps(self.processes, indent=1)
+
+
+def _node_report(cluster, lines=12):
+    """Each node's process state and the end of its log: what a campaign that failed to converge or
+    to read its nodes shows, so that a node that exited or hangs can be told from a slow one."""
+    report = {}
+    for node_id, node in cluster.nodes.items():
+        proc = node.proc
+        report[node_id] = {"alive": node.alive(), "exit_code": proc.poll() if proc is not None else None,
+                           "data_dir": node.data_dir, "join": getattr(node, "join", None),
+                           "log_tail": node.log().splitlines()[-lines:]}
+    return report
+
+
 def _trace_convergence(cluster, done, seconds):
     """The nodes did not converge in time: keep watching (up to `seconds`), recording what they
     report every few seconds, so a failure shows whether they were slow or stuck."""
@@ -269,7 +301,7 @@ def _judge_dynamo(cluster, history):
     node between the reads (the data is equal once collection has run everywhere)."""
     deadline = time.monotonic() + 10
     while True:
-        replicas = cluster.nodes[next(iter(cluster.nodes))].status().get("replicas", 0)
+        replicas = (cluster.nodes[next(iter(cluster.nodes))].status() or {}).get("replicas", 0)
         owners = None
         if replicas and replicas < len(cluster.nodes):
             placement = Placement(list(cluster.nodes), replicas)
@@ -323,6 +355,8 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in summary.items() if k != "report"}))
     if "not_converged" in summary:
         print("nodes after the last operation: " + json.dumps(summary["not_converged"]))
+    if "processes" in summary:
+        print("node processes and log tails: " + json.dumps(summary["processes"], indent=1))
     if "broken_workers" in summary:
         print(f"workload processes {summary['broken_workers']} crashed or hung: their histories are missing")
     if "report" in summary:
