@@ -349,6 +349,59 @@ def test_a_small_bomb_below_the_walk_threshold_is_capped_by_its_size():
     assert peak < 1 << 20
 
 
+MSGPACK_OBJECTS = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.binary(max_size=600),
+              st.text(max_size=300)),
+    lambda inner: st.one_of(st.lists(inner, max_size=12), st.dictionaries(st.binary(max_size=8), inner, max_size=6)),
+    max_leaves=40)
+
+
+def _outcome(decode, data):
+    try:
+        return "ok", decode(data)
+    except Exception as exc:     # what matters is that both paths refuse the same inputs
+        return "refused", type(exc).__name__ == "OutOfData" or isinstance(exc, ValueError)
+
+
+@given(MSGPACK_OBJECTS, st.binary(min_size=257, max_size=400), st.integers(0, 2000), st.binary(max_size=3),
+       st.sampled_from([(1 << 20, 1 << 20, 64, 0), (300, 5, 2, 0), (64, 1 << 20, 0, 16)]))
+@settings(max_examples=300, deadline=None)
+def test_the_kept_unpacker_refuses_and_accepts_exactly_what_a_fresh_one_does(obj, pad, cut, tail, caps):
+    """protocol/values.py keeps one Unpacker per thread and caps for inputs of 257 B to 64 KiB. Fed
+    whole, cut short, extended, or over a cap, it must decide as the fresh Unpacker of larger inputs
+    does, and a refusal must not spoil the next input."""
+    from zmqstore.protocol import values
+    whole = msgpack.packb([obj, pad], use_bin_type=True)
+    for data in (whole, whole[:max(257, len(whole) - cut)], whole + tail, whole[:300] + whole[:300]):
+        kept = _outcome(lambda d: values._unpackb(d, *caps), data)
+        fresh_limit, values._REUSE_MAX = values._REUSE_MAX, 0
+        try:
+            fresh = _outcome(lambda d: values._unpackb(d, *caps), data)
+        finally:
+            values._REUSE_MAX = fresh_limit
+        assert kept == fresh, data[:40]
+        assert values._unpackb(whole, 1 << 20, 1 << 20, 64) == msgpack.unpackb(whole, strict_map_key=False)
+
+
+def test_kept_unpackers_are_per_thread():
+    import threading
+    from zmqstore.protocol import values
+    messages = [msgpack.packb([i, b"x" * (300 + i)]) for i in range(8)]
+    wrong = []
+
+    def decode_many(i):
+        for _ in range(2000):
+            if values._unpackb(messages[i], 1 << 20, 100, 0) != [i, b"x" * (300 + i)]:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=decode_many, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not wrong and not any(t.is_alive() for t in threads)
+
+
 def test_a_value_is_one_complete_msgpack_object():
     good = msgpack.packb({"a": [1, 2, {"b": "x" * 400}]})
     assert protocol.unpack_value(good, protocol.Limits()) == {"a": [1, 2, {"b": "x" * 400}]}
