@@ -431,6 +431,35 @@ def test_a_new_primary_scans_only_after_its_terms_first_entry_commits(make):
     assert protocol.decode_reply(reply).ok
 
 
+def test_entries_of_an_earlier_term_commit_only_under_one_of_this_term_and_the_log_is_read_once(make):
+    """Raft's rule (DESIGN.md 4.2) through Primary._of_this_term: a quorum holding term-1 entries
+    commits nothing for the primary of term 2 until its own first entry is held; from then on the
+    commit moves without reading the log (it read one entry to learn where its term starts)."""
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    put = lambda rid: protocol.decode_request(protocol.encode_request(     # noqa: E731
+        "PUT", b"c" * 16, rid, 1, b"k%d" % rid, protocol.pack_value(rid)))
+    eng.handle(put(1))
+    eng.flush()
+    eng.become_primary(2)               # its empty entry: seq 3, term 2
+    eng.flush()
+    primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
+    primary.on_ack((2, 2, 2, 0, True), now=1.0)
+    primary.on_ack((3, 2, 2, 0, True), now=1.0)
+    assert eng.commit_seq == 0 and eng.term_at(2) == 1
+    primary.on_ack((2, 2, 3, 0, True), now=1.0)
+    assert eng.commit_seq == 3
+    reads = []
+    term_at = eng.storage.term_at
+    eng.storage.term_at = lambda seq: reads.append(seq) or term_at(seq)
+    for rid in (2, 3):
+        eng.handle(put(rid))
+    eng.flush()
+    primary.on_ack((2, 2, 4, 0, True), now=1.0)
+    primary.on_ack((2, 2, 5, 0, True), now=1.0)
+    assert eng.commit_seq == 5 and reads == []
+
+
 def test_copies_on_learners_do_not_count_toward_commit(make):
     """A learner (a new data dir) may have lost a vote it gave: the primary does not count its ACKs."""
     eng, cfg = make(1)

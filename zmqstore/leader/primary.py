@@ -31,6 +31,7 @@ class Primary:
         self._latest = now              # the latest time this was told (the grace period of a new member)
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
+        self._term_from = None          # (term, a seq whose entry is of that term): _of_this_term
         self.read_answers = Answers()   # secondaries' READ_INDEX asks waiting for their round
         self.round_asked = False        # one of them asks for a new round
         self.counters = {}
@@ -93,8 +94,21 @@ class Primary:
         if len(values) < quorum:
             return
         candidate = min(values[quorum - 1], own)
-        if candidate > self.engine.commit_seq and self.storage.term_at(candidate) == self.storage.term:
+        if candidate > self.engine.commit_seq and self._of_this_term(candidate):
             self.engine.commit_seq = candidate
+
+    def _of_this_term(self, seq) -> bool:
+        """Whether the entry at seq is of this term. Terms never fall along a log, and none in a
+        primary's log is above its own term, so once an entry is found to be of this term every
+        later one is: the log is read (an entry decoded) only until then, not once per commit."""
+        term = self.storage.term
+        first = self._term_from
+        if first is not None and first[0] == term and seq >= first[1]:
+            return True
+        if self.storage.term_at(seq) != term:
+            return False
+        self._term_from = (term, seq)
+        return True
 
     def confirmed_round(self):
         """The latest round a majority (this node included) has answered in this term."""
