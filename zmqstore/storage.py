@@ -4,6 +4,7 @@ Key layouts are documented in docs/STORAGE.md. Every change is one WriteBatch ho
 log entry and the bookkeeping, so a crash leaves all of a change or none of it.
 """
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -164,6 +165,7 @@ class Storage:
 
     def __init__(self, path, db, fsync):
         self.path = path
+        self._dir_lock = None       # the data dir's fd, flocked while open (_lock_data_dir)
         self._db = db
         self._handles = {name: db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._data = db.get_column_family("data")
@@ -195,6 +197,17 @@ class Storage:
         """Open (creating if new) the data dir of node `node_id` in `mode`. Refuses a dir that another
         node id or mode wrote, a non-empty dir that zmqstore did not create, and a dir in use."""
         data_dir = os.path.abspath(data_dir)
+        dir_lock = _lock_data_dir(data_dir)
+        try:
+            storage = cls._open_locked(data_dir, node_id, mode, fsync)
+        except BaseException:
+            os.close(dir_lock)
+            raise
+        storage._dir_lock = dir_lock
+        return storage
+
+    @classmethod
+    def _open_locked(cls, data_dir, node_id, mode, fsync):
         marker_path = os.path.join(data_dir, MARKER)
         db_path = os.path.join(data_dir, DB_DIR)
         fresh = _check_data_dir(data_dir, marker_path, node_id, mode)
@@ -285,6 +298,9 @@ class Storage:
             self._data = self._log = self._meta = self._db = None
             self._handles = {}
             self._cfs = {}
+            if self._dir_lock is not None:
+                os.close(self._dir_lock)
+                self._dir_lock = None
 
     # ------------------------------------------------------------ reads
 
@@ -438,35 +454,56 @@ class Storage:
             return 0
 
 
-def _check_data_dir(data_dir, marker_path, node_id, mode) -> bool:
-    """Validate the data dir; create it if new. Returns True when the dir is new (no marker)."""
+def _lock_data_dir(data_dir) -> int:
+    """Create the data dir if new; return an fd of it holding an exclusive flock, which Storage
+    keeps until closed. Taken before anything in the dir is judged, so a second process can neither
+    open the dir nor take a creation under way for an interrupted one (RocksDB's own LOCK is inside
+    db/, which that judgement may remove)."""
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataDirError(f"data dir {data_dir} exists and is not a directory")
-    if not os.path.exists(data_dir):
-        parent = os.path.dirname(data_dir)
-        if not os.path.isdir(parent):
-            raise DataDirError(f"parent of data dir {data_dir} does not exist; create {parent} or fix --data-dir")
-        os.mkdir(data_dir, 0o700)
-    _make_private(data_dir)
+    try:
+        if not os.path.exists(data_dir):
+            parent = os.path.dirname(data_dir)
+            if not os.path.isdir(parent):
+                raise DataDirError(f"parent of data dir {data_dir} does not exist; create {parent} or fix --data-dir")
+            os.mkdir(data_dir, 0o700)
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise DataDirError(f"cannot create or open data dir {data_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DataDirError(f"data dir {data_dir} is in use by another process (its lock is held); "
+                           f"stop that node or choose another --data-dir") from None
+    return fd
+
+
+def _check_data_dir(data_dir, marker_path, node_id, mode) -> bool:
+    """Validate the (locked) data dir. Returns True when the dir is new (no marker)."""
     creating = os.path.join(data_dir, CREATING)
-    if not os.path.exists(marker_path):
-        entries = set(os.listdir(data_dir))
-        if CREATING in entries and entries <= {CREATING, DB_DIR, MARKER + ".tmp"}:
-            log.warning("data dir %s: an earlier start was stopped while creating it (%s, no %s); nothing was "
-                        "served from it: creating it again", data_dir, CREATING, MARKER)
-            for name in entries - {CREATING}:
-                path = os.path.join(data_dir, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.remove(path)
-        elif entries:
-            raise DataDirError(f"data dir {data_dir} is not empty and has no {MARKER}: it was not written by "
-                               f"zmqstore; choose an empty or new --data-dir")
-        _write_durably(creating, b"")
-        return True
-    if os.path.exists(creating):        # the marker made it: the creation finished before the removal did
-        os.remove(creating)
+    try:
+        _make_private(data_dir)
+        if not os.path.exists(marker_path):
+            entries = set(os.listdir(data_dir))
+            if CREATING in entries and entries <= {CREATING, DB_DIR, MARKER + ".tmp"}:
+                log.warning("data dir %s: an earlier start was stopped while creating it (%s, no %s); nothing "
+                            "was served from it: creating it again", data_dir, CREATING, MARKER)
+                for name in entries - {CREATING}:
+                    path = os.path.join(data_dir, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.remove(path)
+            elif entries:
+                raise DataDirError(f"data dir {data_dir} is not empty and has no {MARKER}: it was not written by "
+                                   f"zmqstore; choose an empty or new --data-dir")
+            _write_durably(creating, b"")
+            return True
+        if os.path.exists(creating):    # the marker made it: the creation finished before the removal did
+            os.remove(creating)
+    except OSError as exc:
+        raise DataDirError(f"cannot prepare data dir {data_dir}: {exc.strerror} ({exc.filename})") from None
     try:
         with open(marker_path, encoding="utf-8") as f:
             marker = json.load(f)

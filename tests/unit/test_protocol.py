@@ -351,7 +351,8 @@ def test_a_small_bomb_below_the_walk_threshold_is_capped_by_its_size():
 
 MSGPACK_OBJECTS = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.binary(max_size=600),
-              st.text(max_size=300)),
+              st.text(max_size=300), st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=40)),
+              st.builds(msgpack.Timestamp, st.integers(0, 2**34), st.integers(0, 999_999_999))),
     lambda inner: st.one_of(st.lists(inner, max_size=12), st.dictionaries(st.binary(max_size=8), inner, max_size=6)),
     max_leaves=40)
 
@@ -359,28 +360,52 @@ MSGPACK_OBJECTS = st.recursive(
 def _outcome(decode, data):
     try:
         return "ok", decode(data)
-    except Exception as exc:     # what matters is that both paths refuse the same inputs
-        return "refused", type(exc).__name__ == "OutOfData" or isinstance(exc, ValueError)
+    except Exception as exc:     # both paths must refuse the same inputs, with the same exception
+        return "refused", type(exc).__name__
+
+
+def _both_paths(data, *caps, use_list=True):
+    """(the kept Unpacker's outcome, a fresh one's) for the same input and caps."""
+    from zmqstore.protocol import values
+    kept = _outcome(lambda d: values._unpackb(d, *caps, use_list=use_list), data)
+    limit, values._REUSE_MAX = values._REUSE_MAX, 0
+    try:
+        return kept, _outcome(lambda d: values._unpackb(d, *caps, use_list=use_list), data)
+    finally:
+        values._REUSE_MAX = limit
 
 
 @given(MSGPACK_OBJECTS, st.binary(min_size=257, max_size=400), st.integers(0, 2000), st.binary(max_size=3),
-       st.sampled_from([(1 << 20, 1 << 20, 64, 0), (300, 5, 2, 0), (64, 1 << 20, 0, 16)]))
+       st.sampled_from([(1 << 20, 1 << 20, 64, 0), (300, 5, 2, 0), (64, 1 << 20, 0, 16)]), st.booleans(),
+       st.sampled_from([b"", b"\xa3\xff\xfe\xfd"]))
 @settings(max_examples=300, deadline=None)
-def test_the_kept_unpacker_refuses_and_accepts_exactly_what_a_fresh_one_does(obj, pad, cut, tail, caps):
+def test_the_kept_unpacker_refuses_and_accepts_exactly_what_a_fresh_one_does(obj, pad, cut, tail, caps, use_list,
+                                                                             bad_utf8):
     """protocol/values.py keeps one Unpacker per thread and caps for inputs of 257 B to 64 KiB. Fed
-    whole, cut short, extended, or over a cap, it must decide as the fresh Unpacker of larger inputs
-    does, and a refusal must not spoil the next input."""
-    from zmqstore.protocol import values
+    whole, cut short, extended, over a cap or with bad UTF-8, as lists or tuples (log entries), it
+    must decide as the fresh Unpacker of larger inputs does, and a refusal must not spoil the next
+    input (each example feeds several inputs to the same kept Unpacker)."""
     whole = msgpack.packb([obj, pad], use_bin_type=True)
-    for data in (whole, whole[:max(257, len(whole) - cut)], whole + tail, whole[:300] + whole[:300]):
-        kept = _outcome(lambda d: values._unpackb(d, *caps), data)
-        fresh_limit, values._REUSE_MAX = values._REUSE_MAX, 0
-        try:
-            fresh = _outcome(lambda d: values._unpackb(d, *caps), data)
-        finally:
-            values._REUSE_MAX = fresh_limit
+    if bad_utf8:
+        whole = b"\x93" + whole[1:] + bad_utf8      # a third item: a str that is not UTF-8
+    for data in (whole, whole[:max(257, len(whole) - cut)], whole + tail, whole[:300] + whole[:300], whole):
+        kept, fresh = _both_paths(data, *caps, use_list=use_list)
         assert kept == fresh, data[:40]
-        assert values._unpackb(whole, 1 << 20, 1 << 20, 64) == msgpack.unpackb(whole, strict_map_key=False)
+
+
+@pytest.mark.parametrize("size", [257, (1 << 16) - 1, 1 << 16, (1 << 16) + 1])
+def test_the_kept_unpacker_at_its_size_bounds(size):
+    """Inputs at and around the bounds of the kept path decode as msgpack does, one after another
+    (a kept Unpacker's buffer holds exactly one input of _REUSE_MAX bytes), and one byte more is
+    refused as msgpack refuses it."""
+    data = next(d for d in (msgpack.packb([1, b"x" * pad]) for pad in range(size, 0, -1)) if len(d) == size)
+    for _ in range(3):
+        for caps in ((1 << 20, 10, 0), (size, 2, 0)):
+            kept, fresh = _both_paths(data, *caps)
+            assert kept == fresh == ("ok", msgpack.unpackb(data))
+    kept, fresh = _both_paths(data + b"\x00", 1 << 20, 10, 0)
+    assert kept == fresh == ("refused", "ExtraData")
+    assert _both_paths(data, 1 << 20, 10, 0)[0] == ("ok", msgpack.unpackb(data))     # not spoilt
 
 
 def test_kept_unpackers_are_per_thread():

@@ -128,6 +128,29 @@ def test_a_creation_cut_short_is_created_again_and_nothing_else_is(tmp_path):
     assert not st.created and not (done / CREATING).exists()
 
 
+def test_a_creation_under_way_is_not_taken_for_an_interrupted_one_by_a_second_start(tmp_path):
+    """The data dir is flocked before it is judged: a second start while the first is between its
+    creating file and its marker is refused as in use and removes nothing (review of 626ee83: it
+    deleted the first one's db/, LOCK and all, and both ran on one dir)."""
+    d = tmp_path / "d"
+    first = Storage.open(d, 1, "leader")
+    try:
+        write(first, 1, b"k", b"v")
+        (d / MARKER).unlink()                  # the first as it was mid-creation
+        (d / CREATING).write_bytes(b"")
+        with pytest.raises(DataDirError, match="in use"):
+            Storage.open(d, 1, "leader")
+        assert first.get(b"k") == b"v" and (d / "db" / "CURRENT").exists()
+    finally:
+        first.close()
+    only = tmp_path / "only"                   # killed before db/ existed
+    only.mkdir()
+    (only / CREATING).write_bytes(b"")
+    st = Storage.open(only, 1, "leader")
+    st.close()
+    assert st.created and (only / MARKER).exists() and not (only / CREATING).exists()
+
+
 def test_refuses_dir_in_use(tmp_path):
     st = Storage.open(tmp_path / "d", 1, "leader")
     try:

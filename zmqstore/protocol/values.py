@@ -64,8 +64,9 @@ def is_one_scalar(data: bytes) -> bool:
 _SMALL_INPUT = 256
 # Up to this many bytes the walk and the decode use an Unpacker kept per thread and per set of caps
 # (_Reused): making an Unpacker costs more than walking and decoding a 1 KB message with it (2.6 us of
-# the 7.2 a 1 KB PUT took; 2.5 us in all with one kept). Larger inputs get a fresh one each, as before,
-# so what a kept Unpacker's buffer holds stays under 4 x this.
+# the 7.2 a 1 KB PUT took; 3.1 us in all with one kept). Larger inputs get a fresh one each, as before.
+# A kept Unpacker holds a buffer of this size (about 100 KB with its state); a thread keeps one per set
+# of caps its messages use (about 7 in a node).
 _REUSE_MAX = 1 << 16
 _kept = threading.local()       # caps -> _Reused, per thread: feed, skip and unpack are separate calls
 
@@ -92,8 +93,11 @@ def _unpackb(data: bytes, max_bin_len, max_array_len, max_map_len, max_ext_len=0
         if reused is None:
             reused = _Reused(caps)
         obj = reused.unpack(data, n)
-        kept[caps] = reused
-        return obj
+        if obj is not _TRAILING:
+            kept[caps] = reused
+            return obj
+        # Bytes after the object: the fresh path below refuses it as msgpack does (with the error of
+        # the first object when that is bad too), and the kept Unpacker, holding them, is dropped.
     caps = {"max_bin_len": min(max_bin_len, n), "max_str_len": min(max_bin_len, n),
             "max_array_len": min(max_array_len, n), "max_map_len": min(max_map_len, n),
             "max_ext_len": min(max_ext_len, n)}
@@ -101,6 +105,10 @@ def _unpackb(data: bytes, max_bin_len, max_array_len, max_map_len, max_ext_len=0
     walker.feed(data)
     walker.skip()
     return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=use_list, **caps)
+
+
+_TRAILING = object()    # _Reused.unpack: the input holds more than one object
+
 
 class _Reused:
     """One Unpacker, kept, for inputs of at most _REUSE_MAX bytes: each is fed, walked with skip()
@@ -114,17 +122,19 @@ class _Reused:
     def __init__(self, caps):
         bin_len, array_len, map_len, ext_len, use_list = caps
         self.unpacker = msgpack.Unpacker(
-            max_buffer_size=4 * _REUSE_MAX, raw=False, strict_map_key=False, use_list=use_list,
+            max_buffer_size=_REUSE_MAX, raw=False, strict_map_key=False, use_list=use_list,
             max_bin_len=bin_len, max_str_len=bin_len, max_array_len=array_len, max_map_len=map_len,
             max_ext_len=ext_len)
         self.consumed = 0       # bytes of the stream unpacked so far (its tell())
+        # Each input is fed once its predecessor was wholly consumed, so at most len(input) bytes are
+        # ever buffered: _REUSE_MAX is room enough (checked by a test at exactly that size).
 
     def unpack(self, data, n):
         unpacker = self.unpacker
         unpacker.feed(data)
         unpacker.skip()
         if unpacker.tell() != self.consumed + n:
-            raise ValueError("bytes after the msgpack object")     # as unpackb's ExtraData
+            return _TRAILING
         unpacker.feed(data)
         obj = unpacker.unpack()
         self.consumed += 2 * n
