@@ -290,17 +290,19 @@ class Storage:
         holds the DB open, so all are closed and dropped, not just the main handle."""
         if not self._closed:
             self._closed = True
-            if self._compacting is not None:
-                self._compacting.join()
-            for cf in (self._data, self._log, self._meta):
-                cf.close()
-            self._db.close()
-            self._data = self._log = self._meta = self._db = None
-            self._handles = {}
-            self._cfs = {}
-            if self._dir_lock is not None:
-                os.close(self._dir_lock)
-                self._dir_lock = None
+            try:
+                if self._compacting is not None:
+                    self._compacting.join()
+                for cf in (self._data, self._log, self._meta):
+                    cf.close()
+                self._db.close()
+                self._data = self._log = self._meta = self._db = None
+                self._handles = {}
+                self._cfs = {}
+            finally:
+                if self._dir_lock is not None:      # released even when RocksDB refused to close
+                    os.close(self._dir_lock)
+                    self._dir_lock = None
 
     # ------------------------------------------------------------ reads
 
@@ -472,10 +474,14 @@ def _lock_data_dir(data_dir) -> int:
         raise DataDirError(f"cannot create or open data dir {data_dir}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise DataDirError(f"data dir {data_dir} is in use by another process (its lock is held); "
                            f"stop that node or choose another --data-dir") from None
+    except OSError as exc:      # no flock here (some network file systems): say so, not "in use"
+        os.close(fd)
+        raise DataDirError(f"cannot lock data dir {data_dir}: {exc.strerror}; put it on a local file "
+                           f"system") from None
     return fd
 
 

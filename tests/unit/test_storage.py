@@ -107,7 +107,9 @@ def test_a_creation_cut_short_is_created_again_and_nothing_else_is(tmp_path):
         assert st.created and st.get(b"k") is None and (d / MARKER).exists() and not (d / CREATING).exists()
     finally:
         st.close()
-    assert not Storage.open(d, 1, "leader").created     # and it is an ordinary dir from then on
+    st = Storage.open(d, 1, "leader")
+    st.close()
+    assert not st.created                               # and it is an ordinary dir from then on
 
     half = tmp_path / "half"
     Storage.open(half, 1, "leader").close()
