@@ -3,28 +3,18 @@
 Key layouts are documented in docs/STORAGE.md. Every change is one WriteBatch holding the data, its
 log entry and the bookkeeping, so a crash leaves all of a change or none of it.
 """
-import contextlib
-import fcntl
-import json
 import logging
 import os
-import shutil
 import struct
 import threading
 import time
 
 import rocksdict
 
+from . import datadir
 from .errors import DataDirError, StorageError
 from .protocol import entry_term  # entries are stored as the protocol encodes them; only the term is read
 
-FORMAT_VERSION = 1
-MARKER = "zmqstore.json"
-# Written (fsynced) before a new data dir's RocksDB is created and removed once its marker is: a dir
-# holding it and no marker is one whose creation was cut short (a kill -9, a power cut), which nothing
-# was ever served from, so it is created again instead of being refused as foreign.
-CREATING = "zmqstore.creating"
-DB_DIR = "db"
 COLUMN_FAMILIES = ("data", "log", "meta")
 
 META_LAST_SEQ = b"last_seq"      # highest seq in the log
@@ -165,7 +155,7 @@ class Storage:
 
     def __init__(self, path, db, fsync):
         self.path = path
-        self._dir_lock = None       # the data dir's fd, flocked while open (_lock_data_dir)
+        self._dir_lock = None       # the data dir's fd, flocked while open (datadir.lock)
         self._db = db
         self._handles = {name: db.get_column_family_handle(name) for name in COLUMN_FAMILIES}
         self._data = db.get_column_family("data")
@@ -197,7 +187,7 @@ class Storage:
         """Open (creating if new) the data dir of node `node_id` in `mode`. Refuses a dir that another
         node id or mode wrote, a non-empty dir that zmqstore did not create, and a dir in use."""
         data_dir = os.path.abspath(data_dir)
-        dir_lock = _lock_data_dir(data_dir)
+        dir_lock = datadir.lock(data_dir)
         try:
             storage = cls._open_locked(data_dir, node_id, mode, fsync)
         except BaseException:
@@ -208,9 +198,8 @@ class Storage:
 
     @classmethod
     def _open_locked(cls, data_dir, node_id, mode, fsync):
-        marker_path = os.path.join(data_dir, MARKER)
-        db_path = os.path.join(data_dir, DB_DIR)
-        fresh = _check_data_dir(data_dir, marker_path, node_id, mode)
+        db_path = os.path.join(data_dir, datadir.DB_DIR)
+        fresh = datadir.check(data_dir, node_id, mode)
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(fresh)
         opts.create_missing_column_families(fresh)
@@ -241,12 +230,10 @@ class Storage:
             batch.set_meta(META_LEARNER, 1)
             storage.commit(batch)
             try:
-                _write_marker(marker_path, node_id, mode)
-            except OSError as exc:
+                datadir.mark_created(data_dir, node_id, mode)
+            except DataDirError:
                 storage.close()
-                raise DataDirError(f"cannot write {marker_path}: {exc.strerror}") from None
-            with contextlib.suppress(OSError):     # else the next start removes it (_check_data_dir)
-                os.remove(os.path.join(data_dir, CREATING))
+                raise
         return storage
 
     def compact_in_background(self, free_bytes, which) -> set:
@@ -454,114 +441,3 @@ class Storage:
             return self._data.property_int_value("rocksdb.estimate-num-keys") or 0
         except Exception:
             return 0
-
-
-def _lock_data_dir(data_dir) -> int:
-    """Create the data dir if new; return an fd of it holding an exclusive flock, which Storage
-    keeps until closed. Taken before anything in the dir is judged, so a second process can neither
-    open the dir nor take a creation under way for an interrupted one (RocksDB's own LOCK is inside
-    db/, which that judgement may remove)."""
-    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
-        raise DataDirError(f"data dir {data_dir} exists and is not a directory")
-    try:
-        if not os.path.exists(data_dir):
-            parent = os.path.dirname(data_dir)
-            if not os.path.isdir(parent):
-                raise DataDirError(f"parent of data dir {data_dir} does not exist; create {parent} or fix --data-dir")
-            os.mkdir(data_dir, 0o700)
-        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise DataDirError(f"cannot create or open data dir {data_dir}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirError(f"data dir {data_dir} is in use by another process (its lock is held); "
-                           f"stop that node or choose another --data-dir") from None
-    except OSError as exc:      # no flock here (some network file systems): say so, not "in use"
-        os.close(fd)
-        raise DataDirError(f"cannot lock data dir {data_dir}: {exc.strerror}; put it on a local file "
-                           f"system") from None
-    return fd
-
-
-def _check_data_dir(data_dir, marker_path, node_id, mode) -> bool:
-    """Validate the (locked) data dir. Returns True when the dir is new (no marker)."""
-    creating = os.path.join(data_dir, CREATING)
-    try:
-        _make_private(data_dir)
-        if not os.path.exists(marker_path):
-            entries = set(os.listdir(data_dir))
-            if CREATING in entries and entries <= {CREATING, DB_DIR, MARKER + ".tmp"}:
-                log.warning("data dir %s: an earlier start was stopped while creating it (%s, no %s); nothing "
-                            "was served from it: creating it again", data_dir, CREATING, MARKER)
-                for name in entries - {CREATING}:
-                    path = os.path.join(data_dir, name)
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path)
-                    else:
-                        os.remove(path)
-            elif entries:
-                raise DataDirError(f"data dir {data_dir} is not empty and has no {MARKER}: it was not written by "
-                                   f"zmqstore; choose an empty or new --data-dir")
-            _write_durably(creating, b"")
-            return True
-        if os.path.exists(creating):    # the marker made it: the creation finished before the removal did
-            os.remove(creating)
-    except OSError as exc:
-        raise DataDirError(f"cannot prepare data dir {data_dir}: {exc.strerror} ({exc.filename})") from None
-    try:
-        with open(marker_path, encoding="utf-8") as f:
-            marker = json.load(f)
-        owner, owner_mode, fmt = marker["node_id"], marker["mode"], marker["format"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataDirError(f"{marker_path} is unreadable ({exc}); this data dir is damaged") from None
-    if fmt != FORMAT_VERSION:
-        raise DataDirError(f"data dir {data_dir} has format {fmt}, this build reads format {FORMAT_VERSION}")
-    if owner != node_id:
-        raise DataDirError(f"data dir {data_dir} belongs to node {owner}, not node {node_id}; "
-                           f"use --node-id {owner} or another --data-dir")
-    if owner_mode != mode:
-        raise DataDirError(f"data dir {data_dir} was written in {owner_mode} mode, not {mode}; "
-                           f"use --mode {owner_mode} or another --data-dir")
-    if not os.path.isdir(os.path.join(data_dir, DB_DIR)):
-        raise DataDirError(f"data dir {data_dir} has {MARKER} but no {DB_DIR}/: its data was lost")
-    return False
-
-
-def _make_private(data_dir):
-    """Data dirs are 0700 and their files 0600: only the node's user may read the data (docs/SECURITY.md).
-    What exists is tightened here; what RocksDB creates later follows the node process's umask (077,
-    set by datastore-node)."""
-    os.chmod(data_dir, 0o700)
-    for root, dirs, files in os.walk(data_dir):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o700)
-        for name in files:
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o600)
-
-
-def _write_marker(marker_path, node_id, mode):
-    tmp = marker_path + ".tmp"
-    _write_durably(tmp, json.dumps({"format": FORMAT_VERSION, "node_id": node_id, "mode": mode}).encode())
-    os.replace(tmp, marker_path)
-    _sync_dir(os.path.dirname(marker_path))
-
-
-def _write_durably(path, content: bytes):
-    """Write a file and fsync it and its directory."""
-    with open(path, "wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    _sync_dir(os.path.dirname(path))
-
-
-def _sync_dir(path):
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

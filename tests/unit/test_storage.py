@@ -4,7 +4,8 @@ import json
 import pytest
 
 from zmqstore.errors import DataDirError
-from zmqstore.storage import CREATING, MARKER, META_FIRST_SEQ, META_LAST_SEQ, Storage
+from zmqstore.datadir import CREATING, MARKER
+from zmqstore.storage import META_FIRST_SEQ, META_LAST_SEQ, Storage
 
 
 def write(st, seq, key, value):
