@@ -48,20 +48,64 @@ class Caller:
 
 
 def test_writes_are_staged_until_flush(make_engine):
+    """The writes of one iteration share one entry (docs/PROTOCOL.md section 5), in the order they
+    were judged, each judged against the ones before it."""
     eng = make_engine()
     call = Caller(eng)
     assert call("PUT", b"k", V(1)) == (True, 1)
     assert eng.storage.get(b"k") is None            # not durable yet
     assert call("GET", b"k", False) == (V(1),)      # but later requests in the batch see it ...
     assert call.wait_seq == 1                       # ... and their replies wait for its commit
-    assert call("CAS", b"k", V(1), V(2)) == (True, 2)
+    assert call("CAS", b"k", V(1), V(2)) == (True, 1)
     assert call("CAS", b"k", V(1), V(3)) == (False, 0)
-    assert call("DEL", b"k") == (True, 3)
+    assert call.wait_seq == 1
+    assert call("DEL", b"k") == (True, 1)
     assert call("DEL", b"k") == (False, 0)
     eng.flush()
-    assert eng.storage.get(b"k") is None and eng.storage.last_seq == 3
-    assert [protocol.decode_entry(e).ops for _, e in eng.storage.log_entries(1)] == [
-        ((0, b"k", V(1)),), ((0, b"k", V(2)),), ((1, b"k"),)]
+    assert eng.storage.get(b"k") is None and eng.storage.last_seq == 1
+    [(seq, raw)] = eng.storage.log_entries(1)
+    entry = protocol.decode_entry(raw)
+    assert entry.ops == ((0, b"k", V(1)), (0, b"k", V(2)), (1, b"k"))
+    assert protocol.entry_writers(entry) == ((call.client_id, 1), (call.client_id, 3), (call.client_id, 5))
+    assert protocol.decode_peer_entry(raw) == entry     # what a secondary takes
+    assert call("PUT", b"k", V(4)) == (True, 2)     # the next iteration's entry
+    eng.flush()
+    assert protocol.decode_entry(next(eng.storage.log_entries(2))[1]).more == ()
+
+
+def test_each_write_has_its_entry_while_a_peer_cannot_read_shared_ones(make_engine):
+    """A peer of the release before (peer version 3) reads no shared entry: none is written."""
+    eng = make_engine()
+    call = Caller(eng)
+    try:
+        protocol.speak([(2, 3)])
+        assert call("PUT", b"k", V(1)) == (True, 1)
+        assert call("CAS", b"k", V(1), V(2)) == (True, 2)
+        assert call("DEL", b"k") == (True, 3)
+    finally:
+        protocol.speak(())
+    eng.flush()
+    assert [protocol.decode_entry(e) for _, e in eng.storage.log_entries(1)] == [
+        protocol.LogEntry(1, call.client_id, rid, ops) for rid, ops in
+        ((1, ((0, b"k", V(1)),)), (2, ((0, b"k", V(2)),)), (3, ((1, b"k"),)))]
+
+
+def test_a_shared_entry_stops_growing_at_its_size_and_ops_limits(make_engine):
+    """A write that would take the shared entry past 64 KiB or max_batch_items ops starts the next
+    entry; a write larger than 64 KiB gets one of its own; a fence is never shared."""
+    eng = make_engine()
+    call = Caller(eng)
+    big = V("x" * 30_000)
+    assert [call("PUT", b"a%d" % i, big)[1] for i in range(3)] == [1, 1, 2]    # 3 x 30 KB > 64 KiB
+    assert call("PUT", b"huge", V("y" * 70_000)) == (True, 3)
+    assert call("PUT", b"b", V(1)) == (True, 4)
+    assert call("PUT_MANY", [[b"m%d" % i, V(i)] for i in range(eng.limits.max_batch_items)]) == (True, 5)
+    assert call("OUTCOME", 2)[0] == "committed"
+    eng.flush()
+    entries = [protocol.decode_entry(e) for _, e in eng.storage.log_entries(1)]
+    assert [len(e.ops) for e in entries] == [2, 1, 1, 1, eng.limits.max_batch_items]
+    assert [e.more for e in entries] == [((call.client_id, 2),), (), (), (), ()]
+    assert len(next(eng.storage.log_entries(1))[1]) <= 1 << 16
 
 
 def test_retried_write_is_applied_once_even_after_restart(make_engine):
@@ -69,15 +113,17 @@ def test_retried_write_is_applied_once_even_after_restart(make_engine):
     call = Caller(eng)
     assert call("DEL", b"x") == (False, 0)
     assert call("PUT", b"x", V(1), request_id=10) == (True, 1)
-    assert call("CAS", b"c", None, V(1), request_id=11) == (True, 2)
-    eng.flush()
+    assert call("CAS", b"c", None, V(1), request_id=11) == (True, 1)   # both in one shared entry
     assert call("PUT", b"x", V(1), request_id=10) == (True, 1)      # retry: same outcome, no new seq
-    assert call("CAS", b"c", None, V(1), request_id=11) == (True, 2)  # a re-evaluation would say False
     eng.flush()
-    assert eng.storage.last_seq == 2
+    assert call("PUT", b"x", V(1), request_id=10) == (True, 1)
+    assert call("CAS", b"c", None, V(1), request_id=11) == (True, 1)  # a re-evaluation would say False
+    eng.flush()
+    assert eng.storage.last_seq == 1
     eng.storage.close()
-    eng2 = make_engine()
-    assert Caller(eng2)("CAS", b"c", None, V(1), request_id=11) == (True, 2)
+    eng2 = make_engine()            # every write of the shared entry is found again in the log
+    assert Caller(eng2)("CAS", b"c", None, V(1), request_id=11) == (True, 1)
+    assert Caller(eng2)("PUT", b"x", V(1), request_id=10) == (True, 1)
     other = Caller(eng2, client_id=b"client-2")
     assert other("CAS", b"c", None, V(1), request_id=11) == (False, 0)  # another client's id is another request
 

@@ -61,6 +61,37 @@ def entry(term, key, value=1):
     return protocol.encode_entry(LogEntry(term, b"c", 1, ((OP_PUT, key, protocol.pack_value(value)),)))
 
 
+def test_a_shared_entry_reaches_a_secondary_whole_with_every_writer(make):
+    """Three writes of two clients in one primary iteration: one CHANGE entry, which the secondary
+    stages, applies in order and records for each writer (a retry after failover finds each), also
+    after a restart that rebuilds its sessions from the log."""
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
+    cycle(eng, primary)
+    req = lambda cid, rid, *args: protocol.decode_request(protocol.encode_request(*args[:1], cid, rid, 1, *args[1:]))  # noqa: E731
+    a, b = b"a" * 16, b"b" * 16
+    eng.handle(req(a, 1, "PUT", b"k", protocol.pack_value(1)))
+    eng.handle(req(b, 7, "CAS", b"k", protocol.pack_value(1), protocol.pack_value(2)))
+    eng.handle(req(a, 2, "PUT_MANY", [[b"j", protocol.pack_value(3)], [b"k", protocol.pack_value(4)]]))
+    cycle(eng, primary)
+    change = io.published[-1]
+    assert change.command == "CHANGE" and len(change.fields[4]) == 1
+    sec, cfg2 = make(2)
+    sec.follow(1, 1, "127.0.0.1:9001")
+    assert sec.append_entries(1, [e for m in io.published if m.command == "CHANGE" for e in m.fields[4]]) == 2
+    sec.flush()
+    sec.apply_committed(2)
+    st = sec.storage
+    assert (st.get(b"k"), st.get(b"j")) == (protocol.pack_value(4), protocol.pack_value(3))
+    for cid, rid in ((a, 1), (b, 7), (a, 2)):
+        assert sec.sessions.peek(cid, rid, 0.0)[0] == 2
+    st.close()
+    again, _ = make(2)
+    assert [again.sessions.peek(cid, rid, 0.0)[0] for cid, rid in ((a, 1), (b, 7), (a, 2))] == [2, 2, 2]
+
+
 def test_plan_append(make):
     eng, _ = make(2)
     eng.follow(1, 1, "127.0.0.1:9001")
@@ -454,7 +485,7 @@ def test_entries_of_an_earlier_term_commit_only_under_one_of_this_term_and_the_l
     eng.storage.term_at = lambda seq: reads.append(seq) or term_at(seq)
     for rid in (2, 3):
         eng.handle(put(rid))
-    eng.flush()
+        eng.flush()
     primary.on_ack((2, 2, 4, 0, True), now=1.0)
     primary.on_ack((2, 2, 5, 0, True), now=1.0)
     assert eng.commit_seq == 5 and reads == []

@@ -116,11 +116,14 @@ def test_settings_bound_replicas(tmp_path):
 
 def test_peer_messages_are_encoded_in_the_highest_version_every_peer_accepts():
     try:
-        assert protocol.speak(()) == 3 and protocol.encode_peer("DACK", 2, 5, 1)[1] == 3
-        assert protocol.speak([(2, 3), (2, 2)]) == 2            # a peer of the release before
+        assert protocol.speak(()) == 4 and protocol.encode_peer("DACK", 2, 5, 1)[1] == 4
+        assert protocol.peers_read_shared_entries()
+        assert protocol.speak([(2, 4), (2, 3)]) == 3            # a peer of the release before
+        assert protocol.encode_peer("DACK", 2, 5, 1)[1] == 3 and not protocol.peers_read_shared_entries()
+        assert protocol.speak([(2, 3), (2, 2)]) == 2            # and of the one before that
         assert protocol.encode_peer("DACK", 2, 5, 1)[1] == 2
         assert protocol.encode_peer("DFORWARD", 2, 5, b"r")[1] == 3    # defined in 3: never lower
-        assert protocol.speak([(3, 4)]) == 3 and protocol.speak([(4, 4)]) == 3    # none in common: ours
+        assert protocol.speak([(5, 6)]) == 4 and protocol.speak([(1, 1)]) == 4    # none in common: ours
     finally:
         protocol.speak(())
 

@@ -69,6 +69,23 @@ def test_reply_round_trip():
 def test_log_entry_round_trip():
     entry = protocol.LogEntry(3, CID, 9, ((protocol.OP_PUT, b"k", V(1)), (protocol.OP_DEL, b"j")))
     assert protocol.decode_entry(protocol.encode_entry(entry)) == entry
+    assert len(msgpack.unpackb(protocol.encode_entry(entry))) == 4      # a plain entry keeps four fields
+    shared = entry._replace(more=((b"c2", 4), (CID, 10)))
+    assert protocol.decode_peer_entry(protocol.encode_entry(shared)) == shared
+    assert protocol.entry_writers(shared) == ((CID, 9), (b"c2", 4), (CID, 10))
+
+
+def test_malformed_shared_entries_are_refused():
+    """A shared entry from a peer (docs/PROTOCOL.md section 5): `more` of at least one
+    [non-empty client_id, uint] pair, and ops; anything else is a malformed log entry."""
+    put = [[protocol.OP_PUT, b"k", V(1)]]
+    for fields in ([3, CID, 9, put, []], [3, CID, 9, put, None], [3, CID, 9, put, [[b"", 1]]],
+                   [3, CID, 9, put, [[b"c", -1]]], [3, CID, 9, put, [[b"c", 1, 2]]], [3, CID, 9, put, [b"c"]],
+                   [3, CID, 9, put, [["c", 1]]], [3, CID, 9, put, {"c": 1}], [3, CID, 9, None, [[b"c", 1]]],
+                   [3, CID, 9, [], [[b"c", 1]]], [3, b"", 0, put, [[b"c", 1]]], [3, CID, 9, put, [[b"c", 1]], 0],
+                   [3, CID, 9, {"members": []}, [[b"c", 1]]]):
+        with pytest.raises(errors.MalformedMessage):
+            protocol.decode_peer_entry(raw(*fields))
 
 
 def test_values_round_trip():

@@ -35,6 +35,9 @@ from ..storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEA
                       META_RESTORING, META_TERM, META_VOTED_FOR)
 
 TRIM_SLACK = 0.1                # trim the log once it exceeds log_retention by 10% (amortises the delete)
+# A shared entry takes no write that would take it past this many bytes of keys, values and ids
+# (docs/PROTOCOL.md section 5; protocol/values.py decodes up to 64 KiB with a kept Unpacker).
+SHARED_ENTRY_BYTES = 1 << 16
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class Engine:
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
         self._staged_terms = {}       # seq -> term of each entry staged since the last flush
+        self._open = None             # the shared entry later writes of this iteration may join (_Shared)
         self._pending = {}            # key -> (value or None, seq): the latest write not yet applied
         self._unapplied = {}          # seq -> ops of log entries above applied_seq
         self._next_seq = storage.last_seq + 1
@@ -183,6 +187,7 @@ class Engine:
     def take_staged(self):
         """The entries staged since the last flush as (prev_seq, prev_term, [entry bytes]), for the
         change stream (a replicated primary streams them while its own flush is under way)."""
+        self._close_shared()
         if not self._staged:
             return None
         entries, self._staged = self._staged, []
@@ -191,6 +196,7 @@ class Engine:
     def flush(self):
         """Write everything staged since the last flush in one batch (fsync per setting).
         Any failure raises StorageError: the node must stop, since replies may wait on this batch."""
+        self._close_shared()
         batch = self._batch
         if batch is None:
             return
@@ -458,8 +464,13 @@ class Engine:
             ops = ()
         ops = ops or ()       # a fence applies nothing
         self._unapplied[seq] = ops
+        self._pend(seq, ops)
+
+    def _pend(self, seq, ops):
+        """Reads and later writes see these ops, logged at seq, before they are applied."""
+        pending = self._pending
         for op in ops:
-            self._pending[op[1]] = (op[2] if op[0] == OP_PUT else None, seq)
+            pending[op[1]] = (op[2] if op[0] == OP_PUT else None, seq)
 
     def lookup(self, key):
         """(value, seq of the uncommitted write it comes from, or 0)."""
@@ -477,23 +488,46 @@ class Engine:
         return self._append_entry(client_id, request_id, protocol.FENCE)
 
     def _record_session(self, entry, seq, now):
-        """Remember which seq holds a client's request (a fence is recorded as -seq)."""
+        """Remember which seq holds a client's request (a fence is recorded as -seq), each of a
+        shared entry's."""
         if entry.client_id:
-            self.sessions.record(entry.client_id, entry.request_id, -seq if entry.ops is None else seq, now)
+            if entry.ops is None:
+                self.sessions.record(entry.client_id, entry.request_id, -seq, now)
+            else:
+                for client_id, request_id in protocol.entry_writers(entry):
+                    self.sessions.record(client_id, request_id, seq, now)
 
     def _append_entry(self, client_id, request_id, ops):
-        """Stage one log entry (and, standalone, its effect on data); returns its seq."""
+        """Log a write (or a fence, a membership change, a term's first entry) and stage it, and,
+        standalone, its effect on data; returns its seq. A write with ops joins this iteration's
+        shared entry when it fits there, or starts one (docs/PROTOCOL.md section 5); the rest get
+        entries of their own."""
         batch = self._staging()
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        term = self.storage.term
-        raw = protocol.encode_entry(LogEntry(term, client_id, request_id, ops))
-        batch.append(seq, raw)
-        self._staged_terms[seq] = self._last_term = term
-        if self.replicated:
-            self._staged.append(raw)
-            self._stage_pending(seq, ops)
+        shareable = type(ops) is tuple and ops and client_id
+        size = _shared_size(client_id, ops) if shareable else 0
+        shared = self._open
+        if shareable and shared is not None and shared.takes(size, len(ops), self.limits.max_batch_items):
+            seq = shared.add(client_id, request_id, ops, size)
+            if self.replicated:
+                self._pend(seq, ops)
         else:
+            self._close_shared()
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            term = self.storage.term
+            self._staged_terms[seq] = self._last_term = term
+            if shareable and size <= SHARED_ENTRY_BYTES and protocol.peers_read_shared_entries():
+                self._open = shared = _Shared(seq, term, client_id, request_id, ops, size)
+                logged = shared.ops         # the list later writes extend: applied as one entry
+            else:
+                raw = protocol.encode_entry(LogEntry(term, client_id, request_id, ops))
+                batch.append(seq, raw)
+                if self.replicated:
+                    self._staged.append(raw)
+                logged = ops
+            if self.replicated:
+                self._stage_pending(seq, logged)
+        if not self.replicated:
             pending = self._pending
             for op in ops or ():
                 if op[0] == OP_PUT:
@@ -505,3 +539,46 @@ class Engine:
         if client_id:
             self.sessions.record(client_id, request_id, -seq if ops is None else seq, time.monotonic())
         return seq
+
+    def _close_shared(self):
+        """Encode this iteration's shared entry into the staged batch (and the change stream):
+        no later write joins it."""
+        shared = self._open
+        if shared is None:
+            return
+        self._open = None
+        raw = protocol.encode_entry(shared.entry())
+        self._batch.append(shared.seq, raw)
+        if self.replicated:
+            self._staged.append(raw)
+
+
+def _shared_size(client_id, ops) -> int:
+    """What a write adds to a shared entry, about: its keys, values and ids, 8 bytes of framing each."""
+    size = len(client_id) + 16
+    for op in ops:
+        size += len(op[1]) + (len(op[2]) if op[0] == OP_PUT else 0) + 8
+    return size
+
+
+class _Shared:
+    """The entry later writes of this iteration may join: its ops and writers, encoded by
+    Engine._close_shared before anything reads the staged log (the change stream, the flush)."""
+
+    __slots__ = ("seq", "term", "client_id", "request_id", "ops", "more", "size")
+
+    def __init__(self, seq, term, client_id, request_id, ops, size):
+        self.seq, self.term, self.client_id, self.request_id = seq, term, client_id, request_id
+        self.ops, self.more, self.size = list(ops), [], size
+
+    def takes(self, size, n_ops, max_ops) -> bool:
+        return self.size + size <= SHARED_ENTRY_BYTES and len(self.ops) + n_ops <= max_ops
+
+    def add(self, client_id, request_id, ops, size) -> int:
+        self.ops.extend(ops)
+        self.more.append((client_id, request_id))
+        self.size += size
+        return self.seq
+
+    def entry(self) -> LogEntry:
+        return LogEntry(self.term, self.client_id, self.request_id, tuple(self.ops), tuple(self.more))

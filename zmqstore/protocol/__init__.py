@@ -16,7 +16,7 @@ from .schema import (DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember, KEY_Z85_L
                      peer_sender)  # noqa: F401
 from .values import ExtType, Timestamp, decode_context, encode_context, is_one_scalar, pack_value, unpack_value, vector_from_pairs, vector_pairs  # noqa: F401
 from .codec import (DynEntry, reply_outcome, decode_dyn_entry, decode_entry, decode_key_state, decode_peer, decode_reply,
-                    decode_peer_entry, peers_take, check_members, data_ops, decode_members, encode_members, decode_dynamo_members,
+                    decode_peer_entry, entry_writers, peers_read_shared_entries, peers_take, check_members, data_ops, decode_members, encode_members, decode_dynamo_members,
                     encode_dynamo_members, entry_members,
                     members_ops, decode_request, encode_dyn_entry, encode_entry, encode_error, encode_exception,
                     encode_key_state, encode_ok, encode_peer, encode_request, entry_term, peer_versions, speak, speak_peer_version,

@@ -7,7 +7,7 @@ import msgpack
 from .. import errors
 from .checks import _validate_peer, _validate_request
 from .schema import (DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
-                     PEER_MESSAGE_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
+                     PEER_MESSAGE_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, SHARED_ENTRY_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
 
@@ -72,6 +72,13 @@ def peers_take(command: str) -> bool:
     peer that has not announced its versions yet counts as taking it (`speak`)."""
     spoken = _peer_version if _peer_version is not None else _spoken
     return spoken >= PEER_MESSAGE_VERSION.get(command, 0)
+
+
+def peers_read_shared_entries() -> bool:
+    """Whether every peer reads shared log entries (LogEntry.more) as far as this node knows, as
+    `peers_take` judges a message."""
+    spoken = _peer_version if _peer_version is not None else _spoken
+    return spoken >= SHARED_ENTRY_VERSION
 
 
 def peer_versions() -> list:
@@ -154,7 +161,8 @@ def decode_reply(body: bytes) -> Reply:
 # ---------------------------------------------------------------- log entries (stored and, later, streamed)
 
 def encode_entry(entry: LogEntry) -> bytes:
-    return _pack(entry)
+    """[term, client_id, request_id, ops], and `more` as a fifth field for a shared entry."""
+    return _pack(entry if entry.more else entry[:4])
 
 
 def entry_term(data: bytes) -> int:
@@ -163,8 +171,16 @@ def entry_term(data: bytes) -> int:
 
 
 def decode_entry(data: bytes) -> LogEntry:
-    term, client_id, request_id, ops = _fields(_unpackb(data, UINT64_MAX, UINT64_MAX, 1, use_list=False), 4)
+    fields = _unpackb(data, UINT64_MAX, UINT64_MAX, 1, use_list=False)
+    if type(fields) is tuple and len(fields) == 5 and fields[4] != ():   # a shared entry (an empty `more` is not)
+        return LogEntry(*fields)
+    term, client_id, request_id, ops = _fields(fields, 4)
     return LogEntry(term, client_id, request_id, ops)
+
+
+def entry_writers(entry: LogEntry):
+    """The (client_id, request_id) of each write an entry logs, in order (a shared entry logs several)."""
+    return ((entry.client_id, entry.request_id), *entry.more) if entry.more else ((entry.client_id, entry.request_id),)
 
 
 def members_ops(members) -> dict:
@@ -260,6 +276,8 @@ def decode_peer_entry(data: bytes) -> LogEntry:
         entry = decode_entry(data)
         if not (_is_uint(entry.term) and type(entry.client_id) is bytes and _is_uint(entry.request_id)):
             raise ValueError
+        if entry.more != () and not _shared_entry_ok(entry):
+            raise ValueError
         if type(entry.ops) is dict:
             if set(entry.ops) != {"members"}:
                 raise ValueError
@@ -275,6 +293,15 @@ def decode_peer_entry(data: bytes) -> LogEntry:
     except Exception:
         raise errors.MalformedMessage("malformed log entry") from None
     return entry
+
+
+def _shared_entry_ok(entry: LogEntry) -> bool:
+    """A shared entry's `more`: at least one [client_id, request_id] pair, each client_id a non-empty
+    bin like the first one's, and ops (no fence, membership change or empty entry is shared)."""
+    more = entry.more
+    if type(more) is not tuple or not more or not entry.client_id or type(entry.ops) is not tuple or not entry.ops:
+        return False
+    return all(type(w) is tuple and len(w) == 2 and type(w[0]) is bytes and w[0] and _is_uint(w[1]) for w in more)
 
 # ---------------------------------------------------------------- dynamo mode (docs/DYNAMO.md)
 

@@ -12,9 +12,11 @@ PROTOCOL_VERSION = 1       # client requests and replies (section 3 of docs/PROT
 # Version 3 only adds messages (DSYNC, DFORWARD, DHINT, DHANDOFF and their replies: partitioned
 # dynamo clusters, docs/PARTITIONING.md). A node encodes in the highest version every peer accepts
 # (codec.speak), but a message never below the version that defines it (PEER_MESSAGE_VERSION), so a
-# version-2 node refuses those plainly where a cluster would need them.
-PEER_VERSION = 3
-PEER_VERSIONS = (2, 3)     # (lowest, highest) accepted
+# version-2 node refuses those plainly where a cluster would need them. Version 4 only adds shared
+# log entries (LogEntry.more): a primary logs them only while every peer speaks 4 (SHARED_ENTRY_VERSION).
+PEER_VERSION = 4
+PEER_VERSIONS = (2, 4)     # (lowest, highest) accepted
+SHARED_ENTRY_VERSION = 4
 
 # Field types of request messages; each has a checker in _CHECKERS.
 KEY = "key"                # bin, 1..max_key_size bytes
@@ -236,6 +238,8 @@ class LogEntry(NamedTuple):
     request_id: int
     ops: tuple           # ((OP_PUT, key, value) | (OP_DEL, key), ...); None: a fence (see FENCE);
                          # {"members": (member, ...)}: a membership change (codec.entry_members)
+    more: tuple = ()     # a shared entry: ((client_id, request_id), ...) of the writes after the first,
+                         # whose ops follow its own in `ops` (docs/PROTOCOL.md section 5)
 
 
 class Member(NamedTuple):

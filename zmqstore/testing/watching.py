@@ -82,16 +82,16 @@ def _written(history):
 
 
 def check_watch(path, history) -> dict:
-    """A leader-mode campaign watcher's stream against the clients' history: in seq order, no change
-    twice, every acknowledged write there (no gap), and nothing from a write known not to have
-    happened (a failed request, a cas that did not apply)."""
+    """A leader-mode campaign watcher's stream against the clients' history: in seq order (the
+    changes of one entry share its seq), no change twice, every acknowledged write there (no gap),
+    and nothing from a write known not to have happened (a failed request, a cas that did not apply)."""
     events, tail = _reader(path)
     seqs = [e[0] for e in events]
     values = [e[2] for e in events if e[2] is not None]
     seen = set(values)
     must, must_not = _written(history)
     result = {"events": len(events), "reconnections": tail.get("reconnections"),
-              "out_of_order": sum(1 for a, b in zip(seqs, seqs[1:]) if b <= a),
+              "out_of_order": sum(1 for a, b in zip(seqs, seqs[1:]) if b < a),
               "duplicates": len(values) - len(seen), "missing": len(must - seen),
               "uncommitted": len(seen & must_not), "current": tail.get("target") is not None
               and (tail.get("through") or 0) >= tail["target"]}
