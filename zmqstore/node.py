@@ -93,6 +93,9 @@ class Node:
             roles = getattr(self.mode, "roles", None)
             if roles is not None:       # a primary refuses writes while a member it hears is short of space
                 self.space.peers_short = lambda: roles.election.short_of_space(time.monotonic())
+                # and logs shared entries only once every member said it reads them (docs/PROTOCOL.md section 5)
+                self.engine.peers_read_shared = lambda: self.peers.announced_by_all(
+                    self.engine.membership.peers, protocol.SHARED_ENTRY_VERSION)
             if config.min_free_bytes < 2 * UNFLUSHED_MAX:
                 log.warning("min_free_bytes = %d is under %d: short of disk, RocksDB may lack the room to flush "
                             "its memtables (up to %d bytes, with their write-ahead log) and stop every write",

@@ -231,6 +231,16 @@ class PeerPlane:
             self.announced[sender] = versions
             self._choose_version()
 
+    def announced_by_all(self, peer_ids, version) -> bool:
+        """Whether each of these peers announced a range that holds `version` (one not heard from
+        yet has not)."""
+        announced = self.announced
+        for pid in peer_ids:
+            versions = announced.get(pid)
+            if versions is None or not versions[0] <= version <= versions[1]:
+                return False
+        return True
+
     def _choose_version(self):
         """Encode in the highest version every peer announced it accepts (docs/PROTOCOL.md, section 6)."""
         before = self.spoken

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from zmqstore import Retry, faults, protocol
+from zmqstore.testing.load import put_pipelined
 from zmqstore.testing.process import wait_until
 
 NEXT = protocol.PEER_VERSION + 1
@@ -93,3 +94,37 @@ def test_a_node_of_the_next_release_that_still_accepts_this_version_runs_beside_
         with c.nodes[1].client(retry=RETRY) as db:
             wait_until(lambda: db.get("from-node-3") == 3, 10, interval=0.05, message="node 3's write on node 1")
     assert "refusing peer messages" not in "".join(n.log() for n in c.nodes.values())
+
+
+
+def _pipelined_puts(c, db, prefix, puts):
+    """How many log entries `puts` pipelined puts took on the primary (fewer than puts: shared)."""
+    primary = c.nodes[c.wait_primary(20)]
+    before = primary.status()["last_seq"]
+    put_pipelined(db, {f"{prefix}{i}": i for i in range(puts)})
+    return primary.status()["last_seq"] - before
+
+
+def test_no_shared_entry_is_logged_while_a_member_of_the_release_before_is_in_the_cluster(cluster):
+    """Shared log entries (peer version 4, docs/PROTOCOL.md section 5) stay in the log, so a primary
+    writes them only once every member has said it reads them: not beside a member that speaks 3,
+    and again once that member runs this release, which then holds every write."""
+    c = cluster(size=3, start=False)
+    c.start(1, wait=False)
+    c.start(2, wait=False)
+    c.start(3, wait=False, env={faults.PEER_VERSION_ENV: "3"})
+    for node in c.nodes.values():
+        node.wait_ready(20)
+    primary = c.wait_primary(20, among=(1, 2))
+    wait_until(lambda: "node 3 accepts peer protocol versions 3..3" in c.nodes[primary].log(), 10, interval=0.1,
+               message="the primary noting node 3's range")
+    with c.client(retry=RETRY) as db:
+        assert _pipelined_puts(c, db, "old-", 300) == 300          # one entry per write
+        c.nodes[3].stop()
+        c.start(3, env={})
+        wait_until(lambda: "node 3 accepts peer protocol versions 2..4" in c.nodes[c.wait_primary(20)].log(), 20,
+                   interval=0.1, message="the primary noting node 3's new range")
+        assert _pipelined_puts(c, db, "new-", 300) < 300           # writes of one iteration share an entry
+    with c.nodes[3].client(retry=RETRY) as db:
+        wait_until(lambda: db.get("new-299", stale=True) == 299, 20, interval=0.05, message="node 3 holding them")
+        assert [db.get(f"{p}{i}", stale=True) for p in ("old-", "new-") for i in (0, 150)] == [0, 150, 0, 150]

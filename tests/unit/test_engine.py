@@ -1,11 +1,13 @@
 """The command engine on real storage in tmp_path, without sockets: group commit, ordering within a
 batch, retried request ids, log trimming."""
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 
 from zmqstore import config, errors, protocol
 from zmqstore.limits import SCAN
+from zmqstore.peers import PeerPlane
 from zmqstore.leader import Engine
 from zmqstore.storage import Storage
 
@@ -88,6 +90,19 @@ def test_each_write_has_its_entry_while_a_peer_cannot_read_shared_ones(make_engi
     assert [protocol.decode_entry(e) for _, e in eng.storage.log_entries(1)] == [
         protocol.LogEntry(1, call.client_id, rid, ops) for rid, ops in
         ((1, ((0, b"k", V(1)),)), (2, ((0, b"k", V(2)),)), (3, ((1, b"k"),)))]
+    eng.peers_read_shared = lambda: False   # a member not heard from yet (node.py asks the peer plane)
+    assert [call("PUT", b"k%d" % i, V(i))[1] for i in range(3)] == [4, 5, 6]
+    eng.peers_read_shared = lambda: True
+    assert [call("PUT", b"k%d" % i, V(i))[1] for i in range(3)] == [7, 7, 7]
+
+
+def test_shared_entries_wait_until_every_member_has_said_it_reads_them():
+    """What node.py asks the peer plane before a shared entry: every member announced a range
+    holding version 4; one not heard from yet has not."""
+    plane = SimpleNamespace(announced={2: (2, 4), 3: (2, 3), 4: (4, 5)})
+    said = lambda ids: PeerPlane.announced_by_all(plane, ids, protocol.SHARED_ENTRY_VERSION)   # noqa: E731
+    assert said([2, 4]) and said([])
+    assert not said([2, 3]) and not said([2, 5])
 
 
 def test_a_shared_entry_stops_growing_at_its_size_and_ops_limits(make_engine):

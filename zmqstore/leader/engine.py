@@ -73,6 +73,7 @@ class Engine:
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
         self._staged_terms = {}       # seq -> term of each entry staged since the last flush
         self._open = None             # the shared entry later writes of this iteration may join (_Shared)
+        self.peers_read_shared = None  # set by the node: whether every member said it reads shared entries
         self._pending = {}            # key -> (value or None, seq): the latest write not yet applied
         self._unapplied = {}          # seq -> ops of log entries above applied_seq
         self._next_seq = storage.last_seq + 1
@@ -516,7 +517,7 @@ class Engine:
             self._next_seq = seq + 1
             term = self.storage.term
             self._staged_terms[seq] = self._last_term = term
-            if shareable and size <= SHARED_ENTRY_BYTES and protocol.peers_read_shared_entries():
+            if shareable and size <= SHARED_ENTRY_BYTES and self._may_share():
                 self._open = shared = _Shared(seq, term, client_id, request_id, ops, size)
                 logged = shared.ops         # the list later writes extend: applied as one entry
             else:
@@ -539,6 +540,12 @@ class Engine:
         if client_id:
             self.sessions.record(client_id, request_id, -seq if ops is None else seq, time.monotonic())
         return seq
+
+    def _may_share(self) -> bool:
+        """Whether a new entry may be shared: every peer reads shared entries. Stricter than a peer
+        message's rule (peers_take): a peer not heard from yet counts as not reading them, since an
+        entry stays in the log that every later member must read."""
+        return protocol.peers_read_shared_entries() and (self.peers_read_shared is None or self.peers_read_shared())
 
     def _close_shared(self):
         """Encode this iteration's shared entry into the staged batch (and the change stream):
