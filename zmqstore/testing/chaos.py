@@ -162,7 +162,11 @@ def campaign(base_dir, seconds, seed, clients=3, network=None, faults=None, brok
             healed = time.monotonic()
             try:
                 if mode == "leader":
-                    primary = c.wait_primary(30)
+                    try:
+                        primary = c.wait_primary(30)
+                    except TimeoutError as exc:     # say which node exited or hangs, and what it logged
+                        raise TimeoutError(f"{exc} after the faults were healed; node processes and log tails: "
+                                           f"{json.dumps(_node_report(c), indent=1)}") from None
                     to_primary = time.monotonic() - healed
             finally:
                 # One deadline for all of them (the watcher's catch-up included), so that a hung
