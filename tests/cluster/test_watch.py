@@ -9,7 +9,7 @@ import time
 import pytest
 
 from zmqstore import Client, errors, protocol
-from zmqstore.leader.engine import SHARED_ENTRY_BYTES
+from zmqstore.leader.shared_entry import SHARED_ENTRY_BYTES
 from zmqstore.testing.load import Writer, put_pipelined
 from zmqstore.testing.process import wait_until
 

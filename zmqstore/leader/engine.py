@@ -29,15 +29,13 @@ import time
 from .. import errors, protocol
 from .commands import Commands
 from .membership import Membership
+from .shared_entry import SHARED_ENTRY_BYTES, SharedEntry, shared_size
 from ..protocol import OP_PUT, LogEntry, Member
 from ..sessions import Sessions
 from ..storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
                       META_RESTORING, META_TERM, META_VOTED_FOR)
 
 TRIM_SLACK = 0.1                # trim the log once it exceeds log_retention by 10% (amortises the delete)
-# A shared entry takes no write that would take it past this many bytes of keys, values and ids
-# (docs/PROTOCOL.md section 5; protocol/values.py decodes up to 64 KiB with a kept Unpacker).
-SHARED_ENTRY_BYTES = 1 << 16
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,7 @@ class Engine:
         self._batch = None
         self._staged = []             # entries (bytes) staged since the last flush, for the change stream
         self._staged_terms = {}       # seq -> term of each entry staged since the last flush
-        self._open = None             # the shared entry later writes of this iteration may join (_Shared)
+        self._open = None             # the shared entry later writes of this iteration may join (shared_entry.py)
         self.peers_read_shared = None  # set by the node: whether every member said it reads shared entries
         self._pending = {}            # key -> (value or None, seq): the latest write not yet applied
         self._unapplied = {}          # seq -> ops of log entries above applied_seq
@@ -505,7 +503,7 @@ class Engine:
         entries of their own."""
         batch = self._staging()
         shareable = type(ops) is tuple and ops and client_id
-        size = _shared_size(client_id, ops) if shareable else 0
+        size = shared_size(client_id, ops) if shareable else 0
         shared = self._open
         if shareable and shared is not None and shared.takes(size, len(ops), self.limits.max_batch_items):
             seq = shared.add(client_id, request_id, ops, size)
@@ -518,7 +516,7 @@ class Engine:
             term = self.storage.term
             self._staged_terms[seq] = self._last_term = term
             if shareable and size <= SHARED_ENTRY_BYTES and self._may_share():
-                self._open = shared = _Shared(seq, term, client_id, request_id, ops, size)
+                self._open = shared = SharedEntry(seq, term, client_id, request_id, ops, size)
                 logged = shared.ops         # the list later writes extend: applied as one entry
             else:
                 raw = protocol.encode_entry(LogEntry(term, client_id, request_id, ops))
@@ -559,33 +557,3 @@ class Engine:
         if self.replicated:
             self._staged.append(raw)
 
-
-def _shared_size(client_id, ops) -> int:
-    """What a write adds to a shared entry, about: its keys, values and ids, 8 bytes of framing each."""
-    size = len(client_id) + 16
-    for op in ops:
-        size += len(op[1]) + (len(op[2]) if op[0] == OP_PUT else 0) + 8
-    return size
-
-
-class _Shared:
-    """The entry later writes of this iteration may join: its ops and writers, encoded by
-    Engine._close_shared before anything reads the staged log (the change stream, the flush)."""
-
-    __slots__ = ("seq", "term", "client_id", "request_id", "ops", "more", "size")
-
-    def __init__(self, seq, term, client_id, request_id, ops, size):
-        self.seq, self.term, self.client_id, self.request_id = seq, term, client_id, request_id
-        self.ops, self.more, self.size = list(ops), [], size
-
-    def takes(self, size, n_ops, max_ops) -> bool:
-        return self.size + size <= SHARED_ENTRY_BYTES and len(self.ops) + n_ops <= max_ops
-
-    def add(self, client_id, request_id, ops, size) -> int:
-        self.ops.extend(ops)
-        self.more.append((client_id, request_id))
-        self.size += size
-        return self.seq
-
-    def entry(self) -> LogEntry:
-        return LogEntry(self.term, self.client_id, self.request_id, tuple(self.ops), tuple(self.more))
