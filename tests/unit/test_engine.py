@@ -1,6 +1,7 @@
 """The command engine on real storage in tmp_path, without sockets: group commit, ordering within a
 batch, retried request ids, log trimming."""
 import dataclasses
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ from zmqstore import config, errors, protocol
 from zmqstore.limits import SCAN
 from zmqstore.peers import PeerPlane
 from zmqstore.leader import Engine
+from zmqstore.leader.shared_entry import SharedEntry, shared_size
 from zmqstore.storage import Storage
 
 V = protocol.pack_value
@@ -121,6 +123,41 @@ def test_a_shared_entry_stops_growing_at_its_size_and_ops_limits(make_engine):
     assert [len(e.ops) for e in entries] == [2, 1, 1, 1, eng.limits.max_batch_items]
     assert [e.more for e in entries] == [((call.client_id, 2),), (), (), (), ()]
     assert len(next(eng.storage.log_entries(1))[1]) <= 1 << 16
+
+
+def test_a_shared_entry_is_never_encoded_above_64_kib(make_engine):
+    """The size rule is a bound, framing included: writes of every size up to the limit, keys up to
+    1 KiB, client ids up to 64 bytes, large request ids; each shared entry's bytes stay within it,
+    and some come close."""
+    eng = make_engine()
+    callers = [Caller(eng, client_id=bytes([65 + i]) * (1 + 21 * i)) for i in range(4)]
+    sizes = []
+    for i in range(400):
+        call = callers[i % 4]
+        key = b"k%d-" % i + b"x" * (i * 37 % 1000)
+        value = V(b"v" * (i * 7919 % 9000))
+        if i % 9 == 0:
+            call("PUT_MANY", [[key, value], [key + b"2", V(i)]], request_id=(1 << 62) + i)
+        else:
+            call("PUT", key, value, request_id=(1 << 62) + i)
+    eng.flush()
+    for _, raw in eng.storage.log_entries(1):
+        if protocol.decode_entry(raw).more:
+            sizes.append(len(raw))
+    assert sizes and max(sizes) <= 1 << 16 and max(sizes) > 60_000
+    # The estimate bounds the encoding itself: worst-case ids, terms, headers of every width.
+    rng = random.Random(17)
+    for _ in range(300):
+        writes = [(b"c" * 64, (1 << 64) - 1,
+                   tuple((protocol.OP_PUT, b"k" * rng.choice([256, 1024]), b"v" * rng.choice([256, 20_000]))
+                         if rng.random() < 0.9 else (protocol.OP_DEL, b"k" * 1024)
+                         for _ in range(rng.choice([1, 2, 17]))))
+                  for _ in range(rng.randint(2, 5))]
+        shared = SharedEntry(1, rng.choice([1, (1 << 63) - 1]), writes[0][0], writes[0][1], writes[0][2],
+                             shared_size(writes[0][0], writes[0][2]))
+        for client_id, request_id, ops in writes[1:]:
+            shared.add(client_id, request_id, ops, shared_size(client_id, ops))
+        assert len(protocol.encode_entry(shared.entry())) <= shared.size
 
 
 def test_retried_write_is_applied_once_even_after_restart(make_engine):

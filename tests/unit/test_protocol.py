@@ -70,7 +70,7 @@ def test_log_entry_round_trip():
     entry = protocol.LogEntry(3, CID, 9, ((protocol.OP_PUT, b"k", V(1)), (protocol.OP_DEL, b"j")))
     assert protocol.decode_entry(protocol.encode_entry(entry)) == entry
     assert len(msgpack.unpackb(protocol.encode_entry(entry))) == 4      # a plain entry keeps four fields
-    shared = entry._replace(more=((b"c2", 4), (CID, 10)))
+    shared = entry._replace(ops=entry.ops + ((protocol.OP_PUT, b"m", V(2)),), more=((b"c2", 4), (CID, 10)))
     assert protocol.decode_peer_entry(protocol.encode_entry(shared)) == shared
     assert protocol.entry_writers(shared) == ((CID, 9), (b"c2", 4), (CID, 10))
 
@@ -83,7 +83,9 @@ def test_malformed_shared_entries_are_refused():
                    [3, CID, 9, put, [[b"c", -1]]], [3, CID, 9, put, [[b"c", 1, 2]]], [3, CID, 9, put, [b"c"]],
                    [3, CID, 9, put, [["c", 1]]], [3, CID, 9, put, {"c": 1}], [3, CID, 9, None, [[b"c", 1]]],
                    [3, CID, 9, [], [[b"c", 1]]], [3, b"", 0, put, [[b"c", 1]]], [3, CID, 9, put, [[b"c", 1]], 0],
-                   [3, CID, 9, {"members": []}, [[b"c", 1]]]):
+                   [3, CID, 9, {"members": []}, [[b"c", 1]]],
+                   [3, CID, 9, put, [[b"c" * 65, 1]]],                  # a client id longer than a request's
+                   [3, CID, 9, put + put, [[b"c", 1], [b"d", 2]]]):     # a writer without ops
         with pytest.raises(errors.MalformedMessage):
             protocol.decode_peer_entry(raw(*fields))
 

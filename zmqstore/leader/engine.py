@@ -29,7 +29,7 @@ import time
 from .. import errors, protocol
 from .commands import Commands
 from .membership import Membership
-from .shared_entry import SHARED_ENTRY_BYTES, SharedEntry, shared_size
+from .shared_entry import SharedEntry, opens, shared_size
 from ..protocol import OP_PUT, LogEntry, Member
 from ..sessions import Sessions
 from ..storage import (META_APPLIED_SEQ, META_LAST_SEQ, META_LAST_TERM, META_LEADER, META_LEARNER,
@@ -515,7 +515,7 @@ class Engine:
             self._next_seq = seq + 1
             term = self.storage.term
             self._staged_terms[seq] = self._last_term = term
-            if shareable and size <= SHARED_ENTRY_BYTES and self._may_share():
+            if shareable and opens(size) and self._may_share():
                 self._open = shared = SharedEntry(seq, term, client_id, request_id, ops, size)
                 logged = shared.ops         # the list later writes extend: applied as one entry
             else:

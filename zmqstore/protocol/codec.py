@@ -6,7 +6,7 @@ import msgpack
 
 from .. import errors
 from .checks import _validate_peer, _validate_request
-from .schema import (DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
+from .schema import (CLIENT_ID_MAX, DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
                      PEER_MESSAGE_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, SHARED_ENTRY_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
@@ -296,12 +296,15 @@ def decode_peer_entry(data: bytes) -> LogEntry:
 
 
 def _shared_entry_ok(entry: LogEntry) -> bool:
-    """A shared entry's `more`: at least one [client_id, request_id] pair, each client_id a non-empty
-    bin like the first one's, and ops (no fence, membership change or empty entry is shared)."""
-    more = entry.more
-    if type(more) is not tuple or not more or not entry.client_id or type(entry.ops) is not tuple or not entry.ops:
+    """A shared entry's `more`: at least one [client_id, request_id] pair, each client_id a bin of 1
+    to CLIENT_ID_MAX bytes like a request's, and ops, at least one per writer (no fence, membership
+    change or empty entry is shared)."""
+    more, ops = entry.more, entry.ops
+    if (type(more) is not tuple or not more or not entry.client_id or type(ops) is not tuple
+            or len(ops) <= len(more)):
         return False
-    return all(type(w) is tuple and len(w) == 2 and type(w[0]) is bytes and w[0] and _is_uint(w[1]) for w in more)
+    return all(type(w) is tuple and len(w) == 2 and type(w[0]) is bytes and 0 < len(w[0]) <= CLIENT_ID_MAX
+               and _is_uint(w[1]) for w in more)
 
 # ---------------------------------------------------------------- dynamo mode (docs/DYNAMO.md)
 
