@@ -106,6 +106,11 @@ def test_a_write_whose_owners_are_down_is_held_as_a_hint_until_they_return(clust
     coordinator, down = owners[0], owners[1:]
     with c.nodes[fallbacks[-1]].client(retry=RETRY) as db:
         db.put("warm-up", 1)             # every node up and heard
+    # A coordinator that had not heard an owner of "warm-up" yet (the nodes started moments ago)
+    # hands the write to a fallback as a hint; it must be delivered before owners go down, or it
+    # stays pending beside the one this test counts.
+    wait_until(lambda: all((c.nodes[n].status() or {"hints_pending": 1})["hints_pending"] == 0 for n in c.nodes),
+               10, interval=0.05, message="no hint pending before the owners go down")
     for node_id in down:
         c.nodes[node_id].kill()
     wait_until(lambda: not any(p["alive"] for p in c.nodes[coordinator].status()["peers"] if p["node_id"] in down),
