@@ -2,9 +2,9 @@
 tmp_path (the `make` fixture: conftest.py), with a fake Sends that records what would be sent."""
 import pytest
 
-from zmqstore import errors, protocol
+from zmqstore import errors, limits, protocol
 from zmqstore.leader import LogServer, Primary
-from zmqstore.leader.log_server import SNAPSHOT_TRIM_HOLD
+from zmqstore.leader.log_server import SNAPSHOT_IDLE, SNAPSHOT_TRIM_HOLD
 from zmqstore.leader.membership import Membership
 from zmqstore.leader.secondary import FETCH_RETRY, SOURCE_BACKOFF, SOURCE_PATIENCE, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
@@ -227,6 +227,41 @@ def test_log_server_answers_fetch_and_snapshot(make):
     eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", 99, 99, b"x", protocol.pack_value(1))))
     cycle(eng, primary)
     assert eng.storage.first_seq > 12
+
+
+def test_a_snapshot_sent_whole_is_released_after_the_trim_hold_and_one_half_sent_is_kept(make, monkeypatch):
+    """A RocksDB snapshot pins every value it can see, so deletes free no disk while it is held
+    (short of disk, the space alarm would stay on): one whose last chunk went is released once
+    unused for SNAPSHOT_TRIM_HOLD; one still being sent stays for SNAPSHOT_IDLE, for its receiver."""
+    monkeypatch.setattr(limits, "SNAPSHOT", (2, 1 << 20))     # two items per chunk
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
+    for i in range(3):
+        eng.handle(protocol.decode_request(protocol.encode_request(
+            "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
+        cycle(eng, primary)
+        primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=1.0)
+        eng.apply_to_commit()
+    server = LogServer(eng, cfg, io)
+    server.on_snapshot((3, 1, 0, None), [b"node-3"], now=2.0)
+    first = io.replies[-1]
+    assert first.fields[7] is not None                              # more to come
+    whole_seq = first.fields[4]
+    server.on_snapshot((3, 1, whole_seq, first.fields[7]), [b"node-3"], now=2.0)
+    assert io.replies[-1].fields[7] is None                         # node 3 has it all
+    eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", 9, 9, b"late", protocol.pack_value(9))))
+    cycle(eng, primary)
+    primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=2.0)
+    eng.apply_to_commit()
+    server.on_snapshot((2, 1, 0, None), [b"node-2"], now=2.0)     # node 2: first chunk only
+    half_seq = io.replies[-1].fields[4]
+    assert half_seq > whole_seq and io.replies[-1].fields[7] is not None
+    server.housekeeping(2.0 + SNAPSHOT_TRIM_HOLD + 0.1)
+    assert whole_seq not in server._snapshots and half_seq in server._snapshots
+    server.housekeeping(2.0 + SNAPSHOT_IDLE + 0.1)
+    assert half_seq not in server._snapshots
 
 
 def test_secondary_appends_acks_and_repairs_gaps(make):

@@ -5,6 +5,8 @@ import logging
 from .. import limits, protocol
 
 SNAPSHOT_IDLE = 60.0              # seconds an unused snapshot is kept for a secondary to come back
+                                  # (once its last chunk was sent: SNAPSHOT_TRIM_HOLD, since a RocksDB
+                                  # snapshot pins every value it can see: deletes free no disk meanwhile)
 SNAPSHOT_TRIM_HOLD = 10.0         # seconds after a snapshot's last use during which the log keeps the
                                   # entries after it, so its receiver can go on with FETCH
 
@@ -20,7 +22,7 @@ class LogServer:
         self.storage = engine.storage
         self.node_id = config.node_id
         self.out = out
-        self._snapshots = {}            # snapshot seq -> [snapshot, term, last used, membership at its seq]
+        self._snapshots = {}            # snapshot seq -> [snapshot, term, last used, membership at its seq, last chunk sent]
         self._now = float("-inf")       # the latest time this was told
         self.counters = {"fetches_served": 0, "snapshots_served": 0}
         engine.trim_floor = self.trim_floor
@@ -61,20 +63,22 @@ class LogServer:
         if held is None:
             # Taken between loop iterations, data is exactly at applied_seq.
             snapshot_seq = self.storage.applied_seq
-            held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now, self.storage.members]
+            held = [self.storage.data_snapshot(), self.storage.term_at(snapshot_seq), now, self.storage.members, False]
             self._snapshots[snapshot_seq] = held
             self.counters["snapshots_served"] += 1
             cursor = None
             log.info("snapshot at seq %d for node %d", snapshot_seq, node_id)
         held[2] = now
         items, next_cursor = self.storage.snapshot_page(held[0], cursor, *limits.SNAPSHOT)
+        held[4] = held[4] or next_cursor is None
         self.out.reply_peer(envelope, protocol.encode_peer(
             "SNAPSHOT_CHUNK", self.storage.term, self.node_id, asked_seq, asked_cursor, snapshot_seq, held[1],
             items, next_cursor, held[3] if next_cursor is None else None))
 
     def housekeeping(self, now):
         self._now = now
-        for seq in [s for s, held in self._snapshots.items() if now - held[2] > SNAPSHOT_IDLE]:
+        for seq in [s for s, held in self._snapshots.items()
+                    if now - held[2] > (SNAPSHOT_TRIM_HOLD if held[4] else SNAPSHOT_IDLE)]:
             del self._snapshots[seq]
 
     def close(self):
