@@ -191,17 +191,22 @@ def test_primary_read_rounds_need_a_majority(make):
     assert primary.acked_round[2] == 0
 
 
+def committed_put(eng, primary, rid, key, value, now):
+    """A PUT on the primary, through one loop iteration, acknowledged by node 2 and applied."""
+    eng.handle(protocol.decode_request(protocol.encode_request(
+        "PUT", b"c", rid, rid, key, protocol.pack_value(value))))
+    cycle(eng, primary)
+    primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=now)
+    eng.apply_to_commit()
+
+
 def test_log_server_answers_fetch_and_snapshot(make):
     eng, cfg = make(1, log_retention=3)
     eng.become_primary(1)
     io = FakeIO()
     primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
     for i in range(10):
-        eng.handle(protocol.decode_request(protocol.encode_request(
-            "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
-        cycle(eng, primary)
-        primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=1.0)
-        eng.apply_to_commit()
+        committed_put(eng, primary, i + 1, b"k%d" % i, i, 1.0)
     assert eng.commit_seq == 11 and eng.storage.first_seq > 1
     server = LogServer(eng, cfg, io)
     server.on_fetch((3, 1, 1), [b"node-3"], now=2.0)
@@ -217,11 +222,7 @@ def test_log_server_answers_fetch_and_snapshot(make):
     # The log keeps the entries after a snapshot in use, however many come, so its receiver can go
     # on with FETCH; once the snapshot is unused for SNAPSHOT_TRIM_HOLD, trimming resumes.
     for i in range(10, 30):
-        eng.handle(protocol.decode_request(protocol.encode_request(
-            "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
-        cycle(eng, primary)
-        primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=3.0)
-        eng.apply_to_commit()
+        committed_put(eng, primary, i + 1, b"k%d" % i, i, 3.0)
     assert eng.storage.first_seq == 12 and eng.storage.last_seq == 31
     server.housekeeping(2.0 + SNAPSHOT_TRIM_HOLD)
     eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", 99, 99, b"x", protocol.pack_value(1))))
@@ -239,11 +240,7 @@ def test_a_snapshot_sent_whole_is_released_after_the_trim_hold_and_one_half_sent
     io = FakeIO()
     primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
     for i in range(3):
-        eng.handle(protocol.decode_request(protocol.encode_request(
-            "PUT", b"c", i + 1, i + 1, b"k%d" % i, protocol.pack_value(i))))
-        cycle(eng, primary)
-        primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=1.0)
-        eng.apply_to_commit()
+        committed_put(eng, primary, i + 1, b"k%d" % i, i, 1.0)
     server = LogServer(eng, cfg, io)
     server.on_snapshot((3, 1, 0, None), [b"node-3"], now=2.0)
     first = io.replies[-1]
@@ -251,10 +248,7 @@ def test_a_snapshot_sent_whole_is_released_after_the_trim_hold_and_one_half_sent
     whole_seq = first.fields[4]
     server.on_snapshot((3, 1, whole_seq, first.fields[7]), [b"node-3"], now=2.0)
     assert io.replies[-1].fields[7] is None                         # node 3 has it all
-    eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", 9, 9, b"late", protocol.pack_value(9))))
-    cycle(eng, primary)
-    primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=2.0)
-    eng.apply_to_commit()
+    committed_put(eng, primary, 9, b"late", 9, 2.0)
     server.on_snapshot((2, 1, 0, None), [b"node-2"], now=2.0)     # node 2: first chunk only
     half_seq = io.replies[-1].fields[4]
     assert half_seq > whole_seq and io.replies[-1].fields[7] is not None
