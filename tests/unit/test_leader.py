@@ -316,14 +316,41 @@ def test_a_change_with_a_malformed_entry_stages_nothing(make):
     assert eng.storage.applied_seq == 1 and io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 1, 0, False)))
 
 
-def test_secondary_refuses_a_primary_that_lost_its_log(make):
+def test_secondary_refuses_a_primary_that_lost_its_log(make, caplog):
+    """A primary of a later term whose log ends below what we applied lost data (or took writes
+    without a majority): it is not followed, and that is logged once, not with every message."""
     eng, cfg = make(2)
     io = FakeIO()
     sec = follow(eng, cfg, io, 1)
     step(sec, PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a"), entry(1, b"b")], 2, 2)), now=0.0)
+    sec = follow(eng, cfg, io, 2, leader_id=3)
     sent = len(io.sent)
-    step(sec, PeerMessage("HEARTBEAT", (1, 1, 0, 0, 0)), now=1.0)   # its log now ends at 0
-    assert len(io.sent) == sent and eng.storage.applied_seq == 2
+    with caplog.at_level("ERROR"):
+        assert not step(sec, PeerMessage("HEARTBEAT", (2, 3, 1, 0, 0)), now=1.0)   # its log ends at 0
+        assert not step(sec, PeerMessage("CHANGE", (2, 3, 0, 0, [entry(2, b"x")], 0, 1)), now=1.1)
+    assert len(io.sent) == sent and eng.storage.applied_seq == 2 and eng.storage.get(b"x") is None
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "node 3's log ends at seq 0, below our applied seq 2: it lost data, or entries were acknowledged "
+        "without a majority (write_quorum below a majority); not following"]
+
+
+def test_a_reply_built_before_the_stream_moved_on_is_not_taken_for_lost_data(make, caplog):
+    """Seen in CI: a FETCH's ENTRIES carries the primary's log end when it was answered, before that
+    iteration's flush, while the stream (another connection) had already brought and committed the
+    next entry. The stale reply is followed like any other, with no ERROR, and moves nothing back."""
+    eng, cfg = make(2)
+    io = FakeIO()
+    sec = follow(eng, cfg, io, 1)
+    step(sec, PeerMessage("CHANGE", (1, 1, 0, 0, [entry(1, b"a")], 0, 1)), now=0.0)
+    sec.on_leader_progress(2, 1, now=0.1)           # a role reply says the log is ahead: FETCH from 2
+    assert io.sent[-1] == (1, PeerMessage("FETCH", (2, 1, 2)))
+    step(sec, PeerMessage("CHANGE", (1, 1, 1, 1, [entry(1, b"b")], 2, 2)), now=0.2)   # the stream wins
+    assert eng.storage.applied_seq == 2
+    with caplog.at_level("ERROR"):
+        assert step(sec, PeerMessage("ENTRIES", (1, 1, 1, 1, [], 1, 1)), now=0.3)    # answered at seq 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert (sec.leader_last, sec.leader_commit, sec.matched, eng.storage.applied_seq) == (2, 2, 2, 2)
+    assert io.sent[-1] == (1, PeerMessage("ACK", (2, 1, 2, 0, False)))
 
 
 def test_secondary_never_acks_or_applies_entries_the_primary_did_not_vouch_for(make):

@@ -131,10 +131,13 @@ class Secondary:
             # before it won this term, holds its log as it was then, not the primary's word.
             return False
         leader_last = fields[-1] if msg.command in ("CHANGE", "ENTRIES", "HEARTBEAT") else None
-        if leader_last is not None and leader_last < self.engine.applied_seq and not self.storage.restoring:
+        if (leader_last is not None and max(leader_last, self.leader_last) < self.engine.applied_seq
+                and not self.storage.restoring):
             # Its log is shorter than what we applied: it lost its data dir. Following it would
             # silently diverge (a node with a new data dir neither bootstraps nor stands; see
-            # docs/REPLICATION.md), so refuse loudly.
+            # docs/REPLICATION.md), so refuse loudly. Judged on the most it has said in this term:
+            # a reply (ROUTER) built before its flush can arrive after stream messages (PUB, another
+            # connection) that announced later entries, and a primary's log never shrinks in its term.
             if not self._refusal_logged:    # once per primary and term: it repeats with every message
                 self._refusal_logged = True
                 log.error("node %d's log ends at seq %d, below our applied seq %d: it lost data, or entries "
@@ -175,9 +178,14 @@ class Secondary:
         self._apply_commit()
         self._catch_up(now)
 
+    def _heard_progress(self, commit_seq, leader_last):
+        # max: a stale reply (see on_message) must not move either back; neither shrinks in a term
+        self.leader_commit = max(self.leader_commit, commit_seq)
+        self.leader_last = max(self.leader_last, leader_last)
+
     def _on_heartbeat(self, command, fields, now):
         _term, _leader, round_, commit_seq, leader_last = fields
-        self.leader_commit, self.leader_last = commit_seq, leader_last
+        self._heard_progress(commit_seq, leader_last)
         self._apply_commit()
         # Answer a new read round, news about our log, or a periodic beat; under load the primary
         # sends a HEARTBEAT for nearly every commit, and repeating the same ACK would only cost CPU.
@@ -192,8 +200,8 @@ class Secondary:
         _term, _leader, prev_seq, prev_term, entries, commit_seq, leader_last = fields
         if command == "ENTRIES" and self._outstanding is not None and self._outstanding[0] == "fetch":
             self._outstanding = None
-        self.leader_commit, self.leader_last = commit_seq, leader_last
         if self.installing:
+            self._heard_progress(commit_seq, leader_last)
             return  # the snapshot comes first
         plan = plan_append(self.engine, prev_seq, prev_term, entries)
         if plan.kind == "fetch":
@@ -211,6 +219,7 @@ class Secondary:
                 self.engine.append_entries(plan.seq, plan.entries, commit_seq)   # written at the iteration's commit
             self.matched = max(self.matched, prev_seq + len(entries))
             self._ack(now)
+        self._heard_progress(commit_seq, leader_last)   # not before append_entries checked the entries
         self._apply_commit()
         self._catch_up(now)
 
