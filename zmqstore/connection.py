@@ -89,6 +89,7 @@ class Connection:
         self._context = context
         self._ctx = context()
         self.sock = None
+        self.batches = True
         self._candidates = []       # sockets to a node whose key is rotated, one per key (handshake)
         self._endpoint_index = 0
         try:
@@ -121,6 +122,7 @@ class Connection:
         for the node, a key ZeroMQ refuses) no socket is left and ConnectionTimeout is raised; the
         next attempt tries again, so the caller's retry policy moves on as after a timeout."""
         self._close_socket()
+        self.batches = True     # pipelines send batches until this node answers one `malformed` (pipeline.py)
         opened = []
         try:
             server_keys = self._server_keys()

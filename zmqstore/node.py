@@ -11,7 +11,7 @@ from . import errors, faults, join, keys, metrics, modes, protocol, transport, t
 from .backup import RESTORING_FROM_FILE, restore_into
 from .health import HealthServer, LoopProbe
 from .space import SpaceGuard
-from .outbox import Outbox, send_hwm
+from .outbox import Grouped, Outbox, send_hwm
 from .replies import Replies
 from .peers import PeerPlane
 from .sends import Sends
@@ -273,6 +273,8 @@ class Node:
             if peers.version != plane_version:
                 poll_items, poll_draining, peer_sockets = self._poll_lists()
                 plane_version = peers.version
+            if outbox.groups:
+                outbox.send_groups()    # any grouped reply a pass above did not send (dynamo's forwarded ones)
             if outbox.backlogs:
                 outbox.flush(time.monotonic())
 
@@ -336,15 +338,20 @@ class Node:
         # Bytes of requests per iteration: what one CHANGE of this iteration's entries may carry stays
         # under what the peers' SUBs accept (max_request_size, plus one request, plus framing).
         byte_budget = self.config.max_request_size
+        outbox = self.outbox
+        served, next_check = 0, 1
         for taken in range(MAX_DRAIN):
-            # After one request, ask ZMQ_EVENTS whether another is waiting: for the common lone
+            # After one message, ask ZMQ_EVENTS whether another is waiting: for the common lone
             # request that is cheaper than the failing recv (zmq.Again) that ends a longer drain.
             if taken == 1 and not transport.has_input(router):
                 break
-            if taken & 63 == 1:
+            if served >= next_check:    # after the first message, then every 64 requests
+                next_check = served + 64
                 now = time.monotonic()
-                if self.outbox.backlogs:
-                    self.outbox.flush(now)  # a deep pipeline's replies leave as its client reads
+                if outbox.groups:
+                    outbox.send_groups()
+                if outbox.backlogs:
+                    outbox.flush(now)  # a deep pipeline's replies leave as its client reads
                 if until is None:
                     until = now + DRAIN_SECONDS
                 elif now >= until:
@@ -356,27 +363,39 @@ class Node:
                     frames = recv_frames(router, noblock)
             except zmq.Again:
                 break
-            self._answer(frames, user)
-            byte_budget -= len(frames[-1])
+            served += self._answer(frames, user)
+            byte_budget -= sum(map(len, frames)) - len(frames[0])
             if byte_budget <= 0:
                 break
+        if outbox.groups:
+            outbox.send_groups()
 
-    def _answer(self, frames, user=None):
-        """One client request's frames: it gets a reply (now or later). Bad input, a peer message
-        included (wrong_port), gets an error reply; so does a write from a read-only key (forbidden)
-        and a bug (logged). `user`: the connection's User-Id (with keys)."""
-        outbox, recorder = self.outbox, self.recorder
+    def _answer(self, frames, user=None) -> int:
+        """One client message's frames: one request, or a batch of them (docs/PROTOCOL.md section 2),
+        each answered in turn. -> how many requests it held."""
+        outbox = self.outbox
         if outbox.backlogs and outbox.refuses(frames[0]):
-            return      # this client leaves its replies unread: no more work for it until it reads
+            return 1    # this client leaves its replies unread: no more work for it until it reads
         now = time.monotonic()
         try:
-            envelope, body = protocol.split_frames(frames)
+            envelope, bodies, batched = protocol.split_batch(frames)
         except errors.RequestError as exc:
             body = protocol.encode_exception(0, exc)
             outbox.send(frames[:1] + [body])
-            if recorder is not None:
-                recorder.request("INVALID", body, now, now)
-            return
+            if self.recorder is not None:
+                self.recorder.request("INVALID", body, now, now)
+            return 1
+        if batched:
+            envelope = Grouped(envelope)    # its replies may share messages (outbox.py)
+        for body in bodies:
+            self._answer_one(envelope, body, user, now)
+        return len(bodies)
+
+    def _answer_one(self, envelope, body, user, now):
+        """One request: it gets a reply (now or later). Bad input, a peer message included
+        (wrong_port), gets an error reply; so does a write from a read-only key (forbidden) and a
+        bug (logged). `user`: the connection's User-Id (with keys)."""
+        outbox, recorder = self.outbox, self.recorder
         request = None
         try:
             request = protocol.decode_request(body, self.engine.limits)
@@ -384,7 +403,8 @@ class Node:
                 raise errors.Forbidden(f"{request.command} needs a read-write client key; this one is read-only")
             if user and not self.gate.node_may(user, request):
                 raise errors.Forbidden(f"{request.command} needs a client key; a node's key may only ask to join")
-            if request.command in protocol.WATCH_COMMANDS:    # a stream of replies (watch.py)
+            if request.command in protocol.WATCH_COMMANDS:    # a stream of replies (watch.py), never grouped
+                envelope = list(envelope)
                 body = self.watches.handle(request, envelope, time.monotonic())
                 if body is not None:
                     outbox.send(envelope + [body])
@@ -424,4 +444,6 @@ class Node:
             mode = self.mode
             self.replies.release(mode.ready(), mode.expired, time.monotonic(), fail_all=fail_all,
                                  progress=mode.progress())
+            if self.outbox.groups:
+                self.outbox.send_groups()
 

@@ -20,7 +20,7 @@ import time
 
 import zmq
 
-from . import transport
+from . import protocol, transport
 
 # The largest reply a node sends, beyond the value itself: a scan page is about 1 MiB of items.
 REPLY_OVERHEAD = 64 << 10
@@ -53,8 +53,20 @@ class _Backlog:
         self.progress_at = now  # when it was made or last sent something
 
 
+class Grouped(list):
+    """The envelope of a request that came in a batch (docs/PROTOCOL.md section 2, "Batches"): its
+    reply may share a message with others to the same client. `envelope + [body]` keeps the mark,
+    so replies held for later (replies.py) are grouped when they are released."""
+    __slots__ = ()
+
+    def __add__(self, other):
+        return Grouped(list.__add__(self, other))
+
+
 class Outbox:
-    """Sends frames ([identity, ..., body]) on a ROUTER with ROUTER_MANDATORY set."""
+    """Sends frames ([identity, ..., body]) on a ROUTER with ROUTER_MANDATORY set. A reply to a
+    batched request (frames of type Grouped) waits in `groups` until `send_groups`, which the
+    loop calls after each pass that can make replies (node.py)."""
 
     def __init__(self, sock, limit):
         self.sock, self.limit = sock, limit
@@ -68,10 +80,19 @@ class Outbox:
         # when the socket can send (POLLOUT), not only on the retry timer. A stalled one never sets
         # it, so a client that does not read cannot make the loop spin.
         self.draining = False
+        self.groups = {}        # identity -> reply bodies to batched requests, until send_groups
 
     def send(self, frames):
         """Send or queue a reply; returns False when it was not (its client has gone, or it was
-        dropped over the limits: `on_drop` is told)."""
+        dropped over the limits: `on_drop` is told). A grouped one returns True: it leaves at
+        send_groups, where the same holds."""
+        if type(frames) is Grouped:
+            bodies = self.groups.get(frames[0])
+            if bodies is None:
+                self.groups[frames[0]] = [frames[-1]]
+            else:
+                bodies.append(frames[-1])
+            return True
         backlog = self.backlogs.get(frames[0])
         if backlog is None:
             try:
@@ -100,6 +121,22 @@ class Outbox:
         backlog.size += size
         self.total += size
         return True
+
+    def send_groups(self):
+        """Send the grouped replies: per client, as few messages as hold GROUP_BYTES of bodies each
+        (one larger body goes alone), so that no message is larger than the largest single reply
+        (the client port's SNDHWM assumes so: send_hwm)."""
+        groups, self.groups = self.groups, {}
+        limit = protocol.GROUP_BYTES
+        for identity, bodies in groups.items():
+            frames, size = [identity], 0
+            for body in bodies:
+                if size and size + len(body) > limit:
+                    self.send(frames)
+                    frames, size = [identity], 0
+                frames.append(body)
+                size += len(body)
+            self.send(frames)
 
     def _evict_stalled(self, now):
         """All backlogs together are full: empty the largest one that is not moving (its client

@@ -103,39 +103,64 @@ class Pipeline(Commands):
         if not connection.ready():
             return list(pending), None
         sock = connection.sock
-        send, recv = transport.send, transport.recv
+        send, send_frames, recv_frames = transport.send, transport.send_frames, transport.recv_frames
         window = self.max_in_flight
         in_flight = set()
         retry, hint = [], None
         next_pos = 0
+        resend = []
         while next_pos < len(pending) or in_flight:
             try:
+                while resend:
+                    send(sock, bodies[resend.pop()])
                 while next_pos < len(pending) and len(in_flight) < window:
-                    i = pending[next_pos]
-                    send(sock, bodies[i])
-                    in_flight.add(i)
-                    next_pos += 1
-                raw = recv(sock)
+                    if connection.batches:
+                        # What the window has room for, as one message (docs/PROTOCOL.md section 2,
+                        # "Batches"); its replies may come grouped, each frame one reply: recv reads
+                        # frame by frame.
+                        room = min(window - len(in_flight), len(pending) - next_pos, protocol.BATCH_MAX)
+                        frames, size = [], 0
+                        while len(frames) < room:
+                            body = bodies[pending[next_pos]]
+                            if frames and size + len(body) > protocol.GROUP_BYTES:
+                                break
+                            frames.append(body)
+                            size += len(body)
+                            in_flight.add(pending[next_pos])
+                            next_pos += 1
+                        send_frames(sock, frames)
+                    else:
+                        i = pending[next_pos]
+                        send(sock, bodies[i])
+                        in_flight.add(i)
+                        next_pos += 1
+                raws = recv_frames(sock)     # a grouped reply: all its frames, so the next batch fills the room
             except zmq.Again:
                 # Nothing could be sent or arrived within the timeout: retry what is in flight or unsent.
                 retry.extend(sorted(in_flight))
                 retry.extend(pending[next_pos:])
                 return retry, hint
-            reply = protocol.decode_reply(raw)
-            i = index_of.get(reply.request_id)
-            if i is None or i not in in_flight:
-                continue  # late reply to an earlier round
-            in_flight.discard(i)
-            if reply.ok:
-                results[i] = calls[i].decode(reply.result)
-                continue
-            code, message, details = reply.result
-            exc = errors.error_from_code(code, message, details)
-            exc.request_id = reply.request_id
-            if isinstance(exc, errors.ReplicationTimeout):
-                self._client.unresolve(reply.request_id)
-            results[i] = exc
-            if isinstance(exc, RETRYABLE):
-                retry.append(i)
-                hint = hint or connection.redirect(details)
+            for raw in raws:
+                reply = protocol.decode_reply(raw)
+                i = index_of.get(reply.request_id)
+                if i is None or i not in in_flight:
+                    if reply.request_id == 0 and not reply.ok and reply.result[0] == "malformed" and connection.batches:
+                        # A node of an earlier release refuses a batch whole, serving none of it: from
+                        # now on one request per message, and what is in flight goes again (same ids).
+                        connection.batches = False
+                        resend = sorted(in_flight)
+                    continue  # late reply to an earlier round
+                in_flight.discard(i)
+                if reply.ok:
+                    results[i] = calls[i].decode(reply.result)
+                    continue
+                code, message, details = reply.result
+                exc = errors.error_from_code(code, message, details)
+                exc.request_id = reply.request_id
+                if isinstance(exc, errors.ReplicationTimeout):
+                    self._client.unresolve(reply.request_id)
+                results[i] = exc
+                if isinstance(exc, RETRYABLE):
+                    retry.append(i)
+                    hint = hint or connection.redirect(details)
         return sorted(retry), hint

@@ -1,5 +1,7 @@
 """Bad input against a real node: each gets an error reply with a documented code, the node keeps
 serving and the store is unchanged."""
+import time
+
 import msgpack
 import pytest
 import zmq
@@ -56,8 +58,9 @@ def req(command, *fields, rid=5, version=1, cid=CID):
 CASES = [
     ([b"\xc1\xc1"], "malformed", 0),
     ([b""], "malformed", 0),
-    ([b"a", b"b"], "malformed", 0),
     ([b"", b"x", b"y"], "malformed", 0),
+    ([req("PUT", b"k", V(1)), b""], "malformed", 0),                 # a batch with an empty body
+    ([req("PUT", b"k", V(i)) for i in range(65)], "malformed", 0),   # a batch of 65
     ([msgpack.packb({"op": "PUT"})], "malformed", 0),
     ([req("PING", version=9)], "unsupported_version", 5),
     ([req("EXPLODE")], "unknown_command", 5),
@@ -134,12 +137,18 @@ keyed_strategy = st.builds(
 
 
 def is_valid(frames):
+    """Whether any body of the message would be served (the fuzzer wants only refusals)."""
     try:
-        _, body = protocol.split_frames([b"id", *frames])
-        protocol.decode_request(body)
-        return True
+        _, bodies, _ = protocol.split_batch([b"id", *frames])
     except errors.RequestError:
         return False
+    for body in bodies:
+        try:
+            protocol.decode_request(body)
+            return True
+        except errors.RequestError:
+            pass
+    return False
 
 
 def test_fuzzed_frames_get_errors_and_change_nothing(node, raw):
@@ -153,15 +162,65 @@ def test_fuzzed_frames_get_errors_and_change_nothing(node, raw):
     @given(st.one_of(frames_strategy, structured_strategy, keyed_strategy))
     def fuzz(frames):
         assume(not is_valid(frames))
-        reply = protocol.decode_reply(raw.ask(frames)[-1])
-        assert not reply.ok
-        assert reply.result[0] in errors.ERRORS_BY_CODE and reply.result[0] not in ("internal", "storage")
-        seen.append(reply.result[0])
+        for body in raw.ask(frames):    # a REQ envelope's delimiter, or a batch's grouped replies
+            if not body:
+                continue
+            reply = protocol.decode_reply(body)
+            assert not reply.ok
+            assert reply.result[0] in errors.ERRORS_BY_CODE and reply.result[0] not in ("internal", "storage")
+            seen.append(reply.result[0])
 
     fuzz()
     assert node.alive()
     assert snapshot(node) == before
     assert len(set(seen)) >= 4, f"fuzzing reached too few error paths: {sorted(set(seen))}"
+
+
+def replies_to(raw, rids, timeout=5.0):
+    """Read reply messages until every request id in `rids` is answered -> ({id: Reply}, frames per message)."""
+    got, shapes = {}, []
+    deadline = time.monotonic() + timeout
+    while set(rids) - set(got):
+        assert raw.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"unanswered: {set(rids) - set(got)}"
+        frames = raw.sock.recv_multipart()
+        shapes.append(len(frames))
+        for body in frames:
+            reply = protocol.decode_reply(body)
+            assert reply.request_id not in got, f"two replies to request {reply.request_id}"
+            got[reply.request_id] = reply
+    return got, shapes
+
+
+def test_a_batch_is_served_request_by_request_and_its_replies_come_grouped(node, raw):
+    """docs/PROTOCOL.md section 2, "Batches": each body of a batch is served as if it came alone (a bad
+    one gets its own error, id 0 when its id cannot be read), and replies ready together share a
+    message. Requests sent one per message on the same connection get one reply per message."""
+    batch = [req("PUT", b"a", V(1), rid=1), req("PUT", b"b", V(2), rid=2), req("GET", b"nope", False, rid=3),
+             b"\xc1", req("PUT", b"", V(3), rid=4), req("DEL", b"a", rid=5), req("GET", b"b", False, rid=6)]
+    raw.sock.send_multipart(batch)
+    got, shapes = replies_to(raw, [0, 1, 2, 3, 4, 5, 6])
+    assert got[1].ok and got[2].ok and got[5].ok and got[3] == protocol.Reply(3, True, (None,))
+    assert got[0].result[0] == "malformed" and got[4].result[0] == "invalid_key"
+    assert protocol.unpack_value(got[6].result[0]) == 2
+    assert max(shapes) > 1 and sum(shapes) == 7, shapes     # grouped: fewer messages than replies
+    with node.client() as db:
+        assert db.get("a") is None and db.get("b") == 2     # in frame order: the DEL came after the PUT
+    for rid in range(7, 12):
+        raw.sock.send(req("PING", rid=rid))
+    assert replies_to(raw, range(7, 12))[1] == [1] * 5
+
+
+@pytest.mark.parametrize("frames", [
+    [req("PUT", b"x", V(i), rid=i + 1) for i in range(65)],
+    [req("PUT", b"x", V(1), rid=1), b""],
+    [b"", req("PUT", b"x", V(1), rid=1), req("PUT", b"y", V(1), rid=2)],
+], ids=["65 bodies", "an empty body", "a delimiter then two bodies"])
+def test_a_malformed_batch_is_refused_whole(node, raw, frames):
+    before = snapshot(node)
+    reply = raw.ask(frames)
+    assert len(reply) == 1 and protocol.decode_reply(reply[0]).result[0] == "malformed"
+    assert protocol.decode_reply(reply[0]).request_id == 0
+    assert snapshot(node) == before
 
 
 def test_peer_message_on_the_client_port_is_refused_with_wrong_port(node, raw):

@@ -1,9 +1,11 @@
-"""The client's connection without a node to talk to: what it does when it cannot connect at all."""
+"""The client's connection without a node to talk to: what it does when it cannot connect at all, and
+beside a ROUTER that answers as a node of an earlier release."""
 import threading
 
 import pytest
+import zmq
 
-from zmqstore import Client, Retry, errors
+from zmqstore import Client, Retry, errors, protocol
 from zmqstore.keys import keygen
 
 
@@ -39,3 +41,55 @@ def test_a_client_that_never_connected_closes_promptly():
     with pytest.raises(errors.ConnectionTimeout):
         db.ping()
     assert closes_promptly(db)
+
+
+class EarlierNode:
+    """A ROUTER answering as a node of a release before batches (docs/PROTOCOL.md section 2): a
+    message of more than one body is refused whole (`malformed`, id 0, nothing served); a lone PUT
+    is served. Records the request ids it served."""
+
+    def __init__(self):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.served, self.refused = [], 0
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping:
+            if not self.sock.poll(50):
+                continue
+            frames = self.sock.recv_multipart()
+            if len(frames) != 2:
+                self.refused += 1
+                self.sock.send_multipart([frames[0], protocol.encode_error(0, "malformed", "one body frame")])
+                continue
+            request = protocol.decode_request(frames[1])
+            self.served.append(request.request_id)
+            self.sock.send_multipart([frames[0], protocol.encode_ok(request.request_id, None)])
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def test_a_pipeline_sends_one_request_per_message_to_a_node_that_refuses_batches():
+    node = EarlierNode()
+    try:
+        with Client(f"127.0.0.1:{node.port}", timeout=5.0, retry=Retry(max_tries=1)) as db:
+            pipe = db.pipeline(max_in_flight=16)
+            for i in range(40):
+                pipe.put(f"k{i}", i)
+            assert pipe.execute() == [None] * 40
+            assert node.refused >= 1 and not db.connection.batches
+            assert sorted(node.served) == sorted(set(node.served)) and len(node.served) == 40
+            refused = node.refused
+            assert db.pipeline().put("a", 1).put("b", 2).execute() == [None, None]
+            assert node.refused == refused      # it remembers: no batch is tried again on this connection
+    finally:
+        node.close()

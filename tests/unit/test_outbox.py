@@ -6,8 +6,8 @@ import types
 import pytest
 import zmq
 
-from zmqstore import transport
-from zmqstore.outbox import MIN_HWM, Outbox, send_hwm
+from zmqstore import protocol, transport
+from zmqstore.outbox import MIN_HWM, Grouped, Outbox, send_hwm
 
 
 def test_send_hwm_holds_about_the_limit_in_the_largest_replies():
@@ -91,3 +91,25 @@ def test_when_every_queue_is_full_a_stalled_client_loses_its_replies_not_a_readi
     assert reader in outbox.backlogs and not outbox.refuses(reader)
     assert outbox.backlogs[reader].size == 10 * (len(reply) + len(reader))   # none of its replies dropped
     assert sum(outbox.refuses(i) for i in identities[:4]) >= 1               # a stalled one was emptied
+
+
+def test_replies_to_a_batch_leave_grouped_within_the_byte_bound_and_others_alone(ports):
+    """docs/PROTOCOL.md section 2, "Batches": replies to batched requests (a Grouped envelope) wait
+    until send_groups, then leave as few messages as hold GROUP_BYTES of bodies each, a larger body
+    alone; so no message is larger than the largest single reply. Others leave at once, alone."""
+    client, identity = ports.connect_client()
+    client.setsockopt(zmq.RCVHWM, 1000)
+    outbox = Outbox(ports.sock, 64 << 20)
+    outbox.send([identity, b"alone"])
+    assert client.poll(5000) and client.recv_multipart() == [b"alone"]
+    envelope = Grouped([identity])
+    small, big = b"s" * (10 << 10), b"b" * (protocol.GROUP_BYTES + 1)
+    for body in [small] * 8 + [big] + [small] * 2:
+        assert outbox.send(envelope + [body])
+    assert not client.poll(100)                 # nothing has left yet
+    outbox.send_groups()
+    shapes = []
+    while client.poll(1000):
+        shapes.append([len(frame) for frame in client.recv_multipart()])
+    assert shapes == [[len(small)] * 6, [len(small)] * 2, [len(big)], [len(small)] * 2]
+    assert not outbox.groups

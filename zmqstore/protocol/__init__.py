@@ -7,7 +7,7 @@ contexts), `checks` (every field checked against the tables) and `codec` (frames
 messages, replies, log entries, dynamo states). No module outside it imports msgpack. Values travel
 and are stored as msgpack-encoded bytes (`pack_value`), so a node never re-encodes a value it stores.
 """
-from .schema import (DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember, KEY_Z85_LEN, MEMBERS_MAX, MEMBERSHIP_CHANGES, OPT_STR, Member, BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, ERR, FENCE, HEADER_FIELDS, ITEMS,
+from .schema import (BATCH_MAX, GROUP_BYTES, DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX, DynamoMember, KEY_Z85_LEN, MEMBERS_MAX, MEMBERSHIP_CHANGES, OPT_STR, Member, BIN, BIN_LIST, BOOL, CLIENT_ID_MAX, CONTEXT, CONTEXT_MAX, ERR, FENCE, HEADER_FIELDS, ITEMS,
                      KEY, OK, OPTION_COMMANDS, OPT_BIN, OPT_KEY, OPT_UINT, OPT_VALUE, OP_DEL, OP_PUT, PAIR_LIST,
                      PEER_ARRAY_MAX, PEER_MESSAGES, PEER_REPLIES, PEER_REQUESTS, PEER_SENDER_FIELD, PEER_STREAM,
                      PEER_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, SHARED_ENTRY_VERSION, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX,
@@ -20,4 +20,4 @@ from .codec import (DynEntry, reply_outcome, decode_dyn_entry, decode_entry, dec
                     encode_dynamo_members, entry_members,
                     members_ops, decode_request, encode_dyn_entry, encode_entry, encode_error, encode_exception,
                     encode_key_state, encode_ok, encode_peer, encode_request, entry_term, peer_versions, speak, speak_peer_version,
-                    split_frames)  # noqa: F401
+                    split_batch, split_frames)  # noqa: F401

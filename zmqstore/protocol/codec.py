@@ -6,7 +6,7 @@ import msgpack
 
 from .. import errors
 from .checks import _validate_peer, _validate_request
-from .schema import (CLIENT_ID_MAX, DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
+from .schema import (BATCH_MAX, CLIENT_ID_MAX, DYNAMO_RECORDS_MAX, ERR, HEADER_FIELDS, KEY_Z85_LEN, MEMBERS_MAX, DynamoMember, OK, OP_DEL, OP_PUT, PEER_ARRAY_MAX, PEER_MESSAGES,
                      PEER_MESSAGE_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, SHARED_ENTRY_VERSION, STR_MAX, UINT64_MAX, Limits, LogEntry, Member, PeerMessage, Reply, Request)
 from .values import _fields, _is_uint, _pack, _unpackb, _vector_dict, vector_pairs
 
@@ -24,6 +24,21 @@ def split_frames(frames):
     if len(frames) == 3 and not frames[1]:
         return frames[:2], frames[2]
     raise errors.MalformedMessage(f"expected 1 body frame after the identity, got {len(frames) - 1} frames")
+
+
+def split_batch(frames):
+    """Client-port input -> (envelope, bodies, batched): split_frames, or a DEALER's batch of 2 to
+    BATCH_MAX non-empty bodies ([identity, body, ...]; docs/PROTOCOL.md section 2, "Batches")."""
+    n = len(frames) - 1
+    if n < 2 or not frames[1] and n == 2:
+        envelope, body = split_frames(frames)
+        return envelope, (body,), False
+    if n > BATCH_MAX:
+        raise errors.MalformedMessage(f"a batch holds at most {BATCH_MAX} request bodies, got {n} frames")
+    if not all(frames[1:]):
+        raise errors.MalformedMessage("a batch's request bodies must not be empty (an empty delimiter "
+                                      "frame is for one REQ request only)")
+    return frames[:1], frames[1:], True
 
 # ---------------------------------------------------------------- requests
 

@@ -196,6 +196,8 @@ OP_DEL = 1
 HEADER_FIELDS = 5  # version, command, client_id, request_id, open_from
 PEER_ARRAY_MAX = 10_000  # entries or snapshot items in one peer message
 
+BATCH_MAX = 64              # request bodies in one client message (docs/PROTOCOL.md section 2, "Batches")
+GROUP_BYTES = 64 << 10      # reply bodies one grouped reply message holds, unless one alone is larger
 CLIENT_ID_MAX = 64
 TERM_MAX = (1 << 63) - 1
 CONTEXT_MAX = 64 << 10
