@@ -378,7 +378,7 @@ class Node:
             return 1    # this client leaves its replies unread: no more work for it until it reads
         now = time.monotonic()
         try:
-            envelope, bodies, batched = protocol.split_batch(frames)
+            envelope, bodies, batched = protocol.split_batch(frames, self.config.max_request_size)
         except errors.RequestError as exc:
             body = protocol.encode_exception(0, exc)
             outbox.send(frames[:1] + [body])

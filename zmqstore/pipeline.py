@@ -144,9 +144,11 @@ class Pipeline(Commands):
                 reply = protocol.decode_reply(raw)
                 i = index_of.get(reply.request_id)
                 if i is None or i not in in_flight:
-                    if reply.request_id == 0 and not reply.ok and reply.result[0] == "malformed" and connection.batches:
-                        # A node of an earlier release refuses a batch whole, serving none of it: from
-                        # now on one request per message, and what is in flight goes again (same ids).
+                    if reply.request_id == 0 and not reply.ok and connection.batches and \
+                            reply.result[0] in ("malformed", "request_too_large"):
+                        # A batch refused whole, none of it served: by a node of an earlier release,
+                        # or one whose max_request_size is below GROUP_BYTES. From now on one request
+                        # per message, and what is in flight goes again (same ids).
                         connection.batches = False
                         resend = sorted(in_flight)
                     continue  # late reply to an earlier round

@@ -103,12 +103,27 @@ def test_oversized_frame_drops_only_that_connection(nodes, tmp_path):
     try:
         reply = protocol.decode_reply(big.ask([req("PUT", b"k", V(b"x" * 2000))])[-1])
         assert reply.result[0] == "value_too_large"
+        # A batch may be no larger than one request: 9 bodies of about 1 KB (over 8192 bytes
+        # together) are refused whole, 7 are served (docs/PROTOCOL.md section 2, "Batches").
+        frames = [req("PUT", b"b%d" % i, V(b"x" * 990), rid=i + 1) for i in range(9)]
+        reply = big.ask(frames)
+        assert len(reply) == 1 and protocol.decode_reply(reply[0]) == protocol.Reply(
+            0, False, ("request_too_large", protocol.decode_reply(reply[0]).result[1], {}))
+        big.sock.send_multipart(frames[:7])
+        got, _ = replies_to(big, range(1, 8))
+        assert all(r.ok for r in got.values())
         big.sock.send(req("PUT", b"k", V(b"x" * 20000)))   # over ZMQ_MAXMSGSIZE: no reply, link dropped
         assert not big.sock.poll(500)
     finally:
         big.close()
     with n.client() as db:
         assert db.ping() == 1 and db.get("k") is None
+        assert [db.get("b%d" % i) is not None for i in range(9)] == [True] * 7 + [False] * 2
+        pipe = db.pipeline()    # its batches (up to 64 KiB) are too large here: it sends them one by one
+        for i in range(20):
+            pipe.put(f"p{i}", b"x" * 900)
+        assert pipe.execute() == [None] * 20 and not db.connection.batches
+        assert db.get("p19") == b"x" * 900
         with pytest.raises(errors.KeyTooLarge):
             db.put("k" * 101, 1)
 
@@ -139,7 +154,7 @@ keyed_strategy = st.builds(
 def is_valid(frames):
     """Whether any body of the message would be served (the fuzzer wants only refusals)."""
     try:
-        _, bodies, _ = protocol.split_batch([b"id", *frames])
+        _, bodies, _ = protocol.split_batch([b"id", *frames], 16 << 20)
     except errors.RequestError:
         return False
     for body in bodies:

@@ -178,6 +178,21 @@ def test_split_frames():
             protocol.split_frames(frames)
 
 
+def test_split_batch():
+    """docs/PROTOCOL.md section 2, "Batches": 2 to 64 non-empty bodies of at most max_request_size
+    together; one body, or a REQ envelope, as split_frames; anything else refused whole."""
+    assert protocol.split_batch([b"id", b"body"], 100) == ([b"id"], (b"body",), False)
+    assert protocol.split_batch([b"id", b"", b"body"], 100) == ([b"id", b""], (b"body",), False)
+    assert protocol.split_batch([b"id", b"a", b"b"], 100) == ([b"id"], [b"a", b"b"], True)
+    assert protocol.split_batch([b"id"] + [b"x"] * protocol.BATCH_MAX, 100)[1] == [b"x"] * protocol.BATCH_MAX
+    assert protocol.split_batch([b"id", b"x" * 50, b"y" * 50], 100)[2]
+    for frames in ([b"id"], [b"id", b"", b"a", b"b"], [b"id", b"a", b""], [b"id"] + [b"x"] * (protocol.BATCH_MAX + 1)):
+        with pytest.raises(errors.MalformedMessage):
+            protocol.split_batch(frames, 100)
+    with pytest.raises(errors.RequestTooLarge):
+        protocol.split_batch([b"id", b"x" * 50, b"y" * 51], 100)
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bodies_never_escape_as_other_exceptions(body):

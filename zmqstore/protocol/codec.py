@@ -26,9 +26,11 @@ def split_frames(frames):
     raise errors.MalformedMessage(f"expected 1 body frame after the identity, got {len(frames) - 1} frames")
 
 
-def split_batch(frames):
+def split_batch(frames, max_bytes):
     """Client-port input -> (envelope, bodies, batched): split_frames, or a DEALER's batch of 2 to
-    BATCH_MAX non-empty bodies ([identity, body, ...]; docs/PROTOCOL.md section 2, "Batches")."""
+    BATCH_MAX non-empty bodies of at most `max_bytes` together ([identity, body, ...];
+    docs/PROTOCOL.md section 2, "Batches"). The byte bound keeps a batch within what one request
+    may be, so what a loop iteration takes in still fits one CHANGE (node.py)."""
     n = len(frames) - 1
     if n < 2 or not frames[1] and n == 2:
         envelope, body = split_frames(frames)
@@ -38,6 +40,9 @@ def split_batch(frames):
     if not all(frames[1:]):
         raise errors.MalformedMessage("a batch's request bodies must not be empty (an empty delimiter "
                                       "frame is for one REQ request only)")
+    size = sum(map(len, frames)) - len(frames[0])
+    if size > max_bytes:
+        raise errors.RequestTooLarge(f"a batch's bodies total {size} bytes, above max_request_size ({max_bytes})")
     return frames[:1], frames[1:], True
 
 # ---------------------------------------------------------------- requests
