@@ -25,7 +25,8 @@ def test_replies_follow_their_commit(tmp_path, monkeypatch):
 
     def send_frames(sock, frames):
         real_send(sock, frames)     # raises zmq.Again when the client's queue is full: not sent yet
-        events.append(("send", protocol.decode_reply(frames[-1])))
+        for body in frames[1:]:     # [identity, reply, ...]: a batch's replies may share one message
+            events.append(("send", protocol.decode_reply(body)))
 
     node.storage.commit = commit
     monkeypatch.setattr(transport, "try_send_frames", send_frames)   # how replies to clients leave
