@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run run-dynamo run-single test bench bench-compare bench-trace bench-profile bench-elections chaos clean distclean
+.PHONY: run run-dynamo run-single test bench bench-compare bench-ab bench-trace bench-profile bench-elections chaos clean distclean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ $(BENCH_STAMP): setup.py $(STAMP)
 bench-compare: $(BENCH_STAMP)
 	$(PY) bench/compare.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY)) \
 		$(if $(WORKLOADS),--workloads $(WORKLOADS)) $(if $(BASELINE),--baseline $(BASELINE))
+
+## bench-ab: pipelined puts, this tree against BASELINE=<git rev> (nodes and client from each),
+## alternated round by round, with each process's CPU per put; MODE=dynamo for dynamo mode
+bench-ab: $(BENCH_STAMP)
+	$(PY) bench/ab_puts.py $(BASELINE) --mode $(MODE)
 
 ## bench-trace: the timeline of a sequential replicated put, stage by stage across client and nodes,
 ## with each stage's CPU (bench/trace_puts.py; docs/BENCHMARKS.md)
