@@ -140,7 +140,7 @@ class PeerPlane:
     def _send_to(self, node_id, body):
         for dealer in self.dealers.get(node_id, ()):
             try:
-                dealer.send(body, zmq.NOBLOCK)
+                transport.send_nowait(dealer, body)
                 return
             except zmq.Again:
                 pass
@@ -148,7 +148,7 @@ class PeerPlane:
     def reachable(self, node_id):
         """Whether a message to that peer would be taken now: a DEALER with a completed connection
         (IMMEDIATE) and room in its queue."""
-        return any(dealer.get(zmq.EVENTS) & zmq.POLLOUT for dealer in self.dealers.get(node_id, ()))
+        return any(transport.can_send(dealer) for dealer in self.dealers.get(node_id, ()))
 
     def _serve_router(self, sock):
         """Requests on the peer port: each must name a member, and come on that member's connection

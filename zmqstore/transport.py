@@ -159,6 +159,7 @@ _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 NOBLOCK = int(zmq.NOBLOCK)
 
 
@@ -205,6 +206,11 @@ def recv_routed(sock, flags=0):
 def has_input(sock):
     """True when a message is waiting (ZMQ_EVENTS; also processes pending socket commands)."""
     return bool(_backend_get(sock, _EVENTS) & _POLLIN)
+
+
+def can_send(sock):
+    """True when a message would be taken now (ZMQ_EVENTS has POLLOUT)."""
+    return bool(_backend_get(sock, _EVENTS) & _POLLOUT)
 
 
 def send(sock, frame):
