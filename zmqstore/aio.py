@@ -2,7 +2,8 @@
 zmq.asyncio. What is sent and how replies decode is the same code (api.Commands, client_base: request
 ids, encoding, `open_from`, the retry rules of `Attempts`; watcher.WatchStream for watches); only the
 waiting differs. Any number of requests may be in flight on one client: they share one DEALER, and
-one reader task hands each reply to the request waiting for its id.
+one reader task hands each reply to the request waiting for its id. The requests made in one pass of
+the event loop leave together, as batches (docs/PROTOCOL.md section 2, "Batches").
 
     async with zmqstore.aio.Client("127.0.0.1:9000") as db:
         await db.put("k", 1)
@@ -24,7 +25,7 @@ from . import errors, protocol, transport
 from .api import Call, encode_key
 from .client_base import DEFAULT_TIMEOUT, Attempts, ClientBase
 from .connection import Connection, Retry
-from .pipeline import Pipeline as _BlockingPipeline
+from .pipeline import BATCH_REFUSED, Pipeline as _BlockingPipeline
 from .watcher import RESUMABLE, WATCH_WINDOW, WatchEvent, WatchStream, check_watch_args
 
 __all__ = ["Client", "Pipeline", "Watcher", "WatchEvent", "Retry"]
@@ -48,6 +49,8 @@ class Client(ClientBase):
         # one task fails the late ones, cheaper than a timer per request.
         self._deadlines = collections.deque()
         self._sweeper = None
+        self._queued = []           # (socket, request id, reply future, body): sent at the end of this pass
+        self._bodies = {}           # request id -> body, while an attempt waits (resent if a batch is refused)
 
     def close(self):
         """Close the connection; requests still waiting raise ConnectionTimeout."""
@@ -55,6 +58,7 @@ class Client(ClientBase):
             if task is not None:
                 task.cancel()
         self._reader = self._sweeper = None
+        self._queued.clear()
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(errors.ConnectionTimeout("the client was closed"))
@@ -102,15 +106,23 @@ class Client(ClientBase):
         loop = asyncio.get_running_loop()
         reply = loop.create_future()
         self._waiting[request_id] = reply
+        self._bodies[request_id] = body
         self._deadlines.append((time.monotonic() + connection.timeout, reply, connection))
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = loop.create_task(self._sweep())
         try:
-            sending = sock.send(body)
-            if not sending.done():      # the queue to that node is full: wait, within the timeout
-                await asyncio.wait_for(sending, connection.timeout)
+            if connection.batches:
+                # Sent when this pass of the event loop ends, with whatever else was asked in it
+                # (_send_queued); a full queue to the node shows as no reply within the timeout.
+                if not self._queued:
+                    loop.call_soon(self._send_queued)
+                self._queued.append((sock, request_id, reply, body))
             else:
-                sending.result()        # raises what made it fail
+                sending = sock.send(body)
+                if not sending.done():      # the queue to that node is full: wait, within the timeout
+                    await asyncio.wait_for(sending, connection.timeout)
+                else:
+                    sending.result()        # raises what made it fail
             result = await reply
         except asyncio.TimeoutError:
             raise errors.ConnectionTimeout(f"could not send to {connection.endpoint} within "
@@ -125,10 +137,59 @@ class Client(ClientBase):
         finally:
             if self._waiting.get(request_id) is reply:
                 del self._waiting[request_id]
+                del self._bodies[request_id]
         if result.ok:
             return result.result
         code, message, details = result.result
         raise errors.error_from_code(code, message, details)
+
+    def _send_queued(self):
+        """Send the requests queued in this pass of the event loop, consecutive ones to one socket as
+        batches of up to BATCH_MAX bodies and GROUP_BYTES (one larger body goes alone), or one per
+        message once the node has refused a batch."""
+        queued, self._queued = self._queued, []
+        most = protocol.BATCH_MAX if self.connection is not None and self.connection.batches else 1
+        target, frames, replies, size = None, [], [], 0
+        for sock, _rid, reply, body in queued:
+            if reply.done():
+                continue        # failed meanwhile: the client moved to another node, or closed
+            if frames and (sock is not target or len(frames) == most or size + len(body) > protocol.GROUP_BYTES):
+                self._send_batch(target, frames, replies)
+                frames, replies, size = [], [], 0
+            target = sock
+            frames.append(body)
+            replies.append(reply)
+            size += len(body)
+        if frames:
+            self._send_batch(target, frames, replies)
+
+    @staticmethod
+    def _send_batch(sock, frames, replies):
+        def failed(exc):
+            for reply in replies:
+                if not reply.done():
+                    reply.set_exception(errors.ConnectionTimeout(f"could not send the request: {exc}"))
+        try:
+            sending = sock.send(frames[0]) if len(frames) == 1 else sock.send_multipart(frames)
+        except zmq.ZMQError as exc:
+            failed(exc)
+            return
+        def done(f):    # sent now, or once the queue to the node had room (the sweeper times out the wait)
+            if f.cancelled():
+                failed("the socket was closed")
+            elif f.exception() is not None:
+                failed(f.exception())
+        sending.add_done_callback(done)
+
+    def _batch_refused(self, sock):
+        """The node refused a batch whole (a node of an earlier release, or one whose max_request_size
+        is below GROUP_BYTES): from now on one request per message on this connection, and every
+        request sent and still waiting goes again, alone (same request ids: a write applies once)."""
+        self.connection.batches = False
+        queued = {rid for _sock, rid, _reply, _body in self._queued}
+        for rid, reply in self._waiting.items():
+            if rid not in queued and not reply.done():
+                sock.send(self._bodies[rid])
 
     def _ensure_reader(self, sock):
         if self._reader_sock is sock and self._reader is not None and not self._reader.done():
@@ -151,6 +212,10 @@ class Client(ClientBase):
                     future = waiting.get(reply.request_id) if reply is not None else None
                     if future is not None and not future.done():
                         future.set_result(reply)
+                    elif reply is not None and reply.request_id == 0 and not reply.ok and \
+                            reply.result[0] in BATCH_REFUSED and self.connection is not None and \
+                            self.connection.batches and self._reader_sock is sock:
+                        self._batch_refused(sock)
                     try:    # what else has arrived, without a trip through the event loop each
                         raw = sock.recv(zmq.NOBLOCK).result()
                     except zmq.Again:

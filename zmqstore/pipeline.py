@@ -8,6 +8,10 @@ from . import errors, protocol, transport
 from .api import Commands, ScanPage
 from .connection import RETRYABLE
 
+# A batch refused whole, nothing in it served (docs/PROTOCOL.md section 2, "Batches"): by a node of an
+# earlier release (malformed), or one whose max_request_size is below GROUP_BYTES (request_too_large).
+BATCH_REFUSED = ("malformed", "request_too_large")
+
 
 class Pipeline(Commands):
     """Operations are sent on `execute()`, up to `max_in_flight` at a time, each with its own request
@@ -145,7 +149,7 @@ class Pipeline(Commands):
                 i = index_of.get(reply.request_id)
                 if i is None or i not in in_flight:
                     if reply.request_id == 0 and not reply.ok and connection.batches and \
-                            reply.result[0] in ("malformed", "request_too_large"):
+                            reply.result[0] in BATCH_REFUSED:
                         # A batch refused whole, none of it served: by a node of an earlier release,
                         # or one whose max_request_size is below GROUP_BYTES. From now on one request
                         # per message, and what is in flight goes again (same ids).

@@ -1,11 +1,12 @@
 """The client's connection without a node to talk to: what it does when it cannot connect at all, and
-beside a ROUTER that answers as a node of an earlier release."""
+beside a ROUTER that answers as a node of this release or of an earlier one (batches)."""
+import asyncio
 import threading
 
 import pytest
 import zmq
 
-from zmqstore import Client, Retry, errors, protocol
+from zmqstore import Client, Retry, aio, errors, protocol
 from zmqstore.keys import keygen
 
 
@@ -46,9 +47,13 @@ def test_a_client_that_never_connected_closes_promptly():
 class EarlierNode:
     """A ROUTER answering as a node of a release before batches (docs/PROTOCOL.md section 2): a
     message of more than one body is refused whole (`malformed`, id 0, nothing served); a lone PUT
-    is served. Records the request ids it served."""
+    is served. Records the request ids it served, and how many bodies each message held.
+    batches=True: a node of this release, serving every body of a batch and sending the replies
+    back together in one message."""
 
-    def __init__(self):
+    def __init__(self, batches=False):
+        self.batches = batches
+        self.sizes = []
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -63,13 +68,17 @@ class EarlierNode:
             if not self.sock.poll(50):
                 continue
             frames = self.sock.recv_multipart()
-            if len(frames) != 2:
+            self.sizes.append(len(frames) - 1)
+            if len(frames) != 2 and not self.batches:
                 self.refused += 1
                 self.sock.send_multipart([frames[0], protocol.encode_error(0, "malformed", "one body frame")])
                 continue
-            request = protocol.decode_request(frames[1])
-            self.served.append(request.request_id)
-            self.sock.send_multipart([frames[0], protocol.encode_ok(request.request_id, None)])
+            replies = []
+            for body in frames[1:]:
+                request = protocol.decode_request(body)
+                self.served.append(request.request_id)
+                replies.append(protocol.encode_ok(request.request_id, None))
+            self.sock.send_multipart([frames[0], *replies])
 
     def close(self):
         self.stopping = True
@@ -91,5 +100,36 @@ def test_a_pipeline_sends_one_request_per_message_to_a_node_that_refuses_batches
             refused = node.refused
             assert db.pipeline().put("a", 1).put("b", 2).execute() == [None, None]
             assert node.refused == refused      # it remembers: no batch is tried again on this connection
+    finally:
+        node.close()
+
+
+async def aio_puts(port, n):
+    async with aio.Client(f"127.0.0.1:{port}", timeout=5.0, retry=Retry(max_tries=1)) as db:
+        results = await asyncio.gather(*(db.put(f"k{i}", i) for i in range(n)))
+        alone = [await db.put("alone", 1), await db.put("alone", 2)]
+        return results, alone, db.connection.batches
+
+
+def test_the_asyncio_client_sends_what_one_pass_of_the_event_loop_asked_as_batches():
+    node = EarlierNode(batches=True)
+    try:
+        results, alone, batches = asyncio.run(aio_puts(node.port, 200))
+        assert results == [None] * 200 and alone == [None, None] and batches
+        # 200 requests of one pass: batches of at most 64; the two awaited one by one go alone
+        assert sorted(node.sizes[:-2]) == [8, 64, 64, 64] and node.sizes[-2:] == [1, 1]
+        assert len(node.served) == len(set(node.served)) == 202
+    finally:
+        node.close()
+
+
+def test_the_asyncio_client_sends_one_request_per_message_to_a_node_that_refuses_batches():
+    node = EarlierNode()
+    try:
+        results, alone, batches = asyncio.run(aio_puts(node.port, 40))
+        assert results == [None] * 40 and alone == [None, None] and not batches
+        # the batch of 40 refused, then each sent again alone (same ids), and later ones alone too
+        assert node.refused == 1 and node.sizes == [40] + [1] * 42
+        assert len(node.served) == len(set(node.served)) == 42
     finally:
         node.close()
