@@ -189,7 +189,9 @@ class Client(ClientBase):
         queued = {rid for _sock, rid, _reply, _body in self._queued}
         for rid, reply in self._waiting.items():
             if rid not in queued and not reply.done():
-                sock.send(self._bodies[rid])
+                # a failed send leaves the request to the sweeper's timeout; read its outcome so
+                # that asyncio does not report an exception nobody retrieved
+                sock.send(self._bodies[rid]).add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _ensure_reader(self, sock):
         if self._reader_sock is sock and self._reader is not None and not self._reader.done():
