@@ -29,6 +29,7 @@ from .dynamo.feed import DynamoFeed
 from .leader.feed import LeaderFeed
 
 LINEARIZABLE_READS = ("GET", "SCAN")
+INF = float("inf")
 
 
 def not_confirmed(held, config):
@@ -44,6 +45,7 @@ class Mode:
     """What both modes share: the end of a loop iteration, in one place."""
 
     out = None
+    wake_at = INF       # when the mode needs an iteration though nothing arrives (set by its commit)
 
     def end_iteration(self, send, release):
         """Release the replies that this iteration's acknowledgements (ACK, DACK) made ready, or
@@ -204,9 +206,11 @@ class LeaderMode(Mode):
             if self._round_wanted or primary.round_asked:
                 self._round_wanted = primary.round_asked = False
                 primary.heartbeat(start_round=True)
-            primary.publish_commit_if_moved()
+            self.wake_at = primary.announce_commit(time.monotonic())
             primary.answer_read_indexes(asks)
-        elif self.roles is not None and self.roles.secondary is not None:
+            return
+        self.wake_at = INF
+        if self.roles is not None and self.roles.secondary is not None:
             self.roles.secondary.send_read_index(time.monotonic())
 
     def after_replies(self):

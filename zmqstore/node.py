@@ -229,7 +229,7 @@ class Node:
         next_beat = now if peering is not None else float("inf")
         while not self._stopping:
             now = time.monotonic()
-            deadline = min(next_chores, next_beat, replies.next_deadline or next_chores)
+            deadline = min(next_chores, next_beat, replies.next_deadline or next_chores, self.mode.wake_at)
             if self.outbox.backlogs:
                 deadline = min(deadline, max(now + BACKLOG_RETRY, self.outbox.next_retry()))
             if self.watches.busy:

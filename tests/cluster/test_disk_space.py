@@ -88,8 +88,8 @@ def test_a_quota_refuses_writes_serves_reads_and_deletes_and_clears_after_delete
     c.start(1)
     for n in c.nodes.values():
         with n.client(retry=Retry(max_tries=20, deadline=10)) as db:
-            wait_until(lambda: all(db.get(k, stale=True) == VALUE for k in kept), 15, message="kept writes")
-            assert db.get("after", stale=True) == 1
+            wait_until(lambda: db.get("after", stale=True) == 1 and all(db.get(k, stale=True) == VALUE for k in kept),
+                       15, message="kept writes and the one after")
     assert "space alarm cleared" in node.log()
 
 

@@ -5,6 +5,7 @@ import pytest
 from zmqstore import errors, limits, protocol
 from zmqstore.leader import LogServer, Primary
 from zmqstore.leader.log_server import SNAPSHOT_IDLE, SNAPSHOT_TRIM_HOLD
+from zmqstore.leader.primary import COMMIT_NOTICE_DELAY
 from zmqstore.leader.membership import Membership
 from zmqstore.leader.secondary import FETCH_RETRY, SOURCE_BACKOFF, SOURCE_PATIENCE, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
@@ -132,8 +133,31 @@ def test_primary_commits_at_quorum_and_applies(make):
     assert eng.commit_seq == 2
     eng.apply_to_commit()
     assert eng.storage.get(b"k") == protocol.pack_value(7) and eng.storage.applied_seq == 2
-    primary.publish_commit_if_moved()
+    # The commit move waits for a CHANGE to carry it; none comes, so a HEARTBEAT says it alone.
+    published = len(io.published)
+    due = primary.announce_commit(5.0)
+    assert due == 5.0 + COMMIT_NOTICE_DELAY and len(io.published) == published
+    assert primary.announce_commit(due - COMMIT_NOTICE_DELAY / 2) == due and len(io.published) == published
+    assert primary.announce_commit(due) == float("inf")
     assert io.published[-1].command == "HEARTBEAT" and io.published[-1].fields[3] == 2
+    assert primary.announce_commit(due + 1.0) == float("inf") and len(io.published) == published + 1
+
+
+def test_primary_commit_move_rides_on_the_next_change(make):
+    """A CHANGE published before the notice is due carries the commit seq: no HEARTBEAT follows."""
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
+    for i in (1, 2):
+        eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", i, i, b"k", protocol.pack_value(i))))
+        cycle(eng, primary)
+        primary.on_ack((2, 1, eng.storage.last_seq, 0, True), now=1.0)
+        assert primary.announce_commit(1.0) == 1.0 + COMMIT_NOTICE_DELAY
+    assert [m.command for m in io.published] == ["CHANGE", "CHANGE"]
+    assert io.published[-1].fields[5] == 2           # the second CHANGE carried the first put's commit
+    assert primary.announce_commit(1.0 + COMMIT_NOTICE_DELAY) == float("inf")
+    assert io.published[-1].command == "HEARTBEAT" and io.published[-1].fields[3] == 3
 
 
 def test_primary_never_counts_what_it_does_not_hold(make):

@@ -8,6 +8,10 @@ from ..metrics import Histogram
 from .read_index import Answers
 
 SENT_KEPT = 4096        # publish times kept for the round-trip figures (the oldest half goes past it)
+# A commit move waits this long for the next CHANGE to carry it before a HEARTBEAT announces it
+# alone: one client's sequential writes then wake each secondary once per write, not twice.
+COMMIT_NOTICE_DELAY = 0.005
+INF = float("inf")
 
 
 class Primary:
@@ -31,6 +35,7 @@ class Primary:
         self._latest = now              # the latest time this was told (the grace period of a new member)
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
+        self._notice_due = INF          # when a commit move no message carried yet is announced alone
         self._term_from = None          # (term, a seq whose entry is of that term): _of_this_term
         self.read_answers = Answers()   # secondaries' READ_INDEX asks waiting for their round
         self.round_asked = False        # one of them asks for a new round
@@ -68,6 +73,7 @@ class Primary:
             "CHANGE", self.storage.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq,
             last_seq))
         self._published_commit = self.engine.commit_seq
+        self._notice_due = INF
 
     def heartbeat(self, start_round=False):
         """Publish a HEARTBEAT (commit seq and, with start_round, a new read-confirmation round)."""
@@ -77,10 +83,18 @@ class Primary:
         self.out.publish(protocol.encode_peer(
             "HEARTBEAT", st.term, self.node_id, self.round, self.engine.commit_seq, st.last_seq))
         self._published_commit = self.engine.commit_seq
+        self._notice_due = INF
 
-    def publish_commit_if_moved(self):
+    def announce_commit(self, now) -> float:
+        """Publish a commit move that no CHANGE carried within COMMIT_NOTICE_DELAY; returns when the
+        loop must come back to do it (INF: nothing waits). The clients' replies do not wait for this:
+        only the secondaries' applying (their stale reads and watches) does."""
         if self.engine.commit_seq != self._published_commit:
-            self.heartbeat()
+            if self._notice_due == INF:
+                self._notice_due = now + COMMIT_NOTICE_DELAY
+            elif now >= self._notice_due:
+                self.heartbeat()
+        return self._notice_due
 
     def advance_commit(self):
         """Commit the highest seq that write_quorum nodes hold, this one included (entries published

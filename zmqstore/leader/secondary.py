@@ -188,7 +188,7 @@ class Secondary:
         self._heard_progress(commit_seq, leader_last)
         self._apply_commit()
         # Answer a new read round, news about our log, or a periodic beat; under load the primary
-        # sends a HEARTBEAT for nearly every commit, and repeating the same ACK would only cost CPU.
+        # may send a HEARTBEAT for every commit, and repeating the same ACK would only cost CPU.
         last_matched, last_time = self._last_ack
         if (round_ != self._round_acked or self.matched != last_matched
                 or now - last_time >= self.config.heartbeat_interval):
