@@ -12,6 +12,8 @@ What the loop asks of a mode:
   whenever that rule may accept more (so an unchanged one saves the queue a pass), and
   `expired(held)`: a held reply's error body at its deadline;
 - `engine` (the node's state and client commands) and `peering` (peer traffic; None standalone);
+- `wake_at`: when the mode needs a loop iteration though nothing arrives (leader mode: a commit
+  move no CHANGE carried, announced alone; inf when nothing waits), updated by each commit;
 - `peer_list()`: the peers to connect to and admit, an unchanged tuple until the membership changes;
 - `feed()`: what change feeds are served from (docs/WATCH.md), None when the mode serves none.
 A mode is built with `out`, the Sends its peer traffic fills. It never sends a reply itself: every
