@@ -21,6 +21,7 @@ reply it does not answer at once is held in the one queue (replies.py), a dynamo
 """
 import random
 import time
+from math import inf
 
 from . import __version__, errors, protocol
 from .dynamo import DynamoEngine, QuorumRead, Replication
@@ -31,7 +32,6 @@ from .dynamo.feed import DynamoFeed
 from .leader.feed import LeaderFeed
 
 LINEARIZABLE_READS = ("GET", "SCAN")
-INF = float("inf")
 
 
 def not_confirmed(held, config):
@@ -47,7 +47,7 @@ class Mode:
     """What both modes share: the end of a loop iteration, in one place."""
 
     out = None
-    wake_at = INF       # when the mode needs an iteration though nothing arrives (set by its commit)
+    wake_at = inf       # when the mode needs an iteration though nothing arrives (set by its commit)
 
     def end_iteration(self, send, release):
         """Release the replies that this iteration's acknowledgements (ACK, DACK) made ready, or
@@ -200,18 +200,19 @@ class LeaderMode(Mode):
         engine, primary = self.engine, self.primary
         engine.flush()
         if primary is not None:
+            now = time.monotonic()
             asks = self.roles.read_asks
-            own = asks.take_local(time.monotonic(), engine.storage.term)   # ReadIndex reads held before it led
+            own = asks.take_local(now, engine.storage.term)   # ReadIndex reads held before it led
             if own is not None:
                 primary.on_read_index(self.config.node_id, None, own)
             primary.advance_commit()
             if self._round_wanted or primary.round_asked:
                 self._round_wanted = primary.round_asked = False
                 primary.heartbeat(start_round=True)
-            self.wake_at = primary.announce_commit(time.monotonic())
+            self.wake_at = primary.announce_commit(now)
             primary.answer_read_indexes(asks)
             return
-        self.wake_at = INF
+        self.wake_at = inf
         if self.roles is not None and self.roles.secondary is not None:
             self.roles.secondary.send_read_index(time.monotonic())
 

@@ -5,8 +5,8 @@ import pytest
 from zmqstore import errors, limits, protocol
 from zmqstore.leader import LogServer, Primary
 from zmqstore.leader.log_server import SNAPSHOT_IDLE, SNAPSHOT_TRIM_HOLD
-from zmqstore.leader.primary import COMMIT_NOTICE_DELAY
 from zmqstore.leader.membership import Membership
+from zmqstore.leader.primary import COMMIT_NOTICE_DELAY
 from zmqstore.leader.secondary import FETCH_RETRY, SOURCE_BACKOFF, SOURCE_PATIENCE, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
 

@@ -2,6 +2,7 @@
 counts what a quorum holds, runs the heartbeat rounds that confirm linearizable reads, and judges
 whether a majority still answers. What it sends goes into the iteration's Sends."""
 from bisect import bisect_right
+from math import inf
 
 from .. import errors, protocol
 from ..metrics import Histogram
@@ -11,7 +12,6 @@ SENT_KEPT = 4096        # publish times kept for the round-trip figures (the old
 # A commit move waits this long for the next CHANGE to carry it before a HEARTBEAT announces it
 # alone: one client's sequential writes then wake each secondary once per write, not twice.
 COMMIT_NOTICE_DELAY = 0.005
-INF = float("inf")
 
 
 class Primary:
@@ -35,7 +35,7 @@ class Primary:
         self._latest = now              # the latest time this was told (the grace period of a new member)
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
-        self._notice_due = INF          # when a commit move no message carried yet is announced alone
+        self._notice_due = inf          # when a commit move no message carried yet is announced alone
         self._term_from = None          # (term, a seq whose entry is of that term): _of_this_term
         self.read_answers = Answers()   # secondaries' READ_INDEX asks waiting for their round
         self.round_asked = False        # one of them asks for a new round
@@ -73,7 +73,7 @@ class Primary:
             "CHANGE", self.storage.term, self.node_id, prev_seq, prev_term, entries, self.engine.commit_seq,
             last_seq))
         self._published_commit = self.engine.commit_seq
-        self._notice_due = INF
+        self._notice_due = inf
 
     def heartbeat(self, start_round=False):
         """Publish a HEARTBEAT (commit seq and, with start_round, a new read-confirmation round)."""
@@ -83,14 +83,14 @@ class Primary:
         self.out.publish(protocol.encode_peer(
             "HEARTBEAT", st.term, self.node_id, self.round, self.engine.commit_seq, st.last_seq))
         self._published_commit = self.engine.commit_seq
-        self._notice_due = INF
+        self._notice_due = inf
 
     def announce_commit(self, now) -> float:
         """Publish a commit move that no CHANGE carried within COMMIT_NOTICE_DELAY; returns when the
-        loop must come back to do it (INF: nothing waits). The clients' replies do not wait for this:
+        loop must come back to do it (inf: nothing waits). The clients' replies do not wait for this:
         only the secondaries' applying (their stale reads and watches) does."""
         if self.engine.commit_seq != self._published_commit:
-            if self._notice_due == INF:
+            if self._notice_due == inf:
                 self._notice_due = now + COMMIT_NOTICE_DELAY
             elif now >= self._notice_due:
                 self.heartbeat()
@@ -196,7 +196,7 @@ class Primary:
         election_interval is a peer catching up after it was away (it would report how long), not
         a round trip: the lag figures show those."""
         sent = self._sent
-        last = bisect_right(sent, (last_seq, float("inf"))) - 1     # the latest publish this ACK covers
+        last = bisect_right(sent, (last_seq, inf)) - 1     # the latest publish this ACK covers
         if last >= 0 and sent[last][0] > self.match[node_id]:
             seconds = now - sent[last][2]
             if seconds <= self.config.election_interval:
@@ -209,7 +209,7 @@ class Primary:
         if held >= self.engine.last_seq:
             return 0.0
         sent = self._sent
-        first = bisect_right(sent, (held, float("inf")))
+        first = bisect_right(sent, (held, inf))
         since = sent[first][2] if first < len(sent) and (first or sent[0][1] <= held) else self.caught_up_at[pid]
         return round(max(0.0, now - since), 3)
 
