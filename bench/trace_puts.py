@@ -2,7 +2,11 @@
 """The timeline of a sequential replicated put: where its latency goes, hop by hop, across the client
 and the three nodes of a leader-mode cluster.
 
-Usage: python bench/trace_puts.py [--seconds S]      (make bench-trace)
+Usage: python bench/trace_puts.py [--seconds S] [--fill MIB]      (make bench-trace)
+
+Before the timed puts the cluster takes --fill MiB (default 80) of 64 KiB values, as a node that has
+run a while has: RocksDB has switched its write-ahead log and reuses an obsolete file, where synced
+writes cost less (docs/STORAGE.md, "Write-ahead log files kept for reuse"). --fill 0: a fresh node.
 
 The nodes run as bench/traced_node.py (the node, with timestamps around its steps; no change to
 zmqstore itself); CLOCK_MONOTONIC is shared by every process on the machine, so one put's events
@@ -38,9 +42,10 @@ from limits_raw import raw_limits  # noqa: E402  (bench/ is on sys.path as the s
 
 TRACED_NODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "traced_node.py")
 VALUE = os.urandom(1000)
+FILL = os.urandom(64 << 10)
 
 
-def run(seconds, base_dir):
+def run(seconds, base_dir, fill_mib=0):
     """Sequential puts against a traced cluster: (client (send, reply) times, node id -> events)."""
     trace_dir = os.path.join(base_dir, "traces")
     os.makedirs(trace_dir)
@@ -54,6 +59,10 @@ def run(seconds, base_dir):
     try:
         pids = {node_id: n.proc.pid for node_id, n in cluster.nodes.items()}
         with Client([n.endpoint for n in cluster.nodes.values()], timeout=10.0) as client:
+            pipe = client.pipeline()
+            for i in range(fill_mib * 16):          # 64 KiB each
+                pipe.put(f"fill{i}", FILL)
+            pipe.execute()
             for i in range(300):                    # warm up: connections, the primary found
                 client.put(f"warm{i}", VALUE)
             end, i = time.monotonic() + seconds, 0
@@ -98,6 +107,11 @@ def _covering(events, name, t, seq):
     return None
 
 
+# The secondary's "poll to its batch write", split at the events traced_node.py marks between them.
+SPLIT = ("poll returned -> peer socket taken", "recv, decode and check the CHANGE", "dispatch (term, sender, role)",
+         "CHANGE handler (match, stage, queue the ACK)", "handler -> iteration's end", "iteration's end -> batch write")
+
+
 STAGES = ("client -> primary", "primary: request to publish", "primary -> secondary",
           "secondary: poll to its batch write", "secondary: batch write (fsync)", "secondary: write to ACK sent",
           "secondary -> primary", "primary: ACK to reply sent", "primary -> client", "total")
@@ -135,6 +149,12 @@ def stages(timed, events, cpu_at, primary_id=1):
                                           ack - sent, reply - ack, t1 - reply, t1 - t0)):
             out[name].append(seconds)
         on = {primary_id: cpu_at[primary_id], sid: cpu_at[sid]}
+        marks = (poll, _before(s, "serve", recv), _before(s, "decoded", recv), recv, _after(s, "handled", recv),
+                 _after(s, "end", recv), c0)
+        if None not in marks:
+            for name, a, b in zip(SPLIT, marks, marks[1:]):
+                out[name].append(b - a)
+                cpu[name].append(on[sid][b] - on[sid][a])
         for name, node_id, a, b in ((STAGES[1], primary_id, req, pub), (STAGES[3], sid, poll, c0),
                                     (STAGES[4], sid, c0, c1), (STAGES[5], sid, c1, sent),
                                     (STAGES[7], primary_id, ack, reply)):
@@ -145,22 +165,24 @@ def stages(timed, events, cpu_at, primary_id=1):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--fill", type=int, default=80, help="MiB written before the timed puts (default 80)")
     opts = ap.parse_args()
     load = os.getloadavg()[0]
     raw = raw_limits()
     with tempfile.TemporaryDirectory(prefix="zmqstore-trace-") as d:
-        timed, events, cpu_at = run(opts.seconds, d)
+        timed, events, cpu_at = run(opts.seconds, d, opts.fill)
     found, cpu = stages(timed, events, cpu_at)
     n = len(found["total"])
-    print(f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; {len(timed)} puts "
+    print(f"{opts.fill} MiB written first; load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; {len(timed)} puts "
           f"({len(timed) / opts.seconds:.0f}/s), {n} with every event found")
     print(f"raw limits, same run: {raw}")
     print("\n| stage | mean us | p50 us | the loop thread's CPU, mean us |\n|---|---:|---:|---:|")
-    for name in STAGES:
+    for label in STAGES[:4] + tuple(f"- {name}" for name in SPLIT) + STAGES[4:]:
+        name = label.removeprefix("- ")
         values = found[name]
         if values:
             used = f"{statistics.mean(cpu[name]) * 1e6:,.0f}" if cpu[name] else "-"
-            print(f"| {name} | {statistics.mean(values) * 1e6:,.0f} | {statistics.median(values) * 1e6:,.0f} | "
+            print(f"| {label} | {statistics.mean(values) * 1e6:,.0f} | {statistics.median(values) * 1e6:,.0f} | "
                   f"{used} |")
 
 

@@ -9,7 +9,9 @@ Events: poll (zmq_poll returned), req (a client request taken), pub <seq> (the p
 entries up to seq), ack<node> <seq> (the primary took an ACK of node's up to seq), recv <seq> (a
 secondary took a CHANGE up to seq), c0 / c1 (the iteration's batch write began / ended, fsync
 included), sent (the iteration's peer messages were handed to ZeroMQ), reply (a client reply was
-handed to ZeroMQ).
+handed to ZeroMQ). Between a secondary's poll and its write: serve (the loop began taking a peer
+socket's messages), decoded (a peer message was received and decoded), handled (its CHANGE
+handler returned), end (the iteration's end began).
 """
 import os
 import sys
@@ -19,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zmq  # noqa: E402
 
-from zmqstore import cli, node, outbox  # noqa: E402
+from zmqstore import cli, modes, node, outbox, protocol  # noqa: E402
 from zmqstore.leader import engine, primary, secondary  # noqa: E402
 
 EVENTS = []
@@ -65,7 +67,16 @@ def install():
             _mark("pub", prev_seq + len(entries)))
     _around(primary.Primary, "on_ack", before=lambda self, fields, now: _mark(f"ack{fields[0]}", fields[2]))
     _around(secondary.Secondary, "_on_log_batch", before=lambda self, command, fields, now:
-            _mark("recv", fields[2] + len(fields[4])))
+            _mark("recv", fields[2] + len(fields[4])), after=lambda self, *a: _mark("handled"))
+    _around(node.PeerPlane, "serve", before=lambda self, *a: _mark("serve"))
+    _around(modes.Mode, "end_iteration", before=lambda self, *a: _mark("end"))
+    decode_peer = protocol.decode_peer      # peers.py calls it through the module
+
+    def traced_decode_peer(*args):
+        message = decode_peer(*args)
+        _mark("decoded")
+        return message
+    protocol.decode_peer = traced_decode_peer
     flush = engine.Engine.flush
 
     def traced_flush(self):
