@@ -134,8 +134,9 @@ class Node:
         restore = self._install_signal_handlers()
         cfg = self.config
         log.info("serving %s mode as %s on tcp://%s:%d (peer port %d, change stream %d), data dir %s, "
-                 "last_seq %d, fsync %s, %d peers", cfg.mode, self.engine.role, cfg.host, cfg.port, cfg.peer_port,
-                 cfg.pub_port, self.storage.path, self.storage.last_seq, "on" if cfg.fsync else "off",
+                 "last_seq %d, fsync %s, WAL files reused %s, %d peers", cfg.mode, self.engine.role, cfg.host,
+                 cfg.port, cfg.peer_port, cfg.pub_port, self.storage.path, self.storage.last_seq,
+                 "on" if cfg.fsync else "off", "yes" if self.storage.recycled_wal_files else "no (a small file system)",
                  len(self._peer_list))
         try:
             self._loop()

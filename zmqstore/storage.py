@@ -68,6 +68,9 @@ _U64 = struct.Struct(">Q")
 log = logging.getLogger(__name__)
 
 UNFLUSHED_MAX = 32 << 20      # bytes of memtables (all column families) before RocksDB flushes them
+# A WAL file is kept for reuse on a file system of at least this size (recycled_wal_files;
+# docs/STORAGE.md, "Write-ahead log files kept for reuse").
+RECYCLE_WAL_MIN_FS = 32 * UNFLUSHED_MAX     # 1 GiB
 
 
 class DataView:
@@ -150,6 +153,22 @@ class Batch:
         self.members = encoded
 
 
+def recycled_wal_files(path) -> int:
+    """How many obsolete WAL files RocksDB keeps for reuse in the data dir at `path`: one on a file
+    system of at least RECYCLE_WAL_MIN_FS bytes, none on a smaller one.
+
+    A synced write to a reused file overwrites blocks the file already holds, so its fdatasync
+    writes the data alone; a write that grows a file also commits the file system's journal for
+    the new size (ext4, xfs). A kept file holds its blocks, though: up to one more WAL's worth
+    (about UNFLUSHED_MAX) that deletes can never give back, which on a small file system (a 30 MB
+    one in the disk-space tests) was enough that the space alarm never cleared."""
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return 0
+    return 1 if fs.f_blocks * fs.f_frsize >= RECYCLE_WAL_MIN_FS else 0
+
+
 class Storage:
     """One node's RocksDB. Open with `Storage.open`; single-threaded use by the node loop."""
 
@@ -178,6 +197,7 @@ class Storage:
         self.first_seq = self.first_seq or 1
         self.members = self._meta.get(META_MEMBERS)     # encoded; None: never recorded
         self.created = False          # True when open() made this data dir just now
+        self.recycled_wal_files = 0   # WAL files RocksDB keeps for reuse (recycled_wal_files)
         self._closed = False
 
     # ------------------------------------------------------------ open / close
@@ -205,12 +225,11 @@ class Storage:
         opts.create_missing_column_families(fresh)
         opts.set_max_background_jobs(2)
         # Unflushed data (memtables, and the WAL that holds it) stays under UNFLUSHED_MAX, so the
-        # free-space floor (space.py, min_free_bytes 64 MiB) leaves room to flush it. WAL files are
-        # not recycled: a recycled file keeps its blocks, and space freed by deletes would never
-        # come back (seen on a 30 MB file system); recycling had saved ~37 us per synced write.
+        # free-space floor (space.py, min_free_bytes 64 MiB) leaves room to flush it.
         opts.set_db_write_buffer_size(UNFLUSHED_MAX)
         opts.set_max_total_wal_size(UNFLUSHED_MAX)     # a WAL file goes once every CF in it flushed
-        opts.set_recycle_log_file_num(0)
+        recycled = recycled_wal_files(data_dir)
+        opts.set_recycle_log_file_num(recycled)
         cf_opts = {name: rocksdict.Options(raw_mode=True) for name in COLUMN_FAMILIES}
         try:
             db = rocksdict.Rdict(db_path, options=opts, column_families=cf_opts)
@@ -221,6 +240,7 @@ class Storage:
                                    f"stop that node or choose another --data-dir") from None
             raise DataDirError(f"cannot open RocksDB in {db_path}: {text}") from None
         storage = cls(data_dir, db, fsync)
+        storage.recycled_wal_files = recycled
         if fresh:
             # A new data dir may belong to a node that voted before and lost its disk: it is a
             # learner until it has caught up (docs/REPLICATION.md); bootstrapping clears this.

@@ -1,4 +1,6 @@
 """A real standalone node process: every client operation, restart, kill -9 and clean shutdown."""
+import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -6,6 +8,8 @@ import sys
 import pytest
 
 from zmqstore import Client, errors
+from zmqstore.datadir import DB_DIR
+from zmqstore.storage import recycled_wal_files
 from zmqstore.testing.load import put_pipelined
 from zmqstore.testing.process import wait_until
 
@@ -96,6 +100,35 @@ def test_kill_9_keeps_every_acknowledged_write(node):
     node.start()
     with node.client() as db:
         assert dict(db.scan()) == acked
+
+
+def test_kill_9_keeps_every_write_acknowledged_into_a_reused_write_ahead_log(node):
+    """On a file system of 1 GiB or more RocksDB reuses an obsolete WAL file (docs/STORAGE.md): a
+    synced write overwrites the file's old records instead of growing it. Writes acknowledged
+    while a reused file is the log's tail survive kill -9, and so does everything before them."""
+    if not recycled_wal_files(node.data_dir):
+        pytest.skip("the test's file system is under 1 GiB: no WAL file is reused there (docs/STORAGE.md)")
+    rocksdb_log = os.path.join(node.data_dir, DB_DIR, "LOG")
+    big = os.urandom(64 << 10)
+    acked, chunk = {}, 0
+    with node.client(timeout=10.0) as db:
+        # 32 MiB of memtables switch the WAL: the first switch starts a new file, a later one
+        # reuses the file the first made obsolete
+        while "reusing log" not in open(rocksdb_log).read():
+            assert chunk < 30, "RocksDB reused no WAL file after 300 MiB of writes"
+            acked.update(put_pipelined(db, {f"b{chunk}-{i}": big for i in range(160)}))
+            chunk += 1
+        for i in range(300):    # sequential writes, each synced into the reused file
+            db.put(f"s{i}", i)
+            acked[f"s{i}"] = i
+    node.kill()
+    assert node.proc.returncode == -signal.SIGKILL
+    node.start()
+    digest = hashlib.sha256(big).digest()
+    with node.client(timeout=10.0) as db:
+        for key, value in acked.items():
+            got = db.get(key)
+            assert (hashlib.sha256(got).digest() == digest) if value is big else got == value, key
 
 
 def test_sigterm_shuts_down_cleanly(node):

@@ -1,11 +1,14 @@
 """Storage on tmp_path: atomic batches, reopen, scans, log trimming, and data dir checks."""
 import json
+import os
+import types
 
 import pytest
 
+from zmqstore import storage
 from zmqstore.errors import DataDirError
-from zmqstore.datadir import CREATING, MARKER
-from zmqstore.storage import META_FIRST_SEQ, META_LAST_SEQ, Storage
+from zmqstore.datadir import CREATING, DB_DIR, MARKER
+from zmqstore.storage import META_FIRST_SEQ, META_LAST_SEQ, RECYCLE_WAL_MIN_FS, Storage
 
 
 def write(st, seq, key, value):
@@ -30,6 +33,21 @@ def test_batch_is_applied_and_survives_reopen(tmp_path):
     assert list(st.log_entries(1)) == [(1, b"entry1"), (2, b"entry2")]
     st.close()
     st.close()  # closing twice is safe
+
+
+@pytest.mark.parametrize("size, reused", [(RECYCLE_WAL_MIN_FS - 4096, 0), (RECYCLE_WAL_MIN_FS, 1)])
+def test_a_wal_file_is_kept_for_reuse_only_on_a_file_system_of_a_gibibyte_or_more(tmp_path, monkeypatch, size, reused):
+    """The rule of storage.recycled_wal_files, and that RocksDB is opened with it (its own LOG says
+    which recycle_log_file_num it runs with). The size is what statvfs reports: a small file
+    system needs root to mount (tests/cluster/test_disk_space.py checks it on real ones)."""
+    monkeypatch.setattr(storage.os, "statvfs", lambda path: types.SimpleNamespace(f_blocks=size // 4096, f_frsize=4096))
+    st = Storage.open(tmp_path / "d", 1, "leader")
+    try:
+        assert st.recycled_wal_files == reused
+        with open(os.path.join(st.path, DB_DIR, "LOG")) as f:
+            assert f"Options.recycle_log_file_num: {reused}" in f.read()
+    finally:
+        st.close()
 
 
 def test_scan_bounds_prefix_and_paging(tmp_path):
