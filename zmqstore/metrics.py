@@ -156,6 +156,10 @@ def _leader(st, sample):
         yield _gauge(f"zmqstore_log_{name}", f"The log's {name.replace('_', ' ')}.", st[name])
     yield _counter("zmqstore_leader_elections_started", "Elections this node stood in.", st.get("elections_started", 0))
     yield _counter("zmqstore_leader_elections_won", "Elections this node won.", st.get("elections_won", 0))
+    yield _counter("zmqstore_leader_read_rounds", "Read-confirmation rounds this node started as primary.",
+                   st.get("read_rounds", 0))
+    yield _counter("zmqstore_leader_read_rounds_widened", "Rounds asked of every secondary after the voters "
+                   "asked first left them unconfirmed for 10 ms.", st.get("read_rounds_widened", 0))
     for name, help_ in (("fetches_served", "FETCH requests answered for peers."),
                         ("snapshots_served", "Snapshots sent to peers."),
                         ("fetches", "FETCH requests this node sent (catching up)."),

@@ -106,6 +106,7 @@ class LeaderMode(Mode):
         self.engine = Engine(storage, config, __version__)
         self.roles = self.peering = None
         self._round_wanted = False
+        self._topics = protocol.leader_topics(config.node_id)
         if self.engine.replicated:     # peers by its flags, or by the membership its data records
             self.roles = self.peering = Roles(out, self.engine, config, now, random.random, faults)
             self.engine.extra_status = lambda: self.roles.status(time.monotonic())
@@ -118,6 +119,10 @@ class LeaderMode(Mode):
 
     def feed(self):
         return LeaderFeed(self.engine)
+
+    def topics(self):
+        """Untagged stream messages, and a read round's HEARTBEATs meant for this node (docs/PROTOCOL.md)."""
+        return self._topics
 
     def round_trips(self) -> dict:
         primary = self.primary
@@ -208,8 +213,8 @@ class LeaderMode(Mode):
             primary.advance_commit()
             if self._round_wanted or primary.round_asked:
                 self._round_wanted = primary.round_asked = False
-                primary.heartbeat(start_round=True)
-            self.wake_at = primary.announce_commit(now)
+                primary.start_round(now)
+            self.wake_at = min(primary.announce_commit(now), primary.widen_round(now))
             primary.answer_read_indexes(asks)
             return
         self.wake_at = inf

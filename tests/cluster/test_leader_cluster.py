@@ -1,5 +1,6 @@
 """Leader mode with real processes: the seed's 3-node cluster on 127.0.0.2-4."""
 import signal
+import time
 
 import pytest
 
@@ -203,6 +204,42 @@ def test_primary_killed_mid_stream_loses_no_acknowledged_write(cluster):
     missing = [k for k in acked if k not in data]
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     wait_converged(c, data)
+
+
+def test_read_rounds_ask_one_secondary_each_and_the_other_when_one_is_stopped(cluster):
+    """Targeted read rounds (docs/REPLICATION.md "Reads") over real sockets: ZeroMQ delivers a
+    round's HEARTBEAT only to the secondary subscribed to its topic, so the two secondaries take
+    about one HEARTBEAT per round between them, not two. With one secondary stopped (SIGSTOP)
+    every read is still answered: the rounds asked of it alone are asked of both after 10 ms."""
+    c = cluster()
+    for node_id in (2, 3):
+        wait_until(lambda: (c.nodes[node_id].status() or {}).get("primary_id") == 1, 10,
+                   message=f"node {node_id} following node 1")
+
+    def heartbeats_taken():
+        return sum(c.nodes[n].status(timeout=5.0)["peer_messages"].get("HEARTBEAT", 0) for n in (2, 3))
+
+    primary = c.nodes[1]
+    with primary.client(timeout=5.0, retry=Retry(max_tries=1)) as db:
+        db.put("k", 1)
+        before, rounds_before, started = heartbeats_taken(), db.status()["read_rounds"], time.monotonic()
+        for _ in range(300):
+            assert db.get("k") == 1
+        rounds = db.status()["read_rounds"] - rounds_before
+        taken = heartbeats_taken() - before
+        # the periodic HEARTBEAT of each heartbeat interval goes to both, as may a widened round
+        periodic = 2 * ((time.monotonic() - started) / 0.1 + 2)
+        widened = db.status()["read_rounds_widened"]
+        assert rounds >= 300 and taken <= rounds + periodic + 2 * widened, (rounds, taken, periodic, widened)
+        c.nodes[3].signal(signal.SIGSTOP)
+        try:
+            for i in range(100):
+                assert db.get("k") == 1
+            assert db.status()["read_rounds_widened"] > widened     # node 3's rounds, until it counted as silent
+        finally:
+            c.nodes[3].signal(signal.SIGCONT)
+        db.put("k", 2)
+        assert db.get("k") == 2
 
 
 def test_timed_out_write_commits_once_a_majority_returns(cluster):

@@ -6,7 +6,7 @@ from zmqstore import errors, limits, protocol
 from zmqstore.leader import LogServer, Primary
 from zmqstore.leader.log_server import SNAPSHOT_IDLE, SNAPSHOT_TRIM_HOLD
 from zmqstore.leader.membership import Membership
-from zmqstore.leader.primary import COMMIT_NOTICE_DELAY
+from zmqstore.leader.primary import COMMIT_NOTICE_DELAY, RECENT_ANSWERS, ROUND_WIDEN_AFTER
 from zmqstore.leader.secondary import FETCH_RETRY, SOURCE_BACKOFF, SOURCE_PATIENCE, Plan, Secondary, plan_append
 from zmqstore.protocol import OP_PUT, LogEntry, PeerMessage
 
@@ -16,12 +16,17 @@ class FakeIO:
 
     def __init__(self):
         self.published, self.sent, self.replies = [], [], []
+        self.tagged = []        # (topic, message): published for the subscribers of a topic only
         self.connected = True
 
-    def publish(self, body):
-        self.published.append(protocol.decode_peer(body))
+    def publish(self, body, topic=None):
+        if topic is None:
+            self.published.append(protocol.decode_peer(body))
+        else:
+            self.tagged.append((topic, protocol.decode_peer(body)))
 
-    publish_early = publish
+    def publish_early(self, body):
+        self.publish(body)
 
     def send_to(self, node_id, body):
         self.request(node_id, body)
@@ -207,12 +212,66 @@ def test_primary_read_rounds_need_a_majority(make):
     eng, cfg = make(1)
     eng.become_primary(1)
     primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
-    primary.heartbeat(start_round=True)
+    primary.start_round(0.0)
     assert primary.round == 1 and primary.confirmed_round() == 0
     primary.on_ack((3, 1, 0, 1, True), now=1.0)
     assert primary.confirmed_round() == 1
     primary.on_ack((2, 2, 0, 5, True), now=1.0)   # another term: ignored
     assert primary.acked_round[2] == 0
+
+
+def test_a_read_round_asks_one_voter_in_turn_and_every_secondary_when_it_stays_unconfirmed(make):
+    """With 3 voters a round needs one secondary beside the primary: its HEARTBEAT goes under that
+    node's topic only, the next round's to the other. Unconfirmed after ROUND_WIDEN_AFTER, the
+    latest round is asked of everyone (untagged); one confirmed in time is not."""
+    eng, cfg = make(1)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
+    primary.start_round(0.0)
+    primary.start_round(0.0)
+    assert [(topic, m.command, m.fields[2]) for topic, m in io.tagged] == [(b"n3.", "HEARTBEAT", 1),
+                                                                           (b"n2.", "HEARTBEAT", 2)]
+    assert io.published == [] and primary.widen_round(0.0) == ROUND_WIDEN_AFTER
+    primary.on_ack((3, 1, 0, 1, True), now=0.001)       # round 1 confirmed, round 2 not yet
+    assert primary.widen_round(0.002) == ROUND_WIDEN_AFTER and io.published == []
+    assert primary.widen_round(ROUND_WIDEN_AFTER) == float("inf")
+    assert [(m.command, m.fields[2]) for m in io.published] == [("HEARTBEAT", 2)]     # to every secondary
+    assert primary.round_counts == {"read_rounds": 2, "read_rounds_widened": 1}
+    primary.start_round(0.05)
+    assert io.tagged[-1][0] == b"n3."
+    primary.on_ack((3, 1, 0, 3, True), now=0.051)
+    assert primary.widen_round(1.0) == float("inf") and len(io.published) == 1      # confirmed in time
+    # Node 2 has not answered for 2.5 heartbeat intervals (node 3 has): it is not asked alone.
+    now = 0.05 + RECENT_ANSWERS * cfg.heartbeat_interval
+    primary.on_ack((3, 1, 0, 3, True), now=now - 0.01)
+    primary.start_round(now)
+    primary.start_round(now)
+    assert [topic for topic, _ in io.tagged[-2:]] == [b"n3.", b"n3."]
+    # Neither answered lately: the round goes to every secondary at once.
+    primary.start_round(now + 1.0)
+    assert len(io.tagged) == 5 and (io.published[-1].command, io.published[-1].fields[2]) == ("HEARTBEAT", 6)
+    assert primary.widen_round(now + 2.0) == float("inf")
+
+
+def test_a_read_round_of_five_voters_asks_two_and_a_targeted_round_does_not_announce_the_commit(make):
+    peers = [{"node_id": n, "host": "127.0.0.1", "port": 9000 + n} for n in range(1, 6)]
+    eng, cfg = make(1, peers=peers)
+    eng.become_primary(1)
+    io = FakeIO()
+    primary = Primary(eng, cfg, Membership.from_config(cfg), io, 0.0)
+    eng.handle(protocol.decode_request(protocol.encode_request("PUT", b"c", 1, 1, b"k", protocol.pack_value(1))))
+    cycle(eng, primary)
+    for pid in (2, 3):
+        primary.on_ack((pid, 1, eng.storage.last_seq, 0, True), now=0.0)
+    commit = eng.commit_seq
+    assert commit == eng.storage.last_seq == 2      # the term's first entry and the put
+    due = primary.announce_commit(0.0)
+    primary.start_round(0.0)
+    assert sorted(topic for topic, _ in io.tagged) == [b"n3.", b"n4."]
+    assert all(m.fields[3] == commit for _, m in io.tagged)     # they carry the commit, but to two nodes only
+    assert primary.announce_commit(due) == float("inf")
+    assert (io.published[-1].command, io.published[-1].fields[3]) == ("HEARTBEAT", commit)     # so all hear it
 
 
 def committed_put(eng, primary, rid, key, value, now):
@@ -495,7 +554,7 @@ def test_rounds_from_another_run_of_the_primary_confirm_nothing(make):
     eng.become_primary(2)
     primary = Primary(eng, cfg, Membership.from_config(cfg), FakeIO(), 0.0)
     primary.on_ack((2, 2, 0, 57, True), now=1.0)   # round 57 of an old run
-    primary.heartbeat(start_round=True)
+    primary.start_round(1.0)
     assert primary.round == 1 and primary.confirmed_round() == 0
 
 

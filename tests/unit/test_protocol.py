@@ -170,6 +170,20 @@ def test_error_carries_request_id():
     assert info.value.request_id == 99
 
 
+def test_a_leader_stream_subscription_takes_every_untagged_message_and_only_its_own_topic():
+    """docs/PROTOCOL.md, HEARTBEAT: a one-frame stream message starts with an untagged prefix (a
+    msgpack array header, whatever its values), and a node's topic is no prefix of another's."""
+    big = (1 << 63) - 1
+    for command, fields in (("CHANGE", (big, big, big, big, [b"x" * 70_000] * 3, big, big)),
+                            ("HEARTBEAT", (0, 0, 0, 0, 0)), ("HEARTBEAT", (big, big, big, big, big))):
+        body = protocol.encode_peer(command, *fields)
+        assert any(body.startswith(prefix) for prefix in protocol.STREAM_UNTAGGED), command
+    n1, n12 = protocol.leader_topics(1), protocol.leader_topics(12)
+    assert not any(protocol.stream_topic(12).startswith(t) for t in n1)
+    assert not any(protocol.stream_topic(1).startswith(t) for t in n12)
+    assert any(protocol.stream_topic(12).startswith(t) for t in n12)
+
+
 def test_split_frames():
     assert protocol.split_frames([b"id", b"body"]) == ([b"id"], b"body")
     assert protocol.split_frames([b"id", b"", b"body"]) == ([b"id", b""], b"body")

@@ -2,6 +2,7 @@
 counts what a quorum holds, runs the heartbeat rounds that confirm linearizable reads, and judges
 whether a majority still answers. What it sends goes into the iteration's Sends."""
 from bisect import bisect_right
+from collections import deque
 from math import inf
 
 from .. import errors, protocol
@@ -12,13 +13,18 @@ SENT_KEPT = 4096        # publish times kept for the round-trip figures (the old
 # A commit move waits this long for the next CHANGE to carry it before a HEARTBEAT announces it
 # alone: one client's sequential writes then wake each secondary once per write, not twice.
 COMMIT_NOTICE_DELAY = 0.005
+# A read round asks only as many voters as it needs, in turn among those that answered within
+# RECENT_ANSWERS heartbeat intervals; one not confirmed within ROUND_WIDEN_AFTER seconds is asked
+# of every secondary (docs/REPLICATION.md, "Reads").
+RECENT_ANSWERS = 2.5
+ROUND_WIDEN_AFTER = 0.01
 
 
 class Primary:
     """The primary's side: publishes the log and counts acknowledgements (LogServer answers FETCH
     and SNAPSHOT)."""
 
-    def __init__(self, engine, config, membership, out, now, round_trips=None):
+    def __init__(self, engine, config, membership, out, now, round_trips=None, round_counts=None):
         self.engine = engine
         self.storage = engine.storage
         self.config = config
@@ -36,6 +42,10 @@ class Primary:
         self.round = 0                  # the latest heartbeat round started
         self._published_commit = -1
         self._notice_due = inf          # when a commit move no message carried yet is announced alone
+        self._targeted = deque()        # (round, when started) of targeted rounds maybe not confirmed yet
+        # read rounds started, and those asked of every secondary after their targets were silent
+        # (kept by Roles across terms, like round_trips)
+        self.round_counts = round_counts if round_counts is not None else {"read_rounds": 0, "read_rounds_widened": 0}
         self._term_from = None          # (term, a seq whose entry is of that term): _of_this_term
         self.read_answers = Answers()   # secondaries' READ_INDEX asks waiting for their round
         self.round_asked = False        # one of them asks for a new round
@@ -75,15 +85,62 @@ class Primary:
         self._published_commit = self.engine.commit_seq
         self._notice_due = inf
 
-    def heartbeat(self, start_round=False):
-        """Publish a HEARTBEAT (commit seq and, with start_round, a new read-confirmation round)."""
-        if start_round:
-            self.round += 1
-        st = self.storage
-        self.out.publish(protocol.encode_peer(
-            "HEARTBEAT", st.term, self.node_id, self.round, self.engine.commit_seq, st.last_seq))
+    def heartbeat(self):
+        """Publish a HEARTBEAT to every secondary: the commit seq, and the latest read round (which
+        so reaches the voters a targeted round did not ask)."""
+        self.out.publish(self._heartbeat_body())
         self._published_commit = self.engine.commit_seq
         self._notice_due = inf
+        self._targeted.clear()          # every secondary is asked for the latest round
+
+    def start_round(self, now):
+        """Start a read-confirmation round: its HEARTBEAT goes to as many voters as a majority
+        needs beside this node, in turn among those that answered lately, each under its topic
+        (docs/PROTOCOL.md, HEARTBEAT); to every secondary when too few answered lately."""
+        self.round += 1
+        self.round_counts["read_rounds"] += 1
+        targets = self._round_targets(now)
+        if not targets:
+            self.heartbeat()
+            return
+        body = self._heartbeat_body()
+        for pid in targets:
+            self.out.publish(body, protocol.stream_topic(pid))
+        self._targeted.append((self.round, now))
+
+    def _round_targets(self, now) -> list:
+        """The voters a new round asks (empty: ask every secondary)."""
+        need = self.majority - self.own_counts
+        window = RECENT_ANSWERS * self.config.heartbeat_interval
+        recent = [pid for pid in sorted(self.last_heard) if pid in self.voters and now - self.last_heard[pid] < window]
+        if need <= 0 or len(recent) < need:
+            return []
+        first = self.round % len(recent)
+        return [recent[(first + i) % len(recent)] for i in range(need)]
+
+    def widen_round(self, now) -> float:
+        """Once a targeted round has gone unconfirmed for ROUND_WIDEN_AFTER, ask every secondary
+        for the latest round (confirming it confirms every earlier one); returns when the loop must
+        come back to check (inf: no targeted round waits)."""
+        targeted = self._targeted
+        if not targeted:
+            return inf
+        confirmed = self.confirmed_round()
+        while targeted and targeted[0][0] <= confirmed:
+            targeted.popleft()
+        if not targeted:
+            return inf
+        due = targeted[0][1] + ROUND_WIDEN_AFTER
+        if now < due:
+            return due
+        self.round_counts["read_rounds_widened"] += 1
+        self.heartbeat()
+        return inf
+
+    def _heartbeat_body(self) -> bytes:
+        st = self.storage
+        return protocol.encode_peer("HEARTBEAT", st.term, self.node_id, self.round, self.engine.commit_seq,
+                                    st.last_seq)
 
     def announce_commit(self, now) -> float:
         """Publish a commit move that no CHANGE carried within COMMIT_NOTICE_DELAY; returns when the

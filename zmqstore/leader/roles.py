@@ -39,6 +39,7 @@ class Roles(Standing):
         self.removed = False            # a committed membership left this node out: it serves nothing
         self.promote_lag = PROMOTE_LAG
         self.round_trips = {}           # peer id -> metrics.Histogram, kept across this node's terms as primary
+        self.round_counts = {"read_rounds": 0, "read_rounds_widened": 0}    # likewise (Primary.start_round)
         engine.peer_floor = self._peer_floor
         self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
@@ -150,7 +151,8 @@ class Roles(Standing):
         self.genesis = 0
         self.engine.become_primary(term)
         self.secondary = None
-        self.primary = Primary(self.engine, self.config, self.membership, self.out, now, self.round_trips)
+        self.primary = Primary(self.engine, self.config, self.membership, self.out, now, self.round_trips,
+                               self.round_counts)
         self.election.heard_leader(now)
         log.info("serving as primary of term %d (log at seq %d)", term, self.engine.last_seq)
 
@@ -440,7 +442,7 @@ class Roles(Standing):
             row["address"] = peer.address if peer else None
         quorum = self.primary.write_quorum if self.primary else self.config.write_quorum
         return {"peers": peers, "write_quorum": quorum, **self.engine.follower_counters, **self.log_server.counters,
-                **self.election.status(now, self.storage)}
+                **self.round_counts, **self.election.status(now, self.storage)}
 
     def housekeeping(self, now):
         self.log_server.housekeeping(now)

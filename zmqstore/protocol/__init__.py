@@ -12,8 +12,8 @@ from .schema import (BATCH_MAX, GROUP_BYTES, DYNAMO_IDS_MAX, DYNAMO_RECORDS_MAX,
                      PEER_ARRAY_MAX, PEER_MESSAGES, PEER_REPLIES, PEER_REQUESTS, PEER_SENDER_FIELD, PEER_STREAM,
                      PEER_VERSION, PEER_VERSIONS, PROTOCOL_VERSION, QUORUM_MAX, REQUESTS, SHARED_ENTRY_VERSION, STR, STR_MAX, TERM, TERM_MAX, UINT, UINT64_MAX,
                      UINT_LIST, VALUE, VECTOR, WATCH_COMMANDS, WRITE_COMMANDS, Limits, LogEntry, PeerMessage, Reply,
-                     Request,
-                     peer_sender)  # noqa: F401
+                     Request, STREAM_UNTAGGED,
+                     leader_topics, peer_sender, stream_topic)  # noqa: F401
 from .values import ExtType, Timestamp, decode_context, encode_context, is_one_scalar, pack_value, unpack_value, vector_from_pairs, vector_pairs  # noqa: F401
 from .codec import (DynEntry, reply_outcome, decode_dyn_entry, decode_entry, decode_key_state, decode_peer, decode_reply,
                     decode_peer_entry, entry_writers, peers_read_shared_entries, peers_take, check_members, data_ops, decode_members, encode_members, decode_dynamo_members,

@@ -178,6 +178,22 @@ PEER_SENDER_FIELD.update({"VOTE_REQUEST": 1, "CHANGE": 1, "HEARTBEAT": 1, "ENTRI
                           "SNAPSHOT_CHUNK": 1, "VOTE": 1, "READ_INDEX_REPLY": 1})
 
 
+# Leader mode's change stream (docs/PROTOCOL.md, HEARTBEAT): a message for every secondary is one
+# frame, its body, a msgpack array, so it begins with one of STREAM_UNTAGGED; a read round's
+# HEARTBEAT for some secondaries goes as [stream_topic(node id), body] to each. A leader-mode SUB
+# subscribes to both kinds (leader_topics): a topic always ends with "." so that n1. is no prefix of n12.
+STREAM_UNTAGGED = tuple(bytes([head]) for head in range(0x90, 0xa0)) + (b"\xdc", b"\xdd")
+
+
+def stream_topic(node_id) -> bytes:
+    return b"n%d." % node_id
+
+
+def leader_topics(node_id) -> tuple:
+    """What a leader-mode node's SUBs subscribe to: untagged stream messages, and those for it."""
+    return STREAM_UNTAGGED + (stream_topic(node_id),)
+
+
 def peer_sender(message) -> int:
     """The node id a validated peer message says sent it."""
     if message.command == "DCHANGE":

@@ -54,9 +54,11 @@ class SimNetwork:
                 self.send(src, target, "req", body)
             elif kind is sends.REPLY:
                 self.send(src, target, "msg", body)
-            else:       # PUBLISH: its subscribers, every other node
-                for dst in self.nodes:
-                    if dst != src:
+            else:       # PUBLISH: every other node subscribed to it (a topic, or the body's first bytes)
+                first = body if target is None else target
+                for dst, node in self.nodes.items():
+                    topics = node.mode.topics()
+                    if dst != src and (topics is None or any(first.startswith(t) for t in topics)):
                         self.send(src, dst, "msg", body)
 
     def deliver(self):
