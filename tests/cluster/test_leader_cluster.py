@@ -227,7 +227,8 @@ def test_read_rounds_ask_one_secondary_each_and_the_other_when_one_is_stopped(cl
             assert db.get("k") == 1
         rounds = db.status()["read_rounds"] - rounds_before
         taken = heartbeats_taken() - before
-        # the periodic HEARTBEAT of each heartbeat interval goes to both, as may a widened round
+        # the periodic HEARTBEAT of each heartbeat interval (0.1 s: election_interval 0.5 s / 5) goes
+        # to both, as does a widened round
         periodic = 2 * ((time.monotonic() - started) / 0.1 + 2)
         widened = db.status()["read_rounds_widened"]
         assert rounds >= 300 and taken <= rounds + periodic + 2 * widened, (rounds, taken, periodic, widened)
