@@ -172,7 +172,7 @@ def recycled_wal_files(path) -> int:
 class Storage:
     """One node's RocksDB. Open with `Storage.open`; single-threaded use by the node loop."""
 
-    def __init__(self, path, db, fsync):
+    def __init__(self, path, db, fsync, recycled_wal_files=0):
         self.path = path
         self._dir_lock = None       # the data dir's fd, flocked while open (datadir.lock)
         self._db = db
@@ -197,7 +197,7 @@ class Storage:
         self.first_seq = self.first_seq or 1
         self.members = self._meta.get(META_MEMBERS)     # encoded; None: never recorded
         self.created = False          # True when open() made this data dir just now
-        self.recycled_wal_files = 0   # WAL files RocksDB keeps for reuse (recycled_wal_files)
+        self.recycled_wal_files = recycled_wal_files    # WAL files RocksDB keeps for reuse (recycled_wal_files)
         self._closed = False
 
     # ------------------------------------------------------------ open / close
@@ -239,8 +239,7 @@ class Storage:
                 raise DataDirError(f"data dir {data_dir} is in use by another process (RocksDB lock held); "
                                    f"stop that node or choose another --data-dir") from None
             raise DataDirError(f"cannot open RocksDB in {db_path}: {text}") from None
-        storage = cls(data_dir, db, fsync)
-        storage.recycled_wal_files = recycled
+        storage = cls(data_dir, db, fsync, recycled)
         if fresh:
             # A new data dir may belong to a node that voted before and lost its disk: it is a
             # learner until it has caught up (docs/REPLICATION.md); bootstrapping clears this.

@@ -20,6 +20,12 @@ RECENT_ANSWERS = 2.5
 ROUND_WIDEN_AFTER = 0.01
 
 
+def new_round_counts() -> dict:
+    """The read-round counters (status, metrics): rounds started, and those asked of every secondary
+    after their targets were silent. Roles keeps one across its terms as primary."""
+    return {"read_rounds": 0, "read_rounds_widened": 0}
+
+
 class Primary:
     """The primary's side: publishes the log and counts acknowledgements (LogServer answers FETCH
     and SNAPSHOT)."""
@@ -43,9 +49,7 @@ class Primary:
         self._published_commit = -1
         self._notice_due = inf          # when a commit move no message carried yet is announced alone
         self._targeted = deque()        # (round, when started) of targeted rounds maybe not confirmed yet
-        # read rounds started, and those asked of every secondary after their targets were silent
-        # (kept by Roles across terms, like round_trips)
-        self.round_counts = round_counts if round_counts is not None else {"read_rounds": 0, "read_rounds_widened": 0}
+        self.round_counts = round_counts if round_counts is not None else new_round_counts()
         self._term_from = None          # (term, a seq whose entry is of that term): _of_this_term
         self.read_answers = Answers()   # secondaries' READ_INDEX asks waiting for their round
         self.round_asked = False        # one of them asks for a new round

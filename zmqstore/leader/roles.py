@@ -14,7 +14,7 @@ from .. import protocol
 from .election import Election
 from ..faults import NONE
 from .log_server import LogServer
-from .primary import Primary
+from .primary import Primary, new_round_counts
 from .read_index import Asks
 from .secondary import Secondary
 from .standing import Standing
@@ -39,7 +39,7 @@ class Roles(Standing):
         self.removed = False            # a committed membership left this node out: it serves nothing
         self.promote_lag = PROMOTE_LAG
         self.round_trips = {}           # peer id -> metrics.Histogram, kept across this node's terms as primary
-        self.round_counts = {"read_rounds": 0, "read_rounds_widened": 0}    # likewise (Primary.start_round)
+        self.round_counts = new_round_counts()     # likewise (Primary.start_round)
         engine.peer_floor = self._peer_floor
         self.election = Election(config, self.membership, now, draw)
         self.log_server = LogServer(engine, config, out)
