@@ -260,6 +260,11 @@ class Node:
             # The timers due, then the end of the iteration: whatever the messages and the timers
             # decided is committed once, then sent (modes.Mode.end_iteration).
             now = time.monotonic()
+            if peering is not None:
+                # Again before the timers judge anyone: a pause that began after the poll returned
+                # (SIGSTOP while this iteration drained its sockets) ends in the middle of the
+                # iteration, and the backlog it left was handled without a poll in between.
+                peering.note_loop(now)
             if now >= next_chores:
                 self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_INTERVAL

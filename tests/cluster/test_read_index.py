@@ -14,14 +14,21 @@ from zmqstore.testing.process import wait_until
 NO_RETRY = Retry(max_tries=1)
 
 
+def wait_following(c, primary_id, node_ids):
+    """Until each of node_ids names primary_id as its primary. A node that voted in the bootstrap is
+    a voter before the primary's stream reaches it; until then it answers a ReadIndex read with
+    not_primary (the primary is not known yet)."""
+    for node_id in node_ids:
+        wait_until(lambda: (c.nodes[node_id].status() or {}).get("primary_id") == primary_id, 10,
+                   message=f"node {node_id} following node {primary_id}")
+
+
 def test_secondaries_serve_read_index_reads_that_see_every_acknowledged_write(cluster):
     """With no retry, a not_primary refusal would raise: each read is served by the secondary
     talked to, and each sees the write acknowledged just before it (a stale read of the applied
     data can lag the primary's commit by a HEARTBEAT)."""
     c = cluster()
-    for node_id in (2, 3):
-        wait_until(lambda: (c.nodes[node_id].status() or {}).get("primary_id") == 1, 10,
-                   message=f"node {node_id} following node 1")
+    wait_following(c, 1, (2, 3))
     secondaries = [c.nodes[2].client(retry=NO_RETRY), c.nodes[3].client(retry=NO_RETRY)]
     try:
         with c.client() as db:
@@ -62,6 +69,7 @@ def test_a_read_index_read_is_not_answered_while_the_primary_cannot_confirm_it(c
     c = cluster()
     with c.client() as db:
         db.put("k", 1)
+    wait_following(c, 1, (2,))
     with c.nodes[2].client(timeout=0.45, retry=NO_RETRY) as s:
         assert s.get("k", read_index=True) == 1
         c.nodes[1].signal(signal.SIGSTOP)
@@ -79,7 +87,7 @@ def test_a_read_held_by_a_secondary_that_becomes_primary_is_served_by_it(cluster
     c = cluster(args=["--replication-timeout", "8"])
     with c.client() as db:
         db.put("k", "before the pause")
-    wait_until(lambda: (c.nodes[2].status() or {}).get("primary_id") == 1, 10, message="node 2 following node 1")
+    wait_following(c, 1, (2,))
     with c.nodes[2].client(timeout=9.0, retry=NO_RETRY) as s:
         assert s.get("k", read_index=True) == "before the pause"
         c.nodes[1].signal(signal.SIGSTOP)
